@@ -1,0 +1,56 @@
+# instarec: one entry point for users and CI. Every target creates what it needs.
+PYTHON ?= python3
+VENV := .venv
+TOOLS_VENV := .venv-tools
+BIN := $(VENV)/bin
+INSTAREC_HOME ?= $(CURDIR)/.instarec
+DEMO_DATA := $(INSTAREC_HOME)/demo-data
+DEMO_USERS ?= 300
+PYTEST_ARGS ?=
+
+export INSTAREC_HOME
+
+.PHONY: install tools test lint format demo ui clean
+
+# Idempotent: the stamp is rebuilt only when setup.py changes.
+$(VENV)/.installed: setup.py pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	# The CPU build of torch first (a local wheel where the machine has one), so that the
+	# resolver never swaps in the multi-GB CUDA build for the plain pin in setup.py.
+	$(BIN)/pip install -q "torch==2.13.0+cpu" || $(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# cfn-lint and checkov pin an old botocore that breaks s3fs, so they live in their own venv.
+$(TOOLS_VENV)/.installed:
+	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install -q -U pip
+	$(TOOLS_VENV)/bin/pip install -q cfn-lint checkov
+	touch $@
+
+tools: $(TOOLS_VENV)/.installed
+
+test: install tools
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: install
+	$(BIN)/instarec demo --home $(INSTAREC_HOME) --users $(DEMO_USERS)
+
+ui: install
+	mkdir -p $(INSTAREC_HOME)/dagster
+	DAGSTER_HOME=$(INSTAREC_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf $(INSTAREC_HOME) .pytest_cache .ruff_cache

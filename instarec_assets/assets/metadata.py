@@ -1,0 +1,38 @@
+"""Metadata shared by the zone assets: previews, accounting tables, quarantine summaries."""
+
+from __future__ import annotations
+
+import duckdb
+from dagster import MetadataValue
+
+from instarec_assets.lake.accounting import RowAccounting
+
+PREVIEW_ROWS = 5
+
+
+def preview(conn: duckdb.DuckDBPyConnection, parquet_path: str, rows: int = PREVIEW_ROWS) -> MetadataValue:
+    """The first rows of a staged file as a markdown table."""
+    frame = conn.execute("SELECT * FROM read_parquet(?, hive_partitioning = false) LIMIT ?", [parquet_path, rows]).df()
+    return MetadataValue.md(frame.to_markdown(index=False) if len(frame) else "_no rows_")
+
+
+def accounting_metadata(accounting: RowAccounting) -> dict[str, MetadataValue]:
+    """raw = clean + quarantined + duplicates, as numbers and as a one-line statement."""
+    return {
+        "raw_rows": MetadataValue.int(accounting.raw_rows),
+        "clean_rows": MetadataValue.int(accounting.clean_rows),
+        "quarantined_rows": MetadataValue.int(accounting.quarantined_rows),
+        "duplicate_rows": MetadataValue.int(accounting.duplicate_rows),
+        "row_accounting": MetadataValue.text(accounting.describe()),
+    }
+
+
+def quarantine_reasons(
+    conn: duckdb.DuckDBPyConnection, quarantine_path: str, limit: int = 10
+) -> MetadataValue:
+    """The most common quarantine reasons, so a bad batch explains itself in the UI."""
+    frame = conn.execute(
+        "SELECT reason, count(*) AS rows FROM read_parquet(?, hive_partitioning = false) GROUP BY reason ORDER BY rows DESC, reason LIMIT ?",
+        [quarantine_path, limit],
+    ).df()
+    return MetadataValue.md(frame.to_markdown(index=False) if len(frame) else "_nothing quarantined_")

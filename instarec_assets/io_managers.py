@@ -1,0 +1,117 @@
+"""One partition-aware parquet IO manager for every zone, on local disk or S3.
+
+Built on Dagster's UPathIOManager: it only decides the seed system's layout
+(`<table>/year=YYYY/month=MM/day=DD/<table>.parquet`) and how a file is published atomically.
+Assets hand it a finished local parquet file (or a pyarrow Table); downstream assets receive the
+partition's URI and scan it with DuckDB, so large tables never pass through pandas.
+"""
+
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster import (
+    ConfigurableIOManagerFactory,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+    ResourceDependency,
+    TableColumn,
+    TableSchema,
+    UPathIOManager,
+)
+from upath import UPath
+
+from instarec_assets.lake.duck import StagedParquet
+from instarec_assets.lake.locations import partition_relpath
+from instarec_assets.resources import LakeResource
+
+
+class ZoneParquetIOManager(UPathIOManager):
+    """Stores each partition of a zone table as one parquet file; loads it as a URI for DuckDB."""
+
+    extension = ".parquet"
+
+    def __init__(self, base_path: UPath, zone: str, scratch: Path):
+        super().__init__(base_path=base_path)
+        self.zone = zone
+        self.scratch = scratch
+
+    def get_path_for_partition(
+        self, context: InputContext | OutputContext, path: UPath, partition: str
+    ) -> UPath:
+        table = context.asset_key.path[-1]
+        # partition_relpath ends in ".parquet"; UPathIOManager appends the extension itself.
+        relative = partition_relpath(table, partition).removesuffix(self.extension)
+        return self._base_path.joinpath(*relative.split("/"))
+
+    def dump_to_path(self, context: OutputContext, obj: StagedParquet | pa.Table, path: UPath) -> None:
+        if isinstance(obj, pa.Table):
+            handle, name = tempfile.mkstemp(suffix=".parquet", dir=self.scratch)
+            os.close(handle)
+            pq.write_table(obj, name, compression="zstd")
+            obj = StagedParquet(Path(name), obj.num_rows)
+        if not isinstance(obj, StagedParquet):
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: the lake stores StagedParquet or pyarrow.Table, "
+                f"not {type(obj).__name__}"
+            )
+        context.add_output_metadata(parquet_metadata(obj.path, self.zone))
+        publish(obj.path, path)
+
+    def load_from_path(self, context: InputContext, path: UPath) -> str:
+        if not path.exists():
+            raise FileNotFoundError(f"partition file {path} does not exist; materialize that partition first")
+        return str(path)
+
+
+def parquet_metadata(path: Path, zone: str) -> dict[str, MetadataValue]:
+    """Row count and schema from the parquet footer, shown on every lake asset in the UI."""
+    parquet = pq.ParquetFile(path)
+    return {
+        "dagster/row_count": MetadataValue.int(parquet.metadata.num_rows),
+        "dagster/column_schema": MetadataValue.table_schema(
+            TableSchema(columns=[TableColumn(field.name, str(field.type)) for field in parquet.schema_arrow])
+        ),
+        "zone": MetadataValue.text(zone),
+        "size_bytes": MetadataValue.int(path.stat().st_size),
+    }
+
+
+def publish(staged: Path, destination: UPath) -> None:
+    """Make a staged file the partition in one step: a rename locally, one object write on S3.
+
+    Readers see the old file or the new one, never half of either; re-running replaces the file.
+    """
+    if destination.protocol in ("", "file", "local"):
+        target = Path(destination.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        shutil.move(staged, temporary)
+        os.replace(temporary, target)
+    else:
+        destination.fs.put_file(str(staged), destination.path)
+        staged.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        staged.parent.rmdir()  # the step's staging folder, once its last file is published
+
+
+class LakeIOManager(ConfigurableIOManagerFactory):
+    """The parquet IO manager for one zone of the lake, configured from the lake resource."""
+
+    lake: ResourceDependency[LakeResource]
+    zone: str
+
+    def create_io_manager(self, context) -> ZoneParquetIOManager:
+        locations = self.lake.locations
+        return ZoneParquetIOManager(
+            UPath(locations.zone_uri(self.zone), **locations.storage_options()),
+            self.zone,
+            locations.scratch_dir(),
+        )

@@ -1,0 +1,62 @@
+"""DuckDB connections that can read and write the lake, locally or on S3 through fsspec."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+# Extensions are never downloaded at run time: S3 is reached through fsspec, not httpfs.
+DUCKDB_SETTINGS: dict[str, str | bool | int] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
+
+
+def attach_filesystem(conn: duckdb.DuckDBPyConnection, fs: AbstractFileSystem | None) -> None:
+    """Let DuckDB read and write `s3://` URIs through the lake's fsspec filesystem."""
+    if fs is None or "file" in fs.protocol:
+        return
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol not in conn.list_filesystems():
+        conn.register_filesystem(fs)
+
+
+def create_view(conn: duckdb.DuckDBPyConnection, name: str, uris: Sequence[str], empty_select: str) -> None:
+    """A view over parquet files, or over `empty_select` (typed, zero rows) when there are none."""
+    relation = conn.read_parquet(list(uris), hive_partitioning=False) if uris else conn.sql(empty_select)
+    relation.create_view(name, replace=True)
+
+
+@dataclass(frozen=True)
+class StagedParquet:
+    """A parquet file in local scratch space, written completely, ready to be published to the lake."""
+
+    path: Path
+    row_count: int
+
+
+def copy_to_parquet(conn: duckdb.DuckDBPyConnection, select_sql: str, path: Path) -> StagedParquet:
+    """Write a query's result to one zstd parquet file and count what was written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn.execute(f"COPY ({select_sql}) TO '{_sql_path(path)}' (FORMAT parquet, COMPRESSION zstd)")
+    return StagedParquet(
+        path=path, row_count=int(scalar(conn, "SELECT count(*) FROM read_parquet(?, hive_partitioning = false)", [str(path)]))
+    )
+
+
+def scalar(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence | dict | None = None):
+    """The single value of a one-row query (fetched whole: DuckDB 2 refuses half-read results)."""
+    rows = conn.execute(sql, params).fetchall() if params is not None else conn.execute(sql).fetchall()
+    return rows[0][0] if rows else None
+
+
+def _sql_path(path: Path) -> str:
+    """A scratch path as a SQL literal (our own generated paths; quotes doubled all the same)."""
+    return str(path).replace("'", "''")

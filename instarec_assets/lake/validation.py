@@ -1,0 +1,110 @@
+"""Typed columns and quarantine reasons from text, as DuckDB expressions built from fixed specs.
+
+The specs below are constants of this package (never user input), so the SQL they produce is as
+fixed as if it were written out by hand; it is generated only to keep the rules in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REASON_VALUE_CHARS = 40
+
+
+@dataclass(frozen=True)
+class WholeNumber:
+    """A whole number in [minimum, maximum]; `8` and `8.0` are accepted, `8.5` and `eight` are not."""
+
+    name: str
+    minimum: int
+    maximum: int
+    required: bool = True
+    sql_type: str = "INTEGER"
+
+    def typed(self) -> str:
+        number = f"TRY_CAST(trim({self._col}) AS DOUBLE)"
+        return (
+            f"CASE WHEN {number} = floor({number}) AND {number} BETWEEN {self.minimum} AND {self.maximum} "
+            f"THEN {number}::{self.sql_type} END AS {self._col}"
+        )
+
+    def reasons(self) -> list[str]:
+        number = f"TRY_CAST(trim({self._col}) AS DOUBLE)"
+        missing = f"nullif(trim({self._col}), '') IS NULL"
+        rules = []
+        if self.required:
+            rules.append(f"WHEN {missing} THEN '{self.name}: missing'")
+        else:
+            number = f"CASE WHEN {missing} THEN NULL ELSE {number} END"
+        present = "" if self.required else f"NOT ({missing}) AND "
+        rules += [
+            f"WHEN {present}{number} IS NULL THEN '{self.name}: not a number: ' || {_quoted(self._col)}",
+            f"WHEN {number} <> floor({number}) THEN '{self.name}: not a whole number: ' || {_quoted(self._col)}",
+            f"WHEN NOT ({number} BETWEEN {self.minimum} AND {self.maximum}) "
+            f"THEN '{self.name}: out of range {self.minimum}..{self.maximum}: ' || {_quoted(self._col)}",
+        ]
+        return rules
+
+    @property
+    def _col(self) -> str:
+        return f'"{self.name}"'
+
+
+@dataclass(frozen=True)
+class Text:
+    """Trimmed, NFC-normalised text with inner runs of whitespace collapsed; optionally one of a set."""
+
+    name: str
+    allowed: tuple[str, ...] = ()
+    lowercase: bool = False
+    max_length: int = 500
+
+    def typed(self) -> str:
+        return f"{self._normalised} AS {self._col}"
+
+    def reasons(self) -> list[str]:
+        rules = [f"WHEN nullif({self._normalised}, '') IS NULL THEN '{self.name}: missing'"]
+        if self.allowed:
+            allowed = ", ".join(f"'{value}'" for value in self.allowed)
+            rules.append(
+                f"WHEN {self._normalised} NOT IN ({allowed}) "
+                f"THEN '{self.name}: not one of {'/'.join(self.allowed)}: ' || {_quoted(self._col)}"
+            )
+        rules.append(
+            f"WHEN length({self._normalised}) > {self.max_length} "
+            f"THEN '{self.name}: longer than {self.max_length} characters'"
+        )
+        return rules
+
+    @property
+    def _normalised(self) -> str:
+        text = f"regexp_replace(nfc_normalize(trim({self._col})), '\\s+', ' ', 'g')"
+        return f"lower({text})" if self.lowercase else text
+
+    @property
+    def _col(self) -> str:
+        return f'"{self.name}"'
+
+
+Column = WholeNumber | Text
+
+
+def _quoted(column_sql: str) -> str:
+    return f"'''' || left({column_sql}, {REASON_VALUE_CHARS}) || ''''"
+
+
+def typed_columns_sql(columns: tuple[Column, ...]) -> str:
+    """The SELECT list that turns raw text columns into typed ones (NULL where invalid)."""
+    return ",\n       ".join(column.typed() for column in columns)
+
+
+def quarantine_reason_sql(columns: tuple[Column, ...], extra_rules: tuple[str, ...] = ()) -> str:
+    """A CASE giving the first broken rule of a raw row, or NULL when the row is valid.
+
+    Unparseable lines come first: their columns are all NULL and the parser's message says why.
+    """
+    rules = ["WHEN _parse_error IS NOT NULL THEN 'unparseable line: ' || _parse_error"]
+    for column in columns:
+        rules.extend(column.reasons())
+    rules.extend(extra_rules)
+    return "CASE\n         " + "\n         ".join(rules) + "\n       END"

@@ -1,0 +1,99 @@
+"""Resources for each environment: where the lake lives (local folders or S3) and the DuckDB engine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb as duckdb_module
+from dagster import ConfigurableResource
+from dagster_duckdb import DuckDBResource
+
+from instarec_assets.lake.duck import attach_filesystem
+from instarec_assets.lake.locations import LakeLocations
+
+
+class LakeResource(ConfigurableResource):
+    """The lake's locations as Dagster configuration; logic functions get plain URIs from it."""
+
+    env: str = "local"
+    home: str = ".instarec"
+    raw_bucket: str = ""
+    clean_bucket: str = ""
+    curated_bucket: str = ""
+    consumption_bucket: str = ""
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+
+    @classmethod
+    def from_locations(cls, locations: LakeLocations) -> LakeResource:
+        return cls(
+            env=locations.env,
+            home=locations.home,
+            raw_bucket=locations.raw_bucket,
+            clean_bucket=locations.clean_bucket,
+            curated_bucket=locations.curated_bucket,
+            consumption_bucket=locations.consumption_bucket,
+            endpoint_url=locations.endpoint_url,
+            region=locations.region,
+        )
+
+    @property
+    def locations(self) -> LakeLocations:
+        return _locations(
+            self.env,
+            self.home,
+            self.raw_bucket,
+            self.clean_bucket,
+            self.curated_bucket,
+            self.consumption_bucket,
+            self.endpoint_url,
+            self.region,
+        )
+
+    def staging_dir(self, run_id: str, label: str) -> Path:
+        """A local folder for one step's files; the IO manager moves them into the lake from there."""
+        path = self.locations.scratch_dir() / f"{run_id}-{label}"
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+    @staticmethod
+    def now() -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+
+_LOCATIONS_CACHE: dict[tuple, LakeLocations] = {}
+
+
+def _locations(*settings: str) -> LakeLocations:
+    """One LakeLocations (and so one fsspec filesystem) per distinct configuration."""
+    if settings not in _LOCATIONS_CACHE:
+        _LOCATIONS_CACHE[settings] = LakeLocations(*settings)
+    return _LOCATIONS_CACHE[settings]
+
+
+def duckdb_resource(locations: LakeLocations) -> DuckDBResource:
+    """In-memory DuckDB that spills to the lake's scratch folder and never downloads extensions."""
+    return DuckDBResource(
+        database=":memory:",
+        connection_config={
+            "memory_limit": os.environ.get("INSTAREC_DUCKDB_MEMORY_LIMIT", "4GB"),
+            "temp_directory": str(locations.scratch_dir() / "duckdb"),
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+        },
+    )
+
+
+@contextmanager
+def lake_connection(duckdb: DuckDBResource, lake: LakeResource) -> Iterator[duckdb_module.DuckDBPyConnection]:
+    """A DuckDB connection that can also read and write the lake's `s3://` URIs."""
+    with duckdb.get_connection() as conn:
+        attach_filesystem(conn, lake.locations.filesystem)
+        yield conn

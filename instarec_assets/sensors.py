@@ -1,0 +1,44 @@
+"""landing_sensor: one run per complete landing folder (`YYYY-MM-DD/` with a `_SUCCESS` marker)."""
+
+
+import json
+
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+
+from instarec_assets.lake.locations import LakeConfigError, parse_partition_key
+from instarec_assets.partitions import landing_date_partitions
+from instarec_assets.resources import LakeResource
+
+LANDING_JOB_NAME = "landing_to_lake"
+
+
+@sensor(
+    job_name=LANDING_JOB_NAME,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Watches the landing area; each new folder with a _SUCCESS marker starts one partition run.",
+)
+def landing_sensor(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult | SkipReason:
+    seen: set[str] = set(json.loads(context.cursor)) if context.cursor else set()
+    valid_keys = set(landing_date_partitions.get_partition_keys())
+    run_requests = []
+    for name, complete in lake.locations.landing_batches().items():
+        if name in seen:
+            continue
+        try:
+            parse_partition_key(name)
+        except LakeConfigError as error:
+            context.log.warning(f"landing folder {name!r} skipped: {error}")
+            seen.add(name)
+            continue
+        if name not in valid_keys:
+            context.log.warning(f"landing folder {name!r} skipped: outside the partition range")
+            seen.add(name)
+            continue
+        if not complete:
+            continue  # still being copied; picked up once its _SUCCESS marker appears
+        run_requests.append(RunRequest(run_key=f"landing-{name}", partition_key=name))
+        seen.add(name)
+    if not run_requests and seen == set(json.loads(context.cursor or "[]")):
+        return SkipReason("no new complete landing folders")
+    return SensorResult(run_requests=run_requests, cursor=json.dumps(sorted(seen)))

@@ -1,0 +1,73 @@
+"""Small hand-written landing batches in the exact Kaggle format, for tests that need known answers."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CATALOG_DIR = REPO_ROOT.parent / "shared" / "instacart_catalog"
+
+ORDERS_HEADER = (
+    "order_id",
+    "user_id",
+    "eval_set",
+    "order_number",
+    "order_dow",
+    "order_hour_of_day",
+    "days_since_prior_order",
+)
+LINES_HEADER = ("order_id", "product_id", "add_to_cart_order", "reordered")
+
+# Two users: user 1 has three prior orders and a train order, user 2 two prior orders and a test order.
+ORDERS: list[tuple] = [
+    (101, 1, "prior", 1, 2, 8, ""),
+    (102, 1, "prior", 2, 3, 9, "7.0"),
+    (103, 1, "prior", 3, 3, 10, "7.0"),
+    (104, 1, "train", 4, 4, 10, "8.0"),
+    (201, 2, "prior", 1, 0, 14, ""),
+    (202, 2, "prior", 2, 1, 15, "30.0"),
+    (203, 2, "test", 3, 1, 16, "30.0"),
+]
+PRIOR_LINES: list[tuple] = [
+    (101, 24852, 1, 0),
+    (101, 13176, 2, 0),
+    (102, 24852, 1, 1),
+    (102, 1, 2, 0),
+    (103, 24852, 1, 1),
+    (103, 13176, 2, 1),
+    (201, 2, 1, 0),
+    (202, 2, 1, 1),
+    (202, 3, 2, 0),
+]
+TRAIN_LINES: list[tuple] = [(104, 24852, 1, 1), (104, 4, 2, 0)]
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def write_batch(
+    folder: Path,
+    orders: Sequence[tuple] = ORDERS,
+    prior_lines: Sequence[tuple] = PRIOR_LINES,
+    train_lines: Sequence[tuple] = TRAIN_LINES,
+    success: bool = True,
+) -> Path:
+    """A complete landing folder: the real catalog plus the given orders and lines."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("products.csv", "aisles.csv", "departments.csv"):
+        shutil.copyfile(CATALOG_DIR / name, folder / name)
+    write_csv(folder / "orders.csv", ORDERS_HEADER, orders)
+    write_csv(folder / "order_products__prior.csv", LINES_HEADER, prior_lines)
+    write_csv(folder / "order_products__train.csv", LINES_HEADER, train_lines)
+    if success:
+        (folder / "_SUCCESS").touch()
+    return folder
