@@ -4,6 +4,7 @@ They read the lake as stored (not the step's staged files), so they also catch a
 was edited or replaced by hand. Blocking checks stop downstream assets in the same run.
 """
 
+import warnings
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetChecksDefinition, asset_check
 from dagster_duckdb import DuckDBResource
@@ -18,6 +19,9 @@ from instarec_assets.lake.integrity import (
 )
 from instarec_assets.partitions import landing_date_partitions
 from instarec_assets.resources import LakeResource, lake_connection
+
+# Partitioned asset checks are a Dagster preview feature; the lake relies on it deliberately.
+warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec")
 
 CLEAN_SCHEMAS = {
     "clean_orders": CLEAN_ORDERS_SCHEMA,

@@ -4,7 +4,6 @@ Every clean asset yields a blocking `row_accounting` check: raw rows = clean + q
 duplicates for its partition, so nothing downstream runs on a partition that lost rows.
 """
 
-
 from collections.abc import Iterator
 
 import duckdb

@@ -12,7 +12,9 @@ PREVIEW_ROWS = 5
 
 def preview(conn: duckdb.DuckDBPyConnection, parquet_path: str, rows: int = PREVIEW_ROWS) -> MetadataValue:
     """The first rows of a staged file as a markdown table."""
-    frame = conn.execute("SELECT * FROM read_parquet(?, hive_partitioning = false) LIMIT ?", [parquet_path, rows]).df()
+    frame = conn.execute(
+        "SELECT * FROM read_parquet(?, hive_partitioning = false) LIMIT ?", [parquet_path, rows]
+    ).df()
     return MetadataValue.md(frame.to_markdown(index=False) if len(frame) else "_no rows_")
 
 

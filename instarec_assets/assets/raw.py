@@ -1,6 +1,5 @@
 """Raw zone: each landed Instacart file, every row as it came, with lineage columns."""
 
-
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
 from dagster_duckdb import DuckDBResource
 

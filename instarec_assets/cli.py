@@ -1,0 +1,141 @@
+"""The `instarec` console script: parses arguments, calls the library, prints one line per step.
+
+Every expected failure (bad landing file, bad setting, failed check) ends as one `instarec: error:`
+line on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from instarec_assets.lake.landing import LandingFileError
+from instarec_assets.lake.locations import LakeConfigError, LakeLocations
+
+
+def _today() -> str:
+    return dt.datetime.now(dt.UTC).date().isoformat()
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from instarec_assets.generate import generate_dataset
+
+    started = time.perf_counter()
+    summary = generate_dataset(
+        Path(args.out),
+        users=args.users,
+        seed=args.seed,
+        batches=args.batches,
+        products_file=Path(args.products) if args.products else None,
+        start_date=dt.date.fromisoformat(args.start_date),
+    )
+    for line in summary.lines():
+        print(line)
+    print(
+        f"generated {len(summary.batches)} batch(es) in {time.perf_counter() - started:.1f}s under {args.out}"
+    )
+
+
+def cmd_materialize(args: argparse.Namespace) -> None:
+    locations = LakeLocations.from_env(home=args.home)
+    source = Path(args.landing)
+    from instarec_assets.pipeline.runner import default_partition
+
+    partition_key = args.partition or default_partition(source, _today())
+    _land_and_run(locations, source, partition_key)
+
+
+def _land_and_run(locations: LakeLocations, source: Path, partition_key: str) -> None:
+    from instarec_assets.definitions import build_definitions
+    from instarec_assets.pipeline.runner import dagster_instance, land_folder, materialize_partition
+
+    target = land_folder(source, locations, partition_key)
+    print(f"landed {source} as partition {partition_key} at {target}")
+    reports = materialize_partition(build_definitions(locations), dagster_instance(locations), partition_key)
+    for report in reports:
+        rows = f"{report.rows:>12,} rows" if report.rows is not None else " " * 17
+        print(f"  {report.asset:<30} {rows}  {report.seconds:6.1f}s")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from instarec_assets.pipeline.status import lake_status
+
+    locations = LakeLocations.from_env(home=args.home)
+    statuses = lake_status(locations)
+    if not statuses:
+        print(f"the lake at {locations.home_path if not locations.is_aws else 's3'} is empty")
+        return
+    for status in statuses:
+        print(status.describe())
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Generate a small dataset, land and materialise each batch in order, then report the lake."""
+    from instarec_assets.generate import generate_dataset
+
+    locations = LakeLocations.from_env(home=args.home)
+    data_dir = locations.home_path / "demo-data"
+    summary = generate_dataset(data_dir, users=args.users, seed=args.seed, batches=args.batches)
+    for batch in summary.batches:
+        print(batch.describe())
+        _land_and_run(locations, batch.folder, batch.partition)
+    print()
+    cmd_status(argparse.Namespace(home=args.home))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="instarec", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="write synthetic Instacart-format landing folders")
+    generate.add_argument("--out", required=True, help="folder to write dated batch folders into")
+    generate.add_argument(
+        "--users", type=int, default=1000, help="users in the first snapshot (100 to 206209+)"
+    )
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--batches", type=int, default=1, help="dated folders: a snapshot, then increments")
+    generate.add_argument("--products", help="a products.csv to use instead of the real Instacart catalog")
+    generate.add_argument("--start-date", default="2025-01-06", help="date of the first batch (YYYY-MM-DD)")
+    generate.set_defaults(handler=cmd_generate)
+
+    materialize = commands.add_parser("materialize", help="land a folder and materialise that partition")
+    materialize.add_argument("--landing", required=True, help="folder holding the six Instacart CSV files")
+    materialize.add_argument(
+        "--partition", help="YYYY-MM-DD; default: the folder's name if a date, else today"
+    )
+    materialize.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
+    materialize.set_defaults(handler=cmd_materialize)
+
+    status = commands.add_parser("status", help="partitions and row counts per zone")
+    status.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
+    status.set_defaults(handler=cmd_status)
+
+    demo = commands.add_parser("demo", help="generate a small dataset and run everything on it")
+    demo.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
+    demo.add_argument("--users", type=int, default=300)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--batches", type=int, default=2)
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message=".*is currently in preview.*")
+    args = build_parser().parse_args(argv)
+    from instarec_assets.pipeline.runner import PipelineError
+
+    try:
+        args.handler(args)
+    except (LandingFileError, LakeConfigError, PipelineError, FileNotFoundError, ValueError) as error:
+        print(f"instarec: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Land a folder as a partition and materialise every asset for it against the persistent instance.
+
+Used by `instarec materialize` and `instarec demo`; the same job the landing sensor starts, so a
+CLI run and a sensor run produce the same lake and both show up in the Dagster UI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from dagster import DagsterEventType, DagsterInstance, Definitions
+
+from instarec_assets.lake.locations import LakeLocations, parse_partition_key
+from instarec_assets.lake.schemas import LANDING_FILES, SUCCESS_MARKER
+from instarec_assets.sensors import LANDING_JOB_NAME
+
+
+class PipelineError(RuntimeError):
+    """A run did not succeed; the message is the first failure, in one line."""
+
+
+@dataclass(frozen=True)
+class AssetReport:
+    asset: str
+    rows: int | None
+    seconds: float
+
+
+def dagster_instance(locations: LakeLocations) -> DagsterInstance:
+    """The persistent instance under INSTAREC_HOME/dagster, shared with `make ui`."""
+    dagster_home = locations.home_path / "dagster"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    config = dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    return DagsterInstance.get()
+
+
+def land_folder(source: Path, locations: LakeLocations, partition_key: str) -> str:
+    """Copy a folder of Instacart files into the landing area as one partition; `_SUCCESS` goes last."""
+    parse_partition_key(partition_key)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: landing folder does not exist")
+    names = {spec_name for spec in LANDING_FILES.values() for spec_name in spec.file_names}
+    files = sorted(path for path in source.iterdir() if path.name in names)
+    if not files:
+        raise FileNotFoundError(
+            f"{source}: no Instacart files (orders.csv, products.csv, ...) in this folder"
+        )
+    target = locations.landing_partition_uri(partition_key)
+    fs = locations.filesystem
+    if fs.exists(target):
+        fs.rm(target, recursive=True)
+    fs.makedirs(target, exist_ok=True)
+    for path in files:
+        fs.put_file(str(path), f"{target}/{path.name}")
+    fs.touch(f"{target}/{SUCCESS_MARKER}")
+    return target
+
+
+def default_partition(source: Path, today: str) -> str:
+    """A folder named like a date lands as that date; anything else lands as today (UTC)."""
+    try:
+        parse_partition_key(source.name)
+        return source.name
+    except ValueError:
+        return today
+
+
+def materialize_partition(
+    defs: Definitions, instance: DagsterInstance, partition_key: str
+) -> list[AssetReport]:
+    """Run the landing job for one partition; raise PipelineError naming the first failure.
+
+    The console logger is quiet: failures are reported once, as one line, by the caller; the full
+    event log (tracebacks included) stays in the instance for the Dagster UI.
+    """
+    result = defs.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
+        partition_key=partition_key,
+        instance=instance,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+    )
+    seconds_by_step: dict[str, float] = defaultdict(float)
+    failures: list[str] = []
+    for event in result.all_events:
+        if event.event_type == DagsterEventType.STEP_SUCCESS:
+            seconds_by_step[event.step_key] = event.event_specific_data.duration_ms / 1000
+        elif event.event_type == DagsterEventType.STEP_FAILURE:
+            failures.append(_first_line(event.event_specific_data.error))
+    reports = [
+        AssetReport(
+            asset=event.asset_key.to_user_string(),
+            rows=_row_count(event.step_materialization_data.materialization.metadata),
+            seconds=seconds_by_step.get(event.step_key, 0.0),
+        )
+        for event in result.get_asset_materialization_events()
+    ]
+    failed_checks = [
+        f"check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} failed"
+        + (f": {evaluation.description}" if evaluation.description else "")
+        for evaluation in result.get_asset_check_evaluations()
+        if not evaluation.passed
+    ]
+    if failures or failed_checks or not result.success:
+        raise PipelineError((failures + failed_checks + ["run failed"])[0])
+    return reports
+
+
+def _row_count(metadata: dict) -> int | None:
+    value = metadata.get("dagster/row_count")
+    return int(value.value) if value is not None else None
+
+
+def _first_line(error) -> str:
+    """The innermost cause of a step error, without Dagster's wrapping or the exception class path."""
+    while error.cause is not None:
+        error = error.cause
+    message = error.message.strip().splitlines()[0]
+    prefix, _, rest = message.partition(": ")
+    return rest if rest and "." in prefix and " " not in prefix else message
