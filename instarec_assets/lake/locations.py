@@ -116,6 +116,15 @@ class LakeLocations:
         parse_partition_key(partition_key)
         return f"{self.landing_uri()}/{partition_key}"
 
+    @staticmethod
+    def zone_of(table: str) -> str:
+        """The zone a table lives in, from its name prefix (raw_, clean_, quarantined_)."""
+        if table.startswith("raw_"):
+            return "raw"
+        if table.startswith(("clean_", "quarantined_")):
+            return "clean"
+        raise LakeConfigError(f"table {table!r} does not name its zone")
+
     def partition_uri(self, zone: str, table: str, partition_key: str) -> str:
         return f"{self.zone_uri(zone)}/{partition_relpath(table, partition_key)}"
 

@@ -1,0 +1,66 @@
+"""landing_sensor: one run request per complete landing folder, once, through Dagster's sensor tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import build_sensor_context
+
+from instarec_assets.lake.locations import LakeLocations
+from instarec_assets.sensors import landing_sensor
+from instarec_assets_tests.landing_fixtures import write_batch
+
+
+def evaluate(defs, instance, cursor: str | None = None):
+    context = build_sensor_context(
+        instance=instance,
+        repository_def=defs.get_repository_def(),
+        cursor=cursor,
+        resources={"lake": defs.resources["lake"]},
+    )
+    return landing_sensor(context)
+
+
+def test_each_complete_folder_is_requested_once(defs, instance, locations: LakeLocations):
+    landing = Path(locations.landing_uri())
+    write_batch(landing / "2025-01-06")
+    write_batch(landing / "2025-01-13")
+
+    first = evaluate(defs, instance)
+    assert [request.partition_key for request in first.run_requests] == ["2025-01-06", "2025-01-13"]
+    assert {request.run_key for request in first.run_requests} == {"landing-2025-01-06", "landing-2025-01-13"}
+
+    again = evaluate(defs, instance, cursor=first.cursor)
+    assert not getattr(again, "run_requests", None)
+
+    write_batch(landing / "2025-01-20")
+    later = evaluate(defs, instance, cursor=first.cursor)
+    assert [request.partition_key for request in later.run_requests] == ["2025-01-20"]
+
+
+def test_folder_without_success_marker_waits_until_it_is_complete(defs, instance, locations: LakeLocations):
+    folder = write_batch(Path(locations.landing_uri()) / "2025-01-06", success=False)
+    waiting = evaluate(defs, instance)
+    assert not getattr(waiting, "run_requests", None)
+
+    (folder / "_SUCCESS").touch()
+    ready = evaluate(defs, instance, cursor=getattr(waiting, "cursor", None))
+    assert [request.partition_key for request in ready.run_requests] == ["2025-01-06"]
+
+
+def test_malformed_folder_names_are_logged_and_skipped(defs, instance, locations: LakeLocations, capfd):
+    landing = Path(locations.landing_uri())
+    write_batch(landing / "last-tuesday")
+    write_batch(landing / "2025-13-45")
+    write_batch(landing / "2025-01-06")
+
+    result = evaluate(defs, instance)
+    assert [request.partition_key for request in result.run_requests] == ["2025-01-06"]
+    logged = capfd.readouterr().err
+    assert "last-tuesday" in logged and "2025-13-45" in logged
+
+
+def test_sensor_targets_the_job_that_covers_every_asset(defs):
+    job = defs.resolve_job_def(landing_sensor.job_name)
+    planned = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
+    assert {"raw_orders", "clean_orders", "clean_order_products", "clean_products"} <= planned
