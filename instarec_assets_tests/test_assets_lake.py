@@ -72,7 +72,7 @@ def test_second_batch_dedups_resent_orders_and_accepts_late_lines(defs, instance
     write_batch(
         landing / DAY_2,
         orders=resent + new_orders,
-        prior_lines=late_lines_of_test_order + [(204, 2, 1, 1)],
+        prior_lines=[*late_lines_of_test_order, (204, 2, 1, 1)],
         train_lines=[],
     )
     result = run_partition(defs, instance, DAY_2)

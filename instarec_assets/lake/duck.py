@@ -47,7 +47,10 @@ def copy_to_parquet(conn: duckdb.DuckDBPyConnection, select_sql: str, path: Path
     path.parent.mkdir(parents=True, exist_ok=True)
     conn.execute(f"COPY ({select_sql}) TO '{_sql_path(path)}' (FORMAT parquet, COMPRESSION zstd)")
     return StagedParquet(
-        path=path, row_count=int(scalar(conn, "SELECT count(*) FROM read_parquet(?, hive_partitioning = false)", [str(path)]))
+        path=path,
+        row_count=int(
+            scalar(conn, "SELECT count(*) FROM read_parquet(?, hive_partitioning = false)", [str(path)])
+        ),
     )
 
 

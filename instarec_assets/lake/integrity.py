@@ -13,7 +13,9 @@ def schema_differences(conn: duckdb.DuckDBPyConnection, uri: str, expected_selec
     """Human-readable differences between a stored file's columns and the expected typed schema."""
     actual = {
         name: kind
-        for name, kind, *_ in conn.execute("DESCRIBE SELECT * FROM read_parquet(?, hive_partitioning = false)", [uri]).fetchall()
+        for name, kind, *_ in conn.execute(
+            "DESCRIBE SELECT * FROM read_parquet(?, hive_partitioning = false)", [uri]
+        ).fetchall()
     }
     expected = {name: kind for name, kind, *_ in conn.execute(f"DESCRIBE {expected_select}").fetchall()}
     differences = [f"missing column {name} ({kind})" for name, kind in expected.items() if name not in actual]
@@ -53,7 +55,11 @@ def orphan_rows(
     if not child_uris:
         return 0
     if not parent_uris:
-        return int(scalar(conn, "SELECT count(*) FROM read_parquet(?, hive_partitioning = false)", [list(child_uris)]))
+        return int(
+            scalar(
+                conn, "SELECT count(*) FROM read_parquet(?, hive_partitioning = false)", [list(child_uris)]
+            )
+        )
     return int(
         scalar(
             conn,
