@@ -11,6 +11,8 @@ from dagster import DagsterInstance, Definitions
 from instarec_assets.definitions import build_definitions
 from instarec_assets.lake.locations import LakeLocations
 
+pytest_plugins = ["instarec_assets_tests.aws_fixtures"]
+
 warnings.filterwarnings("ignore", message=".*is currently in preview.*")
 
 

@@ -1,0 +1,73 @@
+"""aws mode: the same assets with each zone in its own S3 bucket, against a moto server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+from dagster import DagsterInstance, build_sensor_context
+
+from instarec_assets.definitions import build_definitions
+from instarec_assets.lake.locations import LakeConfigError, LakeLocations
+from instarec_assets.pipeline.runner import land_folder, materialize_partition
+from instarec_assets.sensors import landing_sensor
+from instarec_assets_tests.aws_fixtures import REGION
+from instarec_assets_tests.landing_fixtures import ORDERS, PRIOR_LINES, TRAIN_LINES, write_batch
+
+pytestmark = pytest.mark.aws
+DAY_1 = "2025-01-06"
+
+
+def _read_parquet(endpoint: str, bucket: str, key: str):
+    body = boto3.client("s3", endpoint_url=endpoint, region_name=REGION).get_object(Bucket=bucket, Key=key)[
+        "Body"
+    ]
+    return pq.read_table(io.BytesIO(body.read()))
+
+
+def test_partition_is_written_to_zone_buckets_in_the_seed_layout(
+    aws_locations: LakeLocations, aws_env: str, tmp_path
+):
+    land_folder(write_batch(tmp_path / "batch", success=False), aws_locations, DAY_1)
+    with DagsterInstance.ephemeral() as instance:
+        reports = materialize_partition(build_definitions(aws_locations), instance, DAY_1)
+
+    rows = {report.asset: report.rows for report in reports}
+    assert rows["clean_orders"] == len(ORDERS)
+    assert rows["clean_order_products"] == len(PRIOR_LINES) + len(TRAIN_LINES)
+    key = "clean_orders/year=2025/month=01/day=06/clean_orders.parquet"
+    table = _read_parquet(aws_env, aws_locations.clean_bucket, key)
+    assert sorted(table.column("order_id").to_pylist()) == sorted(order[0] for order in ORDERS)
+    raw = _read_parquet(
+        aws_env, aws_locations.raw_bucket, "raw_orders/year=2025/month=01/day=06/raw_orders.parquet"
+    )
+    assert (
+        raw.column("_source_file")[0].as_py() == f"s3://{aws_locations.raw_bucket}/landing/{DAY_1}/orders.csv"
+    )
+    listed = boto3.client("s3", endpoint_url=aws_env, region_name=REGION).list_objects_v2(
+        Bucket=aws_locations.clean_bucket, Prefix="clean_orders/"
+    )
+    assert [entry["Key"] for entry in listed["Contents"]] == [key]  # one object per partition, no temporaries
+
+
+def test_landing_sensor_reads_the_raw_buckets_landing_prefix(aws_locations: LakeLocations, tmp_path):
+    land_folder(write_batch(tmp_path / "batch", success=False), aws_locations, DAY_1)
+    defs = build_definitions(aws_locations)
+    with DagsterInstance.ephemeral() as instance:
+        context = build_sensor_context(
+            instance=instance,
+            repository_def=defs.get_repository_def(),
+            resources={"lake": defs.resources["lake"]},
+        )
+        result = landing_sensor(context)
+    assert [request.partition_key for request in result.run_requests] == [DAY_1]
+
+
+def test_aws_mode_without_buckets_fails_naming_the_variable(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("INSTAREC_ENV", "aws")
+    for zone in ("RAW", "CLEAN", "CURATED", "CONSUMPTION"):
+        monkeypatch.delenv(f"INSTAREC_{zone}_BUCKET", raising=False)
+    with pytest.raises(LakeConfigError, match="INSTAREC_RAW_BUCKET must be set"):
+        LakeLocations.from_env()
