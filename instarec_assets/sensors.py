@@ -1,9 +1,16 @@
 """landing_sensor: one run per complete landing folder (`YYYY-MM-DD/` with a `_SUCCESS` marker)."""
 
-
 import json
 
-from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import (
+    AssetKey,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
 
 from instarec_assets.lake.locations import LakeConfigError, parse_partition_key
 from instarec_assets.partitions import landing_date_partitions
@@ -21,6 +28,8 @@ LANDING_JOB_NAME = "landing_to_lake"
 def landing_sensor(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult | SkipReason:
     seen: set[str] = set(json.loads(context.cursor)) if context.cursor else set()
     valid_keys = set(landing_date_partitions.get_partition_keys())
+    # Partitions already landed by `instarec materialize` (or an earlier sensor) are not run again.
+    already_materialized = context.instance.get_materialized_partitions(AssetKey("raw_orders"))
     run_requests = []
     for name, complete in lake.locations.landing_batches().items():
         if name in seen:
@@ -37,8 +46,11 @@ def landing_sensor(context: SensorEvaluationContext, lake: LakeResource) -> Sens
             continue
         if not complete:
             continue  # still being copied; picked up once its _SUCCESS marker appears
-        run_requests.append(RunRequest(run_key=f"landing-{name}", partition_key=name))
         seen.add(name)
+        if name in already_materialized:
+            context.log.info(f"landing folder {name!r} is already materialized; not run again")
+            continue
+        run_requests.append(RunRequest(run_key=f"landing-{name}", partition_key=name))
     if not run_requests and seen == set(json.loads(context.cursor or "[]")):
         return SkipReason("no new complete landing folders")
     return SensorResult(run_requests=run_requests, cursor=json.dumps(sorted(seen)))

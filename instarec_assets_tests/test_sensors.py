@@ -64,3 +64,19 @@ def test_sensor_targets_the_job_that_covers_every_asset(defs):
     job = defs.resolve_job_def(landing_sensor.job_name)
     planned = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
     assert {"raw_orders", "clean_orders", "clean_order_products", "clean_products"} <= planned
+
+
+def test_partition_already_materialized_from_the_cli_is_not_run_again(
+    defs, instance, locations: LakeLocations
+):
+    landing = Path(locations.landing_uri())
+    write_batch(landing / "2025-01-06")
+    assert (
+        defs.resolve_job_def(landing_sensor.job_name)
+        .execute_in_process(partition_key="2025-01-06", instance=instance)
+        .success
+    )
+    write_batch(landing / "2025-01-13")
+
+    result = evaluate(defs, instance)
+    assert [request.partition_key for request in result.run_requests] == ["2025-01-13"]
