@@ -63,9 +63,7 @@ def read_header(fs: AbstractFileSystem, uri: str) -> list[str]:
             stream = gzip.GzipFile(fileobj=raw) if uri.endswith(".gz") else raw
             first_line = stream.readline()
     except (OSError, EOFError, zlib.error) as error:
-        raise LandingFileError(
-            f"{name}: cannot be read as {'gzip' if uri.endswith('.gz') else 'text'}: {error}"
-        ) from None
+        raise LandingFileError(f"{name}: cannot be read{_as_gzip(uri)}: {error}") from None
     if not first_line.strip():
         raise LandingFileError(f"{name}: file is empty (expected a header line)")
     try:
@@ -85,7 +83,7 @@ def check_header(uri: str, header: list[str], spec: LandingFile) -> None:
     if missing:
         problems.append(f"missing column(s) {', '.join(missing)}")
     if extra:
-        problems.append(f"unexpected column(s) {', '.join(extra)}")
+        problems.append(f"unexpected column(s) {', '.join(column or '(unnamed)' for column in extra)}")
     if duplicated:
         problems.append(f"repeated column(s) {', '.join(duplicated)}")
     if problems:
@@ -116,15 +114,36 @@ FROM read_csv($uri, header = true, auto_detect = false, columns = $columns_spec,
               max_line_size = 1048576, null_padding = false)
 """
 
-INGEST_REJECTED_SQL = """
+# DuckDB reports a short line once per missing field: keep the first error of each line, so one landed
+# line is one raw row. `line` counts records with the header as line 1, so its data row is line - 1.
+REJECTED_LINES_SQL = """
+CREATE OR REPLACE TEMP TABLE landing_rejected_lines AS
+SELECT (line - 1)::BIGINT AS data_row,
+       'line ' || line || ': ' || error_type || ': ' || error_message AS parse_error,
+       trim(csv_line, chr(10) || chr(13)) AS raw_line
+FROM landing_reject_errors
+QUALIFY row_number() OVER (PARTITION BY line ORDER BY column_idx NULLS LAST, byte_position) = 1
+"""
+
+# Accepted rows were numbered among themselves; the j-th rejected row (data row r) has r - j accepted
+# rows before it, so an accepted row moves down by the number of rejected rows ahead of it.
+INGEST_COMBINED_SQL = """
+SELECT accepted.* REPLACE ((accepted._source_row + coalesce(shift.rejected_before, 0))::BIGINT AS _source_row)
+FROM read_parquet($accepted_path, hive_partitioning = false) AS accepted
+ASOF LEFT JOIN (
+    SELECT data_row - rank AS accepted_before, max(rank) AS rejected_before
+    FROM (SELECT data_row, row_number() OVER (ORDER BY data_row) AS rank FROM landing_rejected_lines)
+    GROUP BY ALL
+) AS shift ON accepted._source_row > shift.accepted_before
+UNION ALL
 SELECT {null_columns},
        $source_file AS _source_file,
-       NULL::BIGINT AS _source_row,
+       data_row AS _source_row,
        $ingested_at::TIMESTAMPTZ AS _ingested_at,
-       'line ' || line || ': ' || error_type || ': ' || error_message AS _parse_error,
-       trim(csv_line, chr(10) || chr(13)) AS _raw_line
-FROM landing_reject_errors
-ORDER BY line
+       parse_error AS _parse_error,
+       raw_line AS _raw_line
+FROM landing_rejected_lines
+ORDER BY _source_row
 """
 
 
@@ -154,24 +173,32 @@ def ingest_landing_file(
     conn.execute("DROP TABLE IF EXISTS landing_reject_errors; DROP TABLE IF EXISTS landing_reject_scans")
     try:
         accepted = _copy_with_params(conn, INGEST_ACCEPTED_SQL.format(columns=columns), params, accepted_path)
-        rejected_lines = scalar(conn, "SELECT count(*) FROM landing_reject_errors")
+        conn.execute(REJECTED_LINES_SQL)
+        rejected_lines = scalar(conn, "SELECT count(*) FROM landing_rejected_lines")
+    except duckdb.IOException as error:
+        raise LandingFileError(f"{name}: cannot be read{_as_gzip(uri)}: {_first_line(error)}") from None
     except duckdb.Error as error:
-        raise LandingFileError(f"{name}: cannot be parsed as CSV: {str(error).splitlines()[0]}") from None
+        raise LandingFileError(f"{name}: cannot be parsed as CSV: {_first_line(error)}") from None
     if not rejected_lines:
         return RawIngest(accepted, uri, sha256, size_bytes, 0)
     null_columns = ", ".join(f'NULL::VARCHAR AS "{column}"' for column in spec.columns)
-    combined_sql = (
-        f"SELECT * FROM read_parquet('{accepted_path}', hive_partitioning = false) UNION ALL "
-        + f"SELECT * FROM ({INGEST_REJECTED_SQL.format(null_columns=null_columns)})"
-    )
     staged = _copy_with_params(
         conn,
-        combined_sql,
-        {"source_file": uri, "ingested_at": ingested_at.isoformat()},
+        INGEST_COMBINED_SQL.format(null_columns=null_columns),
+        {"accepted_path": str(accepted_path), "source_file": uri, "ingested_at": ingested_at.isoformat()},
         scratch / f"{spec.table}.parquet",
     )
     accepted_path.unlink()
     return RawIngest(staged, uri, sha256, size_bytes, int(rejected_lines))
+
+
+def _as_gzip(uri: str) -> str:
+    """A `.gz` file DuckDB cannot read to the end is corrupt or truncated; say so."""
+    return " as gzip (corrupt or truncated)" if uri.endswith(".gz") else ""
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0]
 
 
 def _copy_with_params(

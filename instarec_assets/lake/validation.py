@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 REASON_VALUE_CHARS = 40
 
+# ASCII decimal digits only: DuckDB's cast would also take '1e3', '1_000', 'nan' and 'inf'.
+DECIMAL_PATTERN = r"\s*[+-]?[0-9]+(\.[0-9]*)?\s*"
+
 
 @dataclass(frozen=True)
 class WholeNumber:
@@ -22,14 +25,14 @@ class WholeNumber:
     sql_type: str = "INTEGER"
 
     def typed(self) -> str:
-        number = f"TRY_CAST(trim({self._col}) AS DOUBLE)"
+        number = self._number
         return (
             f"CASE WHEN {number} = floor({number}) AND {number} BETWEEN {self.minimum} AND {self.maximum} "
             f"THEN {number}::{self.sql_type} END AS {self._col}"
         )
 
     def reasons(self) -> list[str]:
-        number = f"TRY_CAST(trim({self._col}) AS DOUBLE)"
+        number = self._number
         missing = f"nullif(trim({self._col}), '') IS NULL"
         rules = []
         if self.required:
@@ -44,6 +47,13 @@ class WholeNumber:
             f"THEN '{self.name}: out of range {self.minimum}..{self.maximum}: ' || {_quoted(self._col)}",
         ]
         return rules
+
+    @property
+    def _number(self) -> str:
+        return (
+            f"CASE WHEN regexp_full_match({self._col}, '{DECIMAL_PATTERN}') "
+            f"THEN TRY_CAST(trim({self._col}) AS DOUBLE) END"
+        )
 
     @property
     def _col(self) -> str:
@@ -78,7 +88,8 @@ class Text:
 
     @property
     def _normalised(self) -> str:
-        text = f"regexp_replace(nfc_normalize(trim({self._col})), '\\s+', ' ', 'g')"
+        """Any run of Unicode whitespace (tabs, no-break spaces) becomes one space, then ends are trimmed."""
+        text = f"trim(regexp_replace(nfc_normalize({self._col}), '[\\s\\p{{Z}}]+', ' ', 'g'))"
         return f"lower({text})" if self.lowercase else text
 
     @property

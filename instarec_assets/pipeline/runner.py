@@ -13,8 +13,9 @@ from pathlib import Path
 
 from dagster import DagsterEventType, DagsterInstance, Definitions
 
-from instarec_assets.lake.locations import LakeLocations, parse_partition_key
+from instarec_assets.lake.locations import LakeConfigError, LakeLocations, parse_partition_key
 from instarec_assets.lake.schemas import LANDING_FILES, SUCCESS_MARKER
+from instarec_assets.partitions import landing_date_partitions
 from instarec_assets.sensors import LANDING_JOB_NAME
 
 
@@ -40,9 +41,20 @@ def dagster_instance(locations: LakeLocations) -> DagsterInstance:
     return DagsterInstance.get()
 
 
+def check_partition_key(partition_key: str) -> None:
+    """A date the landing job has a partition for; checked before landing, as Dagster's own check raises."""
+    parse_partition_key(partition_key)
+    if not landing_date_partitions.has_partition_key(partition_key):
+        first = landing_date_partitions.get_first_partition_key()
+        last = landing_date_partitions.get_last_partition_key()
+        raise LakeConfigError(
+            f"partition key {partition_key!r} is outside the partition range {first}..{last}"
+        )
+
+
 def land_folder(source: Path, locations: LakeLocations, partition_key: str) -> str:
     """Copy a folder of Instacart files into the landing area as one partition; `_SUCCESS` goes last."""
-    parse_partition_key(partition_key)
+    check_partition_key(partition_key)
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: landing folder does not exist")
     names = {spec_name for spec in LANDING_FILES.values() for spec_name in spec.file_names}
