@@ -59,3 +59,19 @@ def test_workspace_loads_with_the_dagster_cli(home):
         timeout=120,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def test_dagster_free_modules_import_without_dagster():
+    code = (
+        "import sys, instarec_assets.lake.clean_orders, instarec_assets.generate; "
+        "assert 'dagster' not in sys.modules, 'dagster was imported'"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def test_code_location_module_exposes_defs(home):
+    import instarec_assets
+
+    assert "defs" in dir(instarec_assets)
+    assert instarec_assets.defs.resolve_job_def("landing_to_lake") is not None
