@@ -1,0 +1,778 @@
+"""The AWS deployment under infra/: validators a deploy pipeline runs, plus the seed system's controls.
+
+cfn-lint and checkov live in their own virtualenv (``.venv-tools``, created by ``make test``) because
+checkov pins a botocore that breaks s3fs; ``INSTAREC_TOOLS_BIN`` overrides where they are looked for.
+The templates are parsed here with a small YAML loader that understands CloudFormation's short-form
+intrinsics (!Ref, !Sub, !GetAtt, ...), so the assertions read the same structure CloudFormation does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+INFRA = REPO / "infra"
+STACKS = INFRA / "stacks"
+WORKFLOWS = REPO / ".github" / "workflows"
+
+EXPECTED_STACKS = {
+    "bootstrap",
+    "data-lake",
+    "network",
+    "ml",
+    "serving",
+    "analytics",
+    "orchestration",
+    "access",
+    "monitoring",
+    "frontend",
+}
+# The variables the application reads in aws mode (see infra/README.md).
+APP_ENV_VARS = {
+    "INSTAREC_ENV",
+    "INSTAREC_RAW_BUCKET",
+    "INSTAREC_CLEAN_BUCKET",
+    "INSTAREC_CURATED_BUCKET",
+    "INSTAREC_CONSUMPTION_BUCKET",
+    "INSTAREC_DYNAMODB_TABLE",
+    "INSTAREC_SAGEMAKER_ROLE_ARN",
+    "AWS_REGION",
+}
+CLEAN_TABLES = ["clean_orders", "clean_order_products", "clean_products", "clean_aisles", "clean_departments"]
+# Actions that AWS only authorises on Resource "*" (no resource-level permissions), or read-only listings.
+STAR_RESOURCE_ALLOWED = {
+    "athena:listdatacatalogs",
+    "athena:listengineversions",
+    "athena:listworkgroups",
+    "cloudformation:validatetemplate",
+    "cloudtrail:describetrails",
+    "cloudtrail:lookupevents",
+    "cloudwatch:describealarms",
+    "cloudwatch:getmetricdata",
+    "cloudwatch:listmetrics",
+    "cloudwatch:putmetricdata",
+    "ecr:getauthorizationtoken",
+    "ecs:deregistertaskdefinition",
+    "ecs:describetaskdefinition",
+    "ecs:registertaskdefinition",
+    "glue:getsecurityconfiguration",
+    "kms:createkey",
+    "logs:describeloggroups",
+    "logs:describemetricfilters",
+    "logs:describequeries",
+    "logs:describeresourcepolicies",
+    "logs:getqueryresults",
+    "logs:listlogdeliveries",
+    "logs:stopquery",
+    "rds:describedbengineversions",
+    "sagemaker:listtrainingjobs",
+    "secretsmanager:getrandompassword",
+    "xray:puttelemetryrecords",
+    "xray:puttracesegments",
+}
+STAR_RESOURCE_ALLOWED_PREFIXES = ("ec2:describe", "elasticloadbalancing:describe")
+
+
+# ----------------------------------------------------------------------------- YAML with intrinsics
+class CfnLoader(yaml.SafeLoader):
+    """SafeLoader that turns CloudFormation short-form tags into their long form."""
+
+
+def _construct_intrinsic(loader: CfnLoader, tag_suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if tag_suffix == "Ref":
+        return {"Ref": value}
+    if tag_suffix == "Condition":
+        return {"Condition": value}
+    if tag_suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{tag_suffix}": value}
+
+
+CfnLoader.add_multi_constructor("!", _construct_intrinsic)
+
+
+def load_cfn(path: Path) -> dict[str, Any]:
+    return yaml.load(path.read_text(), Loader=CfnLoader)  # a SafeLoader subclass
+
+
+def walk(node: Any) -> Iterator[Any]:
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def resolve_default(template: dict[str, Any], value: Any) -> Any:
+    """A literal, or the default of the parameter a {"Ref": ...} names."""
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        return template["Parameters"][value["Ref"]]["Default"]
+    return value
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def templates() -> dict[str, dict[str, Any]]:
+    return {path.stem: load_cfn(path) for path in sorted(STACKS.glob("*.yaml"))}
+
+
+@pytest.fixture(scope="module")
+def resources(templates: dict[str, dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(stack, logical id, resource) for every resource of every stack."""
+    return [
+        (stack, logical_id, resource)
+        for stack, template in templates.items()
+        for logical_id, resource in template["Resources"].items()
+    ]
+
+
+def of_type(resources: list[tuple[str, str, dict[str, Any]]], kind: str) -> list[tuple[str, str, dict]]:
+    return [entry for entry in resources if entry[2]["Type"] == kind]
+
+
+@pytest.fixture(scope="module")
+def tools_bin() -> Path:
+    bin_dir = Path(os.environ.get("INSTAREC_TOOLS_BIN", REPO / ".venv-tools" / "bin"))
+    missing = [tool for tool in ("cfn-lint", "checkov") if not (bin_dir / tool).exists()]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not found in {bin_dir}. Create the tools venv with `make tools` "
+            "(python3 -m venv .venv-tools && .venv-tools/bin/pip install cfn-lint checkov) "
+            "or point INSTAREC_TOOLS_BIN at a folder that has both."
+        )
+    return bin_dir
+
+
+def _run_checkov(tools_bin: Path, directory: Path, frameworks: list[str]) -> dict[str, Any]:
+    cmd = [
+        str(tools_bin / "checkov"),
+        "-d",
+        str(directory),
+        "--framework",
+        *frameworks,
+        "--skip-download",
+        "--compact",
+        "--output",
+        "json",
+    ]
+    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300, check=False)
+    try:
+        report = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"checkov printed no JSON report (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    reports = report if isinstance(report, list) else [report]
+    return {"returncode": proc.returncode, "reports": reports, "cmd": " ".join(cmd)}
+
+
+@pytest.fixture(scope="module")
+def checkov_runs(tools_bin: Path) -> list[dict[str, Any]]:
+    """checkov over infra/ and the workflows, once per session, both scans in parallel."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        infra = pool.submit(_run_checkov, tools_bin, INFRA, ["cloudformation", "dockerfile", "secrets"])
+        workflows = pool.submit(_run_checkov, tools_bin, WORKFLOWS, ["github_actions"])
+        return [infra.result(), workflows.result()]
+
+
+# ----------------------------------------------------------------------------- validators
+def test_every_concern_has_a_stack(templates: dict[str, dict[str, Any]]) -> None:
+    assert set(templates) == EXPECTED_STACKS
+
+
+def test_cfn_lint_reports_nothing(tools_bin: Path) -> None:
+    paths = sorted(str(p) for p in STACKS.glob("*.yaml"))
+    proc = subprocess.run(
+        [str(tools_bin / "cfn-lint"), "--format", "parseable", *paths],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+    # Exit code 0: no errors, no warnings, no informational findings.
+    assert proc.returncode == 0, f"cfn-lint findings:\n{proc.stdout}{proc.stderr}"
+
+
+def test_checkov_passes_with_only_inline_explained_skips(
+    templates: dict[str, dict[str, Any]], checkov_runs: list[dict[str, Any]]
+) -> None:
+    # One test for both properties, so that pytest-xdist runs checkov once, not once per worker.
+    failures = []
+    frameworks = set()
+    applied = set()
+    for run in checkov_runs:
+        for report in run["reports"]:
+            frameworks.add(report["check_type"])
+            assert report["summary"]["parsing_errors"] == 0, run["cmd"]
+            for check in report["results"]["failed_checks"]:
+                failures.append(f"{check['check_id']} {check['file_path']} {check['resource']}")
+            for check in report["results"].get("skipped_checks", []):
+                stack = Path(check["file_path"]).stem
+                logical_id = check["resource"].split(".", 1)[1]
+                applied.add((stack, logical_id, check["check_id"]))
+        assert run["returncode"] == 0 or failures, f"{run['cmd']} exited {run['returncode']}"
+    assert not failures, "checkov failed checks:\n" + "\n".join(failures)
+    assert {"cloudformation", "dockerfile", "github_actions"} <= frameworks
+
+    # Every skip sits in the resource's Metadata with a one-line reason, and checkov applies it.
+    declared = set()
+    for stack, template in templates.items():
+        for logical_id, resource in template["Resources"].items():
+            for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+                comment = skip.get("comment", "")
+                assert len(comment) > 20 and "\n" not in comment.strip(), (stack, logical_id, skip)
+                declared.add((stack, logical_id, skip["id"]))
+    for path in [*INFRA.rglob("*"), *WORKFLOWS.rglob("*")]:
+        if path.is_file() and path.suffix in {".yaml", ".yml", ".sh", ""}:
+            assert "checkov:skip" not in path.read_text(errors="ignore"), f"use resource Metadata in {path}"
+    assert declared == applied, f"stale or unexplained skips: {declared ^ applied}"
+
+
+def test_templates_are_deployable_without_an_upload_bucket(templates: dict[str, dict[str, Any]]) -> None:
+    for path in STACKS.glob("*.yaml"):
+        # aws cloudformation deploy inlines templates up to 51,200 bytes.
+        assert path.stat().st_size < 51_200, path
+    for stack, template in templates.items():
+        assert template.get("Description"), stack
+        env = template["Parameters"]["EnvironmentName"]
+        assert env["AllowedPattern"] == "^[a-z][a-z0-9]{1,9}$", stack
+        for logical_id, resource in template["Resources"].items():
+            assert "DependsOn" not in resource or resource["DependsOn"], (stack, logical_id)
+
+
+# ----------------------------------------------------------------------------- data lake
+def _bucket_policies(resources: list[tuple[str, str, dict]]) -> dict[tuple[str, str], dict]:
+    policies = {}
+    for stack, _, resource in of_type(resources, "AWS::S3::BucketPolicy"):
+        bucket = resource["Properties"]["Bucket"]["Ref"]
+        policies[(stack, bucket)] = resource["Properties"]["PolicyDocument"]
+    return policies
+
+
+def test_lake_has_the_zone_and_log_buckets(templates: dict[str, dict[str, Any]]) -> None:
+    lake = templates["data-lake"]["Resources"]
+    for logical_id in ("RawBucket", "CleanBucket", "CuratedBucket", "ConsumptionBucket", "LogsBucket"):
+        assert lake[logical_id]["Type"] == "AWS::S3::Bucket"
+    outputs = templates["data-lake"]["Outputs"]
+    for zone in ("Raw", "Clean", "Curated", "Consumption"):
+        assert f"{zone}BucketName" in outputs
+
+
+def test_raw_zone_has_object_lock_governance_180_days(templates: dict[str, dict[str, Any]]) -> None:
+    template = templates["data-lake"]
+    raw = template["Resources"]["RawBucket"]["Properties"]
+    assert raw["ObjectLockEnabled"] is True
+    lock = raw["ObjectLockConfiguration"]
+    assert lock["ObjectLockEnabled"] == "Enabled"
+    retention = lock["Rule"]["DefaultRetention"]
+    assert retention["Mode"] == "GOVERNANCE"
+    assert resolve_default(template, retention["Days"]) == 180
+    assert "Years" not in retention
+
+
+def test_lake_key_is_a_rotating_customer_key(templates: dict[str, dict[str, Any]]) -> None:
+    key = templates["data-lake"]["Resources"]["LakeKey"]
+    assert key["Type"] == "AWS::KMS::Key"
+    assert key["Properties"]["EnableKeyRotation"] is True
+    assert key["DeletionPolicy"] == "Retain"
+    for logical_id in ("RawBucket", "CleanBucket", "CuratedBucket", "ConsumptionBucket", "ArtifactsBucket"):
+        rule = templates["data-lake"]["Resources"][logical_id]["Properties"]["BucketEncryption"][
+            "ServerSideEncryptionConfiguration"
+        ][0]
+        assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms", logical_id
+        assert rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"] == {"Fn::GetAtt": ["LakeKey", "Arn"]}
+        assert rule["BucketKeyEnabled"] is True, logical_id
+
+
+def test_every_bucket_is_private_versioned_encrypted_and_tls_only(
+    resources: list[tuple[str, str, dict]],
+) -> None:
+    policies = _bucket_policies(resources)
+    buckets = of_type(resources, "AWS::S3::Bucket")
+    assert len(buckets) >= 9
+    for stack, logical_id, bucket in buckets:
+        props = bucket["Properties"]
+        where = f"{stack}/{logical_id}"
+        assert props["VersioningConfiguration"]["Status"] == "Enabled", where
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        }, where
+        assert "AccessControl" not in props, where
+        assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"], where
+        assert props["LifecycleConfiguration"]["Rules"], where
+        assert bucket["DeletionPolicy"] in {"Retain", "Delete"}, where
+        policy = policies.get((stack, logical_id))
+        assert policy is not None, f"{where} has no bucket policy"
+        tls = [
+            s
+            for s in policy["Statement"]
+            if s.get("Effect") == "Deny"
+            and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
+        ]
+        assert tls and tls[0]["Principal"] == "*" and tls[0]["Action"] == "s3:*", where
+
+
+def test_no_bucket_policy_grants_the_public(resources: list[tuple[str, str, dict]]) -> None:
+    for (stack, bucket), policy in _bucket_policies(resources).items():
+        for statement in policy["Statement"]:
+            if not isinstance(statement, dict) or "Effect" not in statement:
+                continue  # an Fn::If around an optional statement
+            if statement["Effect"] == "Allow":
+                principal = statement["Principal"]
+                assert principal != "*" and principal.get("AWS") != "*", (stack, bucket, statement["Sid"])
+
+
+def test_access_logs_go_to_the_logs_bucket_under_date_partitions(
+    resources: list[tuple[str, str, dict]],
+) -> None:
+    for stack, logical_id, bucket in of_type(resources, "AWS::S3::Bucket"):
+        props = bucket["Properties"]
+        if logical_id == "LogsBucket":
+            assert "LoggingConfiguration" not in props
+            continue
+        logging = props["LoggingConfiguration"]
+        assert logging["TargetObjectKeyFormat"]["PartitionedPrefix"]["PartitionDateSource"] == "EventTime"
+        assert logging["LogFilePrefix"].startswith("s3-access/"), (stack, logical_id)
+        dest = logging["DestinationBucketName"]
+        assert dest == {"Ref": "LogsBucket"} or "Fn::ImportValue" in dest, (stack, logical_id)
+
+
+def test_lake_lifecycle_expires_noncurrent_versions_and_old_logs(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    lake = templates["data-lake"]["Resources"]
+    for logical_id in ("RawBucket", "CleanBucket", "CuratedBucket", "ConsumptionBucket"):
+        rules = lake[logical_id]["Properties"]["LifecycleConfiguration"]["Rules"]
+        assert any("NoncurrentVersionExpiration" in rule for rule in rules), logical_id
+    log_rules = lake["LogsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert any(rule.get("ExpirationInDays") == {"Ref": "LogRetentionDays"} for rule in log_rules)
+
+
+# ----------------------------------------------------------------------------- serving
+def test_recommendations_table(templates: dict[str, dict[str, Any]]) -> None:
+    table = templates["serving"]["Resources"]["RecommendationsTable"]["Properties"]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert table["SSESpecification"]["SSEEnabled"] is True
+    assert table["SSESpecification"]["SSEType"] == "KMS"
+    assert table["KeySchema"] == [
+        {"AttributeName": "user_id", "KeyType": "HASH"},
+        {"AttributeName": "version", "KeyType": "RANGE"},
+    ]
+    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+    assert types == {"user_id": "N", "version": "S"}
+
+
+def test_serving_lambda(templates: dict[str, dict[str, Any]]) -> None:
+    fn = templates["serving"]["Resources"]["RecommendationsFunction"]["Properties"]
+    assert fn["Handler"] == "instarec_assets.serving.lambda_handler"
+    assert fn["Runtime"] == "python3.11"
+    assert fn["Code"]["S3Key"] == {"Ref": "LambdaCodeKey"}
+    assert fn["TracingConfig"]["Mode"] == "Active"
+    variables = fn["Environment"]["Variables"]
+    assert variables["INSTAREC_ENV"] == "aws"
+    assert {"INSTAREC_DYNAMODB_TABLE", "INSTAREC_API_KEY_PARAMETER"} <= set(variables)
+    assert "AWS_REGION" not in variables  # reserved: the Lambda runtime sets it
+
+
+def test_api_has_get_and_options_with_key_usage_plan_logs_and_tracing(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    res = templates["serving"]["Resources"]
+    methods = {
+        r["Properties"]["HttpMethod"]: r["Properties"]
+        for r in res.values()
+        if r["Type"] == "AWS::ApiGateway::Method"
+    }
+    assert set(methods) == {"GET", "OPTIONS"}
+    assert methods["GET"]["ApiKeyRequired"] is True
+    assert methods["GET"]["RequestParameters"]["method.request.querystring.user_id"] is True
+    assert methods["GET"]["Integration"]["Type"] == "AWS_PROXY"
+    assert methods["OPTIONS"]["Integration"]["Type"] == "MOCK"
+    assert res["RecommendationsResource"]["Properties"]["PathPart"] == "recommendations"
+    plan = res["UsagePlan"]["Properties"]
+    assert {"RateLimit", "BurstLimit"} <= set(plan["Throttle"])
+    assert res["UsagePlanKey"]["Properties"]["KeyId"] == {"Ref": "ApiKey"}
+    stage = res["ApiStage"]["Properties"]
+    assert stage["TracingEnabled"] is True
+    assert stage["AccessLogSetting"]["DestinationArn"]
+    assert res["ApiWebAclAssociation"]["Properties"]["WebACLArn"] == {"Fn::GetAtt": ["ApiWebAcl", "Arn"]}
+
+
+@pytest.mark.parametrize(
+    ("stack", "acl", "scope"),
+    [("serving", "ApiWebAcl", "REGIONAL"), ("frontend", "SiteWebAcl", "CLOUDFRONT")],
+)
+def test_waf_rate_limit_100_per_5_minutes_and_sql_injection(
+    templates: dict[str, dict[str, Any]], stack: str, acl: str, scope: str
+) -> None:
+    template = templates[stack]
+    props = template["Resources"][acl]["Properties"]
+    assert props["Scope"] == scope
+    rules = {rule["Name"]: rule for rule in props["Rules"]}
+    rate = [r for r in rules.values() if "RateBasedStatement" in r["Statement"]]
+    assert len(rate) == 1
+    statement = rate[0]["Statement"]["RateBasedStatement"]
+    assert resolve_default(template, statement["Limit"]) == 100
+    assert statement["EvaluationWindowSec"] == 300
+    assert statement["AggregateKeyType"] == "IP"
+    assert "Block" in rate[0]["Action"]
+    managed = {
+        r["Statement"]["ManagedRuleGroupStatement"]["Name"]
+        for r in rules.values()
+        if "ManagedRuleGroupStatement" in r["Statement"]
+    }
+    assert "AWSManagedRulesSQLiRuleSet" in managed
+    logging = [r for r in template["Resources"].values() if r["Type"] == "AWS::WAFv2::LoggingConfiguration"]
+    assert logging, f"{stack} web ACL is not logged"
+
+
+def test_frontend_is_private_bucket_behind_cloudfront_https_only(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    res = templates["frontend"]["Resources"]
+    dist = res["Distribution"]["Properties"]["DistributionConfig"]
+    assert dist["DefaultCacheBehavior"]["ViewerProtocolPolicy"] in {"https-only", "redirect-to-https"}
+    assert dist["ViewerCertificate"]["AcmCertificateArn"] == {"Ref": "CertificateArn"}
+    assert dist["ViewerCertificate"]["MinimumProtocolVersion"].startswith("TLSv1.2")
+    assert dist["WebACLId"] == {"Fn::GetAtt": ["SiteWebAcl", "Arn"]}
+    origin = dist["Origins"][0]
+    assert origin["OriginAccessControlId"] == {"Fn::GetAtt": ["OriginAccessControl", "Id"]}
+    assert "CustomOriginConfig" not in origin
+    policy = res["SiteBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    reads = [s for s in policy if s["Effect"] == "Allow"]
+    assert [s["Principal"] for s in reads] == [{"Service": "cloudfront.amazonaws.com"}]
+    assert "AWS:SourceArn" in reads[0]["Condition"]["StringEquals"]
+
+
+# ----------------------------------------------------------------------------- orchestration and ML
+def _container_env(task_definition: dict[str, Any]) -> dict[str, Any]:
+    container = task_definition["Properties"]["ContainerDefinitions"][0]
+    names = {e["Name"]: e["Value"] for e in container.get("Environment", [])}
+    names.update({s["Name"]: s["ValueFrom"] for s in container.get("Secrets", [])})
+    return names
+
+
+def test_dagster_on_fargate_in_private_subnets(templates: dict[str, dict[str, Any]]) -> None:
+    res = templates["orchestration"]["Resources"]
+    for service in ("WebserverService", "DaemonService"):
+        props = res[service]["Properties"]
+        assert props["LaunchType"] == "FARGATE"
+        assert props["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
+    daemon = res["DaemonService"]["Properties"]
+    assert daemon["DesiredCount"] == 1 and daemon["DeploymentConfiguration"]["MaximumPercent"] == 100
+    commands = {
+        logical_id: res[logical_id]["Properties"]["ContainerDefinitions"][0].get("Command", [])
+        for logical_id in ("WebserverTaskDefinition", "DaemonTaskDefinition", "RunTaskDefinition")
+    }
+    assert commands["WebserverTaskDefinition"][0] == "dagster-webserver"
+    assert commands["DaemonTaskDefinition"][:2] == ["dagster-daemon", "run"]
+    assert res["RunTaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Name"] == "run"
+    lb = res["LoadBalancer"]["Properties"]
+    assert lb["Scheme"] == "internal"
+    assert res["HttpsListener"]["Properties"]["Protocol"] == "HTTPS"
+    db = res["Database"]["Properties"]
+    assert db["Engine"] == "postgres"
+    assert db["StorageEncrypted"] is True and db["PubliclyAccessible"] is False
+    assert res["Database"]["DeletionPolicy"] == "Snapshot"
+
+
+def _dagster_yaml_env_vars() -> set[str]:
+    config = yaml.safe_load((INFRA / "dagster.yaml").read_text())
+    return {node["env"] for node in walk(config) if isinstance(node, dict) and set(node) == {"env"}}
+
+
+def test_task_definitions_carry_the_app_and_dagster_variables(templates: dict[str, dict[str, Any]]) -> None:
+    res = templates["orchestration"]["Resources"]
+    needed = APP_ENV_VARS | _dagster_yaml_env_vars()
+    assert {"DAGSTER_PG_PASSWORD", "DAGSTER_RUN_TASK_DEFINITION"} <= needed
+    for logical_id in ("WebserverTaskDefinition", "DaemonTaskDefinition", "RunTaskDefinition"):
+        env = _container_env(res[logical_id])
+        assert needed <= set(env), f"{logical_id} lacks {needed - set(env)}"
+        assert env["INSTAREC_ENV"] == "aws"
+        container = res[logical_id]["Properties"]["ContainerDefinitions"][0]
+        assert container["ReadonlyRootFilesystem"] is True
+        mounts = {m["ContainerPath"] for m in container["MountPoints"]}
+        assert {"/tmp", env["DAGSTER_HOME"]} <= mounts
+
+
+def test_dagster_yaml_is_valid_instance_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagster._config import convert_potential_field, process_config
+    from dagster._core.instance.config import dagster_instance_config_schema
+    from dagster._core.storage.config import pg_config
+    from dagster_aws.ecs import EcsRunLauncher
+    from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
+
+    for name in _dagster_yaml_env_vars():
+        monkeypatch.setenv(name, "placeholder")
+    config = yaml.safe_load((INFRA / "dagster.yaml").read_text())
+    instance = process_config(convert_potential_field(dagster_instance_config_schema()).config_type, config)
+    assert instance.success, instance.errors
+    assert config["run_launcher"]["class"] == "EcsRunLauncher"
+    assert config["run_launcher"]["module"] == "dagster_aws.ecs"
+    for schema, value in (
+        (EcsRunLauncher.config_type(), config["run_launcher"]["config"]),
+        (S3ComputeLogManager.config_type(), config["compute_logs"]["config"]),
+        (pg_config(), config["storage"]["postgres"]),
+    ):
+        result = process_config(convert_potential_field(schema).config_type, value)
+        assert result.success, result.errors
+
+
+def test_network_has_private_subnets_nat_and_endpoints(templates: dict[str, dict[str, Any]]) -> None:
+    res = templates["network"]["Resources"]
+    assert any(r["Type"] == "AWS::EC2::NatGateway" for r in res.values())
+    for subnet in ("PrivateSubnetA", "PrivateSubnetB"):
+        assert res[subnet]["Properties"]["MapPublicIpOnLaunch"] is False
+    services = set()
+    for r in res.values():
+        if r["Type"] == "AWS::EC2::VPCEndpoint":
+            name = r["Properties"]["ServiceName"]["Fn::Sub"]
+            services.add(name.split("}.", 1)[1])
+    assert {"s3", "sagemaker.api", "sagemaker.runtime", "logs", "ecr.api", "ecr.dkr"} <= services
+    assert any(r["Type"] == "AWS::EC2::FlowLog" for r in res.values())
+
+
+def test_sagemaker_role_writes_models_under_the_curated_prefix(templates: dict[str, dict[str, Any]]) -> None:
+    role = templates["ml"]["Resources"]["SageMakerExecutionRole"]["Properties"]
+    principal = role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
+    assert principal == {"Service": "sagemaker.amazonaws.com"}
+    writes = [
+        s
+        for p in role["Policies"]
+        for s in p["PolicyDocument"]["Statement"]
+        if "s3:PutObject" in as_list(s["Action"])
+    ]
+    assert len(writes) == 1
+    assert writes[0]["Resource"]["Fn::Sub"][0] == "${Arn}/models/*"
+    assert "SageMakerExecutionRoleArn" in templates["ml"]["Outputs"]
+
+
+# ----------------------------------------------------------------------------- analysts, access, monitoring
+def test_glue_and_athena_over_the_clean_zone(templates: dict[str, dict[str, Any]]) -> None:
+    res = templates["analytics"]["Resources"]
+    paths = [t["Path"]["Fn::Sub"][0] for t in res["CleanZoneCrawler"]["Properties"]["Targets"]["S3Targets"]]
+    assert paths == [f"s3://${{Bucket}}/{table}/" for table in CLEAN_TABLES]
+    assert res["CleanZoneCrawler"]["Properties"]["CrawlerSecurityConfiguration"] == {
+        "Ref": "GlueSecurityConfiguration"
+    }
+    workgroup = res["AnalystsWorkGroup"]["Properties"]["WorkGroupConfiguration"]
+    assert workgroup["EnforceWorkGroupConfiguration"] is True
+    assert workgroup["ResultConfiguration"]["EncryptionConfiguration"]["EncryptionOption"] == "SSE_KMS"
+
+
+def _iam_statements(templates: dict[str, dict[str, Any]]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for stack, template in templates.items():
+        for logical_id, resource in template["Resources"].items():
+            props = resource.get("Properties", {})
+            documents = []
+            if resource["Type"] == "AWS::IAM::Role":
+                documents = [p["PolicyDocument"] for p in props.get("Policies", [])]
+            elif resource["Type"] in {"AWS::IAM::ManagedPolicy", "AWS::IAM::Policy"}:
+                documents = [props["PolicyDocument"]]
+            for document in documents:
+                for statement in document["Statement"]:
+                    yield stack, logical_id, statement
+
+
+def test_iam_is_least_privilege(templates: dict[str, dict[str, Any]]) -> None:
+    statements = list(_iam_statements(templates))
+    assert len(statements) > 50
+    for stack, logical_id, statement in statements:
+        where = f"{stack}/{logical_id}/{statement.get('Sid')}"
+        assert statement["Effect"] == "Allow", where
+        actions = [a.lower() for a in as_list(statement["Action"])]
+        for action in actions:
+            assert action != "*" and not action.endswith(":*"), f"{where}: {action}"
+        if "*" in as_list(statement["Resource"]):
+            broad = [
+                a
+                for a in actions
+                if a not in STAR_RESOURCE_ALLOWED and not a.startswith(STAR_RESOURCE_ALLOWED_PREFIXES)
+            ]
+            assert not broad, f"{where}: {broad} on Resource '*'"
+
+
+def test_people_roles_and_the_analyst_is_read_only(templates: dict[str, dict[str, Any]]) -> None:
+    res = templates["access"]["Resources"]
+    for role in ("AdminRole", "DERole", "DARole"):
+        trust = res[role]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]
+        assert trust["Condition"]["Bool"]["aws:MultiFactorAuthPresent"] == "true"
+    analyst = [s for _, lid, s in _iam_statements(templates) if lid == "DARole"]
+    shared = res["AnalystQueryPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert res["DARole"]["Properties"]["ManagedPolicyArns"] == [{"Ref": "AnalystQueryPolicy"}]
+    for statement in analyst + shared:
+        text = json.dumps(statement)
+        for bucket in ("RawBucketArn", "CuratedBucketArn", "ConsumptionBucketArn", "ArtifactsBucketArn"):
+            assert bucket not in text, statement.get("Sid")
+        writes = [
+            a
+            for a in as_list(statement["Action"])
+            if a.startswith("s3:") and not a.startswith(("s3:Get", "s3:List"))
+        ]
+        if writes:  # only the Athena query results may be written
+            assert "AthenaResultsBucketArn" in text and "/results/*" in text, statement.get("Sid")
+        assert not any(
+            a.startswith(("dynamodb:", "sagemaker:", "ecs:", "iam:")) for a in as_list(statement["Action"])
+        )
+
+
+def test_cloudtrail_and_alarms(templates: dict[str, dict[str, Any]]) -> None:
+    res = templates["monitoring"]["Resources"]
+    trail = res["Trail"]["Properties"]
+    assert trail["IsMultiRegionTrail"] is True and trail["EnableLogFileValidation"] is True
+    assert trail["KMSKeyId"]
+    metrics = set()
+    for resource in res.values():
+        if resource["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        props = resource["Properties"]
+        assert props["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+        if "MetricName" in props:
+            metrics.add(props["MetricName"])
+        for metric in props.get("Metrics", []):
+            if "MetricStat" in metric:
+                metrics.add(metric["MetricStat"]["Metric"]["MetricName"])
+    assert {
+        "5XXError",
+        "Errors",
+        "ReadThrottleEvents",
+        "WriteThrottleEvents",
+        "DagsterRunFailures",
+    } <= metrics
+    filters = [
+        r["Properties"]["FilterPattern"] for r in res.values() if r["Type"] == "AWS::Logs::MetricFilter"
+    ]
+    assert filters and all("RUN_FAILURE" in f for f in filters)
+
+
+def test_cross_stack_imports_are_exported(templates: dict[str, dict[str, Any]]) -> None:
+    exports = set()
+    for template in templates.values():
+        for output in template.get("Outputs", {}).values():
+            if "Export" in output:
+                exports.add(output["Export"]["Name"]["Fn::Sub"])
+    imports = set()
+    for template in templates.values():
+        for node in walk(template["Resources"]):
+            if isinstance(node, dict) and "Fn::ImportValue" in node:
+                imports.add(node["Fn::ImportValue"]["Fn::Sub"])
+    assert imports and imports <= exports, imports - exports
+
+
+# ----------------------------------------------------------------------------- deploy
+def _workflow(name: str) -> dict[str, Any]:
+    text = (WORKFLOWS / name).read_text()
+    assert not re.search(r"aws[-_]access[-_]key[-_]id|aws[-_]secret[-_]access[-_]key", text, re.IGNORECASE), (
+        name
+    )
+    assert "secrets.AWS" not in text, name
+    workflow = yaml.safe_load(text)
+    # PyYAML reads the bare key `on` as True.
+    workflow["on"] = workflow.pop(True, workflow.get("on"))
+    assert workflow["on"] and workflow["jobs"], name
+    return workflow
+
+
+def _steps_text(job: dict[str, Any]) -> str:
+    return "\n".join(json.dumps(step) for step in job["steps"])
+
+
+def test_ci_workflow_runs_make_test_with_chromium() -> None:
+    workflow = _workflow("ci.yml")
+    assert workflow["permissions"] == {"contents": "read"}
+    text = _steps_text(workflow["jobs"]["test"])
+    assert "make test" in text and "apt-get install" in text and "chromium" in text
+
+
+@pytest.mark.parametrize("name", ["deploy-infra.yml", "deploy-frontend.yml"])
+def test_deploy_workflows_use_the_oidc_role(name: str) -> None:
+    workflow = _workflow(name)
+    assert workflow["permissions"] == {"contents": "read"}
+    aws_jobs = [job for job in workflow["jobs"].values() if "configure-aws-credentials" in _steps_text(job)]
+    assert aws_jobs, name
+    for job in aws_jobs:
+        assert job["permissions"]["id-token"] == "write"
+        assert job["environment"]
+        step = next(s for s in job["steps"] if "configure-aws-credentials" in s.get("uses", ""))
+        assert "role-to-assume" in step["with"]
+        assert not {"aws-access-key-id", "aws-secret-access-key"} & set(step["with"])
+
+
+def test_deploy_infra_validates_packages_deploys_in_order() -> None:
+    workflow = _workflow("deploy-infra.yml")
+    validate = _steps_text(workflow["jobs"]["validate"])
+    assert "cfn-lint" in validate and "checkov" in validate
+    deploy = workflow["jobs"]["deploy"]
+    assert deploy["needs"] == "validate"
+    runs = [s["run"] for s in deploy["steps"] if "run" in s]
+    joined = "\n".join(runs)
+    order = [
+        "data-lake",
+        "network",
+        "ml",
+        "lambda",
+        "serving",
+        "analytics",
+        "image",
+        "orchestration",
+        "access",
+        "monitoring",
+        "frontend",
+    ]
+    positions = [joined.index(step) for step in order]
+    assert positions == sorted(positions), "stacks deploy out of dependency order"
+    script = (INFRA / "scripts" / "deploy.sh").read_text()
+    assert "describe-stack-events" in script and "ROLLBACK" in script
+    assert "package_lambda.sh" in script and "aws s3 cp" in script
+
+
+def test_deploy_frontend_syncs_and_invalidates() -> None:
+    text = _steps_text(_workflow("deploy-frontend.yml")["jobs"]["publish"])
+    assert "aws s3 sync" in text and "create-invalidation" in text
+
+
+def test_scripts_are_valid_bash() -> None:
+    for script in [*sorted((INFRA / "scripts").glob("*.sh")), INFRA / "docker" / "entrypoint.sh"]:
+        proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, f"{script}: {proc.stderr}"
+        assert os.access(script, os.X_OK), f"{script} is not executable"
+
+
+def test_readme_documents_parameters_order_cost_and_environment() -> None:
+    readme = (INFRA / "README.md").read_text()
+    for needle in (
+        "Deploy order",
+        "cost",
+        "INSTAREC_ENV=aws",
+        *sorted(APP_ENV_VARS),
+        "INSTAREC_API_KEY_PARAMETER",
+    ):
+        assert needle in readme, needle
+    for stack in EXPECTED_STACKS:
+        assert f"{stack}.yaml" in readme, stack
