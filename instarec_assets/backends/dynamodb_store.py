@@ -1,0 +1,440 @@
+"""The AWS serving store: the DynamoDB recommendations table (`infra/stacks/serving.yaml`).
+
+Key schema (what the CloudFormation stack creates, and `ensure_table()` for tests and local setup):
+partition key `user_id` (N), sort key `version` (S), on-demand billing.
+
+Items:
+
+- one per user and loaded version: `user_id`, `version` (the load's id, `YYYYmmddTHHMMSSffffffZ-xxxxxx`),
+  `model_version`, `loaded_at`, and `recommendations`: the user's list as a compact JSON string,
+  `[{"rank": 1, "product_id": ..., "product_name": ..., "aisle": ..., "department": ...,
+  "probability": ..., "explore": false}, ...]` by rank. A JSON string rather than a DynamoDB list of
+  maps: one attribute to decode in the Lambda (no per-field type descriptors, no Decimal), floats
+  round-trip exactly (Python writes the shortest repr that reads back to the same double), and a
+  10-item list stays well under 4 KB, so a read is half a read unit (eventually consistent);
+- the pointer: `user_id = 0`, `version = "CURRENT"`, with `current_version`, `model_version`,
+  `previous_version`, `switched_at`, `users`, `rows`. Real user ids start at 1.
+
+A load writes every item of the new version with `Table.batch_writer(overwrite_by_pkeys=...)`
+(25 items per BatchWriteItem; the writer re-sends UnprocessedItems itself), from a few threads,
+each through a client built with `Config(retries={"max_attempts": 10, "mode": "adaptive"})`, so
+throttling is retried with exponential backoff and client-side rate limiting. Then ONE
+conditional PutItem moves the pointer (`attribute_not_exists(user_id)` for the first load, else
+`current_version = <the version this load saw at its start>`): readers switch in one step, and
+of two overlapping loads the later switch fails loudly instead of silently winning. Finally every
+item whose version sorts before the new one is deleted: a Scan projected to the key attributes
+and filtered on `version < new` (the filter does not reduce the cost: a Scan consumes read
+units for every item it reads, about 0.5 RCU per 4 KB eventually consistent, i.e. roughly
+(old + new items) x ~1.5 KB / 8 KB -> ~80k RCU, a few cents on demand, for 2 x 206k users), then
+batched DeleteItems (one write unit per item, ~206k WRU per load for the full dataset). Versions
+sort by load start time, so leftovers of an interrupted load are removed by the next load.
+
+Reads: `top_k` reads the pointer (cached for `pointer_ttl_s`, 5 s by default, saving one read per
+request; a reader may therefore keep serving the previous version for up to 5 s after a switch,
+which is fine because the old items are deleted only after the switch) and then one GetItem of
+`(user_id, version)`. If that item is missing (the cached version was just cleaned up, or the
+user is unknown), it re-reads the pointer, and if the version changed or was switched in within
+the last minute (an eventually consistent read may not see fresh items yet) it reads the item
+again with ConsistentRead. So a user present in both the old and the new version is never
+reported missing while a load runs; an unknown user costs ~2 read units instead of 0.5.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from instarec_assets.backends.recommendations import (
+    ITEM_FIELDS,
+    LoadReport,
+    RecommendationsInput,
+    ServingStoreError,
+    UserRecommendations,
+    check_k,
+    iter_user_lists,
+    new_version_id,
+    recommendation_from_item,
+)
+
+POINTER_USER_ID = 0
+POINTER_VERSION = "CURRENT"
+KEY_ATTRIBUTES = ("user_id", "version")
+# Writes: retry throttling (and 5xx) up to 10 times with backoff and client-side rate limiting.
+WRITE_RETRY_CONFIG = {"max_attempts": 10, "mode": "adaptive"}
+# Reads on the request path: fail fast so an API request is answered within its timeout.
+READ_RETRY_CONFIG = {"max_attempts": 3, "mode": "standard"}
+WRITE_CHUNK = 500  # items handed to one writer thread at a time (20 BatchWriteItem calls)
+FRESH_SWITCH_S = 60.0
+
+
+@dataclass(frozen=True)
+class Pointer:
+    version: str
+    model_version: str
+    switched_at_epoch: float
+
+
+class DynamoDbRecommendationStore:
+    """`RecommendationStore` over one DynamoDB table; clients are thread-safe, so is `top_k`."""
+
+    backend = "dynamodb"
+
+    def __init__(
+        self,
+        table_name: str,
+        *,
+        region_name: str | None = None,
+        endpoint_url: str | None = None,
+        session: boto3.session.Session | None = None,
+        pointer_ttl_s: float = 5.0,
+        writers: int = 4,
+    ):
+        if not table_name:
+            raise ServingStoreError("a DynamoDB table name is required (INSTAREC_DYNAMODB_TABLE)")
+        self.table_name = table_name
+        self.pointer_ttl_s = pointer_ttl_s
+        self.writers = max(1, writers)
+        session = session or boto3.session.Session()
+        region = (
+            region_name or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        )
+        common: dict[str, Any] = {"region_name": region}
+        if endpoint_url:
+            common["endpoint_url"] = endpoint_url
+        self.write_config = Config(retries=dict(WRITE_RETRY_CONFIG), max_pool_connections=self.writers + 4)
+        self.read_config = Config(
+            retries=dict(READ_RETRY_CONFIG), connect_timeout=2, read_timeout=3, max_pool_connections=50
+        )
+        self._client = session.client("dynamodb", config=self.read_config, **common)
+        self._write_client = session.client("dynamodb", config=self.write_config, **common)
+        self._resource = session.resource("dynamodb", config=self.write_config, **common)
+        self._pointer_lock = threading.Lock()
+        self._pointer_cache: tuple[float, Pointer | None] | None = None
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> DynamoDbRecommendationStore:
+        """INSTAREC_DYNAMODB_TABLE, AWS_REGION and the optional INSTAREC_AWS_ENDPOINT_URL."""
+        return cls(
+            os.environ.get("INSTAREC_DYNAMODB_TABLE", ""),
+            endpoint_url=os.environ.get("INSTAREC_AWS_ENDPOINT_URL") or None,
+            **kwargs,
+        )
+
+    def __repr__(self) -> str:
+        return f"DynamoDbRecommendationStore({self.table_name!r})"
+
+    # ------------------------------------------------------------ table
+    def ensure_table(self, wait_s: float = 120.0) -> bool:
+        """Create the table (on-demand) if it does not exist; True if it was created."""
+        try:
+            self._write_client.describe_table(TableName=self.table_name)
+            return False
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise
+        self._write_client.create_table(
+            TableName=self.table_name,
+            AttributeDefinitions=[
+                {"AttributeName": "user_id", "AttributeType": "N"},
+                {"AttributeName": "version", "AttributeType": "S"},
+            ],
+            KeySchema=[
+                {"AttributeName": "user_id", "KeyType": "HASH"},
+                {"AttributeName": "version", "KeyType": "RANGE"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        self._write_client.get_waiter("table_exists").wait(
+            TableName=self.table_name, WaiterConfig={"Delay": 1, "MaxAttempts": max(1, int(wait_s))}
+        )
+        return True
+
+    # ------------------------------------------------------------ pointer
+    def _read_pointer(self, consistent: bool = False) -> Pointer | None:
+        response = self._client.get_item(
+            TableName=self.table_name,
+            Key={"user_id": {"N": str(POINTER_USER_ID)}, "version": {"S": POINTER_VERSION}},
+            ConsistentRead=consistent,
+        )
+        item = response.get("Item")
+        pointer = None
+        if item is not None:
+            pointer = Pointer(
+                version=item["current_version"]["S"],
+                model_version=item["model_version"]["S"],
+                switched_at_epoch=float(item.get("switched_at_epoch", {}).get("N", "0")),
+            )
+        with self._pointer_lock:
+            self._pointer_cache = (time.monotonic(), pointer)
+        return pointer
+
+    def _pointer(self) -> Pointer | None:
+        cached = self._pointer_cache
+        if cached is not None and time.monotonic() - cached[0] < self.pointer_ttl_s:
+            return cached[1]
+        return self._read_pointer()
+
+    def current_version(self) -> str | None:
+        """The version readers see now (read consistently, bypassing the cache)."""
+        pointer = self._read_pointer(consistent=True)
+        return pointer.version if pointer else None
+
+    def current_info(self) -> dict[str, Any] | None:
+        response = self._client.get_item(
+            TableName=self.table_name,
+            Key={"user_id": {"N": str(POINTER_USER_ID)}, "version": {"S": POINTER_VERSION}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        if item is None:
+            return None
+        return {name: next(iter(value.values())) for name, value in item.items()}
+
+    # ------------------------------------------------------------ reads
+    def _get_item(self, user_id: int, version: str, consistent: bool) -> dict[str, Any] | None:
+        response = self._client.get_item(
+            TableName=self.table_name,
+            Key={"user_id": {"N": str(user_id)}, "version": {"S": version}},
+            ConsistentRead=consistent,
+        )
+        return response.get("Item")
+
+    def top_k(self, user_id: int, k: int = 10) -> UserRecommendations | None:
+        check_k(k)
+        if user_id <= POINTER_USER_ID:
+            return None
+        pointer = self._pointer()
+        if pointer is None:
+            return None
+        item = self._get_item(user_id, pointer.version, consistent=False)
+        if item is None:
+            fresh = self._read_pointer()
+            if fresh is None:
+                return None
+            recent = time.time() - fresh.switched_at_epoch < FRESH_SWITCH_S
+            if fresh.version == pointer.version and not recent:
+                return None
+            pointer = fresh
+            item = self._get_item(user_id, pointer.version, consistent=True)
+            if item is None:
+                return None
+        entries = json.loads(item["recommendations"]["S"])[:k]
+        return UserRecommendations(
+            user_id=user_id,
+            model_version=item["model_version"]["S"],
+            version=pointer.version,
+            items=tuple(recommendation_from_item([entry[name] for name in ITEM_FIELDS]) for entry in entries),
+        )
+
+    # ------------------------------------------------------------ load
+    def load(self, recommendations: RecommendationsInput, model_version: str) -> LoadReport:
+        lists = iter_user_lists(recommendations, model_version)
+        version = new_version_id()
+        previous = self._read_pointer(consistent=True)
+        loaded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        written_users: list[int] = []
+        counts = {"rows": 0, "max_item_bytes": 0}
+
+        def items() -> Iterator[tuple[str, dict[str, Any]]]:
+            for user_id, rows in lists:
+                payload = json.dumps(
+                    [dict(zip(ITEM_FIELDS, row, strict=True)) for row in rows],
+                    separators=(",", ":"),
+                    ensure_ascii=False,
+                )
+                counts["rows"] += len(rows)
+                counts["max_item_bytes"] = max(counts["max_item_bytes"], len(payload.encode()) + 120)
+                written_users.append(user_id)
+                yield (
+                    "put",
+                    {
+                        "user_id": user_id,
+                        "version": version,
+                        "model_version": model_version,
+                        "loaded_at": loaded_at,
+                        "recommendations": payload,
+                    },
+                )
+
+        started = time.perf_counter()
+        try:
+            self._write(items())
+        except BaseException:
+            self._discard(version, written_users)
+            raise
+        if not written_users:
+            raise ServingStoreError("no recommendations to load: the input has no rows")
+        filled = time.perf_counter()
+        self._switch(version, model_version, previous, len(written_users), counts["rows"], written_users)
+        switched = time.perf_counter()
+        removed_versions, removed_items, scanned = self._delete_older(version)
+        cleaned = time.perf_counter()
+        return LoadReport(
+            backend=self.backend,
+            version=version,
+            model_version=model_version,
+            previous_version=previous.version if previous else None,
+            users=len(written_users),
+            rows=counts["rows"],
+            removed_versions=tuple(sorted(removed_versions)),
+            removed_items=removed_items,
+            write_seconds=filled - started,
+            switch_seconds=switched - filled,
+            cleanup_seconds=cleaned - switched,
+            extra={
+                "table": self.table_name,
+                "max_item_bytes": counts["max_item_bytes"],
+                "cleanup_scanned_items": scanned,
+            },
+        )
+
+    def _switch(
+        self,
+        version: str,
+        model_version: str,
+        previous: Pointer | None,
+        users: int,
+        rows: int,
+        written_users: list[int],
+    ) -> None:
+        """Move the pointer in one conditional PutItem: the only step readers can observe."""
+        now = time.time()
+        item = {
+            "user_id": {"N": str(POINTER_USER_ID)},
+            "version": {"S": POINTER_VERSION},
+            "current_version": {"S": version},
+            "model_version": {"S": model_version},
+            "previous_version": {"S": previous.version if previous else ""},
+            "switched_at": {"S": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(timespec="seconds")},
+            "switched_at_epoch": {"N": repr(now)},
+            "users": {"N": str(users)},
+            "rows": {"N": str(rows)},
+        }
+        condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(user_id)"}
+        if previous is not None:
+            condition = {
+                "ConditionExpression": "current_version = :expected",
+                "ExpressionAttributeValues": {":expected": {"S": previous.version}},
+            }
+        try:
+            self._write_client.put_item(TableName=self.table_name, Item=item, **condition)
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            self._discard(version, written_users)
+            seen = previous.version if previous else "none"
+            raise ServingStoreError(
+                f"another load switched {self.table_name} while version {version} was written "
+                f"(current version was {seen} when this load started); {version} was discarded"
+            ) from None
+        with self._pointer_lock:
+            self._pointer_cache = (time.monotonic(), Pointer(version, model_version, now))
+
+    def _delete_older(self, version: str) -> tuple[set[str], int, int]:
+        """Delete every item of a version older than `version`; returns versions, items deleted, scanned."""
+        versions: set[str] = set()
+        scanned = 0
+        count = {"deleted": 0}
+
+        def keys() -> Iterator[tuple[str, dict[str, Any]]]:
+            nonlocal scanned
+            paginator = self._write_client.get_paginator("scan")
+            for page in paginator.paginate(
+                TableName=self.table_name,
+                ProjectionExpression="user_id, #v",
+                FilterExpression="#v < :current AND user_id > :pointer",
+                ExpressionAttributeNames={"#v": "version"},
+                ExpressionAttributeValues={
+                    ":current": {"S": version},
+                    ":pointer": {"N": str(POINTER_USER_ID)},
+                },
+            ):
+                scanned += page.get("ScannedCount", 0)
+                for key in page.get("Items", []):
+                    old = key["version"]["S"]
+                    versions.add(old)
+                    count["deleted"] += 1
+                    yield "delete", {"user_id": int(key["user_id"]["N"]), "version": old}
+
+        self._write(keys())
+        return versions, count["deleted"], scanned
+
+    def _discard(self, version: str, user_ids: Iterable[int]) -> None:
+        """Best effort: remove the items a failed load wrote (the next load would remove them anyway)."""
+        # The original error matters more than this one; leftovers are removed by the next load.
+        with contextlib.suppress(Exception):
+            self._write(("delete", {"user_id": user_id, "version": version}) for user_id in list(user_ids))
+
+    def _write(self, requests: Iterator[tuple[str, dict[str, Any]]]) -> None:
+        """Send puts/deletes through `Table.batch_writer` from `self.writers` threads."""
+        tables: queue.Queue = queue.Queue()
+        for _ in range(self.writers):
+            tables.put(self._resource.Table(self.table_name))
+
+        def send(chunk: list[tuple[str, dict[str, Any]]]) -> None:
+            table = tables.get()
+            try:
+                with table.batch_writer(overwrite_by_pkeys=list(KEY_ATTRIBUTES)) as batch:
+                    for action, payload in chunk:
+                        if action == "put":
+                            batch.put_item(Item=payload)
+                        else:
+                            batch.delete_item(Key=payload)
+            finally:
+                tables.put(table)
+
+        with ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="dynamodb-writer") as pool:
+            pending: set[Future] = set()
+            try:
+                for chunk in _chunks(requests, WRITE_CHUNK):
+                    while len(pending) >= self.writers * 2:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            future.result()
+                    pending.add(pool.submit(send, chunk))
+                for future in pending:
+                    future.result()
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+
+    # ------------------------------------------------------------ inspection (tests, operations)
+    def stored_versions(self) -> dict[str, int]:
+        """Items per version, pointer excluded. A full Scan: for tests and operations, not requests."""
+        found: dict[str, int] = {}
+        paginator = self._client.get_paginator("scan")
+        for page in paginator.paginate(
+            TableName=self.table_name,
+            ProjectionExpression="user_id, #v",
+            ExpressionAttributeNames={"#v": "version"},
+        ):
+            for key in page.get("Items", []):
+                if int(key["user_id"]["N"]) == POINTER_USER_ID:
+                    continue
+                found[key["version"]["S"]] = found.get(key["version"]["S"], 0) + 1
+        return found
+
+
+def _chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for value in iterable:
+        chunk.append(value)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

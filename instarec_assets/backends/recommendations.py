@@ -1,0 +1,308 @@
+"""What a serving store holds: each user's top-10 list for one loaded version.
+
+Shared by the SQLite and DynamoDB stores: the row schema, the records `top_k` returns, the load
+report, version ids, and the one input path (`iter_user_lists`) that validates rows and groups
+them per user, so both stores accept and reject exactly the same input.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MAX_RANK = 10
+
+# The row schema of a recommendation, in this column order.
+ROW_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("rank", pa.int64(), nullable=False),
+        pa.field("product_id", pa.int64(), nullable=False),
+        pa.field("product_name", pa.string(), nullable=False),
+        pa.field("aisle", pa.string(), nullable=False),
+        pa.field("department", pa.string(), nullable=False),
+        pa.field("probability", pa.float64(), nullable=False),
+        pa.field("explore", pa.bool_(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+    ]
+)
+REQUIRED_COLUMNS = ("user_id", "rank", "product_id", "product_name", "aisle", "department", "probability")
+# One entry of a user's list as stored: everything but user_id and model_version (kept per user/version).
+ITEM_FIELDS = ("rank", "product_id", "product_name", "aisle", "department", "probability", "explore")
+
+RecommendationsInput = Any  # a Table, RecordBatch, DataFrame, RecordBatchReader or an iterable of those
+
+
+class ServingStoreError(RuntimeError):
+    """Bad input to a load, a load that lost a race with another load, or a store that is not usable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    rank: int
+    product_id: int
+    product_name: str
+    aisle: str
+    department: str
+    probability: float
+    explore: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecommendations:
+    """One user's list from the version that was current when it was read; items sorted by rank."""
+
+    user_id: int
+    model_version: str
+    version: str
+    items: tuple[Recommendation, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "model_version": self.model_version,
+            "version": self.version,
+            "recommendations": [item.to_dict() for item in self.items],
+        }
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What one `load` did; `as_metadata()` is flat, for Dagster materialization metadata."""
+
+    backend: str
+    version: str
+    model_version: str
+    previous_version: str | None
+    users: int
+    rows: int
+    removed_versions: tuple[str, ...]
+    removed_items: int
+    write_seconds: float
+    switch_seconds: float
+    cleanup_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return self.write_seconds + self.switch_seconds + self.cleanup_seconds
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "version": self.version,
+            "model_version": self.model_version,
+            "previous_version": self.previous_version or "",
+            "users": self.users,
+            "rows": self.rows,
+            "removed_versions": ", ".join(self.removed_versions),
+            "removed_items": self.removed_items,
+            "write_seconds": round(self.write_seconds, 3),
+            "switch_seconds": round(self.switch_seconds, 3),
+            "cleanup_seconds": round(self.cleanup_seconds, 3),
+            **self.extra,
+        }
+
+
+@runtime_checkable
+class RecommendationStore(Protocol):
+    def load(self, recommendations: RecommendationsInput, model_version: str) -> LoadReport:
+        """Write a new version, switch readers to it in one step, then remove older versions."""
+        ...
+
+    def top_k(self, user_id: int, k: int = MAX_RANK) -> UserRecommendations | None:
+        """The user's list from the current version, at most k items by rank; None if unknown."""
+        ...
+
+    def current_version(self) -> str | None:
+        """Id of the version readers see now; None before the first load."""
+        ...
+
+
+def new_version_id(now: dt.datetime | None = None) -> str:
+    """`YYYYmmddTHHMMSSffffffZ-xxxxxx`: unique without coordination and ordered by load start time."""
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(3)}"
+
+
+def check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, not {k!r}")
+    return k
+
+
+# ---------------------------------------------------------------- input
+def _as_tables(recommendations: RecommendationsInput) -> Iterator[pa.Table]:
+    if isinstance(recommendations, pa.Table):
+        yield recommendations
+        return
+    if isinstance(recommendations, pa.RecordBatch):
+        yield pa.Table.from_batches([recommendations])
+        return
+    if _is_dataframe(recommendations):
+        yield pa.Table.from_pandas(recommendations, preserve_index=False)
+        return
+    if isinstance(recommendations, (str, bytes, dict)) or not isinstance(recommendations, Iterable):
+        raise ServingStoreError(
+            "recommendations must be a pyarrow Table, RecordBatch, pandas DataFrame, or an iterable of "
+            f"those; got {type(recommendations).__name__}"
+        )
+    for batch in recommendations:
+        if isinstance(batch, pa.Table):
+            yield batch
+        elif isinstance(batch, pa.RecordBatch):
+            yield pa.Table.from_batches([batch])
+        elif _is_dataframe(batch):
+            yield pa.Table.from_pandas(batch, preserve_index=False)
+        else:
+            raise ServingStoreError(
+                f"a recommendations batch must be a pyarrow Table, RecordBatch or pandas DataFrame; "
+                f"got {type(batch).__name__}"
+            )
+
+
+def _is_dataframe(value: Any) -> bool:
+    module = type(value).__module__
+    return module.startswith("pandas") and type(value).__name__ == "DataFrame"
+
+
+def _normalise(table: pa.Table, model_version: str) -> pa.Table:
+    """Columns cast to ROW_SCHEMA, `explore` defaulted, `model_version` checked; errors name the column."""
+    missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
+    if missing:
+        raise ServingStoreError(f"recommendations are missing column(s): {', '.join(missing)}")
+    rows = table.num_rows
+    columns = {}
+    for schema_field in ROW_SCHEMA:
+        name = schema_field.name
+        if name not in table.column_names:
+            if name == "explore":
+                columns[name] = pa.array([False] * rows, pa.bool_())
+                continue
+            columns[name] = pa.array([model_version] * rows, pa.string())
+            continue
+        column = table.column(name)
+        if column.null_count:
+            raise ServingStoreError(f"recommendations column {name} has {column.null_count} null value(s)")
+        try:
+            columns[name] = column.cast(schema_field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            raise ServingStoreError(
+                f"recommendations column {name} ({column.type}) cannot be read as {schema_field.type}: {error}"
+            ) from None
+    result = pa.table(columns, schema=ROW_SCHEMA)
+    if rows == 0:
+        return result
+    other_versions = pc.unique(
+        pc.filter(result["model_version"], pc.not_equal(result["model_version"], model_version))
+    )
+    if len(other_versions):
+        raise ServingStoreError(
+            f"recommendations column model_version holds {other_versions[0].as_py()!r}, "
+            f"but the load is for model_version {model_version!r}"
+        )
+    bad_user = pc.filter(result["user_id"], pc.less_equal(result["user_id"], 0))
+    if len(bad_user):
+        raise ServingStoreError(
+            f"recommendations column user_id must be positive; found {bad_user[0].as_py()}"
+        )
+    ranks = result["rank"]
+    bad_rank = pc.filter(ranks, pc.or_(pc.less(ranks, 1), pc.greater(ranks, MAX_RANK)))
+    if len(bad_rank):
+        raise ServingStoreError(
+            f"recommendations column rank must be 1..{MAX_RANK}; found {bad_rank[0].as_py()}"
+        )
+    probability = result["probability"]
+    bad_probability = pc.filter(
+        probability, pc.invert(pc.and_(pc.greater_equal(probability, 0.0), pc.less_equal(probability, 1.0)))
+    )
+    if len(bad_probability):
+        raise ServingStoreError(
+            f"recommendations column probability must be within [0, 1]; found {bad_probability[0].as_py()}"
+        )
+    return result
+
+
+UserList = tuple[int, list[tuple[Any, ...]]]
+
+
+def iter_user_lists(recommendations: RecommendationsInput, model_version: str) -> Iterator[UserList]:
+    """Validated rows grouped per user: `(user_id, [(rank, product_id, ..., explore), ...])` by rank.
+
+    Each batch is sorted by (user_id, rank), so one Table may be in any order. Across batches the
+    rows of one user may continue into the next batch, but a user whose rows reappear after another
+    user's rows in a later batch is an error (sort the input by user_id, as `ORDER BY user_id, rank`).
+    """
+    if not model_version or not isinstance(model_version, str):
+        raise ServingStoreError(f"model_version must be a non-empty string, not {model_version!r}")
+    finished: set[int] = set()
+    pending_user: int | None = None
+    pending_rows: list[tuple[Any, ...]] = []
+
+    for raw in _as_tables(recommendations):
+        table = _normalise(raw, model_version)
+        if table.num_rows == 0:
+            continue
+        table = table.sort_by([("user_id", "ascending"), ("rank", "ascending")])
+        users = table.column("user_id").to_numpy()
+        ranks = table.column("rank").to_numpy()
+        repeated = np.flatnonzero((users[1:] == users[:-1]) & (ranks[1:] == ranks[:-1]))
+        if len(repeated):
+            row = repeated[0] + 1
+            raise ServingStoreError(f"user_id {users[row]} has rank {ranks[row]} more than once")
+        starts = np.concatenate(([0], np.flatnonzero(users[1:] != users[:-1]) + 1)).tolist()
+        ends = [*starts[1:], len(users)]
+        batch_users = users[starts].tolist()
+        items = list(zip(*(table.column(name).to_pylist() for name in ITEM_FIELDS), strict=True))
+
+        first = 0
+        if batch_users[0] == pending_user:  # the previous batch's last user continues here
+            pending_rows.extend(items[starts[0] : ends[0]])
+            first = 1
+        if pending_user is not None and first == 0:
+            finished.add(pending_user)
+            yield pending_user, _ranked(pending_user, pending_rows)
+            pending_user = None
+        again = finished.intersection(batch_users[first:])
+        if again:
+            raise ServingStoreError(
+                f"rows of user_id {min(again)} appear in non-adjacent batches; sort the recommendations by user_id"
+            )
+        if first == 1 and len(batch_users) > 1:
+            finished.add(pending_user)
+            yield pending_user, _ranked(pending_user, pending_rows)
+            pending_user = None
+        for index in range(first, len(batch_users) - 1):
+            finished.add(batch_users[index])
+            yield batch_users[index], items[starts[index] : ends[index]]
+        if first == 0 or len(batch_users) > 1:
+            pending_user, pending_rows = batch_users[-1], items[starts[-1] : ends[-1]]
+    if pending_user is not None:
+        yield pending_user, _ranked(pending_user, pending_rows)
+
+
+def _ranked(user_id: int, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """A user's rows by rank (already so unless they spanned two batches); a repeated rank is an error."""
+    rows.sort(key=lambda row: row[0])
+    for before, after in itertools.pairwise(rows):
+        if before[0] == after[0]:
+            raise ServingStoreError(f"user_id {user_id} has rank {after[0]} more than once")
+    return rows
+
+
+def recommendation_from_item(item: tuple[Any, ...] | list[Any]) -> Recommendation:
+    rank, product_id, product_name, aisle, department, probability, explore = item
+    return Recommendation(
+        int(rank), int(product_id), product_name, aisle, department, float(probability), bool(explore)
+    )

@@ -1,0 +1,349 @@
+"""The local serving store: one SQLite file in WAL mode, one table per loaded version.
+
+Layout of the file (e.g. `INSTAREC_HOME/serving/recommendations.sqlite`):
+
+- `recommendations_v<N>`: one loaded version, `PRIMARY KEY (user_id, rank) WITHOUT ROWID`, so a
+  user's list is one short range of one B-tree (a primary-key lookup);
+- `store_versions`: every load (N, version id, model_version, counts, when it was removed);
+- `current_version`: a single row (`id = 1`) naming the table readers use.
+
+A load (1) fills a new table inside one write transaction (nobody reads it yet), (2) in a second,
+tiny transaction points `current_version` at it, and (3) drops the tables of older versions. A
+reader runs its pointer lookup and its range query inside one read transaction, and in WAL mode
+that transaction reads one snapshot of the file: it sees the old pointer with the old table, or
+the new pointer with the new table, even if the old table is dropped meanwhile. A half-filled
+table is never visible: it is uncommitted until complete, and the pointer moves only afterwards.
+
+Readers keep one connection per thread (`check_same_thread=False` so `close()` can close them
+all), opened read-only (`file:...?mode=ro` plus `PRAGMA query_only`) when the store is built with
+`read_only=True`, as the API server does. sqlite3 keeps prepared statements in each connection's
+statement cache, keyed by SQL text, so the read path prepares nothing after the first request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from instarec_assets.backends.recommendations import (
+    LoadReport,
+    Recommendation,
+    RecommendationsInput,
+    ServingStoreError,
+    UserList,
+    UserRecommendations,
+    check_k,
+    iter_user_lists,
+    new_version_id,
+)
+
+TABLE_PATTERN = re.compile(r"^recommendations_v(\d+)$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS store_versions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    version TEXT NOT NULL UNIQUE,
+    table_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    loaded_at TEXT,
+    users INTEGER,
+    rows INTEGER,
+    removed_at TEXT
+);
+CREATE TABLE IF NOT EXISTS current_version (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version_id INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    switched_at TEXT NOT NULL
+);
+"""
+_POINTER_SQL = "SELECT version, table_name, model_version FROM current_version WHERE id = 1"
+_COLUMNS = "rank, product_id, product_name, aisle, department, probability, explore"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
+class SqliteRecommendationStore:
+    """`RecommendationStore` over a SQLite file; safe to share between threads."""
+
+    backend = "sqlite"
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, read_only: bool = False, busy_timeout_s: float = 30.0
+    ):
+        self.path = Path(path).resolve()
+        self.read_only = read_only
+        self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect_writer()
+            conn.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteRecommendationStore({str(self.path)!r}, read_only={self.read_only})"
+
+    # ------------------------------------------------------------ connections
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_s)
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            conn.close()
+            raise ServingStoreError(f"{self.path}: SQLite refused WAL mode (journal_mode is {mode!r})")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA journal_size_limit=67108864")
+        conn.executescript(_SCHEMA)
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self.read_only:
+            if not self.path.exists():
+                raise ServingStoreError(
+                    f"serving store {self.path} does not exist; load recommendations first"
+                )
+            conn = sqlite3.connect(
+                f"{self.path.as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self.busy_timeout_s,
+            )
+        else:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_s
+            )
+        conn.execute("PRAGMA query_only=1")
+        with self._lock:
+            self._connections.append(conn)
+        self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close every reader connection (of all threads); the store reopens them on the next read."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> SqliteRecommendationStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ reads
+    def top_k(self, user_id: int, k: int = 10) -> UserRecommendations | None:
+        check_k(k)
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            try:
+                pointer = conn.execute(_POINTER_SQL).fetchone()
+            except sqlite3.OperationalError as error:
+                if "no such table" in str(error):
+                    return None
+                raise
+            if pointer is None:
+                return None
+            version, table, model_version = pointer
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM {table} WHERE user_id = ? ORDER BY rank LIMIT ?", (user_id, k)
+            ).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        if not rows:
+            return None
+        return UserRecommendations(
+            user_id=user_id,
+            model_version=model_version,
+            version=version,
+            items=tuple(
+                Recommendation(rank, product_id, name, aisle, department, probability, bool(explore))
+                for rank, product_id, name, aisle, department, probability, explore in rows
+            ),
+        )
+
+    def current_version(self) -> str | None:
+        info = self.current_info()
+        return info["version"] if info else None
+
+    def current_info(self) -> dict[str, Any] | None:
+        """The current version with its model_version, counts and when it was switched in."""
+        conn = self._reader()
+        try:
+            row = conn.execute(
+                "SELECT c.version, c.model_version, c.table_name, c.switched_at, v.users, v.rows "
+                "FROM current_version c JOIN store_versions v ON v.id = c.version_id WHERE c.id = 1"
+            ).fetchone()
+        except sqlite3.OperationalError as error:
+            if "no such table" in str(error):
+                return None
+            raise
+        if row is None:
+            return None
+        keys = ("version", "model_version", "table_name", "switched_at", "users", "rows")
+        return dict(zip(keys, row, strict=True))
+
+    def version_tables(self) -> list[str]:
+        """Names of the version tables in the file (the current one, plus any a load is filling)."""
+        conn = self._reader()
+        names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return sorted((name for name in names if TABLE_PATTERN.match(name)), key=_table_number)
+
+    def journal_mode(self) -> str:
+        return self._reader().execute("PRAGMA journal_mode").fetchone()[0]
+
+    # ------------------------------------------------------------ load
+    def load(self, recommendations: RecommendationsInput, model_version: str) -> LoadReport:
+        if self.read_only:
+            raise ServingStoreError(f"{self.path} was opened read-only; it cannot load")
+        lists = iter_user_lists(recommendations, model_version)
+        version = new_version_id()
+        conn = self._connect_writer()
+        try:
+            previous = conn.execute(_POINTER_SQL).fetchone()
+            started = time.perf_counter()
+            version_id, table, users, rows = self._fill(conn, lists, version, model_version)
+            filled = time.perf_counter()
+            self._switch(conn, version_id, version, table, model_version)
+            switched = time.perf_counter()
+            removed = self._drop_older(conn, version_id)
+            cleaned = time.perf_counter()
+        finally:
+            conn.close()
+        return LoadReport(
+            backend=self.backend,
+            version=version,
+            model_version=model_version,
+            previous_version=previous[0] if previous else None,
+            users=users,
+            rows=rows,
+            removed_versions=tuple(removed),
+            removed_items=0,
+            write_seconds=filled - started,
+            switch_seconds=switched - filled,
+            cleanup_seconds=cleaned - switched,
+            extra={"table": table, "path": str(self.path)},
+        )
+
+    def _fill(
+        self, conn: sqlite3.Connection, lists: Iterator[UserList], version: str, model_version: str
+    ) -> tuple[int, str, int, int]:
+        """The new version's table, complete, in one transaction: all of it commits or none of it."""
+        counts = {"users": 0, "rows": 0}
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            for user_id, items in lists:
+                counts["users"] += 1
+                counts["rows"] += len(items)
+                for rank, product_id, name, aisle, department, probability, explore in items:
+                    yield user_id, rank, product_id, name, aisle, department, probability, int(explore)
+
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version_id = conn.execute(
+                "INSERT INTO store_versions (version, table_name, model_version, started_at) VALUES (?, '', ?, ?)",
+                (version, model_version, _now()),
+            ).lastrowid
+            table = f"recommendations_v{version_id}"
+            conn.execute("UPDATE store_versions SET table_name = ? WHERE id = ?", (table, version_id))
+            conn.execute(
+                f"CREATE TABLE {table} ("
+                "user_id INTEGER NOT NULL, rank INTEGER NOT NULL, product_id INTEGER NOT NULL, "
+                "product_name TEXT NOT NULL, aisle TEXT NOT NULL, department TEXT NOT NULL, "
+                "probability REAL NOT NULL, explore INTEGER NOT NULL, "
+                "PRIMARY KEY (user_id, rank)) WITHOUT ROWID"
+            )
+            conn.executemany(
+                f"INSERT INTO {table} (user_id, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows()
+            )
+            if counts["users"] == 0:
+                raise ServingStoreError("no recommendations to load: the input has no rows")
+            conn.execute(
+                "UPDATE store_versions SET users = ?, rows = ?, loaded_at = ? WHERE id = ?",
+                (counts["users"], counts["rows"], _now(), version_id),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return version_id, table, counts["users"], counts["rows"]
+
+    def _switch(
+        self, conn: sqlite3.Connection, version_id: int, version: str, table: str, model_version: str
+    ):
+        """Point readers at the new table: one single-row write in its own transaction."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("SELECT version_id, version FROM current_version WHERE id = 1").fetchone()
+            if current is not None and current[0] > version_id:
+                conn.execute(f"DROP TABLE {table}")
+                conn.execute("UPDATE store_versions SET removed_at = ? WHERE id = ?", (_now(), version_id))
+                conn.execute("COMMIT")
+                raise ServingStoreError(
+                    f"a newer version ({current[1]}) was switched in while version {version} loaded; "
+                    f"{version} was discarded"
+                )
+            conn.execute(
+                "INSERT INTO current_version (id, version_id, version, table_name, model_version, switched_at) "
+                "VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET version_id = excluded.version_id, "
+                "version = excluded.version, table_name = excluded.table_name, "
+                "model_version = excluded.model_version, switched_at = excluded.switched_at",
+                (version_id, version, table, model_version, _now()),
+            )
+            conn.execute("COMMIT")
+        except ServingStoreError:
+            raise
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _drop_older(self, conn: sqlite3.Connection, version_id: int) -> list[str]:
+        """Drop every version table older than `version_id`, including leftovers of interrupted loads."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            older = [
+                name for name in tables if TABLE_PATTERN.match(name) and _table_number(name) < version_id
+            ]
+            removed = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT version FROM store_versions WHERE id < ? AND removed_at IS NULL ORDER BY id",
+                    (version_id,),
+                )
+            ]
+            for name in older:
+                conn.execute(f"DROP TABLE {name}")
+            conn.execute(
+                "UPDATE store_versions SET removed_at = ? WHERE id < ? AND removed_at IS NULL",
+                (_now(), version_id),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return removed
+
+
+def _table_number(name: str) -> int:
+    match = TABLE_PATTERN.match(name)
+    return int(match.group(1)) if match else -1
