@@ -8,7 +8,9 @@ setup(
     description="A Dagster lakehouse that turns Instacart-format order history into product recommendations.",
     packages=find_packages(exclude=["instarec_assets_tests", "instarec_assets_tests.*"]),
     include_package_data=True,
-    package_data={"instarec_assets": ["**/*.sql", "**/*.html", "**/*.yaml", "**/*.json"]},
+    package_data={
+        "instarec_assets": ["**/*.sql", "**/*.html", "**/*.yaml", "**/*.json", "generate/data/*.csv", "generate/data/*.csv.gz"]
+    },
     python_requires=">=3.11",
     install_requires=[
         "dagster==1.13.*",

@@ -84,7 +84,7 @@ def duckdb_resource(locations: LakeLocations) -> DuckDBResource:
         database=":memory:",
         connection_config={
             "memory_limit": os.environ.get("INSTAREC_DUCKDB_MEMORY_LIMIT", "4GB"),
-            "temp_directory": str(locations.scratch_dir() / "duckdb"),
+            "temp_directory": str(locations.home_path / "tmp" / "duckdb"),
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
         },
@@ -97,3 +97,36 @@ def lake_connection(duckdb: DuckDBResource, lake: LakeResource) -> Iterator[duck
     with duckdb.get_connection() as conn:
         attach_filesystem(conn, lake.locations.filesystem)
         yield conn
+
+
+class ModelTrainingResource(ConfigurableResource):
+    """Where the reorder model trains and scores: `local` (in-process) or `sagemaker`."""
+
+    backend: str = "local"
+
+    def trainer(self):
+        from instarec_assets.backends.model_backend import build_trainer
+
+        return build_trainer(self.backend)
+
+
+class ServingStoreResource(ConfigurableResource):
+    """The recommendations serving store: a SQLite file locally, a DynamoDB table in aws mode."""
+
+    kind: str = "sqlite"
+    sqlite_path: str = ""
+    dynamodb_table: str = ""
+    region: str = "us-east-1"
+    endpoint_url: str = ""
+
+    def open(self, read_only: bool = False):
+        from instarec_assets.backends.serving_store import open_store
+
+        return open_store(
+            self.kind,
+            self.sqlite_path,
+            self.dynamodb_table,
+            self.region,
+            self.endpoint_url,
+            read_only=read_only,
+        )
