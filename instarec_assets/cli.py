@@ -74,6 +74,38 @@ def cmd_status(args: argparse.Namespace) -> None:
         print(status.describe())
 
 
+def cmd_recommend(args: argparse.Namespace) -> None:
+    from instarec_assets.backends.serving_store import store_from_env
+
+    locations = LakeLocations.from_env(home=args.home)
+    result = store_from_env(locations.home, read_only=True).top_k(args.user_id, args.k)
+    if result is None:
+        raise LookupError(f"user {args.user_id} has no recommendations in the serving store")
+    print(f"Top {len(result.items)} for user {result.user_id} (model {result.model_version}):")
+    for item in result.items:
+        print(
+            f"  {item.rank:>2}. {item.product_name}, purchase probability {item.probability:.1%}"
+            f" (product {item.product_id}; {item.aisle}, {item.department})"
+        )
+
+
+def cmd_submission(args: argparse.Namespace) -> None:
+    import duckdb
+
+    from instarec_assets.consumption.submission import write_submission
+    from instarec_assets.lake.duck import attach_filesystem
+
+    locations = LakeLocations.from_env(home=args.home)
+    partitions = locations.partitions("consumption", "next_basket")
+    if not partitions:
+        raise LookupError("no next_basket partition yet: materialize a landing batch first")
+    partition_key, uri = next(reversed(partitions.items()))
+    conn = duckdb.connect()
+    attach_filesystem(conn, locations.filesystem)
+    rows = write_submission(conn, uri, Path(args.out))
+    print(f"wrote {rows:,} test orders from partition {partition_key} to {args.out}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """Generate a small dataset, land and materialise each batch in order, then report the lake."""
     from instarec_assets.generate import generate_dataset
@@ -86,6 +118,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         _land_and_run(locations, batch.folder, batch.partition)
     print()
     cmd_status(argparse.Namespace(home=args.home))
+    print()
+    cmd_recommend(argparse.Namespace(home=args.home, user_id=args.sample_user, k=3))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,11 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
     status.set_defaults(handler=cmd_status)
 
+    recommend = commands.add_parser("recommend", help="a user's top products from the serving store")
+    recommend.add_argument("user_id", type=int)
+    recommend.add_argument("-k", type=int, default=3, help="how many products (default 3)")
+    recommend.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
+    recommend.set_defaults(handler=cmd_recommend)
+
+    submission = commands.add_parser("submission", help="Kaggle submission CSV from the latest next_basket")
+    submission.add_argument("--out", required=True, help="CSV file to write (order_id,products)")
+    submission.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
+    submission.set_defaults(handler=cmd_submission)
+
     demo = commands.add_parser("demo", help="generate a small dataset and run everything on it")
     demo.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
     demo.add_argument("--users", type=int, default=300)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--batches", type=int, default=2)
+    demo.add_argument("--sample-user", type=int, default=1, help="whose top 3 to print at the end")
     demo.set_defaults(handler=cmd_demo)
     return parser
 
@@ -131,7 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         args.handler(args)
-    except (LandingFileError, LakeConfigError, PipelineError, FileNotFoundError, ValueError) as error:
+    except (
+        LandingFileError,
+        LakeConfigError,
+        PipelineError,
+        FileNotFoundError,
+        LookupError,
+        ValueError,
+    ) as error:
         print(f"instarec: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -6,12 +6,12 @@ Assets hand it a finished local parquet file (or a pyarrow Table); downstream as
 partition's URI and scan it with DuckDB, so large tables never pass through pandas.
 """
 
-
 import contextlib
 import os
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -100,6 +100,77 @@ def publish(staged: Path, destination: UPath) -> None:
         staged.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         staged.parent.rmdir()  # the step's staging folder, once its last file is published
+
+
+@dataclass(frozen=True)
+class StagedArtifacts:
+    """A local folder of files that make up one partition of a model (model, card, plots)."""
+
+    folder: Path
+    # Written last, so a reader that finds it knows the rest of the folder is complete.
+    commit_file: str
+
+
+class ArtifactFolderIOManager(UPathIOManager):
+    """Stores each partition of a model asset as a folder: `models/<asset>/year=/month=/day=/`."""
+
+    def __init__(self, base_path: UPath, scratch: Path):
+        super().__init__(base_path=base_path)
+        self.scratch = scratch
+
+    def get_path_for_partition(
+        self, context: InputContext | OutputContext, path: UPath, partition: str
+    ) -> UPath:
+        relative = partition_relpath(context.asset_key.path[-1], partition).rsplit("/", 1)[0]
+        return self._base_path.joinpath(*relative.split("/"))
+
+    def dump_to_path(self, context: OutputContext, obj: StagedArtifacts, path: UPath) -> None:
+        if not isinstance(obj, StagedArtifacts):
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: expected StagedArtifacts, not {type(obj).__name__}"
+            )
+        files = sorted(item for item in obj.folder.iterdir() if item.is_file())
+        context.add_output_metadata({"artifacts": MetadataValue.json([item.name for item in files])})
+        ordered = [item for item in files if item.name != obj.commit_file] + [obj.folder / obj.commit_file]
+        if path.protocol in ("", "file", "local"):
+            target = Path(path.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            incoming = target.with_name(f".{target.name}.{uuid.uuid4().hex}.incoming")
+            shutil.copytree(obj.folder, incoming)
+            outgoing = target.with_name(f".{target.name}.{uuid.uuid4().hex}.outgoing")
+            if target.exists():
+                os.replace(target, outgoing)
+            os.replace(incoming, target)
+            shutil.rmtree(outgoing, ignore_errors=True)
+        else:
+            for item in ordered:
+                path.fs.put_file(str(item), f"{path.path}/{item.name}")
+        shutil.rmtree(obj.folder, ignore_errors=True)
+
+    def load_from_path(self, context: InputContext, path: UPath) -> str:
+        """A local folder with the partition's files (downloaded first when the lake is on S3)."""
+        if path.protocol in ("", "file", "local"):
+            if not Path(path.path).is_dir():
+                raise FileNotFoundError(
+                    f"model folder {path} does not exist; materialize that partition first"
+                )
+            return path.path
+        local = self.scratch / f"download-{uuid.uuid4().hex}"
+        path.fs.get(f"{path.path}/", str(local) + "/", recursive=True)
+        return str(local)
+
+
+class ModelArtifactIOManager(ConfigurableIOManagerFactory):
+    """Model folders under the curated zone's `models/` prefix, locally or on S3."""
+
+    lake: ResourceDependency[LakeResource]
+
+    def create_io_manager(self, context) -> ArtifactFolderIOManager:
+        locations = self.lake.locations
+        return ArtifactFolderIOManager(
+            UPath(f"{locations.zone_uri('curated')}/models", **locations.storage_options()),
+            locations.scratch_dir(),
+        )
 
 
 class LakeIOManager(ConfigurableIOManagerFactory):

@@ -17,6 +17,9 @@ switches readers atomically and removes older versions.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from instarec_assets.backends.dynamodb_store import DynamoDbRecommendationStore
 from instarec_assets.backends.recommendations import (
     MAX_RANK,
@@ -29,9 +32,12 @@ from instarec_assets.backends.recommendations import (
 )
 from instarec_assets.backends.sqlite_store import SqliteRecommendationStore
 
+SQLITE_FILE = Path("serving") / "recommendations.sqlite"
+
 __all__ = [
     "MAX_RANK",
     "ROW_SCHEMA",
+    "SQLITE_FILE",
     "DynamoDbRecommendationStore",
     "LoadReport",
     "Recommendation",
@@ -39,4 +45,45 @@ __all__ = [
     "ServingStoreError",
     "SqliteRecommendationStore",
     "UserRecommendations",
+    "open_store",
+    "store_from_env",
 ]
+
+
+def open_store(
+    kind: str,
+    sqlite_path: str,
+    dynamodb_table: str,
+    region: str,
+    endpoint_url: str,
+    read_only: bool = False,
+) -> RecommendationStore:
+    """The configured store; `kind` is `sqlite` (local) or `dynamodb` (aws)."""
+    if kind == "sqlite":
+        path = Path(sqlite_path)
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteRecommendationStore(path, read_only=read_only)
+    if kind == "dynamodb":
+        if not dynamodb_table:
+            raise ServingStoreError("INSTAREC_DYNAMODB_TABLE must be set to use the DynamoDB serving store")
+        return DynamoDbRecommendationStore(
+            dynamodb_table, region_name=region, endpoint_url=endpoint_url or None
+        )
+    raise ServingStoreError(f"serving store kind must be 'sqlite' or 'dynamodb', not {kind!r}")
+
+
+def store_settings_from_env(home: str | Path) -> dict[str, str]:
+    """SQLite under INSTAREC_HOME locally; in aws mode the table named by INSTAREC_DYNAMODB_TABLE."""
+    aws = os.environ.get("INSTAREC_ENV", "local") == "aws"
+    return {
+        "kind": "dynamodb" if aws else "sqlite",
+        "sqlite_path": str(Path(home).resolve() / SQLITE_FILE),
+        "dynamodb_table": os.environ.get("INSTAREC_DYNAMODB_TABLE", ""),
+        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        "endpoint_url": os.environ.get("INSTAREC_AWS_ENDPOINT_URL", ""),
+    }
+
+
+def store_from_env(home: str | Path, read_only: bool = False) -> RecommendationStore:
+    return open_store(**store_settings_from_env(home), read_only=read_only)

@@ -1,0 +1,148 @@
+"""Consumption zone: scored candidates, Kaggle next baskets, top-10 recommendations and the serving store."""
+
+from pathlib import Path
+
+from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, Output, asset
+from dagster_duckdb import DuckDBResource
+
+from instarec_assets.assets.metadata import preview
+from instarec_assets.consumption.recommendations import score_feature_set, top_recommendations
+from instarec_assets.consumption.submission import next_baskets
+from instarec_assets.features import FEATURE_COLUMNS
+from instarec_assets.lake.duck import StagedParquet
+from instarec_assets.ml.reorder_model import MODEL_FILE, read_model_card
+from instarec_assets.ml.training import load_model, predict
+from instarec_assets.partitions import landing_date_partitions
+from instarec_assets.resources import LakeResource, ServingStoreResource, lake_connection
+
+
+def consumption_assets(storage_kind: str, store_kind: str) -> list[AssetsDefinition]:
+    common = {"partitions_def": landing_date_partitions, "group_name": "consumption"}
+
+    @asset(
+        io_manager_key="consumption_io_manager",
+        kinds={"xgboost", storage_kind},
+        description="Reorder probability for every candidate of the inference set (test and serving rows).",
+        **common,
+    )
+    def reorder_predictions(
+        context: AssetExecutionContext,
+        lake: LakeResource,
+        duckdb: DuckDBResource,
+        inference_set: str,
+        xgboost_model: str,
+    ) -> Output[StagedParquet]:
+        booster = load_model(Path(xgboost_model) / MODEL_FILE)
+        out = lake.staging_dir(context.run_id, "reorder_predictions") / "reorder_predictions.parquet"
+        with lake_connection(duckdb, lake) as conn:
+            staged = score_feature_set(
+                conn, inference_set, FEATURE_COLUMNS, lambda rows: predict(booster, rows), out
+            )
+            by_set = conn.execute(
+                "SELECT eval_set, count(*), avg(probability) FROM read_parquet(?, hive_partitioning = false) "
+                "GROUP BY ALL ORDER BY 1",
+                [str(out)],
+            ).fetchall()
+        return Output(
+            staged,
+            metadata={
+                "model_version": MetadataValue.text(read_model_card(xgboost_model)["model_version"]),
+                "rows_by_eval_set": MetadataValue.json({name: int(rows) for name, rows, _ in by_set}),
+                "mean_probability_by_eval_set": MetadataValue.json(
+                    {name: float(mean) for name, _, mean in by_set}
+                ),
+            },
+        )
+
+    @asset(
+        io_manager_key="consumption_io_manager",
+        kinds={"numpy", storage_kind},
+        description="For each Kaggle test order, the product set maximising expected F1 (or None).",
+        **common,
+    )
+    def next_basket(
+        context: AssetExecutionContext, lake: LakeResource, duckdb: DuckDBResource, reorder_predictions: str
+    ):
+        with lake_connection(duckdb, lake) as conn:
+            baskets = next_baskets(conn, reorder_predictions)
+        include_none = baskets.column("include_none").to_numpy(zero_copy_only=False)
+        sizes = baskets.column("n_products").to_numpy(zero_copy_only=False)
+        return Output(
+            baskets,
+            metadata={
+                "orders": MetadataValue.int(baskets.num_rows),
+                "mean_basket_size": MetadataValue.float(float(sizes.mean()) if baskets.num_rows else 0.0),
+                "share_with_none": MetadataValue.float(
+                    float(include_none.mean()) if baskets.num_rows else 0.0
+                ),
+                "preview": MetadataValue.md(baskets.slice(0, 5).to_pandas().to_markdown(index=False)),
+            },
+        )
+
+    @asset(
+        io_manager_key="consumption_io_manager",
+        kinds={"duckdb", storage_kind},
+        description="Top 10 products per user for their next order, with names, aisle, department and model version.",
+        **common,
+    )
+    def recommendations(
+        context: AssetExecutionContext,
+        lake: LakeResource,
+        duckdb: DuckDBResource,
+        reorder_predictions: str,
+        xgboost_model: str,
+    ) -> Output[StagedParquet]:
+        locations = lake.locations
+        key = context.partition_key
+        out = lake.staging_dir(context.run_id, "recommendations") / "recommendations.parquet"
+        model_version = read_model_card(xgboost_model)["model_version"]
+        with lake_connection(duckdb, lake) as conn:
+            staged = top_recommendations(
+                conn,
+                reorder_predictions,
+                locations.partition_uri("clean", "clean_products", key),
+                locations.partition_uri("clean", "clean_aisles", key),
+                locations.partition_uri("clean", "clean_departments", key),
+                model_version,
+                out,
+            )
+            users = conn.execute(
+                "SELECT count(DISTINCT user_id) FROM read_parquet(?, hive_partitioning = false)", [str(out)]
+            ).fetchall()[0][0]
+            table_preview = preview(conn, str(out), rows=10)
+        return Output(
+            staged,
+            metadata={
+                "users": MetadataValue.int(int(users)),
+                "model_version": MetadataValue.text(model_version),
+                "preview": table_preview,
+            },
+        )
+
+    @asset(
+        kinds={store_kind},
+        description="The recommendations loaded into the serving store as a new version, switched in one step.",
+        deps=[recommendations],
+        **common,
+    )
+    def dynamodb_recommendations(
+        context: AssetExecutionContext,
+        lake: LakeResource,
+        duckdb: DuckDBResource,
+        serving_store: ServingStoreResource,
+    ) -> MaterializeResult:
+        uri = lake.locations.partition_uri("consumption", "recommendations", context.partition_key)
+        with lake_connection(duckdb, lake) as conn:
+            table = conn.sql(
+                "SELECT * FROM read_parquet($uri, hive_partitioning = false)", params={"uri": uri}
+            ).to_arrow_table()
+        model_version = table.column("model_version")[0].as_py() if table.num_rows else "none"
+        report = serving_store.open().load(table, model_version=model_version)
+        return MaterializeResult(
+            metadata={
+                "store": MetadataValue.text(serving_store.kind),
+                **{name: MetadataValue.text(str(value)) for name, value in report.as_metadata().items()},
+            }
+        )
+
+    return [reorder_predictions, next_basket, recommendations, dynamodb_recommendations]

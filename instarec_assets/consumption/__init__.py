@@ -1,0 +1,1 @@
+"""Dagster-free consumption-zone logic: scoring feature sets, top-k recommendations, Kaggle submissions."""

@@ -1,0 +1,147 @@
+"""Curated features, the XGBoost model, predictions, baskets and the serving store as Dagster assets.
+
+One generated dataset (two weekly batches) is materialised once per module through the same job
+the landing sensor runs; the tests then read what the assets stored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import duckdb
+import pytest
+from dagster import AssetKey, DagsterInstance
+
+from instarec_assets.backends.serving_store import SqliteRecommendationStore
+from instarec_assets.cli import main
+from instarec_assets.definitions import build_definitions
+from instarec_assets.generate import generate_dataset
+from instarec_assets.lake.locations import LakeLocations
+from instarec_assets.sensors import LANDING_JOB_NAME
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """Two generated batches landed and materialised in date order; yields (locations, instance, results)."""
+    home = tmp_path_factory.mktemp("models-home")
+    summary = generate_dataset(home / "generated", users=250, seed=3, batches=2)
+    locations = LakeLocations(env="local", home=str(home))
+    defs = build_definitions(locations)
+    instance = DagsterInstance.ephemeral()
+    results = {}
+    for batch in summary.batches:
+        target = Path(locations.landing_partition_uri(batch.partition))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        batch.folder.rename(target)
+        results[batch.partition] = defs.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
+            partition_key=batch.partition, instance=instance, raise_on_error=False
+        )
+    yield locations, instance, results, summary.batches[-1].partition
+    instance.dispose()
+
+
+def test_every_asset_materialises_for_both_batches(pipeline):
+    _, _, results, _ = pipeline
+    for partition, result in results.items():
+        assert result.success, partition
+        materialized = {
+            event.asset_key.to_user_string() for event in result.get_asset_materialization_events()
+        }
+        assert {
+            "training_set",
+            "inference_set",
+            "xgboost_model",
+            "recommendations",
+            "dynamodb_recommendations",
+        } <= (materialized)
+
+
+def test_model_is_xgboost_json_with_a_model_card_and_beats_both_baselines(pipeline):
+    locations, instance, results, latest = pipeline
+    model_dir = Path(
+        locations.zone_uri("curated"), "models", "xgboost_model", "year=2025", "month=01", "day=13"
+    )
+    assert (
+        json.loads((model_dir / "model.json").read_text())["learner"]["objective"]["name"]
+        == "binary:logistic"
+    )
+    card = json.loads((model_dir / "model_card.json").read_text())
+    assert {"features", "parameters", "metrics", "data_partition", "code_version"} <= card.keys()
+    assert card["data_partition"] == latest and len(card["features"]) >= 30
+    checks = [e for e in results[latest].get_asset_check_evaluations() if e.check_name == "beats_baselines"]
+    assert len(checks) == 1 and checks[0].passed
+    metadata = instance.get_latest_materialization_event(
+        AssetKey("xgboost_model")
+    ).asset_materialization.metadata
+    assert 0.5 < metadata["auc"].value <= 1.0
+    assert metadata["plot_threshold_analysis"].value.startswith(
+        "![threshold_analysis](data:image/png;base64,"
+    )
+    assert metadata["mean_f1_model"].value > metadata["mean_f1_last_order"].value
+
+
+def test_recommendations_hold_ten_ranked_named_products_per_user(pipeline):
+    locations, _, _, latest = pipeline
+    uri = locations.partition_uri("consumption", "recommendations", latest)
+    per_user = duckdb.sql(
+        f"SELECT user_id, count(*), min(rank), max(rank), bool_and(product_name IS NOT NULL), "
+        f"bool_and(probability BETWEEN 0 AND 1) FROM read_parquet('{uri}', hive_partitioning = false) GROUP BY 1"
+    ).fetchall()
+    assert len(per_user) > 250  # new users of the second batch are served too
+    assert all(
+        count <= 10 and first == 1 and last == count and named and valid
+        for _, count, first, last, named, valid in per_user
+    )
+    ordered = duckdb.sql(
+        f"SELECT bool_and(ok) FROM (SELECT probability >= lead(probability) OVER (PARTITION BY user_id ORDER BY rank) "
+        f"OR lead(probability) OVER (PARTITION BY user_id ORDER BY rank) IS NULL AS ok "
+        f"FROM read_parquet('{uri}', hive_partitioning = false))"
+    ).fetchall()[0][0]
+    assert ordered
+
+
+def test_serving_store_serves_the_latest_load(pipeline):
+    locations, _, _, latest = pipeline
+    store = SqliteRecommendationStore(
+        Path(locations.home) / "serving" / "recommendations.sqlite", read_only=True
+    )
+    recommendations = duckdb.sql(
+        "SELECT user_id, rank, product_id FROM read_parquet("
+        f"'{locations.partition_uri('consumption', 'recommendations', latest)}', hive_partitioning = false) "
+        "WHERE user_id = (SELECT min(user_id) FROM read_parquet("
+        f"'{locations.partition_uri('consumption', 'recommendations', latest)}', hive_partitioning = false)) ORDER BY rank"
+    ).fetchall()
+    served = store.top_k(recommendations[0][0], 3)
+    assert [item.product_id for item in served.items] == [row[2] for row in recommendations[:3]]
+    assert served.model_version.startswith(f"xgboost-{latest}")
+
+
+def test_submission_has_one_kaggle_row_per_test_order(pipeline, tmp_path, capsys, monkeypatch):
+    locations, _, _, latest = pipeline
+    monkeypatch.setenv("INSTAREC_ENV", "local")
+    out = tmp_path / "submission.csv"
+    assert main(["submission", "--out", str(out), "--home", locations.home]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "order_id,products"
+    test_orders = duckdb.sql(
+        "SELECT count(DISTINCT order_id) FROM read_parquet("
+        f"'{locations.partition_uri('curated', 'inference_set', latest)}', hive_partitioning = false) "
+        "WHERE eval_set = 'test'"
+    ).fetchall()[0][0]
+    assert len(lines) - 1 == test_orders > 0
+    assert all(re.fullmatch(r"\d+,(None|\d+)( (None|\d+))*", line) for line in lines[1:])
+
+
+def test_recommend_cli_prints_top_k_with_purchase_probability(pipeline, capsys, monkeypatch):
+    locations, _, _, _ = pipeline
+    monkeypatch.setenv("INSTAREC_ENV", "local")
+    assert main(["recommend", "1", "-k", "3", "--home", locations.home]) == 0
+    output = capsys.readouterr().out.splitlines()
+    assert output[0].startswith("Top 3 for user 1")
+    assert all(re.search(r"purchase probability \d+\.\d%", line) for line in output[1:4])
+    assert main(["recommend", "999999", "--home", locations.home]) == 1
+    assert "user 999999 has no recommendations" in capsys.readouterr().err
