@@ -75,7 +75,9 @@ STAR_RESOURCE_ALLOWED = {
     "logs:listlogdeliveries",
     "logs:stopquery",
     "rds:describedbengineversions",
+    "sagemaker:listmodels",
     "sagemaker:listtrainingjobs",
+    "sagemaker:listtransformjobs",
     "secretsmanager:getrandompassword",
     "xray:puttelemetryrecords",
     "xray:puttracesegments",
@@ -558,19 +560,114 @@ def test_network_has_private_subnets_nat_and_endpoints(templates: dict[str, dict
     assert any(r["Type"] == "AWS::EC2::FlowLog" for r in res.values())
 
 
-def test_sagemaker_role_writes_models_under_the_curated_prefix(templates: dict[str, dict[str, Any]]) -> None:
+def _role_statements(template: dict[str, Any], logical_id: str) -> list[dict[str, Any]]:
+    role = template["Resources"][logical_id]["Properties"]
+    return [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+
+
+def _granting(statements: list[dict[str, Any]], action: str) -> list[dict[str, Any]]:
+    return [s for s in statements if action in as_list(s["Action"])]
+
+
+def _curated_suffixes(statements: list[dict[str, Any]], action: str) -> set[str]:
+    """`${Arn}/<suffix>` object resources of the statements granting `action`, all in the curated bucket."""
+    suffixes = set()
+    for statement in _granting(statements, action):
+        for resource in as_list(statement["Resource"]):
+            template, variables = resource["Fn::Sub"]
+            assert "CuratedBucketArn" in json.dumps(variables), (action, resource)
+            suffixes.add(template.removeprefix("${Arn}/"))
+    return suffixes
+
+
+def test_sagemaker_role_reads_and_writes_exactly_the_client_paths(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    from instarec_assets.backends.sagemaker import SageMakerSettings
+
+    defaults = SageMakerSettings(role_arn="", bucket="")
+    staged, models, predictions = (
+        defaults.data_prefix,
+        defaults.model_prefix,
+        defaults.transform_output_prefix,
+    )
     role = templates["ml"]["Resources"]["SageMakerExecutionRole"]["Properties"]
-    principal = role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
-    assert principal == {"Service": "sagemaker.amazonaws.com"}
-    writes = [
-        s
-        for p in role["Policies"]
-        for s in p["PolicyDocument"]["Statement"]
-        if "s3:PutObject" in as_list(s["Action"])
-    ]
-    assert len(writes) == 1
-    assert writes[0]["Resource"]["Fn::Sub"][0] == "${Arn}/models/*"
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "sagemaker.amazonaws.com"
+    }
+    statements = _role_statements(templates["ml"], "SageMakerExecutionRole")
+    # Training channels and transform input are read from sagemaker/<job>/, transform jobs read
+    # model.tar.gz from models/xgboost/<job>/output/; training writes that, transform writes predictions.
+    assert _curated_suffixes(statements, "s3:GetObject") == {f"{staged}/*", f"{models}/*"}
+    assert _curated_suffixes(statements, "s3:PutObject") == {f"{models}/*", f"{predictions}/*"}
+    [listing] = _granting(statements, "s3:ListBucket")
+    assert set(listing["Condition"]["StringLike"]["s3:prefix"]) == {
+        f"{staged}/*",
+        f"{models}/*",
+        f"{predictions}/*",
+    }
+    text = json.dumps(statements)
+    assert "CleanBucketArn" not in text and "/aws/sagemaker/TransformJobs" in text
     assert "SageMakerExecutionRoleArn" in templates["ml"]["Outputs"]
+
+
+def test_run_role_can_batch_transform_and_load_recommendations_narrowly(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    from fnmatch import fnmatchcase
+
+    from instarec_assets.backends.sagemaker import make_job_name
+
+    statements = _role_statements(templates["orchestration"], "RunTaskRole")
+    arn = "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:"
+    expected = {
+        f"{arn}model/instarec-*": ["CreateModel", "DeleteModel", "AddTags"],
+        f"{arn}transform-job/instarec-*": [
+            "CreateTransformJob",
+            "DescribeTransformJob",
+            "StopTransformJob",
+            "AddTags",  # tags passed at creation need sagemaker:AddTags
+        ],
+        f"{arn}training-job/instarec-*": [
+            "CreateTrainingJob",
+            "DescribeTrainingJob",
+            "StopTrainingJob",
+            "AddTags",
+        ],
+    }
+    for action in {action for actions in expected.values() for action in actions}:
+        granted = {
+            r["Fn::Sub"] for s in _granting(statements, f"sagemaker:{action}") for r in as_list(s["Resource"])
+        }
+        assert granted == {resource for resource, actions in expected.items() if action in actions}, action
+    # The names the client generates (the model is named like its transform job) fall under instarec-*.
+    for name in (make_job_name(), make_job_name("instarec-score")):
+        assert fnmatchcase(name, "instarec-*"), name
+    # CreateModel and CreateTrainingJob pass the execution role, to SageMaker only.
+    [passing] = _granting(statements, "iam:PassRole")
+    assert passing["Resource"] == {
+        "Fn::ImportValue": {"Fn::Sub": "instarec-${EnvironmentName}-SageMakerExecutionRoleArn"}
+    }
+    assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+
+    # DynamoDbRecommendationStore.load: GetItem, BatchWriteItem, conditional PutItem, key-only Scan.
+    table = {"Fn::ImportValue": {"Fn::Sub": "instarec-${EnvironmentName}-RecommendationsTableArn"}}
+    dynamodb = [s for s in statements if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))]
+    assert [s["Resource"] for s in dynamodb] == [table]
+    assert set(dynamodb[0]["Action"]) == {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:Scan",
+    }
+    # The serving Lambda only reads: top_k is GetItem only (the pointer, then the user's item).
+    lambda_statements = _role_statements(templates["serving"], "FunctionRole")
+    lambda_dynamodb = [
+        s for s in lambda_statements if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))
+    ]
+    assert [(s["Action"], s["Resource"]) for s in lambda_dynamodb] == [
+        ("dynamodb:GetItem", {"Fn::GetAtt": ["RecommendationsTable", "Arn"]})
+    ]
 
 
 # ----------------------------------------------------------------------------- analysts, access, monitoring
