@@ -47,16 +47,20 @@ def cmd_materialize(args: argparse.Namespace) -> None:
     from instarec_assets.pipeline.runner import default_partition
 
     partition_key = args.partition or default_partition(source, _today())
-    _land_and_run(locations, source, partition_key)
+    _land_and_run(locations, source, partition_key, args.through)
 
 
-def _land_and_run(locations: LakeLocations, source: Path, partition_key: str) -> None:
+def _land_and_run(
+    locations: LakeLocations, source: Path, partition_key: str, through: str = "consumption"
+) -> None:
     from instarec_assets.definitions import build_definitions
     from instarec_assets.pipeline.runner import dagster_instance, land_folder, materialize_partition
 
     target = land_folder(source, locations, partition_key)
     print(f"landed {source} as partition {partition_key} at {target}")
-    reports = materialize_partition(build_definitions(locations), dagster_instance(locations), partition_key)
+    reports = materialize_partition(
+        build_definitions(locations), dagster_instance(locations), partition_key, through=through
+    )
     for report in reports:
         rows = f"{report.rows:>12,} rows" if report.rows is not None else " " * 17
         print(f"  {report.asset:<30} {rows}  {report.seconds:6.1f}s")
@@ -143,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--partition", help="YYYY-MM-DD; default: the folder's name if a date, else today"
     )
     materialize.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
+    materialize.add_argument(
+        "--through",
+        default="consumption",
+        choices=("raw", "clean", "curated", "models", "consumption"),
+        help="stop after this zone (default: everything, down to the serving store)",
+    )
     materialize.set_defaults(handler=cmd_materialize)
 
     status = commands.add_parser("status", help="partitions and row counts per zone")

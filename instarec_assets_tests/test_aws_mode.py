@@ -32,7 +32,7 @@ def test_partition_is_written_to_zone_buckets_in_the_seed_layout(
 ):
     land_folder(write_batch(tmp_path / "batch", success=False), aws_locations, DAY_1)
     with DagsterInstance.ephemeral() as instance:
-        reports = materialize_partition(build_definitions(aws_locations), instance, DAY_1)
+        reports = materialize_partition(build_definitions(aws_locations), instance, DAY_1, through="clean")
 
     rows = {report.asset: report.rows for report in reports}
     assert rows["clean_orders"] == len(ORDERS)
@@ -71,3 +71,43 @@ def test_aws_mode_without_buckets_fails_naming_the_variable(monkeypatch: pytest.
         monkeypatch.delenv(f"INSTAREC_{zone}_BUCKET", raising=False)
     with pytest.raises(LakeConfigError, match="INSTAREC_RAW_BUCKET must be set"):
         LakeLocations.from_env()
+
+
+@pytest.mark.slow
+def test_whole_pipeline_in_aws_mode_loads_dynamodb(
+    aws_locations: LakeLocations, aws_env: str, tmp_path, monkeypatch
+):
+    from instarec_assets.backends.serving_store import DynamoDbRecommendationStore
+    from instarec_assets.generate import generate_dataset
+
+    table_name = f"instarec-test-recommendations-{aws_locations.raw_bucket.rsplit('-', 1)[-1]}"
+    monkeypatch.setenv("INSTAREC_DYNAMODB_TABLE", table_name)
+    monkeypatch.setenv("INSTAREC_TRAINING_BACKEND", "local")
+    store = DynamoDbRecommendationStore(table_name, region_name=REGION, endpoint_url=aws_env)
+    store.ensure_table()
+    batch = generate_dataset(tmp_path / "generated", users=150, seed=5).batches[0]
+    land_folder(batch.folder, aws_locations, batch.partition)
+    with DagsterInstance.ephemeral() as instance:
+        reports = materialize_partition(build_definitions(aws_locations), instance, batch.partition)
+
+    assert {"xgboost_model", "recommendations", "dynamodb_recommendations"} <= {r.asset for r in reports}
+    s3 = boto3.client("s3", endpoint_url=aws_env, region_name=REGION)
+    model_keys = {
+        entry["Key"]
+        for entry in s3.list_objects_v2(Bucket=aws_locations.curated_bucket, Prefix="models/xgboost_model/")[
+            "Contents"
+        ]
+    }
+    assert "models/xgboost_model/year=2025/month=01/day=06/model.json" in model_keys
+    assert "models/xgboost_model/year=2025/month=01/day=06/model_card.json" in model_keys
+    recommendations = _read_parquet(
+        aws_env,
+        aws_locations.consumption_bucket,
+        "recommendations/year=2025/month=01/day=06/recommendations.parquet",
+    ).to_pandas()
+    first_user = int(recommendations.user_id.min())
+    served = store.top_k(first_user, 3)
+    expected = (
+        recommendations[recommendations.user_id == first_user].sort_values("rank").product_id.tolist()[:3]
+    )
+    assert [item.product_id for item in served.items] == expected

@@ -56,7 +56,16 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[s
 
 def materialize(capsys, home: Path, batch: Path, partition: str = DAY_1) -> tuple[int, list[str], list[str]]:
     return run_cli(
-        capsys, "materialize", "--landing", str(batch), "--partition", partition, "--home", str(home)
+        capsys,
+        "materialize",
+        "--landing",
+        str(batch),
+        "--partition",
+        partition,
+        "--home",
+        str(home),
+        "--through",
+        "clean",
     )
 
 

@@ -6,38 +6,61 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dagster import AssetKey
+
 from instarec_assets.definitions import build_definitions
 from instarec_assets.lake.locations import LakeLocations
+from instarec_assets.pipeline.runner import ZONE_GROUPS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+EXPECTED_GROUPS = {
+    "curated": {
+        "user_features",
+        "product_features",
+        "user_product_features",
+        "training_set",
+        "inference_set",
+    },
+    "models": {"xgboost_model"},
+    "consumption": {"reorder_predictions", "next_basket", "recommendations", "dynamodb_recommendations"},
+}
+
+
 def test_every_asset_sits_in_its_zone_group_with_a_description_and_kinds(defs):
     graph = defs.resolve_asset_graph()
+    groups: dict[str, set[str]] = {}
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         name = key.to_user_string()
-        expected_group = name.split("_", 1)[0] if not name.startswith("quarantined_") else "clean"
-        assert node.group_name == expected_group, name
+        groups.setdefault(node.group_name, set()).add(name)
         assert node.description, name
-        assert "duckdb" in node.kinds, name
+        assert node.kinds, name
         assert node.partitions_def is not None, name
+    assert list(groups) and set(groups) <= set(ZONE_GROUPS)
+    assert all(name.startswith("raw_") for name in groups["raw"])
+    assert all(name.startswith(("clean_", "quarantined_")) for name in groups["clean"])
+    for group, names in EXPECTED_GROUPS.items():
+        assert groups[group] == names
+    assert graph.get(AssetKey("xgboost_model")).kinds >= {"xgboost"}
+    assert graph.get(AssetKey("dynamodb_recommendations")).kinds == {"sqlite"}
 
 
-def test_aws_definitions_tag_storage_as_s3():
+def test_aws_definitions_tag_storage_as_s3_and_serving_as_dynamodb():
     locations = LakeLocations(
         env="aws", raw_bucket="r-b", clean_bucket="c-b", curated_bucket="u-b", consumption_bucket="s-b"
     )
     graph = build_definitions(locations).resolve_asset_graph()
-    assert all("s3" in graph.get(key).kinds for key in graph.get_all_asset_keys())
+    for key in graph.get_all_asset_keys():
+        expected = "dynamodb" if key.to_user_string() == "dynamodb_recommendations" else "s3"
+        assert expected in graph.get(key).kinds, key
 
 
 def test_clean_assets_depend_on_raw_and_each_other_like_the_seed_data_flow(defs):
     graph = defs.resolve_asset_graph()
 
     def parents(name: str) -> set[str]:
-        from dagster import AssetKey
-
         return {key.to_user_string() for key in graph.get(AssetKey(name)).parent_keys}
 
     assert parents("clean_orders") == {"raw_orders"}

@@ -7,6 +7,7 @@ from pathlib import Path
 from dagster import build_sensor_context
 
 from instarec_assets.lake.locations import LakeLocations
+from instarec_assets.pipeline.runner import assets_through
 from instarec_assets.sensors import landing_sensor
 from instarec_assets_tests.landing_fixtures import write_batch
 
@@ -73,7 +74,9 @@ def test_partition_already_materialized_from_the_cli_is_not_run_again(
     write_batch(landing / "2025-01-06")
     assert (
         defs.resolve_job_def(landing_sensor.job_name)
-        .execute_in_process(partition_key="2025-01-06", instance=instance)
+        .execute_in_process(
+            partition_key="2025-01-06", instance=instance, asset_selection=assets_through(defs, "clean")
+        )
         .success
     )
     write_batch(landing / "2025-01-13")

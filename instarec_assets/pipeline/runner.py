@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import DagsterEventType, DagsterInstance, Definitions
+from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions
 
 from instarec_assets.lake.locations import LakeConfigError, LakeLocations, parse_partition_key
 from instarec_assets.lake.schemas import LANDING_FILES, SUCCESS_MARKER
@@ -83,8 +83,21 @@ def default_partition(source: Path, today: str) -> str:
         return today
 
 
+# Asset groups in data-flow order; `through` stops after one of them.
+ZONE_GROUPS = ("raw", "clean", "curated", "models", "consumption")
+
+
+def assets_through(defs: Definitions, through: str) -> list[AssetKey]:
+    """Every asset in the groups up to and including `through` (e.g. `clean`: the lake zones only)."""
+    if through not in ZONE_GROUPS:
+        raise ValueError(f"--through must be one of {', '.join(ZONE_GROUPS)}, not {through!r}")
+    groups = set(ZONE_GROUPS[: ZONE_GROUPS.index(through) + 1])
+    graph = defs.resolve_asset_graph()
+    return [key for key in graph.get_all_asset_keys() if graph.get(key).group_name in groups]
+
+
 def materialize_partition(
-    defs: Definitions, instance: DagsterInstance, partition_key: str
+    defs: Definitions, instance: DagsterInstance, partition_key: str, through: str = ZONE_GROUPS[-1]
 ) -> list[AssetReport]:
     """Run the landing job for one partition; raise PipelineError naming the first failure.
 
@@ -93,6 +106,7 @@ def materialize_partition(
     """
     result = defs.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
         partition_key=partition_key,
+        asset_selection=assets_through(defs, through),
         instance=instance,
         raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
