@@ -55,7 +55,10 @@ class SageMakerTrainer:
             hyperparameters=hyperparameters,
             workdir=workdir / "sagemaker",
         )
-        self.card_extra = {"sagemaker_training_job": result.job_name, "sagemaker_model_artifact": result.model_artifact_uri}
+        self.card_extra = {
+            "sagemaker_training_job": result.job_name,
+            "sagemaker_model_artifact": result.model_artifact_uri,
+        }
         booster = result.load_booster()
         booster.feature_names = list(data.feature_names)
         return TrainedModel(
