@@ -19,9 +19,6 @@ from instarec_assets.lake.duck import StagedParquet, copy_to_parquet
 
 # Dropped at the end so the connection's memory goes back to the caller.
 TEMP_TABLES = (
-    "feat_up",
-    "feat_user_aisle",
-    "feat_user_department",
     "feat_product",
     "feat_user",
     "feat_target_lines",
@@ -59,7 +56,8 @@ def build_features(conn: duckdb.DuckDBPyConnection, snapshot: CleanSnapshot, scr
     build_products(conn)
     build_affinity(conn)
     user_product = copy_to_parquet(conn, USER_PRODUCT_SELECT, scratch / "user_product_features.parquet")
-    conn.execute("DROP TABLE feat_up")
+    for table in ("feat_up", "feat_user_aisle", "feat_user_department"):
+        conn.execute(f"DROP TABLE {table}")
     tables = FeatureTables(
         user_features=copy_to_parquet(conn, USER_FEATURES_SELECT, scratch / "user_features.parquet"),
         product_features=copy_to_parquet(conn, PRODUCT_FEATURES_SELECT, scratch / "product_features.parquet"),
@@ -73,4 +71,6 @@ def build_features(conn: duckdb.DuckDBPyConnection, snapshot: CleanSnapshot, scr
     )
     for table in TEMP_TABLES:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
+    for view in ("feat_clean_orders", "feat_clean_lines"):
+        conn.execute(f"DROP VIEW IF EXISTS {view}")
     return tables

@@ -31,15 +31,14 @@ def training_select(user_product_path: Path) -> str:
         label="(t.product_id IS NOT NULL)::TINYINT",
         features=", ".join(FEATURE_COLUMNS),
         user_product_path=_literal(user_product_path),
-        label_join=(
-            "LEFT JOIN feat_target_lines AS t ON t.order_id = f.target_order_id AND t.product_id = up.product_id"
-        ),
+        label_join="LEFT JOIN feat_target_lines AS t ON t.order_id = f.target_order_id"
+        " AND t.product_id = up.product_id",
         where="up.framing = 'target' AND f.target_set = 'train'",
     )
 
 
 def inference_select(user_product_path: Path) -> str:
-    """`test` rows (Kaggle submission: target is a test order) and `serving` rows (every user's next order)."""
+    """`test` rows (the Kaggle submission: the target is a test order) and `serving` rows (next orders)."""
     return SET_SELECT.format(
         order_id="f.target_order_id",
         eval_set="CASE up.framing WHEN 'target' THEN 'test' ELSE 'serving' END",

@@ -25,7 +25,8 @@ CREATE OR REPLACE TEMP TABLE feat_up (
 # One framing at a time (a constant, not a grouping key) keeps the hash table to one framing's pairs.
 PURCHASES_SQL = """
 INSERT INTO feat_up
-SELECT $framing AS framing, a.user_id, a.product_id, c.aisle_id, c.department_id, a.* EXCLUDE (user_id, product_id)
+SELECT $framing AS framing, a.user_id, a.product_id, c.aisle_id, c.department_id,
+       a.* EXCLUDE (user_id, product_id)
 FROM (
     SELECT h.user_id, l.product_id,
            count(*)::SMALLINT AS n,
