@@ -7,19 +7,13 @@ import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from instarec_assets.lake.schemas import LANDING_FILES
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CATALOG_DIR = REPO_ROOT.parent / "shared" / "instacart_catalog"
 
-ORDERS_HEADER = (
-    "order_id",
-    "user_id",
-    "eval_set",
-    "order_number",
-    "order_dow",
-    "order_hour_of_day",
-    "days_since_prior_order",
-)
-LINES_HEADER = ("order_id", "product_id", "add_to_cart_order", "reordered")
+ORDERS_HEADER = LANDING_FILES["orders"].columns
+LINES_HEADER = LANDING_FILES["order_products_prior"].columns
 
 # Two users: user 1 has three prior orders and a train order, user 2 two prior orders and a test order.
 ORDERS: list[tuple] = [

@@ -13,19 +13,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from instarec_assets.lake.schemas import LANDING_FILES
+
 from .catalog import Catalog, write_catalog_csv
 from .orders import DAYS_CAP, EVAL_SET_NAMES
 
-ORDERS_HEADER = (
-    "order_id",
-    "user_id",
-    "eval_set",
-    "order_number",
-    "order_dow",
-    "order_hour_of_day",
-    "days_since_prior_order",
-)
-LINES_HEADER = ("order_id", "product_id", "add_to_cart_order", "reordered")
+ORDERS_HEADER = LANDING_FILES["orders"].columns
+LINES_HEADER = LANDING_FILES["order_products_prior"].columns
 HOUR_TEXT = pa.array([f"{hour:02d}" for hour in range(24)])
 DAYS_TEXT = pa.array([""] + [f"{day}.0" for day in range(DAYS_CAP + 1)])
 EVAL_SET_TEXT = pa.array(EVAL_SET_NAMES)
