@@ -234,8 +234,9 @@ def test_columns_in_another_order_land_under_their_own_names(conn, tmp_path: Pat
         ("orders.csv", b""),
         ("orders.csv", b"\n\n"),
         ("orders.csv.gz", b""),
-        ("orders.csv.gz", gzip.compress(b"")),
+        ("orders.csv.gz", gzip.compress(b"", mtime=0)),
     ],
+    ids=["zero-bytes", "blank-lines", "zero-byte-gz", "empty-gz"],
 )
 def test_empty_file_is_refused_as_empty(conn, tmp_path: Path, file_name: str, content: bytes):
     message = landing_error(conn, tmp_path, "orders", content, file_name)
