@@ -16,6 +16,7 @@ from pathlib import Path
 
 from instarec_assets.lake.landing import LandingFileError
 from instarec_assets.lake.locations import LakeConfigError, LakeLocations
+from instarec_assets.warehouse.cli import add_sql_command
 
 
 def _today() -> str:
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batches", type=int, default=2)
     demo.add_argument("--sample-user", type=int, default=1, help="whose top 3 to print at the end")
     demo.set_defaults(handler=cmd_demo)
+    add_sql_command(commands)
     return parser
 
 

@@ -12,6 +12,11 @@ from instarec_assets.assets.consumption import consumption_assets
 from instarec_assets.assets.curated import curated_assets
 from instarec_assets.assets.models import model_assets
 from instarec_assets.assets.raw import raw_assets
+from instarec_assets.assets.warehouse import (
+    WAREHOUSE_RESOURCE_KEY,
+    warehouse_assets,
+    warehouse_duckdb_resource,
+)
 from instarec_assets.backends.serving_store import store_settings_from_env
 from instarec_assets.io_managers import LakeIOManager, ModelArtifactIOManager
 from instarec_assets.lake.locations import LakeLocations
@@ -33,6 +38,7 @@ def build_resources(locations: LakeLocations) -> dict:
     return {
         "lake": lake,
         "duckdb": duckdb_resource(locations),
+        WAREHOUSE_RESOURCE_KEY: warehouse_duckdb_resource(locations),
         **{f"{zone}_io_manager": LakeIOManager(lake=lake, zone=zone) for zone in ZONES},
         "model_io_manager": ModelArtifactIOManager(lake=lake),
         "training": ModelTrainingResource(
@@ -52,6 +58,7 @@ def build_definitions(locations: LakeLocations) -> Definitions:
         *curated_assets(kinds),
         *model_assets(storage_kind),
         *consumption_assets(storage_kind, store_kind),
+        *warehouse_assets(),
     ]
     landing_job = define_asset_job(
         LANDING_JOB_NAME,

@@ -24,7 +24,13 @@ EXPECTED_GROUPS = {
         "inference_set",
     },
     "models": {"xgboost_model"},
-    "consumption": {"reorder_predictions", "next_basket", "recommendations", "dynamodb_recommendations"},
+    "consumption": {
+        "reorder_predictions",
+        "next_basket",
+        "recommendations",
+        "dynamodb_recommendations",
+        "analyst_warehouse",
+    },
 }
 
 
@@ -53,7 +59,9 @@ def test_aws_definitions_tag_storage_as_s3_and_serving_as_dynamodb():
     )
     graph = build_definitions(locations).resolve_asset_graph()
     for key in graph.get_all_asset_keys():
-        expected = "dynamodb" if key.to_user_string() == "dynamodb_recommendations" else "s3"
+        expected = {"dynamodb_recommendations": "dynamodb", "analyst_warehouse": "duckdb"}.get(
+            key.to_user_string(), "s3"
+        )
         assert expected in graph.get(key).kinds, key
 
 

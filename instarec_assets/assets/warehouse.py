@@ -1,0 +1,88 @@
+"""The analysts' warehouse as an asset: a DuckDB file rebuilt from the clean zone for each landing date."""
+
+from pathlib import Path
+
+from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, MaterializeResult, MetadataValue, asset
+from dagster_duckdb import DuckDBResource
+from tabulate import tabulate
+
+from instarec_assets.assets.curated import CLEAN_INPUTS, clean_snapshot
+from instarec_assets.lake.locations import LakeLocations
+from instarec_assets.partitions import landing_date_partitions
+from instarec_assets.resources import LakeResource, duckdb_resource
+from instarec_assets.warehouse import WarehouseSummary, build_warehouse_file, load_salt, warehouse_path
+
+WAREHOUSE_RESOURCE_KEY = "warehouse_duckdb"
+
+
+def warehouse_duckdb_resource(locations: LakeLocations) -> DuckDBResource:
+    """The warehouse file, with the lake's DuckDB settings (memory limit, spill folder, no downloads)."""
+    return DuckDBResource(
+        database=str(warehouse_path(locations.home_path)),
+        connection_config=duckdb_resource(locations).connection_config,
+    )
+
+
+def warehouse_assets() -> list[AssetsDefinition]:
+    @asset(
+        name="analyst_warehouse",
+        group_name="consumption",
+        kinds={"duckdb"},
+        deps=[AssetKey(name) for name in CLEAN_INPUTS],
+        partitions_def=landing_date_partitions,
+        description=(
+            "The analysts' sandbox: INSTAREC_HOME/warehouse/analyst.duckdb, a copy of the clean zone as "
+            "of the partition (aisles, departments, current products, product_history, orders, "
+            "order_products), the joined_order_products view and mart_* tables; user ids appear only "
+            "as a salted hash (user_key). Query it with `instarec sql`."
+        ),
+    )
+    def analyst_warehouse(
+        context: AssetExecutionContext, lake: LakeResource, warehouse_duckdb: DuckDBResource
+    ) -> MaterializeResult:
+        locations = lake.locations
+        salt = load_salt(locations.home_path)
+
+        def connect(path: Path):
+            staging = DuckDBResource(database=str(path), connection_config=warehouse_duckdb.connection_config)
+            return staging.get_connection()
+
+        summary = build_warehouse_file(
+            Path(warehouse_duckdb.database).resolve(),
+            clean_snapshot(lake, context.partition_key),
+            salt.value,
+            as_of=context.partition_key,
+            connect=connect,
+            filesystem=locations.filesystem,
+        )
+        return MaterializeResult(metadata=_metadata(summary, salt.source))
+
+    return [analyst_warehouse]
+
+
+def _metadata(summary: WarehouseSummary, salt_source: str) -> dict[str, MetadataValue]:
+    metadata = {
+        "path": MetadataValue.path(str(summary.path)),
+        "as_of": MetadataValue.text(summary.as_of),
+        "published": MetadataValue.bool(summary.published),
+        "user_key_salt": MetadataValue.text(salt_source),
+    }
+    if not summary.published:
+        metadata["kept"] = MetadataValue.text(
+            f"the published warehouse is as of {summary.kept_as_of}, newer than {summary.as_of}: kept it"
+        )
+        return metadata
+    relations = "\n".join(f"| `{r.name}` | {r.kind} | {r.rows:,} |" for r in summary.relations)
+    metadata.update(
+        {
+            "dagster/row_count": MetadataValue.int(summary.rows("joined_order_products")),
+            "relations": MetadataValue.md("| name | kind | rows |\n| --- | --- | ---: |\n" + relations),
+            "mart_top_products_preview": MetadataValue.md(
+                tabulate(summary.preview_rows, headers=summary.preview_columns, tablefmt="github")
+                if summary.preview_rows
+                else "_no rows_"
+            ),
+            "build_seconds": MetadataValue.float(round(summary.seconds, 2)),
+        }
+    )
+    return metadata
