@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 export INSTAREC_HOME
 
-.PHONY: install tools test lint format demo ui clean
+.PHONY: install tools test lint format demo ui bench clean
 
 # Idempotent: the stamp is rebuilt only when setup.py changes.
 $(VENV)/.installed: setup.py pyproject.toml
@@ -51,6 +51,10 @@ demo: install
 ui: install
 	mkdir -p $(INSTAREC_HOME)/dagster
 	DAGSTER_HOME=$(INSTAREC_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# Full-size benchmarks (minutes; not part of make test). Results are appended to bench/RESULTS.md.
+bench: install
+	$(BIN)/python bench/bench_lake.py --append-results
 
 clean:
 	rm -rf $(INSTAREC_HOME) .pytest_cache .ruff_cache

@@ -23,6 +23,7 @@ from instarec_assets.lake.validation import (
     Column,
     Text,
     WholeNumber,
+    parsed_columns_sql,
     quarantine_reason_sql,
     typed_columns_sql,
 )
@@ -70,7 +71,7 @@ CREATE OR REPLACE TEMP TABLE {table}_checked AS
 SELECT {typed},
        _source_file, _source_row, _ingested_at, quarantine_reason,
        {record} AS _record
-FROM (SELECT *, {reason} AS quarantine_reason FROM raw_{table})
+FROM (SELECT *, {reason} AS quarantine_reason FROM (SELECT *, {parsed} FROM raw_{table}))
 """
 
 # A landed row identical to the stored current row changes nothing: it counts as a duplicate.
@@ -183,6 +184,7 @@ def _check(conn: duckdb.DuckDBPyConnection, table: str, columns: tuple[Column, .
             table=table,
             typed=typed_columns_sql(columns),
             reason=quarantine_reason_sql(columns),
+            parsed=parsed_columns_sql(columns),
             record=checked_record_sql(tuple(column.name for column in columns)),
         )
     )

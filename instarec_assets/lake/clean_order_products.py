@@ -12,7 +12,12 @@ from instarec_assets.lake.clean_orders import CLEAN_ORDERS_SCHEMA, MAX_ID
 from instarec_assets.lake.dedup import classify_duplicates
 from instarec_assets.lake.duck import copy_to_parquet, create_view, scalar
 from instarec_assets.lake.quarantine import QUARANTINE_SELECT, checked_record_sql, record_json_sql
-from instarec_assets.lake.validation import WholeNumber, quarantine_reason_sql, typed_columns_sql
+from instarec_assets.lake.validation import (
+    WholeNumber,
+    parsed_columns_sql,
+    quarantine_reason_sql,
+    typed_columns_sql,
+)
 
 LINE_COLUMNS = (
     WholeNumber("order_id", 1, MAX_ID),
@@ -29,18 +34,9 @@ SELECT NULL::INTEGER AS order_id, NULL::INTEGER AS product_id, NULL::SMALLINT AS
 WHERE false
 """
 
-TYPE_LINES_SQL = """
-CREATE OR REPLACE TEMP TABLE lines_typed AS
-SELECT {typed}, eval_set,
-       _source_file, _source_row, _ingested_at, quarantine_reason,
-       {record} AS _record
-FROM (
-    SELECT *, 'prior' AS eval_set, {reason} AS quarantine_reason FROM raw_prior
-    UNION ALL
-    SELECT *, 'train' AS eval_set, {reason} AS quarantine_reason FROM raw_train
-)
-"""
-
+# One pass over the landed lines: parse, validate, then check against orders and products. The rows
+# keep only what classification needs; `_source_file` (one file per eval_set, a long string on
+# every one of ~35M rows) is added back when the clean and quarantine files are written.
 # Cross-table validation: a line must belong to a known order of the matching kind and a known product.
 # Prior lines may arrive for an order first landed as `test` (its contents become known later).
 CHECK_LINES_SQL = """
@@ -57,9 +53,27 @@ SELECT lines.* EXCLUDE (quarantine_reason),
          WHEN lines.eval_set = 'prior' AND known_orders.eval_set = 'train'
            THEN 'order_products__prior line for train order ' || lines.order_id
        END AS quarantine_reason
-FROM lines_typed AS lines
+FROM (
+    SELECT {typed}, eval_set, _source_row, _ingested_at, quarantine_reason,
+           {record} AS _record
+    FROM (
+        SELECT *, {reason} AS quarantine_reason
+        FROM (
+            SELECT *, 'prior' AS eval_set, {parsed} FROM raw_prior
+            UNION ALL
+            SELECT *, 'train' AS eval_set, {parsed} FROM raw_train
+        )
+    )
+) AS lines
 LEFT JOIN known_orders ON known_orders.order_id = lines.order_id
 LEFT JOIN known_products ON known_products.product_id = lines.product_id
+"""
+
+# Each raw table holds the rows of exactly one landed file (landing writes one `_source_file`).
+LINE_SOURCES_SQL = """
+SELECT 'prior', count(DISTINCT _source_file), any_value(_source_file) FROM raw_prior
+UNION ALL
+SELECT 'train', count(DISTINCT _source_file), any_value(_source_file) FROM raw_train
 """
 
 
@@ -84,15 +98,15 @@ def clean_order_products(
         [products_uri],
     )
     create_view(conn, "earlier_lines", earlier_clean_uris, CLEAN_ORDER_PRODUCTS_SCHEMA)
+    source_file = _source_file_sql(conn)
     conn.execute(
-        TYPE_LINES_SQL.format(
+        CHECK_LINES_SQL.format(
             typed=typed_columns_sql(LINE_COLUMNS),
             reason=quarantine_reason_sql(LINE_COLUMNS),
+            parsed=parsed_columns_sql(LINE_COLUMNS),
             record=checked_record_sql(LINE_TEXT_COLUMNS),
         )
     )
-    conn.execute(CHECK_LINES_SQL)
-    conn.execute("DROP TABLE lines_typed")
     classify_duplicates(
         conn,
         "lines_checked",
@@ -100,24 +114,30 @@ def clean_order_products(
         ("order_id", "product_id"),
         ("add_to_cart_order", "reordered", "eval_set"),
         "lines_classified",
+        row_id=("eval_set", "_source_row"),
+        as_view=True,
     )
-    conn.execute("DROP TABLE lines_checked")
+    conn.execute(
+        "CREATE OR REPLACE TEMP VIEW lines_outcomes AS "
+        f"SELECT *, {source_file} AS _source_file FROM lines_classified"
+    )
     clean = copy_to_parquet(
         conn,
         "SELECT order_id, product_id, add_to_cart_order, reordered, eval_set, _source_file, _ingested_at"
-        " FROM lines_classified WHERE outcome = 'clean'",
+        " FROM lines_outcomes WHERE outcome = 'clean'",
         scratch / "clean_order_products.parquet",
     )
     quarantine = copy_to_parquet(
         conn,
         QUARANTINE_SELECT.format(
-            classified="lines_classified", record=record_json_sql((*LINE_TEXT_COLUMNS, "eval_set"))
+            classified="lines_outcomes", record=record_json_sql((*LINE_TEXT_COLUMNS, "eval_set"))
         ),
         scratch / "quarantined_order_products.parquet",
     )
     counts = outcome_counts(conn, "lines_classified")
     raw_rows = scalar(conn, "SELECT (SELECT count(*) FROM raw_prior) + (SELECT count(*) FROM raw_train)")
-    conn.execute("DROP TABLE lines_classified")
+    conn.execute("DROP VIEW lines_outcomes; DROP VIEW lines_classified")
+    conn.execute("DROP TABLE lines_classified_repeated; DROP TABLE lines_checked")
     accounting = RowAccounting(
         raw_rows=int(raw_rows),
         clean_rows=clean.row_count,
@@ -125,3 +145,16 @@ def clean_order_products(
         duplicate_rows=counts.get("duplicate", 0),
     )
     return CleanResult(clean, quarantine, accounting, counts)
+
+
+def _source_file_sql(conn: duckdb.DuckDBPyConnection) -> str:
+    """`_source_file` for a line, from its eval_set: each raw table is one landed file."""
+    sources = {eval_set: (files, name) for eval_set, files, name in conn.execute(LINE_SOURCES_SQL).fetchall()}
+    if any(files > 1 for files, _ in sources.values()):
+        raise ValueError("a raw order lines partition holds rows of more than one landed file")
+    prior, train = sources["prior"][1], sources["train"][1]
+    return f"CASE eval_set WHEN 'prior' THEN {_literal(prior)} ELSE {_literal(train)} END"
+
+
+def _literal(value: str | None) -> str:
+    return "NULL::VARCHAR" if value is None else "'" + value.replace("'", "''") + "'"

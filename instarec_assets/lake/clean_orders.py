@@ -11,7 +11,13 @@ from instarec_assets.lake.accounting import CleanResult, RowAccounting, outcome_
 from instarec_assets.lake.dedup import classify_duplicates
 from instarec_assets.lake.duck import copy_to_parquet, create_view, scalar
 from instarec_assets.lake.quarantine import QUARANTINE_SELECT, checked_record_sql, record_json_sql
-from instarec_assets.lake.validation import Text, WholeNumber, quarantine_reason_sql, typed_columns_sql
+from instarec_assets.lake.validation import (
+    Text,
+    WholeNumber,
+    parsed_columns_sql,
+    quarantine_reason_sql,
+    typed_columns_sql,
+)
 
 MAX_ID = 2_147_483_647
 
@@ -54,7 +60,7 @@ CREATE OR REPLACE TEMP TABLE orders_checked AS
 SELECT {typed},
        _source_file, _source_row, _ingested_at, quarantine_reason,
        {record} AS _record
-FROM (SELECT *, {reason} AS quarantine_reason FROM raw_orders)
+FROM (SELECT *, {reason} AS quarantine_reason FROM (SELECT *, {parsed} FROM raw_orders))
 """
 
 # A user cannot have two different orders with the same order_number, in this file or before it.
@@ -92,6 +98,7 @@ def clean_orders(
         CHECK_ORDERS_SQL.format(
             typed=typed_columns_sql(ORDER_COLUMNS),
             reason=quarantine_reason_sql(ORDER_COLUMNS, ORDER_RULES),
+            parsed=parsed_columns_sql(ORDER_COLUMNS),
             record=checked_record_sql(text_columns),
         )
     )

@@ -5,33 +5,47 @@ from __future__ import annotations
 
 import duckdb
 
+# Only keys that occur more than once in the partition need ranking, and there are usually none or
+# a handful: find them with one hash aggregate and run the window over their rows alone, rather than
+# sorting every row (and every column) of the partition by key.
+REPEATED_SQL = """
+CREATE OR REPLACE TEMP TABLE {out}_repeated AS
+SELECT {key}, {row_id},
+       row_number() OVER by_key AS _key_rank,
+       hash({content}) = first_value(hash({content})) OVER by_key AS _same_as_first
+FROM {checked}
+SEMI JOIN (
+    SELECT {key} FROM {checked} WHERE quarantine_reason IS NULL GROUP BY {key} HAVING count(*) > 1
+) USING ({key})
+WHERE quarantine_reason IS NULL
+WINDOW by_key AS (PARTITION BY {key} ORDER BY _source_row)
+"""
+
 CLASSIFY_SQL = """
-CREATE OR REPLACE TEMP TABLE {out} AS
-WITH ranked AS (
-    SELECT *,
-           hash({content}) AS _content_hash,
-           row_number() OVER (PARTITION BY {key} ORDER BY _source_row) AS _key_rank,
-           first_value(hash({content})) OVER (PARTITION BY {key} ORDER BY _source_row) AS _first_hash
-    FROM {checked}
-    WHERE quarantine_reason IS NULL
-),
-compared AS (
-    SELECT ranked.*, hash({earlier_content}) AS _earlier_hash, earlier.{first_key} IS NOT NULL AS _stored_before
-    FROM ranked
+CREATE OR REPLACE TEMP {kind} {out} AS
+WITH compared AS (
+    SELECT checked.*,
+           coalesce(repeated._key_rank, 1) AS _key_rank,
+           repeated._same_as_first,
+           hash({checked_content}) = hash({earlier_content}) AS _same_as_earlier,
+           earlier.{first_key} IS NOT NULL AS _stored_before
+    FROM {checked} AS checked
+    LEFT JOIN {out}_repeated AS repeated USING ({key}, {row_id})
     LEFT JOIN {earlier} AS earlier USING ({key})
+    WHERE checked.quarantine_reason IS NULL
 )
-SELECT * EXCLUDE (_content_hash, _key_rank, _first_hash, _earlier_hash, _stored_before),
+SELECT * EXCLUDE (_key_rank, _same_as_first, _same_as_earlier, _stored_before),
        CASE
-         WHEN _stored_before AND _content_hash = _earlier_hash THEN 'duplicate'
+         WHEN _stored_before AND _same_as_earlier THEN 'duplicate'
          WHEN _stored_before THEN 'quarantined'
-         WHEN _key_rank > 1 AND _content_hash = _first_hash THEN 'duplicate'
+         WHEN _key_rank > 1 AND _same_as_first THEN 'duplicate'
          WHEN _key_rank > 1 THEN 'quarantined'
          ELSE 'clean'
        END AS outcome,
        CASE
-         WHEN _stored_before AND _content_hash <> _earlier_hash
+         WHEN _stored_before AND NOT _same_as_earlier
            THEN '{key_label} already stored in an earlier partition with different values'
-         WHEN NOT _stored_before AND _key_rank > 1 AND _content_hash <> _first_hash
+         WHEN NOT _stored_before AND _key_rank > 1 AND NOT _same_as_first
            THEN '{key_label} appears more than once in this partition with different values'
        END AS conflict_reason
 FROM compared
@@ -49,17 +63,33 @@ def classify_duplicates(
     key_columns: tuple[str, ...],
     content_columns: tuple[str, ...],
     out_table: str,
+    row_id: tuple[str, ...] = ("_source_row",),
+    as_view: bool = False,
 ) -> None:
-    """Add `outcome` (clean / duplicate / quarantined) and `conflict_reason` to validated rows."""
+    """Add `outcome` (clean / duplicate / quarantined) and `conflict_reason` to validated rows.
+
+    row_id: columns that tell apart the rows of `checked_table` (the landed row number, plus the
+    source where the table unions several files). as_view: define `out_table` as a view over
+    `checked_table` instead of copying every row into a new table (for the largest tables, whose
+    classification is read only a few times).
+    """
     key = ", ".join(key_columns)
+    content = ", ".join(content_columns)
+    conn.execute(
+        REPEATED_SQL.format(
+            out=out_table, checked=checked_table, key=key, row_id=", ".join(row_id), content=content
+        )
+    )
     conn.execute(
         CLASSIFY_SQL.format(
+            kind="VIEW" if as_view else "TABLE",
             out=out_table,
             checked=checked_table,
             earlier=earlier_view,
             key=key,
+            row_id=", ".join(row_id),
             first_key=key_columns[0],
-            content=", ".join(content_columns),
+            checked_content=", ".join(f"checked.{column}" for column in content_columns),
             earlier_content=", ".join(f"earlier.{column}" for column in content_columns),
             key_label="/".join(key_columns),
         )

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 REASON_VALUE_CHARS = 40
 
+# Each column is parsed once, into a column of this prefix, by `parsed_columns_sql`; the typed value
+# and every quarantine rule read that column rather than re-running the regexes per rule.
+PARSED_PREFIX = "__parsed_"
+
 # ASCII decimal digits only: DuckDB's cast would also take '1e3', '1_000', 'nan' and 'inf'.
 DECIMAL_PATTERN = r"\s*[+-]?[0-9]+(\.[0-9]*)?\s*"
 
@@ -48,12 +52,16 @@ class WholeNumber:
         ]
         return rules
 
-    @property
-    def _number(self) -> str:
+    def parsed(self) -> str:
+        """The value as a DOUBLE (NULL unless plain decimal digits), named for `typed` and `reasons`."""
         return (
             f"CASE WHEN regexp_full_match({self._col}, '{DECIMAL_PATTERN}') "
-            f"THEN TRY_CAST(trim({self._col}) AS DOUBLE) END"
+            f"THEN TRY_CAST(trim({self._col}) AS DOUBLE) END AS {self._number}"
         )
+
+    @property
+    def _number(self) -> str:
+        return f'"{PARSED_PREFIX}{self.name}"'
 
     @property
     def _col(self) -> str:
@@ -86,11 +94,14 @@ class Text:
         )
         return rules
 
-    @property
-    def _normalised(self) -> str:
+    def parsed(self) -> str:
         """Any run of Unicode whitespace (tabs, no-break spaces) becomes one space, then ends are trimmed."""
         text = f"trim(regexp_replace(nfc_normalize({self._col}), '[\\s\\p{{Z}}]+', ' ', 'g'))"
-        return f"lower({text})" if self.lowercase else text
+        return f"{f'lower({text})' if self.lowercase else text} AS {self._normalised}"
+
+    @property
+    def _normalised(self) -> str:
+        return f'"{PARSED_PREFIX}{self.name}"'
 
     @property
     def _col(self) -> str:
@@ -102,6 +113,12 @@ Column = WholeNumber | Text
 
 def _quoted(column_sql: str) -> str:
     return f"'''' || left({column_sql}, {REASON_VALUE_CHARS}) || ''''"
+
+
+def parsed_columns_sql(columns: tuple[Column, ...]) -> str:
+    """Extra SELECT items parsing each raw column once; `typed_columns_sql` and `quarantine_reason_sql`
+    must be evaluated over a relation that has them (`SELECT *, <parsed> FROM raw_table`)."""
+    return ", ".join(column.parsed() for column in columns)
 
 
 def typed_columns_sql(columns: tuple[Column, ...]) -> str:
