@@ -81,8 +81,12 @@ class StageRun:
         return "\n".join(line for _, line in self.lines)
 
 
-def run_stage(name: str, command: list[str], env: dict[str, str]) -> StageRun:
-    """Run `command` as a fresh child; time it, sample its memory, keep its stdout with timestamps."""
+def run_stage(name: str, command: list[str], env: dict[str, str], check: bool = True) -> StageRun:
+    """Run `command` as a fresh child; time it, sample its memory, keep its stdout with timestamps.
+
+    With `check` (the default) a non-zero exit status ends the benchmark; without it the failed stage
+    is returned (its `returncode` and `stderr` say what happened) so the caller can report it.
+    """
     stage = StageRun(name=name, command=command, load_before=os.getloadavg()[0])
     cpu_before = psutil.cpu_times()
     started = time.perf_counter()
@@ -143,7 +147,7 @@ def run_stage(name: str, command: list[str], env: dict[str, str]) -> StageRun:
     stage.peak_rss_bytes = usage.ru_maxrss * 1024  # Linux reports kilobytes
     busy = _busy_seconds(cpu_after) - _busy_seconds(cpu_before)
     stage.other_cpu_seconds = max(0.0, busy - usage.ru_utime - usage.ru_stime)
-    if stage.returncode != 0:
+    if stage.returncode != 0 and check:
         sys.stderr.write(stage.stderr)
         raise SystemExit(f"bench: {name} failed with exit status {stage.returncode}: {' '.join(command)}")
     return stage
