@@ -16,6 +16,8 @@ from pathlib import Path
 
 from instarec_assets.lake.landing import LandingFileError
 from instarec_assets.lake.locations import LakeConfigError, LakeLocations
+from instarec_assets.serving.server import add_arguments as add_serve_arguments
+from instarec_assets.serving.server import cmd_serve
 from instarec_assets.warehouse.cli import add_sql_command
 
 
@@ -178,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batches", type=int, default=2)
     demo.add_argument("--sample-user", type=int, default=1, help="whose top 3 to print at the end")
     demo.set_defaults(handler=cmd_demo)
+    serve = commands.add_parser("serve", help="the recommendations API and web page under uvicorn")
+    add_serve_arguments(serve)
+    serve.set_defaults(handler=cmd_serve)
+
     add_sql_command(commands)
     return parser
 

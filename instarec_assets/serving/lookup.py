@@ -1,0 +1,172 @@
+"""How the API reads a user's list: `lookup(user_id, k) -> (model_version, rows) | None`.
+
+`rows` are tuples `(rank, product_id, product_name, aisle, department, probability, explore)` by
+rank (ints, strings, a float, and a bool or 0/1), the shape the JSON renderer wants, so no
+per-item objects are built on the request path.
+
+- `SqliteLookup` reads the local store's file (layout documented in `backends/sqlite_store.py`:
+  a one-row `current_version` pointer naming the table `recommendations_v<N>` of the version
+  readers use, `PRIMARY KEY (user_id, rank)`) with ONE statement per request, the range query on
+  the current table. The pointer is cached for at most `pointer_ttl_s` (1 s), like the DynamoDB
+  store's 5 s pointer cache. One statement reads one WAL snapshot of one complete table, so an
+  answer never mixes versions and never sees a half-filled table (a table is named by the
+  pointer only once its load committed). After a switch the loader drops the old table: the
+  next query on it fails with "no such table" and is retried once on the re-read pointer; a
+  miss (an unknown user, or one new in the next version) re-reads the pointer too. So a new
+  version is served within milliseconds of its switch, at the latest after `pointer_ttl_s`.
+  `SqliteRecommendationStore.top_k` reads the pointer on every call (four statements); this
+  keeps the hot path at one, which is what lets the full endpoint reach 80% of the bare one.
+- `StoreLookup` wraps any `RecommendationStore` (DynamoDB, test doubles) through `top_k`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+_ROW = "rank, product_id, product_name, aisle, department, probability, explore"
+_POINTER = "SELECT table_name, model_version FROM current_version WHERE id = 1"
+
+Rows = list[tuple[Any, ...]]
+
+
+class Lookup(Protocol):
+    backend: str
+
+    def lookup(self, user_id: int, k: int) -> tuple[str, Rows] | None: ...
+
+    def close(self) -> None: ...
+
+
+def _store_error(message: str) -> Exception:
+    from instarec_assets.backends.recommendations import ServingStoreError
+
+    return ServingStoreError(message)
+
+
+class SqliteLookup:
+    backend = "sqlite"
+
+    def __init__(self, path: str | Path, pointer_ttl_s: float = 1.0, busy_timeout_s: float = 5.0):
+        self.path = Path(path).resolve()
+        self.pointer_ttl_s = pointer_ttl_s
+        self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        # (read at, table, model_version, range query); table None: nothing loaded yet
+        self._pointer: tuple[float, str | None, str, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"SqliteLookup({str(self.path)!r})"
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if not self.path.exists():
+            raise _store_error(f"serving store {self.path} does not exist; load recommendations first")
+        conn = sqlite3.connect(
+            f"{self.path.as_uri()}?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=self.busy_timeout_s,
+        )
+        conn.execute("PRAGMA query_only=1")
+        with self._lock:
+            self._connections.append(conn)
+        self._local.conn = conn
+        return conn
+
+    def _read_pointer(self, conn: sqlite3.Connection) -> tuple[float, str | None, str, str]:
+        try:
+            row = conn.execute(_POINTER).fetchone()
+        except sqlite3.OperationalError as error:
+            if "no such table" not in str(error):
+                raise
+            row = None
+        now = time.monotonic()
+        if row is None:
+            pointer: tuple[float, str | None, str, str] = (now, None, "", "")
+        else:
+            table, model_version = row
+            query = f"SELECT {_ROW} FROM {table} WHERE user_id = ? ORDER BY rank LIMIT ?"
+            pointer = (now, table, model_version, query)
+        self._pointer = pointer
+        return pointer
+
+    def lookup(self, user_id: int, k: int) -> tuple[str, Rows] | None:
+        conn = self._connection()
+        pointer = self._pointer
+        if pointer is None or time.monotonic() - pointer[0] >= self.pointer_ttl_s:
+            pointer = self._read_pointer(conn)
+        if pointer[1] is not None:
+            try:
+                rows = conn.execute(pointer[3], (user_id, k)).fetchall()
+            except sqlite3.OperationalError as error:
+                if "no such table" not in str(error):
+                    raise
+                rows = []
+            if rows:
+                return pointer[2], rows
+        # a miss: re-read the pointer, and if it names another table, ask that one
+        fresh = self._read_pointer(conn)
+        if fresh[1] is None or fresh[1] == pointer[1]:
+            return None
+        rows = conn.execute(fresh[3], (user_id, k)).fetchall()
+        return (fresh[2], rows) if rows else None
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+
+
+class StoreLookup:
+    """Any store with `top_k(user_id, k) -> UserRecommendations | None`."""
+
+    def __init__(self, store: Any):
+        self.store = store
+        self.backend = getattr(store, "backend", "store")
+
+    def __repr__(self) -> str:
+        return f"StoreLookup({self.store!r})"
+
+    def lookup(self, user_id: int, k: int) -> tuple[str, Rows] | None:
+        result = self.store.top_k(user_id, k)
+        if result is None:
+            return None
+        rows = [
+            (
+                item.rank,
+                item.product_id,
+                item.product_name,
+                item.aisle,
+                item.department,
+                item.probability,
+                item.explore,
+            )
+            for item in result.items
+        ]
+        return result.model_version, rows
+
+    def close(self) -> None:
+        close = getattr(self.store, "close", None)
+        if callable(close):
+            close()
+
+
+def lookup_for(store: Any) -> Lookup:
+    """The fast SQLite reader for a SQLite serving store (by its file), else the store's own top_k."""
+    if isinstance(store, SqliteLookup | StoreLookup):
+        return store
+    path = getattr(store, "path", None)
+    if getattr(store, "backend", None) == "sqlite" and isinstance(path, Path):
+        return SqliteLookup(path)
+    return StoreLookup(store)

@@ -1,0 +1,152 @@
+"""The OpenAPI description in the package: valid OpenAPI 3, and it documents what the handler answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from openapi_schema_validator import OAS30Validator
+from openapi_spec_validator import validate
+
+from instarec_assets.backends.serving_store import ServingStoreError, SqliteRecommendationStore
+from instarec_assets.serving import ServingApi, ServingSettings
+from instarec_assets.serving.api import PACKAGE_DIR, STATUS_CODES
+from instarec_assets.serving.asgi import parse_query_string
+from instarec_assets.serving.keys import KeysUnavailableError
+from instarec_assets.serving.ratelimit import SlidingWindowLimiter
+from instarec_assets.serving.testing import build_sqlite_store
+
+SPEC_PATH = PACKAGE_DIR / "openapi.yaml"
+KEY = "spec-key"
+ORIGIN = "https://recs.example.com"
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return yaml.safe_load(SPEC_PATH.read_text())
+
+
+def resolve(node: Any, spec: dict[str, Any]) -> Any:
+    """The node with every local `$ref` replaced by what it points to."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target: Any = spec
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            return resolve(target, spec)
+        return {key: resolve(value, spec) for key, value in node.items()}
+    if isinstance(node, list):
+        return [resolve(value, spec) for value in node]
+    return node
+
+
+def test_spec_is_valid_openapi_3(spec: dict[str, Any]):
+    validate(spec)
+    assert spec["openapi"].startswith("3.")
+    assert spec["components"]["securitySchemes"]["apiKey"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+        "description": spec["components"]["securitySchemes"]["apiKey"]["description"],
+    }
+
+
+def exercised(tmp_path: Path) -> list[tuple[str, str, int, bytes]]:
+    """(method, path, status, body) for a request producing each answer the handler can give."""
+    path = build_sqlite_store(tmp_path / "recommendations.sqlite", users=5)
+    store = SqliteRecommendationStore(path, read_only=True)
+
+    def make(store_=store, limit=1000, **overrides) -> ServingApi:
+        settings = ServingSettings(api_keys=(KEY,), allowed_origins=frozenset({ORIGIN}), **overrides)
+        return ServingApi(settings, store=store_, limiter=SlidingWindowLimiter(limit, 300), static=True)
+
+    class Exploding:
+        def top_k(self, user_id, k):
+            raise RuntimeError("boom")
+
+    class Unavailable:
+        def top_k(self, user_id, k):
+            raise ServingStoreError("down")
+
+    class NoKeys:
+        def digests(self):
+            raise KeysUnavailableError("down")
+
+        def first_key(self):
+            return None
+
+    api = make()
+    no_keys = make()
+    no_keys.keys = NoKeys()
+    limited = make(limit=1)
+    limited.handle("GET", "/recommendations", [("user_id", "1")], {"x-api-key": KEY}, "192.0.2.1")
+    good = {"x-api-key": KEY}
+    cases = [
+        (api, "GET", "/recommendations", "user_id=1", good),
+        (api, "GET", "/recommendations", "user_id=x", good),
+        (api, "GET", "/recommendations", "user_id=1", {}),
+        (api, "GET", "/recommendations", "user_id=1", {"x-api-key": "bad"}),
+        (api, "GET", "/recommendations", "user_id=77", good),
+        (limited, "GET", "/recommendations", "user_id=1", good),
+        (make(store_=Exploding()), "GET", "/recommendations", "user_id=1", good),
+        (make(store_=Unavailable()), "GET", "/recommendations", "user_id=1", good),
+        (no_keys, "GET", "/recommendations", "user_id=1", good),
+        (api, "OPTIONS", "/recommendations", "", {"origin": ORIGIN}),
+        (api, "OPTIONS", "/recommendations", "", {"origin": "https://evil.example"}),
+        (api, "GET", "/", "", {}),
+        (api, "GET", "/config.json", "", {}),
+        (api, "GET", "/openapi.yaml", "", {}),
+        (api, "POST", "/recommendations", "", good),
+        (api, "DELETE", "/", "", good),
+        (api, "GET", "/nowhere", "", good),
+    ]
+    answers = []
+    for handler, method, route, query, headers in cases:
+        status, _, body = handler.handle(
+            method, route, parse_query_string(query.encode()), headers, "192.0.2.1"
+        )
+        answers.append((method, route, status, body))
+    return answers
+
+
+def test_spec_documents_every_status_the_handler_returns(spec: dict[str, Any], tmp_path: Path):
+    answers = exercised(tmp_path)
+    assert {status for *_, status, _ in answers} == set(STATUS_CODES)
+    components = spec["components"]["responses"]
+    for method, route, status, _ in answers:
+        operation = spec["paths"].get(route, {}).get(method.lower())
+        if operation is None:  # undocumented method or path: the shared 404/405 answers
+            expected = "NotFound" if route not in spec["paths"] else "MethodNotAllowed"
+            assert expected in components, (method, route)
+            assert status == {"NotFound": 404, "MethodNotAllowed": 405}[expected]
+            continue
+        assert str(status) in operation["responses"], f"{method} {route} answers {status}, undocumented"
+
+
+def test_bodies_match_the_documented_schemas(spec: dict[str, Any], tmp_path: Path):
+    for method, route, status, body in exercised(tmp_path):
+        operation = spec["paths"].get(route, {}).get(method.lower())
+        if operation is None or not body or route in ("/", "/openapi.yaml"):
+            continue
+        response = resolve(operation["responses"][str(status)], spec)
+        schema = response["content"]["application/json"]["schema"]
+        OAS30Validator(schema).validate(json.loads(body))
+
+
+def test_served_description_is_the_file(tmp_path: Path):
+    api = ServingApi(ServingSettings(allow_anonymous=True), store=object(), static=True)
+    status, headers, body = api.handle("GET", "/openapi.yaml", [], {}, "192.0.2.1")
+    assert status == 200
+    assert headers[0] == ("content-type", "application/yaml; charset=utf-8")
+    assert body == SPEC_PATH.read_bytes()
+
+
+def test_spec_parameters_match_the_validation(spec: dict[str, Any]):
+    parameters = {p["name"]: p for p in spec["paths"]["/recommendations"]["get"]["parameters"]}
+    assert parameters["user_id"]["required"] is True
+    assert parameters["user_id"]["schema"]["pattern"] == "^[1-9][0-9]{0,9}$"
+    assert parameters["k"]["schema"]["default"] == "3"
+    assert spec["paths"]["/recommendations"]["get"]["security"] == [{"apiKey": []}]
