@@ -1,0 +1,195 @@
+"""GraphSAGE: the user-product graph model beside XGBoost, and the embeddings it produces.
+
+One step, three assets. `graphsage_model` trains on the bipartite graph of the clean zone as of the
+partition (target framing: the prior lines, never a training label) and stores a state dict plus a
+config JSON. The trained encoder then embeds both framings' graphs (inductively: products and users
+with no training edges get embeddings too) into `user_embeddings` and `product_embeddings` in the
+curated zone. One step, so the target graph is built once. The logic lives in
+instarec_assets.ml.graphsage.
+"""
+
+import os
+from collections.abc import Iterator
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetOut,
+    AssetsDefinition,
+    Config,
+    MetadataValue,
+    Output,
+    multi_asset,
+)
+from dagster_duckdb import DuckDBResource
+
+from instarec_assets.assets.curated import CLEAN_INPUTS, clean_snapshot
+from instarec_assets.io_managers import StagedArtifacts
+from instarec_assets.lake.duck import StagedParquet
+from instarec_assets.ml.graphsage import (
+    CONFIG_FILE,
+    FRAMINGS,
+    GraphSageParams,
+    build_graph,
+    embedding_tables,
+    train_and_report,
+)
+from instarec_assets.ml.graphsage.artifacts import write_embeddings
+from instarec_assets.ml.graphsage.report import HEADLINE_METRICS
+from instarec_assets.ml.metrics import png_markdown
+from instarec_assets.ml.training import code_version
+from instarec_assets.partitions import landing_date_partitions
+from instarec_assets.resources import LakeResource, lake_connection
+
+DEVICE_ENV = "INSTAREC_GRAPHSAGE_DEVICE"
+_DEFAULTS = GraphSageParams()
+
+
+class GraphSageConfig(Config):
+    """Run configuration of graphsage_model (the defaults fit the full dataset on 2 CPU cores)."""
+
+    device: str = ""  # "" = $INSTAREC_GRAPHSAGE_DEVICE, else cuda when available, else cpu
+    epochs: int = _DEFAULTS.epochs
+    edges_per_epoch: int = _DEFAULTS.edges_per_epoch or 0  # 0 = every training edge
+    full_epochs: int = _DEFAULTS.full_epochs
+    seed: int = _DEFAULTS.seed
+
+    def params(self) -> GraphSageParams:
+        return GraphSageParams(
+            epochs=self.epochs,
+            edges_per_epoch=self.edges_per_epoch or None,
+            full_epochs=self.full_epochs,
+            seed=self.seed,
+        )
+
+    def resolved_device(self) -> str:
+        return self.device or os.environ.get(DEVICE_ENV, "") or "auto"
+
+
+def graph_assets(storage_kind: str) -> list[AssetsDefinition]:
+    kinds = {"pytorch", storage_kind}
+
+    @multi_asset(
+        name="graphsage_step",
+        outs={
+            "graphsage_model": AssetOut(
+                io_manager_key="model_io_manager",
+                group_name="models",
+                kinds=kinds,
+                description=(
+                    "GraphSAGE (torch-geometric SAGEConv) on the user-product graph, trained for link "
+                    "prediction: state dict + config JSON + plots."
+                ),
+            ),
+            "user_embeddings": AssetOut(
+                io_manager_key="curated_io_manager",
+                group_name="models",
+                kinds=kinds,
+                description="GraphSAGE embedding of every user, per framing (target | serving).",
+            ),
+            "product_embeddings": AssetOut(
+                io_manager_key="curated_io_manager",
+                group_name="models",
+                kinds=kinds,
+                description="GraphSAGE embedding of every current product, per framing (target | serving).",
+            ),
+        },
+        deps=[AssetKey(name) for name in CLEAN_INPUTS],
+        partitions_def=landing_date_partitions,
+    )
+    def graphsage_step(
+        context: AssetExecutionContext, config: GraphSageConfig, lake: LakeResource, duckdb: DuckDBResource
+    ) -> Iterator[Output]:
+        """One step: train on the target graph, then embed both framings with the trained encoder
+        (the target graph is built once; the serving graph adds the latest orders' lines)."""
+        snapshot = clean_snapshot(lake, context.partition_key)
+        with lake_connection(duckdb, lake) as conn:
+            graph = build_graph(conn, snapshot, "target")
+        context.log.info(f"graph: {graph.describe()}")
+        report = train_and_report(
+            graph,
+            lake.staging_dir(context.run_id, "graphsage_model"),
+            context.partition_key,
+            params=config.params(),
+            device=config.resolved_device(),
+            code_version=code_version(),
+            log=context.log.info,
+        )
+        metrics = report.metrics
+        model_version = report.config["model_version"]
+        yield Output(
+            StagedArtifacts(report.model_dir, commit_file=CONFIG_FILE),
+            output_name="graphsage_model",
+            metadata={
+                "model_version": MetadataValue.text(model_version),
+                **{name: MetadataValue.float(float(metrics[name])) for name in HEADLINE_METRICS},
+                "held_out_edges": MetadataValue.int(int(metrics["held_out_edges"])),
+                **{f"graph_{name}": MetadataValue.int(value) for name, value in _counts(graph.describe())},
+                "device": MetadataValue.text(report.trained.training["device"]),
+                "mode": MetadataValue.text(report.trained.training["mode"]),
+                **{
+                    f"plot_{name}": MetadataValue.md(png_markdown(path, name))
+                    for name, path in report.plots.items()
+                },
+                "config": MetadataValue.json(
+                    {key: value for key, value in report.config.items() if key != "encoding"}
+                ),
+            },
+        )
+
+        scratch = lake.staging_dir(context.run_id, "graph_embeddings")
+        with lake_connection(duckdb, lake) as conn:
+            graphs = {"target": graph, "serving": build_graph(conn, snapshot, "serving")}
+            users, products, stats = embedding_tables(
+                report.trained.model, report.trained.encoding, graphs, graph, device=config.resolved_device()
+            )
+            del graphs, graph
+            staged = {
+                "user_embeddings": write_embeddings([users], scratch / "user_embeddings.parquet"),
+                "product_embeddings": write_embeddings([products], scratch / "product_embeddings.parquet"),
+            }
+            for name, level in (("user_embeddings", "users"), ("product_embeddings", "products")):
+                yield Output(
+                    staged[name],
+                    output_name=name,
+                    metadata={
+                        "model_version": MetadataValue.text(model_version),
+                        "embedding_dim": MetadataValue.int(
+                            int(report.config["architecture"]["embedding_dim"])
+                        ),
+                        **{
+                            f"{framing}_{level}": MetadataValue.int(int(stats[framing][level]))
+                            for framing in FRAMINGS
+                        },
+                        **{
+                            f"{framing}_{level}_without_training_edges": MetadataValue.int(
+                                int(stats[framing][f"inductive_{level}"])
+                            )
+                            for framing in FRAMINGS
+                        },
+                        "seconds": MetadataValue.float(
+                            sum(stats[framing]["seconds"] for framing in FRAMINGS)
+                        ),
+                        "preview": _preview(conn, staged[name]),
+                    },
+                )
+
+    return [graphsage_step]
+
+
+def _counts(description: dict) -> list[tuple[str, int]]:
+    return [(name, int(value)) for name, value in description.items() if isinstance(value, int)]
+
+
+def _preview(conn, staged: StagedParquet) -> MetadataValue:
+    """A preview without the long embedding lists (their first 3 values instead)."""
+    path = str(staged.path).replace("'", "''")
+    conn.execute(
+        "CREATE OR REPLACE TEMP VIEW gs_preview AS SELECT * EXCLUDE (embedding), "
+        f"embedding[1:3] AS embedding_head FROM read_parquet('{path}', hive_partitioning = false)"
+    )
+    try:
+        frame = conn.execute("SELECT * FROM gs_preview LIMIT 5").df()
+    finally:
+        conn.execute("DROP VIEW IF EXISTS gs_preview")
+    return MetadataValue.md(frame.to_markdown(index=False) if len(frame) else "_no rows_")

@@ -1,0 +1,218 @@
+"""GraphSAGE end to end for the assets: train, write the artifacts and plots, embed both framings.
+
+Dagster-free, like reorder_model.train_and_report, so the benchmark runs the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from matplotlib.figure import Figure
+
+from instarec_assets.ml.graphsage.artifacts import embeddings_table, save_graphsage
+from instarec_assets.ml.graphsage.config import FeatureEncoding, GraphSageParams
+from instarec_assets.ml.graphsage.graph import BipartiteGraph
+from instarec_assets.ml.graphsage.inductive import GraphEmbeddings, embed_graph, seen_in
+from instarec_assets.ml.graphsage.model import GraphSageModel
+from instarec_assets.ml.graphsage.train import TrainedGraphSage, train_graphsage
+
+HEADLINE_METRICS = (
+    "auc",
+    "auc_degree_negatives",
+    "cosine_positive_mean",
+    "cosine_negative_mean",
+    "r2_frequency",
+    "final_loss",
+    "seconds_per_epoch",
+    "train_seconds",
+    "total_seconds",
+)
+
+
+@dataclass
+class GraphSageReport:
+    model_dir: Path
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    trained: TrainedGraphSage
+    plots: dict[str, Path] = field(default_factory=dict)
+
+
+def train_and_report(
+    graph: BipartiteGraph,
+    workdir: Path,
+    data_partition: str,
+    params: GraphSageParams | None = None,
+    device: str | None = None,
+    code_version: str = "unknown",
+    log=None,
+) -> GraphSageReport:
+    """Train on `graph` (the target framing), write state dict + config + plots into `workdir`."""
+    params = params or GraphSageParams()
+    workdir.mkdir(parents=True, exist_ok=True)
+    trained = train_graphsage(graph, params, device=device, log=log)
+    metrics = dict(trained.metrics)
+    metrics["final_loss"] = (
+        trained.history["epoch_loss"][-1] if trained.history["epoch_loss"] else float("nan")
+    )
+    plots = {
+        "loss_curve": plot_loss_curve(trained.history, workdir),
+        "cosine_similarity": plot_cosine(trained.held_out, workdir),
+        "purchase_frequency": plot_frequency(trained.held_out, metrics["r2_frequency"], workdir),
+    }
+    config = save_graphsage(
+        trained.model,
+        trained.params,
+        trained.encoding,
+        workdir,
+        extra={
+            "model_version": f"graphsage-{data_partition}-{code_version}",
+            "data_partition": data_partition,
+            "code_version": code_version,
+            "graph": graph.describe(),
+            "training": trained.training,
+            "metrics": metrics,
+            "history": {name: values for name, values in trained.history.items() if name != "step_loss"},
+        },
+    )
+    return GraphSageReport(model_dir=workdir, config=config, metrics=metrics, trained=trained, plots=plots)
+
+
+def embedding_tables(
+    model: GraphSageModel,
+    encoding: FeatureEncoding,
+    graphs: dict[str, BipartiteGraph],
+    training_graph: BipartiteGraph,
+    device: str | None = "cpu",
+) -> tuple[pa.Table, pa.Table, dict[str, dict[str, float]]]:
+    """(user_embeddings, product_embeddings, stats per framing) for every framing's graph.
+
+    `training_edges` is a node's degree in the graph the model was trained on: 0 marks a node whose
+    embedding is purely inductive (new since training, or never bought).
+    """
+    user_tables, product_tables, stats = [], [], {}
+    for framing, graph in graphs.items():
+        started = time.perf_counter()
+        embedded: GraphEmbeddings = embed_graph(model, graph, encoding, device)
+        user_training = seen_in(graph.user_ids, training_graph.user_ids, training_graph.user_degree)
+        product_training = seen_in(
+            graph.product_ids, training_graph.product_ids, training_graph.product_degree
+        )
+        user_tables.append(
+            embeddings_table(
+                framing,
+                "user_id",
+                embedded.user_ids,
+                embedded.users,
+                {
+                    "edges": embedded.user_degree.astype(np.int32),
+                    "training_edges": user_training.astype(np.int32),
+                },
+            )
+        )
+        product_tables.append(
+            embeddings_table(
+                framing,
+                "product_id",
+                embedded.product_ids,
+                embedded.products,
+                {
+                    "aisle_id": graph.product_aisle_ids.astype(np.int32),
+                    "department_id": graph.product_department_ids.astype(np.int32),
+                    "edges": embedded.product_degree.astype(np.int32),
+                    "training_edges": product_training.astype(np.int32),
+                },
+            )
+        )
+        stats[framing] = {
+            "users": graph.n_users,
+            "products": graph.n_products,
+            "edges": graph.n_edges,
+            "inductive_users": int((user_training == 0).sum()),
+            "inductive_products": int((product_training == 0).sum()),
+            "seconds": time.perf_counter() - started,
+        }
+    return pa.concat_tables(user_tables), pa.concat_tables(product_tables), stats
+
+
+# --- plots (bare matplotlib Figures, Agg, no pyplot state) ---------------------------------------
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, format="png", dpi=100)
+    return path
+
+
+def plot_loss_curve(history: dict[str, list[float]], folder: Path) -> Path:
+    """Training loss per step (and its moving average) with the per-epoch held-out AUC."""
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    steps = np.asarray(history.get("step_loss", []), dtype=np.float64)
+    if steps.size:
+        x = np.arange(1, steps.size + 1)
+        axes.plot(x, steps, color="tab:blue", alpha=0.3, linewidth=0.8, label="loss per step")
+        window = max(1, steps.size // 50)
+        if window > 1:
+            smooth = np.convolve(steps, np.ones(window) / window, mode="valid")
+            axes.plot(x[window - 1 :], smooth, color="tab:blue", label=f"moving average ({window} steps)")
+    axes.set(xlabel="optimizer step", ylabel="loss (BCE + frequency MSE)", title="GraphSAGE training loss")
+    axes.grid(alpha=0.3)
+    auc = [value for value in history.get("epoch_auc", []) if np.isfinite(value)]
+    if auc and steps.size:
+        twin = axes.twinx()
+        positions = np.linspace(steps.size / len(auc), steps.size, len(auc))
+        twin.plot(positions, auc, color="tab:orange", marker="o", label="held-out AUC (sample)")
+        twin.set(ylabel="held-out AUC", ylim=(0.5, 1.0))
+        twin.legend(loc="upper right")
+    axes.legend(loc="upper left")
+    return _save(figure, folder / "loss_curve.png")
+
+
+def plot_cosine(held_out: dict[str, np.ndarray], folder: Path) -> Path:
+    """Distributions of the cosine similarity of held-out positive and negative pairs."""
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    bins = np.linspace(-1, 1, 41)
+    for name, color in (("positive_cosine", "tab:green"), ("negative_cosine", "tab:red")):
+        values = held_out.get(name, np.empty(0))
+        if values.size:
+            axes.hist(
+                values,
+                bins=bins,
+                alpha=0.5,
+                color=color,
+                density=True,
+                label=f"{name.split('_')[0]} pairs (mean {values.mean():.3f})",
+            )
+    axes.set(xlabel="cosine similarity", ylabel="density", title="Held-out pairs: embedding similarity")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return _save(figure, folder / "cosine_similarity.png")
+
+
+def plot_frequency(held_out: dict[str, np.ndarray], r2: float, folder: Path, points: int = 5000) -> Path:
+    """Predicted against actual purchase frequency on held-out edges (a sample of points)."""
+    figure = Figure(figsize=(5.5, 5))
+    axes = figure.add_subplot()
+    actual = held_out.get("frequency_actual", np.empty(0))
+    predicted = held_out.get("frequency_predicted", np.empty(0))
+    if actual.size:
+        pick = np.random.default_rng(0).permutation(actual.size)[:points]
+        axes.scatter(actual[pick], predicted[pick], s=4, alpha=0.3)
+    axes.plot([0, 1], [0, 1], color="grey", linestyle="--")
+    axes.set(
+        xlabel="actual (times bought / orders)",
+        ylabel="predicted",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title=f"Held-out purchase frequency (R² {r2:.3f})",
+    )
+    axes.grid(alpha=0.3)
+    return _save(figure, folder / "purchase_frequency.png")
