@@ -29,7 +29,7 @@ setup(
         "scikit-learn>=1.5",
         "torch==2.13.0",
         "torch-geometric>=2.6",
-        "uvicorn>=0.30",
+        "uvicorn[standard]>=0.30",
         "tabulate>=0.9",
     ],
     extras_require={
@@ -39,6 +39,8 @@ setup(
             "ruff>=0.6",
             "moto[server]>=5.1",
             "playwright>=1.45",
+            "openapi-spec-validator>=0.7",
+            "pyyaml>=6",
         ],
     },
     entry_points={"console_scripts": ["instarec=instarec_assets.cli:main"]},

@@ -191,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is currently in preview.*")
     args = build_parser().parse_args(argv)
+    if args.command == "serve":  # before the import below, which would load Dagster into the server process
+        try:
+            args.handler(args)
+        except ValueError as error:
+            print(f"instarec: error: {error}", file=sys.stderr)
+            return 1
+        return 0
     from instarec_assets.pipeline.runner import PipelineError
 
     try:

@@ -133,10 +133,6 @@ def test_ssm_keys_are_decrypted(aws_env: str, parameter: str):
     assert api.keys.first_key() == "aws-key-1"  # not the ciphertext
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the store module still imports numpy/pyarrow, which the Lambda runtime lacks",
-)
 def test_handler_runs_with_only_the_lambda_runtimes_libraries(aws_serving: dict):
     """What infra/scripts/package_lambda.sh ships: this package plus the standard library and boto3.
 

@@ -22,6 +22,7 @@ if grep -qvE '^\s*(#|$)' "$REQS" 2>/dev/null; then
     --platform manylinux2014_x86_64 --implementation cp --python-version 3.11 --only-binary=:all: \
     -r "$REQS"
 fi
+rm -rf "$PKG/bin"  # console scripts: the Lambda calls the handler, never the CLI
 find "$PKG" -type d \( -name __pycache__ -o -name '*.dist-info' -o -name tests \) -prune -exec rm -rf {} +
 
 # The handler must import with only the Lambda runtime's libraries (the standard library and boto3).

@@ -3,37 +3,54 @@
 Shared by the SQLite and DynamoDB stores: the row schema, the records `top_k` returns, the load
 report, version ids, and the one input path (`iter_user_lists`) that validates rows and groups
 them per user, so both stores accept and reject exactly the same input.
+
+numpy and pyarrow are imported only by the load path (and `ROW_SCHEMA` on first use): the read
+path (`top_k`, the records) must import with the standard library and boto3 alone, which is all
+the serving Lambda ships (`infra/scripts/package_lambda.sh`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MAX_RANK = 10
 
-# The row schema of a recommendation, in this column order.
-ROW_SCHEMA = pa.schema(
-    [
-        pa.field("user_id", pa.int64(), nullable=False),
-        pa.field("rank", pa.int64(), nullable=False),
-        pa.field("product_id", pa.int64(), nullable=False),
-        pa.field("product_name", pa.string(), nullable=False),
-        pa.field("aisle", pa.string(), nullable=False),
-        pa.field("department", pa.string(), nullable=False),
-        pa.field("probability", pa.float64(), nullable=False),
-        pa.field("explore", pa.bool_(), nullable=False),
-        pa.field("model_version", pa.string(), nullable=False),
-    ]
-)
+
+@functools.cache
+def row_schema() -> pa.Schema:
+    """The row schema of a recommendation, in this column order (`ROW_SCHEMA`)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("user_id", pa.int64(), nullable=False),
+            pa.field("rank", pa.int64(), nullable=False),
+            pa.field("product_id", pa.int64(), nullable=False),
+            pa.field("product_name", pa.string(), nullable=False),
+            pa.field("aisle", pa.string(), nullable=False),
+            pa.field("department", pa.string(), nullable=False),
+            pa.field("probability", pa.float64(), nullable=False),
+            pa.field("explore", pa.bool_(), nullable=False),
+            pa.field("model_version", pa.string(), nullable=False),
+        ]
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ROW_SCHEMA":  # built on first use, so that importing this module needs no pyarrow
+        return row_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 REQUIRED_COLUMNS = ("user_id", "rank", "product_id", "product_name", "aisle", "department", "probability")
 # One entry of a user's list as stored: everything but user_id and model_version (kept per user/version).
 ITEM_FIELDS = ("rank", "product_id", "product_name", "aisle", "department", "probability", "explore")
@@ -144,6 +161,8 @@ def check_k(k: int) -> int:
 
 # ---------------------------------------------------------------- input
 def _as_tables(recommendations: RecommendationsInput) -> Iterator[pa.Table]:
+    import pyarrow as pa
+
     if isinstance(recommendations, pa.Table):
         yield recommendations
         return
@@ -179,12 +198,16 @@ def _is_dataframe(value: Any) -> bool:
 
 def _normalise(table: pa.Table, model_version: str) -> pa.Table:
     """Columns cast to ROW_SCHEMA, `explore` defaulted, `model_version` checked; errors name the column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    schema = row_schema()
     missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
     if missing:
         raise ServingStoreError(f"recommendations are missing column(s): {', '.join(missing)}")
     rows = table.num_rows
     columns = {}
-    for schema_field in ROW_SCHEMA:
+    for schema_field in schema:
         name = schema_field.name
         if name not in table.column_names:
             if name == "explore":
@@ -201,7 +224,7 @@ def _normalise(table: pa.Table, model_version: str) -> pa.Table:
             raise ServingStoreError(
                 f"recommendations column {name} ({column.type}) cannot be read as {schema_field.type}: {error}"
             ) from None
-    result = pa.table(columns, schema=ROW_SCHEMA)
+    result = pa.table(columns, schema=schema)
     if rows == 0:
         return result
     other_versions = pc.unique(
@@ -244,6 +267,8 @@ def iter_user_lists(recommendations: RecommendationsInput, model_version: str) -
     rows of one user may continue into the next batch, but a user whose rows reappear after another
     user's rows in a later batch is an error (sort the input by user_id, as `ORDER BY user_id, rank`).
     """
+    import numpy as np
+
     if not model_version or not isinstance(model_version, str):
         raise ServingStoreError(f"model_version must be a non-empty string, not {model_version!r}")
     finished: set[int] = set()

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from instarec_assets.backends.dynamodb_store import DynamoDbRecommendationStore
 from instarec_assets.backends.recommendations import (
     MAX_RANK,
-    ROW_SCHEMA,
     LoadReport,
     Recommendation,
     RecommendationStore,
@@ -36,7 +36,7 @@ SQLITE_FILE = Path("serving") / "recommendations.sqlite"
 
 __all__ = [
     "MAX_RANK",
-    "ROW_SCHEMA",
+    "ROW_SCHEMA",  # noqa: F822 (module __getattr__)
     "SQLITE_FILE",
     "DynamoDbRecommendationStore",
     "LoadReport",
@@ -48,6 +48,14 @@ __all__ = [
     "open_store",
     "store_from_env",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ROW_SCHEMA":  # needs pyarrow, which the serving Lambda does not ship
+        from instarec_assets.backends.recommendations import ROW_SCHEMA
+
+        return ROW_SCHEMA
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_store(
