@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 export INSTAREC_HOME
 
-.PHONY: install tools test lint format demo ui bench clean
+.PHONY: install tools test lint format demo ui serve bench bench-serving clean
 
 # Idempotent: the stamp is rebuilt only when setup.py changes.
 $(VENV)/.installed: setup.py pyproject.toml
@@ -55,6 +55,13 @@ ui: install
 # Full-size benchmarks (minutes; not part of make test). Results are appended to bench/RESULTS.md.
 bench: install
 	$(BIN)/python bench/bench_lake.py --append-results
+
+# The recommendations API and the page on http://127.0.0.1:8080/ (set INSTAREC_API_KEYS first).
+serve: install
+	$(BIN)/instarec serve --home $(INSTAREC_HOME)
+
+bench-serving: install
+	$(BIN)/python bench/bench_serving.py --append-results
 
 clean:
 	rm -rf $(INSTAREC_HOME) .pytest_cache .ruff_cache
