@@ -100,14 +100,27 @@ def lake_connection(duckdb: DuckDBResource, lake: LakeResource) -> Iterator[duck
 
 
 class ModelTrainingResource(ConfigurableResource):
-    """Where the reorder model trains and scores: `local` (in-process) or `sagemaker`."""
+    """Where the reorder model trains and scores: `local` (in-process) or `sagemaker` (a training job,
+    then batch transform jobs)."""
 
     backend: str = "local"
+
+    @property
+    def uses_sagemaker(self) -> bool:
+        from instarec_assets.backends.model_backend import check_backend
+
+        return check_backend(self.backend) == "sagemaker"
+
+    def sagemaker_client(self):
+        """One client per use, settings from the environment; tests override this to act as the container."""
+        from instarec_assets.backends.model_backend import sagemaker_client
+
+        return sagemaker_client()
 
     def trainer(self):
         from instarec_assets.backends.model_backend import build_trainer
 
-        return build_trainer(self.backend)
+        return build_trainer(self.backend, self.sagemaker_client() if self.uses_sagemaker else None)
 
 
 class ServingStoreResource(ConfigurableResource):

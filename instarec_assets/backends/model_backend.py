@@ -80,10 +80,24 @@ def score_in_process(booster: xgb.Booster, features: np.ndarray) -> np.ndarray:
     return predict(booster, features)
 
 
-def build_trainer(backend: str) -> InProcessTrainer | SageMakerTrainer:
-    """`local` trains in this process; `sagemaker` reads its settings from the environment."""
-    if backend == "local":
+BACKENDS = ("local", "sagemaker")
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"INSTAREC_TRAINING_BACKEND must be 'local' or 'sagemaker', not {backend!r}")
+    return backend
+
+
+def sagemaker_client() -> SageMakerXGBoost:
+    """Settings from the environment the orchestration stack sets (role, curated bucket, VPC, KMS)."""
+    return SageMakerXGBoost(SageMakerSettings.from_env())
+
+
+def build_trainer(
+    backend: str, client: SageMakerXGBoost | None = None
+) -> InProcessTrainer | SageMakerTrainer:
+    """`local` trains in this process; `sagemaker` uses `client` (default: `sagemaker_client()`)."""
+    if check_backend(backend) == "local":
         return InProcessTrainer()
-    if backend == "sagemaker":
-        return SageMakerTrainer(SageMakerXGBoost(SageMakerSettings.from_env()))
-    raise ValueError(f"INSTAREC_TRAINING_BACKEND must be 'local' or 'sagemaker', not {backend!r}")
+    return SageMakerTrainer(client or sagemaker_client())

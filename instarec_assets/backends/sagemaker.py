@@ -110,6 +110,8 @@ JOB_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 SUCCEEDED = "Completed"
 FAILED = ("Failed", "Stopped")
 
+StatusCallback = Callable[[str, Mapping[str, Any]], Any]
+
 
 class SageMakerJobError(RuntimeError):
     """A job that failed, stopped or timed out, a missing artifact, or unusable input; one line."""
@@ -458,9 +460,18 @@ class SageMakerSettings:
 class SageMakerXGBoost:
     """Train the built-in XGBoost container and score with batch transform; see the module docstring."""
 
-    def __init__(self, settings: SageMakerSettings, *, session: boto3.session.Session | None = None):
+    def __init__(
+        self,
+        settings: SageMakerSettings,
+        *,
+        session: boto3.session.Session | None = None,
+        on_status: StatusCallback | None = None,
+    ):
+        """`on_status` sees every status change of every job this client waits for, before any
+        per-call `on_status`: a place to log progress (and where the tests act as the container)."""
         settings.validate()
         self.settings = settings
+        self.on_status = on_status
         session = session or boto3.session.Session()
         common: dict[str, Any] = {"region_name": settings.region}
         if settings.endpoint_url:
@@ -468,6 +479,17 @@ class SageMakerXGBoost:
         config = Config(retries={"max_attempts": 10, "mode": "standard"})
         self.sagemaker = session.client("sagemaker", config=config, **common)
         self.s3 = session.client("s3", config=config, **common)
+
+    def _watchers(self, on_status: StatusCallback | None) -> StatusCallback | None:
+        watchers = [watcher for watcher in (self.on_status, on_status) if watcher is not None]
+        if len(watchers) < 2:
+            return watchers[0] if watchers else None
+
+        def both(status: str, description: Mapping[str, Any]) -> None:
+            for watcher in watchers:
+                watcher(status, description)
+
+        return both
 
     # ------------------------------------------------------------ S3 helpers
     def _uri(self, *parts: str) -> str:
@@ -595,6 +617,7 @@ class SageMakerXGBoost:
             poll_interval_s=kwargs.pop("poll_interval_s", self.settings.poll_interval_s),
             timeout_s=kwargs.pop("timeout_s", self.settings.timeout_s),
             stop=lambda: self.sagemaker.stop_training_job(TrainingJobName=job_name),
+            on_status=self._watchers(kwargs.pop("on_status", None)),
             **kwargs,
         )
 
@@ -674,6 +697,77 @@ class SageMakerXGBoost:
         )
 
     # ------------------------------------------------------------ batch transform
+    def transform_input_uri(self, job_name: str) -> str:
+        """`s3://<bucket>/sagemaker/<job>/input/`: one prefix per job, read by the execution role."""
+        return self._uri(self.settings.data_prefix, check_job_name(job_name), "input") + "/"
+
+    def transform_output_uri(self, job_name: str) -> str:
+        """`s3://<bucket>/models/batch-transform/<job>/`: where the container writes `<part>.out`."""
+        return self._uri(self.settings.transform_output_prefix, check_job_name(job_name)) + "/"
+
+    def upload_transform_part(
+        self,
+        job_name: str,
+        number: int,
+        features: Any,
+        feature_names: tuple[str, ...] | None,
+        workdir: Path,
+        keep_file: bool = True,
+    ) -> tuple[str, int]:
+        """Write one headerless CSV part (features in `feature_names` order) and upload it.
+
+        Returns `(part name, rows)`, what `read_transform_part` needs to check the output.
+        """
+        table = feature_table(features, feature_names)
+        name = f"part-{number:05d}.csv"
+        path = Path(workdir) / job_name / "input" / name
+        write_csv(table, path)
+        self._upload(path, self.transform_input_uri(job_name) + name)
+        if not keep_file:
+            path.unlink()
+        return name, table.num_rows
+
+    def create_transform_job(self, job_name: str, model_data_url: str) -> None:
+        """A SageMaker model named like the job (image + artifact + role), then the transform job over
+        everything uploaded under `transform_input_uri(job_name)`."""
+        split_s3_uri(model_data_url)
+        self.sagemaker.create_model(
+            ModelName=job_name,
+            ExecutionRoleArn=self.settings.role_arn,
+            PrimaryContainer={"Image": self.settings.image, "ModelDataUrl": model_data_url},
+            Tags=self.settings.aws_tags(),
+            **self.settings.vpc_config(),
+        )
+        output: dict[str, Any] = {
+            "S3OutputPath": self.transform_output_uri(job_name),
+            "Accept": "text/csv",
+            "AssembleWith": "Line",
+        }
+        resources: dict[str, Any] = {
+            "InstanceType": self.settings.transform_instance_type,
+            "InstanceCount": self.settings.transform_instance_count,
+        }
+        if self.settings.kms_key_id:
+            output["KmsKeyId"] = self.settings.kms_key_id
+            resources["VolumeKmsKeyId"] = self.settings.kms_key_id
+        self.sagemaker.create_transform_job(
+            TransformJobName=job_name,
+            ModelName=job_name,
+            BatchStrategy="MultiRecord",
+            MaxPayloadInMB=6,
+            TransformInput={
+                "DataSource": {
+                    "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": self.transform_input_uri(job_name)}
+                },
+                "ContentType": "text/csv",
+                "SplitType": "Line",
+                "CompressionType": "None",
+            },
+            TransformOutput=output,
+            TransformResources=resources,
+            Tags=self.settings.aws_tags(),
+        )
+
     def start_batch_transform(
         self,
         *,
@@ -691,52 +785,16 @@ class SageMakerXGBoost:
         table = feature_table(features, feature_names)
         if table.num_rows == 0:
             raise SageMakerJobError("there are no feature rows to score")
-        input_prefix = self._uri(self.settings.data_prefix, job_name, "input") + "/"
-        parts: list[tuple[str, int]] = []
-        for number, offset in enumerate(range(0, table.num_rows, rows_per_file)):
-            part = table.slice(offset, rows_per_file)
-            name = f"part-{number:05d}.csv"
-            path = Path(workdir) / job_name / "input" / name
-            write_csv(part, path)
-            self._upload(path, input_prefix + name)
-            parts.append((name, part.num_rows))
+        parts = [
+            self.upload_transform_part(job_name, number, table.slice(offset, rows_per_file), None, workdir)
+            for number, offset in enumerate(range(0, table.num_rows, rows_per_file))
+        ]
         uploaded = time.perf_counter()
-
-        self.sagemaker.create_model(
-            ModelName=job_name,
-            ExecutionRoleArn=self.settings.role_arn,
-            PrimaryContainer={"Image": self.settings.image, "ModelDataUrl": model_data_url},
-            Tags=self.settings.aws_tags(),
-            **self.settings.vpc_config(),
-        )
-        output_prefix = self._uri(self.settings.transform_output_prefix, job_name) + "/"
-        output: dict[str, Any] = {"S3OutputPath": output_prefix, "Accept": "text/csv", "AssembleWith": "Line"}
-        resources: dict[str, Any] = {
-            "InstanceType": self.settings.transform_instance_type,
-            "InstanceCount": self.settings.transform_instance_count,
-        }
-        if self.settings.kms_key_id:
-            output["KmsKeyId"] = self.settings.kms_key_id
-            resources["VolumeKmsKeyId"] = self.settings.kms_key_id
-        self.sagemaker.create_transform_job(
-            TransformJobName=job_name,
-            ModelName=job_name,
-            BatchStrategy="MultiRecord",
-            MaxPayloadInMB=6,
-            TransformInput={
-                "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_prefix}},
-                "ContentType": "text/csv",
-                "SplitType": "Line",
-                "CompressionType": "None",
-            },
-            TransformOutput=output,
-            TransformResources=resources,
-            Tags=self.settings.aws_tags(),
-        )
+        self.create_transform_job(job_name, model_data_url)
         return {
             "job_name": job_name,
-            "input_uri": input_prefix,
-            "output_uri": output_prefix,
+            "input_uri": self.transform_input_uri(job_name),
+            "output_uri": self.transform_output_uri(job_name),
             "parts": parts,
             "upload_seconds": uploaded - started,
         }
@@ -750,32 +808,36 @@ class SageMakerXGBoost:
             poll_interval_s=kwargs.pop("poll_interval_s", self.settings.poll_interval_s),
             timeout_s=kwargs.pop("timeout_s", self.settings.timeout_s),
             stop=lambda: self.sagemaker.stop_transform_job(TransformJobName=job_name),
+            on_status=self._watchers(kwargs.pop("on_status", None)),
             **kwargs,
         )
+
+    def read_transform_part(self, job_name: str, output_uri: str, name: str, rows: int) -> np.ndarray:
+        """`<part>.out` of one input part; it must hold exactly one prediction per input row."""
+        bucket, prefix = split_s3_uri(output_uri)
+        key = f"{prefix}{name}.out"
+        try:
+            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
+            raise SageMakerJobError(
+                f"batch transform {job_name} completed but s3://{bucket}/{key} does not exist",
+                job_name=job_name,
+            ) from None
+        values = parse_predictions(body.decode())
+        if len(values) != rows:
+            raise SageMakerJobError(
+                f"batch transform {job_name}: s3://{bucket}/{key} has {len(values)} predictions for {rows} input rows",
+                job_name=job_name,
+            )
+        return values
 
     def read_transform_output(
         self, job_name: str, output_uri: str, parts: list[tuple[str, int]]
     ) -> np.ndarray:
         """`<part>.out` for each input part, in input order; row counts must match exactly."""
-        bucket, prefix = split_s3_uri(output_uri)
-        chunks = []
-        for name, rows in parts:
-            key = f"{prefix}{name}.out"
-            try:
-                body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            except self.s3.exceptions.NoSuchKey:
-                raise SageMakerJobError(
-                    f"batch transform {job_name} completed but s3://{bucket}/{key} does not exist",
-                    job_name=job_name,
-                ) from None
-            values = parse_predictions(body.decode())
-            if len(values) != rows:
-                raise SageMakerJobError(
-                    f"batch transform {job_name}: s3://{bucket}/{key} has {len(values)} predictions for {rows} input rows",
-                    job_name=job_name,
-                )
-            chunks.append(values)
-        return np.concatenate(chunks)
+        return np.concatenate(
+            [self.read_transform_part(job_name, output_uri, name, rows) for name, rows in parts]
+        )
 
     def run_batch_transform(
         self,
