@@ -12,6 +12,8 @@ CSV part into `<part>.out`. Everything else is the real client: real boto3 HTTP,
 from __future__ import annotations
 
 import io
+import json
+import re
 import tarfile
 import uuid
 from collections.abc import Mapping
@@ -26,18 +28,26 @@ import pyarrow.parquet as pq
 import pytest
 import xgboost as xgb
 from botocore.exceptions import ClientError
+from dagster import AssetKey, AssetSelection, DagsterEventType, DagsterInstance, materialize
 from moto.core import DEFAULT_ACCOUNT_ID
 
 from instarec_assets.backends.sagemaker import SageMakerJobError, SageMakerSettings, SageMakerXGBoost
 from instarec_assets.consumption.batch_transform import (
+    BATCH_TRANSFORM,
+    IN_PROCESS,
     model_data_url,
     score_with_batch_transform,
 )
 from instarec_assets.consumption.recommendations import PREDICTIONS_SCHEMA
+from instarec_assets.definitions import build_definitions, build_resources
+from instarec_assets.lake.locations import LakeLocations
+from instarec_assets.pipeline.runner import land_folder
+from instarec_assets.resources import ModelTrainingResource
 from instarec_assets_tests.aws_fixtures import REGION
 
 pytestmark = pytest.mark.aws
 ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/instarec-test-sagemaker-execution"
+PREDICTIONS = AssetKey("reorder_predictions")
 
 
 # ---------------------------------------------------------------- the container moto cannot run
@@ -126,6 +136,150 @@ class Container:
             name = uri.rsplit("/", 1)[1]
             body = "\n".join(map(str, predictions)) + "\n"
             self._put(description["TransformOutput"]["S3OutputPath"] + name + ".out", body.encode())
+
+
+class ContainerTraining(ModelTrainingResource):
+    """The sagemaker backend as configured from the environment, with this test as the container."""
+
+    drop_output_lines: int = 0
+
+    def sagemaker_client(self) -> SageMakerXGBoost:
+        client = super().sagemaker_client()
+        client.on_status = Container(client.settings.endpoint_url or "", self.drop_output_lines)
+        return client
+
+
+# ---------------------------------------------------------------- the asset, through Dagster
+def _predictions(aws_env: str, locations: LakeLocations) -> pa.Table:
+    body = (
+        boto3.client("s3", endpoint_url=aws_env, region_name=REGION)
+        .get_object(
+            Bucket=locations.consumption_bucket,
+            Key="reorder_predictions/year=2025/month=01/day=06/reorder_predictions.parquet",
+        )["Body"]
+        .read()
+    )
+    return pq.read_table(io.BytesIO(body))
+
+
+def _metadata(result, key: AssetKey) -> dict[str, Any]:
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == key]
+    return {name: value.value for name, value in event.materialization.metadata.items()}
+
+
+def _step_error(result, step: str) -> str:
+    [event] = [
+        e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE and e.step_key == step
+    ]
+    error = event.event_specific_data.error
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
+@pytest.mark.slow
+def test_reorder_predictions_by_batch_transform_match_in_process_scoring(
+    aws_locations: LakeLocations, aws_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from instarec_assets.generate import generate_dataset
+
+    monkeypatch.setenv("INSTAREC_SAGEMAKER_ROLE_ARN", ROLE)
+    monkeypatch.setenv("INSTAREC_CURATED_BUCKET", aws_locations.curated_bucket)
+    batch = generate_dataset(tmp_path / "generated", users=150, seed=5).batches[0]
+    assert batch.partition == "2025-01-06"
+    land_folder(batch.folder, aws_locations, batch.partition)
+    assets = list(build_definitions(aws_locations).assets)
+    resources = build_resources(aws_locations)
+    sagemaker = ContainerTraining(backend="sagemaker")
+
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            assets,
+            instance=instance,
+            partition_key=batch.partition,
+            resources={**resources, "training": sagemaker},
+            selection=AssetSelection.keys(PREDICTIONS).upstream().required_multi_asset_neighbors(),
+        )
+        assert result.success
+        by_transform = _predictions(aws_env, aws_locations)
+        metadata = _metadata(result, PREDICTIONS)
+
+        in_process = materialize(
+            assets,
+            instance=instance,
+            partition_key=batch.partition,
+            resources={**resources, "training": ModelTrainingResource(backend="local")},
+            selection=[PREDICTIONS],
+        )
+        assert in_process.success
+        by_booster = _predictions(aws_env, aws_locations)
+        local_metadata = _metadata(in_process, PREDICTIONS)
+
+        # the same rows in the same order, the same probabilities, the same schema
+        assert by_transform.schema == PREDICTIONS_SCHEMA
+        assert by_transform.num_rows == by_booster.num_rows > 1000
+        assert by_transform.drop_columns(["probability"]).equals(by_booster.drop_columns(["probability"]))
+        np.testing.assert_allclose(
+            by_transform.column("probability").to_numpy(),
+            by_booster.column("probability").to_numpy(),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+        # what the asset records
+        job = metadata["batch_transform_job"]
+        assert metadata["scoring"] == BATCH_TRANSFORM and local_metadata["scoring"] == IN_PROCESS
+        assert job.startswith("instarec-score-") and "batch_transform_job" not in local_metadata
+        assert metadata["scoring_seconds"] >= 0 and local_metadata["scoring_seconds"] >= 0
+        assert metadata["batch_transform"]["rows"] == by_transform.num_rows
+
+        # what the container was given: headerless CSV (read as numbers), the model card's features,
+        # every row once; and the job as SageMaker recorded it
+        s3 = boto3.client("s3", endpoint_url=aws_env, region_name=REGION)
+        card = json.loads(
+            s3.get_object(
+                Bucket=aws_locations.curated_bucket,
+                Key="models/xgboost_model/year=2025/month=01/day=06/model_card.json",
+            )["Body"].read()
+        )
+        assert metadata["batch_transform"]["model_data_url"] == card["sagemaker_model_artifact"]
+        input_bucket, input_prefix = _split(metadata["batch_transform"]["input_uri"])
+        parts = [
+            pd.read_csv(
+                io.BytesIO(s3.get_object(Bucket=input_bucket, Key=entry["Key"])["Body"].read()), header=None
+            )
+            for entry in s3.list_objects_v2(Bucket=input_bucket, Prefix=input_prefix)["Contents"]
+        ]
+        assert sum(len(part) for part in parts) == by_transform.num_rows
+        assert {part.shape[1] for part in parts} == {len(card["features"])}
+        sm = boto3.client("sagemaker", endpoint_url=aws_env, region_name=REGION)
+        described = sm.describe_transform_job(TransformJobName=job)
+        assert described["TransformJobStatus"] == "Completed"
+        assert described["TransformOutput"]["S3OutputPath"].startswith(
+            f"s3://{aws_locations.curated_bucket}/models/batch-transform/{job}/"
+        )
+        with pytest.raises(ClientError):  # the SageMaker model lives only as long as its job
+            sm.describe_model(ModelName=job)
+
+        # a part whose output is one line short fails the asset with one line naming job and counts
+        failed = materialize(
+            assets,
+            instance=instance,
+            partition_key=batch.partition,
+            resources={**resources, "training": ContainerTraining(backend="sagemaker", drop_output_lines=1)},
+            selection=[PREDICTIONS],
+            raise_on_error=False,
+        )
+        assert not failed.success
+        message = _step_error(failed, "reorder_predictions")
+        short = re.fullmatch(
+            r"instarec_assets\.backends\.sagemaker\.SageMakerJobError: batch transform (instarec-score-\S+): "
+            rf"s3://{aws_locations.curated_bucket}/models/batch-transform/\1/part-00000\.csv\.out "
+            r"has (\d+) predictions for (\d+) input rows",
+            message,
+        )
+        assert short is not None, message
+        assert (int(short[2]), int(short[3])) == (by_transform.num_rows - 1, by_transform.num_rows)
 
 
 # ---------------------------------------------------------------- the function, without Dagster

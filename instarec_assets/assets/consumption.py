@@ -1,19 +1,35 @@
 """Consumption zone: scored candidates, Kaggle next baskets, top-10 recommendations and the serving store."""
 
+import time
 from pathlib import Path
 
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, Output, asset
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.metadata import preview
-from instarec_assets.consumption.recommendations import score_feature_set, top_recommendations
+from instarec_assets.consumption.batch_transform import (
+    BATCH_TRANSFORM,
+    IN_PROCESS,
+    model_data_url,
+    score_with_batch_transform,
+)
+from instarec_assets.consumption.recommendations import (
+    feature_batches,
+    score_feature_set,
+    top_recommendations,
+)
 from instarec_assets.consumption.submission import next_baskets
 from instarec_assets.features import FEATURE_COLUMNS
 from instarec_assets.lake.duck import StagedParquet
 from instarec_assets.ml.reorder_model import MODEL_FILE, read_model_card
 from instarec_assets.ml.training import load_model, predict
 from instarec_assets.partitions import landing_date_partitions
-from instarec_assets.resources import LakeResource, ServingStoreResource, lake_connection
+from instarec_assets.resources import (
+    LakeResource,
+    ModelTrainingResource,
+    ServingStoreResource,
+    lake_connection,
+)
 
 
 def consumption_assets(storage_kind: str, store_kind: str) -> list[AssetsDefinition]:
@@ -29,15 +45,39 @@ def consumption_assets(storage_kind: str, store_kind: str) -> list[AssetsDefinit
         context: AssetExecutionContext,
         lake: LakeResource,
         duckdb: DuckDBResource,
+        training: ModelTrainingResource,
         inference_set: str,
         xgboost_model: str,
     ) -> Output[StagedParquet]:
         booster = load_model(Path(xgboost_model) / MODEL_FILE)
         out = lake.staging_dir(context.run_id, "reorder_predictions") / "reorder_predictions.parquet"
+        started = time.perf_counter()
         with lake_connection(duckdb, lake) as conn:
-            staged = score_feature_set(
-                conn, inference_set, FEATURE_COLUMNS, lambda rows: predict(booster, rows), out
-            )
+            # sagemaker: a batch transform job on the training job's artifact, as the seed system scored
+            if training.uses_sagemaker:
+                transform = score_with_batch_transform(
+                    training.sagemaker_client(),
+                    feature_batches(conn, inference_set, FEATURE_COLUMNS),
+                    FEATURE_COLUMNS,
+                    model_data_url(read_model_card(xgboost_model)),
+                    out,
+                    lake.staging_dir(context.run_id, "reorder_predictions-batch-transform"),
+                    on_status=lambda status, job: context.log.info(
+                        f"batch transform {job['TransformJobName']}: {status}"
+                    ),
+                )
+                staged = transform.staged
+                scoring = {
+                    "scoring": MetadataValue.text(BATCH_TRANSFORM),
+                    "batch_transform_job": MetadataValue.text(transform.job_name),
+                    "batch_transform": MetadataValue.json(transform.as_metadata()),
+                }
+            else:
+                staged = score_feature_set(
+                    conn, inference_set, FEATURE_COLUMNS, lambda rows: predict(booster, rows), out
+                )
+                scoring = {"scoring": MetadataValue.text(IN_PROCESS)}
+            scoring["scoring_seconds"] = MetadataValue.float(round(time.perf_counter() - started, 3))
             by_set = conn.execute(
                 "SELECT eval_set, count(*), avg(probability) FROM read_parquet(?, hive_partitioning = false) "
                 "GROUP BY ALL ORDER BY 1",
@@ -51,6 +91,7 @@ def consumption_assets(storage_kind: str, store_kind: str) -> list[AssetsDefinit
                 "mean_probability_by_eval_set": MetadataValue.json(
                     {name: float(mean) for name, _, mean in by_set}
                 ),
+                **scoring,
             },
         )
 

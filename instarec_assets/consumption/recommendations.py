@@ -46,6 +46,21 @@ ORDER BY ranked.user_id, ranked.rank
 """
 
 
+def feature_batches(
+    conn: duckdb.DuckDBPyConnection,
+    inference_uri: str,
+    feature_names: tuple[str, ...],
+    batch_rows: int = SCORING_BATCH_ROWS,
+) -> pa.RecordBatchReader:
+    """A feature set in batches: user_id, product_id, order_id, eval_set and `feature_names` in order,
+    at most `batch_rows` at a time, whichever backend scores them."""
+    columns = ", ".join(f'"{name}"' for name in feature_names)
+    return conn.sql(
+        f"SELECT user_id, product_id, order_id, eval_set, {columns} FROM read_parquet($uri, hive_partitioning = false)",
+        params={"uri": inference_uri},
+    ).to_arrow_reader(batch_rows)
+
+
 def score_feature_set(
     conn: duckdb.DuckDBPyConnection,
     inference_uri: str,
@@ -55,15 +70,10 @@ def score_feature_set(
     batch_rows: int = SCORING_BATCH_ROWS,
 ) -> StagedParquet:
     """Probabilities for every row of a feature set, streamed in batches so memory stays bounded."""
-    columns = ", ".join(f'"{name}"' for name in feature_names)
-    reader = conn.sql(
-        f"SELECT user_id, product_id, order_id, eval_set, {columns} FROM read_parquet($uri, hive_partitioning = false)",
-        params={"uri": inference_uri},
-    ).to_arrow_reader(batch_rows)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
     with pq.ParquetWriter(out_path, PREDICTIONS_SCHEMA, compression="zstd") as writer:
-        for batch in reader:
+        for batch in feature_batches(conn, inference_uri, feature_names, batch_rows):
             features = np.empty((batch.num_rows, len(feature_names)), dtype=np.float32)
             for position, name in enumerate(feature_names):
                 features[:, position] = batch.column(name).to_numpy(zero_copy_only=False)
