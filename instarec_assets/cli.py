@@ -93,6 +93,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
         print(
             f"  {item.rank:>2}. {item.product_name}, purchase probability {item.probability:.1%}"
             f" (product {item.product_id}; {item.aisle}, {item.department})"
+            + ("  [explore: new to this shopper]" if item.explore else "")
         )
 
 

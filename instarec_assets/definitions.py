@@ -10,6 +10,7 @@ from instarec_assets.assets.checks import clean_checks
 from instarec_assets.assets.clean import clean_assets
 from instarec_assets.assets.consumption import consumption_assets
 from instarec_assets.assets.curated import curated_assets
+from instarec_assets.assets.graph import graph_assets
 from instarec_assets.assets.models import model_assets
 from instarec_assets.assets.raw import raw_assets
 from instarec_assets.assets.warehouse import (
@@ -56,6 +57,7 @@ def build_definitions(locations: LakeLocations) -> Definitions:
         *raw_assets(kinds),
         *clean_assets(kinds),
         *curated_assets(kinds),
+        *graph_assets(storage_kind),
         *model_assets(storage_kind),
         *consumption_assets(storage_kind, store_kind),
         *warehouse_assets(),

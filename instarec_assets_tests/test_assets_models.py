@@ -84,24 +84,98 @@ def test_model_is_xgboost_json_with_a_model_card_and_beats_both_baselines(pipeli
     assert metadata["mean_f1_model"].value > metadata["mean_f1_last_order"].value
 
 
-def test_recommendations_hold_ten_ranked_named_products_per_user(pipeline):
+def test_recommendations_hold_ten_ranked_reorders_then_up_to_two_explore_items(pipeline):
     locations, _, _, latest = pipeline
     uri = locations.partition_uri("consumption", "recommendations", latest)
     per_user = duckdb.sql(
-        f"SELECT user_id, count(*), min(rank), max(rank), bool_and(product_name IS NOT NULL), "
-        f"bool_and(probability BETWEEN 0 AND 1) FROM read_parquet('{uri}', hive_partitioning = false) GROUP BY 1"
+        "SELECT user_id, count(*) FILTER (NOT explore), count(*) FILTER (explore), min(rank), max(rank), "
+        "count(DISTINCT rank), max(rank) FILTER (NOT explore), min(rank) FILTER (explore), "
+        "bool_and(product_name IS NOT NULL), bool_and(probability BETWEEN 0 AND 1) "
+        f"FROM read_parquet('{uri}', hive_partitioning = false) GROUP BY 1"
     ).fetchall()
     assert len(per_user) > 250  # new users of the second batch are served too
-    assert all(
-        count <= 10 and first == 1 and last == count and named and valid
-        for _, count, first, last, named, valid in per_user
-    )
+    for (
+        user,
+        reorders,
+        explores,
+        first,
+        last,
+        distinct,
+        last_reorder,
+        first_explore,
+        named,
+        valid,
+    ) in per_user:
+        assert reorders <= 10 and explores <= 2, user
+        assert first == 1 and last == distinct == reorders + explores and named and valid, user
+        if reorders and explores:
+            assert first_explore == last_reorder + 1, user
+    assert sum(row[2] for row in per_user) > len(per_user)  # explore items are the rule, not the exception
     ordered = duckdb.sql(
         f"SELECT bool_and(ok) FROM (SELECT probability >= lead(probability) OVER (PARTITION BY user_id ORDER BY rank) "
         f"OR lead(probability) OVER (PARTITION BY user_id ORDER BY rank) IS NULL AS ok "
-        f"FROM read_parquet('{uri}', hive_partitioning = false))"
+        f"FROM read_parquet('{uri}', hive_partitioning = false) WHERE NOT explore)"
     ).fetchall()[0][0]
     assert ordered
+
+
+def test_explore_items_are_products_the_user_never_bought(pipeline):
+    locations, _, _, latest = pipeline
+    recommendations = locations.partition_uri("consumption", "recommendations", latest)
+    lines = [uri for _, uri in sorted(locations.partitions("clean", "clean_order_products").items())]
+    orders = [uri for _, uri in sorted(locations.partitions("clean", "clean_orders").items())]
+    bought_before = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{recommendations}', hive_partitioning = false) AS r "
+        f"JOIN read_parquet({lines!r}, hive_partitioning = false) AS l USING (product_id) "
+        f"JOIN read_parquet({orders!r}, hive_partitioning = false) AS o ON o.order_id = l.order_id "
+        "AND o.user_id = r.user_id WHERE r.explore"
+    ).fetchall()[0][0]
+    assert bought_before == 0
+    explore_reorders = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{recommendations}', hive_partitioning = false) AS r "
+        f"JOIN read_parquet({lines!r}, hive_partitioning = false) AS l USING (product_id) "
+        f"JOIN read_parquet({orders!r}, hive_partitioning = false) AS o ON o.order_id = l.order_id "
+        "AND o.user_id = r.user_id WHERE NOT r.explore"
+    ).fetchall()[0][0]
+    assert explore_reorders > 0  # the join itself finds history: the zero above is not vacuous
+
+
+def test_users_with_the_shortest_histories_get_explore_suggestions(pipeline):
+    locations, _, _, latest = pipeline
+    recommendations = locations.partition_uri("consumption", "recommendations", latest)
+    user_features = locations.partition_uri("curated", "user_features", latest)
+    rows = duckdb.sql(
+        "SELECT u.user_id, count(*) FILTER (WHERE r.explore) "
+        f"FROM read_parquet('{user_features}', hive_partitioning = false) AS u "
+        f"JOIN read_parquet('{recommendations}', hive_partitioning = false) AS r USING (user_id) "
+        "WHERE u.framing = 'serving' AND u.u_orders <= 4 GROUP BY 1"
+    ).fetchall()
+    assert rows, "the generated batches hold users with as few orders as Instacart's minimum"
+    assert all(explores == 2 for _, explores in rows)
+
+
+def test_model_card_records_validation_f1_with_and_without_the_graph_similarity(pipeline):
+    locations, instance, _, latest = pipeline
+    year, month, day = latest.split("-")
+    model_dir = Path(
+        locations.zone_uri("curated"),
+        "models",
+        "xgboost_model",
+        f"year={year}",
+        f"month={month}",
+        f"day={day}",
+    )
+    card = json.loads((model_dir / "model_card.json").read_text())
+    assert card["features"][-1] == "gs_similarity"
+    ablation = card["ablation"]
+    assert ablation["feature"] == "gs_similarity"
+    assert ablation["validation_mean_f1_with"] == card["metrics"]["basket_f1"]["model_f1"]
+    assert 0 < ablation["validation_mean_f1_without"] < 1
+    assert ablation["validation_mean_f1_without"] != ablation["validation_mean_f1_with"]
+    metadata = instance.get_latest_materialization_event(
+        AssetKey("xgboost_model")
+    ).asset_materialization.metadata
+    assert metadata["mean_f1_without_similarity"].value == ablation["validation_mean_f1_without"]
 
 
 def test_serving_store_serves_the_latest_load(pipeline):

@@ -23,7 +23,7 @@ EXPECTED_GROUPS = {
         "training_set",
         "inference_set",
     },
-    "models": {"xgboost_model"},
+    "models": {"xgboost_model", "graphsage_model", "user_embeddings", "product_embeddings"},
     "consumption": {
         "reorder_predictions",
         "next_basket",

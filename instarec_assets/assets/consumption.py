@@ -14,13 +14,14 @@ from instarec_assets.consumption.batch_transform import (
     score_with_batch_transform,
 )
 from instarec_assets.consumption.recommendations import (
+    ExploreInputs,
     feature_batches,
     score_feature_set,
     top_recommendations,
 )
 from instarec_assets.consumption.submission import next_baskets
-from instarec_assets.features import FEATURE_COLUMNS
 from instarec_assets.lake.duck import StagedParquet
+from instarec_assets.ml.graphsage import SIMILARITY_FEATURE, SimilarityLookup, explore_from_lake
 from instarec_assets.ml.reorder_model import MODEL_FILE, read_model_card
 from instarec_assets.ml.training import load_model, predict
 from instarec_assets.partitions import landing_date_partitions
@@ -38,7 +39,10 @@ def consumption_assets(storage_kind: str, store_kind: str) -> list[AssetsDefinit
     @asset(
         io_manager_key="consumption_io_manager",
         kinds={"xgboost", storage_kind},
-        description="Reorder probability for every candidate of the inference set (test and serving rows).",
+        description=(
+            "Reorder probability for every candidate of the inference set (test and serving rows), "
+            "scored with the model card's features (the GraphSAGE similarity joined from the embeddings)."
+        ),
         **common,
     )
     def reorder_predictions(
@@ -48,17 +52,24 @@ def consumption_assets(storage_kind: str, store_kind: str) -> list[AssetsDefinit
         training: ModelTrainingResource,
         inference_set: str,
         xgboost_model: str,
+        user_embeddings: str,
+        product_embeddings: str,
     ) -> Output[StagedParquet]:
         booster = load_model(Path(xgboost_model) / MODEL_FILE)
+        feature_names = tuple(read_model_card(xgboost_model)["features"])
         out = lake.staging_dir(context.run_id, "reorder_predictions") / "reorder_predictions.parquet"
         started = time.perf_counter()
         with lake_connection(duckdb, lake) as conn:
+            computed = {}
+            if SIMILARITY_FEATURE in feature_names:
+                similarity = SimilarityLookup.from_lake(conn, user_embeddings, product_embeddings)
+                computed[SIMILARITY_FEATURE] = similarity.for_rows
             # sagemaker: a batch transform job on the training job's artifact, as the seed system scored
             if training.uses_sagemaker:
                 transform = score_with_batch_transform(
                     training.sagemaker_client(),
-                    feature_batches(conn, inference_set, FEATURE_COLUMNS),
-                    FEATURE_COLUMNS,
+                    feature_batches(conn, inference_set, feature_names, computed=computed),
+                    feature_names,
                     model_data_url(read_model_card(xgboost_model)),
                     out,
                     lake.staging_dir(context.run_id, "reorder_predictions-batch-transform"),
@@ -74,7 +85,12 @@ def consumption_assets(storage_kind: str, store_kind: str) -> list[AssetsDefinit
                 }
             else:
                 staged = score_feature_set(
-                    conn, inference_set, FEATURE_COLUMNS, lambda rows: predict(booster, rows), out
+                    conn,
+                    inference_set,
+                    feature_names,
+                    lambda rows: predict(booster, rows),
+                    out,
+                    computed=computed,
                 )
                 scoring = {"scoring": MetadataValue.text(IN_PROCESS)}
             scoring["scoring_seconds"] = MetadataValue.float(round(time.perf_counter() - started, 3))
@@ -123,7 +139,10 @@ def consumption_assets(storage_kind: str, store_kind: str) -> list[AssetsDefinit
     @asset(
         io_manager_key="consumption_io_manager",
         kinds={"duckdb", storage_kind},
-        description="Top 10 products per user for their next order, with names, aisle, department and model version.",
+        description=(
+            "Top 10 reorder products per user for their next order, then up to 2 explore items (never "
+            "bought, nearest in the GraphSAGE embedding space), with names, aisle, department, model version."
+        ),
         **common,
     )
     def recommendations(
@@ -132,12 +151,21 @@ def consumption_assets(storage_kind: str, store_kind: str) -> list[AssetsDefinit
         duckdb: DuckDBResource,
         reorder_predictions: str,
         xgboost_model: str,
+        user_embeddings: str,
+        product_embeddings: str,
+        user_features: str,
+        product_features: str,
+        user_product_features: str,
     ) -> Output[StagedParquet]:
         locations = lake.locations
         key = context.partition_key
-        out = lake.staging_dir(context.run_id, "recommendations") / "recommendations.parquet"
+        scratch = lake.staging_dir(context.run_id, "recommendations")
+        out = scratch / "recommendations.parquet"
         model_version = read_model_card(xgboost_model)["model_version"]
         with lake_connection(duckdb, lake) as conn:
+            explore = explore_from_lake(
+                conn, user_embeddings, product_embeddings, user_product_features, scratch / "explore.parquet"
+            )
             staged = top_recommendations(
                 conn,
                 reorder_predictions,
@@ -146,15 +174,21 @@ def consumption_assets(storage_kind: str, store_kind: str) -> list[AssetsDefinit
                 locations.partition_uri("clean", "clean_departments", key),
                 model_version,
                 out,
+                explore=ExploreInputs(str(explore.path), user_features, product_features),
             )
-            users = conn.execute(
-                "SELECT count(DISTINCT user_id) FROM read_parquet(?, hive_partitioning = false)", [str(out)]
-            ).fetchall()[0][0]
-            table_preview = preview(conn, str(out), rows=10)
+            users, explore_rows, explore_only_users = conn.execute(
+                "SELECT count(DISTINCT user_id), count(*) FILTER (WHERE explore), "
+                "count(DISTINCT user_id) FILTER (WHERE explore AND rank = 1) "
+                "FROM read_parquet(?, hive_partitioning = false)",
+                [str(out)],
+            ).fetchall()[0]
+            table_preview = preview(conn, str(out), rows=12)
         return Output(
             staged,
             metadata={
                 "users": MetadataValue.int(int(users)),
+                "explore_items": MetadataValue.int(int(explore_rows)),
+                "users_with_only_explore_items": MetadataValue.int(int(explore_only_users)),
                 "model_version": MetadataValue.text(model_version),
                 "preview": table_preview,
             },

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import pyarrow as pa
 
-MAX_RANK = 10
+MAX_RANK = 12  # top 10 reorder items, then up to 2 explore items
 
 
 @functools.cache

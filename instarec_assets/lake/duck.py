@@ -42,10 +42,16 @@ class StagedParquet:
     row_count: int
 
 
-def copy_to_parquet(conn: duckdb.DuckDBPyConnection, select_sql: str, path: Path) -> StagedParquet:
-    """Write a query's result to one zstd parquet file and count what was written."""
+def copy_to_parquet(
+    conn: duckdb.DuckDBPyConnection, select_sql: str, path: Path, params: dict | None = None
+) -> StagedParquet:
+    """Write a query's result (with its `$name` parameters) to one zstd parquet file; count the rows."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn.execute(f"COPY ({select_sql}) TO '{_sql_path(path)}' (FORMAT parquet, COMPRESSION zstd)")
+    copy_sql = f"COPY ({select_sql}) TO '{_sql_path(path)}' (FORMAT parquet, COMPRESSION zstd)"
+    if params:
+        conn.execute(copy_sql, params)
+    else:
+        conn.execute(copy_sql)
     return StagedParquet(
         path=path,
         row_count=int(

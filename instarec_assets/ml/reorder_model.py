@@ -7,7 +7,7 @@ pluggable (`Trainer`): in-process XGBoost locally, or a SageMaker training job i
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -62,28 +62,47 @@ class FeatureRows:
         return int(self.features.shape[0])
 
 
+# Computes a feature that is not stored in the feature set (the GraphSAGE similarity) from the row ids:
+# (user_ids, product_ids, eval_sets) -> one float per row.
+RowFeature = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
 def load_feature_rows(
-    conn: duckdb.DuckDBPyConnection, uri: str, feature_names: Sequence[str], with_labels: bool
+    conn: duckdb.DuckDBPyConnection,
+    uri: str,
+    feature_names: Sequence[str],
+    with_labels: bool,
+    computed: Mapping[str, RowFeature] | None = None,
 ) -> FeatureRows:
-    """Read a staged or stored feature set; one float32 column at a time to keep one copy in memory."""
-    columns = ", ".join(f'"{name}"' for name in feature_names)
+    """Read a staged or stored feature set; one float32 column at a time to keep one copy in memory.
+
+    Features named in `computed` are not read from the file but computed from the rows' ids."""
+    computed = computed or {}
+    stored = [name for name in feature_names if name not in computed]
+    columns = "".join(f', "{name}"' for name in stored)
     label = ", label" if with_labels else ""
     table = conn.sql(
-        f"SELECT user_id, product_id, order_id, eval_set{label}, {columns} "
+        f"SELECT user_id, product_id, order_id, eval_set{label}{columns} "
         "FROM read_parquet($uri, hive_partitioning = false)",
         params={"uri": uri},
     ).to_arrow_table()
+    user_ids = table.column("user_id").to_numpy(zero_copy_only=False)
+    product_ids = table.column("product_id").to_numpy(zero_copy_only=False)
+    eval_sets = table.column("eval_set").to_numpy(zero_copy_only=False)
     features = np.empty((table.num_rows, len(feature_names)), dtype=np.float32)
     for position, name in enumerate(feature_names):
-        features[:, position] = (
-            table.column(name).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        )
+        if name in computed:
+            features[:, position] = computed[name](user_ids, product_ids, eval_sets)
+        else:
+            features[:, position] = (
+                table.column(name).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+            )
     return FeatureRows(
         features=features,
-        user_ids=table.column("user_id").to_numpy(zero_copy_only=False),
-        product_ids=table.column("product_id").to_numpy(zero_copy_only=False),
+        user_ids=user_ids,
+        product_ids=product_ids,
         order_ids=table.column("order_id").to_numpy(zero_copy_only=False),
-        eval_sets=table.column("eval_set").to_numpy(zero_copy_only=False),
+        eval_sets=eval_sets,
         labels=table.column("label").to_numpy(zero_copy_only=False).astype(np.int8) if with_labels else None,
         feature_names=tuple(feature_names),
     )
@@ -163,12 +182,20 @@ def train_and_report(
     trainer: Trainer | None = None,
     params: ReorderModelParams | None = None,
     seed: int = 0,
+    ablate: str | None = None,
 ) -> ReorderModelReport:
-    """Fit, score the held-out users, compare baskets with both baselines, write model + card + plots."""
+    """Fit, score the held-out users, compare baskets with both baselines, write model + card + plots.
+
+    With `ablate`, a second model is fitted without that feature (same parameters, seed and held-out
+    users) and the card records both validation scores, so a feature's worth is measured, not assumed.
+    """
     params = params or ReorderModelParams()
     workdir.mkdir(parents=True, exist_ok=True)
     trainer = trainer or InProcessTrainer()
+    if ablate is not None and ablate not in data.feature_names:
+        raise ValueError(f"cannot ablate {ablate!r}: not one of the model's features")
     model = trainer.train(data, params, seed, workdir)
+    trainer_card = dict(getattr(trainer, "card_extra", {}))
     validation_rows = model.validation_index
     validation_probabilities = predict(model.booster, data.features[validation_rows])
     validation_labels = data.labels[validation_rows]
@@ -193,15 +220,33 @@ def train_and_report(
             model.evals_result, workdir, best_iteration=model.best_iteration
         )
     save_model(model.booster, workdir / MODEL_FILE)
+    extra = {"model_version": f"xgboost-{data_partition}-{code_version()}", **trainer_card}
+    if ablate is not None:
+        without = _fit_without(
+            data, ablate, trainer, params, seed, workdir.with_name(f"{workdir.name}-without-{ablate}")
+        )
+        if not np.array_equal(without.validation_index, validation_rows):
+            raise RuntimeError("the ablated model held out different users: the comparison would be unfair")
+        without_baskets = evaluate_baskets(
+            _candidate_frame(data, validation_rows, without.probabilities),
+            _candidate_frame(data, train_rows),
+            history_counts,
+            last_order,
+        )
+        extra["ablation"] = {
+            "feature": ablate,
+            "validation_mean_f1_with": baskets.model_f1,
+            "validation_mean_f1_without": without_baskets.model_f1,
+            "validation_auc_with": metrics.auc,
+            "validation_auc_without": classification_metrics(validation_labels, without.probabilities).auc,
+            "best_iteration_without": without.best_iteration,
+        }
     card = build_model_card(
         model,
         metrics={**metrics.as_dict(), "basket_f1": baskets.as_dict()},
         data_partition=data_partition,
         code_version=code_version(),
-        extra={
-            "model_version": f"xgboost-{data_partition}-{code_version()}",
-            **getattr(trainer, "card_extra", {}),
-        },
+        extra=extra,
     )
     write_model_card(workdir / MODEL_CARD_FILE, card)
     return ReorderModelReport(
@@ -216,6 +261,29 @@ def train_and_report(
         importance=importance,
         plots=plots,
     )
+
+
+@dataclass(frozen=True)
+class _AblatedFit:
+    validation_index: np.ndarray
+    probabilities: np.ndarray
+    best_iteration: int
+
+
+def _fit_without(
+    data: FeatureRows, feature: str, trainer: Trainer, params: ReorderModelParams, seed: int, workdir: Path
+) -> _AblatedFit:
+    """Fit with `feature` blanked to missing: trees can never split on an all-missing column, so this
+    is the model without it, at the cost of one saved column instead of a second feature matrix."""
+    position = data.feature_names.index(feature)
+    saved = data.features[:, position].copy()
+    data.features[:, position] = np.nan
+    try:
+        model = trainer.train(data, params, seed, workdir)
+        probabilities = predict(model.booster, data.features[model.validation_index])
+    finally:
+        data.features[:, position] = saved
+    return _AblatedFit(model.validation_index, probabilities, int(model.best_iteration))
 
 
 def read_model_card(model_dir: str | Path) -> dict:

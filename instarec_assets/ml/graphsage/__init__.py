@@ -22,6 +22,7 @@ from instarec_assets.ml.graphsage.artifacts import (
 from instarec_assets.ml.graphsage.config import FeatureEncoding, GraphSageParams
 from instarec_assets.ml.graphsage.explore import (
     EmbeddingTable,
+    SimilarityLookup,
     explore_from_lake,
     explore_items,
     load_embedding_table,
@@ -49,6 +50,7 @@ __all__ = [
     "GraphSageModel",
     "GraphSageParams",
     "GraphSageReport",
+    "SimilarityLookup",
     "TrainedGraphSage",
     "build_graph",
     "embed_graph",

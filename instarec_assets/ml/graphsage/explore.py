@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from instarec_assets.lake.duck import StagedParquet
+from instarec_assets.ml.graphsage.graph import FRAMINGS
 
 EXPLORE_K = 2
 EXPLORE_CHUNK_USERS = 1024
@@ -152,8 +153,8 @@ def load_embedding_table(
     """One framing of a stored embeddings partition (`user_id` or `product_id` keyed)."""
     if id_column not in ("user_id", "product_id"):
         raise ValueError(f"id_column must be user_id or product_id, not {id_column!r}")
-    table = conn.execute(
-        EMBEDDINGS_SQL.format(id_column=id_column), {"uri": uri, "framing": framing}
+    table = conn.sql(
+        EMBEDDINGS_SQL.format(id_column=id_column), params={"uri": uri, "framing": framing}
     ).to_arrow_table()
     ids = table.column("id").to_numpy(zero_copy_only=False).astype(np.int64)
     column = table.column("embedding").combine_chunks()
@@ -161,6 +162,44 @@ def load_embedding_table(
         return EmbeddingTable.from_vectors(ids, np.zeros((0, 0), dtype=np.float32))
     flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
     return EmbeddingTable.from_vectors(ids, flat.reshape(len(column), -1))
+
+
+def framing_of(eval_sets: np.ndarray) -> np.ndarray:
+    """The embeddings framing each feature-set row reads: `serving` rows the serving graph, `train`
+    and `test` rows (history before the target order) the target graph, so no label leaks in."""
+    return np.where(np.asarray(eval_sets).astype(str) == "serving", "serving", "target")
+
+
+@dataclass
+class SimilarityLookup:
+    """Both framings' embeddings, loaded once, for the hybrid feature of any feature-set rows."""
+
+    users: dict[str, EmbeddingTable]
+    products: dict[str, EmbeddingTable]
+
+    @classmethod
+    def from_lake(
+        cls, conn: duckdb.DuckDBPyConnection, user_embeddings_uri: str, product_embeddings_uri: str
+    ) -> SimilarityLookup:
+        return cls(
+            users={f: load_embedding_table(conn, user_embeddings_uri, f, "user_id") for f in FRAMINGS},
+            products={
+                f: load_embedding_table(conn, product_embeddings_uri, f, "product_id") for f in FRAMINGS
+            },
+        )
+
+    def for_rows(self, user_ids: np.ndarray, product_ids: np.ndarray, eval_sets: np.ndarray) -> np.ndarray:
+        """Cosine similarity per row from its framing's embeddings; NaN where one has none."""
+        framings = framing_of(eval_sets)
+        user_ids, product_ids = np.asarray(user_ids), np.asarray(product_ids)
+        out = np.full(framings.shape[0], np.nan, dtype=np.float32)
+        for framing in FRAMINGS:
+            rows = framings == framing
+            if rows.any():
+                out[rows] = similarity_feature(
+                    user_ids[rows], product_ids[rows], self.users[framing], self.products[framing]
+                )
+        return out
 
 
 def similarity_for_rows(
@@ -172,19 +211,9 @@ def similarity_for_rows(
     eval_sets: np.ndarray,
 ) -> np.ndarray:
     """The hybrid feature for rows of training_set / inference_set, each from its framing's
-    embeddings: `serving` rows from the serving graph, `train` and `test` rows (target framing: the
-    history before the target order) from the target graph, so no label ever leaks in."""
-    eval_sets = np.asarray(eval_sets).astype(str)
-    out = np.full(eval_sets.shape[0], np.nan, dtype=np.float32)
-    for framing, rows in (("target", eval_sets != "serving"), ("serving", eval_sets == "serving")):
-        if rows.any():
-            out[rows] = similarity_feature(
-                np.asarray(user_ids)[rows],
-                np.asarray(product_ids)[rows],
-                load_embedding_table(conn, user_embeddings_uri, framing, "user_id"),
-                load_embedding_table(conn, product_embeddings_uri, framing, "product_id"),
-            )
-    return out
+    embeddings (see `framing_of`)."""
+    lookup = SimilarityLookup.from_lake(conn, user_embeddings_uri, product_embeddings_uri)
+    return lookup.for_rows(user_ids, product_ids, eval_sets)
 
 
 # The same feature joined inside DuckDB, for code that reads a feature set with SQL (load_feature_rows,
@@ -225,7 +254,7 @@ def explore_from_lake(
     user's serving history (the `serving` rows of user_product_features)."""
     users = load_embedding_table(conn, user_embeddings_uri, "serving", "user_id")
     products = load_embedding_table(conn, product_embeddings_uri, "serving", "product_id")
-    bought = conn.execute(BOUGHT_SQL, {"uri": user_product_features_uri}).to_arrow_table()
+    bought = conn.sql(BOUGHT_SQL, params={"uri": user_product_features_uri}).to_arrow_table()
     table = explore_items(
         users,
         products,
