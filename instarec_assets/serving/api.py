@@ -108,7 +108,7 @@ def render(user_id: int, model_version: str, rows: Rows) -> bytes:
     in about a third of its time: ints, ASCII-escaped strings, shortest-repr floats, true/false.
     `probability` must be a float and `explore` a bool or 0/1 (as both lookups return them).
     """
-    short = _encode_short
+    get, short = _SHORT_STRINGS.get, _encode_short  # an encoded string is never empty
     items = ",".join(
         [
             _ITEM
@@ -116,15 +116,16 @@ def render(user_id: int, model_version: str, rows: Rows) -> bytes:
                 rank,
                 product_id,
                 encode_string(name),
-                short(aisle),
-                short(department),
+                get(aisle) or short(aisle),
+                get(department) or short(department),
                 probability,
                 _BOOLEAN[explore],
             )
             for rank, product_id, name, aisle, department, probability, explore in rows
         ]
     )
-    body = f'{{"user_id":{user_id:d},"model_version":{short(model_version)},"recommendations":[{items}]}}'
+    version = get(model_version) or short(model_version)
+    body = f'{{"user_id":{user_id:d},"model_version":{version},"recommendations":[{items}]}}'
     return body.encode("ascii")
 
 
@@ -234,6 +235,22 @@ class ServingApi:
             return 500, list(API_HEADERS), INTERNAL_ERROR_BODY
 
     # ------------------------------------------------------------ API
+    def get_recommendations(
+        self,
+        query: Iterable[tuple[str, str]] | None,
+        api_key: str | None,
+        origin: str | None,
+        client_ip: str,
+        parsed: tuple[int, int] | None = None,
+    ) -> Response:
+        """`handle("GET", "/recommendations", ...)` with the two request headers it reads already
+        picked out (the ASGI adapter's fast path); the same answers, errors included."""
+        try:
+            return self.recommendations(query, api_key, origin, client_ip, parsed)
+        except Exception:
+            log.exception("unexpected error answering GET %s", API_PATH)
+            return 500, list(API_HEADERS), INTERNAL_ERROR_BODY
+
     def _preflight(self, headers: Mapping[str, str]) -> Response:
         origin = headers.get("origin")
         base = [("allow", ALLOWED_METHODS), ("vary", "Origin")]
@@ -256,8 +273,22 @@ class ServingApi:
     def _get_recommendations(
         self, query: Iterable[tuple[str, str]] | None, headers: Mapping[str, str], client_ip: str
     ) -> Response:
-        # The hot path, kept flat (few calls): it runs for every API request.
-        origin = headers.get("origin")
+        return self.recommendations(query, headers.get("x-api-key"), headers.get("origin"), client_ip)
+
+    def recommendations(
+        self,
+        query: Iterable[tuple[str, str]] | None,
+        api_key: str | None,
+        origin: str | None,
+        client_ip: str,
+        parsed: tuple[int, int] | None = None,
+    ) -> Response:
+        """`GET /recommendations`: rate limit, key, query, lookup, in that order.
+
+        `parsed`: `(user_id, k)` when the caller has already validated the query exactly as
+        `parse_query` would (the ASGI adapter's fast path for the usual query); `query` is then
+        ignored. The hot path, kept flat (few calls): it runs for every API request.
+        """
         cors: Headers = ()
         if origin and origin.lower() in self._allowed_origins:
             cors = (("access-control-allow-origin", origin), ("access-control-expose-headers", "Retry-After"))
@@ -270,8 +301,8 @@ class ServingApi:
             )
         try:
             if self.keys is not None:
-                self._check_key(headers.get("x-api-key"))
-            user_id, k = parse_query(query)
+                self._check_key(api_key)
+            user_id, k = parsed if parsed is not None else parse_query(query)
             lookup = self._lookup or self.lookup
             try:
                 result = lookup.lookup(user_id, k)

@@ -15,16 +15,24 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl
 
-from instarec_assets.serving.api import API_HEADERS, MAX_QUERY_LENGTH, ServingApi
+from instarec_assets.serving.api import (
+    API_HEADERS,
+    API_PATH,
+    DEFAULT_K,
+    MAX_K,
+    MAX_QUERY_LENGTH,
+    MAX_USER_ID,
+    ServingApi,
+)
 from instarec_assets.serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY_FIELDS = 16
-# The only request headers the handler reads.
-_WANTED = {b"x-api-key": "x-api-key", b"origin": "origin"}
 # The usual query, plain ASCII digits without escapes: its pairs are exactly what parse_qsl returns.
 _PLAIN = re.compile(rb"user_id=([0-9]{1,10})(?:&k=([0-9]{1,2}))?")
+# The usual query when it is also valid: what `api.parse_query` accepts, less the upper bounds.
+_VALID = re.compile(rb"user_id=([1-9][0-9]{0,9})(?:&k=([1-9][0-9]?))?")
 _ENCODED_CACHE_SIZE = 256
 
 
@@ -75,31 +83,52 @@ class ServingAsgiApp:
         return self._inline
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            await self._http(scope, send)
-        elif scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _http(self, scope: dict[str, Any], send: Any) -> None:
-        query = parse_query_string(scope["query_string"])
-        headers: dict[str, str] = {}
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+            return
+        # Only the two request headers the handler reads; a repeated one joined with ", ".
+        api_key = origin = None
         for name, value in scope["headers"]:
-            key = _WANTED.get(name)
-            if key is not None:
+            if name == b"x-api-key":
                 text = value.decode("latin-1")
-                headers[key] = f"{headers[key]}, {text}" if key in headers else text
+                api_key = text if api_key is None else f"{api_key}, {text}"
+            elif name == b"origin":
+                text = value.decode("latin-1")
+                origin = text if origin is None else f"{origin}, {text}"
         client = scope.get("client")
-        args = (scope["method"], scope["path"], query, headers, client[0] if client else "")
+        client_ip = client[0] if client else ""
         inline = self._inline if self._inline is not None else self._prepare()
-        if inline:
-            status, response_headers, body = self.api.handle(*args)
-        else:
-            status, response_headers, body = await asyncio.get_running_loop().run_in_executor(
-                None, self.api.handle, *args
+        raw_query = scope["query_string"]
+        valid = _VALID.fullmatch(raw_query) if inline and scope["path"] == API_PATH else None
+        if valid is not None and scope["method"] == "GET":
+            # The fast path: `GET /recommendations?user_id=N[&k=M]`, already valid but for the
+            # bounds checked here, answered by the same code as every other API request
+            # (`recommendations`: rate limit, key, lookup, in that order) without re-parsing.
+            user_text, k_text = valid.groups()
+            user_id = int(user_text)
+            k = DEFAULT_K if k_text is None else int(k_text)
+            parsed = (user_id, k) if user_id <= MAX_USER_ID and k <= MAX_K else None
+            status, response_headers, body = self.api.get_recommendations(
+                None if parsed else parse_query_string(raw_query), api_key, origin, client_ip, parsed
             )
-        raw_headers = (
-            self._api_headers.copy() if response_headers is API_HEADERS else self._encode(response_headers)
-        )
+        else:
+            headers: dict[str, str] = {}
+            if api_key is not None:
+                headers["x-api-key"] = api_key
+            if origin is not None:
+                headers["origin"] = origin
+            args = (scope["method"], scope["path"], parse_query_string(raw_query), headers, client_ip)
+            if inline:
+                status, response_headers, body = self.api.handle(*args)
+            else:
+                status, response_headers, body = await asyncio.get_running_loop().run_in_executor(
+                    None, self.api.handle, *args
+                )
+        if response_headers is API_HEADERS:
+            raw_headers = self._api_headers.copy()
+        else:
+            raw_headers = self._encode(response_headers)
         if status != 204:
             raw_headers.append((b"content-length", str(len(body)).encode("ascii")))
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})

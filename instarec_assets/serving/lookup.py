@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 _ROW = "rank, product_id, product_name, aisle, department, probability, explore"
 _POINTER = "SELECT table_name, model_version FROM current_version WHERE id = 1"
+MMAP_SIZE = 1 << 30  # bytes of the store file readers map (SQLite caps it at its compile-time maximum)
 
 Rows = list[tuple[Any, ...]]
 
@@ -77,6 +78,10 @@ class SqliteLookup:
             timeout=self.busy_timeout_s,
         )
         conn.execute("PRAGMA query_only=1")
+        # Read the file through a memory map: a lookup's B-tree pages come from the OS page cache
+        # without a pread() each (WAL frames are still read from the WAL). The loader never
+        # truncates the file (no VACUUM, no auto_vacuum), so the map stays valid.
+        conn.execute(f"PRAGMA mmap_size={MMAP_SIZE}")
         with self._lock:
             self._connections.append(conn)
         self._local.conn = conn
@@ -100,7 +105,7 @@ class SqliteLookup:
         return pointer
 
     def lookup(self, user_id: int, k: int) -> tuple[str, Rows] | None:
-        conn = self._connection()
+        conn = getattr(self._local, "conn", None) or self._connection()
         pointer = self._pointer
         if pointer is None or time.monotonic() - pointer[0] >= self.pointer_ttl_s:
             pointer = self._read_pointer(conn)
