@@ -15,7 +15,8 @@ per-item objects are built on the request path.
   miss (an unknown user, or one new in the next version) re-reads the pointer too. So a new
   version is served within milliseconds of its switch, at the latest after `pointer_ttl_s`.
   `SqliteRecommendationStore.top_k` reads the pointer on every call (four statements); this
-  keeps the hot path at one, which is what lets the full endpoint reach 80% of the bare one.
+  keeps the hot path at one statement, on a connection reading the file through a memory map
+  (`bench/bench_serving.py` compares the whole endpoint with a bare one-lookup server).
 - `StoreLookup` wraps any `RecommendationStore` (DynamoDB, test doubles) through `top_k`.
 """
 
