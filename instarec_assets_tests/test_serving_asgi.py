@@ -160,3 +160,54 @@ def test_asgi_fast_path_unexpected_error_is_500_and_logged(
     assert (status, body) == (500, b'{"error":"internal error"}')
     assert "unexpected error answering GET /recommendations" in caplog.text
     assert "secret detail" not in body.decode()
+
+
+def test_asgi_answers_the_ready_requests_before_sending(store_path: Path):
+    """Requests ready together are all answered (rate limit counted, looked up) before the first
+    response is sent, so the responses go out back to back; each one is still complete and correct."""
+    api = make_api(store_path)
+    app = create_app(api=api)
+    events: list[str] = []
+    handled = api.get_recommendations
+
+    def counting(*args: Any, **kwargs: Any):
+        events.append("answered")
+        return handled(*args, **kwargs)
+
+    api.get_recommendations = counting  # type: ignore[method-assign]
+    sent: dict[int, list[dict[str, Any]]] = {1: [], 2: [], 3: []}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    def sender(user_id: int):
+        async def send(message: dict[str, Any]) -> None:
+            events.append("sent")
+            sent[user_id].append(message)
+
+        return send
+
+    def scope(user_id: int) -> dict[str, Any]:
+        return {
+            "type": "http",
+            "method": "GET",
+            "path": "/recommendations",
+            "query_string": b"user_id=%d&k=2" % user_id,
+            "headers": [(b"x-api-key", KEY.encode())],
+            "client": (IP, 50000),
+        }
+
+    async def main() -> None:
+        await asyncio.gather(*(app(scope(user_id), receive, sender(user_id)) for user_id in sent))
+
+    asyncio.run(main())
+    assert events == ["answered"] * 3 + ["sent"] * 6
+    for user_id, messages in sent.items():
+        start, body = messages
+        assert (
+            start["status"] == 200
+            and body["body"]
+            == handle_call(
+                api, "GET", "/recommendations", b"user_id=%d&k=2" % user_id, [(b"x-api-key", KEY.encode())]
+            )[2]
+        )
