@@ -8,8 +8,9 @@ One fresh child process, started through the `instarec` console script exactly a
 child's own rusage (`os.wait4`) cross-checked with psutil sampling of its process tree; both helpers are
 bench_lake.py's. Per-step seconds come from the run's event log in the Dagster instance under the
 fresh home (the CLI's per-asset lines are the fallback) and are grouped into stages: raw + clean,
-curated features, xgboost_model training (evaluation included), reorder_predictions scoring,
-next_basket, recommendations, dynamodb_recommendations (the serving load) and analyst_warehouse.
+curated features, graphsage_step (GraphSAGE training and embeddings), xgboost_model training
+(evaluation and the without-similarity fit included), reorder_predictions scoring, next_basket,
+recommendations, dynamodb_recommendations (the serving load) and analyst_warehouse.
 
 The dataset is bench_lake.py's (`<work-dir>/data`), reused when it was generated with the same
 --users/--seed, generated (untimed here; bench_lake.py times generate) otherwise.
@@ -59,6 +60,7 @@ TARGET_PIPELINE_RSS_BYTES = 8 * 10**9
 STAGES: list[tuple[str, object]] = [
     ("raw + clean (assets and checks)", lambda key: key.startswith(("raw_", "clean_"))),
     ("curated features (curated_features_step)", lambda key: key.startswith("curated")),
+    ("GraphSAGE training + embeddings (graphsage_step)", lambda key: key.startswith("graphsage")),
     ("training + evaluation (xgboost_model)", lambda key: key.startswith("xgboost_model")),
     ("scoring (reorder_predictions)", lambda key: key.startswith("reorder_predictions")),
     ("baskets (next_basket)", lambda key: key.startswith("next_basket")),
@@ -66,7 +68,15 @@ STAGES: list[tuple[str, object]] = [
     ("serving load (dynamodb_recommendations)", lambda key: key.startswith("dynamodb_recommendations")),
     ("analyst_warehouse", lambda key: key.startswith("analyst_warehouse")),
 ]
-MODEL_METADATA = ("auc", "f1", "best_iteration", "mean_f1_model", "mean_f1_last_order", "mean_f1_frequency")
+MODEL_METADATA = (
+    "auc",
+    "f1",
+    "best_iteration",
+    "mean_f1_model",
+    "mean_f1_without_similarity",
+    "mean_f1_last_order",
+    "mean_f1_frequency",
+)
 
 
 def stage_of(step_key: str) -> str:

@@ -192,6 +192,10 @@ def test_serving_store_serves_the_latest_load(pipeline):
     served = store.top_k(recommendations[0][0], 3)
     assert [item.product_id for item in served.items] == [row[2] for row in recommendations[:3]]
     assert served.model_version.startswith(f"xgboost-{latest}")
+    whole_list = store.top_k(recommendations[0][0], 20)
+    assert [item.product_id for item in whole_list.items] == [row[2] for row in recommendations]
+    assert [item.explore for item in whole_list.items][-2:] == [True, True]
+    assert not any(item.explore for item in whole_list.items[:-2])
 
 
 def test_submission_has_one_kaggle_row_per_test_order(pipeline, tmp_path, capsys, monkeypatch):

@@ -24,6 +24,7 @@ from dagster import (
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.curated import CLEAN_INPUTS, clean_snapshot
+from instarec_assets.assets.memory import release_freed_memory
 from instarec_assets.io_managers import StagedArtifacts
 from instarec_assets.lake.duck import StagedParquet
 from instarec_assets.ml.graphsage import (
@@ -173,6 +174,8 @@ def graph_assets(storage_kind: str) -> list[AssetsDefinition]:
                         "preview": _preview(conn, staged[name]),
                     },
                 )
+        del report, users, products
+        release_freed_memory()
 
     return [graphsage_step]
 

@@ -15,6 +15,7 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
+from instarec_assets.assets.memory import release_freed_memory
 from instarec_assets.features import FEATURE_COLUMNS
 from instarec_assets.io_managers import StagedArtifacts
 from instarec_assets.ml.graphsage import SIMILARITY_FEATURE, SimilarityLookup
@@ -139,5 +140,7 @@ def model_assets(storage_kind: str) -> list[AssetsDefinition]:
                 "frequency_f1": baskets.frequency_f1,
             },
         )
+        del data, report
+        release_freed_memory()
 
     return [xgboost_model]
