@@ -221,5 +221,9 @@ def test_recommend_cli_prints_top_k_with_purchase_probability(pipeline, capsys, 
     output = capsys.readouterr().out.splitlines()
     assert output[0].startswith("Top 3 for user 1")
     assert all(re.search(r"purchase probability \d+\.\d%", line) for line in output[1:4])
+    assert not any("[explore" in line for line in output)
+    assert main(["recommend", "1", "-k", "20", "--home", locations.home]) == 0
+    whole = capsys.readouterr().out.splitlines()[1:]
+    assert [line.endswith("[explore: new to this shopper]") for line in whole][-2:] == [True, True]
     assert main(["recommend", "999999", "--home", locations.home]) == 1
     assert "user 999999 has no recommendations" in capsys.readouterr().err
