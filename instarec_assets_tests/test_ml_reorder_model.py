@@ -1,0 +1,88 @@
+"""load_feature_rows and the ablation fit of train_and_report, on a real parquet feature set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from instarec_assets.ml.reorder_model import (
+    HISTORY_COUNT_COLUMN,
+    LAST_ORDER_COLUMN,
+    load_feature_rows,
+    train_and_report,
+)
+from instarec_assets.ml.training import ReorderModelParams
+
+FEATURES = (HISTORY_COUNT_COLUMN, LAST_ORDER_COLUMN, "signal", "noise")
+
+
+@pytest.fixture(scope="module")
+def feature_set(tmp_path_factory) -> str:
+    """3,000 users x 8 candidates; the label follows `signal` (and a bit of up_orders)."""
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(1, 3001), 8)
+    products = np.tile(np.arange(1, 9), 3000)
+    signal = rng.normal(size=users.size).astype(np.float32)
+    up_orders = rng.integers(1, 6, size=users.size)
+    label = (signal + 0.2 * up_orders + rng.normal(scale=0.5, size=users.size) > 1.2).astype(np.int8)
+    table = pa.table(
+        {
+            "user_id": users.astype(np.int32),
+            "product_id": products.astype(np.int32),
+            "order_id": (users * 10).astype(np.int32),
+            "eval_set": np.where(users % 7 == 0, "serving", "train"),
+            "label": label,
+            HISTORY_COUNT_COLUMN: up_orders.astype(np.int32),
+            LAST_ORDER_COLUMN: rng.integers(0, 2, size=users.size).astype(np.int8),
+            "signal": signal,
+            "noise": rng.normal(size=users.size).astype(np.float32),
+        }
+    )
+    path = tmp_path_factory.mktemp("features") / "training_set.parquet"
+    pq.write_table(table, path)
+    return str(path)
+
+
+def test_computed_features_are_filled_from_the_row_ids_and_strings_are_shared(feature_set: str) -> None:
+    seen = {}
+
+    def user_parity(user_ids, product_ids, eval_sets):
+        seen["eval_sets"] = eval_sets
+        return (user_ids % 2).astype(np.float32)
+
+    data = load_feature_rows(
+        duckdb.connect(),
+        feature_set,
+        (*FEATURES, "parity"),
+        with_labels=True,
+        computed={"parity": user_parity},
+    )
+    stored = pq.read_table(feature_set)
+    assert data.feature_names[-1] == "parity" and data.features.shape == (24_000, 5)
+    np.testing.assert_array_equal(data.features[:, -1], data.user_ids % 2)
+    np.testing.assert_array_equal(data.features[:, 2], stored.column("signal").to_numpy())
+    assert data.eval_sets.tolist() == stored.column("eval_set").to_pylist()
+    assert seen["eval_sets"] is data.eval_sets
+    serving = data.eval_sets[data.eval_sets == "serving"]
+    assert len({id(value) for value in serving}) == 1  # one str object for every serving row
+
+
+def test_ablation_fits_without_the_feature_and_leaves_the_data_untouched(
+    feature_set: str, tmp_path: Path
+) -> None:
+    data = load_feature_rows(duckdb.connect(), feature_set, FEATURES, with_labels=True)
+    before = data.features.copy()
+    params = ReorderModelParams(num_boost_round=60, early_stopping_rounds=10, nthread=1)
+    report = train_and_report(data, tmp_path / "model", "2025-01-06", params=params, ablate="signal")
+    ablation = report.card["ablation"]
+    assert ablation["feature"] == "signal"
+    assert ablation["validation_mean_f1_with"] == report.baskets.model_f1
+    assert ablation["validation_auc_with"] > ablation["validation_auc_without"] + 0.1
+    np.testing.assert_array_equal(data.features, before)
+    with pytest.raises(ValueError, match="cannot ablate 'missing'"):
+        train_and_report(data, tmp_path / "other", "2025-01-06", params=params, ablate="missing")
