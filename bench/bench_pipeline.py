@@ -126,6 +126,15 @@ def run_details(home: Path) -> dict:
         if materialization is not None and materialization.asset_materialization is not None:
             metadata = materialization.asset_materialization.metadata
             details["model"] = {name: metadata[name].value for name in MODEL_METADATA if name in metadata}
+        details["feature_set_rows"] = {}
+        for feature_set in ("training_set", "inference_set"):
+            event = instance.get_latest_materialization_event(AssetKey(feature_set))
+            if event is not None and event.asset_materialization is not None:
+                details["feature_set_rows"][feature_set] = {
+                    name: entry.value
+                    for name, entry in event.asset_materialization.metadata.items()
+                    if name.endswith("_rows") and isinstance(entry.value, int)
+                }
     return details
 
 
@@ -224,6 +233,17 @@ def render_markdown(
             + ", ".join(
                 f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
                 for name, value in details["model"].items()
+            )
+            + ".",
+        ]
+    if details.get("feature_set_rows"):
+        lines += [
+            "",
+            "Feature sets (curated metadata; the seed system's Kaggle sets were about 8.47M train and 4.83M "
+            "test rows): "
+            + "; ".join(
+                f"{feature_set} " + ", ".join(f"{name} {value:,}" for name, value in counts.items())
+                for feature_set, counts in details["feature_set_rows"].items()
             )
             + ".",
         ]

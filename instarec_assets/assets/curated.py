@@ -13,7 +13,7 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
-from instarec_assets.assets.metadata import preview
+from instarec_assets.assets.metadata import preview, rows_by_eval_set
 from instarec_assets.features import FEATURES, CleanSnapshot, build_features, feature_summary
 from instarec_assets.partitions import landing_date_partitions
 from instarec_assets.resources import LakeResource, lake_connection
@@ -74,6 +74,7 @@ def curated_assets(kinds: set[str]) -> list[AssetsDefinition]:
                 metadata = {"preview": preview(conn, str(staged.path))}
                 if name in ("training_set", "inference_set"):
                     metadata.update(set_metadata)
+                    metadata.update(rows_by_eval_set(conn, str(staged.path)))
                 if name == "training_set":
                     label_rate = conn.execute(
                         "SELECT avg(label) FROM read_parquet(?, hive_partitioning = false)",

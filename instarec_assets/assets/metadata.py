@@ -18,6 +18,15 @@ def preview(conn: duckdb.DuckDBPyConnection, parquet_path: str, rows: int = PREV
     return MetadataValue.md(frame.to_markdown(index=False) if len(frame) else "_no rows_")
 
 
+def rows_by_eval_set(conn: duckdb.DuckDBPyConnection, parquet_path: str) -> dict[str, MetadataValue]:
+    """`<eval_set>_rows` per framing of a feature set, the figures to hold against Kaggle's sizes."""
+    counts = conn.execute(
+        "SELECT eval_set, count(*) FROM read_parquet(?, hive_partitioning = false) GROUP BY eval_set ORDER BY eval_set",
+        [parquet_path],
+    ).fetchall()
+    return {f"{eval_set}_rows": MetadataValue.int(rows) for eval_set, rows in counts}
+
+
 def accounting_metadata(accounting: RowAccounting) -> dict[str, MetadataValue]:
     """raw = clean + quarantined + duplicates, as numbers and as a one-line statement."""
     return {
