@@ -216,9 +216,11 @@ def similarity_for_rows(
     return lookup.for_rows(user_ids, product_ids, eval_sets)
 
 
-# The same feature joined inside DuckDB, for code that reads a feature set with SQL (load_feature_rows,
-# score_feature_set): `{rows}` is a query over a feature set with user_id, product_id and eval_set;
-# the parameters $user_embeddings and $product_embeddings are the two assets' partition URIs.
+# The same feature joined inside DuckDB, for a query that reads a feature set with SQL (an ad hoc
+# analysis, a notebook). The pipeline itself uses `SimilarityLookup` (load_feature_rows and
+# score_feature_set); a test keeps the two equal. `{rows}` is a query over a feature set with user_id,
+# product_id and eval_set; the parameters $user_embeddings and $product_embeddings are the two assets'
+# partition URIs.
 SIMILARITY_SQL = """
 SELECT s.*, list_cosine_similarity(ue.embedding, pe.embedding)::FLOAT AS {column}
 FROM ({rows}) AS s
