@@ -25,10 +25,12 @@ $(VENV)/.installed: setup.py pyproject.toml
 install: $(VENV)/.installed
 
 # cfn-lint and checkov pin an old botocore that breaks s3fs, so they live in their own venv.
-$(TOOLS_VENV)/.installed:
+# Pinned so CI and every checkout judge the templates alike; a pin change here reinstalls (the stamp
+# depends on this Makefile).
+$(TOOLS_VENV)/.installed: Makefile
 	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
 	$(TOOLS_VENV)/bin/pip install -q -U pip
-	$(TOOLS_VENV)/bin/pip install -q cfn-lint checkov
+	$(TOOLS_VENV)/bin/pip install -q "cfn-lint==1.58.0" "checkov==3.3.30"
 	touch $@
 
 tools: $(TOOLS_VENV)/.installed

@@ -40,6 +40,7 @@ EXPECTED_STACKS = {
 # The variables the application reads in aws mode (see infra/README.md).
 APP_ENV_VARS = {
     "INSTAREC_ENV",
+    "INSTAREC_HOME",
     "INSTAREC_RAW_BUCKET",
     "INSTAREC_CLEAN_BUCKET",
     "INSTAREC_CURATED_BUCKET",
@@ -83,6 +84,15 @@ STAR_RESOURCE_ALLOWED = {
     "xray:puttracesegments",
 }
 STAR_RESOURCE_ALLOWED_PREFIXES = ("ec2:describe", "elasticloadbalancing:describe")
+# AWS-managed policies a project role may attach, each with why an inline policy is not used instead.
+AWS_MANAGED_POLICIES_ALLOWED = {
+    # RDS Enhanced Monitoring writes to the RDSOSMetrics log group it creates itself; AWS documents
+    # only this policy for the monitoring role.
+    ("orchestration", "DatabaseMonitoringRole"): "service-role/AmazonRDSEnhancedMonitoringRole",
+    # The account-wide API Gateway logging role writes execution logs to log groups API Gateway names
+    # itself (API-Gateway-Execution-Logs_<api id>/<stage>) for every API of the account and region.
+    ("serving", "ApiGatewayCloudWatchRole"): "service-role/AmazonAPIGatewayPushToCloudWatchLogs",
+}
 
 
 # ----------------------------------------------------------------------------- YAML with intrinsics
@@ -161,7 +171,7 @@ def tools_bin() -> Path:
     if missing:
         pytest.fail(
             f"{', '.join(missing)} not found in {bin_dir}. Create the tools venv with `make tools` "
-            "(python3 -m venv .venv-tools && .venv-tools/bin/pip install cfn-lint checkov) "
+            "(it installs the versions pinned in the Makefile) "
             "or point INSTAREC_TOOLS_BIN at a folder that has both."
         )
     return bin_dir
@@ -364,6 +374,35 @@ def test_access_logs_go_to_the_logs_bucket_under_date_partitions(
         assert dest == {"Ref": "LogsBucket"} or "Fn::ImportValue" in dest, (stack, logical_id)
 
 
+def test_flow_log_objects_land_where_the_logs_bucket_lets_them(templates: dict[str, dict[str, Any]]) -> None:
+    from fnmatch import fnmatchcase
+
+    flow_log = templates["network"]["Resources"]["FlowLog"]["Properties"]
+    destination, variables = flow_log["LogDestination"]["Fn::Sub"]
+    assert "LogsBucketArn" in json.dumps(variables)
+    prefix = destination.removeprefix("${LogsBucketArn}/")
+    options = flow_log["DestinationOptions"]
+    # The S3 keys AWS writes flow logs to (VPC User Guide, "Flow log files" for S3 destinations).
+    account, region = "123456789012", "eu-west-1"
+    if options.get("HiveCompatiblePartitions"):
+        folder = f"AWSLogs/aws-account-id={account}/aws-service=vpcflowlogs/aws-region={region}/"
+        folder += "year=2024/month=01/day=02/"
+    else:
+        folder = f"AWSLogs/{account}/vpcflowlogs/{region}/2024/01/02/"
+    key = f"{prefix}{folder}{account}_vpcflowlogs_{region}_fl-0abc_20240102T0000Z_1a2b3c4d.log.parquet"
+
+    policy = templates["data-lake"]["Resources"]["LogsBucketPolicy"]["Properties"]["PolicyDocument"]
+    [delivery] = [
+        s
+        for s in policy["Statement"]
+        if isinstance(s, dict)
+        and s.get("Principal") == {"Service": "delivery.logs.amazonaws.com"}
+        and s["Action"] == "s3:PutObject"
+    ]
+    pattern = delivery["Resource"]["Fn::Sub"].replace("${AWS::AccountId}", account)
+    assert fnmatchcase(f"${{LogsBucket.Arn}}/{key}", pattern), (key, pattern)
+
+
 def test_lake_lifecycle_expires_noncurrent_versions_and_old_logs(
     templates: dict[str, dict[str, Any]],
 ) -> None:
@@ -424,6 +463,77 @@ def test_api_has_get_and_options_with_key_usage_plan_logs_and_tracing(
     assert stage["TracingEnabled"] is True
     assert stage["AccessLogSetting"]["DestinationArn"]
     assert res["ApiWebAclAssociation"]["Properties"]["WebACLArn"] == {"Fn::GetAtt": ["ApiWebAcl", "Arn"]}
+
+
+def test_gateway_errors_have_the_handler_error_shape_and_cors(templates: dict[str, dict[str, Any]]) -> None:
+    from instarec_assets.serving.api import STATUS_CODES
+
+    res = templates["serving"]["Resources"]
+    responses = {
+        r["Properties"]["ResponseType"]: (logical_id, r["Properties"])
+        for logical_id, r in res.items()
+        if r["Type"] == "AWS::ApiGateway::GatewayResponse"
+    }
+    assert {
+        "API_KEY_INVALID",
+        "MISSING_AUTHENTICATION_TOKEN",
+        "THROTTLED",
+        "QUOTA_EXCEEDED",
+        "WAF_FILTERED",
+        "DEFAULT_4XX",
+        "DEFAULT_5XX",
+    } <= set(responses)
+    expected_status = {
+        "API_KEY_INVALID": "403",
+        "THROTTLED": "429",
+        "QUOTA_EXCEEDED": "429",
+        "WAF_FILTERED": "403",
+    }
+    for response_type, (_, props) in responses.items():
+        # $context.error.messageString is API Gateway's message, already a quoted JSON string.
+        template = props["ResponseTemplates"]["application/json"]
+        body = json.loads(
+            template.replace("$context.error.messageString", '"Missing required request parameters"')
+        )
+        assert list(body) == ["error"] and isinstance(body["error"], str) and body["error"], response_type
+        assert "\n" not in body["error"], response_type
+        headers = props["ResponseParameters"]
+        assert headers["gatewayresponse.header.Access-Control-Allow-Origin"] == {
+            "Fn::Sub": "'${AllowedOrigin}'"
+        }
+        if response_type in expected_status:
+            assert props["StatusCode"] == expected_status[response_type], response_type
+        if "StatusCode" in props:
+            assert int(props["StatusCode"]) in STATUS_CODES, response_type  # statuses the API documents
+        if response_type in {"THROTTLED", "QUOTA_EXCEEDED"}:
+            assert int(headers["gatewayresponse.header.Retry-After"].strip("'")) > 0, response_type
+            assert headers["gatewayresponse.header.Access-Control-Expose-Headers"] == "'Retry-After'"
+    # Gateway responses only reach the stage through a new deployment made after them.
+    [(_, deployment)] = [(lid, r) for lid, r in res.items() if r["Type"] == "AWS::ApiGateway::Deployment"]
+    methods = {lid for lid, r in res.items() if r["Type"] == "AWS::ApiGateway::Method"}
+    assert {logical_id for logical_id, _ in responses.values()} | methods <= set(deployment["DependsOn"])
+
+
+def test_serving_lambda_manages_only_its_own_network_interfaces(templates: dict[str, dict[str, Any]]) -> None:
+    statements = _role_statements(templates["serving"], "FunctionRole")
+    [create] = _granting(statements, "ec2:CreateNetworkInterface")
+    resources = json.dumps(create["Resource"])
+    assert "*" not in as_list(create["Resource"])
+    assert "PrivateSubnetA" in resources and "PrivateSubnetB" in resources
+    assert "security-group/${FunctionSecurityGroup.GroupId}" in resources
+    for action in (
+        "ec2:DeleteNetworkInterface",
+        "ec2:AssignPrivateIpAddresses",
+        "ec2:UnassignPrivateIpAddresses",
+    ):
+        [statement] = _granting(statements, action)
+        assert "network-interface/*" in statement["Resource"]["Fn::Sub"], action
+        assert "VpcId" in json.dumps(statement["Condition"]["ArnEquals"]["ec2:Vpc"]), action
+    # AWS only accepts Resource "*" for these two.
+    star = {
+        a for s in statements if s["Resource"] == "*" for a in as_list(s["Action"]) if a.startswith("ec2:")
+    }
+    assert star == {"ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"}
 
 
 @pytest.mark.parametrize(
@@ -521,6 +631,57 @@ def test_task_definitions_carry_the_app_and_dagster_variables(templates: dict[st
         assert container["ReadonlyRootFilesystem"] is True
         mounts = {m["ContainerPath"] for m in container["MountPoints"]}
         assert {"/tmp", env["DAGSTER_HOME"]} <= mounts
+
+
+def test_instarec_home_is_on_a_writable_volume(templates: dict[str, dict[str, Any]]) -> None:
+    from pathlib import PurePosixPath
+
+    from instarec_assets.lake.locations import LakeLocations
+
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
+    [workdir] = re.findall(r"^WORKDIR\s+(\S+)", dockerfile, re.MULTILINE)
+    res = templates["orchestration"]["Resources"]
+    for logical_id in ("WebserverTaskDefinition", "DaemonTaskDefinition", "RunTaskDefinition"):
+        container = res[logical_id]["Properties"]["ContainerDefinitions"][0]
+        assert container["ReadonlyRootFilesystem"] is True
+        writable = [PurePosixPath(m["ContainerPath"]) for m in container["MountPoints"]]
+        home = PurePosixPath(_container_env(res[logical_id])["INSTAREC_HOME"])
+        assert home.is_absolute() and any(home.is_relative_to(m) for m in writable), (logical_id, home)
+        # Without it the code's default (.instarec in the working directory) is on the read-only image.
+        default = PurePosixPath(workdir) / LakeLocations().home
+        assert not any(default.is_relative_to(m) for m in writable), logical_id
+
+
+def test_run_tasks_share_one_warehouse_salt_from_secrets_manager(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    from instarec_assets.warehouse.salt import MIN_SALT_LENGTH, SALT_ENV
+
+    res = templates["orchestration"]["Resources"]
+    container = res["RunTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    assert SALT_ENV not in {e["Name"] for e in container["Environment"]}  # never a plain value
+    secrets = {s["Name"]: s["ValueFrom"] for s in container["Secrets"]}
+    assert secrets[SALT_ENV] == {"Ref": "WarehouseSaltSecret"}  # the whole SecretString
+    secret = res["WarehouseSaltSecret"]
+    assert secret["Type"] == "AWS::SecretsManager::Secret"
+    generate = secret["Properties"]["GenerateSecretString"]
+    assert "SecretStringTemplate" not in generate  # a plain string, not JSON
+    assert generate["PasswordLength"] >= MIN_SALT_LENGTH and generate["ExcludePunctuation"] is True
+    assert secret["Properties"]["KmsKeyId"] == {
+        "Fn::ImportValue": {"Fn::Sub": "instarec-${EnvironmentName}-LakeKeyArn"}
+    }
+    assert secret["DeletionPolicy"] == "Retain"  # a new salt would change every user_key
+    # The ECS agent reads exactly the two secrets it injects, each named on its own.
+    statements = _role_statements(templates["orchestration"], "TaskExecutionRole")
+    reads = _granting(statements, "secretsmanager:GetSecretValue")
+    assert sorted(json.dumps(s["Resource"]) for s in reads) == sorted(
+        json.dumps({"Ref": name}) for name in ("DatabaseSecret", "WarehouseSaltSecret")
+    )
+    assert all(as_list(s["Action"]) == ["secretsmanager:GetSecretValue"] for s in reads)
+    for role in ("RunTaskRole", "ControlPlaneTaskRole"):
+        assert not _granting(
+            _role_statements(templates["orchestration"], role), "secretsmanager:GetSecretValue"
+        )
 
 
 def test_dagster_yaml_is_valid_instance_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -649,6 +810,14 @@ def test_run_role_can_batch_transform_and_load_recommendations_narrowly(
         "Fn::ImportValue": {"Fn::Sub": "instarec-${EnvironmentName}-SageMakerExecutionRoleArn"}
     }
     assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+    # Both kinds of job the client starts log to their own group; the run role may read both.
+    log_groups = {
+        r["Fn::Sub"].split(":log-group:", 1)[1]
+        for s in _granting(statements, "logs:GetLogEvents")
+        for r in as_list(s["Resource"])
+    }
+    for group in ("/aws/sagemaker/TrainingJobs", "/aws/sagemaker/TransformJobs"):
+        assert {group, f"{group}:log-stream:*"} <= log_groups, group
 
     # DynamoDbRecommendationStore.load: GetItem, BatchWriteItem, conditional PutItem, key-only Scan.
     table = {"Fn::ImportValue": {"Fn::Sub": "instarec-${EnvironmentName}-RecommendationsTableArn"}}
@@ -713,6 +882,75 @@ def test_iam_is_least_privilege(templates: dict[str, dict[str, Any]]) -> None:
                 if a not in STAR_RESOURCE_ALLOWED and not a.startswith(STAR_RESOURCE_ALLOWED_PREFIXES)
             ]
             assert not broad, f"{where}: {broad} on Resource '*'"
+
+
+def test_roles_attach_no_aws_managed_policies_unless_allowed(
+    templates: dict[str, dict[str, Any]], resources: list[tuple[str, str, dict]]
+) -> None:
+    attached = set()
+    for stack, logical_id, role in of_type(resources, "AWS::IAM::Role"):
+        for arn in role["Properties"].get("ManagedPolicyArns", []):
+            value = arn.get("Fn::Sub", arn) if isinstance(arn, dict) else arn
+            if not (isinstance(value, str) and ":iam::aws:policy/" in value):
+                # One of the project's own AWS::IAM::ManagedPolicy resources.
+                assert templates[stack]["Resources"][arn["Ref"]]["Type"] == "AWS::IAM::ManagedPolicy"
+                continue
+            name = value.split(":iam::aws:policy/", 1)[1]
+            assert AWS_MANAGED_POLICIES_ALLOWED.get((stack, logical_id)) == name, (
+                f"{stack}/{logical_id} attaches the AWS-managed {name}; write an inline least-privilege "
+                "policy or add it, with the reason, to AWS_MANAGED_POLICIES_ALLOWED"
+            )
+            attached.add((stack, logical_id))
+    assert attached == set(AWS_MANAGED_POLICIES_ALLOWED), "stale AWS_MANAGED_POLICIES_ALLOWED entries"
+
+
+def test_roles_are_passed_only_to_the_services_that_assume_them(templates: dict[str, dict[str, Any]]) -> None:
+    for stack, logical_id, statement in _iam_statements(templates):
+        if "iam:PassRole" in as_list(statement["Action"]):
+            assert as_list(statement["Action"]) == ["iam:PassRole"], (stack, logical_id, statement.get("Sid"))
+            assert statement["Condition"]["StringEquals"]["iam:PassedToService"], (stack, logical_id)
+    # CloudFormation passes a role to a service when a non-IAM resource of the same stack names it.
+    passed_to = set()
+    for template in templates.values():
+        roles = {lid for lid, r in template["Resources"].items() if r["Type"] == "AWS::IAM::Role"}
+        for resource in template["Resources"].values():
+            if resource["Type"].startswith("AWS::IAM::"):
+                continue
+            for node in walk(resource.get("Properties", {})):
+                named = None
+                if isinstance(node, dict) and node.get("Fn::GetAtt", [None])[0] in roles:
+                    named = node["Fn::GetAtt"][0]
+                elif isinstance(node, dict) and node.get("Ref") in roles:
+                    named = node["Ref"]
+                if named:
+                    trust = template["Resources"][named]["Properties"]["AssumeRolePolicyDocument"]
+                    passed_to.update(as_list(trust["Statement"][0]["Principal"]["Service"]))
+    assert {"ecs-tasks.amazonaws.com", "lambda.amazonaws.com", "glue.amazonaws.com"} <= passed_to
+    cfn_exec = templates["bootstrap"]["Resources"]["CfnComputePolicy"]["Properties"]["PolicyDocument"]
+    [passing] = _granting(cfn_exec["Statement"], "iam:PassRole")
+    assert set(passing["Condition"]["StringEquals"]["iam:PassedToService"]) == passed_to
+
+
+def test_github_role_uses_only_this_environments_keys(
+    templates: dict[str, dict[str, Any]], resources: list[tuple[str, str, dict]]
+) -> None:
+    statements = _role_statements(templates["bootstrap"], "GitHubDeployRole")
+    kms = [s for s in statements if any(a.startswith("kms:") for a in as_list(s["Action"]))]
+    assert kms
+    tags = {"aws:ResourceTag/project": "instarec", "aws:ResourceTag/environment": {"Ref": "EnvironmentName"}}
+    for statement in kms:
+        assert statement["Condition"]["StringEquals"] == tags, statement["Sid"]
+    # ... which holds only if every key the stacks create carries those tags.
+    keys = of_type(resources, "AWS::KMS::Key")
+    assert keys
+    for stack, logical_id, key in keys:
+        key_tags = {tag["Key"]: tag["Value"] for tag in key["Properties"]["Tags"]}
+        assert {
+            f"aws:ResourceTag/{k}": v for k, v in key_tags.items() if k in {"project", "environment"}
+        } == tags, (
+            stack,
+            logical_id,
+        )
 
 
 def test_people_roles_and_the_analyst_is_read_only(templates: dict[str, dict[str, Any]]) -> None:
@@ -852,6 +1090,74 @@ def test_deploy_infra_validates_packages_deploys_in_order() -> None:
 def test_deploy_frontend_syncs_and_invalidates() -> None:
     text = _steps_text(_workflow("deploy-frontend.yml")["jobs"]["publish"])
     assert "aws s3 sync" in text and "create-invalidation" in text
+
+
+def _path_filter_matches(pattern: str, path: str) -> bool:
+    """GitHub's path-filter glob: `**` crosses folders (`**/` may match none), `*` and `?` do not."""
+    regex = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            regex, i = regex + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            regex, i = regex + ".*", i + 2
+        elif pattern[i] == "*":
+            regex, i = regex + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            regex, i = regex + "[^/]", i + 1
+        else:
+            regex, i = regex + re.escape(pattern[i]), i + 1
+    return re.fullmatch(regex, path) is not None
+
+
+def _push_triggers(workflow: str, path: str) -> bool:
+    """Whether a push changing `path` starts the workflow; the last matching pattern decides (`!` negates)."""
+    triggered = False
+    for pattern in _workflow(workflow)["on"]["push"]["paths"]:
+        negated = pattern.startswith("!")
+        if _path_filter_matches(pattern.removeprefix("!"), path):
+            triggered = not negated
+    return triggered
+
+
+def test_infra_and_page_deploys_never_start_for_the_same_file() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files"], capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout.splitlines()
+    assert "instarec_assets/serving/static/index.html" in tracked
+    both = [
+        p
+        for p in tracked
+        if _push_triggers("deploy-infra.yml", p) and _push_triggers("deploy-frontend.yml", p)
+    ]
+    assert not both, f"deploy-infra and deploy-frontend would race on {both}"
+    assert _push_triggers("deploy-frontend.yml", "instarec_assets/serving/static/index.html")
+    # The image is built from what its Dockerfile copies, and pip reads the build files.
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
+    sources = [
+        source
+        for line in re.findall(r"^COPY\s+(?!--from)(.+)$", dockerfile, re.MULTILINE)
+        for source in line.split()[:-1]
+    ]
+    assert {"setup.py", "pyproject.toml", "workspace.yaml", "instarec_assets"} <= set(sources)
+    for source in [*sources, "Makefile", "infra/docker/Dockerfile", "infra/stacks/serving.yaml"]:
+        path = source if (REPO / source).is_file() else f"{source}/serving/api.py"
+        assert _push_triggers("deploy-infra.yml", path), path
+
+
+def test_readme_names_only_stack_outputs_that_exist(templates: dict[str, dict[str, Any]]) -> None:
+    readme = (INFRA / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if re.match(r"\| `(INSTAREC|AWS)_", line)]
+    named = [
+        (stack, output)
+        for row in rows
+        for stack, output in re.findall(rf"\b({'|'.join(sorted(EXPECTED_STACKS))}) `([A-Za-z0-9]+)`", row)
+    ]
+    assert ("serving", "AllowedOrigin") in named
+    for stack, output in named:
+        assert output in templates[stack].get("Outputs", {}), (
+            f"infra/README.md: {stack} has no output {output}"
+        )
 
 
 def test_scripts_are_valid_bash() -> None:
