@@ -8,6 +8,7 @@ between "the job finished" and "the client reads the job's output".
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import tarfile
 import uuid
@@ -22,6 +23,7 @@ from botocore.exceptions import ClientError
 from moto.backends import get_backend
 from moto.core import DEFAULT_ACCOUNT_ID
 
+from instarec_assets.backends.model_backend import SageMakerTrainer
 from instarec_assets.backends.sagemaker import (
     SageMakerJobError,
     SageMakerSettings,
@@ -31,6 +33,8 @@ from instarec_assets.backends.sagemaker import (
     wait_for_job,
     xgboost_image_uri,
 )
+from instarec_assets.ml.reorder_model import FeatureRows, InProcessTrainer
+from instarec_assets.ml.training import ReorderModelParams
 from instarec_assets_tests.aws_fixtures import REGION
 
 ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/instarec-test-sagemaker-execution"
@@ -406,3 +410,113 @@ def test_settings_from_the_orchestration_environment(monkeypatch: pytest.MonkeyP
     assert settings.image == "141502667606.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-xgboost:3.0-5"
     assert settings.instance_type == "ml.m5.2xlarge"
     assert parse_predictions("0.5\n\n0.25\n").tolist() == [0.5, 0.25]
+
+
+def _play_training_container(s3, description, tmp_path: Path, save_best: bool) -> xgb.Booster:
+    """What the SageMaker XGBoost container (v3.0-5, algorithm_mode/train.py and callback.py) does
+    with a job: read the label-first CSV channels, split the comma-separated eval_metric, and
+    `xgboost.train` with an EarlyStopping callback on the validation channel's last metric, which
+    with `save_best` (the container's choice on a single instance) keeps only the rounds up to the
+    best; the model, with its best_iteration and best_score attributes, is saved as `xgboost-model`."""
+    hyperparameters = dict(description["HyperParameters"])
+    num_round = int(hyperparameters.pop("num_round"))
+    early_stopping_rounds = int(hyperparameters.pop("early_stopping_rounds"))
+    hyperparameters["eval_metric"] = hyperparameters["eval_metric"].split(",")
+    matrices = {}
+    for channel in description["InputDataConfig"]:
+        uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
+        rows = np.genfromtxt(io.BytesIO(_get(s3, f"{uri}{channel['ChannelName']}.csv")), delimiter=",")
+        matrices[channel["ChannelName"]] = xgb.DMatrix(rows[:, 1:], label=rows[:, 0])
+    early_stopping = xgb.callback.EarlyStopping(
+        rounds=early_stopping_rounds,
+        data_name="validation",
+        metric_name=hyperparameters["eval_metric"][-1],
+        save_best=save_best,
+    )
+    booster = xgb.train(
+        hyperparameters,
+        matrices["train"],
+        num_boost_round=num_round,
+        evals=[(matrices["train"], "train"), (matrices["validation"], "validation")],
+        callbacks=[early_stopping],
+        verbose_eval=False,
+    )
+    _put(s3, description["ModelArtifacts"]["S3ModelArtifacts"], _model_tar_gz(booster, tmp_path))
+    return booster
+
+
+def _feature_rows(users: int, seed: int) -> FeatureRows:
+    table = _data(users * 6, seed=seed)
+    return FeatureRows(
+        features=_matrix(table).astype(np.float32),
+        user_ids=np.repeat(np.arange(1, users + 1), 6),
+        product_ids=np.tile(np.arange(1, 7), users),
+        order_ids=np.repeat(np.arange(1001, 1001 + users), 6),
+        eval_sets=np.full(users * 6, "train"),
+        labels=table.column("label").to_numpy().astype(np.float32),
+        feature_names=FEATURES,
+    )
+
+
+@pytest.mark.parametrize(
+    "save_best", [True, False], ids=["container-keeps-best-rounds", "artifact-holds-all-rounds"]
+)
+def test_sagemaker_trainer_sends_the_in_process_parameters_and_keeps_the_early_stopping_best(
+    settings: SageMakerSettings, s3, sm, tmp_path: Path, save_best: bool
+):
+    params = ReorderModelParams(
+        eta=0.9, max_depth=6, min_child_weight=1.0, reg_lambda=2.5, gamma=0.1, max_bin=64
+    )
+    params = dataclasses.replace(params, num_boost_round=300, early_stopping_rounds=4, nthread=2)
+    data = _feature_rows(users=300, seed=11)
+    container: dict[str, xgb.Booster] = {}
+
+    def container_finished(status, description):
+        if status == "Completed" and "HyperParameters" in description:
+            container["booster"] = _play_training_container(s3, description, tmp_path, save_best)
+
+    trainer = SageMakerTrainer(SageMakerXGBoost(settings, on_status=container_finished))
+    model = trainer.train(data, params, seed=7, workdir=tmp_path / "work")
+
+    job = sm.describe_training_job(TrainingJobName=trainer.card_extra["sagemaker_training_job"])
+    assert job["HyperParameters"] == {
+        "objective": "binary:logistic",
+        "tree_method": "hist",
+        "eval_metric": "auc,logloss",
+        "eta": "0.9",
+        "max_depth": "6",
+        "min_child_weight": "1.0",
+        "subsample": "0.8",
+        "colsample_bytree": "0.8",
+        "lambda": "2.5",
+        "gamma": "0.1",
+        "max_bin": "64",
+        "seed": "7",
+        "num_round": "300",
+        "early_stopping_rounds": "4",
+    }
+    assert trainer.card_extra["parameters"] == job["HyperParameters"]  # the card records what was sent
+
+    # best_iteration and best_score are the container's early-stopping best, and the model is cut there
+    trained = container["booster"]
+    best = int(trained.attr("best_iteration"))
+    rounds = trained.num_boosted_rounds()
+    assert trainer.card_extra["n_rounds_trained"] == rounds
+    assert rounds == best + 1 if save_best else rounds > best + 1
+    assert model.best_iteration == best and model.booster.num_boosted_rounds() == best + 1
+    assert model.best_score == pytest.approx(float(trained.attr("best_score")))
+    assert trainer.card_extra["best_iteration_source"].startswith("early stopping")
+    validation = data.features[model.validation_index]
+    np.testing.assert_allclose(
+        model.booster.inplace_predict(validation),
+        trained.predict(xgb.DMatrix(validation), iteration_range=(0, best + 1)),
+        rtol=1e-6,
+    )
+
+    # and the in-process trainer fits the same model from the same parameters and seed
+    local = InProcessTrainer().train(data, params, seed=7, workdir=tmp_path / "local")
+    assert local.best_iteration == model.best_iteration
+    np.testing.assert_array_equal(local.validation_index, model.validation_index)
+    np.testing.assert_allclose(
+        local.booster.inplace_predict(validation), model.booster.inplace_predict(validation), atol=1e-5
+    )

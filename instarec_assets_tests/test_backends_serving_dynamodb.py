@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pyarrow as pa
 import pytest
+from botocore.exceptions import ClientError
 
+from instarec_assets.backends.dynamodb_store import Backoff, send_with_backoff, write_batches
 from instarec_assets.backends.serving_store import (
     DynamoDbRecommendationStore,
     Recommendation,
@@ -54,13 +61,265 @@ def test_ensure_table_creates_the_stacks_key_schema_once(aws_env: str, store: Dy
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
 
 
-def test_writes_retry_throttling_adaptively():
-    store = DynamoDbRecommendationStore("any", region_name=REGION, endpoint_url="http://127.0.0.1:9")
-    # botocore counts Config(retries={"max_attempts": 10}) as 10 retries after the first attempt
-    adaptive = {"mode": "adaptive", "total_max_attempts": 11}
-    assert store._write_client.meta.config.retries == adaptive
-    assert store._resource.meta.client.meta.config.retries == adaptive
-    assert store._client.meta.config.retries == {"mode": "standard", "total_max_attempts": 4}
+class FaultProxy:
+    """An HTTP proxy in front of the moto server that plays DynamoDB under load.
+
+    `throttle[target]` answers that many of the next requests for an X-Amz-Target (e.g.
+    "BatchWriteItem") with ProvisionedThroughputExceededException. `defer_puts` makes that many of
+    the next BatchWriteItem calls forward only their first half of PutRequests (`always_defer`:
+    none) and answer the rest as UnprocessedItems, as DynamoDB does when a partition is out of
+    capacity. Every request is logged as (time, target, put keys).
+    """
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream
+        self.throttle: dict[str, int] = {}
+        self.defer_puts = 0
+        self.always_defer = False
+        self.log: list[tuple[float, str, list[tuple[int, str]]]] = []
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def requests(self, target: str) -> list[tuple[float, list[tuple[int, str]]]]:
+        return [(at, keys) for at, logged, keys in self.log if logged == target]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                target = self.headers.get("X-Amz-Target", "").split(".")[-1]
+                request = json.loads(body) if body else {}
+                puts = [
+                    entry
+                    for entries in request.get("RequestItems", {}).values()
+                    for entry in entries
+                    if "PutRequest" in entry
+                ]
+                keys = [
+                    (int(p["PutRequest"]["Item"]["user_id"]["N"]), p["PutRequest"]["Item"]["version"]["S"])
+                    for p in puts
+                ]
+                with proxy.lock:
+                    proxy.log.append((time.perf_counter(), target, keys))
+                    throttled = proxy.throttle.get(target, 0) > 0
+                    if throttled:
+                        proxy.throttle[target] -= 1
+                    defer = (
+                        not throttled
+                        and target == "BatchWriteItem"
+                        and bool(puts)
+                        and (proxy.always_defer or proxy.defer_puts > 0)
+                    )
+                    if defer and not proxy.always_defer:
+                        proxy.defer_puts -= 1
+                if throttled:
+                    self._answer(
+                        400,
+                        {
+                            "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+                            "message": "The level of configured provisioned throughput for the table was exceeded.",
+                        },
+                    )
+                    return
+                unprocessed: dict[str, list] = {}
+                if defer:
+                    (table, entries), *_ = request["RequestItems"].items()
+                    kept = 0 if proxy.always_defer else (len(entries) + 1) // 2
+                    request["RequestItems"][table], unprocessed[table] = entries[:kept], entries[kept:]
+                    if not request["RequestItems"][table]:
+                        self._answer(200, {"UnprocessedItems": unprocessed})
+                        return
+                    body = json.dumps(request).encode()
+                status, answer = self._forward(body)
+                if unprocessed:
+                    answer = json.loads(answer)
+                    answer["UnprocessedItems"] = unprocessed
+                    answer = json.dumps(answer).encode()
+                self._answer(status, answer)
+
+            def _forward(self, body: bytes) -> tuple[int, bytes]:
+                headers = {
+                    name: value
+                    for name, value in self.headers.items()
+                    if name.lower() not in {"host", "content-length"}
+                }
+                forwarded = urllib.request.Request(proxy.upstream + self.path, data=body, headers=headers)
+                try:
+                    with urllib.request.urlopen(forwarded) as response:
+                        return response.status, response.read()
+                except urllib.error.HTTPError as error:
+                    return error.code, error.read()
+
+            def _answer(self, status: int, payload: dict | bytes) -> None:
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-amz-json-1.0")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+    def __enter__(self) -> FaultProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def proxy(aws_env: str) -> Iterator[FaultProxy]:
+    with FaultProxy(aws_env) as running:
+        yield running
+
+
+def _store_behind(proxy: FaultProxy, table_name: str, **kwargs) -> DynamoDbRecommendationStore:
+    return DynamoDbRecommendationStore(table_name, endpoint_url=proxy.endpoint, region_name=REGION, **kwargs)
+
+
+def _put(user_id: int) -> dict:
+    return {"PutRequest": {"Item": {"user_id": user_id, "version": "v"}}}
+
+
+def test_send_with_backoff_resends_only_the_unprocessed_items_after_growing_capped_pauses():
+    calls: list[list[dict]] = []
+
+    def send(batch: list[dict]) -> list[dict]:
+        calls.append(batch)
+        return batch[1:] if len(calls) <= 4 else []  # DynamoDB takes one item per call, four times
+
+    pauses: list[float] = []
+    batch = [_put(user) for user in range(1, 7)]
+    attempts = send_with_backoff(
+        send,
+        batch,
+        table_name="t",
+        backoff=Backoff(max_attempts=6, base_s=0.1, cap_s=0.4),
+        sleep=pauses.append,
+        jitter=lambda: 0.5,
+    )
+
+    assert attempts == 5
+    assert calls == [batch, batch[1:], batch[2:], batch[3:], batch[4:]]
+    # step = min(cap, base * 2^(retry-1)): 0.1, 0.2, 0.4, 0.4; pause = step/2 + step/2 * jitter
+    assert pauses == pytest.approx([0.075, 0.15, 0.3, 0.3])
+
+
+def test_send_with_backoff_gives_up_in_one_line_naming_the_table_and_the_items_left():
+    calls: list[int] = []
+    pauses: list[float] = []
+
+    def send(batch: list[dict]) -> list[dict]:
+        calls.append(len(batch))
+        return batch[2:]
+
+    with pytest.raises(ServingStoreError) as raised:
+        send_with_backoff(
+            send,
+            [_put(user) for user in range(1, 26)],
+            table_name="recs",
+            backoff=Backoff(max_attempts=3, base_s=1.0, cap_s=1.5),
+            sleep=pauses.append,
+            jitter=lambda: 0.0,
+        )
+    assert calls == [25, 23, 21]
+    assert pauses == [0.5, 0.75]
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("DynamoDB table recs: 19 of 25 items still unprocessed after 3 BatchWriteItem")
+
+
+def test_send_with_backoff_makes_one_call_and_no_pause_when_everything_is_processed():
+    pauses: list[float] = []
+    assert (
+        send_with_backoff(lambda batch: [], [_put(1)], table_name="t", backoff=Backoff(), sleep=pauses.append)
+        == 1
+    )
+    assert pauses == []
+
+
+def test_write_batches_hold_at_most_25_requests_with_each_key_once_the_latest_winning():
+    requests = [("put", {"user_id": user, "version": "v", "tag": 1}) for user in range(1, 31)]
+    requests.insert(3, ("put", {"user_id": 2, "version": "v", "tag": 9}))  # after user 2's first put
+    requests.append(("delete", {"user_id": 27, "version": "v"}))
+    requests.append(("put", {"user_id": 27, "version": "w", "tag": 2}))
+
+    batches = list(write_batches(requests))
+
+    assert [len(batch) for batch in batches] == [25, 6]
+    first = {
+        entry["PutRequest"]["Item"]["user_id"]: entry["PutRequest"]["Item"]["tag"] for entry in batches[0]
+    }
+    assert first == {**{user: 1 for user in range(1, 26)}, 2: 9}  # user 2's later put replaced the first
+    assert {"DeleteRequest": {"Key": {"user_id": 27, "version": "v"}}} in batches[1]
+    assert {"PutRequest": {"Item": {"user_id": 27, "version": "v", "tag": 1}}} not in batches[1]
+    assert {"PutRequest": {"Item": {"user_id": 27, "version": "w", "tag": 2}}} in batches[1]
+
+
+def test_a_throttled_load_with_unprocessed_items_backs_off_and_writes_every_item(
+    proxy: FaultProxy, store: DynamoDbRecommendationStore
+):
+    """Through real HTTP: botocore retries the throttling errors, the store re-sends the unprocessed
+    items after a pause, and the load ends with every user's list stored once."""
+    behind = _store_behind(proxy, store.table_name, writers=1, write_backoff=Backoff(base_s=0.2, cap_s=0.4))
+    proxy.throttle["BatchWriteItem"] = 1
+    proxy.defer_puts = 3
+
+    report = behind.load(recommendations_table(range(1, 61), tag=1), "model-1")
+
+    assert (report.users, report.rows) == (60, 600)
+    assert store.stored_versions() == {report.version: 60}
+    assert all(store.top_k(user, 10).items[-1].rank == 10 for user in (1, 25, 26, 60))
+    writes = proxy.requests("BatchWriteItem")
+    assert [len(keys) for _, keys in writes] == [25, 25, 12, 6, 3, 25, 10]
+    assert writes[0][1] == writes[1][1]  # the throttled send was repeated in full
+    for (sent_at, keys), (resent_at, resent) in itertools.pairwise(writes[1:5]):
+        assert resent == keys[len(keys) - len(resent) :]  # the deferred second half, nothing else
+        assert resent_at - sent_at >= 0.1  # the backoff's first step is 0.2 s, at least half of it waited
+
+
+def test_a_load_whose_items_never_drain_fails_in_one_line_and_keeps_the_current_version(
+    proxy: FaultProxy, store: DynamoDbRecommendationStore
+):
+    first = store.load(recommendations_table(range(1, 11), tag=1), "model-1")
+    behind = _store_behind(
+        proxy, store.table_name, writers=1, write_backoff=Backoff(max_attempts=3, base_s=0.01, cap_s=0.02)
+    )
+    proxy.always_defer = True
+
+    with pytest.raises(ServingStoreError, match=f"DynamoDB table {store.table_name}: 25 of 25 items still"):
+        behind.load(recommendations_table(range(1, 41), tag=2), "model-2")
+
+    # three tries of the first batch, then the failed load's best-effort cleanup (two batches of deletes)
+    assert [len(keys) for _, keys in proxy.requests("BatchWriteItem")] == [25, 25, 25, 0, 0]
+    assert store.current_version() == first.version
+    assert store.stored_versions() == {first.version: 10}
+
+
+def test_reads_fail_fast_when_throttled(proxy: FaultProxy, store: DynamoDbRecommendationStore):
+    """Reads on the request path give up after 3 retries (writes are allowed 10, adaptively)."""
+    store.load(recommendations_table(range(1, 3), tag=1), "model-1")
+    reader = _store_behind(proxy, store.table_name)
+    proxy.throttle["GetItem"] = 100
+
+    with pytest.raises(ClientError, match="ProvisionedThroughputExceeded"):
+        reader.top_k(1, 10)
+
+    assert len(proxy.requests("GetItem")) == 4
+    assert reader._write_client.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 11}
 
 
 def test_load_then_top_k_returns_exact_items_by_rank(aws_env: str, store: DynamoDbRecommendationStore):

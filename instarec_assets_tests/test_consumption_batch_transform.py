@@ -102,13 +102,23 @@ class Container:
     def _train(self, description: Mapping[str, Any]) -> None:
         params = dict(description["HyperParameters"])
         rounds, patience = int(params.pop("num_round")), int(params.pop("early_stopping_rounds"))
+        # As the SageMaker XGBoost container does: a comma list of metrics, and the model saved only
+        # up to the early-stopping best round.
+        params["eval_metric"] = params["eval_metric"].split(",")
         validation = self._channel(description, "validation")
         booster = xgb.train(
             params,
             self._channel(description, "train"),
             num_boost_round=rounds,
             evals=[(validation, "validation")],
-            early_stopping_rounds=patience,
+            callbacks=[
+                xgb.callback.EarlyStopping(
+                    rounds=patience,
+                    data_name="validation",
+                    metric_name=params["eval_metric"][-1],
+                    save_best=True,
+                )
+            ],
             verbose_eval=False,
         )
         buffer = io.BytesIO()

@@ -8,6 +8,9 @@ import pytest
 
 from instarec_assets.ml.baskets import f1_of_basket
 from instarec_assets.ml.evaluation import (
+    LAST_ORDER_LABEL,
+    BasketEvaluation,
+    compare_with_baselines,
     evaluate_baskets,
     frequency_baseline,
     last_order_baseline,
@@ -101,3 +104,60 @@ def test_vectorised_scores_agree_with_f1_of_basket() -> None:
         guess = set(predicted.loc[predicted["order_id"] == order, "product_id"])
         guess |= {"None"} if order in none_orders else set()
         assert scores[order] == pytest.approx(f1_of_basket(guess, actual))
+
+
+def _evaluation(model_f1: float, last_order_f1: float, frequency_f1: float) -> BasketEvaluation:
+    return BasketEvaluation(
+        n_orders=3,
+        model_f1=model_f1,
+        model_expected_f1=model_f1,
+        last_order_f1=last_order_f1,
+        frequency_f1=frequency_f1,
+        frequency_min_orders=2,
+        frequency_train_f1={2: frequency_f1},
+    )
+
+
+def test_baseline_a_is_labelled_as_repeating_the_whole_last_order() -> None:
+    assert _evaluation(0.5, 0.4, 0.3).as_table()["method"].tolist() == [
+        "model: expected-F1 baskets",
+        "baseline A: repeat the last order (all its products)",
+        "baseline B: bought in >= 2 orders",
+    ]
+
+
+def test_a_model_worse_than_a_baseline_fails_the_comparison_naming_that_baseline() -> None:
+    # the model's baskets from inverted probabilities: {11, 12}, {13}, {15, 16} all wrong -> F1 0
+    validation = VALIDATION.assign(probability=[0.01, 0.95, 0.9, 0.95, 0.01, 0.9, 0.9])
+    evaluation = evaluate_baskets(validation, TRAINING, HISTORY, LAST_ORDER)
+    assert evaluation.model_f1 < evaluation.last_order_f1 == pytest.approx(5 / 9)
+
+    verdict = compare_with_baselines(evaluation)
+
+    assert not verdict.passed
+    assert verdict.not_beaten == (LAST_ORDER_LABEL, "baseline B: bought in >= 3 orders")
+    assert verdict.description == (
+        f"model mean F1 {evaluation.model_f1:.4f} does not beat "
+        "baseline A: repeat the last order (all its products) (0.5556) and baseline B: bought in >= 3 orders (0.5556)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("scores", "not_beaten"),
+    [
+        ((0.40, 0.41, 0.30), (LAST_ORDER_LABEL,)),
+        ((0.40, 0.30, 0.40), ("baseline B: bought in >= 2 orders",)),  # a tie does not beat it
+        ((float("nan"), 0.30, 0.20), (LAST_ORDER_LABEL, "baseline B: bought in >= 2 orders")),
+        ((0.42, 0.41, 0.30), ()),
+    ],
+)
+def test_compare_with_baselines_needs_the_model_strictly_above_each(
+    scores: tuple[float, float, float], not_beaten: tuple[str, ...]
+) -> None:
+    verdict = compare_with_baselines(_evaluation(*scores))
+    assert verdict.passed is (not not_beaten)
+    assert verdict.not_beaten == not_beaten
+    for label in not_beaten:
+        assert label in verdict.description
+    if not not_beaten:
+        assert verdict.description.startswith("model mean F1 0.4200 beats baseline A")

@@ -3,8 +3,6 @@
 from collections.abc import Iterator
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetsDefinition,
@@ -15,6 +13,7 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
+from instarec_assets.assets.checks import beats_baselines_result
 from instarec_assets.assets.memory import release_freed_memory
 from instarec_assets.features import FEATURE_COLUMNS
 from instarec_assets.io_managers import StagedArtifacts
@@ -126,20 +125,7 @@ def model_assets(storage_kind: str) -> list[AssetsDefinition]:
                 "model_card": MetadataValue.json(report.card),
             },
         )
-        yield AssetCheckResult(
-            check_name=BEATS_BASELINES_CHECK,
-            passed=report.beats_baselines,
-            severity=AssetCheckSeverity.ERROR,
-            description=(
-                f"model {baskets.model_f1:.4f} vs last order {baskets.last_order_f1:.4f} "
-                f"and >= {baskets.frequency_min_orders} orders {baskets.frequency_f1:.4f}"
-            ),
-            metadata={
-                "model_f1": baskets.model_f1,
-                "last_order_f1": baskets.last_order_f1,
-                "frequency_f1": baskets.frequency_f1,
-            },
-        )
+        yield beats_baselines_result(BEATS_BASELINES_CHECK, baskets)
         del data, report
         release_freed_memory()
 

@@ -15,13 +15,18 @@ Items:
 - the pointer: `user_id = 0`, `version = "CURRENT"`, with `current_version`, `model_version`,
   `previous_version`, `switched_at`, `users`, `rows`. Real user ids start at 1.
 
-A load writes every item of the new version with `Table.batch_writer(overwrite_by_pkeys=...)`
-(25 items per BatchWriteItem; the writer re-sends UnprocessedItems itself), from a few threads,
-each through a client built with `Config(retries={"max_attempts": 10, "mode": "adaptive"})`, so
-throttling is retried with exponential backoff and client-side rate limiting. Then ONE
-conditional PutItem moves the pointer (`attribute_not_exists(user_id)` for the first load, else
-`current_version = <the version this load saw at its start>`): readers switch in one step, and
-of two overlapping loads the later switch fails loudly instead of silently winning. Finally every
+A load writes every item of the new version with BatchWriteItem (25 items per call, duplicate keys
+within a call collapsed to the last request), from a few threads, each through a client built
+with `Config(retries={"max_attempts": 10, "mode": "adaptive"})`, so throttling errors are retried
+with exponential backoff and client-side rate limiting. Items DynamoDB accepts but leaves in
+`UnprocessedItems` (its answer when a partition runs out of capacity) are re-sent by
+`send_with_backoff` after a capped, jittered, growing pause, at most `Backoff.max_attempts` times;
+if some never drain the load fails in one line naming the table and how many items are left.
+(boto3's `Table.batch_writer` re-sends unprocessed items at once, with no pause and no limit,
+which is why it is not used.) Then ONE conditional PutItem moves the pointer
+(`attribute_not_exists(user_id)` for the first load, else `current_version = <the version this
+load saw at its start>`): readers switch in one step, and of two overlapping loads the later
+switch fails loudly instead of silently winning. Finally every
 item whose version sorts before the new one is deleted: a Scan projected to the key attributes
 and filtered on `version < new` (the filter does not reduce the cost: a Scan consumes read
 units for every item it reads, about 0.5 RCU per 4 KB eventually consistent, i.e. roughly
@@ -45,10 +50,10 @@ import contextlib
 import datetime as dt
 import json
 import os
-import queue
+import random
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +64,7 @@ from botocore.exceptions import ClientError
 
 from instarec_assets.backends.recommendations import (
     ITEM_FIELDS,
+    MAX_RANK,
     LoadReport,
     RecommendationsInput,
     ServingStoreError,
@@ -77,7 +83,76 @@ WRITE_RETRY_CONFIG = {"max_attempts": 10, "mode": "adaptive"}
 # Reads on the request path: fail fast so an API request is answered within its timeout.
 READ_RETRY_CONFIG = {"max_attempts": 3, "mode": "standard"}
 WRITE_CHUNK = 500  # items handed to one writer thread at a time (20 BatchWriteItem calls)
+BATCH_WRITE_LIMIT = 25  # items per BatchWriteItem call (DynamoDB's limit)
 FRESH_SWITCH_S = 60.0
+
+WriteRequest = dict[str, Any]  # {"PutRequest": {"Item": ...}} or {"DeleteRequest": {"Key": ...}}
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Pauses before re-sending UnprocessedItems: capped exponential growth with equal jitter.
+
+    Equal jitter (half the step fixed, half random) spreads the writer threads apart like full
+    jitter does, but never retries at once: unprocessed items mean the table is short of capacity
+    right now, so an immediate retry would only be refused again.
+    """
+
+    max_attempts: int = 10  # BatchWriteItem calls per batch, the first included
+    base_s: float = 0.05
+    cap_s: float = 5.0
+
+    def delay(self, retry: int, jitter: float) -> float:
+        """Seconds before retry number `retry` (1, 2, ...); `jitter` is uniform in [0, 1)."""
+        step = min(self.cap_s, self.base_s * 2 ** (retry - 1))
+        return step / 2 + step / 2 * jitter
+
+
+def send_with_backoff(
+    send: Callable[[list[WriteRequest]], list[WriteRequest]],
+    requests: list[WriteRequest],
+    *,
+    table_name: str,
+    backoff: Backoff,
+    sleep: Callable[[float], None] = time.sleep,
+    jitter: Callable[[], float] = random.random,
+) -> int:
+    """Send one batch, then re-send what `send` returns as unprocessed until nothing is left.
+
+    `send` makes one BatchWriteItem call and returns its UnprocessedItems for this table. Returns
+    the number of calls made; raises ServingStoreError if items remain after `backoff.max_attempts`.
+    """
+    pending = requests
+    for attempt in range(1, backoff.max_attempts + 1):
+        if attempt > 1:
+            sleep(backoff.delay(attempt - 1, jitter()))
+        pending = send(pending)
+        if not pending:
+            return attempt
+    raise ServingStoreError(
+        f"DynamoDB table {table_name}: {len(pending)} of {len(requests)} items still unprocessed after "
+        f"{backoff.max_attempts} BatchWriteItem attempts with backoff (the table is short of write capacity)"
+    )
+
+
+def write_batches(requests: Iterable[tuple[str, dict[str, Any]]]) -> Iterator[list[WriteRequest]]:
+    """("put", item) / ("delete", key) pairs as BatchWriteItem batches of at most 25 requests.
+
+    DynamoDB rejects a batch that names one key twice, so a later request for a key replaces an
+    earlier one still in the same batch (what `batch_writer(overwrite_by_pkeys=...)` did).
+    """
+    batch: dict[tuple[Any, ...], WriteRequest] = {}
+    for action, payload in requests:
+        key = tuple(payload[name] for name in KEY_ATTRIBUTES)
+        batch.pop(key, None)
+        batch[key] = (
+            {"PutRequest": {"Item": payload}} if action == "put" else {"DeleteRequest": {"Key": payload}}
+        )
+        if len(batch) == BATCH_WRITE_LIMIT:
+            yield list(batch.values())
+            batch = {}
+    if batch:
+        yield list(batch.values())
 
 
 @dataclass(frozen=True)
@@ -101,12 +176,14 @@ class DynamoDbRecommendationStore:
         session: boto3.session.Session | None = None,
         pointer_ttl_s: float = 5.0,
         writers: int = 4,
+        write_backoff: Backoff | None = None,
     ):
         if not table_name:
             raise ServingStoreError("a DynamoDB table name is required (INSTAREC_DYNAMODB_TABLE)")
         self.table_name = table_name
         self.pointer_ttl_s = pointer_ttl_s
         self.writers = max(1, writers)
+        self.write_backoff = write_backoff or Backoff()
         session = session or boto3.session.Session()
         region = (
             region_name or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
@@ -212,7 +289,7 @@ class DynamoDbRecommendationStore:
         )
         return response.get("Item")
 
-    def top_k(self, user_id: int, k: int = 10) -> UserRecommendations | None:
+    def top_k(self, user_id: int, k: int = MAX_RANK) -> UserRecommendations | None:
         check_k(k)
         if user_id <= POINTER_USER_ID:
             return None
@@ -379,22 +456,18 @@ class DynamoDbRecommendationStore:
             self._write(("delete", {"user_id": user_id, "version": version}) for user_id in list(user_ids))
 
     def _write(self, requests: Iterator[tuple[str, dict[str, Any]]]) -> None:
-        """Send puts/deletes through `Table.batch_writer` from `self.writers` threads."""
-        tables: queue.Queue = queue.Queue()
-        for _ in range(self.writers):
-            tables.put(self._resource.Table(self.table_name))
+        """Send puts/deletes as BatchWriteItem calls from `self.writers` threads, unprocessed items
+        re-sent with `self.write_backoff`."""
+        # The resource's client converts plain Python values to DynamoDB's typed JSON and back.
+        client = self._resource.meta.client
+
+        def send_once(batch: list[WriteRequest]) -> list[WriteRequest]:
+            response = client.batch_write_item(RequestItems={self.table_name: batch})
+            return (response.get("UnprocessedItems") or {}).get(self.table_name, [])
 
         def send(chunk: list[tuple[str, dict[str, Any]]]) -> None:
-            table = tables.get()
-            try:
-                with table.batch_writer(overwrite_by_pkeys=list(KEY_ATTRIBUTES)) as batch:
-                    for action, payload in chunk:
-                        if action == "put":
-                            batch.put_item(Item=payload)
-                        else:
-                            batch.delete_item(Key=payload)
-            finally:
-                tables.put(table)
+            for batch in write_batches(chunk):
+                send_with_backoff(send_once, batch, table_name=self.table_name, backoff=self.write_backoff)
 
         with ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="dynamodb-writer") as pool:
             pending: set[Future] = set()

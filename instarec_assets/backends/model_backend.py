@@ -7,6 +7,7 @@ same thing whichever backend fitted the model.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,49 +25,80 @@ def _labelled_table(data: FeatureRows, rows: np.ndarray) -> pa.Table:
     return pa.table(columns)
 
 
+# Left to the container: nthread (it uses every vCPU of its instance; the trees do not depend on it).
+NOT_SENT_TO_SAGEMAKER = ("nthread",)
+
+
+def sagemaker_hyperparameters(params: ReorderModelParams, seed: int) -> dict[str, str]:
+    """The in-process booster parameters as the SageMaker XGBoost container takes them, so both
+    backends fit the same model: every name in `booster_params` is one the container accepts
+    (`lambda`, `gamma`, `max_bin`, `tree_method`, ...); `eval_metric` is a comma-separated list whose
+    last metric (logloss) drives early stopping, as in `xgboost.train`."""
+    booster_params = params.booster_params(seed)
+    sent: dict[str, object] = {
+        name: value for name, value in booster_params.items() if name not in NOT_SENT_TO_SAGEMAKER
+    }
+    sent["eval_metric"] = ",".join(booster_params["eval_metric"])
+    sent["num_round"] = params.num_boost_round
+    sent["early_stopping_rounds"] = params.early_stopping_rounds
+    return {name: str(value) for name, value in sent.items()}
+
+
 class SageMakerTrainer:
-    """Fits with the SageMaker XGBoost container on the curated bucket, as the seed system did."""
+    """Fits with the SageMaker XGBoost container on the curated bucket, as the seed system did.
+
+    The container (v3.0-5) early-stops with `EarlyStopping(save_best=True)`: its model holds the
+    rounds up to the best one and the `best_iteration` / `best_score` attributes, which are read
+    here (the booster is cut there should an artifact hold more rounds, as the in-process trainer
+    cuts its own), so the card, the validation metrics, model.json and batch transform all describe
+    one model. `card_extra` replaces the card's `parameters` with exactly the hyperparameters the
+    job was sent and says where `best_iteration` came from.
+    """
 
     def __init__(self, client: SageMakerXGBoost):
         self.client = client
-        self.card_extra: dict[str, str] = {}
+        self.card_extra: dict[str, Any] = {}
 
     def train(self, data: FeatureRows, params: ReorderModelParams, seed: int, workdir: Path) -> TrainedModel:
         validation_fraction = 0.1
         train_mask, validation_mask = split_users(data.user_ids, validation_fraction, seed)
         train_rows, validation_rows = np.flatnonzero(train_mask), np.flatnonzero(validation_mask)
-        booster_params = params.booster_params(seed)
-        hyperparameters = {
-            "objective": "binary:logistic",
-            "eval_metric": "logloss",
-            "eta": booster_params["eta"],
-            "max_depth": booster_params["max_depth"],
-            "min_child_weight": booster_params["min_child_weight"],
-            "subsample": booster_params["subsample"],
-            "colsample_bytree": booster_params["colsample_bytree"],
-            "tree_method": "hist",
-            "num_round": params.num_boost_round,
-            "early_stopping_rounds": params.early_stopping_rounds,
-            "seed": seed,
-        }
         result = self.client.run_training_job(
             train=_labelled_table(data, train_rows),
             validation=_labelled_table(data, validation_rows),
-            hyperparameters=hyperparameters,
+            hyperparameters=sagemaker_hyperparameters(params, seed),
             workdir=workdir / "sagemaker",
         )
+        trained = result.load_booster()
+        rounds = int(trained.num_boosted_rounds())
+        recorded = trained.attr("best_iteration")
+        if recorded is not None:
+            best_iteration = int(recorded)
+            best_score = float(trained.attr("best_score") or "nan")
+            source = "early stopping: the best_iteration attribute of the container's model"
+            booster = trained[: best_iteration + 1]
+            booster.set_attr(best_iteration=str(best_iteration), best_score=repr(best_score))
+        else:
+            best_iteration = rounds - 1
+            best_score = float(result.metrics.get("validation:logloss", float("nan")))
+            source = (
+                "last round: the container's model records no best_iteration (early stopping did not run)"
+            )
+            booster = trained
+        booster.feature_names = list(data.feature_names)
         self.card_extra = {
+            "parameters": dict(result.hyperparameters),
+            "best_iteration_source": source,
+            "n_rounds_trained": rounds,
             "sagemaker_training_job": result.job_name,
             "sagemaker_model_artifact": result.model_artifact_uri,
         }
-        booster = result.load_booster()
-        booster.feature_names = list(data.feature_names)
         return TrainedModel(
             booster=booster,
             params=params,
             feature_names=data.feature_names,
-            best_iteration=int(booster.num_boosted_rounds()) - 1,
-            best_score=float(result.metrics.get("validation:logloss", float("nan"))),
+            best_iteration=best_iteration,
+            best_score=best_score,
             validation_index=validation_rows,
             validation_user_ids=np.unique(data.user_ids[validation_rows]),
             n_train_rows=int(train_rows.size),

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from instarec_assets.backends.recommendations import (
+    MAX_RANK,
     LoadReport,
     Recommendation,
     RecommendationsInput,
@@ -150,7 +151,7 @@ class SqliteRecommendationStore:
         self.close()
 
     # ------------------------------------------------------------ reads
-    def top_k(self, user_id: int, k: int = 10) -> UserRecommendations | None:
+    def top_k(self, user_id: int, k: int = MAX_RANK) -> UserRecommendations | None:
         check_k(k)
         conn = self._reader()
         conn.execute("BEGIN")

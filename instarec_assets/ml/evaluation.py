@@ -8,8 +8,9 @@ Input shapes (pandas DataFrames, integer ids, one row per pair):
   truth is the reordered products, and every candidate was bought before, so these coincide).
 - `history_counts`: `user_id, product_id, n_orders_with_product`, the number of the user's history
   (prior) orders containing the product.
-- `last_order_products`: `user_id, product_id`, the reordered products of the user's last history
-  order.
+- `last_order_products`: `user_id, product_id`, every product of the user's last history order
+  (first purchases included; all of them are candidates, and `reorder_model` finds them by the
+  candidates' `up_in_last_1` feature).
 
 Predicted baskets are DataFrames of `order_id, product_id`; an order with no predicted product
 predicts 'None', exactly as `baskets.f1_of_basket` treats an empty set.
@@ -26,6 +27,12 @@ import pandas as pd
 from instarec_assets.ml.baskets import select_baskets
 
 FREQUENCY_MIN_ORDERS = tuple(range(1, 11))
+MODEL_LABEL = "model: expected-F1 baskets"
+LAST_ORDER_LABEL = "baseline A: repeat the last order (all its products)"
+
+
+def frequency_label(min_orders: int) -> str:
+    return f"baseline B: bought in >= {min_orders} orders"
 
 
 def _per_order_f1(
@@ -106,7 +113,8 @@ def _target_orders(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def last_order_baseline(rows: pd.DataFrame, last_order_products: pd.DataFrame) -> pd.DataFrame:
-    """Baseline A: each target order repeats the reordered products of the user's last history order."""
+    """Baseline A: each target order repeats the user's last history order, every product of it
+    (not only the products that were reorders in that order)."""
     return _target_orders(rows).merge(last_order_products[["user_id", "product_id"]], on="user_id")[
         ["order_id", "product_id"]
     ]
@@ -167,14 +175,36 @@ class BasketEvaluation:
     def as_table(self) -> pd.DataFrame:
         return pd.DataFrame(
             {
-                "method": [
-                    "model: expected-F1 baskets",
-                    "baseline A: repeat last order's reorders",
-                    f"baseline B: bought in >= {self.frequency_min_orders} orders",
-                ],
+                "method": [MODEL_LABEL, LAST_ORDER_LABEL, frequency_label(self.frequency_min_orders)],
                 "mean_f1": [self.model_f1, self.last_order_f1, self.frequency_f1],
             }
         )
+
+
+@dataclass(frozen=True)
+class BaselineVerdict:
+    """Whether the model beats both baselines, for the blocking `beats_baselines` asset check."""
+
+    passed: bool
+    not_beaten: tuple[str, ...]  # labels of the baselines the model does not beat
+    description: str
+
+
+def compare_with_baselines(evaluation: BasketEvaluation) -> BaselineVerdict:
+    """The model's mean F1 must be strictly above each baseline's (a tie or NaN does not beat it):
+    a model no better than repeating the last order is not worth serving."""
+    baselines = {
+        LAST_ORDER_LABEL: evaluation.last_order_f1,
+        frequency_label(evaluation.frequency_min_orders): evaluation.frequency_f1,
+    }
+    not_beaten = tuple(label for label, f1 in baselines.items() if not evaluation.model_f1 > f1)
+    scores = " and ".join(f"{label} ({f1:.4f})" for label, f1 in baselines.items())
+    if not_beaten:
+        missed = " and ".join(f"{label} ({baselines[label]:.4f})" for label in not_beaten)
+        description = f"model mean F1 {evaluation.model_f1:.4f} does not beat {missed}"
+    else:
+        description = f"model mean F1 {evaluation.model_f1:.4f} beats {scores}"
+    return BaselineVerdict(passed=not not_beaten, not_beaten=not_beaten, description=description)
 
 
 def evaluate_baskets(

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from instarec_assets.ml.evaluation import BasketEvaluation, evaluate_baskets
+from instarec_assets.ml.evaluation import BasketEvaluation, compare_with_baselines, evaluate_baskets
 from instarec_assets.ml.metrics import (
     ClassificationMetrics,
     classification_metrics,
@@ -156,7 +156,7 @@ class ReorderModelReport:
 
     @property
     def beats_baselines(self) -> bool:
-        return self.baskets.model_f1 > max(self.baskets.last_order_f1, self.baskets.frequency_f1)
+        return compare_with_baselines(self.baskets).passed
 
 
 def _candidate_frame(
