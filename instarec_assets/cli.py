@@ -1,7 +1,9 @@
 """The `instarec` console script: parses arguments, calls the library, prints one line per step.
 
-Every expected failure (bad landing file, bad setting, failed check) ends as one `instarec: error:`
-line on stderr and exit status 1, never a traceback.
+Every expected failure (bad landing file, bad setting, failed check, a missing or unreadable file or
+store, an AWS error such as a missing table or bucket or no credentials) ends as one
+`instarec: error:` line on stderr and exit status 1, never a traceback; `error_line` decides which
+failures are expected. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,14 +13,91 @@ import datetime as dt
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from instarec_assets.lake.landing import LandingFileError
-from instarec_assets.lake.locations import LakeConfigError, LakeLocations
+from instarec_assets.backends.recommendations import ServingStoreError
+from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.serving.server import add_arguments as add_serve_arguments
 from instarec_assets.serving.server import cmd_serve
 from instarec_assets.warehouse.cli import add_sql_command
+
+
+class CommandError(Exception):
+    """An expected failure whose message is already the line to print."""
+
+
+# Expected failures raised by modules that a command imports when it runs, as (module, class). A
+# module that was never imported cannot have raised, so checking imports nothing (`serve` must not
+# load Dagster, and a bad argument should not wait for boto3 or DuckDB to load).
+EXPECTED_ELSEWHERE = (
+    ("instarec_assets.pipeline.runner", "PipelineError"),
+    ("instarec_assets.backends.sagemaker", "SageMakerJobError"),
+    ("instarec_assets.serving.keys", "KeysUnavailableError"),
+    ("duckdb", "Error"),
+    ("sqlite3", "Error"),
+    ("botocore.exceptions", "ClientError"),  # a missing table or bucket, access denied, throttling
+    ("botocore.exceptions", "BotoCoreError"),  # no credentials or region, endpoint unreachable
+)
+# Errors from libraries that do not say which table or file they were about (see `about`).
+UNNAMED_ELSEWHERE = (
+    ("sqlite3", "Error"),
+    ("botocore.exceptions", "ClientError"),
+    ("botocore.exceptions", "BotoCoreError"),
+)
+AWS_CLIENT_ERROR = (("botocore.exceptions", "ClientError"),)
+DUCKDB_ERROR = (("duckdb", "Error"),)
+
+
+def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...]:
+    return tuple(getattr(sys.modules[module], name) for module, name in names if module in sys.modules)
+
+
+def error_line(error: BaseException) -> str | None:
+    """The one line that reports an expected failure; None for anything else (a bug, to be shown).
+
+    Expected: this project's error types, bad values (ValueError: bad input or settings), files and
+    paths (OSError: `PATH: reason`), and DuckDB, SQLite, AWS and pipeline errors.
+    """
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        target = f" -> {error.filename2}" if error.filename2 is not None else ""
+        return f"{error.filename}{target}: {error.strerror}"
+    if isinstance(error, _loaded(AWS_CLIENT_ERROR)):
+        details = error.response.get("Error", {})
+        message = _one_line(details.get("Message") or "")
+        return (
+            f"AWS {error.operation_name} failed: {details.get('Code') or 'error'}"
+            + (f": {message}" if message else "")
+            + (f" (bucket {details['BucketName']})" if details.get("BucketName") else "")
+        )
+    if isinstance(error, _loaded(DUCKDB_ERROR)):
+        from instarec_assets.warehouse.readonly import one_line
+
+        return one_line(error)
+    if isinstance(
+        error, (CommandError, ServingStoreError, ValueError, OSError, *_loaded(EXPECTED_ELSEWHERE))
+    ):
+        return _one_line(str(error)) or type(error).__name__
+    return None
+
+
+def _one_line(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return message if len(lines) == 1 else " ".join(lines)
+
+
+@contextmanager
+def about(subject: str) -> Iterator[None]:
+    """Name `subject` (a table, a bucket, a file) in errors that do not name it: AWS and SQLite
+    errors, and OSErrors without a file name (s3fs's "The specified bucket does not exist")."""
+    try:
+        yield
+    except Exception as error:
+        unnamed = isinstance(error, OSError) and error.filename is None
+        if not (unnamed or isinstance(error, _loaded(UNNAMED_ELSEWHERE))):
+            raise
+        raise CommandError(f"{subject}: {error_line(error)}") from error
 
 
 def _today() -> str:
@@ -82,12 +161,18 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
-    from instarec_assets.backends.serving_store import store_from_env
+    from instarec_assets.backends.serving_store import open_store, store_settings_from_env
 
     locations = LakeLocations.from_env(home=args.home)
-    result = store_from_env(locations.home, read_only=True).top_k(args.user_id, args.k)
+    settings = store_settings_from_env(locations.home)
+    if settings["kind"] == "dynamodb":
+        subject = f"DynamoDB table {settings['dynamodb_table']!r} ({settings['region']})"
+    else:
+        subject = f"serving store {settings['sqlite_path']}"
+    with about(subject):
+        result = open_store(**settings, read_only=True).top_k(args.user_id, args.k)
     if result is None:
-        raise LookupError(f"user {args.user_id} has no recommendations in the serving store")
+        raise CommandError(f"user {args.user_id} has no recommendations in the serving store")
     print(f"Top {len(result.items)} for user {result.user_id} (model {result.model_version}):")
     for item in result.items:
         print(
@@ -104,9 +189,10 @@ def cmd_submission(args: argparse.Namespace) -> None:
     from instarec_assets.lake.duck import attach_filesystem
 
     locations = LakeLocations.from_env(home=args.home)
-    partitions = locations.partitions("consumption", "next_basket")
+    with about(f"consumption zone {locations.zone_uri('consumption')}"):
+        partitions = locations.partitions("consumption", "next_basket")
     if not partitions:
-        raise LookupError("no next_basket partition yet: materialize a landing batch first")
+        raise CommandError("no next_basket partition yet: materialize a landing batch first")
     partition_key, uri = next(reversed(partitions.items()))
     conn = duckdb.connect()
     attach_filesystem(conn, locations.filesystem)
@@ -192,26 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is currently in preview.*")
     args = build_parser().parse_args(argv)
-    if args.command == "serve":  # before the import below, which would load Dagster into the server process
-        try:
-            args.handler(args)
-        except ValueError as error:
-            print(f"instarec: error: {error}", file=sys.stderr)
-            return 1
-        return 0
-    from instarec_assets.pipeline.runner import PipelineError
-
     try:
         args.handler(args)
-    except (
-        LandingFileError,
-        LakeConfigError,
-        PipelineError,
-        FileNotFoundError,
-        LookupError,
-        ValueError,
-    ) as error:
-        print(f"instarec: error: {error}", file=sys.stderr)
+    except Exception as error:
+        line = error_line(error)
+        if line is None:
+            raise
+        print(f"instarec: error: {line}", file=sys.stderr)
         return 1
     return 0
 

@@ -12,13 +12,23 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import (
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetKey,
+    DagsterInstance,
+    Output,
+    asset,
+    materialize,
+)
 
+from instarec_assets.assets.checks import beats_baselines_result
 from instarec_assets.backends.serving_store import SqliteRecommendationStore
 from instarec_assets.cli import main
 from instarec_assets.definitions import build_definitions
 from instarec_assets.generate import generate_dataset
 from instarec_assets.lake.locations import LakeLocations
+from instarec_assets.ml.evaluation import BasketEvaluation
 from instarec_assets.sensors import LANDING_JOB_NAME
 
 pytestmark = pytest.mark.slow
@@ -199,19 +209,41 @@ def test_serving_store_serves_the_latest_load(pipeline):
 
 
 def test_submission_has_one_kaggle_row_per_test_order(pipeline, tmp_path, capsys, monkeypatch):
-    locations, _, _, latest = pipeline
+    """Every user whose latest clean order is `test` gets a row, whether or not they have candidates."""
+    locations, instance, _, latest = pipeline
     monkeypatch.setenv("INSTAREC_ENV", "local")
     out = tmp_path / "submission.csv"
     assert main(["submission", "--out", str(out), "--home", locations.home]) == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "order_id,products"
-    test_orders = duckdb.sql(
-        "SELECT count(DISTINCT order_id) FROM read_parquet("
-        f"'{locations.partition_uri('curated', 'inference_set', latest)}', hive_partitioning = false) "
-        "WHERE eval_set = 'test'"
-    ).fetchall()[0][0]
-    assert len(lines) - 1 == test_orders > 0
+    clean_orders = [
+        uri for key, uri in locations.partitions("clean", "clean_orders").items() if key <= latest
+    ]
+    test_orders = {
+        order_id
+        for (order_id,) in duckdb.execute(
+            "WITH orders AS (SELECT * FROM read_parquet(?, hive_partitioning = false)) "
+            "SELECT o.order_id FROM orders AS o "
+            "JOIN (SELECT user_id, max(order_number) AS last FROM orders GROUP BY user_id) AS l "
+            "ON o.user_id = l.user_id AND o.order_number = l.last WHERE o.eval_set = 'test'",
+            [clean_orders],
+        ).fetchall()
+    }
+    submitted = [int(line.split(",")[0]) for line in lines[1:]]
+    assert len(submitted) == len(set(submitted)) and set(submitted) == test_orders and test_orders
     assert all(re.fullmatch(r"\d+,(None|\d+)( (None|\d+))*", line) for line in lines[1:])
+    scored = {
+        order_id
+        for (order_id,) in duckdb.execute(
+            "SELECT DISTINCT order_id FROM read_parquet(?, hive_partitioning = false) WHERE eval_set = 'test'",
+            [locations.partition_uri("curated", "inference_set", latest)],
+        ).fetchall()
+    }
+    metadata = instance.get_latest_materialization_event(
+        AssetKey("next_basket")
+    ).asset_materialization.metadata
+    assert metadata["orders"].value == len(test_orders)
+    assert metadata["orders_without_candidates"].value == len(test_orders - scored)
 
 
 def test_recommend_cli_prints_top_k_with_purchase_probability(pipeline, capsys, monkeypatch):
@@ -227,3 +259,38 @@ def test_recommend_cli_prints_top_k_with_purchase_probability(pipeline, capsys, 
     assert [line.endswith("[explore: new to this shopper]") for line in whole][-2:] == [True, True]
     assert main(["recommend", "999999", "--home", locations.home]) == 1
     assert "user 999999 has no recommendations" in capsys.readouterr().err
+
+
+def test_beats_baselines_fails_and_blocks_downstream_when_a_baseline_wins():
+    """The check result the model asset yields, run through Dagster: a model no better than
+    repeating the last order fails the blocking check and nothing downstream materialises."""
+    baskets = BasketEvaluation(
+        n_orders=100,
+        model_f1=0.30,
+        model_expected_f1=0.31,
+        last_order_f1=0.32,
+        frequency_f1=0.28,
+        frequency_min_orders=3,
+        frequency_train_f1={3: 0.29},
+    )
+
+    @asset(check_specs=[AssetCheckSpec("beats_baselines", asset="model", blocking=True)])
+    def model():
+        yield Output(1)
+        yield beats_baselines_result("beats_baselines", baskets)
+
+    @asset(deps=[model])
+    def served() -> None:
+        return None
+
+    result = materialize([model, served], raise_on_error=False)
+
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.check_name == "beats_baselines" and evaluation.passed is False
+    assert evaluation.severity == AssetCheckSeverity.ERROR
+    assert evaluation.description == (
+        "model mean F1 0.3000 does not beat baseline A: repeat the last order (all its products) (0.3200)"
+    )
+    assert evaluation.metadata["not_beaten"].value == "baseline A: repeat the last order (all its products)"
+    materialized = {event.asset_key for event in result.get_asset_materialization_events()}
+    assert materialized == {AssetKey("model")}

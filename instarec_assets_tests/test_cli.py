@@ -8,13 +8,21 @@ over ten seconds on a slow disk; everything else (landing, assets, lake files) i
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance
+from s3fs import S3FileSystem
 
-from instarec_assets.cli import main
+from instarec_assets import cli
+from instarec_assets.backends.recommendations import ServingStoreError
+from instarec_assets.cli import error_line, main
+from instarec_assets.consumption.submission import BASKETS_SCHEMA
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.pipeline import runner
 from instarec_assets_tests.landing_fixtures import ORDERS, PRIOR_LINES, TRAIN_LINES, write_batch
@@ -161,3 +169,128 @@ def test_invalid_partition_exits_1_with_one_line_and_lands_nothing(
 def test_missing_landing_folder_exits_1_with_one_line(capsys, home: Path, tmp_path: Path):
     status, _, err = materialize(capsys, home, tmp_path / "nowhere")
     assert (status, err) == (1, [f"instarec: error: {tmp_path / 'nowhere'}: landing folder does not exist"])
+
+
+# -- expected failures of the other commands: one line, never a traceback; bugs keep theirs -----------
+
+
+def write_next_basket(home: Path) -> Path:
+    """A next_basket partition as the asset stores it, so `instarec submission` has something to write."""
+    path = Path(LakeLocations(home=str(home)).partition_uri("consumption", "next_basket", DAY_1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = {"order_id": [7, 8], "user_id": [1, 2], "products": ["24852 13176", "None"]}
+    rows |= {"n_products": [2, 0], "include_none": [False, True], "expected_f1": [0.5, 1.0]}
+    pq.write_table(pa.table(rows, schema=BASKETS_SCHEMA), path)
+    return path
+
+
+def test_submission_writes_the_latest_next_basket_as_kaggle_csv(capsys, home: Path, tmp_path: Path):
+    write_next_basket(home)
+    out = tmp_path / "submission.csv"
+    status, lines, err = run_cli(capsys, "submission", "--out", str(out), "--home", str(home))
+    assert (status, err) == (0, [])
+    assert lines == [f"wrote 2 test orders from partition {DAY_1} to {out}"]
+    assert out.read_text() == "order_id,products\n7,24852 13176\n8,None\n"
+
+
+def test_submission_into_an_existing_directory_names_the_path(capsys, home: Path, tmp_path: Path):
+    write_next_basket(home)
+    status, out, err = run_cli(capsys, "submission", "--out", str(tmp_path), "--home", str(home))
+    assert (status, out, err) == (1, [], [f"instarec: error: {tmp_path}: Is a directory"])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
+def test_submission_into_a_read_only_directory_names_the_path(capsys, home: Path, tmp_path: Path):
+    write_next_basket(home)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    status, out, err = run_cli(capsys, "submission", "--out", str(locked / "s.csv"), "--home", str(home))
+    assert (status, out, err) == (1, [], [f"instarec: error: {locked / 's.csv'}: Permission denied"])
+
+
+def test_submission_without_next_basket_says_to_materialize(capsys, home: Path, tmp_path: Path):
+    status, out, err = run_cli(capsys, "submission", "--out", str(tmp_path / "s.csv"), "--home", str(home))
+    assert (status, out) == (1, [])
+    assert err == ["instarec: error: no next_basket partition yet: materialize a landing batch first"]
+
+
+def test_recommend_without_a_serving_store_exits_1_naming_it(capsys, home: Path):
+    status, out, err = run_cli(capsys, "recommend", "1", "--home", str(home))
+    store = home.resolve() / "serving" / "recommendations.sqlite"
+    assert (status, out) == (1, [])
+    assert err == [f"instarec: error: serving store {store} does not exist; load recommendations first"]
+
+
+def test_recommend_on_a_corrupt_serving_file_exits_1_naming_it(capsys, home: Path):
+    store = home.resolve() / "serving" / "recommendations.sqlite"
+    store.parent.mkdir()
+    store.write_bytes(b"not a database, " * 512)
+    status, out, err = run_cli(capsys, "recommend", "1", "--home", str(home))
+    assert (status, out, err) == (1, [], [f"instarec: error: serving store {store}: file is not a database"])
+
+
+def test_recommend_with_a_missing_dynamodb_table_names_the_table(
+    capsys, aws_locations: LakeLocations, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("INSTAREC_DYNAMODB_TABLE", "instarec-no-such-table")
+    status, out, err = run_cli(capsys, "recommend", "1")
+    assert (status, out) == (1, [])
+    assert err == [
+        "instarec: error: DynamoDB table 'instarec-no-such-table' (us-east-1): AWS GetItem failed: "
+        "ResourceNotFoundException: Requested resource not found"
+    ]
+
+
+def test_submission_with_a_missing_consumption_bucket_names_it(
+    capsys, aws_locations: LakeLocations, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.setenv("INSTAREC_CONSUMPTION_BUCKET", "instarec-no-such-bucket")
+    status, out, err = run_cli(capsys, "submission", "--out", str(tmp_path / "s.csv"))
+    assert (status, out) == (1, [])
+    assert err == [
+        "instarec: error: consumption zone s3://instarec-no-such-bucket: The specified bucket does not exist"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "subject"),
+    [
+        (("recommend", "1"), "DynamoDB table 'instarec-recommendations' (us-east-1)"),
+        (("submission", "--out", "unused.csv"), "consumption zone s3://"),
+    ],
+)
+def test_aws_commands_without_credentials_exit_1_with_one_line(
+    capsys, aws_locations: LakeLocations, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv, subject
+):
+    monkeypatch.setenv("INSTAREC_DYNAMODB_TABLE", "instarec-recommendations")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    S3FileSystem.clear_instance_cache()  # an earlier test's filesystem holds that test's credentials
+    status, out, err = run_cli(capsys, *argv)
+    assert (status, out, len(err)) == (1, [], 1)
+    assert err[0].startswith(f"instarec: error: {subject}") and err[0].endswith(
+        ": Unable to locate credentials"
+    )
+
+
+def test_error_line_formats_expected_failures_and_leaves_bugs_alone():
+    denied = PermissionError(errno.EACCES, "Permission denied", "/data/out.csv")
+    assert error_line(denied) == "/data/out.csv: Permission denied"
+    assert error_line(ServingStoreError("the store is gone")) == "the store is gone"
+    assert error_line(duckdb.IOException("IO Error: cannot open\nLINE 1: x\n ^")) == "IO Error: cannot open"
+    assert error_line(KeyError("user_id")) is None
+    assert error_line(TypeError("unsupported operand")) is None
+
+
+def test_an_unexpected_exception_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch, home: Path):
+    def broken(args) -> None:
+        raise KeyError("a bug, not a user error")
+
+    monkeypatch.setattr(cli, "cmd_status", broken)
+    with pytest.raises(KeyError, match="a bug, not a user error"):
+        main(["status", "--home", str(home)])

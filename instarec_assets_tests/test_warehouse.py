@@ -30,7 +30,7 @@ from instarec_assets.warehouse import (
     user_key,
     warehouse_path,
 )
-from instarec_assets.warehouse.readonly import REFUSAL
+from instarec_assets.warehouse.readonly import REFUSAL, WarehouseUnreadableError
 from instarec_assets.warehouse.salt import SALT_ENV, salt_path
 
 DAY_1 = "2025-01-06"
@@ -493,3 +493,19 @@ def test_instarec_sql_without_a_warehouse_says_to_materialize_first(capsys, home
     status, out, err = run_sql(capsys, "SELECT 1", "--home", str(home))
     assert status == 1 and out == [] and len(err) == 1
     assert err[0].startswith("instarec: error: no analyst warehouse at ") and "materialize" in err[0]
+
+
+def test_instarec_sql_on_a_corrupt_warehouse_names_the_file_and_a_rebuild_replaces_it(capsys, home, snapshot):
+    path = warehouse_path(home)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(bytes(range(256)) * 64)
+    status, out, err = run_sql(capsys, "SELECT 1", "--home", str(home))
+    assert (status, out, len(err)) == (1, [], 1)
+    assert err[0].startswith(f"instarec: error: {path}: cannot open the analyst warehouse (IO Error: ")
+    assert err[0].endswith("if the file is damaged, materialize a partition to rebuild it")
+    with pytest.raises(WarehouseUnreadableError, match="not a valid DuckDB database file"):
+        run_readonly_sql(path, "SELECT 1")
+    assert published_as_of(path) is None
+    assert build_warehouse_file(path, snapshot, SALT, DAY_2).published
+    status, out, err = run_sql(capsys, "SELECT count(*) AS n FROM departments", "--home", str(home))
+    assert (status, err) == (0, []) and out[-1] == "(1 row)"

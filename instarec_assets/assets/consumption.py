@@ -3,9 +3,18 @@
 import time
 from pathlib import Path
 
-from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, Output, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    Output,
+    asset,
+)
 from dagster_duckdb import DuckDBResource
 
+from instarec_assets.assets.curated import clean_snapshot
 from instarec_assets.assets.metadata import preview
 from instarec_assets.consumption.batch_transform import (
     BATCH_TRANSFORM,
@@ -114,20 +123,29 @@ def consumption_assets(storage_kind: str, store_kind: str) -> list[AssetsDefinit
     @asset(
         io_manager_key="consumption_io_manager",
         kinds={"numpy", storage_kind},
-        description="For each Kaggle test order, the product set maximising expected F1 (or None).",
+        description=(
+            "For each Kaggle test order (a user's latest clean order stored as `test`), the product set "
+            "maximising expected F1, or None; None for an order whose user has no candidates."
+        ),
+        deps=[AssetKey("clean_orders")],
         **common,
     )
     def next_basket(
         context: AssetExecutionContext, lake: LakeResource, duckdb: DuckDBResource, reorder_predictions: str
     ):
         with lake_connection(duckdb, lake) as conn:
-            baskets = next_baskets(conn, reorder_predictions)
+            result = next_baskets(
+                conn, reorder_predictions, clean_snapshot(lake, context.partition_key).orders
+            )
+        baskets = result.table
         include_none = baskets.column("include_none").to_numpy(zero_copy_only=False)
         sizes = baskets.column("n_products").to_numpy(zero_copy_only=False)
         return Output(
             baskets,
             metadata={
                 "orders": MetadataValue.int(baskets.num_rows),
+                "orders_without_candidates": MetadataValue.int(result.without_candidates),
+                "scored_orders_not_test": MetadataValue.int(result.scored_not_test),
                 "mean_basket_size": MetadataValue.float(float(sizes.mean()) if baskets.num_rows else 0.0),
                 "share_with_none": MetadataValue.float(
                     float(include_none.mean()) if baskets.num_rows else 0.0

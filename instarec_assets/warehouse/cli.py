@@ -1,8 +1,8 @@
 """`instarec sql "SELECT ..."`: one read-only query on the analysts' warehouse, printed as a table.
 
 Registered by the main parser with `add_sql_command(subparsers)`. Failures raise the warehouse's
-errors (subclasses of ValueError and FileNotFoundError), which `instarec` prints as one
-`instarec: error:` line with exit status 1.
+errors (subclasses of ValueError and OSError: a refused or failed query, a missing or unreadable
+warehouse file), which `instarec` prints as one `instarec: error:` line with exit status 1.
 """
 
 from __future__ import annotations

@@ -40,6 +40,10 @@ class WarehouseQueryError(ValueError):
     """DuckDB rejected the query (syntax, unknown table or column, ...); the message is one line."""
 
 
+class WarehouseUnreadableError(OSError):
+    """The warehouse file exists but DuckDB cannot open it (corrupt, truncated, unreadable)."""
+
+
 @dataclass(frozen=True)
 class QueryResult:
     columns: tuple[str, ...]
@@ -63,15 +67,40 @@ def readonly_config(memory_limit: str | None = None, temp_directory: str | None 
     return config
 
 
-@contextmanager
-def open_readonly(db_path: Path, **settings: str | None) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection that cannot reach any other file; closed on exit."""
+def connect_readonly(db_path: Path, **settings: str | None) -> duckdb.DuckDBPyConnection:
+    """A read-only connection that cannot reach any other file; the caller closes it.
+
+    DuckDB's own error is raised when the file cannot be opened: the warehouse build tells a corrupt
+    file (replace it) from a connection conflict (never replace it) by that error's type.
+    """
     if not Path(db_path).is_file():
         raise WarehouseNotBuiltError(
             f"no analyst warehouse at {db_path}: materialize a partition first "
             "(instarec materialize --landing DIR, or the analyst_warehouse asset in the UI)"
         )
-    conn = duckdb.connect(str(db_path), read_only=True, config=readonly_config(**settings))
+    return duckdb.connect(str(db_path), read_only=True, config=readonly_config(**settings))
+
+
+@contextmanager
+def open_readonly(db_path: Path, **settings: str | None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """`connect_readonly`, closed on exit."""
+    conn = connect_readonly(db_path, **settings)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def open_for_query(db_path: Path, **settings: str | None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """`open_readonly` for an analyst: a file DuckDB cannot open is one WarehouseUnreadableError line."""
+    try:
+        conn = connect_readonly(db_path, **settings)
+    except duckdb.Error as error:
+        raise WarehouseUnreadableError(
+            f"{db_path}: cannot open the analyst warehouse ({one_line(error)}); "
+            "if the file is damaged, materialize a partition to rebuild it"
+        ) from None
     try:
         yield conn
     finally:
@@ -103,7 +132,7 @@ def run_readonly_sql(
     temp_directory: str | None = None,
 ) -> QueryResult:
     """Columns and rows of one SELECT on the warehouse; at most `max_rows` rows (then `truncated`)."""
-    with open_readonly(db_path, memory_limit=memory_limit, temp_directory=temp_directory) as conn:
+    with open_for_query(db_path, memory_limit=memory_limit, temp_directory=temp_directory) as conn:
         statement = checked_statement(conn, sql)
         try:
             result = conn.execute(statement)
