@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import subprocess
@@ -12,9 +13,16 @@ import pytest
 
 from instarec_assets.backends.serving_store import ServingStoreError, SqliteRecommendationStore
 from instarec_assets.serving import ServingApi, ServingConfigError, ServingSettings, parse_query
+from instarec_assets.serving import keys as keys_module
 from instarec_assets.serving.api import MAX_USER_ID, STATUS_CODES, RequestError
 from instarec_assets.serving.asgi import parse_query_string
-from instarec_assets.serving.keys import KeysUnavailableError, StaticKeys, key_source_from_settings
+from instarec_assets.serving.keys import (
+    KeysUnavailableError,
+    StaticKeys,
+    digest,
+    key_matches,
+    key_source_from_settings,
+)
 from instarec_assets.serving.ratelimit import SlidingWindowLimiter
 from instarec_assets.serving.testing import build_sqlite_store
 
@@ -22,7 +30,6 @@ KEY = "key-one-0123456789"
 OTHER_KEY = "key-two-abcdefghij"
 ORIGIN = "https://recs.example.com"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BODIES: list[bytes] = []  # every body answered in this module, checked for stack traces at the end
 
 
 class FakeClock:
@@ -65,7 +72,6 @@ def call(
     pairs = parse_query_string(query.encode("utf-8")) if isinstance(query, str) else query
     sent = {"x-api-key": KEY} if headers is None else headers
     status, response_headers, body = api.handle(method, path, pairs, sent, ip)
-    BODIES.append(body)
     names = [name for name, _ in response_headers]
     assert len(names) == len(set(names)), f"repeated response header in {names}"
     return status, dict(response_headers), body
@@ -241,21 +247,57 @@ def test_other_methods_are_405(api: ServingApi, method: str):
 
 # ------------------------------------------------------------------------------------------- keys
 def test_missing_key_is_401_and_wrong_key_403(api: ServingApi):
-    status, _, body = call(api, headers={})
+    status, headers, body = call(api, headers={})
     assert status == 401
     assert error_of(body) == "missing API key: send it in the x-api-key header"
-    status, _, body = call(api, headers={"x-api-key": ""})
+    assert headers["www-authenticate"] == 'ApiKey header="x-api-key"'  # RFC 9110: required with 401
+    status, headers, _ = call(api, headers={"x-api-key": "", "origin": ORIGIN})
     assert status == 401
+    assert headers["www-authenticate"] == 'ApiKey header="x-api-key"'
+    assert headers["access-control-allow-origin"] == ORIGIN
     for wrong in ("nope", KEY + "x", KEY[:-1], KEY.upper(), f"{KEY}, {KEY}", "ключ", "\udcff"):
-        status, _, body = call(api, headers={"x-api-key": wrong})
+        status, headers, body = call(api, headers={"x-api-key": wrong})
         assert status == 403, wrong
         assert error_of(body) == "invalid API key"
+        assert "www-authenticate" not in headers
     assert call(api, headers={"x-api-key": OTHER_KEY})[0] == 200
 
 
 def test_key_is_checked_before_the_query(api: ServingApi):
     assert call(api, "user_id=abc", headers={})[0] == 401
     assert call(api, "user_id=abc", headers={"x-api-key": "wrong"})[0] == 403
+
+
+def test_key_check_compares_the_digest_with_every_configured_key(make_api, monkeypatch: pytest.MonkeyPatch):
+    """The constant-time check, pinned without timing: the provided key's BLAKE2b digest goes
+    through `hmac.compare_digest` against every accepted digest, in order, with no early exit even
+    after a match. `==` on the keys (no compare_digest call), comparing raw keys, or a loop that
+    stops at the first match (`any`, `return True`) each fail here."""
+    compared: list[tuple[bytes, bytes]] = []
+    real_compare = hmac.compare_digest
+
+    def recording(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real_compare(a, b)
+
+    monkeypatch.setattr(keys_module.hmac, "compare_digest", recording)
+    configured = ("first-key-000", "second-key-11", "third-key-222")
+    digests = tuple(digest(key) for key in configured)
+    cases = [
+        ("first-key-000", True),
+        ("third-key-222", True),
+        ("first-key-00", False),
+        ("wrong", False),
+        ("x" * 500, False),
+    ]
+    for provided, expected in cases:
+        compared.clear()
+        assert key_matches(provided.encode(), digests) is expected, provided
+        assert compared == [(digest(provided), accepted) for accepted in digests], provided
+    # and through the handler: the first of two configured keys is still compared with both
+    compared.clear()
+    assert call(make_api(), headers={"x-api-key": KEY})[0] == 200
+    assert compared == [(digest(KEY), digest(KEY)), (digest(KEY), digest(OTHER_KEY))]
 
 
 def test_keys_file_comments_and_reload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -584,12 +626,55 @@ def test_import_serving_is_dagster_free():
     assert done.stdout.strip() == "", f"importing instarec_assets.serving loaded {done.stdout.strip()}"
 
 
-def test_no_response_body_holds_a_stack_trace():
-    assert BODIES, "run with the rest of the module"
-    for body in BODIES:
-        if not body.startswith(b"{"):
-            continue  # the page and openapi.yaml
-        text = body.decode("utf-8", "replace")
-        assert "Traceback" not in text
-        assert 'File "' not in text
-        assert "Error:" not in text
+def test_no_response_body_holds_a_stack_trace(make_api, caplog: pytest.LogCaptureFixture):
+    """Every error path, driven here: bad input, refused keys, unknown user and path, the rate
+    limit, and failures whose exception text holds a traceback and file paths. None of it reaches
+    a body; the traceback goes to the log only."""
+    leak = 'Traceback (most recent call last):\n  File "/srv/app/secret.py", line 3, in top_k'
+
+    class Exploding:
+        def top_k(self, user_id: int, k: int):
+            raise RuntimeError(leak)
+
+    class Failing:
+        def top_k(self, user_id: int, k: int):
+            raise ServingStoreError(f"/srv/data/recommendations.sqlite cannot be opened: {leak}")
+
+    class BrokenKeys:
+        def digests(self):
+            raise KeysUnavailableError(leak)
+
+        def first_key(self):
+            raise KeysUnavailableError(leak)
+
+    api = make_api()
+    no_keys = make_api()
+    no_keys.keys = BrokenKeys()
+    limited = make_api(limiter=SlidingWindowLimiter(1, 300, clock=FakeClock()))
+    requests = [
+        (api, {"query": "user_id=1%27%20OR%20%271%27%3D%271"}, 400),
+        (api, {"query": "user_id=7&k=abc"}, 400),
+        (api, {"query": "user_id=7&" + "x" * 2000}, 400),
+        (api, {"query": [("user_id", "7"), ('File "/etc/passwd"', "1")]}, 400),
+        (api, {"query": None}, 400),
+        (api, {"query": "user_id=999"}, 404),
+        (api, {"headers": {}}, 401),
+        (api, {"headers": {"x-api-key": leak}}, 403),
+        (api, {"path": "/srv/app/secret.py"}, 404),
+        (api, {"method": "TRACE"}, 405),
+        (api, {"method": "OPTIONS", "headers": {"origin": "https://evil.example"}}, 403),
+        (make_api(store=Exploding()), {}, 500),
+        (make_api(store=Failing()), {}, 503),
+        (no_keys, {}, 503),
+        (no_keys, {"path": "/config.json"}, 200),
+        (limited, {}, 200),
+        (limited, {}, 429),
+    ]
+    with caplog.at_level(logging.ERROR, logger="instarec_assets.serving.api"):
+        for handler, request, expected in requests:
+            status, _, body = call(handler, **request)
+            assert status == expected, (request, body)
+            text = body.decode("utf-8")
+            for fragment in ("Traceback", 'File "', "/srv/", ".py", "secret", "Error:"):
+                assert fragment not in text, (request, text)
+    assert "Traceback" in caplog.text  # the 500's traceback is logged on the server

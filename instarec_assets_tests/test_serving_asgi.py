@@ -137,6 +137,27 @@ def test_asgi_fast_path_counts_every_request_and_answers_429(store_path: Path):
     assert body == b'{"error":"too many requests; retry after 300 seconds"}'
 
 
+def test_asgi_401_carries_www_authenticate_on_both_paths(store_path: Path):
+    """The fast path passes the 401's WWW-Authenticate header through, as the general path does."""
+    api = make_api(store_path)
+    app = create_app(api=api)
+    fast: list[bool] = []
+    answer = api.get_recommendations
+
+    def counting(*args: Any, **kwargs: Any):
+        fast.append(True)
+        return answer(*args, **kwargs)
+
+    api.get_recommendations = counting  # type: ignore[method-assign]
+    for query, took_fast_path in ((b"user_id=1&k=3", True), (b"k=3&user_id=1", False)):
+        fast.clear()
+        status, headers, _ = asgi_call(app, "GET", "/recommendations", query, [(b"origin", ORIGIN.encode())])
+        assert status == 401
+        assert bool(fast) is took_fast_path, query
+        assert ("www-authenticate", 'ApiKey header="x-api-key"') in headers
+        assert ("access-control-allow-origin", ORIGIN) in headers
+
+
 def test_asgi_fast_path_unexpected_error_is_500_and_logged(
     store_path: Path, caplog: pytest.LogCaptureFixture
 ):

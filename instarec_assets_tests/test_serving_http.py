@@ -17,13 +17,14 @@ from urllib.parse import urlsplit
 import pytest
 
 from instarec_assets.backends.serving_store import SQLITE_FILE, SqliteRecommendationStore
-from instarec_assets.serving import ServingApi, ServingSettings
-from instarec_assets.serving.server import build_parser, uvicorn_options
+from instarec_assets.serving import ServingApi, ServingConfigError, ServingSettings
+from instarec_assets.serving.server import build_parser, prepare, uvicorn_options
 from instarec_assets.serving.testing import build_sqlite_store, running_server
 
 KEY = "http-key-0123"
 ORIGIN = "https://recs.example.com"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PREPARE_SETS = ("INSTAREC_HOME", "INSTAREC_ALLOW_ANONYMOUS", "INSTAREC_PAGE_API_KEY")
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +146,25 @@ def test_hostile_requests_get_400_json(store_path: Path, request_line: bytes):
     assert list(json.loads(body)) == ["error"]
 
 
+def test_missing_key_over_http_is_401_with_www_authenticate(store_path: Path):
+    """RFC 9110 requires WWW-Authenticate with a 401, on the ASGI adapter's fast path (the usual
+    query) and its general path alike; a wrong key (403) carries none."""
+    api = ServingApi(
+        ServingSettings(api_keys=(KEY,), allowed_origins=frozenset({ORIGIN})),
+        store=SqliteRecommendationStore(store_path, read_only=True),
+    )
+    with running_server(api) as url:
+        for query in ("user_id=3", "user_id=3&k=2", "k=2&user_id=3", "user_id=abc"):
+            status, headers, body = fetch(f"{url}/recommendations?{query}", {"Origin": ORIGIN})
+            assert status == 401, query
+            assert headers["www-authenticate"] == 'ApiKey header="x-api-key"'
+            assert headers["access-control-allow-origin"] == ORIGIN
+            assert json.loads(body) == {"error": "missing API key: send it in the x-api-key header"}
+        status, headers, _ = fetch(f"{url}/recommendations?user_id=3", {"x-api-key": "wrong"})
+        assert status == 403
+        assert "www-authenticate" not in {name.lower() for name in headers}
+
+
 def test_raw_non_ascii_request_line_is_refused_by_the_http_parser(base_url: str):
     """httptools rejects the request before the app sees it: uvicorn's plain-text 400, never a 500."""
     status, body = raw_request(
@@ -199,6 +219,10 @@ def clean_env(**extra: str) -> dict[str, str]:
     [
         ((), {}, "no API keys configured"),
         (("--allow-anonymous", "--host", "0.0.0.0"), {}, "--allow-anonymous serves without API keys"),
+        # /config.json needs no key: with --page-key it would hand the key to the whole network
+        (("--page-key", "--host", "0.0.0.0"), {"INSTAREC_API_KEYS": "k"}, "--page-key"),
+        (("--page-key", "--host", "::"), {"INSTAREC_API_KEYS": "k"}, "refused on ::"),
+        (("--host", "192.0.2.1"), {"INSTAREC_API_KEYS": "k", "INSTAREC_PAGE_API_KEY": "1"}, "--page-key"),
         ((), {"INSTAREC_API_KEYS": "k", "INSTAREC_RATE_LIMIT": "fast"}, "INSTAREC_RATE_LIMIT"),
         ((), {"INSTAREC_API_KEYS": "k", "INSTAREC_ALLOWED_ORIGINS": "*"}, "'*' is not accepted"),
     ],
@@ -217,6 +241,26 @@ def test_serve_refuses_unsafe_or_bad_settings(tmp_path: Path, args, env, message
     assert lines[-1].startswith("instarec: error: ")
     assert message in lines[-1]
     assert "Traceback" not in done.stderr
+
+
+def test_page_key_is_accepted_on_loopback_addresses_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    for name in [*(name for name in os.environ if name.startswith("INSTAREC_")), *PREPARE_SETS]:
+        # setenv first so that monkeypatch records the variable even where it is unset: prepare()
+        # sets these, and the undo must remove them again for the tests that follow.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("INSTAREC_API_KEYS", KEY)
+    for host in ("127.0.0.1", "localhost"):
+        args = build_parser().parse_args(
+            ["--home", str(tmp_path), "--host", host, "--port", "0", "--page-key"]
+        )
+        assert prepare(args).page_api_key is True
+    for host in ("0.0.0.0", "::", "192.0.2.1", "recs.example.com"):
+        args = build_parser().parse_args(
+            ["--home", str(tmp_path), "--host", host, "--port", "0", "--page-key"]
+        )
+        with pytest.raises(ServingConfigError, match=f"--page-key .* is refused on {host}: use a loopback"):
+            prepare(args)
 
 
 def test_serve_reports_a_busy_port_in_one_line(tmp_path: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,8 +112,101 @@ def test_bad_queries(lambda_env: Path, query, status: int):
     assert list(json.loads(response["body"])) == ["error"]
 
 
+def malformed(**fields: Any) -> dict[str, Any]:
+    """A GET event with a valid key whose other fields are replaced (None: the field removed)."""
+    event = proxy_event("GET", query={"user_id": ["3"]}, headers={"x-api-key": [KEY]})
+    for name, value in fields.items():
+        if value is None:
+            event.pop(name, None)
+        else:
+            event[name] = value
+    return event
+
+
+def single_query(value: Any) -> dict[str, Any]:
+    return {"multiValueQueryStringParameters": None, "queryStringParameters": value}
+
+
+@pytest.mark.parametrize(
+    ("fields", "status"),
+    [
+        # multi-value query: None values dropped (as in the single-value field), other shapes refused
+        ({"multiValueQueryStringParameters": {"user_id": [None]}}, 400),
+        ({"multiValueQueryStringParameters": {"user_id": [None, "3"]}}, 200),
+        ({"multiValueQueryStringParameters": {"user_id": None}}, 400),
+        ({"multiValueQueryStringParameters": {"user_id": "3"}}, 400),
+        ({"multiValueQueryStringParameters": {"user_id": "34"}}, 400),
+        ({"multiValueQueryStringParameters": {"user_id": 3}}, 400),
+        ({"multiValueQueryStringParameters": {"user_id": [3]}}, 400),
+        ({"multiValueQueryStringParameters": {"user_id": [["3"]]}}, 400),
+        ({"multiValueQueryStringParameters": {"user_id": [{"a": 1}]}}, 400),
+        ({"multiValueQueryStringParameters": {3: ["3"]}}, 400),
+        ({"multiValueQueryStringParameters": {None: ["3"]}}, 400),
+        ({"multiValueQueryStringParameters": ["user_id", "3"]}, 400),
+        ({"multiValueQueryStringParameters": "user_id=3"}, 400),
+        # single-value query only
+        (single_query({"user_id": None}), 400),
+        (single_query({"user_id": 3}), 400),
+        (single_query({"user_id": ["3"]}), 400),
+        (single_query({3: "3"}), 400),
+        (single_query("user_id=3"), 400),
+        (single_query(["user_id"]), 400),
+        (single_query(None), 400),
+        (single_query({"user_id": "999"}), 404),
+        # missing or odd fields elsewhere in the event: still answered, never 500
+        ({"requestContext": None}, 200),
+        ({"requestContext": "v1"}, 200),
+        ({"requestContext": {"identity": None}}, 200),
+        ({"requestContext": {"identity": "x"}}, 200),
+        ({"requestContext": {"identity": {"sourceIp": 7}}}, 200),
+        ({"httpMethod": None}, 200),
+        ({"httpMethod": 7}, 200),
+        ({"resource": None, "path": None}, 404),
+        ({"resource": 7, "path": ["/recommendations"]}, 404),
+        ({"resource": None}, 200),
+    ],
+)
+def test_malformed_events_are_answered_in_json_never_500(lambda_env: Path, fields, status: int):
+    response = lambda_handler(malformed(**fields), None)
+    assert response["statusCode"] == status, response
+    assert response["headers"]["content-type"] == "application/json"
+    payload = json.loads(response["body"])
+    if status != 200:
+        assert list(payload) == ["error"]
+        assert payload["error"] != "internal error"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"multiValueHeaders": {"x-api-key": [None]}, "headers": None},
+        {"multiValueHeaders": {"x-api-key": [7]}, "headers": None},
+        {"multiValueHeaders": {"x-api-key": KEY}, "headers": None},
+        {"multiValueHeaders": {7: [KEY]}, "headers": None},
+        {"multiValueHeaders": [KEY], "headers": None},
+        {"multiValueHeaders": None, "headers": {"x-api-key": None}},
+        {"multiValueHeaders": None, "headers": {"x-api-key": [KEY]}},
+        {"multiValueHeaders": None, "headers": "x-api-key: key"},
+        {"multiValueHeaders": None, "headers": None},
+    ],
+)
+def test_malformed_key_headers_count_as_a_missing_key(lambda_env: Path, fields):
+    response = lambda_handler(malformed(**fields), None)
+    assert response["statusCode"] == 401, response
+    assert json.loads(response["body"]) == {"error": "missing API key: send it in the x-api-key header"}
+
+
+def test_an_event_that_is_not_a_mapping_is_404_json(lambda_env: Path):
+    for event in (None, [], "GET /recommendations"):
+        response = lambda_handler(event, None)  # type: ignore[arg-type]
+        assert response["statusCode"] == 404
+        assert json.loads(response["body"]) == {"error": "not found"}
+
+
 def test_keys(lambda_env: Path):
-    assert get(headers={})["statusCode"] == 401
+    missing = get(headers={})
+    assert missing["statusCode"] == 401
+    assert missing["headers"]["www-authenticate"] == 'ApiKey header="x-api-key"'
     assert get(headers={"x-api-key": ["wrong"]})["statusCode"] == 403
     assert get(headers={"x-api-key": [KEY, KEY]})["statusCode"] == 403  # repeated header: not one key
 

@@ -11,9 +11,9 @@ import yaml
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
-from instarec_assets.backends.serving_store import ServingStoreError, SqliteRecommendationStore
+from instarec_assets.backends.serving_store import MAX_RANK, ServingStoreError, SqliteRecommendationStore
 from instarec_assets.serving import ServingApi, ServingSettings
-from instarec_assets.serving.api import PACKAGE_DIR, STATUS_CODES
+from instarec_assets.serving.api import MAX_K, PACKAGE_DIR, STATUS_CODES
 from instarec_assets.serving.asgi import parse_query_string
 from instarec_assets.serving.keys import KeysUnavailableError
 from instarec_assets.serving.ratelimit import SlidingWindowLimiter
@@ -54,8 +54,11 @@ def test_spec_is_valid_openapi_3(spec: dict[str, Any]):
     }
 
 
-def exercised(tmp_path: Path) -> list[tuple[str, str, int, bytes]]:
-    """(method, path, status, body) for a request producing each answer the handler can give."""
+Answer = tuple[str, str, int, dict[str, str], bytes]
+
+
+def exercised(tmp_path: Path) -> list[Answer]:
+    """(method, path, status, headers, body) for a request producing each answer the handler can give."""
     path = build_sqlite_store(tmp_path / "recommendations.sqlite", users=5)
     store = SqliteRecommendationStore(path, read_only=True)
 
@@ -105,18 +108,18 @@ def exercised(tmp_path: Path) -> list[tuple[str, str, int, bytes]]:
     ]
     answers = []
     for handler, method, route, query, headers in cases:
-        status, _, body = handler.handle(
+        status, response_headers, body = handler.handle(
             method, route, parse_query_string(query.encode()), headers, "192.0.2.1"
         )
-        answers.append((method, route, status, body))
+        answers.append((method, route, status, dict(response_headers), body))
     return answers
 
 
 def test_spec_documents_every_status_the_handler_returns(spec: dict[str, Any], tmp_path: Path):
     answers = exercised(tmp_path)
-    assert {status for *_, status, _ in answers} == set(STATUS_CODES)
+    assert {status for _, _, status, _, _ in answers} == set(STATUS_CODES)
     components = spec["components"]["responses"]
-    for method, route, status, _ in answers:
+    for method, route, status, _, _ in answers:
         operation = spec["paths"].get(route, {}).get(method.lower())
         if operation is None:  # undocumented method or path: the shared 404/405 answers
             expected = "NotFound" if route not in spec["paths"] else "MethodNotAllowed"
@@ -127,13 +130,49 @@ def test_spec_documents_every_status_the_handler_returns(spec: dict[str, Any], t
 
 
 def test_bodies_match_the_documented_schemas(spec: dict[str, Any], tmp_path: Path):
-    for method, route, status, body in exercised(tmp_path):
+    for method, route, status, _, body in exercised(tmp_path):
         operation = spec["paths"].get(route, {}).get(method.lower())
         if operation is None or not body or route in ("/", "/openapi.yaml"):
             continue
         response = resolve(operation["responses"][str(status)], spec)
         schema = response["content"]["application/json"]["schema"]
         OAS30Validator(schema).validate(json.loads(body))
+
+
+def documented_response(spec: dict[str, Any], method: str, route: str, status: int) -> dict[str, Any]:
+    operation = spec["paths"].get(route, {}).get(method.lower())
+    if operation is None:
+        name = "NotFound" if route not in spec["paths"] else "MethodNotAllowed"
+        return resolve(spec["components"]["responses"][name], spec)
+    return resolve(operation["responses"][str(status)], spec)
+
+
+def test_answers_carry_the_headers_the_spec_requires(spec: dict[str, Any], tmp_path: Path):
+    """Every header the description marks required (WWW-Authenticate with 401, Retry-After with
+    429, Allow with 405 and the preflight) is in the answer; and the ones pinned here are marked."""
+    answers = exercised(tmp_path)
+    required_seen = set()
+    for method, route, status, headers, _ in answers:
+        documented = documented_response(spec, method, route, status).get("headers", {})
+        for name, header in documented.items():
+            if header.get("required"):
+                assert name.lower() in headers, f"{method} {route} {status} lacks {name}"
+                required_seen.add((status, name))
+    assert {(401, "WWW-Authenticate"), (429, "Retry-After"), (405, "Allow")} <= required_seen
+    unauthorized = next(headers for _, _, status, headers, _ in answers if status == 401)
+    assert unauthorized["www-authenticate"] == 'ApiKey header="x-api-key"'
+
+
+def test_spec_states_the_stores_limits(spec: dict[str, Any]):
+    """A user has at most MAX_RANK items (10 predictions, then up to 2 explore items); k is 1..MAX_K."""
+    get = spec["paths"]["/recommendations"]["get"]
+    assert f"up to {MAX_RANK} per user" in get["description"]
+    assert f"k above {MAX_RANK} returns at most {MAX_RANK}" in " ".join(get["description"].split())
+    k = next(p for p in get["parameters"] if p["name"] == "k")
+    assert f"1 to {MAX_K}" in k["description"]
+    schemas = spec["components"]["schemas"]
+    assert schemas["Recommendation"]["properties"]["rank"]["maximum"] == MAX_RANK
+    assert schemas["Recommendations"]["properties"]["recommendations"]["maxItems"] == MAX_RANK
 
 
 def test_served_description_is_the_file(tmp_path: Path):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from playwright.sync_api import expect
 
 from instarec_assets.backends.serving_store import SqliteRecommendationStore
 from instarec_assets.serving import ServingApi, ServingSettings
@@ -256,7 +257,8 @@ def test_page_asks_for_a_key_when_config_has_none(page, keyless_site: str):
     page.get_by_test_id("recommendation-card").first.wait_for()
     assert len(cards_of(page)) == 3
     page.reload()  # the key is remembered for the tab (sessionStorage), not beyond
-    assert page.get_by_label("API key").input_value() == KEY
+    # The page fills the field only after it has read /config.json: wait for that, do not race it.
+    expect(page.get_by_label("API key")).to_have_value(KEY)
 
 
 def test_anonymous_server_needs_no_key_field(page, anonymous_site: str):

@@ -9,8 +9,9 @@
 
 `GET /recommendations?user_id=<1..2147483647>&k=<1..20, default 3>` runs, in this order: the per-IP
 rate limit (429 with Retry-After; it counts every API request, refused or not, so guessing keys is
-limited too), the API key (401 without `x-api-key`, 403 with a wrong one), the query (400), the
-store lookup (404 for a user without recommendations, 503 when the store cannot be read), then 200.
+limited too), the API key (401 without `x-api-key`, with the `WWW-Authenticate` header RFC 9110
+requires of a 401; 403 with a wrong one), the query (400), the store lookup (404 for a user without
+recommendations, 503 when the store cannot be read), then 200.
 `OPTIONS /recommendations` is the CORS preflight (204, or 403 for an origin that is not allowed).
 Other methods get 405, other paths 404. Every error body is `{"error": "<one line>"}`; an
 unexpected exception is logged here and answered 500 `{"error": "internal error"}`, never with
@@ -73,6 +74,8 @@ JSON_HEADERS: Headers = (
     ("x-content-type-options", "nosniff"),
 )
 API_HEADERS: Headers = (*JSON_HEADERS, ("vary", "Origin"))
+# RFC 9110 (11.6.1): a 401 names the scheme that would authenticate; here the key's header.
+WWW_AUTHENTICATE: Headers = (("www-authenticate", 'ApiKey header="x-api-key"'),)
 INTERNAL_ERROR_BODY = b'{"error":"internal error"}'
 
 
@@ -322,7 +325,7 @@ class ServingApi:
         if self.keys is None:
             return
         if not provided:
-            raise RequestError(401, "missing API key: send it in the x-api-key header")
+            raise RequestError(401, "missing API key: send it in the x-api-key header", WWW_AUTHENTICATE)
         try:
             digests = self.keys.digests()
         except KeysUnavailableError:

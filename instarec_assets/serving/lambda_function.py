@@ -5,7 +5,9 @@ from SSM, the DynamoDB store in aws mode, the SQLite store under INSTAREC_HOME o
 reused by later invocations. Routing uses the event's `resource` (a greedy `{proxy+}` resource falls
 back to `path`). The client IP is API Gateway's `requestContext.identity.sourceIp`
 (never a header the client controls). Query parameters and headers are taken from the
-`multiValue...` fields when present, so repeated parameters are seen (and refused) as such.
+`multiValue...` fields when present, so repeated parameters are seen (and refused) as such. An
+event whose fields are not shaped as API Gateway sends them is answered like a bad request (400
+for a malformed query, 401 when the key cannot be read), never 500.
 """
 
 from __future__ import annotations
@@ -40,46 +42,87 @@ def reset() -> None:
         _api = None
 
 
-def event_query(event: Mapping[str, Any]) -> list[tuple[str, str]]:
+def event_query(event: Mapping[str, Any]) -> list[tuple[str, str]] | None:
+    """The query pairs, or None (answered 400) when a query field is not shaped as API Gateway
+    sends it: names mapped to strings, or in `multiValue...` to lists of strings. A None value is
+    dropped in both fields (as for a parameter API Gateway sends without a value)."""
     multi = event.get("multiValueQueryStringParameters")
     if multi:
-        return [(name, value) for name, values in multi.items() for value in (values or [])]
+        if not isinstance(multi, Mapping):
+            return None
+        pairs: list[tuple[str, str]] = []
+        for name, values in multi.items():
+            if values is None:
+                continue
+            if not isinstance(name, str) or not isinstance(values, list | tuple):
+                return None
+            for value in values:
+                if value is None:
+                    continue
+                if not isinstance(value, str):
+                    return None
+                pairs.append((name, value))
+        return pairs
     single = event.get("queryStringParameters") or {}
-    return [(name, value) for name, value in single.items() if value is not None]
+    if not isinstance(single, Mapping):
+        return None
+    pairs = []
+    for name, value in single.items():
+        if value is None:
+            continue
+        if not isinstance(name, str) or not isinstance(value, str):
+            return None
+        pairs.append((name, value))
+    return pairs
 
 
 def event_headers(event: Mapping[str, Any]) -> dict[str, str]:
+    """Lower-case names to values; an entry that is not a string name with string values is left
+    out, so a malformed `x-api-key` counts as a missing one (401), never as an error."""
     headers: dict[str, str] = {}
     multi = event.get("multiValueHeaders")
-    if multi:
+    if multi and isinstance(multi, Mapping):
         for name, values in multi.items():
-            if values:
-                headers[name.lower()] = ", ".join(values)
+            if not isinstance(name, str) or not isinstance(values, list | tuple):
+                continue
+            texts = [value for value in values if isinstance(value, str)]
+            if texts:
+                headers[name.lower()] = ", ".join(texts)
         return headers
-    for name, value in (event.get("headers") or {}).items():
-        if value is not None:
-            headers[name.lower()] = value
+    single = event.get("headers") or {}
+    if isinstance(single, Mapping):
+        for name, value in single.items():
+            if isinstance(name, str) and isinstance(value, str):
+                headers[name.lower()] = value
     return headers
+
+
+def _text(value: Any, default: str = "") -> str:
+    return value if isinstance(value, str) and value else default
 
 
 def event_route(event: Mapping[str, Any]) -> str:
     """The API resource (`/recommendations`), not `path`, which may carry a custom domain's base path."""
-    resource = event.get("resource") or ""
+    resource = _text(event.get("resource"))
     if resource and "{" not in resource:
         return resource
-    return event.get("path") or "/"
+    return _text(event.get("path"), "/")
 
 
 def lambda_handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     try:
         api = get_api()
-        identity = (event.get("requestContext") or {}).get("identity") or {}
+        if not isinstance(event, Mapping):
+            event = {}
+        request_context = event.get("requestContext")
+        identity = request_context.get("identity") if isinstance(request_context, Mapping) else None
+        source_ip = identity.get("sourceIp") if isinstance(identity, Mapping) else None
         status, headers, body = api.handle(
-            event.get("httpMethod") or "GET",
+            _text(event.get("httpMethod"), "GET"),
             event_route(event),
             event_query(event),
             event_headers(event),
-            identity.get("sourceIp") or "",
+            _text(source_ip),
         )
     except Exception:
         log.exception("unexpected error before the request could be handled")

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--page-key",
         action="store_true",
-        help="put the first API key into the page's /config.json so the page needs no key field",
+        help="put the first API key into the page's /config.json so the page needs no key field "
+        "(loopback addresses only)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request (off by default)")
     return parser
@@ -81,6 +82,12 @@ def prepare(args: argparse.Namespace) -> ServingSettings:
     if not 0 <= args.port <= 65535:
         raise ServingConfigError("--port must be 0 to 65535")
     settings = ServingSettings.from_env()
+    if settings.page_api_key and not is_loopback(args.host):
+        # /config.json is unauthenticated: the key in it would go to anyone who can reach the host
+        raise ServingConfigError(
+            f"--page-key (INSTAREC_PAGE_API_KEY) puts an API key into /config.json for anyone who can "
+            f"reach the server and is refused on {args.host}: use a loopback address (127.0.0.1)"
+        )
     check_address(args.host, args.port)
     from instarec_assets.serving.api import ServingApi
 
