@@ -270,8 +270,13 @@ def test_aws_commands_without_credentials_exit_1_with_one_line(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    S3FileSystem.clear_instance_cache()  # an earlier test's filesystem holds that test's credentials
-    status, out, err = run_cli(capsys, *argv)
+    # s3fs caches filesystems by their arguments: drop an earlier test's (with its credentials) and,
+    # afterwards, this one's (without any), which later tests on the same moto server would reuse.
+    S3FileSystem.clear_instance_cache()
+    try:
+        status, out, err = run_cli(capsys, *argv)
+    finally:
+        S3FileSystem.clear_instance_cache()
     assert (status, out, len(err)) == (1, [], 1)
     assert err[0].startswith(f"instarec: error: {subject}") and err[0].endswith(
         ": Unable to locate credentials"
