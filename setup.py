@@ -9,7 +9,14 @@ setup(
     packages=find_packages(exclude=["instarec_assets_tests", "instarec_assets_tests.*"]),
     include_package_data=True,
     package_data={
-        "instarec_assets": ["**/*.sql", "**/*.html", "**/*.yaml", "**/*.json", "generate/data/*.csv", "generate/data/*.csv.gz"]
+        "instarec_assets": [
+            "**/*.sql",
+            "**/*.html",
+            "**/*.yaml",
+            "**/*.json",
+            "generate/data/*.csv",
+            "generate/data/*.csv.gz",
+        ]
     },
     python_requires=">=3.11",
     install_requires=[
