@@ -252,6 +252,21 @@ def test_submission_with_a_missing_consumption_bucket_names_it(
     ]
 
 
+def test_status_with_a_missing_zone_bucket_names_it_instead_of_calling_the_lake_empty(
+    capsys, aws_locations: LakeLocations, monkeypatch: pytest.MonkeyPatch
+):
+    status, out, err = run_cli(capsys, "status")
+    assert (status, out, err) == (0, ["the lake at s3 is empty"], [])
+    monkeypatch.setenv("INSTAREC_CLEAN_BUCKET", "instarec-no-such-bucket")
+    S3FileSystem.clear_instance_cache()
+    status, out, err = run_cli(capsys, "status")
+    assert (status, out) == (1, [])
+    assert err == [
+        "instarec: error: s3://instarec-no-such-bucket (INSTAREC_CLEAN_BUCKET, the clean zone) does not "
+        "exist or cannot be read with these credentials"
+    ]
+
+
 @pytest.mark.parametrize(
     ("argv", "subject"),
     [

@@ -27,11 +27,18 @@ class TableStatus:
 
 
 def lake_status(locations: LakeLocations) -> list[TableStatus]:
+    """Every zone table with rows; a zone bucket that is missing or unreadable is an error in aws
+    mode (not an empty lake), since it usually means a wrong bucket variable or missing access."""
     fs = locations.filesystem
     statuses = []
     for zone in ZONES:
         root = locations.zone_uri(zone)
         if not fs.exists(root):
+            if locations.is_aws:
+                raise ValueError(
+                    f"{root} (INSTAREC_{zone.upper()}_BUCKET, the {zone} zone) does not exist "
+                    "or cannot be read with these credentials"
+                )
             continue
         fs.invalidate_cache()
         for entry in sorted(fs.ls(root, detail=False)):

@@ -19,6 +19,7 @@ from instarec_assets.warehouse.readonly import (
     QueryResult,
     WarehouseNotBuiltError,
     WarehouseQueryError,
+    WarehouseUnreadableError,
     format_table,
     run_readonly_sql,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "WarehouseSalt",
     "WarehouseSaltError",
     "WarehouseSummary",
+    "WarehouseUnreadableError",
     "build_warehouse",
     "build_warehouse_file",
     "format_table",
