@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 from instarec_assets.lake.clean_orders import CLEAN_ORDERS_SCHEMA
@@ -41,19 +40,33 @@ FROM submission_orders
 QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY order_number DESC) = 1 AND eval_set = 'test'
 """
 
+# The scored `test` rows, read from the predictions once.
+SCORED_SQL = """
+CREATE OR REPLACE TEMP TABLE submission_scored AS
+SELECT order_id, product_id, probability
+FROM read_parquet($uri, hive_partitioning = false)
+WHERE eval_set = 'test'
+"""
+
 CANDIDATES_SQL = """
-SELECT p.order_id, p.product_id, p.probability
-FROM read_parquet($uri, hive_partitioning = false) AS p
-SEMI JOIN submission_test_orders AS t USING (order_id)
-WHERE p.eval_set = 'test'
+SELECT order_id, product_id, probability FROM submission_scored SEMI JOIN submission_test_orders USING (order_id)
 """
 
 # Scored `test` rows whose order is not a clean `test` order (its lines went missing, say): left out.
 SCORED_NOT_TEST_SQL = """
-SELECT count(DISTINCT p.order_id)
-FROM read_parquet($uri, hive_partitioning = false) AS p
-ANTI JOIN submission_test_orders AS t USING (order_id)
-WHERE p.eval_set = 'test'
+SELECT count(DISTINCT order_id) FROM submission_scored ANTI JOIN submission_test_orders USING (order_id)
+"""
+
+# Every test order, with its selected basket or, where it had no candidates, `None`.
+BASKETS_SQL = f"""
+SELECT t.order_id, t.user_id,
+       coalesce(s.products, '{NONE}') AS products,
+       coalesce(s.n_products, 0) AS n_products,
+       coalesce(s.include_none, true) AS include_none,
+       coalesce(s.expected_f1, 1.0) AS expected_f1
+FROM submission_test_orders AS t
+LEFT JOIN submission_selected AS s USING (order_id)
+ORDER BY t.order_id
 """
 
 
@@ -74,35 +87,30 @@ def next_baskets(
     without candidates in `predictions_uri`."""
     create_view(conn, "submission_orders", clean_orders, CLEAN_ORDERS_SCHEMA)
     conn.execute(TEST_ORDERS_SQL)
-    orders = conn.execute(
-        "SELECT order_id, user_id FROM submission_test_orders ORDER BY order_id"
-    ).fetchnumpy()
-    params = {"uri": predictions_uri}
-    scored_not_test = int(conn.execute(SCORED_NOT_TEST_SQL, params).fetchone()[0])
-    rows = conn.execute(CANDIDATES_SQL, params).fetchnumpy()
-    order_ids = np.asarray(orders["order_id"], dtype=np.int64)
+    conn.execute(SCORED_SQL, {"uri": predictions_uri})
+    scored_not_test = int(conn.execute(SCORED_NOT_TEST_SQL).fetchone()[0])
+    rows = conn.execute(CANDIDATES_SQL).fetchnumpy()
     selection = select_baskets(rows["order_id"], rows["product_id"], rows["probability"])
     strings = selection.kaggle_strings()
-    position = np.searchsorted(selection.order_ids, order_ids)
-    found = position < len(selection.order_ids)
-    found[found] = selection.order_ids[position[found]] == order_ids[found]
-    at = np.where(found, position, 0)
-
-    def per_order(values: np.ndarray, missing: object) -> np.ndarray:
-        return np.where(found, values[at], missing) if len(values) else np.full(len(order_ids), missing)
-
-    table = pa.table(
+    order_ids = selection.order_ids.tolist()
+    selected = pa.table(
         {
-            "order_id": pa.array(order_ids, pa.int32()),
-            "user_id": pa.array(orders["user_id"], pa.int32()),
-            "products": pa.array([strings.get(order, NONE) for order in order_ids.tolist()], pa.string()),
-            "n_products": pa.array(per_order(selection.n_products, 0), pa.int16()),
-            "include_none": pa.array(per_order(selection.include_none, True).astype(bool), pa.bool_()),
-            "expected_f1": pa.array(per_order(selection.expected_f1, 1.0), pa.float32()),
-        },
-        schema=BASKETS_SCHEMA,
+            "order_id": pa.array(order_ids, pa.int64()),
+            "products": pa.array([strings[order] for order in order_ids], pa.string()),
+            "n_products": pa.array(selection.n_products, pa.int64()),
+            "include_none": pa.array(selection.include_none, pa.bool_()),
+            "expected_f1": pa.array(selection.expected_f1, pa.float64()),
+        }
     )
-    return NextBaskets(table, without_candidates=int((~found).sum()), scored_not_test=scored_not_test)
+    conn.register("submission_selected", selected)
+    try:
+        table = conn.sql(BASKETS_SQL).to_arrow_table().cast(BASKETS_SCHEMA)
+    finally:
+        conn.unregister("submission_selected")
+    # every selected order is a test order (CANDIDATES_SQL keeps only those), so the rest had none
+    return NextBaskets(
+        table, without_candidates=table.num_rows - len(order_ids), scored_not_test=scored_not_test
+    )
 
 
 def write_submission(conn: duckdb.DuckDBPyConnection, baskets_uri: str, out: Path) -> int:
