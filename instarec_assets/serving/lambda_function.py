@@ -47,53 +47,42 @@ def event_query(event: Mapping[str, Any]) -> list[tuple[str, str]] | None:
     sends it: names mapped to strings, or in `multiValue...` to lists of strings. A None value is
     dropped in both fields (as for a parameter API Gateway sends without a value)."""
     multi = event.get("multiValueQueryStringParameters")
-    if multi:
-        if not isinstance(multi, Mapping):
+    if not multi:
+        single = event.get("queryStringParameters") or {}
+        if not isinstance(single, Mapping):
             return None
-        pairs: list[tuple[str, str]] = []
-        for name, values in multi.items():
-            if values is None:
-                continue
-            if not isinstance(name, str) or not isinstance(values, list | tuple):
-                return None
-            for value in values:
-                if value is None:
-                    continue
-                if not isinstance(value, str):
-                    return None
-                pairs.append((name, value))
-        return pairs
-    single = event.get("queryStringParameters") or {}
-    if not isinstance(single, Mapping):
+        multi = {name: [value] for name, value in single.items()}
+    if not isinstance(multi, Mapping):
         return None
-    pairs = []
-    for name, value in single.items():
-        if value is None:
+    pairs: list[tuple[str, str]] = []
+    for name, values in multi.items():
+        if values is None:
             continue
-        if not isinstance(name, str) or not isinstance(value, str):
+        if not isinstance(name, str) or not isinstance(values, list | tuple):
             return None
-        pairs.append((name, value))
+        for value in values:
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                return None
+            pairs.append((name, value))
     return pairs
 
 
 def event_headers(event: Mapping[str, Any]) -> dict[str, str]:
     """Lower-case names to values; an entry that is not a string name with string values is left
     out, so a malformed `x-api-key` counts as a missing one (401), never as an error."""
-    headers: dict[str, str] = {}
     multi = event.get("multiValueHeaders")
-    if multi and isinstance(multi, Mapping):
-        for name, values in multi.items():
-            if not isinstance(name, str) or not isinstance(values, list | tuple):
-                continue
-            texts = [value for value in values if isinstance(value, str)]
-            if texts:
-                headers[name.lower()] = ", ".join(texts)
-        return headers
-    single = event.get("headers") or {}
-    if isinstance(single, Mapping):
-        for name, value in single.items():
-            if isinstance(name, str) and isinstance(value, str):
-                headers[name.lower()] = value
+    if not (multi and isinstance(multi, Mapping)):
+        single = event.get("headers") or {}
+        multi = {name: [value] for name, value in single.items()} if isinstance(single, Mapping) else {}
+    headers: dict[str, str] = {}
+    for name, values in multi.items():
+        if not isinstance(name, str) or not isinstance(values, list | tuple):
+            continue
+        texts = [value for value in values if isinstance(value, str)]
+        if texts:
+            headers[name.lower()] = ", ".join(texts)
     return headers
 
 
