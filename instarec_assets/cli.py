@@ -83,8 +83,7 @@ def error_line(error: BaseException) -> str | None:
 
 
 def _one_line(message: str) -> str:
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    return message if len(lines) == 1 else " ".join(lines)
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,14 +81,9 @@ def connect_readonly(db_path: Path, **settings: str | None) -> duckdb.DuckDBPyCo
     return duckdb.connect(str(db_path), read_only=True, config=readonly_config(**settings))
 
 
-@contextmanager
-def open_readonly(db_path: Path, **settings: str | None) -> Iterator[duckdb.DuckDBPyConnection]:
+def open_readonly(db_path: Path, **settings: str | None) -> closing[duckdb.DuckDBPyConnection]:
     """`connect_readonly`, closed on exit."""
-    conn = connect_readonly(db_path, **settings)
-    try:
-        yield conn
-    finally:
-        conn.close()
+    return closing(connect_readonly(db_path, **settings))
 
 
 @contextmanager
@@ -101,10 +96,8 @@ def open_for_query(db_path: Path, **settings: str | None) -> Iterator[duckdb.Duc
             f"{db_path}: cannot open the analyst warehouse ({one_line(error)}); "
             "if the file is damaged, materialize a partition to rebuild it"
         ) from None
-    try:
+    with closing(conn):
         yield conn
-    finally:
-        conn.close()
 
 
 def checked_statement(conn: duckdb.DuckDBPyConnection, sql: str):
