@@ -22,7 +22,7 @@ from dagster import (
     materialize,
 )
 
-from instarec_assets.assets.checks import beats_baselines_result
+from instarec_assets.assets.models import beats_baselines_result
 from instarec_assets.backends.serving_store import SqliteRecommendationStore
 from instarec_assets.cli import main
 from instarec_assets.definitions import build_definitions

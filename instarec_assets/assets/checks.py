@@ -1,5 +1,4 @@
-"""Asset checks on the published clean zone: schema, key uniqueness and foreign keys; and the
-result of the model's `beats_baselines` check.
+"""Asset checks on the published clean zone: schema, key uniqueness and foreign keys.
 
 They read the lake as stored (not the step's staged files), so they also catch a partition that
 was edited or replaced by hand. Blocking checks stop downstream assets in the same run.
@@ -7,13 +6,7 @@ was edited or replaced by hand. Blocking checks stop downstream assets in the sa
 
 import warnings
 
-from dagster import (
-    AssetCheckExecutionContext,
-    AssetCheckResult,
-    AssetChecksDefinition,
-    AssetCheckSeverity,
-    asset_check,
-)
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetChecksDefinition, asset_check
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.lake.clean_catalog import AISLES, CLEAN_PRODUCTS_SCHEMA, DEPARTMENTS
@@ -24,7 +17,6 @@ from instarec_assets.lake.integrity import (
     orphan_rows,
     schema_differences,
 )
-from instarec_assets.ml.evaluation import BasketEvaluation, compare_with_baselines
 from instarec_assets.partitions import landing_date_partitions
 from instarec_assets.resources import LakeResource, lake_connection
 
@@ -165,22 +157,3 @@ def clean_checks() -> list[AssetChecksDefinition]:
         build_dimension_key_check("clean_aisles", "aisle_id"),
         build_dimension_key_check("clean_departments", "department_id"),
     ]
-
-
-def beats_baselines_result(check_name: str, baskets: BasketEvaluation) -> AssetCheckResult:
-    """The xgboost_model asset's blocking check: fails (ERROR) unless the validation mean F1 beats
-    both baselines; the description names each baseline that was not beaten."""
-    verdict = compare_with_baselines(baskets)
-    return AssetCheckResult(
-        check_name=check_name,
-        passed=verdict.passed,
-        severity=AssetCheckSeverity.ERROR,
-        description=verdict.description,
-        metadata={
-            "model_f1": baskets.model_f1,
-            "last_order_f1": baskets.last_order_f1,
-            "frequency_f1": baskets.frequency_f1,
-            "frequency_min_orders": baskets.frequency_min_orders,
-            "not_beaten": ", ".join(verdict.not_beaten) or "none",
-        },
-    )

@@ -3,6 +3,8 @@
 from collections.abc import Iterator
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetsDefinition,
@@ -13,10 +15,10 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
-from instarec_assets.assets.checks import beats_baselines_result
 from instarec_assets.assets.memory import release_freed_memory
 from instarec_assets.features import FEATURE_COLUMNS
 from instarec_assets.io_managers import StagedArtifacts
+from instarec_assets.ml.evaluation import BasketEvaluation, compare_with_baselines
 from instarec_assets.ml.graphsage import SIMILARITY_FEATURE, SimilarityLookup
 from instarec_assets.ml.metrics import png_markdown, table_markdown
 from instarec_assets.ml.reorder_model import MODEL_CARD_FILE, load_feature_rows, train_and_report
@@ -34,6 +36,25 @@ class XGBoostModelConfig(Config):
     # Also fit a model without the GraphSAGE similarity, so the card records what the feature adds
     # (doubles training time; turn off where only the model matters).
     compare_without_similarity: bool = True
+
+
+def beats_baselines_result(check_name: str, baskets: BasketEvaluation) -> AssetCheckResult:
+    """The xgboost_model asset's blocking check: fails (ERROR) unless the validation mean F1 beats
+    both baselines; the description names each baseline that was not beaten."""
+    verdict = compare_with_baselines(baskets)
+    return AssetCheckResult(
+        check_name=check_name,
+        passed=verdict.passed,
+        severity=AssetCheckSeverity.ERROR,
+        description=verdict.description,
+        metadata={
+            "model_f1": baskets.model_f1,
+            "last_order_f1": baskets.last_order_f1,
+            "frequency_f1": baskets.frequency_f1,
+            "frequency_min_orders": baskets.frequency_min_orders,
+            "not_beaten": ", ".join(verdict.not_beaten) or "none",
+        },
+    )
 
 
 def model_assets(storage_kind: str) -> list[AssetsDefinition]:
