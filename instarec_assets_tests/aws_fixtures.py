@@ -1,4 +1,5 @@
-"""A moto server on 127.0.0.1 for S3 (and later DynamoDB and SageMaker): real HTTP from boto3 and s3fs."""
+"""A moto server on 127.0.0.1 for S3, DynamoDB, SageMaker and SSM (real HTTP from boto3 and s3fs), and
+how the SageMaker XGBoost container trains, for the tests that play it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
+import xgboost as xgb
 from moto.server import ThreadedMotoServer
 
 from instarec_assets.lake.locations import LakeLocations
@@ -54,3 +56,31 @@ def aws_locations(aws_env: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> La
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
     return LakeLocations.from_env()
+
+
+def train_like_the_container(
+    hyperparameters: dict[str, str], train: xgb.DMatrix, validation: xgb.DMatrix, save_best: bool = True
+) -> xgb.Booster:
+    """What the SageMaker XGBoost container (v3.0-5, algorithm_mode/train.py and callback.py) does
+    with a training job's hyperparameters: split the comma-separated eval_metric, and
+    `xgboost.train` with an EarlyStopping callback on the validation channel's last metric, which
+    with `save_best` (the container's choice on a single instance) keeps only the rounds up to the
+    best, with the best_iteration and best_score attributes."""
+    params = dict(hyperparameters)
+    num_round = int(params.pop("num_round"))
+    early_stopping_rounds = int(params.pop("early_stopping_rounds"))
+    params["eval_metric"] = params["eval_metric"].split(",")
+    early_stopping = xgb.callback.EarlyStopping(
+        rounds=early_stopping_rounds,
+        data_name="validation",
+        metric_name=params["eval_metric"][-1],
+        save_best=save_best,
+    )
+    return xgb.train(
+        params,
+        train,
+        num_boost_round=num_round,
+        evals=[(train, "train"), (validation, "validation")],
+        callbacks=[early_stopping],
+        verbose_eval=False,
+    )

@@ -35,7 +35,7 @@ from instarec_assets.backends.sagemaker import (
 )
 from instarec_assets.ml.reorder_model import FeatureRows, InProcessTrainer
 from instarec_assets.ml.training import ReorderModelParams
-from instarec_assets_tests.aws_fixtures import REGION
+from instarec_assets_tests.aws_fixtures import REGION, train_like_the_container
 
 ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/instarec-test-sagemaker-execution"
 IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:3.0-5"
@@ -413,33 +413,15 @@ def test_settings_from_the_orchestration_environment(monkeypatch: pytest.MonkeyP
 
 
 def _play_training_container(s3, description, tmp_path: Path, save_best: bool) -> xgb.Booster:
-    """What the SageMaker XGBoost container (v3.0-5, algorithm_mode/train.py and callback.py) does
-    with a job: read the label-first CSV channels, split the comma-separated eval_metric, and
-    `xgboost.train` with an EarlyStopping callback on the validation channel's last metric, which
-    with `save_best` (the container's choice on a single instance) keeps only the rounds up to the
-    best; the model, with its best_iteration and best_score attributes, is saved as `xgboost-model`."""
-    hyperparameters = dict(description["HyperParameters"])
-    num_round = int(hyperparameters.pop("num_round"))
-    early_stopping_rounds = int(hyperparameters.pop("early_stopping_rounds"))
-    hyperparameters["eval_metric"] = hyperparameters["eval_metric"].split(",")
+    """The container's side of a training job: read the label-first CSV channels, train as the
+    container does (`train_like_the_container`), save the model as `xgboost-model`."""
     matrices = {}
     for channel in description["InputDataConfig"]:
         uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
         rows = np.genfromtxt(io.BytesIO(_get(s3, f"{uri}{channel['ChannelName']}.csv")), delimiter=",")
         matrices[channel["ChannelName"]] = xgb.DMatrix(rows[:, 1:], label=rows[:, 0])
-    early_stopping = xgb.callback.EarlyStopping(
-        rounds=early_stopping_rounds,
-        data_name="validation",
-        metric_name=hyperparameters["eval_metric"][-1],
-        save_best=save_best,
-    )
-    booster = xgb.train(
-        hyperparameters,
-        matrices["train"],
-        num_boost_round=num_round,
-        evals=[(matrices["train"], "train"), (matrices["validation"], "validation")],
-        callbacks=[early_stopping],
-        verbose_eval=False,
+    booster = train_like_the_container(
+        description["HyperParameters"], matrices["train"], matrices["validation"], save_best
     )
     _put(s3, description["ModelArtifacts"]["S3ModelArtifacts"], _model_tar_gz(booster, tmp_path))
     return booster

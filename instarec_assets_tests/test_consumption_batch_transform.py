@@ -43,7 +43,7 @@ from instarec_assets.definitions import build_definitions, build_resources
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.pipeline.runner import land_folder
 from instarec_assets.resources import ModelTrainingResource
-from instarec_assets_tests.aws_fixtures import REGION
+from instarec_assets_tests.aws_fixtures import REGION, train_like_the_container
 
 pytestmark = pytest.mark.aws
 ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/instarec-test-sagemaker-execution"
@@ -100,26 +100,10 @@ class Container:
         return xgb.DMatrix(frame.iloc[:, 1:].to_numpy(), label=frame.iloc[:, 0].to_numpy())
 
     def _train(self, description: Mapping[str, Any]) -> None:
-        params = dict(description["HyperParameters"])
-        rounds, patience = int(params.pop("num_round")), int(params.pop("early_stopping_rounds"))
-        # As the SageMaker XGBoost container does: a comma list of metrics, and the model saved only
-        # up to the early-stopping best round.
-        params["eval_metric"] = params["eval_metric"].split(",")
-        validation = self._channel(description, "validation")
-        booster = xgb.train(
-            params,
+        booster = train_like_the_container(
+            description["HyperParameters"],
             self._channel(description, "train"),
-            num_boost_round=rounds,
-            evals=[(validation, "validation")],
-            callbacks=[
-                xgb.callback.EarlyStopping(
-                    rounds=patience,
-                    data_name="validation",
-                    metric_name=params["eval_metric"][-1],
-                    save_best=True,
-                )
-            ],
-            verbose_eval=False,
+            self._channel(description, "validation"),
         )
         buffer = io.BytesIO()
         payload = booster.save_raw("ubj")
