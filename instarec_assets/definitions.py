@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import os
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import AssetSelection, AssetSpec, Definitions, define_asset_job
 
 from instarec_assets.assets.checks import clean_checks
-from instarec_assets.assets.clean import clean_assets
-from instarec_assets.assets.consumption import consumption_assets
-from instarec_assets.assets.curated import curated_assets
-from instarec_assets.assets.graph import graph_assets
-from instarec_assets.assets.models import model_assets
-from instarec_assets.assets.raw import raw_assets
+from instarec_assets.assets.clean import CLEAN_STEPS
+from instarec_assets.assets.consumption import (
+    dynamodb_recommendations,
+    next_basket,
+    recommendations,
+    reorder_predictions,
+)
+from instarec_assets.assets.curated import curated_features_step
+from instarec_assets.assets.graph import graphsage_step
+from instarec_assets.assets.models import xgboost_model
+from instarec_assets.assets.raw import raw_landing_files
 from instarec_assets.assets.warehouse import (
     WAREHOUSE_RESOURCE_KEY,
-    warehouse_assets,
+    analyst_warehouse,
     warehouse_duckdb_resource,
 )
 from instarec_assets.backends.serving_store import store_settings_from_env
+from instarec_assets.history import DEFAULT_HISTORY_WAIT, HistoryWait
 from instarec_assets.io_managers import LakeIOManager, ModelArtifactIOManager
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.lake.schemas import ZONES
-from instarec_assets.partitions import landing_date_partitions
+from instarec_assets.partitions import landing_batches
 from instarec_assets.resources import (
+    ComputeResource,
     LakeResource,
     ModelTrainingResource,
     ServingStoreResource,
@@ -31,10 +38,26 @@ from instarec_assets.resources import (
 )
 from instarec_assets.sensors import LANDING_JOB_NAME, landing_sensor
 
+ASSETS = [
+    raw_landing_files,
+    *CLEAN_STEPS,
+    curated_features_step,
+    graphsage_step,
+    xgboost_model,
+    reorder_predictions,
+    next_basket,
+    recommendations,
+    dynamodb_recommendations,
+    analyst_warehouse,
+]
 
-def build_resources(locations: LakeLocations) -> dict:
+# The assets are written for local mode; in aws mode the same assets store to S3 and serve from DynamoDB.
+AWS_KINDS = {"parquet": "s3", "sqlite": "dynamodb"}
+
+
+def build_resources(locations: LakeLocations, history_wait: HistoryWait = DEFAULT_HISTORY_WAIT) -> dict:
     """The lake, DuckDB and one parquet IO manager per zone, all pointing at `locations`."""
-    lake = LakeResource.from_locations(locations)
+    lake = LakeResource.from_locations(locations, history_wait)
     default_backend = "sagemaker" if locations.is_aws else "local"
     return {
         "lake": lake,
@@ -45,33 +68,32 @@ def build_resources(locations: LakeLocations) -> dict:
         "training": ModelTrainingResource(
             backend=os.environ.get("INSTAREC_TRAINING_BACKEND", default_backend)
         ),
+        "compute": ComputeResource(
+            threads=int(os.environ.get("INSTAREC_THREADS", "0") or 0),
+            graphsage_device=os.environ.get("INSTAREC_GRAPHSAGE_DEVICE", ""),
+        ),
         "serving_store": ServingStoreResource(**store_settings_from_env(locations.home)),
     }
 
 
-def build_definitions(locations: LakeLocations) -> Definitions:
-    storage_kind = "s3" if locations.is_aws else "parquet"
-    kinds = {"duckdb", storage_kind}
-    store_kind = "dynamodb" if locations.is_aws else "sqlite"
-    assets = [
-        *raw_assets(kinds),
-        *clean_assets(kinds),
-        *curated_assets(kinds),
-        *graph_assets(storage_kind),
-        *model_assets(storage_kind),
-        *consumption_assets(storage_kind, store_kind),
-        *warehouse_assets(),
-    ]
+def _aws_kinds(spec: AssetSpec) -> AssetSpec:
+    return spec.replace_attributes(kinds={AWS_KINDS.get(kind, kind) for kind in spec.kinds})
+
+
+def build_definitions(
+    locations: LakeLocations, history_wait: HistoryWait = DEFAULT_HISTORY_WAIT
+) -> Definitions:
     landing_job = define_asset_job(
         LANDING_JOB_NAME,
         selection=AssetSelection.all(),
-        partitions_def=landing_date_partitions,
-        description="Every asset for one landing date: raw, clean, and everything downstream.",
+        partitions_def=landing_batches,
+        description="Every asset for one landing batch: raw, clean, and everything downstream.",
     )
-    return Definitions(
-        assets=assets,
+    definitions = Definitions(
+        assets=ASSETS,
         asset_checks=clean_checks(),
         jobs=[landing_job],
         sensors=[landing_sensor],
-        resources=build_resources(locations),
+        resources=build_resources(locations, history_wait),
     )
+    return definitions.map_asset_specs(func=_aws_kinds) if locations.is_aws else definitions

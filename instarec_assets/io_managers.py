@@ -28,8 +28,10 @@ from dagster import (
 )
 from upath import UPath
 
+from instarec_assets.history import HistoryWait, require_complete
 from instarec_assets.lake.duck import StagedParquet
 from instarec_assets.lake.locations import partition_relpath
+from instarec_assets.partitions import HISTORY_INPUT, THIS_PARTITION, THROUGH_PARTITION
 from instarec_assets.resources import LakeResource
 
 
@@ -38,10 +40,11 @@ class ZoneParquetIOManager(UPathIOManager):
 
     extension = ".parquet"
 
-    def __init__(self, base_path: UPath, zone: str, scratch: Path):
+    def __init__(self, base_path: UPath, zone: str, scratch: Path, wait: HistoryWait):
         super().__init__(base_path=base_path)
         self.zone = zone
         self.scratch = scratch
+        self.wait = wait
 
     def get_path_for_partition(
         self, context: InputContext | OutputContext, path: UPath, partition: str
@@ -69,6 +72,42 @@ class ZoneParquetIOManager(UPathIOManager):
         if not path.exists():
             raise FileNotFoundError(f"partition file {path} does not exist; materialize that partition first")
         return str(path)
+
+    def _partition_path(self, context: InputContext, partition_key: str) -> UPath:
+        return self._with_extension(self.get_path_for_partition(context, self._base_path, partition_key))
+
+    def load_input(self, context: InputContext):
+        read = context.definition_metadata.get(HISTORY_INPUT)
+        if read == THROUGH_PARTITION:
+            return self.load_history(context)
+        if read == THIS_PARTITION:
+            return self.load_from_path(context, self._partition_path(context, context.partition_key))
+        return super().load_input(context)
+
+    def load_history(self, context: InputContext) -> list[str]:
+        """The URIs of every batch up to the run's partition, in date order (see partitions.history_input).
+
+        Every earlier batch must be stored. (Dagster cannot attach input metadata to a multi-partition
+        input; the steps record the batches they read as `history_read`.)
+        """
+        table = context.asset_key.path[-1]
+        run_partition = context.partition_key
+        keys = sorted(key for key in context.asset_partition_keys if key <= run_partition)
+        paths = {key: self._partition_path(context, key) for key in keys}
+        require_complete(
+            table,
+            run_partition,
+            keys,
+            lambda key: paths[key].exists(),
+            context.instance,
+            context.step_context.run_id,
+            self.wait,
+        )
+        if run_partition not in paths or not paths[run_partition].exists():
+            raise FileNotFoundError(
+                f"{table}: partition {run_partition} is not stored; materialize it before what reads it"
+            )
+        return [str(paths[key]) for key in keys]
 
 
 def parquet_metadata(path: Path, zone: str) -> dict[str, MetadataValue]:
@@ -185,4 +224,5 @@ class LakeIOManager(ConfigurableIOManagerFactory):
             UPath(locations.zone_uri(self.zone), **locations.storage_options()),
             self.zone,
             locations.scratch_dir(),
+            self.lake.history_wait,
         )

@@ -13,6 +13,7 @@ import duckdb as duckdb_module
 from dagster import ConfigurableResource
 from dagster_duckdb import DuckDBResource
 
+from instarec_assets.history import DEFAULT_HISTORY_WAIT, HistoryWait
 from instarec_assets.lake.duck import attach_filesystem
 from instarec_assets.lake.locations import LakeLocations
 
@@ -28,10 +29,20 @@ class LakeResource(ConfigurableResource):
     consumption_bucket: str = ""
     endpoint_url: str = ""
     region: str = "us-east-1"
+    # A step reading history waits this long, this many times, for an earlier batch whose run is in
+    # flight (see instarec_assets.history).
+    history_wait_seconds: float = HistoryWait.seconds
+    history_wait_retries: int = HistoryWait.retries
+    history_grace_retries: int = HistoryWait.grace_retries
 
     @classmethod
-    def from_locations(cls, locations: LakeLocations) -> LakeResource:
+    def from_locations(
+        cls, locations: LakeLocations, history_wait: HistoryWait = DEFAULT_HISTORY_WAIT
+    ) -> LakeResource:
         return cls(
+            history_wait_seconds=history_wait.seconds,
+            history_wait_retries=history_wait.retries,
+            history_grace_retries=history_wait.grace_retries,
             env=locations.env,
             home=locations.home,
             raw_bucket=locations.raw_bucket,
@@ -62,6 +73,10 @@ class LakeResource(ConfigurableResource):
             shutil.rmtree(path)
         path.mkdir(parents=True)
         return path
+
+    @property
+    def history_wait(self) -> HistoryWait:
+        return HistoryWait(self.history_wait_seconds, self.history_wait_retries, self.history_grace_retries)
 
     @staticmethod
     def now() -> dt.datetime:
@@ -143,3 +158,12 @@ class ServingStoreResource(ConfigurableResource):
             self.endpoint_url,
             read_only=read_only,
         )
+
+
+class ComputeResource(ConfigurableResource):
+    """How much of the machine the model steps use, and where GraphSAGE runs."""
+
+    # Threads for XGBoost and torch; 0 = the CPUs this process may use (affinity and cgroup quota).
+    threads: int = 0
+    # cpu, cuda or "" (cuda when available, else cpu).
+    graphsage_device: str = ""

@@ -13,7 +13,7 @@ from dagster import (
 )
 
 from instarec_assets.lake.locations import LakeConfigError, parse_partition_key
-from instarec_assets.partitions import landing_date_partitions
+from instarec_assets.partitions import LANDING_BATCHES, landing_batches
 from instarec_assets.resources import LakeResource
 
 LANDING_JOB_NAME = "landing_to_lake"
@@ -23,11 +23,14 @@ LANDING_JOB_NAME = "landing_to_lake"
     job_name=LANDING_JOB_NAME,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Watches the landing area; each new folder with a _SUCCESS marker starts one partition run.",
+    description=(
+        "Watches the landing area; each new folder with a _SUCCESS marker becomes a landing batch "
+        "(a partition) and starts one run for it."
+    ),
 )
 def landing_sensor(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult | SkipReason:
     seen: set[str] = set(json.loads(context.cursor)) if context.cursor else set()
-    valid_keys = set(landing_date_partitions.get_partition_keys())
+    registered = set(context.instance.get_dynamic_partitions(LANDING_BATCHES))
     # Partitions already landed by `instarec materialize` (or an earlier sensor) are not run again.
     already_materialized = context.instance.get_materialized_partitions(AssetKey("raw_orders"))
     run_requests = []
@@ -40,10 +43,6 @@ def landing_sensor(context: SensorEvaluationContext, lake: LakeResource) -> Sens
             context.log.warning(f"landing folder {name!r} skipped: {error}")
             seen.add(name)
             continue
-        if name not in valid_keys:
-            context.log.warning(f"landing folder {name!r} skipped: outside the partition range")
-            seen.add(name)
-            continue
         if not complete:
             continue  # still being copied; picked up once its _SUCCESS marker appears
         seen.add(name)
@@ -53,4 +52,11 @@ def landing_sensor(context: SensorEvaluationContext, lake: LakeResource) -> Sens
         run_requests.append(RunRequest(run_key=f"landing-{name}", partition_key=name))
     if not run_requests and seen == set(json.loads(context.cursor or "[]")):
         return SkipReason("no new complete landing folders")
-    return SensorResult(run_requests=run_requests, cursor=json.dumps(sorted(seen)))
+    new_batches = sorted(
+        request.partition_key for request in run_requests if request.partition_key not in registered
+    )
+    return SensorResult(
+        run_requests=run_requests,
+        cursor=json.dumps(sorted(seen)),
+        dynamic_partitions_requests=[landing_batches.build_add_request(new_batches)] if new_batches else [],
+    )

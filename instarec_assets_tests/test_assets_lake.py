@@ -8,7 +8,7 @@ import duckdb
 from dagster import AssetKey
 
 from instarec_assets.lake.locations import LakeLocations
-from instarec_assets.pipeline.runner import assets_through
+from instarec_assets.pipeline.runner import assets_through, register_batch
 from instarec_assets.sensors import LANDING_JOB_NAME
 from instarec_assets_tests.landing_fixtures import ORDERS, PRIOR_LINES, TRAIN_LINES, write_batch
 
@@ -17,6 +17,7 @@ DAY_1 = "2025-01-06"
 
 def run_partition(defs, instance, partition_key: str):
     """The lake zones only: the two-user fixture is too small to train a model on."""
+    register_batch(instance, partition_key)
     return defs.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
         partition_key=partition_key,
         instance=instance,

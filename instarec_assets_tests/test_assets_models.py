@@ -29,6 +29,7 @@ from instarec_assets.definitions import build_definitions
 from instarec_assets.generate import generate_dataset
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.ml.evaluation import BasketEvaluation
+from instarec_assets.pipeline.runner import register_batch
 from instarec_assets.sensors import LANDING_JOB_NAME
 
 pytestmark = pytest.mark.slow
@@ -47,6 +48,7 @@ def pipeline(tmp_path_factory):
         target = Path(locations.landing_partition_uri(batch.partition))
         target.parent.mkdir(parents=True, exist_ok=True)
         batch.folder.rename(target)
+        register_batch(instance, batch.partition)
         results[batch.partition] = defs.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
             partition_key=batch.partition, instance=instance, raise_on_error=False
         )

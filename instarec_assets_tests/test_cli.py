@@ -152,8 +152,6 @@ def test_status_lists_every_table_after_a_run(capsys, home: Path, tmp_path: Path
     [
         ("2025-1-6", "partition key '2025-1-6' is not a date in YYYY-MM-DD form"),
         ("2025-02-30", "partition key '2025-02-30' is not a valid date: day is out of range for month"),
-        ("2023-12-31", "partition key '2023-12-31' is outside the partition range 2024-01-01.."),
-        ("2999-01-01", "partition key '2999-01-01' is outside the partition range 2024-01-01.."),
     ],
 )
 def test_invalid_partition_exits_1_with_one_line_and_lands_nothing(

@@ -16,10 +16,10 @@ import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
 
 from instarec_assets.assets.checks import clean_checks
-from instarec_assets.assets.clean import clean_assets
-from instarec_assets.assets.curated import clean_snapshot, curated_assets
-from instarec_assets.assets.graph import graph_assets
-from instarec_assets.assets.raw import raw_assets
+from instarec_assets.assets.clean import CLEAN_STEPS
+from instarec_assets.assets.curated import clean_snapshot, curated_features_step
+from instarec_assets.assets.graph import graphsage_step
+from instarec_assets.assets.raw import raw_landing_files
 from instarec_assets.definitions import build_resources
 from instarec_assets.generate import generate_dataset
 from instarec_assets.lake.locations import LakeLocations
@@ -35,8 +35,8 @@ from instarec_assets.ml.graphsage import (
     similarity_for_rows,
     with_similarity_sql,
 )
-from instarec_assets.partitions import landing_date_partitions
-from instarec_assets.resources import LakeResource
+from instarec_assets.partitions import landing_batches
+from instarec_assets.pipeline.runner import register_batch
 
 pytestmark = pytest.mark.slow
 
@@ -50,11 +50,10 @@ def lake(tmp_path_factory):
     home = tmp_path_factory.mktemp("graph-home")
     summary = generate_dataset(home / "generated", users=200, seed=11, batches=2)
     locations = LakeLocations(env="local", home=str(home))
-    kinds = {"duckdb", "parquet"}
     defs = Definitions(
-        assets=[*raw_assets(kinds), *clean_assets(kinds), *curated_assets(kinds), *graph_assets("parquet")],
+        assets=[raw_landing_files, *CLEAN_STEPS, curated_features_step, graphsage_step],
         asset_checks=clean_checks(),
-        jobs=[define_asset_job(JOB, selection=AssetSelection.all(), partitions_def=landing_date_partitions)],
+        jobs=[define_asset_job(JOB, selection=AssetSelection.all(), partitions_def=landing_batches)],
         resources=build_resources(locations),
     )
     instance = DagsterInstance.ephemeral()
@@ -63,6 +62,7 @@ def lake(tmp_path_factory):
         target = Path(locations.landing_partition_uri(batch.partition))
         target.parent.mkdir(parents=True, exist_ok=True)
         batch.folder.rename(target)
+        register_batch(instance, batch.partition)
         results[batch.partition] = defs.resolve_job_def(JOB).execute_in_process(
             partition_key=batch.partition, instance=instance, run_config=RUN_CONFIG, raise_on_error=False
         )
@@ -225,12 +225,27 @@ def test_a_graph_of_the_next_batch_is_embedded_by_the_earlier_model(lake):
     first, latest = partitions
     model, _, encoding, _ = load_graphsage(_model_dir(locations, first))
     conn = duckdb.connect()
-    lake_resource = LakeResource.from_locations(locations)
-    earlier = build_graph(conn, clean_snapshot(lake_resource, first), "serving")
-    later = build_graph(conn, clean_snapshot(lake_resource, latest), "serving")
+    earlier = build_graph(conn, _snapshot(locations, first), "serving")
+    later = build_graph(conn, _snapshot(locations, latest), "serving")
     embedded = embed_graph(model, later, encoding)
     new_users = ~np.isin(later.user_ids, earlier.user_ids)
     new_products = ~np.isin(later.product_ids, earlier.product_ids)
     assert new_users.any() and new_products.any()
     assert np.isfinite(embedded.users[new_users]).all() and np.isfinite(embedded.products[new_products]).all()
     assert np.abs(embedded.users[new_users]).sum(axis=1).min() > 0
+
+
+def _snapshot(locations: LakeLocations, partition: str):
+    """The clean zone as of a batch, as the graph step receives it."""
+
+    def upto(table: str) -> list[str]:
+        return [uri for key, uri in locations.partitions("clean", table).items() if key <= partition]
+
+    return clean_snapshot(
+        upto("clean_orders"),
+        upto("clean_order_products"),
+        *(
+            locations.partition_uri("clean", table, partition)
+            for table in ("clean_products", "clean_aisles", "clean_departments")
+        ),
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 from dagster import build_sensor_context
 
 from instarec_assets.lake.locations import LakeLocations
-from instarec_assets.pipeline.runner import assets_through
+from instarec_assets.pipeline.runner import assets_through, register_batch
 from instarec_assets.sensors import landing_sensor
 from instarec_assets_tests.landing_fixtures import write_batch
 
@@ -72,6 +72,7 @@ def test_partition_already_materialized_from_the_cli_is_not_run_again(
 ):
     landing = Path(locations.landing_uri())
     write_batch(landing / "2025-01-06")
+    register_batch(instance, "2025-01-06")
     assert (
         defs.resolve_job_def(landing_sensor.job_name)
         .execute_in_process(

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance, Definitions
 
-from instarec_assets.assets.curated import CLEAN_INPUTS
+from instarec_assets.assets.curated import CLEAN_SNAPSHOT_INS
 from instarec_assets.assets.warehouse import (
     warehouse_duckdb_resource,
 )
 from instarec_assets.definitions import build_definitions
 from instarec_assets.lake.locations import LakeLocations
-from instarec_assets.pipeline.runner import assets_through, land_folder
+from instarec_assets.pipeline.runner import assets_through, land_folder, register_batch
 from instarec_assets.sensors import LANDING_JOB_NAME
 from instarec_assets.warehouse import published_as_of, run_readonly_sql, user_key, warehouse_path
 from instarec_assets.warehouse.salt import SALT_ENV, salt_path
@@ -27,6 +27,7 @@ WAREHOUSE = AssetKey("analyst_warehouse")
 
 def run_partition(defs: Definitions, instance, partition_key: str):
     """Raw, clean and the warehouse (the two-user fixture is too small for the model assets)."""
+    register_batch(instance, partition_key)
     return defs.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
         partition_key=partition_key,
         instance=instance,
@@ -49,7 +50,7 @@ def test_the_asset_sits_in_consumption_after_every_clean_table(defs, locations):
     node = graph.get(WAREHOUSE)
     assert node.group_name == "consumption" and node.kinds == {"duckdb"} and node.description
     assert node.partitions_def is not None
-    assert {key.to_user_string() for key in node.parent_keys} == set(CLEAN_INPUTS)
+    assert {key.to_user_string() for key in node.parent_keys} == set(CLEAN_SNAPSHOT_INS)
     resource = warehouse_duckdb_resource(locations)
     assert resource.database == str(locations.home_path / "warehouse" / "analyst.duckdb")
     assert resource.connection_config["autoinstall_known_extensions"] is False

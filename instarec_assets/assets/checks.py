@@ -17,7 +17,7 @@ from instarec_assets.lake.integrity import (
     orphan_rows,
     schema_differences,
 )
-from instarec_assets.partitions import landing_date_partitions
+from instarec_assets.partitions import landing_batches
 from instarec_assets.resources import LakeResource, lake_connection
 
 # Partitioned asset checks are a Dagster preview feature; the lake relies on it deliberately.
@@ -45,7 +45,7 @@ def build_schema_check(table: str) -> AssetChecksDefinition:
     @asset_check(
         asset=table,
         name="schema",
-        partitions_def=landing_date_partitions,
+        partitions_def=landing_batches,
         blocking=True,
         description="The stored partition has exactly the clean zone's columns and types.",
     )
@@ -65,7 +65,7 @@ def build_schema_check(table: str) -> AssetChecksDefinition:
 
 @asset_check(
     asset="clean_orders",
-    partitions_def=landing_date_partitions,
+    partitions_def=landing_batches,
     blocking=True,
     description="Each order_id is stored once across all partitions up to this one.",
 )
@@ -77,7 +77,7 @@ def clean_orders_key_unique(context: AssetCheckExecutionContext, lake: LakeResou
 
 @asset_check(
     asset="clean_order_products",
-    partitions_def=landing_date_partitions,
+    partitions_def=landing_batches,
     blocking=True,
     description="(order_id, product_id) is unique; every line's order and product exist.",
 )
@@ -107,7 +107,7 @@ def clean_order_products_keys(
 
 @asset_check(
     asset="clean_products",
-    partitions_def=landing_date_partitions,
+    partitions_def=landing_batches,
     blocking=True,
     description="One current row per product; every product's aisle and department exist.",
 )
@@ -136,7 +136,7 @@ def build_dimension_key_check(table: str, key_column: str) -> AssetChecksDefinit
     @asset_check(
         asset=table,
         name="key_unique",
-        partitions_def=landing_date_partitions,
+        partitions_def=landing_batches,
         blocking=True,
         description=f"Each {key_column} appears once in the snapshot.",
     )

@@ -8,22 +8,12 @@ curated zone. One step, so the target graph is built once. The logic lives in
 instarec_assets.ml.graphsage.
 """
 
-import os
 from collections.abc import Iterator
 
-from dagster import (
-    AssetExecutionContext,
-    AssetKey,
-    AssetOut,
-    AssetsDefinition,
-    Config,
-    MetadataValue,
-    Output,
-    multi_asset,
-)
+from dagster import AssetExecutionContext, AssetOut, Config, MetadataValue, Output, multi_asset
 from dagster_duckdb import DuckDBResource
 
-from instarec_assets.assets.curated import CLEAN_INPUTS, clean_snapshot
+from instarec_assets.assets.curated import CLEAN_SNAPSHOT_INS, clean_snapshot
 from instarec_assets.assets.memory import release_freed_memory
 from instarec_assets.io_managers import StagedArtifacts
 from instarec_assets.lake.duck import StagedParquet
@@ -39,17 +29,17 @@ from instarec_assets.ml.graphsage.artifacts import write_embeddings
 from instarec_assets.ml.graphsage.report import HEADLINE_METRICS
 from instarec_assets.ml.metrics import png_markdown
 from instarec_assets.ml.training import code_version
-from instarec_assets.partitions import landing_date_partitions
-from instarec_assets.resources import LakeResource, lake_connection
+from instarec_assets.partitions import HISTORY_POOL, landing_batches
+from instarec_assets.resources import ComputeResource, LakeResource, lake_connection
 
-DEVICE_ENV = "INSTAREC_GRAPHSAGE_DEVICE"
+GRAPH_KINDS = {"pytorch", "parquet"}
 _DEFAULTS = GraphSageParams()
 
 
 class GraphSageConfig(Config):
     """Run configuration of graphsage_model (the defaults fit the full dataset on 2 CPU cores)."""
 
-    device: str = ""  # "" = $INSTAREC_GRAPHSAGE_DEVICE, else cuda when available, else cpu
+    device: str = ""  # "" = the compute resource's graphsage_device, else cuda when available, else cpu
     epochs: int = _DEFAULTS.epochs
     edges_per_epoch: int = _DEFAULTS.edges_per_epoch or 0  # 0 = every training edge
     full_epochs: int = _DEFAULTS.full_epochs
@@ -63,121 +53,125 @@ class GraphSageConfig(Config):
             seed=self.seed,
         )
 
-    def resolved_device(self) -> str:
-        return self.device or os.environ.get(DEVICE_ENV, "") or "auto"
+    def resolved_device(self, compute: ComputeResource) -> str:
+        return self.device or compute.graphsage_device or "auto"
 
 
-def graph_assets(storage_kind: str) -> list[AssetsDefinition]:
-    kinds = {"pytorch", storage_kind}
-
-    @multi_asset(
-        name="graphsage_step",
-        outs={
-            "graphsage_model": AssetOut(
-                io_manager_key="model_io_manager",
-                group_name="models",
-                kinds=kinds,
-                description=(
-                    "GraphSAGE (torch-geometric SAGEConv) on the user-product graph, trained for link "
-                    "prediction: state dict + config JSON + plots."
-                ),
+@multi_asset(
+    name="graphsage_step",
+    outs={
+        "graphsage_model": AssetOut(
+            io_manager_key="model_io_manager",
+            group_name="models",
+            kinds=GRAPH_KINDS,
+            description=(
+                "GraphSAGE (torch-geometric SAGEConv) on the user-product graph, trained for link "
+                "prediction: state dict + config JSON + plots."
             ),
-            "user_embeddings": AssetOut(
-                io_manager_key="curated_io_manager",
-                group_name="models",
-                kinds=kinds,
-                description="GraphSAGE embedding of every user, per framing (target | serving).",
-            ),
-            "product_embeddings": AssetOut(
-                io_manager_key="curated_io_manager",
-                group_name="models",
-                kinds=kinds,
-                description="GraphSAGE embedding of every current product, per framing (target | serving).",
+        ),
+        "user_embeddings": AssetOut(
+            io_manager_key="curated_io_manager",
+            group_name="models",
+            kinds=GRAPH_KINDS,
+            description="GraphSAGE embedding of every user, per framing (target | serving).",
+        ),
+        "product_embeddings": AssetOut(
+            io_manager_key="curated_io_manager",
+            group_name="models",
+            kinds=GRAPH_KINDS,
+            description="GraphSAGE embedding of every current product, per framing (target | serving).",
+        ),
+    },
+    ins=CLEAN_SNAPSHOT_INS,
+    partitions_def=landing_batches,
+    pool=HISTORY_POOL,
+)
+def graphsage_step(
+    context: AssetExecutionContext,
+    config: GraphSageConfig,
+    lake: LakeResource,
+    duckdb: DuckDBResource,
+    compute: ComputeResource,
+    clean_orders: list[str],
+    clean_order_products: list[str],
+    clean_products: str,
+    clean_aisles: str,
+    clean_departments: str,
+) -> Iterator[Output]:
+    """One step: train on the target graph, then embed both framings with the trained encoder
+    (the target graph is built once; the serving graph adds the latest orders' lines)."""
+    snapshot = clean_snapshot(
+        clean_orders, clean_order_products, clean_products, clean_aisles, clean_departments
+    )
+    device = config.resolved_device(compute)
+    with lake_connection(duckdb, lake) as conn:
+        graph = build_graph(conn, snapshot, "target")
+    context.log.info(f"graph: {graph.describe()}")
+    report = train_and_report(
+        graph,
+        lake.staging_dir(context.run_id, "graphsage_model"),
+        context.partition_key,
+        params=config.params(),
+        device=device,
+        code_version=code_version(),
+        log=context.log.info,
+    )
+    metrics = report.metrics
+    model_version = report.config["model_version"]
+    yield Output(
+        StagedArtifacts(report.model_dir, commit_file=CONFIG_FILE),
+        output_name="graphsage_model",
+        metadata={
+            "model_version": MetadataValue.text(model_version),
+            **{name: MetadataValue.float(float(metrics[name])) for name in HEADLINE_METRICS},
+            "held_out_edges": MetadataValue.int(int(metrics["held_out_edges"])),
+            **{f"graph_{name}": MetadataValue.int(value) for name, value in _counts(graph.describe())},
+            "device": MetadataValue.text(report.trained.training["device"]),
+            "mode": MetadataValue.text(report.trained.training["mode"]),
+            **{
+                f"plot_{name}": MetadataValue.md(png_markdown(path, name))
+                for name, path in report.plots.items()
+            },
+            "config": MetadataValue.json(
+                {key: value for key, value in report.config.items() if key != "encoding"}
             ),
         },
-        deps=[AssetKey(name) for name in CLEAN_INPUTS],
-        partitions_def=landing_date_partitions,
     )
-    def graphsage_step(
-        context: AssetExecutionContext, config: GraphSageConfig, lake: LakeResource, duckdb: DuckDBResource
-    ) -> Iterator[Output]:
-        """One step: train on the target graph, then embed both framings with the trained encoder
-        (the target graph is built once; the serving graph adds the latest orders' lines)."""
-        snapshot = clean_snapshot(lake, context.partition_key)
-        with lake_connection(duckdb, lake) as conn:
-            graph = build_graph(conn, snapshot, "target")
-        context.log.info(f"graph: {graph.describe()}")
-        report = train_and_report(
-            graph,
-            lake.staging_dir(context.run_id, "graphsage_model"),
-            context.partition_key,
-            params=config.params(),
-            device=config.resolved_device(),
-            code_version=code_version(),
-            log=context.log.info,
-        )
-        metrics = report.metrics
-        model_version = report.config["model_version"]
-        yield Output(
-            StagedArtifacts(report.model_dir, commit_file=CONFIG_FILE),
-            output_name="graphsage_model",
-            metadata={
-                "model_version": MetadataValue.text(model_version),
-                **{name: MetadataValue.float(float(metrics[name])) for name in HEADLINE_METRICS},
-                "held_out_edges": MetadataValue.int(int(metrics["held_out_edges"])),
-                **{f"graph_{name}": MetadataValue.int(value) for name, value in _counts(graph.describe())},
-                "device": MetadataValue.text(report.trained.training["device"]),
-                "mode": MetadataValue.text(report.trained.training["mode"]),
-                **{
-                    f"plot_{name}": MetadataValue.md(png_markdown(path, name))
-                    for name, path in report.plots.items()
-                },
-                "config": MetadataValue.json(
-                    {key: value for key, value in report.config.items() if key != "encoding"}
-                ),
-            },
-        )
 
-        scratch = lake.staging_dir(context.run_id, "graph_embeddings")
-        with lake_connection(duckdb, lake) as conn:
-            graphs = {"target": graph, "serving": build_graph(conn, snapshot, "serving")}
-            users, products, stats = embedding_tables(
-                report.trained.model, report.trained.encoding, graphs, graph, device=config.resolved_device()
-            )
-            del graphs, graph
-            staged = {
-                "user_embeddings": write_embeddings([users], scratch / "user_embeddings.parquet"),
-                "product_embeddings": write_embeddings([products], scratch / "product_embeddings.parquet"),
-            }
-            for name, level in (("user_embeddings", "users"), ("product_embeddings", "products")):
-                yield Output(
-                    staged[name],
-                    output_name=name,
-                    metadata={
-                        "model_version": MetadataValue.text(model_version),
-                        "embedding_dim": MetadataValue.int(
-                            int(report.config["architecture"]["embedding_dim"])
-                        ),
-                        **{
-                            f"{framing}_{level}": MetadataValue.int(int(stats[framing][level]))
-                            for framing in FRAMINGS
-                        },
-                        **{
-                            f"{framing}_{level}_without_training_edges": MetadataValue.int(
-                                int(stats[framing][f"inductive_{level}"])
-                            )
-                            for framing in FRAMINGS
-                        },
-                        "seconds": MetadataValue.float(
-                            sum(stats[framing]["seconds"] for framing in FRAMINGS)
-                        ),
-                        "preview": _preview(conn, staged[name]),
+    scratch = lake.staging_dir(context.run_id, "graph_embeddings")
+    with lake_connection(duckdb, lake) as conn:
+        graphs = {"target": graph, "serving": build_graph(conn, snapshot, "serving")}
+        users, products, stats = embedding_tables(
+            report.trained.model, report.trained.encoding, graphs, graph, device=device
+        )
+        del graphs, graph
+        staged = {
+            "user_embeddings": write_embeddings([users], scratch / "user_embeddings.parquet"),
+            "product_embeddings": write_embeddings([products], scratch / "product_embeddings.parquet"),
+        }
+        for name, level in (("user_embeddings", "users"), ("product_embeddings", "products")):
+            yield Output(
+                staged[name],
+                output_name=name,
+                metadata={
+                    "model_version": MetadataValue.text(model_version),
+                    "embedding_dim": MetadataValue.int(int(report.config["architecture"]["embedding_dim"])),
+                    **{
+                        f"{framing}_{level}": MetadataValue.int(int(stats[framing][level]))
+                        for framing in FRAMINGS
                     },
-                )
-        del report, users, products
-        release_freed_memory()
-
-    return [graphsage_step]
+                    **{
+                        f"{framing}_{level}_without_training_edges": MetadataValue.int(
+                            int(stats[framing][f"inductive_{level}"])
+                        )
+                        for framing in FRAMINGS
+                    },
+                    "seconds": MetadataValue.float(sum(stats[framing]["seconds"] for framing in FRAMINGS)),
+                    "preview": _preview(conn, staged[name]),
+                },
+            )
+    del report, users, products
+    release_freed_memory()
 
 
 def _counts(description: dict) -> list[tuple[str, int]]:

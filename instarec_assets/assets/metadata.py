@@ -6,6 +6,7 @@ import duckdb
 from dagster import MetadataValue
 
 from instarec_assets.lake.accounting import RowAccounting
+from instarec_assets.lake.locations import PARTITION_DIR_PATTERN
 
 PREVIEW_ROWS = 5
 
@@ -47,3 +48,13 @@ def quarantine_reasons(
         [quarantine_path, limit],
     ).df()
     return MetadataValue.md(frame.to_markdown(index=False) if len(frame) else "_nothing quarantined_")
+
+
+def history_read(**uris_by_table: list[str]) -> MetadataValue:
+    """The batches each history input supplied, by table: what this materialisation read."""
+    return MetadataValue.json(
+        {
+            table: ["-".join(match.groups()) for uri in uris if (match := PARTITION_DIR_PATTERN.search(uri))]
+            for table, uris in uris_by_table.items()
+        }
+    )

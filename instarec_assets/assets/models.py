@@ -7,7 +7,6 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetsDefinition,
     Config,
     MetadataValue,
     Output,
@@ -22,7 +21,7 @@ from instarec_assets.ml.evaluation import BasketEvaluation, compare_with_baselin
 from instarec_assets.ml.graphsage import SIMILARITY_FEATURE, SimilarityLookup
 from instarec_assets.ml.metrics import png_markdown, table_markdown
 from instarec_assets.ml.reorder_model import MODEL_CARD_FILE, load_feature_rows, train_and_report
-from instarec_assets.partitions import landing_date_partitions
+from instarec_assets.partitions import HISTORY_POOL, landing_batches
 from instarec_assets.resources import LakeResource, ModelTrainingResource, lake_connection
 
 BEATS_BASELINES_CHECK = "beats_baselines"
@@ -57,97 +56,93 @@ def beats_baselines_result(check_name: str, baskets: BasketEvaluation) -> AssetC
     )
 
 
-def model_assets(storage_kind: str) -> list[AssetsDefinition]:
-    @asset(
-        name="xgboost_model",
-        group_name="models",
-        partitions_def=landing_date_partitions,
-        io_manager_key="model_io_manager",
-        kinds={"xgboost", storage_kind},
-        description=(
-            "XGBoost reorder classifier on the curated features plus the GraphSAGE similarity (JSON model "
-            "+ model card with the validation F1 with and without it), early-stopped on held-out users."
-        ),
-        check_specs=[
-            AssetCheckSpec(
-                BEATS_BASELINES_CHECK,
-                asset="xgboost_model",
-                blocking=True,
-                description="Validation mean per-order F1 beats repeat-last-order and bought-in->=r-orders.",
-            )
-        ],
+@asset(
+    name="xgboost_model",
+    group_name="models",
+    partitions_def=landing_batches,
+    pool=HISTORY_POOL,
+    io_manager_key="model_io_manager",
+    kinds={"xgboost", "parquet"},
+    description=(
+        "XGBoost reorder classifier on the curated features plus the GraphSAGE similarity (JSON model "
+        "+ model card with the validation F1 with and without it), early-stopped on held-out users."
+    ),
+    check_specs=[
+        AssetCheckSpec(
+            BEATS_BASELINES_CHECK,
+            asset="xgboost_model",
+            blocking=True,
+            description="Validation mean per-order F1 beats repeat-last-order and bought-in->=r-orders.",
+        )
+    ],
+)
+def xgboost_model(
+    context: AssetExecutionContext,
+    config: XGBoostModelConfig,
+    lake: LakeResource,
+    duckdb: DuckDBResource,
+    training: ModelTrainingResource,
+    training_set: str,
+    user_embeddings: str,
+    product_embeddings: str,
+) -> Iterator:
+    with lake_connection(duckdb, lake) as conn:
+        similarity = SimilarityLookup.from_lake(conn, user_embeddings, product_embeddings)
+        data = load_feature_rows(
+            conn,
+            training_set,
+            MODEL_FEATURES,
+            with_labels=True,
+            computed={SIMILARITY_FEATURE: similarity.for_rows},
+        )
+        del similarity
+    context.log.info(
+        f"training on {data.rows:,} rows x {len(data.feature_names)} features ({training.backend})"
     )
-    def xgboost_model(
-        context: AssetExecutionContext,
-        config: XGBoostModelConfig,
-        lake: LakeResource,
-        duckdb: DuckDBResource,
-        training: ModelTrainingResource,
-        training_set: str,
-        user_embeddings: str,
-        product_embeddings: str,
-    ) -> Iterator:
-        with lake_connection(duckdb, lake) as conn:
-            similarity = SimilarityLookup.from_lake(conn, user_embeddings, product_embeddings)
-            data = load_feature_rows(
-                conn,
-                training_set,
-                MODEL_FEATURES,
-                with_labels=True,
-                computed={SIMILARITY_FEATURE: similarity.for_rows},
-            )
-            del similarity
-        context.log.info(
-            f"training on {data.rows:,} rows x {len(data.feature_names)} features ({training.backend})"
-        )
-        report = train_and_report(
-            data,
-            lake.staging_dir(context.run_id, "xgboost_model"),
-            context.partition_key,
-            trainer=training.trainer(),
-            ablate=SIMILARITY_FEATURE if config.compare_without_similarity else None,
-        )
-        metrics = report.metrics
-        ablation = report.card.get("ablation")
-        baskets = report.baskets
-        yield Output(
-            StagedArtifacts(report.model_dir, commit_file=MODEL_CARD_FILE),
-            metadata={
-                "model_version": MetadataValue.text(report.card["model_version"]),
-                "auc": MetadataValue.float(metrics.auc),
-                "log_loss": MetadataValue.float(metrics.log_loss),
-                "threshold": MetadataValue.float(metrics.threshold),
-                "precision": MetadataValue.float(metrics.precision),
-                "recall": MetadataValue.float(metrics.recall),
-                "f1": MetadataValue.float(metrics.f1),
-                "accuracy": MetadataValue.float(metrics.accuracy),
-                "best_iteration": MetadataValue.int(report.card["best_iteration"]),
-                "mean_f1_model": MetadataValue.float(baskets.model_f1),
-                "mean_f1_last_order": MetadataValue.float(baskets.last_order_f1),
-                "mean_f1_frequency": MetadataValue.float(baskets.frequency_f1),
-                "basket_f1": MetadataValue.md(table_markdown(baskets.as_table())),
-                **(
-                    {
-                        "mean_f1_without_similarity": MetadataValue.float(
-                            ablation["validation_mean_f1_without"]
-                        ),
-                        "auc_without_similarity": MetadataValue.float(ablation["validation_auc_without"]),
-                    }
-                    if ablation
-                    else {}
-                ),
-                "classification_report": MetadataValue.md(f"```\n{report.classification_report}\n```"),
-                "threshold_analysis": MetadataValue.md(table_markdown(report.thresholds)),
-                "feature_importance": MetadataValue.md(table_markdown(report.importance.head(25))),
-                **{
-                    f"plot_{name}": MetadataValue.md(png_markdown(path, name))
-                    for name, path in report.plots.items()
-                },
-                "model_card": MetadataValue.json(report.card),
+    report = train_and_report(
+        data,
+        lake.staging_dir(context.run_id, "xgboost_model"),
+        context.partition_key,
+        trainer=training.trainer(),
+        ablate=SIMILARITY_FEATURE if config.compare_without_similarity else None,
+    )
+    metrics = report.metrics
+    ablation = report.card.get("ablation")
+    baskets = report.baskets
+    yield Output(
+        StagedArtifacts(report.model_dir, commit_file=MODEL_CARD_FILE),
+        metadata={
+            "model_version": MetadataValue.text(report.card["model_version"]),
+            "auc": MetadataValue.float(metrics.auc),
+            "log_loss": MetadataValue.float(metrics.log_loss),
+            "threshold": MetadataValue.float(metrics.threshold),
+            "precision": MetadataValue.float(metrics.precision),
+            "recall": MetadataValue.float(metrics.recall),
+            "f1": MetadataValue.float(metrics.f1),
+            "accuracy": MetadataValue.float(metrics.accuracy),
+            "best_iteration": MetadataValue.int(report.card["best_iteration"]),
+            "mean_f1_model": MetadataValue.float(baskets.model_f1),
+            "mean_f1_last_order": MetadataValue.float(baskets.last_order_f1),
+            "mean_f1_frequency": MetadataValue.float(baskets.frequency_f1),
+            "basket_f1": MetadataValue.md(table_markdown(baskets.as_table())),
+            **(
+                {
+                    "mean_f1_without_similarity": MetadataValue.float(ablation["validation_mean_f1_without"]),
+                    "auc_without_similarity": MetadataValue.float(ablation["validation_auc_without"]),
+                }
+                if ablation
+                else {}
+            ),
+            "classification_report": MetadataValue.md(f"```\n{report.classification_report}\n```"),
+            "threshold_analysis": MetadataValue.md(table_markdown(report.thresholds)),
+            "feature_importance": MetadataValue.md(table_markdown(report.importance.head(25))),
+            **{
+                f"plot_{name}": MetadataValue.md(png_markdown(path, name))
+                for name, path in report.plots.items()
             },
-        )
-        yield beats_baselines_result(BEATS_BASELINES_CHECK, baskets)
-        del data, report
-        release_freed_memory()
-
-    return [xgboost_model]
+            "model_card": MetadataValue.json(report.card),
+        },
+    )
+    yield beats_baselines_result(BEATS_BASELINES_CHECK, baskets)
+    del data, report
+    release_freed_memory()

@@ -2,13 +2,14 @@
 
 from pathlib import Path
 
-from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 from tabulate import tabulate
 
-from instarec_assets.assets.curated import CLEAN_INPUTS, clean_snapshot
+from instarec_assets.assets.curated import CLEAN_SNAPSHOT_INS, clean_snapshot
+from instarec_assets.assets.metadata import history_read
 from instarec_assets.lake.locations import LakeLocations
-from instarec_assets.partitions import landing_date_partitions
+from instarec_assets.partitions import HISTORY_POOL, landing_batches
 from instarec_assets.resources import LakeResource, duckdb_resource
 from instarec_assets.warehouse import WarehouseSummary, build_warehouse_file, load_salt, warehouse_path
 
@@ -23,41 +24,53 @@ def warehouse_duckdb_resource(locations: LakeLocations) -> DuckDBResource:
     )
 
 
-def warehouse_assets() -> list[AssetsDefinition]:
-    @asset(
-        name="analyst_warehouse",
-        group_name="consumption",
-        kinds={"duckdb"},
-        deps=[AssetKey(name) for name in CLEAN_INPUTS],
-        partitions_def=landing_date_partitions,
-        description=(
-            "The analysts' sandbox: INSTAREC_HOME/warehouse/analyst.duckdb, a copy of the clean zone as "
-            "of the partition (aisles, departments, current products, product_history, orders, "
-            "order_products), the joined_order_products view and mart_* tables; user ids appear only "
-            "as a salted hash (user_key). Query it with `instarec sql`."
-        ),
+@asset(
+    name="analyst_warehouse",
+    group_name="consumption",
+    kinds={"duckdb"},
+    ins=CLEAN_SNAPSHOT_INS,
+    partitions_def=landing_batches,
+    pool=HISTORY_POOL,
+    description=(
+        "The analysts' sandbox: INSTAREC_HOME/warehouse/analyst.duckdb, a copy of the clean zone as "
+        "of the partition (aisles, departments, current products, product_history, orders, "
+        "order_products), the joined_order_products view and mart_* tables; user ids appear only "
+        "as a salted hash (user_key). Query it with `instarec sql`."
+    ),
+)
+def analyst_warehouse(
+    context: AssetExecutionContext,
+    lake: LakeResource,
+    warehouse_duckdb: DuckDBResource,
+    clean_orders: list[str],
+    clean_order_products: list[str],
+    clean_products: str,
+    clean_aisles: str,
+    clean_departments: str,
+) -> MaterializeResult:
+    locations = lake.locations
+    salt = load_salt(locations.home_path)
+
+    def connect(path: Path):
+        staging = DuckDBResource(database=str(path), connection_config=warehouse_duckdb.connection_config)
+        return staging.get_connection()
+
+    summary = build_warehouse_file(
+        Path(warehouse_duckdb.database).resolve(),
+        clean_snapshot(clean_orders, clean_order_products, clean_products, clean_aisles, clean_departments),
+        salt.value,
+        as_of=context.partition_key,
+        connect=connect,
+        filesystem=locations.filesystem,
     )
-    def analyst_warehouse(
-        context: AssetExecutionContext, lake: LakeResource, warehouse_duckdb: DuckDBResource
-    ) -> MaterializeResult:
-        locations = lake.locations
-        salt = load_salt(locations.home_path)
-
-        def connect(path: Path):
-            staging = DuckDBResource(database=str(path), connection_config=warehouse_duckdb.connection_config)
-            return staging.get_connection()
-
-        summary = build_warehouse_file(
-            Path(warehouse_duckdb.database).resolve(),
-            clean_snapshot(lake, context.partition_key),
-            salt.value,
-            as_of=context.partition_key,
-            connect=connect,
-            filesystem=locations.filesystem,
-        )
-        return MaterializeResult(metadata=_metadata(summary, salt.source))
-
-    return [analyst_warehouse]
+    return MaterializeResult(
+        metadata={
+            **_metadata(summary, salt.source),
+            "history_read": history_read(
+                clean_orders=clean_orders, clean_order_products=clean_order_products
+            ),
+        }
+    )
 
 
 def _metadata(summary: WarehouseSummary, salt_source: str) -> dict[str, MetadataValue]:

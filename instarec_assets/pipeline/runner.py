@@ -13,9 +13,9 @@ from pathlib import Path
 
 from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions
 
-from instarec_assets.lake.locations import LakeConfigError, LakeLocations, parse_partition_key
+from instarec_assets.lake.locations import LakeLocations, parse_partition_key
 from instarec_assets.lake.schemas import LANDING_FILES, SUCCESS_MARKER
-from instarec_assets.partitions import landing_date_partitions
+from instarec_assets.partitions import HISTORY_POOL, LANDING_BATCHES
 from instarec_assets.sensors import LANDING_JOB_NAME
 
 
@@ -35,21 +35,34 @@ def dagster_instance(locations: LakeLocations) -> DagsterInstance:
     dagster_home = locations.home_path / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    if not config.exists() or "concurrency" not in config.read_text():
+        config.write_text(INSTANCE_CONFIG)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return DagsterInstance.get()
 
 
+# The local instance: no telemetry; steps that read or rewrite the lake's history (the
+# lake_history pool) run one at a time across all runs, as in infra/dagster.yaml.
+INSTANCE_CONFIG = f"""telemetry:
+  enabled: false
+concurrency:
+  pools:
+    granularity: op
+    default_limit: 1
+# {HISTORY_POOL}: the pool of the clean, curated, model and consumption steps
+"""
+
+
 def check_partition_key(partition_key: str) -> None:
-    """A date the landing job has a partition for; checked before landing, as Dagster's own check raises."""
+    """A landing batch key: a date in YYYY-MM-DD form (any date)."""
     parse_partition_key(partition_key)
-    if not landing_date_partitions.has_partition_key(partition_key):
-        first = landing_date_partitions.get_first_partition_key()
-        last = landing_date_partitions.get_last_partition_key()
-        raise LakeConfigError(
-            f"partition key {partition_key!r} is outside the partition range {first}..{last}"
-        )
+
+
+def register_batch(instance: DagsterInstance, partition_key: str) -> None:
+    """Make a landed batch a partition of every asset (idempotent)."""
+    check_partition_key(partition_key)
+    if not instance.has_dynamic_partition(LANDING_BATCHES, partition_key):
+        instance.add_dynamic_partitions(LANDING_BATCHES, [partition_key])
 
 
 def land_folder(source: Path, locations: LakeLocations, partition_key: str) -> str:
@@ -104,6 +117,7 @@ def materialize_partition(
     The console logger is quiet: failures are reported once, as one line, by the caller; the full
     event log (tracebacks included) stays in the instance for the Dagster UI.
     """
+    register_batch(instance, partition_key)
     result = defs.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
         partition_key=partition_key,
         asset_selection=assets_through(defs, through),
