@@ -48,6 +48,7 @@ setup(
             "playwright>=1.45",
             "openapi-spec-validator>=0.7",
             "pyyaml>=6",
+            "import-linter>=2.1",
         ],
     },
     entry_points={"console_scripts": ["instarec=instarec_assets.cli:main"]},

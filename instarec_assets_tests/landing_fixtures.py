@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import csv
-import shutil
+import gzip
 from collections.abc import Iterable, Sequence
+from importlib import resources
 from pathlib import Path
 
 from instarec_assets.lake.schemas import LANDING_FILES
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CATALOG_DIR = REPO_ROOT.parent / "shared" / "instacart_catalog"
+# The real Instacart catalog as the package ships it (products gzipped), so the tests need nothing
+# outside the repository.
+CATALOG_DATA = resources.files("instarec_assets.generate").joinpath("data")
 
 ORDERS_HEADER = LANDING_FILES["orders"].columns
 LINES_HEADER = LANDING_FILES["order_products_prior"].columns
@@ -48,6 +50,16 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> Pa
     return path
 
 
+def write_catalog(folder: Path) -> None:
+    """products.csv, aisles.csv and departments.csv, byte for byte the shipped Kaggle files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "products.csv").write_bytes(
+        gzip.decompress(CATALOG_DATA.joinpath("products.csv.gz").read_bytes())
+    )
+    for name in ("aisles.csv", "departments.csv"):
+        (folder / name).write_bytes(CATALOG_DATA.joinpath(name).read_bytes())
+
+
 def write_batch(
     folder: Path,
     orders: Sequence[tuple] = ORDERS,
@@ -57,8 +69,7 @@ def write_batch(
 ) -> Path:
     """A complete landing folder: the real catalog plus the given orders and lines."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("products.csv", "aisles.csv", "departments.csv"):
-        shutil.copyfile(CATALOG_DIR / name, folder / name)
+    write_catalog(folder)
     write_csv(folder / "orders.csv", ORDERS_HEADER, orders)
     write_csv(folder / "order_products__prior.csv", LINES_HEADER, prior_lines)
     write_csv(folder / "order_products__train.csv", LINES_HEADER, train_lines)
