@@ -1,14 +1,16 @@
 """Asset checks on the published clean zone: schema, key uniqueness and foreign keys.
 
-They read the lake as stored (not the step's staged files), so they also catch a partition that
-was edited or replaced by hand. Blocking checks stop downstream assets in the same run.
+They read the lake as stored (not the step's staged files), through the IO manager like any input,
+so they also catch a partition that was edited or replaced by hand. Blocking checks stop downstream
+assets in the same run.
 """
 
 import warnings
 
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetChecksDefinition, asset_check
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetChecksDefinition, AssetIn, asset_check
 from dagster_duckdb import DuckDBResource
 
+from instarec_assets.history import own_earlier_partitions
 from instarec_assets.lake.clean_catalog import AISLES, CLEAN_PRODUCTS_SCHEMA, DEPARTMENTS
 from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
 from instarec_assets.lake.clean_orders import CLEAN_ORDERS_SCHEMA
@@ -32,13 +34,21 @@ CLEAN_SCHEMAS = {
 }
 
 
-def _upto(lake: LakeResource, table: str, partition_key: str) -> list[str]:
-    """URIs of a clean table's partitions up to and including this one."""
-    return [uri for key, uri in lake.locations.partitions("clean", table).items() if key <= partition_key]
-
-
-def _this(lake: LakeResource, table: str, partition_key: str) -> str:
-    return lake.locations.partition_uri("clean", table, partition_key)
+def _earlier(context: AssetCheckExecutionContext, lake: LakeResource, table: str) -> list[str]:
+    """The checked table in every earlier batch (see assets/clean.py: a table's own past)."""
+    locations = lake.locations
+    run = context.op_execution_context
+    return list(
+        own_earlier_partitions(
+            table,
+            context.partition_key,
+            run.instance,
+            run.run_id,
+            lambda key: locations.partition_uri("clean", table, key),
+            lambda uri: locations.filesystem.exists(uri),
+            lake.history_wait,
+        ).values()
+    )
 
 
 def build_schema_check(table: str) -> AssetChecksDefinition:
@@ -49,11 +59,11 @@ def build_schema_check(table: str) -> AssetChecksDefinition:
         blocking=True,
         description="The stored partition has exactly the clean zone's columns and types.",
     )
-    def schema_check(context: AssetCheckExecutionContext, lake: LakeResource, duckdb: DuckDBResource):
+    def schema_check(
+        context: AssetCheckExecutionContext, lake: LakeResource, duckdb: DuckDBResource, stored: str
+    ):
         with lake_connection(duckdb, lake) as conn:
-            differences = schema_differences(
-                conn, _this(lake, table, context.partition_key), CLEAN_SCHEMAS[table]
-            )
+            differences = schema_differences(conn, stored, CLEAN_SCHEMAS[table])
         return AssetCheckResult(
             passed=not differences,
             description="; ".join(differences) or "schema matches",
@@ -69,9 +79,12 @@ def build_schema_check(table: str) -> AssetChecksDefinition:
     blocking=True,
     description="Each order_id is stored once across all partitions up to this one.",
 )
-def clean_orders_key_unique(context: AssetCheckExecutionContext, lake: LakeResource, duckdb: DuckDBResource):
+def clean_orders_key_unique(
+    context: AssetCheckExecutionContext, lake: LakeResource, duckdb: DuckDBResource, clean_orders: str
+):
+    orders = [*_earlier(context, lake, "clean_orders"), clean_orders]
     with lake_connection(duckdb, lake) as conn:
-        duplicates = duplicate_keys(conn, _upto(lake, "clean_orders", context.partition_key), ["order_id"])
+        duplicates = duplicate_keys(conn, orders, ["order_id"])
     return AssetCheckResult(passed=duplicates == 0, metadata={"duplicate_order_ids": duplicates})
 
 
@@ -80,21 +93,25 @@ def clean_orders_key_unique(context: AssetCheckExecutionContext, lake: LakeResou
     partitions_def=landing_batches,
     blocking=True,
     description="(order_id, product_id) is unique; every line's order and product exist.",
+    # Asset checks load each input for the check's own partition only (no partition mappings), so the
+    # earlier batches of both tables are read from the registered batches, as the clean step does.
+    additional_ins={"clean_orders": AssetIn("clean_orders"), "clean_products": AssetIn("clean_products")},
 )
 def clean_order_products_keys(
-    context: AssetCheckExecutionContext, lake: LakeResource, duckdb: DuckDBResource
+    context: AssetCheckExecutionContext,
+    lake: LakeResource,
+    duckdb: DuckDBResource,
+    clean_order_products: str,
+    clean_orders: str,
+    clean_products: str,
 ):
-    key = context.partition_key
-    lines = _upto(lake, "clean_order_products", key)
-    this_lines = [_this(lake, "clean_order_products", key)]
+    lines = [*_earlier(context, lake, "clean_order_products"), clean_order_products]
+    this_lines = [clean_order_products]
     with lake_connection(duckdb, lake) as conn:
         duplicates = duplicate_keys(conn, lines, ["order_id", "product_id"])
-        unknown_orders = orphan_rows(
-            conn, this_lines, "order_id", _upto(lake, "clean_orders", key), "order_id"
-        )
-        unknown_products = orphan_rows(
-            conn, this_lines, "product_id", [_this(lake, "clean_products", key)], "product_id"
-        )
+        orders = [*_earlier(context, lake, "clean_orders"), clean_orders]
+        unknown_orders = orphan_rows(conn, this_lines, "order_id", orders, "order_id")
+        unknown_products = orphan_rows(conn, this_lines, "product_id", [clean_products], "product_id")
     return AssetCheckResult(
         passed=duplicates == unknown_orders == unknown_products == 0,
         metadata={
@@ -110,17 +127,20 @@ def clean_order_products_keys(
     partitions_def=landing_batches,
     blocking=True,
     description="One current row per product; every product's aisle and department exist.",
+    additional_ins={
+        "clean_aisles": AssetIn("clean_aisles"),
+        "clean_departments": AssetIn("clean_departments"),
+    },
 )
-def clean_products_scd2(context: AssetCheckExecutionContext, lake: LakeResource, duckdb: DuckDBResource):
-    key = context.partition_key
-    products = [_this(lake, "clean_products", key)]
+def clean_products_scd2(
+    lake: LakeResource, duckdb: DuckDBResource, clean_products: str, clean_aisles: str, clean_departments: str
+):
+    products = [clean_products]
     with lake_connection(duckdb, lake) as conn:
         several_current = duplicate_keys(conn, products, ["product_id"], where="is_current")
-        unknown_aisles = orphan_rows(
-            conn, products, "aisle_id", [_this(lake, "clean_aisles", key)], "aisle_id"
-        )
+        unknown_aisles = orphan_rows(conn, products, "aisle_id", [clean_aisles], "aisle_id")
         unknown_departments = orphan_rows(
-            conn, products, "department_id", [_this(lake, "clean_departments", key)], "department_id"
+            conn, products, "department_id", [clean_departments], "department_id"
         )
     return AssetCheckResult(
         passed=several_current == unknown_aisles == unknown_departments == 0,
@@ -140,9 +160,9 @@ def build_dimension_key_check(table: str, key_column: str) -> AssetChecksDefinit
         blocking=True,
         description=f"Each {key_column} appears once in the snapshot.",
     )
-    def key_check(context: AssetCheckExecutionContext, lake: LakeResource, duckdb: DuckDBResource):
+    def key_check(lake: LakeResource, duckdb: DuckDBResource, stored: str):
         with lake_connection(duckdb, lake) as conn:
-            duplicates = duplicate_keys(conn, [_this(lake, table, context.partition_key)], [key_column])
+            duplicates = duplicate_keys(conn, [stored], [key_column])
         return AssetCheckResult(passed=duplicates == 0, metadata={f"duplicate_{key_column}s": duplicates})
 
     return key_check
