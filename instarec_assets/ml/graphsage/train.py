@@ -114,10 +114,20 @@ class GraphTensors:
 
     @torch.no_grad()
     def embed(self, model: GraphSageModel) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every node's embedding over its whole neighbourhood (sparse CSR SpMM, no E x D tensor)."""
+        """Every node's embedding over its whole neighbourhood.
+
+        On the CPU a sparse CSR SpMM (no E x D tensor; deterministic for a thread count). On CUDA
+        PyG's gather + scatter over the edge_index instead: cuSPARSE's SpMM sums in a varying order
+        even under torch.use_deterministic_algorithms, without a warning (seen on an H200, torch
+        2.11), while the scatter is deterministic there; it costs an E x D message tensor in GPU
+        memory (13M edges x 64 floats: 3.3 GB)."""
         was_training = model.training
         model.eval()
         try:
+            if self.user_adj.ptr.device.type == "cuda":
+                return model.encoder.forward_full(
+                    self.features, self.to_user_edge_index, self.to_product_edge_index
+                )
             return model.encoder.forward_full(
                 self.features,
                 self.user_adj.to_sparse(self.n_products),
