@@ -172,7 +172,9 @@ def child_baseline(args: argparse.Namespace) -> dict:
     import torch
     from torch_geometric.nn import SAGEConv
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    from instarec_assets.compute import thread_count
+
+    torch.set_num_threads(thread_count(0))  # the CPUs this process may use, as the pipeline does
     device = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
     generator = torch.Generator().manual_seed(args.seed)
     n_nodes = args.users + args.products

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from instarec_assets.compute import usable_cpus
 from instarec_assets.features.snapshot import CleanSnapshot
 from instarec_assets.ml.graphsage import (
     CONFIG_FILE,
@@ -25,16 +26,19 @@ from instarec_assets.ml.graphsage import (
     GraphSageParams,
     build_graph,
     embed_graph,
+    embedding_tables,
     explore_items,
+    graph_from_pairs,
     load_graphsage,
     save_graphsage,
     similarity_feature,
+    train_and_report,
     train_graphsage,
 )
 from instarec_assets.ml.graphsage.config import FeatureEncoding
 from instarec_assets.ml.graphsage.sampling import CSR, NeighborSampler
 from instarec_assets.ml.graphsage.synthetic import planted_graph
-from instarec_assets.ml.graphsage.train import GraphTensors
+from instarec_assets.ml.graphsage.train import GraphTensors, reproducible_torch
 
 FAST = GraphSageParams(epochs=5, batch_size=256, edges_per_epoch=None, learning_rate=0.01, seed=0)
 
@@ -157,14 +161,20 @@ def test_embeddings_recover_the_planted_communities(graph, trained):
 
 
 def test_training_is_deterministic_for_a_seed(graph):
-    """Same seed: the same batches, negatives and samples; the same numbers up to BLAS rounding
-    (MKL's results may differ in the last bits with memory alignment)."""
+    """Same graph, seed and thread count: the same batches, negatives and samples, and bit-identical
+    losses, weights and embeddings (deterministic algorithms: with two threads, torch's sparse
+    aggregation otherwise sums its backward pass in a varying order)."""
     params = GraphSageParams(epochs=1, batch_size=1024, edges_per_epoch=3000, seed=7)
-    first = train_graphsage(graph, params, device="cpu")
-    second = train_graphsage(graph, params, device="cpu")
-    np.testing.assert_allclose(first.history["step_loss"], second.history["step_loss"], rtol=1e-4)
+    first = train_graphsage(graph, params, device="cpu", threads=2)
+    second = train_graphsage(graph, params, device="cpu", threads=2)
+    assert first.history["step_loss"] == second.history["step_loss"]
+    assert first.training["threads"] == 2 and first.training["seed"] == 7
+    assert first.training["graph_sha256"] == graph.fingerprint()
     for name, tensor in first.model.state_dict().items():
-        torch.testing.assert_close(tensor, second.model.state_dict()[name], rtol=1e-3, atol=1e-4)
+        assert torch.equal(tensor, second.model.state_dict()[name]), name
+    embedded = [embed_graph(fit.model, graph, fit.encoding, threads=2) for fit in (first, second)]
+    assert np.array_equal(embedded[0].users, embedded[1].users)
+    assert np.array_equal(embedded[0].products, embedded[1].products)
     other = train_graphsage(graph, GraphSageParams(epochs=1, batch_size=1024, edges_per_epoch=3000, seed=8))
     assert not np.allclose(first.history["step_loss"], other.history["step_loss"], rtol=1e-3)
     tensors = GraphTensors.build(graph, graph.fit_encoding())
@@ -174,6 +184,66 @@ def test_training_is_deterministic_for_a_seed(graph):
     ]
     assert torch.equal(samples[0].to_user, samples[1].to_user)
     assert torch.equal(samples[0].product_ids, samples[1].product_ids)
+
+
+def test_reproducible_torch_restores_the_previous_settings():
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with reproducible_torch(1) as count:
+        assert count == 1 == torch.get_num_threads()
+        assert torch.are_deterministic_algorithms_enabled()
+    assert torch.get_num_threads() == threads
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
+    with reproducible_torch(0) as count:
+        assert count == usable_cpus()
+
+
+def test_pairs_in_any_order_give_the_same_graph(graph):
+    """The edges of a graph built from pairs are sorted by (user, product): a DuckDB aggregation
+    that returns its groups in another order builds the same arrays, so the same model."""
+    shuffle = np.random.default_rng(2).permutation(graph.n_edges)
+    nodes = np.random.default_rng(3).permutation(graph.n_users)
+    products = np.random.default_rng(4).permutation(graph.n_products)
+    again = graph_from_pairs(
+        graph.user_ids[graph.edge_user[shuffle]],
+        graph.product_ids[graph.edge_product[shuffle]],
+        graph.edge_weight[shuffle],
+        graph.user_ids[nodes],
+        graph.user_orders[nodes],
+        graph.user_days_between[nodes],
+        graph.product_ids[products],
+        graph.product_aisle_ids[products],
+        graph.product_department_ids[products],
+    )
+    keys = again.edge_keys()
+    assert (keys[1:] > keys[:-1]).all()
+    order = np.argsort(graph.edge_keys())
+    np.testing.assert_array_equal(again.edge_user, graph.edge_user[order])
+    np.testing.assert_array_equal(again.edge_weight, graph.edge_weight[order])
+    canonical = graph.subgraph_edges(order)
+    assert again.fingerprint() == canonical.fingerprint()
+    assert again.fingerprint() != graph.subgraph_edges(np.arange(1, graph.n_edges)).fingerprint()
+
+
+def test_train_and_report_twice_writes_the_same_model_files(graph, tmp_path):
+    """state dict and config bit-identical; the timings (wall clock) live in their own file."""
+    params = GraphSageParams(epochs=1, batch_size=512, edges_per_epoch=2000, seed=3)
+    reports = [
+        train_and_report(graph, tmp_path / f"run{run}", "2025-01-06", params=params, device="cpu", threads=2)
+        for run in range(2)
+    ]
+    for name in (STATE_DICT_FILE, CONFIG_FILE):
+        assert (reports[0].model_dir / name).read_bytes() == (reports[1].model_dir / name).read_bytes(), name
+    config = reports[0].config
+    assert config["training"]["seed"] == 3 and config["training"]["threads"] == 2
+    assert config["training"]["graph_sha256"] == graph.fingerprint()
+    assert "train_seconds" not in config["metrics"] and "epoch_seconds" not in config["history"]
+    timings = json.loads((reports[0].model_dir / config["timings_file"]).read_text())
+    assert timings["metrics"]["train_seconds"] == reports[0].metrics["train_seconds"] > 0
+    tables = [
+        embedding_tables(report.trained.model, report.trained.encoding, {"target": graph}, graph, threads=2)
+        for report in reports
+    ]
+    assert tables[0][0].equals(tables[1][0]) and tables[0][1].equals(tables[1][1])
 
 
 def test_full_batch_mode_trains_too(graph):

@@ -22,6 +22,7 @@ from instarec_assets.ml.training import (
     save_model,
     split_users,
     train_reorder_model,
+    training_data_fingerprint,
     write_model_card,
 )
 
@@ -96,7 +97,7 @@ def test_json_round_trip_predicts_exactly(planted, tmp_path: Path) -> None:
     model, x, _, _ = planted
     path = save_model(model.booster, tmp_path / "model" / "model.json")
     assert json.loads(path.read_text())["learner"]["feature_names"] == list(FEATURES)
-    loaded = load_model(path, nthread=1)
+    loaded = load_model(path, threads=1)
     assert np.array_equal(predict(loaded, x), predict(model.booster, x))
     assert np.array_equal(predict(loaded, x, chunk_rows=7_001), predict(loaded, x))
     with pytest.raises(ValueError, match="json"):
@@ -120,6 +121,9 @@ def test_model_card_has_required_keys(planted, tmp_path: Path) -> None:
     assert written["data_partition"] == "2017-05-01"
     assert written["data_split"]["n_validation_users"] == 400
     assert written["metrics"]["auc"] == pytest.approx(0.9)
+    assert written["reproducibility"]["seed"] == 3 == written["parameters"]["seed"]
+    assert written["reproducibility"]["nthread"] == 1 == written["parameters"]["nthread"]
+    assert written["reproducibility"]["training_data_sha256"] == model.data_sha256
     with pytest.raises(ValueError, match="code_version"):
         write_model_card(tmp_path / "bad.json", {k: v for k, v in card.items() if k != "code_version"})
 
@@ -133,3 +137,39 @@ def test_rejects_unlabelled_rows() -> None:
     labels[3] = np.nan
     with pytest.raises(ValueError, match="labels"):
         train_reorder_model(x, labels, user_ids, FEATURES, FAST)
+
+
+def test_same_rows_seed_and_threads_give_a_bit_identical_model(tmp_path: Path) -> None:
+    """Two fits of the same rows: the same model.json bytes and the same predictions, exactly; the
+    subsampling (0.8 rows, 0.8 columns) and the learning-curve sample all follow the seed."""
+    x, labels, user_ids = _problem(signal=True, users=1500, seed=4)
+    x[np.random.default_rng(5).random(x.shape) < 0.05] = np.nan  # missing values take a default branch
+    params = ReorderModelParams(nthread=2, num_boost_round=40, early_stopping_rounds=10)
+    fits = [train_reorder_model(x, labels, user_ids, FEATURES, params, seed=11) for _ in range(2)]
+    paths = [save_model(fit.booster, tmp_path / f"run{run}" / "model.json") for run, fit in enumerate(fits)]
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert np.array_equal(predict(fits[0].booster, x, threads=2), predict(fits[1].booster, x, threads=1))
+    assert (
+        fits[0].data_sha256 == fits[1].data_sha256 == training_data_fingerprint(x, labels, user_ids, FEATURES)
+    )
+    assert fits[0].params.nthread == 2
+    other = train_reorder_model(x, labels, user_ids, FEATURES, params, seed=12)
+    assert bytes(other.booster.save_raw("json")) != paths[0].read_bytes()
+
+
+def test_fingerprint_follows_the_rows_and_their_order() -> None:
+    x, labels, user_ids = _problem(signal=True, users=50)
+    base = training_data_fingerprint(x, labels, user_ids, FEATURES)
+    assert base == training_data_fingerprint(x.copy(), labels.astype(np.int8), user_ids, FEATURES)
+    swapped = np.r_[1, 0, 2 : user_ids.size]
+    assert base != training_data_fingerprint(x[swapped], labels[swapped], user_ids[swapped], FEATURES)
+    changed = x.copy()
+    changed[7, 2] += 1e-6
+    assert base != training_data_fingerprint(changed, labels, user_ids, FEATURES)
+    assert base != training_data_fingerprint(x, labels, user_ids, (*FEATURES[:-1], "renamed"))
+
+
+def test_thread_count_defaults_to_the_usable_cpus() -> None:
+    from instarec_assets.compute import usable_cpus
+
+    assert ReorderModelParams().booster_params(0)["nthread"] == usable_cpus()

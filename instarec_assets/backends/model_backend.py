@@ -15,7 +15,13 @@ import xgboost as xgb
 
 from instarec_assets.backends.sagemaker import SageMakerSettings, SageMakerXGBoost
 from instarec_assets.ml.reorder_model import FeatureRows, InProcessTrainer
-from instarec_assets.ml.training import ReorderModelParams, TrainedModel, predict, split_users
+from instarec_assets.ml.training import (
+    ReorderModelParams,
+    TrainedModel,
+    predict,
+    split_users,
+    training_data_fingerprint,
+)
 
 
 def _labelled_table(data: FeatureRows, rows: np.ndarray) -> pa.Table:
@@ -25,7 +31,8 @@ def _labelled_table(data: FeatureRows, rows: np.ndarray) -> pa.Table:
     return pa.table(columns)
 
 
-# Left to the container: nthread (it uses every vCPU of its instance; the trees do not depend on it).
+# Left to the container: nthread (it uses every vCPU of its instance). `hist` trees are bit-identical
+# for a given thread count, so a SageMaker model is reproducible on the same instance type only.
 NOT_SENT_TO_SAGEMAKER = ("nthread",)
 
 
@@ -86,12 +93,21 @@ class SageMakerTrainer:
             )
             booster = trained
         booster.feature_names = list(data.feature_names)
+        data_sha256 = training_data_fingerprint(data.features, data.labels, data.user_ids, data.feature_names)
         self.card_extra = {
             "parameters": dict(result.hyperparameters),
             "best_iteration_source": source,
             "n_rounds_trained": rounds,
             "sagemaker_training_job": result.job_name,
             "sagemaker_model_artifact": result.model_artifact_uri,
+            "reproducibility": {
+                "seed": seed,
+                "nthread": "the SageMaker container's: every vCPU of the training instance",
+                "training_data_sha256": data_sha256,
+                "training_rows": data.rows,
+                "bit_identical": "model.json for the same rows, seed, instance type and container "
+                "version; not this card (created_at, job names)",
+            },
         }
         return TrainedModel(
             booster=booster,
@@ -105,11 +121,13 @@ class SageMakerTrainer:
             n_train_users=int(np.unique(data.user_ids[train_rows]).size),
             seed=seed,
             validation_fraction=validation_fraction,
+            data_sha256=data_sha256,
         )
 
 
-def score_in_process(booster: xgb.Booster, features: np.ndarray) -> np.ndarray:
-    return predict(booster, features)
+def score_in_process(booster: xgb.Booster, features: np.ndarray, threads: int = 0) -> np.ndarray:
+    """In-process scoring on `threads` threads (0 = the usable CPUs)."""
+    return predict(booster, features, threads=threads)
 
 
 BACKENDS = ("local", "sagemaker")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from instarec_assets.compute import thread_count
 from instarec_assets.ml.evaluation import BasketEvaluation, compare_with_baselines, evaluate_baskets
 from instarec_assets.ml.metrics import (
     ClassificationMetrics,
@@ -77,7 +78,12 @@ def load_feature_rows(
 ) -> FeatureRows:
     """Read a staged or stored feature set; one float32 column at a time to keep one copy in memory.
 
-    Features named in `computed` are not read from the file but computed from the rows' ids."""
+    Rows come sorted by (user_id, product_id, eval_set, order_id), whatever order the file or a
+    multi-threaded DuckDB scan gives them in, so the same feature set always trains the same model
+    (XGBoost's row subsampling and quantile sketch depend on the row order). The sort is a permutation
+    applied to each column as it is copied, not an ORDER BY over the wide rows: no second copy of
+    the table. Features named in `computed` are not read from the file but computed from the rows'
+    ids (after the sort, so they see the rows in their final order)."""
     computed = computed or {}
     stored = [name for name in feature_names if name not in computed]
     columns = "".join(f', "{name}"' for name in stored)
@@ -87,21 +93,29 @@ def load_feature_rows(
         "FROM read_parquet($uri, hive_partitioning = false)",
         params={"uri": uri},
     ).to_arrow_table()
-    ids = {
+    raw_ids = {
         name: table.column(name).to_numpy(zero_copy_only=False)
         for name in ("user_id", "product_id", "order_id")
     }
-    eval_sets = _shared_strings(table.column("eval_set"))
-    labels = table.column("label").to_numpy(zero_copy_only=False).astype(np.int8) if with_labels else None
+    eval_sets, eval_set_rank = _shared_strings(table.column("eval_set"))
+    # np.lexsort sorts by the last key first; order_id (NULL -> NaN, last) only breaks ties.
+    order = np.lexsort((raw_ids["order_id"], eval_set_rank, raw_ids["product_id"], raw_ids["user_id"]))
+    del eval_set_rank
+    ids = {name: values[order] for name, values in raw_ids.items()}
+    del raw_ids
+    eval_sets = eval_sets[order]
+    labels = (
+        table.column("label").to_numpy(zero_copy_only=False)[order].astype(np.int8) if with_labels else None
+    )
     features = np.empty((table.num_rows, len(feature_names)), dtype=np.float32)
     for position, name in enumerate(feature_names):
         if name in computed:
+            continue
+        features[:, position] = table.column(name).to_numpy(zero_copy_only=False)[order]
+        table = table.drop_columns([name])  # its buffers go as soon as they are copied
+    for position, name in enumerate(feature_names):
+        if name in computed:
             features[:, position] = computed[name](ids["user_id"], ids["product_id"], eval_sets)
-        else:
-            features[:, position] = (
-                table.column(name).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-            )
-            table = table.drop_columns([name])  # its buffers go as soon as they are copied
     del table
     pa.default_memory_pool().release_unused()
     return FeatureRows(
@@ -115,13 +129,18 @@ def load_feature_rows(
     )
 
 
-def _shared_strings(column: pa.ChunkedArray) -> np.ndarray:
+def _shared_strings(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """A low-cardinality string column as an object array whose rows share one str per value (8 bytes
-    a row, instead of a str object per row: half a GB for 8.5M rows)."""
+    a row, instead of a str object per row: half a GB for 8.5M rows), and each row's rank among the
+    sorted distinct values (NULL last), a sort key that does not depend on the row order."""
     encoded = column.dictionary_encode().combine_chunks()
-    values = np.array([*encoded.dictionary.to_pylist(), None], dtype=object)
-    indices = encoded.indices.fill_null(len(encoded.dictionary)).to_numpy(zero_copy_only=False)
-    return values[indices]
+    dictionary = encoded.dictionary.to_pylist()
+    values = np.array([*dictionary, None], dtype=object)
+    indices = encoded.indices.fill_null(len(dictionary)).to_numpy(zero_copy_only=False)
+    rank = np.empty(len(dictionary) + 1, dtype=np.int32)
+    rank[sorted(range(len(dictionary)), key=dictionary.__getitem__)] = np.arange(len(dictionary))
+    rank[-1] = len(dictionary)
+    return values[indices], rank[indices]
 
 
 class Trainer(Protocol):
@@ -199,13 +218,20 @@ def train_and_report(
     params: ReorderModelParams | None = None,
     seed: int = 0,
     ablate: str | None = None,
+    threads: int = 0,
 ) -> ReorderModelReport:
     """Fit, score the held-out users, compare baskets with both baselines, write model + card + plots.
 
     With `ablate`, a second model is fitted without that feature (same parameters, seed and held-out
     users) and the card records both validation scores, so a feature's worth is measured, not assumed.
+
+    XGBoost trains and predicts on `threads` threads; 0 takes `params.nthread`, and when that is 0
+    too, every CPU this process may use (instarec_assets.compute.usable_cpus). The count is
+    resolved once here and recorded in the card: model.json is bit-identical for the same rows,
+    seed and thread count (see instarec_assets.ml.training).
     """
     params = params or ReorderModelParams()
+    params = replace(params, nthread=thread_count(threads or params.nthread or 0))
     workdir.mkdir(parents=True, exist_ok=True)
     trainer = trainer or InProcessTrainer()
     if ablate is not None and ablate not in data.feature_names:
@@ -213,7 +239,7 @@ def train_and_report(
     model = trainer.train(data, params, seed, workdir)
     trainer_card = dict(getattr(trainer, "card_extra", {}))
     validation_rows = model.validation_index
-    validation_probabilities = predict(model.booster, data.features[validation_rows])
+    validation_probabilities = predict(model.booster, data.features[validation_rows], threads=params.nthread)
     validation_labels = data.labels[validation_rows]
     metrics = classification_metrics(validation_labels, validation_probabilities)
     thresholds = threshold_table(validation_labels, validation_probabilities)
@@ -297,7 +323,7 @@ def _fit_without(
     data.features[:, position] = 0.0
     try:
         model = trainer.train(data, params, seed, workdir)
-        probabilities = predict(model.booster, data.features[model.validation_index])
+        probabilities = predict(model.booster, data.features[model.validation_index], threads=params.nthread)
     finally:
         data.features[:, position] = saved
     return _AblatedFit(model.validation_index, probabilities, int(model.best_iteration))

@@ -3,15 +3,23 @@
 One row per (user, candidate product, target order); the label says whether the product is in the
 target order. Validation holds out whole users, so early stopping and validation metrics measure
 generalisation to people the model has never seen, not to other rows of the same basket.
+
+Reproducible: the same rows in the same order, the same seed, thread count and XGBoost version give
+a bit-identical model.json and bit-identical predictions. Every random choice (held-out users, the
+training sample scored for the learning curve, XGBoost's row and column subsampling) comes from the
+seed; `hist` trees are deterministic for a given `nthread` (not promised across thread counts, so
+the count is recorded); the row order is the caller's (load_feature_rows sorts by the row key).
+The model card records the seed, the thread count and a sha256 of the training rows, and also when
+it was written (`created_at`): the card is not bit-identical between runs, model.json is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import xgboost as xgb
+
+from instarec_assets.compute import thread_count
 
 PREDICT_CHUNK_ROWS = 1_000_000
 TRAIN_EVAL_ROWS = 1_000_000
@@ -41,7 +51,7 @@ class ReorderModelParams:
     max_bin: int = 256
     num_boost_round: int = 500
     early_stopping_rounds: int = 25
-    nthread: int | None = None
+    nthread: int = 0  # 0 = every CPU this process may use (instarec_assets.compute.usable_cpus)
 
     def booster_params(self, seed: int) -> dict[str, Any]:
         """Parameters for `xgboost.train`; early stopping watches the last metric, validation logloss."""
@@ -57,7 +67,7 @@ class ReorderModelParams:
             "lambda": self.reg_lambda,
             "gamma": self.gamma,
             "max_bin": self.max_bin,
-            "nthread": self.nthread or os.cpu_count() or 1,
+            "nthread": thread_count(self.nthread or 0),
             "seed": seed,
         }
 
@@ -82,6 +92,7 @@ class TrainedModel:
     evals_result: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     seed: int = 0
     validation_fraction: float = 0.1
+    data_sha256: str = ""  # training_data_fingerprint of the rows the model was fitted on
 
     @property
     def n_rounds_trained(self) -> int:
@@ -143,9 +154,27 @@ def _quantile_matrix(
     return xgb.QuantileDMatrix(
         _RowChunks(features, labels, rows, feature_names, PREDICT_CHUNK_ROWS),
         max_bin=params.max_bin,
-        nthread=params.nthread or os.cpu_count() or 1,
+        nthread=thread_count(params.nthread or 0),
         ref=ref,
     )
+
+
+def training_data_fingerprint(
+    features: np.ndarray, labels: np.ndarray, user_ids: np.ndarray, feature_names: Sequence[str]
+) -> str:
+    """sha256 over the training rows in their order: feature names, shape, the float32 feature matrix,
+    the labels (float32) and the user ids (int64, they decide the held-out users). Two fits with the
+    same fingerprint, seed and thread count give the same model.json. Hashes the arrays' buffers in
+    place (no copy when `features` is already C-contiguous float32)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([list(feature_names), list(np.shape(features))]).encode())
+    for array in (
+        np.ascontiguousarray(features, dtype=np.float32),
+        np.ascontiguousarray(labels, dtype=np.float32),
+        np.ascontiguousarray(user_ids, dtype=np.int64),
+    ):
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
 def train_reorder_model(
@@ -157,8 +186,11 @@ def train_reorder_model(
     validation_fraction: float = 0.1,
     seed: int = 0,
 ) -> TrainedModel:
-    """Fit binary:logistic with hist trees, early-stopped on the held-out users' logloss."""
+    """Fit binary:logistic with hist trees, early-stopped on the held-out users' logloss.
+
+    `params.nthread` 0 is resolved to the usable CPUs here, so the model records the count it used."""
     params = params or ReorderModelParams()
+    params = replace(params, nthread=thread_count(params.nthread or 0))
     labels = np.asarray(labels, dtype=np.float32)
     if features.ndim != 2 or features.shape[1] != len(feature_names):
         raise ValueError(f"features must be rows x {len(feature_names)} (one column per feature name)")
@@ -207,11 +239,16 @@ def train_reorder_model(
         },
         seed=seed,
         validation_fraction=validation_fraction,
+        data_sha256=training_data_fingerprint(features, labels, user_ids, feature_names),
     )
 
 
-def predict(booster: xgb.Booster, features: np.ndarray, chunk_rows: int = PREDICT_CHUNK_ROWS) -> np.ndarray:
-    """Reorder probabilities (float32), scored chunk by chunk so memory stays bounded."""
+def predict(
+    booster: xgb.Booster, features: np.ndarray, chunk_rows: int = PREDICT_CHUNK_ROWS, threads: int = 0
+) -> np.ndarray:
+    """Reorder probabilities (float32), scored chunk by chunk so memory stays bounded, on `threads`
+    threads (0 = the usable CPUs; a row's probability does not depend on it)."""
+    booster.set_param({"nthread": thread_count(threads)})
     out = np.empty(features.shape[0], dtype=np.float32)
     for start in range(0, features.shape[0], chunk_rows):
         chunk = np.ascontiguousarray(features[start : start + chunk_rows], dtype=np.float32)
@@ -229,9 +266,10 @@ def save_model(booster: xgb.Booster, path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, nthread: int | None = None) -> xgb.Booster:
+def load_model(path: str | Path, threads: int = 0) -> xgb.Booster:
+    """A saved model, set to predict on `threads` threads (0 = the usable CPUs)."""
     booster = xgb.Booster(model_file=str(path))
-    booster.set_param({"nthread": nthread or os.cpu_count() or 1})
+    booster.set_param({"nthread": thread_count(threads)})
     return booster
 
 
@@ -290,6 +328,15 @@ def build_model_card(
         },
         "code_version": code_version,
         "xgboost_version": xgb.__version__,
+        # What makes model.json bit-identical: the same training rows (this fingerprint), seed, thread
+        # count and XGBoost version. The card itself is not: created_at is the time it was written.
+        "reproducibility": {
+            "seed": model.seed,
+            "nthread": thread_count(model.params.nthread or 0),
+            "training_data_sha256": model.data_sha256,
+            "training_rows": model.n_train_rows + int(model.validation_index.size),
+            "bit_identical": "model.json and predictions; not this card (created_at)",
+        },
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     card.update(extra or {})

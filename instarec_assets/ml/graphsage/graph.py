@@ -18,6 +18,7 @@ from the lake and a synthetic one (tests, the benchmark) are encoded the same wa
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -47,7 +48,9 @@ NEW_PRODUCT_RAW = np.array([0.0, 0.0, np.nan], dtype=np.float32)
 
 @dataclass
 class BipartiteGraph:
-    """Users and products as dense indices 0..U-1 and 0..P-1 (sorted external ids), one edge per pair."""
+    """Users and products as dense indices 0..U-1 and 0..P-1 (sorted external ids), one edge per pair;
+    edges built by `graph_from_pairs` are sorted by (user, product), so the same purchases give the
+    same arrays whatever order they were read in."""
 
     user_ids: np.ndarray  # int64 (U,), sorted
     product_ids: np.ndarray  # int64 (P,), sorted
@@ -139,6 +142,26 @@ class BipartiteGraph:
             product_department=torch.from_numpy(encoding.department_index(self.product_department_ids)),
         )
 
+    def fingerprint(self) -> str:
+        """sha256 over the framing and every array of the graph (ids, edges, weights, node data), in
+        their order: the training data of a GraphSAGE model, recorded in its config."""
+        digest = hashlib.sha256(self.framing.encode())
+        for values, dtype in (
+            (self.user_ids, np.int64),
+            (self.product_ids, np.int64),
+            (self.edge_user, np.int64),
+            (self.edge_product, np.int64),
+            (self.edge_weight, np.float32),
+            (self.user_orders, np.float32),
+            (self.user_days_between, np.float32),
+            (self.product_aisle_ids, np.int64),
+            (self.product_department_ids, np.int64),
+        ):
+            array = np.ascontiguousarray(values, dtype=dtype)
+            digest.update(str(array.shape).encode())
+            digest.update(memoryview(array).cast("B"))
+        return digest.hexdigest()
+
     def edge_keys(self) -> np.ndarray:
         """user * P + product for every edge, a unique int64 key per pair."""
         return self.edge_user.astype(np.int64) * self.n_products + self.edge_product
@@ -205,6 +228,8 @@ def graph_from_pairs(
     """A graph from external ids: pairs (user_id, product_id, times bought) and the node tables.
 
     Pairs whose user or product is not a node are dropped (the caller counts them if it cares).
+    Nodes are sorted by id and edges by (user, product) (stably, unless they already are), so the
+    graph does not depend on the order the pairs and nodes come in.
     """
     user_order = np.argsort(users, kind="stable")
     product_order = np.argsort(products, kind="stable")
@@ -215,6 +240,11 @@ def graph_from_pairs(
     keep = (edge_user >= 0) & (edge_product >= 0)
     if not keep.all():
         edge_user, edge_product, times_bought = edge_user[keep], edge_product[keep], times_bought[keep]
+    keys = edge_user * max(1, sorted_products.size) + edge_product
+    if keys.size > 1 and bool((keys[1:] < keys[:-1]).any()):
+        order = np.argsort(keys, kind="stable")
+        edge_user, edge_product = edge_user[order], edge_product[order]
+        times_bought = np.asarray(times_bought)[order]
     return BipartiteGraph(
         user_ids=sorted_users,
         product_ids=sorted_products,
@@ -259,11 +289,16 @@ FROM sequenced
 WHERE seq < last_seq OR ($framing = 'serving' AND n_lines > 0)
 """
 
+# Every query's order is explicit (DuckDB's multi-threaded aggregation returns groups in any order);
+# graph_from_pairs sorts again, so a graph never depends on it. A product has one current row; should
+# it have two, the aggregate keeps one chosen by value, not by scan order. days_between averages
+# whole days (TINYINT, summed exactly), so partial aggregates combine to the same value in any order.
 USERS_SQL = """
 SELECT user_id::BIGINT AS user_id, count(*)::FLOAT AS orders,
        avg(days_since_prior_order) FILTER (WHERE seq > 1)::FLOAT AS days_between
 FROM gs_history
 GROUP BY user_id
+ORDER BY user_id
 """
 
 EDGES_SQL = """
@@ -271,14 +306,17 @@ SELECT h.user_id::BIGINT AS user_id, l.product_id::BIGINT AS product_id, count(*
 FROM gs_clean_lines AS l
 JOIN gs_history AS h USING (order_id)
 GROUP BY h.user_id, l.product_id
+ORDER BY user_id, product_id
 """
 
 PRODUCTS_SQL = """
-SELECT product_id::BIGINT AS product_id, any_value(aisle_id)::BIGINT AS aisle_id,
-       any_value(department_id)::BIGINT AS department_id
+SELECT product_id::BIGINT AS product_id,
+       first(aisle_id ORDER BY aisle_id, department_id)::BIGINT AS aisle_id,
+       first(department_id ORDER BY aisle_id, department_id)::BIGINT AS department_id
 FROM read_parquet(?, hive_partitioning = false)
 WHERE is_current
 GROUP BY product_id
+ORDER BY product_id
 """
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from instarec_assets.ml.graphsage.config import FeatureEncoding
 from instarec_assets.ml.graphsage.graph import BipartiteGraph
 from instarec_assets.ml.graphsage.model import GraphSageModel
-from instarec_assets.ml.graphsage.train import GraphTensors, resolve_device, use_all_cores
+from instarec_assets.ml.graphsage.train import GraphTensors, reproducible_torch, resolve_device
 
 
 @dataclass
@@ -33,15 +33,20 @@ class GraphEmbeddings:
 
 
 def embed_graph(
-    model: GraphSageModel, graph: BipartiteGraph, encoding: FeatureEncoding, device: str | None = "cpu"
+    model: GraphSageModel,
+    graph: BipartiteGraph,
+    encoding: FeatureEncoding,
+    device: str | None = "cpu",
+    threads: int = 0,
 ) -> GraphEmbeddings:
-    """Full-neighbourhood embeddings of every node of `graph` (SpMM; memory O(nodes x dims))."""
-    use_all_cores()
+    """Full-neighbourhood embeddings of every node of `graph` (SpMM; memory O(nodes x dims)), on
+    `threads` threads (0 = the CPUs this process may use), deterministically."""
     torch_device = resolve_device(device)
-    model = model.to(torch_device)
-    tensors = GraphTensors.build(graph, encoding, torch_device)
-    users, products = tensors.embed(model)
-    model.cpu()
+    with reproducible_torch(threads, torch_device):
+        model = model.to(torch_device)
+        tensors = GraphTensors.build(graph, encoding, torch_device)
+        users, products = tensors.embed(model)
+        model.cpu()
     return GraphEmbeddings(
         user_ids=graph.user_ids,
         users=users.cpu().numpy().astype(np.float32, copy=False),

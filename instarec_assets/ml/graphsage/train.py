@@ -13,12 +13,20 @@
   against uniformly drawn negatives (`auc`) and against degree-weighted ones (`auc_degree_negatives`),
   the mean cosine similarity of positive and negative pairs, R squared of the predicted purchase
   frequency (times bought / user's orders) against the actual one.
+
+Reproducible: training and embedding run inside `reproducible_torch` (a fixed intra-op thread count,
+`torch.use_deterministic_algorithms`), every random draw comes from generators seeded with
+`params.seed` (numpy for the edge split, torch for the weights, batches, negatives and samples), and
+the graph's node ids and edges are in a canonical order (graph.py), so the same graph, seed, thread
+count, device and library versions give bit-identical weights and embeddings.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -27,6 +35,7 @@ import torch
 from sklearn.metrics import r2_score, roc_auc_score
 from torch import nn
 
+from instarec_assets.compute import thread_count
 from instarec_assets.ml.graphsage.config import FeatureEncoding, GraphSageParams
 from instarec_assets.ml.graphsage.graph import BipartiteGraph, NodeFeatures
 from instarec_assets.ml.graphsage.model import GraphSageModel
@@ -41,9 +50,32 @@ def resolve_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-def use_all_cores() -> None:
-    """Intra-op threads = the machine's cores (torch may default lower in containers)."""
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+@contextmanager
+def reproducible_torch(threads: int = 0, device: torch.device | str | None = None) -> Iterator[int]:
+    """torch on `threads` intra-op threads (0 = the CPUs this process may use) with deterministic
+    algorithms, for the duration of the block; the previous settings come back afterwards. Yields the
+    thread count.
+
+    On the CPU, with more than one thread, the sparse aggregation's backward pass otherwise sums in
+    an order that varies run to run. `warn_only`: an op with no deterministic implementation (some
+    CUDA kernels) warns instead of failing the run. Inter-op threads are left alone: torch allows
+    setting them once per process, before any parallel work, so they cannot be scoped (and training
+    does not use them).
+    """
+    count = thread_count(threads)
+    if device is not None and str(device).startswith("cuda"):
+        # cuBLAS is deterministic only with a fixed workspace; read when its handle is created.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    threads_before = torch.get_num_threads()
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    warn_only_before = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(count)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield count
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before, warn_only=warn_only_before)
+        torch.set_num_threads(threads_before)
 
 
 @dataclass
@@ -82,10 +114,20 @@ class GraphTensors:
 
     @torch.no_grad()
     def embed(self, model: GraphSageModel) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every node's embedding over its whole neighbourhood (sparse CSR SpMM, no E x D tensor)."""
+        """Every node's embedding over its whole neighbourhood.
+
+        On the CPU a sparse CSR SpMM (no E x D tensor; deterministic for a thread count). On CUDA
+        PyG's gather + scatter over the edge_index instead: cuSPARSE's SpMM sums in a varying order
+        even under torch.use_deterministic_algorithms, without a warning (seen on an H200, torch
+        2.11), while the scatter is deterministic there; it costs an E x D message tensor in GPU
+        memory (13M edges x 64 floats: 3.3 GB)."""
         was_training = model.training
         model.eval()
         try:
+            if self.user_adj.ptr.device.type == "cuda":
+                return model.encoder.forward_full(
+                    self.features, self.to_user_edge_index, self.to_product_edge_index
+                )
             return model.encoder.forward_full(
                 self.features,
                 self.user_adj.to_sparse(self.n_products),
@@ -171,11 +213,17 @@ def train_graphsage(
     device: str | None = None,
     encoding: FeatureEncoding | None = None,
     log=None,
+    threads: int = 0,
 ) -> TrainedGraphSage:
-    """Fit GraphSAGE for link prediction on `graph` (see the module docstring)."""
+    """Fit GraphSAGE for link prediction on `graph` (see the module docstring) with torch on
+    `threads` threads (0 = the CPUs this process may use), deterministically."""
     params = params or GraphSageParams()
-    use_all_cores()
     torch_device = resolve_device(device)
+    with reproducible_torch(threads, torch_device) as count:
+        return _train(graph, params, torch_device, encoding, log, count)
+
+
+def _train(graph, params, torch_device, encoding, log, threads) -> TrainedGraphSage:
     mode = params.resolved_mode(str(torch_device))
     torch.manual_seed(params.seed)
     generator = torch.Generator(device=torch_device).manual_seed(params.seed)
@@ -271,7 +319,10 @@ def train_graphsage(
         training={
             "device": str(torch_device),
             "mode": mode,
-            "threads": torch.get_num_threads(),
+            "threads": threads,
+            "deterministic_algorithms": True,
+            "seed": params.seed,
+            "graph_sha256": graph.fingerprint(),
             "train_edges": int(split.train.size),
             "held_out_edges": int(split.held_out.size),
             "epochs": epochs,
