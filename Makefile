@@ -50,8 +50,9 @@ format: install
 demo: install
 	$(BIN)/instarec demo --home $(INSTAREC_HOME) --users $(DEMO_USERS)
 
+# The instance config (the lake_history pool) is the one the CLI writes, so UI and CLI runs agree.
 ui: install
-	mkdir -p $(INSTAREC_HOME)/dagster
+	$(BIN)/python -c "from instarec_assets.lake.locations import LakeLocations; from instarec_assets.pipeline.runner import dagster_instance; dagster_instance(LakeLocations(home='$(INSTAREC_HOME)'))"
 	DAGSTER_HOME=$(INSTAREC_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 # Full-size benchmarks (minutes; not part of make test). Results are appended to bench/RESULTS.md.

@@ -58,10 +58,11 @@ AWS_KINDS = {"parquet": "s3", "sqlite": "dynamodb"}
 def build_resources(locations: LakeLocations, history_wait: HistoryWait = DEFAULT_HISTORY_WAIT) -> dict:
     """The lake, DuckDB and one parquet IO manager per zone, all pointing at `locations`."""
     lake = LakeResource.from_locations(locations, history_wait)
+    threads = int(os.environ.get("INSTAREC_THREADS", "0") or 0)
     default_backend = "sagemaker" if locations.is_aws else "local"
     return {
         "lake": lake,
-        "duckdb": duckdb_resource(locations),
+        "duckdb": duckdb_resource(locations, threads),
         WAREHOUSE_RESOURCE_KEY: warehouse_duckdb_resource(locations),
         **{f"{zone}_io_manager": LakeIOManager(lake=lake, zone=zone) for zone in ZONES},
         "model_io_manager": ModelArtifactIOManager(lake=lake),
@@ -69,7 +70,7 @@ def build_resources(locations: LakeLocations, history_wait: HistoryWait = DEFAUL
             backend=os.environ.get("INSTAREC_TRAINING_BACKEND", default_backend)
         ),
         "compute": ComputeResource(
-            threads=int(os.environ.get("INSTAREC_THREADS", "0") or 0),
+            threads=threads,
             graphsage_device=os.environ.get("INSTAREC_GRAPHSAGE_DEVICE", ""),
         ),
         "serving_store": ServingStoreResource(**store_settings_from_env(locations.home)),

@@ -13,6 +13,7 @@ import duckdb as duckdb_module
 from dagster import ConfigurableResource
 from dagster_duckdb import DuckDBResource
 
+from instarec_assets.compute import thread_count
 from instarec_assets.history import DEFAULT_HISTORY_WAIT, HistoryWait
 from instarec_assets.lake.duck import attach_filesystem
 from instarec_assets.lake.locations import LakeLocations
@@ -93,11 +94,13 @@ def _locations(*settings: str) -> LakeLocations:
     return _LOCATIONS_CACHE[settings]
 
 
-def duckdb_resource(locations: LakeLocations) -> DuckDBResource:
-    """In-memory DuckDB that spills to the lake's scratch folder and never downloads extensions."""
+def duckdb_resource(locations: LakeLocations, threads: int = 0) -> DuckDBResource:
+    """In-memory DuckDB that spills to the lake's scratch folder and never downloads extensions;
+    `threads` as ComputeResource.threads (0 = the CPUs this process may use)."""
     return DuckDBResource(
         database=":memory:",
         connection_config={
+            "threads": thread_count(threads),
             "memory_limit": os.environ.get("INSTAREC_DUCKDB_MEMORY_LIMIT", "4GB"),
             "temp_directory": str(locations.home_path / "tmp" / "duckdb"),
             "autoinstall_known_extensions": False,
@@ -163,7 +166,8 @@ class ServingStoreResource(ConfigurableResource):
 class ComputeResource(ConfigurableResource):
     """How much of the machine the model steps use, and where GraphSAGE runs."""
 
-    # Threads for XGBoost and torch; 0 = the CPUs this process may use (affinity and cgroup quota).
+    # Threads for XGBoost, torch and DuckDB; 0 = the CPUs this process may use (affinity and cgroup
+    # quota, as on ECS), not os.cpu_count(): oversubscribed OpenMP threads cost more than they gain.
     threads: int = 0
     # cpu, cuda or "" (cuda when available, else cpu).
     graphsage_device: str = ""

@@ -18,7 +18,7 @@ from instarec_assets.cli import main
 from instarec_assets.definitions import build_definitions
 from instarec_assets.history import HistoryWait
 from instarec_assets.lake.locations import LakeLocations
-from instarec_assets.partitions import HISTORY_INPUT, LANDING_BATCHES, THROUGH_PARTITION
+from instarec_assets.partitions import HISTORY_INPUT, HISTORY_POOL, LANDING_BATCHES, THROUGH_PARTITION
 from instarec_assets.pipeline.runner import assets_through, register_batch
 from instarec_assets.sensors import LANDING_JOB_NAME, landing_sensor
 from instarec_assets_tests.landing_fixtures import ORDERS, write_batch
@@ -226,3 +226,20 @@ def test_concurrent_runs_of_adjacent_batches_give_the_lake_of_the_same_runs_in_o
         assert process.returncode == 0, err.decode()
     assert _clean_lake(concurrent) == _clean_lake(in_order)
     assert len(_clean_lake(in_order)) == 8
+
+
+def test_history_steps_share_one_pool_that_the_local_instance_limits_to_one(defs, home: Path):
+    from instarec_assets.pipeline.runner import dagster_instance
+
+    graph = defs.resolve_asset_graph()
+    pools = {
+        key.to_user_string(): graph.get(key).pools
+        for key in graph.get_all_asset_keys()
+        if graph.get(key).pools
+    }
+    for asset in ("clean_orders", "training_set", "graphsage_model", "xgboost_model", "recommendations"):
+        assert pools[asset] == {HISTORY_POOL}, asset
+    assert "raw_orders" not in pools
+    with dagster_instance(LakeLocations(home=str(home))) as instance:
+        pool_config = instance.get_concurrency_config().pool_config
+        assert pool_config.default_pool_limit == 1 and pool_config.pool_granularity.value == "op"

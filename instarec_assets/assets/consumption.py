@@ -26,6 +26,7 @@ from instarec_assets.ml.reorder_model import MODEL_FILE, read_model_card
 from instarec_assets.ml.training import load_model, predict
 from instarec_assets.partitions import HISTORY_POOL, history_input, landing_batches
 from instarec_assets.resources import (
+    ComputeResource,
     LakeResource,
     ModelTrainingResource,
     ServingStoreResource,
@@ -49,6 +50,7 @@ def reorder_predictions(
     lake: LakeResource,
     duckdb: DuckDBResource,
     training: ModelTrainingResource,
+    compute: ComputeResource,
     inference_set: str,
     xgboost_model: str,
     user_embeddings: str,
@@ -87,7 +89,7 @@ def reorder_predictions(
                 conn,
                 inference_set,
                 feature_names,
-                lambda rows: predict(booster, rows),
+                lambda rows: predict(booster, rows, threads=compute.threads),
                 out,
                 computed=computed,
             )

@@ -115,6 +115,7 @@ def graphsage_step(
         device=device,
         code_version=code_version(),
         log=context.log.info,
+        threads=compute.threads,
     )
     metrics = report.metrics
     model_version = report.config["model_version"]
@@ -142,7 +143,12 @@ def graphsage_step(
     with lake_connection(duckdb, lake) as conn:
         graphs = {"target": graph, "serving": build_graph(conn, snapshot, "serving")}
         users, products, stats = embedding_tables(
-            report.trained.model, report.trained.encoding, graphs, graph, device=device
+            report.trained.model,
+            report.trained.encoding,
+            graphs,
+            graph,
+            device=device,
+            threads=compute.threads,
         )
         del graphs, graph
         staged = {

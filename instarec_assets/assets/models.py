@@ -22,7 +22,7 @@ from instarec_assets.ml.graphsage import SIMILARITY_FEATURE, SimilarityLookup
 from instarec_assets.ml.metrics import png_markdown, table_markdown
 from instarec_assets.ml.reorder_model import MODEL_CARD_FILE, load_feature_rows, train_and_report
 from instarec_assets.partitions import HISTORY_POOL, landing_batches
-from instarec_assets.resources import LakeResource, ModelTrainingResource, lake_connection
+from instarec_assets.resources import ComputeResource, LakeResource, ModelTrainingResource, lake_connection
 
 BEATS_BASELINES_CHECK = "beats_baselines"
 # The XGBoost inputs: the curated features plus the GraphSAGE user x product similarity (hybrid).
@@ -82,6 +82,7 @@ def xgboost_model(
     lake: LakeResource,
     duckdb: DuckDBResource,
     training: ModelTrainingResource,
+    compute: ComputeResource,
     training_set: str,
     user_embeddings: str,
     product_embeddings: str,
@@ -105,6 +106,7 @@ def xgboost_model(
         context.partition_key,
         trainer=training.trainer(),
         ablate=SIMILARITY_FEATURE if config.compare_without_similarity else None,
+        threads=compute.threads,
     )
     metrics = report.metrics
     ablation = report.card.get("ablation")
