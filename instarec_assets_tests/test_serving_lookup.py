@@ -18,7 +18,7 @@ from instarec_assets.serving.lookup import SqliteLookup, StoreLookup, lookup_for
 
 
 def load(store: SqliteRecommendationStore, users, tag: int) -> None:
-    store.load(recommendations_table(users, tag=tag), model_version=f"model-{tag}")
+    store.load(recommendations_table(users, tag=tag), model_version=f"model-{tag}", batch="2025-01-06")
 
 
 def test_lookup_matches_the_stores_top_k(tmp_path: Path):
