@@ -19,6 +19,7 @@ from instarec_assets.backends.serving_store import (
     RecommendationStore,
     ServingStoreError,
     SqliteRecommendationStore,
+    open_store,
 )
 from instarec_assets.backends.testing import recommendations_table, tag_of
 from instarec_assets.serving.lookup import SqliteLookup
@@ -405,3 +406,21 @@ def test_versions_of_an_empty_store(store: SqliteRecommendationStore):
     assert store.versions() == []
     with pytest.raises(ServingStoreError, match="retained: none"):
         store.activate("x")
+
+
+def test_open_store_reads_keep_versions_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    settings = {
+        "sqlite_path": str(tmp_path / "r.sqlite"),
+        "dynamodb_table": "",
+        "region": "",
+        "endpoint_url": "",
+    }
+    assert open_store("sqlite", **settings).keep_versions == 3
+    monkeypatch.setenv("INSTAREC_SERVING_KEEP_VERSIONS", "5")
+    assert open_store("sqlite", **settings).keep_versions == 5
+    assert open_store("sqlite", **settings, keep_versions=1).keep_versions == 1
+    monkeypatch.setenv("INSTAREC_SERVING_KEEP_VERSIONS", "0")
+    with pytest.raises(
+        ValueError, match="INSTAREC_SERVING_KEEP_VERSIONS must be a positive integer, not '0'"
+    ):
+        open_store("sqlite", **settings)
