@@ -172,7 +172,7 @@ def build_store(home: Path, users: int) -> dict[str, Any]:
     started = time.perf_counter()
     store = SqliteRecommendationStore(path)
     table = recommendations_table(range(1, users + 1)).drop_columns(["model_version"])
-    report = store.load(table, model_version="bench-model")
+    report = store.load(table, model_version="bench-model", batch="2025-01-06")
     return {
         "path": str(path),
         "users": report.users,

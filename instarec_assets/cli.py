@@ -159,19 +159,39 @@ def cmd_status(args: argparse.Namespace) -> None:
         print(status.describe())
 
 
-def cmd_recommend(args: argparse.Namespace) -> None:
+def _serving_store(home: str | None, read_only: bool):
+    """The configured serving store (SQLite under INSTAREC_HOME, DynamoDB in aws mode) and the
+    subject that names it in errors. A SQLite store opened to write must exist already."""
     from instarec_assets.backends.serving_store import open_store, store_settings_from_env
 
-    locations = LakeLocations.from_env(home=args.home)
+    locations = LakeLocations.from_env(home=home)
     settings = store_settings_from_env(locations.home)
     if settings["kind"] == "dynamodb":
         subject = f"DynamoDB table {settings['dynamodb_table']!r} ({settings['region']})"
     else:
         subject = f"serving store {settings['sqlite_path']}"
+        if not read_only and not Path(settings["sqlite_path"]).exists():
+            raise CommandError(f"{subject} does not exist; load recommendations first")
     with about(subject):
-        result = open_store(**settings, read_only=True).top_k(args.user_id, args.k)
-    if result is None:
-        raise CommandError(f"user {args.user_id} has no recommendations in the serving store")
+        return open_store(**settings, read_only=read_only), subject
+
+
+def _describe_version(record) -> str:
+    batch = f"batch {record.batch}" if record.batch else "a batch not recorded"
+    return f"serving version {record.version} (built from {batch}, model {record.model_version})"
+
+
+def cmd_recommend(args: argparse.Namespace) -> None:
+    store, subject = _serving_store(args.home, read_only=True)
+    with about(subject):
+        result = store.top_k(args.user_id, args.k)
+        if result is None:
+            raise CommandError(f"user {args.user_id} has no recommendations in the serving store")
+        record = next((r for r in store.versions() if r.version == result.version), None)
+    if record is None:  # removed since the read (a load finished meanwhile)
+        print(f"serving version {result.version} (model {result.model_version})")
+    else:
+        print(_describe_version(record))
     print(f"Top {len(result.items)} for user {result.user_id} (model {result.model_version}):")
     for item in result.items:
         print(
@@ -179,6 +199,45 @@ def cmd_recommend(args: argparse.Namespace) -> None:
             f" (product {item.product_id}; {item.aisle}, {item.department})"
             + ("  [explore: new to this shopper]" if item.explore else "")
         )
+
+
+def cmd_serving_versions(args: argparse.Namespace) -> None:
+    store, subject = _serving_store(args.home, read_only=True)
+    with about(subject):
+        records = store.versions()
+    if not records:
+        print(f"the {subject} holds no version yet: load recommendations first")
+        return
+    rows = [("", "version", "batch", "model", "loaded at", "users", "items")]
+    for record in records:
+        rows.append(
+            (
+                "*" if record.active else "",
+                record.version,
+                record.batch or "-",
+                record.model_version,
+                record.loaded_at,
+                f"{record.users:,}",
+                f"{record.items:,}",
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        cells = [
+            cell.rjust(width) if column >= 5 else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+    print("* active: what readers see now")
+
+
+def cmd_serving_activate(args: argparse.Namespace) -> None:
+    store, subject = _serving_store(args.home, read_only=False)
+    with about(subject):
+        before = store.current_version()
+        record = store.activate(args.version)
+    switched = f"was {before}" if before != record.version else "already active"
+    print(f"activated {_describe_version(record)}; {switched}")
 
 
 def cmd_submission(args: argparse.Namespace) -> None:
@@ -253,6 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("-k", type=int, default=3, help="how many products (default 3)")
     recommend.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
     recommend.set_defaults(handler=cmd_recommend)
+
+    serving = commands.add_parser("serving", help="the serving store's retained versions; roll back")
+    serving_commands = serving.add_subparsers(dest="serving_command", required=True)
+    versions = serving_commands.add_parser("versions", help="list the retained versions (* active)")
+    versions.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
+    versions.set_defaults(handler=cmd_serving_versions)
+    activate = serving_commands.add_parser(
+        "activate", help="switch readers to a retained version (a rollback) in one step"
+    )
+    activate.add_argument("version", help="a version id from `instarec serving versions`")
+    activate.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
+    activate.set_defaults(handler=cmd_serving_activate)
 
     submission = commands.add_parser("submission", help="Kaggle submission CSV from the latest next_basket")
     submission.add_argument("--out", required=True, help="CSV file to write (order_id,products)")

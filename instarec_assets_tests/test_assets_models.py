@@ -249,15 +249,17 @@ def test_submission_has_one_kaggle_row_per_test_order(pipeline, tmp_path, capsys
 
 
 def test_recommend_cli_prints_top_k_with_purchase_probability(pipeline, capsys, monkeypatch):
-    locations, _, _, _ = pipeline
+    locations, _, _, latest = pipeline
     monkeypatch.setenv("INSTAREC_ENV", "local")
     assert main(["recommend", "1", "-k", "3", "--home", locations.home]) == 0
     output = capsys.readouterr().out.splitlines()
-    assert output[0].startswith("Top 3 for user 1")
-    assert all(re.search(r"purchase probability \d+\.\d%", line) for line in output[1:4])
+    # the serving version first, built from the latest batch the pipeline fixture materialised
+    assert re.fullmatch(rf"serving version \S+ \(built from batch {latest}, model xgboost-\S+\)", output[0])
+    assert output[1].startswith("Top 3 for user 1")
+    assert all(re.search(r"purchase probability \d+\.\d%", line) for line in output[2:5])
     assert not any("[explore" in line for line in output)
     assert main(["recommend", "1", "-k", "20", "--home", locations.home]) == 0
-    whole = capsys.readouterr().out.splitlines()[1:]
+    whole = capsys.readouterr().out.splitlines()[2:]
     assert [line.endswith("[explore: new to this shopper]") for line in whole][-2:] == [True, True]
     assert main(["recommend", "999999", "--home", locations.home]) == 1
     assert "user 999999 has no recommendations" in capsys.readouterr().err

@@ -29,6 +29,7 @@ from instarec_assets.backends.testing import recommendations_table, tag_of
 from instarec_assets_tests.aws_fixtures import REGION
 
 pytestmark = pytest.mark.aws
+BATCH = "2025-01-06"
 
 
 @pytest.fixture
@@ -190,6 +191,10 @@ def _store_behind(proxy: FaultProxy, table_name: str, **kwargs) -> DynamoDbRecom
     return DynamoDbRecommendationStore(table_name, endpoint_url=proxy.endpoint, region_name=REGION, **kwargs)
 
 
+def _same_table(store: DynamoDbRecommendationStore, endpoint: str, **kwargs) -> DynamoDbRecommendationStore:
+    return DynamoDbRecommendationStore(store.table_name, endpoint_url=endpoint, region_name=REGION, **kwargs)
+
+
 def _put(user_id: int) -> dict:
     return {"PutRequest": {"Item": {"user_id": user_id, "version": "v"}}}
 
@@ -278,7 +283,7 @@ def test_a_throttled_load_with_unprocessed_items_backs_off_and_writes_every_item
     proxy.throttle["BatchWriteItem"] = 1
     proxy.defer_puts = 3
 
-    report = behind.load(recommendations_table(range(1, 61), tag=1), "model-1")
+    report = behind.load(recommendations_table(range(1, 61), tag=1), "model-1", batch=BATCH)
 
     assert (report.users, report.rows) == (60, 600)
     assert store.stored_versions() == {report.version: 60}
@@ -294,14 +299,14 @@ def test_a_throttled_load_with_unprocessed_items_backs_off_and_writes_every_item
 def test_a_load_whose_items_never_drain_fails_in_one_line_and_keeps_the_current_version(
     proxy: FaultProxy, store: DynamoDbRecommendationStore
 ):
-    first = store.load(recommendations_table(range(1, 11), tag=1), "model-1")
+    first = store.load(recommendations_table(range(1, 11), tag=1), "model-1", batch=BATCH)
     behind = _store_behind(
         proxy, store.table_name, writers=1, write_backoff=Backoff(max_attempts=3, base_s=0.01, cap_s=0.02)
     )
     proxy.always_defer = True
 
     with pytest.raises(ServingStoreError, match=f"DynamoDB table {store.table_name}: 25 of 25 items still"):
-        behind.load(recommendations_table(range(1, 41), tag=2), "model-2")
+        behind.load(recommendations_table(range(1, 41), tag=2), "model-2", batch=BATCH)
 
     # three tries of the first batch, then the failed load's best-effort cleanup (two batches of deletes)
     assert [len(keys) for _, keys in proxy.requests("BatchWriteItem")] == [25, 25, 25, 0, 0]
@@ -311,7 +316,7 @@ def test_a_load_whose_items_never_drain_fails_in_one_line_and_keeps_the_current_
 
 def test_reads_fail_fast_when_throttled(proxy: FaultProxy, store: DynamoDbRecommendationStore):
     """Reads on the request path give up after 3 retries (writes are allowed 10, adaptively)."""
-    store.load(recommendations_table(range(1, 3), tag=1), "model-1")
+    store.load(recommendations_table(range(1, 3), tag=1), "model-1", batch=BATCH)
     reader = _store_behind(proxy, store.table_name)
     proxy.throttle["GetItem"] = 100
 
@@ -344,7 +349,7 @@ def test_load_then_top_k_returns_exact_items_by_rank(aws_env: str, store: Dynamo
         }
     )
 
-    report = store.load(rows, "xgb-2025-01-06")
+    report = store.load(rows, "xgb-2025-01-06", batch=BATCH)
 
     assert (report.users, report.rows, report.previous_version) == (2, 4, None)
     assert store.current_version() == report.version
@@ -388,8 +393,9 @@ def test_load_then_top_k_returns_exact_items_by_rank(aws_env: str, store: Dynamo
 def test_second_load_switches_and_removes_every_item_of_the_old_version(
     aws_env: str, store: DynamoDbRecommendationStore
 ):
-    first = store.load(recommendations_table(range(1, 51), tag=1), "model-1")
-    second = store.load(recommendations_table(range(21, 81), tag=2), "model-2")
+    store = _same_table(store, aws_env, keep_versions=1)
+    first = store.load(recommendations_table(range(1, 51), tag=1), "model-1", batch=BATCH)
+    second = store.load(recommendations_table(range(21, 81), tag=2), "model-2", batch=BATCH)
 
     assert second.previous_version == first.version
     assert second.removed_versions == (first.version,)
@@ -406,6 +412,7 @@ def test_second_load_switches_and_removes_every_item_of_the_old_version(
     assert {tag_of(item.product_id) for item in store.top_k(30, 10).items} == {2}
     other_reader = DynamoDbRecommendationStore(store.table_name, endpoint_url=aws_env, region_name=REGION)
     assert other_reader.top_k(30, 3).model_version == "model-2"
+    assert [record.version for record in store.versions()] == [second.version]
 
 
 def test_readers_never_see_a_half_loaded_version(aws_env: str, store: DynamoDbRecommendationStore):
@@ -416,7 +423,8 @@ def test_readers_never_see_a_half_loaded_version(aws_env: str, store: DynamoDbRe
     through the miss -> re-read pointer path.
     """
     old_users = range(1, 301)
-    store.load(recommendations_table(old_users, tag=1), "model-1")
+    store = _same_table(store, aws_env, keep_versions=1)
+    store.load(recommendations_table(old_users, tag=1), "model-1", batch=BATCH)
     readers = [
         DynamoDbRecommendationStore(
             store.table_name, endpoint_url=aws_env, region_name=REGION, pointer_ttl_s=0
@@ -452,7 +460,7 @@ def test_readers_never_see_a_half_loaded_version(aws_env: str, store: DynamoDbRe
     started.wait()
     time.sleep(0.1)
     load_started = time.perf_counter()
-    report = store.load(recommendations_table(range(1, 1201), tag=2), "model-2")
+    report = store.load(recommendations_table(range(1, 1201), tag=2), "model-2", batch=BATCH)
     load_ended = time.perf_counter()
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and not (observations[1] and observations[1][-1][1] == 2):
@@ -477,45 +485,165 @@ def test_a_concurrent_switch_makes_the_later_load_fail_and_clean_up(
     aws_env: str, store: DynamoDbRecommendationStore
 ):
     """Load A is overtaken by load B mid-way: A's conditional pointer write fails; B stays current."""
-    first = store.load(recommendations_table(range(1, 11), tag=1), "model-1")
+    first = store.load(recommendations_table(range(1, 11), tag=1), "model-1", batch=BATCH)
     other = DynamoDbRecommendationStore(store.table_name, endpoint_url=aws_env, region_name=REGION)
     overtaking = {}
 
     def batches_of_a():
         yield recommendations_table(range(1, 600), tag=2)
-        overtaking["report"] = other.load(recommendations_table(range(1, 21), tag=3), "model-3")
+        overtaking["report"] = other.load(recommendations_table(range(1, 21), tag=3), "model-3", batch=BATCH)
         yield recommendations_table(range(600, 1200), tag=2)
 
     with pytest.raises(ServingStoreError, match="another load switched"):
-        store.load(batches_of_a(), "model-2")
+        store.load(batches_of_a(), "model-2", batch=BATCH)
 
     winner = overtaking["report"]
     assert winner.previous_version == first.version
     assert store.current_version() == winner.version
-    assert store.stored_versions() == {winner.version: 20}  # A's items were removed, B's are intact
+    # A's items were removed; B's are intact, and the first version is retained
+    assert store.stored_versions() == {first.version: 10, winner.version: 20}
+    assert [record.version for record in store.versions()] == [winner.version, first.version]
     assert store.top_k(5, 10).model_version == "model-3"
 
 
 def test_a_load_failing_mid_way_discards_its_items(store: DynamoDbRecommendationStore):
-    first = store.load(recommendations_table(range(1, 11), tag=1), "model-1")
+    first = store.load(recommendations_table(range(1, 11), tag=1), "model-1", batch=BATCH)
 
     def batches():
         yield recommendations_table(range(1, 700), tag=2)
         yield recommendations_table(range(5, 8), tag=2).drop_columns(["aisle"])
 
     with pytest.raises(ServingStoreError, match="missing column"):
-        store.load(batches(), "model-2")
+        store.load(batches(), "model-2", batch=BATCH)
     assert store.current_version() == first.version
     assert store.stored_versions() == {first.version: 10}
     with pytest.raises(ServingStoreError, match="no recommendations"):
-        store.load(recommendations_table([], tag=2), "model-2")
+        store.load(recommendations_table([], tag=2), "model-2", batch=BATCH)
 
 
 @pytest.mark.slow
 def test_ten_thousand_users_load(store: DynamoDbRecommendationStore):
     """10k users in 400 BatchWriteItem calls; the bound is generous because moto, not DynamoDB, is timed."""
-    report = store.load(recommendations_table(range(1, 10001), tag=1), "model-1")
+    report = store.load(recommendations_table(range(1, 10001), tag=1), "model-1", batch=BATCH)
     assert (report.users, report.rows) == (10000, 100000)
     assert report.extra["max_item_bytes"] < 4096  # half a read unit per eventually consistent GetItem
     assert report.write_seconds < 60, report.as_metadata()
     assert store.top_k(9999, 10).items[-1].rank == 10
+
+
+# ---------------------------------------------------------------- batches, retention and rollback
+def _load(store: DynamoDbRecommendationStore, tag: int, batch: str, **kwargs):
+    return store.load(recommendations_table(range(1, 6), tag=tag), f"model-{tag}", batch=batch, **kwargs)
+
+
+def test_newer_and_same_batches_load_and_the_registry_records_them(
+    aws_env: str, store: DynamoDbRecommendationStore
+):
+    assert store.versions() == []
+    first = _load(store, 1, "2024-01-01")
+    rerun = _load(store, 2, "2024-01-01")
+    newer = _load(store, 3, "2024-01-15")
+
+    assert newer.batch == "2024-01-15"
+    assert [(r.version, r.batch, r.model_version, r.users, r.items, r.active) for r in store.versions()] == [
+        (newer.version, "2024-01-15", "model-3", 5, 50, True),
+        (rerun.version, "2024-01-01", "model-2", 5, 50, False),
+        (first.version, "2024-01-01", "model-1", 5, 50, False),
+    ]
+    assert store.current_info()["batch"] == "2024-01-15"
+    pointer = _client(aws_env).get_item(
+        TableName=store.table_name,
+        Key={"user_id": {"N": "0"}, "version": {"S": "CURRENT"}},
+        ConsistentRead=True,
+    )["Item"]
+    assert (pointer["current_version"]["S"], pointer["batch"]["S"]) == (newer.version, "2024-01-15")
+    assert store.top_k(0, 10) is None  # the registry items are not users either
+
+
+def test_an_older_batch_is_refused_in_one_line_and_the_active_version_stays(
+    store: DynamoDbRecommendationStore,
+):
+    active = _load(store, 1, "2024-01-15")
+
+    with pytest.raises(ServingStoreError) as raised:
+        _load(store, 2, "2024-01-01")
+
+    assert str(raised.value) == (
+        f"serving store DynamoDB table {store.table_name}: refusing to load recommendations from batch "
+        "2024-01-01 over the active version built from batch 2024-01-15 (use allow_older=True / "
+        "instarec serving activate to roll back)"
+    )
+    assert store.current_version() == active.version
+    assert store.stored_versions() == {active.version: 5}  # nothing was written
+    assert [record.version for record in store.versions()] == [active.version]
+
+    older = _load(store, 2, "2024-01-01", allow_older=True)
+    assert store.current_version() == older.version
+    assert store.top_k(1, 10).model_version == "model-2"
+
+
+def test_the_store_keeps_the_newest_versions_and_deletes_the_rest(aws_env: str, table_name: str):
+    store = DynamoDbRecommendationStore(table_name, endpoint_url=aws_env, region_name=REGION, keep_versions=2)
+    store.ensure_table()
+    reports = [_load(store, tag, f"2024-01-0{tag}") for tag in (1, 2, 3, 4)]
+
+    assert [record.version for record in store.versions()] == [reports[3].version, reports[2].version]
+    assert store.stored_versions() == {reports[3].version: 5, reports[2].version: 5}
+    assert (reports[2].removed_versions, reports[2].removed_items) == ((reports[0].version,), 5)
+    assert reports[3].removed_versions == (reports[1].version,)
+    with pytest.raises(ValueError, match="keep_versions must be a positive integer"):
+        DynamoDbRecommendationStore(table_name, keep_versions=0)
+
+
+def test_activate_switches_readers_to_a_retained_version_and_refuses_unknown_ones(
+    aws_env: str, store: DynamoDbRecommendationStore
+):
+    reports = [_load(store, tag, f"2024-01-0{tag}") for tag in (1, 2, 3, 4)]  # keeps 2, 3, 4
+    reader = _same_table(store, aws_env, pointer_ttl_s=0)
+    assert reader.top_k(1, 10).model_version == "model-4"
+
+    record = store.activate(reports[1].version)
+
+    assert (record.version, record.batch, record.active) == (reports[1].version, "2024-01-02", True)
+    assert store.current_version() == reports[1].version
+    assert reader.top_k(1, 10).model_version == "model-2"
+    assert store.top_k(1, 10).model_version == "model-2"  # the activating store's own cache moved too
+    assert [r.active for r in store.versions()] == [False, False, True]
+    for unknown in (reports[0].version, "no-such-version", "CURRENT"):
+        with pytest.raises(ServingStoreError) as raised:
+            store.activate(unknown)
+        message = str(raised.value)
+        assert "\n" not in message
+        assert message.startswith(
+            f"serving store DynamoDB table {store.table_name}: version {unknown!r} is not a retained"
+        )
+    assert store.current_version() == reports[1].version
+
+    # a load after the rollback compares with the active version's batch; the rolled-back-to version
+    # is one of the newest 3 loaded only if it is recent enough, and the active one is never removed
+    with pytest.raises(ServingStoreError, match="refusing to load recommendations from batch 2024-01-01"):
+        _load(store, 5, "2024-01-01")
+    newer = _load(store, 5, "2024-01-03")
+    assert [r.version for r in store.versions()] == [newer.version, reports[3].version, reports[2].version]
+    assert set(store.stored_versions()) == {newer.version, reports[3].version, reports[2].version}
+    assert reader.top_k(1, 10).model_version == "model-5"
+
+
+def test_a_table_switched_before_the_registry_lists_its_active_version_from_the_pointer(
+    aws_env: str, store: DynamoDbRecommendationStore
+):
+    old = _load(store, 1, "2024-01-15")
+    client = _client(aws_env)
+    client.delete_item(TableName=store.table_name, Key={"user_id": {"N": "0"}, "version": {"S": old.version}})
+    client.update_item(
+        TableName=store.table_name,
+        Key={"user_id": {"N": "0"}, "version": {"S": "CURRENT"}},
+        UpdateExpression="REMOVE #b",
+        ExpressionAttributeNames={"#b": "batch"},
+    )
+    assert [(r.version, r.batch, r.active) for r in store.versions()] == [(old.version, None, True)]
+
+    report = _load(store, 2, "2024-01-01")  # no batch on the pointer: nothing to compare with
+    assert store.current_version() == report.version
+    assert [r.version for r in store.versions()] == [report.version]  # the unregistered one was removed
+    assert store.stored_versions() == {report.version: 5}

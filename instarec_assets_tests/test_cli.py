@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import uuid
 from pathlib import Path
 
 import duckdb
@@ -21,10 +22,13 @@ from s3fs import S3FileSystem
 
 from instarec_assets import cli
 from instarec_assets.backends.recommendations import ServingStoreError
+from instarec_assets.backends.serving_store import DynamoDbRecommendationStore, SqliteRecommendationStore
+from instarec_assets.backends.testing import recommendations_table
 from instarec_assets.cli import error_line, main
 from instarec_assets.consumption.submission import BASKETS_SCHEMA
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.pipeline import runner
+from instarec_assets_tests.aws_fixtures import REGION
 from instarec_assets_tests.landing_fixtures import ORDERS, PRIOR_LINES, TRAIN_LINES, write_batch
 
 DAY_1 = "2025-01-06"
@@ -225,6 +229,122 @@ def test_recommend_on_a_corrupt_serving_file_exits_1_naming_it(capsys, home: Pat
     store.write_bytes(b"not a database, " * 512)
     status, out, err = run_cli(capsys, "recommend", "1", "--home", str(home))
     assert (status, out, err) == (1, [], [f"instarec: error: serving store {store}: file is not a database"])
+
+
+def _serving_store(home: Path, **kwargs) -> SqliteRecommendationStore:
+    return SqliteRecommendationStore(home.resolve() / "serving" / "recommendations.sqlite", **kwargs)
+
+
+def _load(store, tag: int, batch: str):
+    table = recommendations_table(range(1, 4), tag=tag).drop_columns(["model_version"])
+    return store.load(table, f"xgb-{tag}", batch=batch)
+
+
+def test_recommend_names_the_serving_version_its_batch_and_model(capsys, home: Path):
+    with _serving_store(home) as store:
+        _load(store, 1, "2024-01-01")
+        report = _load(store, 2, "2024-01-15")
+    status, out, err = run_cli(capsys, "recommend", "2", "-k", "2", "--home", str(home))
+    assert (status, err) == (0, [])
+    assert out[0] == f"serving version {report.version} (built from batch 2024-01-15, model xgb-2)"
+    assert out[1] == "Top 2 for user 2 (model xgb-2):"
+    assert len(out) == 4
+
+
+def test_serving_versions_lists_the_retained_versions_with_the_active_one_marked(capsys, home: Path):
+    with _serving_store(home, keep_versions=2) as store:
+        reports = [_load(store, tag, f"2024-01-0{tag}") for tag in (1, 2, 3)]
+        store.activate(reports[1].version)
+    status, out, err = run_cli(capsys, "serving", "versions", "--home", str(home))
+    assert (status, err) == (0, [])
+    assert out[0].split() == ["version", "batch", "model", "loaded", "at", "users", "items"]
+    assert out[1].split()[:4] == [reports[2].version, "2024-01-03", "xgb-3", out[1].split()[3]]
+    assert out[1].split()[-2:] == ["3", "30"]
+    assert out[2].startswith("*") and out[2].split()[1:4] == [reports[1].version, "2024-01-02", "xgb-2"]
+    assert out[3:] == ["* active: what readers see now"]  # version 1 is no longer retained
+
+
+def test_serving_versions_of_an_empty_or_missing_store(capsys, home: Path):
+    path = home.resolve() / "serving" / "recommendations.sqlite"
+    status, out, err = run_cli(capsys, "serving", "versions", "--home", str(home))
+    assert (status, out) == (1, [])
+    assert err == [f"instarec: error: serving store {path} does not exist; load recommendations first"]
+    _serving_store(home).close()
+    status, out, err = run_cli(capsys, "serving", "versions", "--home", str(home))
+    assert (status, out, err) == (
+        0,
+        [f"the serving store {path} holds no version yet: load recommendations first"],
+        [],
+    )
+
+
+def test_serving_activate_switches_readers_and_prints_one_line(capsys, home: Path):
+    with _serving_store(home) as store:
+        first = _load(store, 1, "2024-01-01")
+        second = _load(store, 2, "2024-01-15")
+    status, out, err = run_cli(capsys, "serving", "activate", first.version, "--home", str(home))
+    assert (status, err) == (0, [])
+    assert out == [
+        f"activated serving version {first.version} (built from batch 2024-01-01, model xgb-1); "
+        f"was {second.version}"
+    ]
+    status, out, _ = run_cli(capsys, "recommend", "1", "--home", str(home))
+    assert (status, out[0]) == (
+        0,
+        f"serving version {first.version} (built from batch 2024-01-01, model xgb-1)",
+    )
+    with _serving_store(home, read_only=True) as reader:
+        assert reader.current_version() == first.version
+
+
+def test_serving_activate_of_an_unknown_version_exits_1_with_one_line(capsys, home: Path):
+    path = home.resolve() / "serving" / "recommendations.sqlite"
+    status, out, err = run_cli(capsys, "serving", "activate", "nope", "--home", str(home))
+    assert (status, out) == (1, [])
+    assert err == [f"instarec: error: serving store {path} does not exist; load recommendations first"]
+    assert not path.exists()
+    with _serving_store(home) as store:
+        report = _load(store, 1, "2024-01-01")
+    status, out, err = run_cli(capsys, "serving", "activate", "nope", "--home", str(home))
+    assert (status, out) == (1, [])
+    assert err == [
+        f"instarec: error: serving store {path}: version 'nope' is not a retained version "
+        f"(retained: {report.version})"
+    ]
+
+
+def test_serving_commands_on_the_dynamodb_store(
+    capsys, aws_locations: LakeLocations, aws_env: str, monkeypatch: pytest.MonkeyPatch
+):
+    table_name = f"instarec-cli-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("INSTAREC_DYNAMODB_TABLE", table_name)
+    store = DynamoDbRecommendationStore(table_name, endpoint_url=aws_env, region_name=REGION)
+    store.ensure_table()
+    first = _load(store, 1, "2024-01-01")
+    second = _load(store, 2, "2024-01-15")
+
+    status, out, err = run_cli(capsys, "recommend", "1")
+    assert (status, err, out[0]) == (
+        0,
+        [],
+        f"serving version {second.version} (built from batch 2024-01-15, model xgb-2)",
+    )
+    status, out, err = run_cli(capsys, "serving", "versions")
+    assert (status, err, len(out)) == (0, [], 4)
+    assert out[1].startswith("*") and out[1].split()[1] == second.version
+    assert out[2].split()[0] == first.version
+    status, out, err = run_cli(capsys, "serving", "activate", first.version)
+    assert (status, err) == (0, [])
+    assert out == [
+        f"activated serving version {first.version} (built from batch 2024-01-01, model xgb-1); "
+        f"was {second.version}"
+    ]
+    assert store.current_version() == first.version
+    status, out, err = run_cli(capsys, "serving", "activate", "nope")
+    assert (status, out, len(err)) == (1, [], 1)
+    assert err[0].startswith(
+        f"instarec: error: serving store DynamoDB table {table_name}: version 'nope' is not a retained"
+    )
 
 
 def test_recommend_with_a_missing_dynamodb_table_names_the_table(

@@ -819,14 +819,18 @@ def test_run_role_can_batch_transform_and_load_recommendations_narrowly(
     for group in ("/aws/sagemaker/TrainingJobs", "/aws/sagemaker/TransformJobs"):
         assert {group, f"{group}:log-stream:*"} <= log_groups, group
 
-    # DynamoDbRecommendationStore.load: GetItem, BatchWriteItem, conditional PutItem, key-only Scan.
+    # DynamoDbRecommendationStore.load: GetItem, BatchWriteItem, TransactWriteItems (PutItem,
+    # DeleteItem and ConditionCheckItem are what IAM checks for its parts), registry Query, key-only Scan.
     table = {"Fn::ImportValue": {"Fn::Sub": "instarec-${EnvironmentName}-RecommendationsTableArn"}}
     dynamodb = [s for s in statements if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))]
     assert [s["Resource"] for s in dynamodb] == [table]
     assert set(dynamodb[0]["Action"]) == {
         "dynamodb:GetItem",
         "dynamodb:PutItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:ConditionCheckItem",
         "dynamodb:BatchWriteItem",
+        "dynamodb:Query",
         "dynamodb:Scan",
     }
     # The serving Lambda only reads: top_k is GetItem only (the pointer, then the user's item).

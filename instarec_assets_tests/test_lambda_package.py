@@ -97,7 +97,7 @@ def test_zip_holds_the_handler_without_heavy_libraries_and_serves(tmp_path: Path
     store_path = home / "serving" / "recommendations.sqlite"
     store_path.parent.mkdir(parents=True)
     with SqliteRecommendationStore(str(store_path)) as store:
-        store.load(_recommendation_rows(7), model_version="zip-test")
+        store.load(_recommendation_rows(7), model_version="zip-test", batch="2025-01-06")
 
     env = {
         key: value

@@ -52,7 +52,7 @@ def aws_serving(aws_env: str, parameter: str, tmp_path: Path, monkeypatch: pytes
     table = f"instarec-test-recommendations-{uuid.uuid4().hex[:8]}"
     store = DynamoDbRecommendationStore(table, endpoint_url=aws_env, region_name=REGION)
     store.ensure_table()
-    store.load(recommendations_table(range(1, 31), tag=2), model_version="model-2")
+    store.load(recommendations_table(range(1, 31), tag=2), model_version="model-2", batch="2025-01-06")
     settings = {
         "INSTAREC_ENV": "aws",
         "INSTAREC_HOME": str(tmp_path / "home"),

@@ -18,7 +18,7 @@ from instarec_assets.serving.lookup import SqliteLookup, StoreLookup, lookup_for
 
 
 def load(store: SqliteRecommendationStore, users, tag: int) -> None:
-    store.load(recommendations_table(users, tag=tag), model_version=f"model-{tag}")
+    store.load(recommendations_table(users, tag=tag), model_version=f"model-{tag}", batch="2025-01-06")
 
 
 def test_lookup_matches_the_stores_top_k(tmp_path: Path):
@@ -47,7 +47,7 @@ def test_lookup_matches_the_stores_top_k(tmp_path: Path):
 
 def test_a_new_version_is_served_right_after_its_load(tmp_path: Path):
     path = tmp_path / "recommendations.sqlite"
-    store = SqliteRecommendationStore(path)
+    store = SqliteRecommendationStore(path, keep_versions=1)  # each load drops the previous table
     lookup = SqliteLookup(path, pointer_ttl_s=3600)  # only the "no such table" / miss paths can refresh
     with pytest.raises(ServingStoreError, match="does not exist"):
         SqliteLookup(tmp_path / "absent.sqlite").lookup(1, 3)
@@ -60,6 +60,21 @@ def test_a_new_version_is_served_right_after_its_load(tmp_path: Path):
     assert {tag_of(row[1]) for row in rows} == {2}
     assert lookup.lookup(15, 3)[0] == "model-2"  # a user new in this version
     assert lookup.lookup(25, 3) is None
+
+
+def test_a_retained_old_table_is_served_until_the_pointer_ttl_then_the_new_one(tmp_path: Path):
+    path = tmp_path / "recommendations.sqlite"
+    store = SqliteRecommendationStore(path)  # keeps 3 versions: the old table is not dropped
+    lookup = SqliteLookup(path, pointer_ttl_s=3600)
+    load(store, range(1, 11), tag=1)
+    assert lookup.lookup(1, 3)[0] == "model-1"
+    load(store, range(1, 11), tag=2)
+    assert lookup.lookup(1, 3)[0] == "model-1"  # the cached pointer still names the retained table
+    lookup.pointer_ttl_s = 0
+    assert lookup.lookup(1, 3)[0] == "model-2"
+    store.activate(store.versions()[1].version)  # a rollback is read like a load
+    assert lookup.lookup(1, 3)[0] == "model-1"
+    lookup.close()
 
 
 def test_readers_never_see_a_mixed_or_partial_list_while_versions_load(tmp_path: Path):

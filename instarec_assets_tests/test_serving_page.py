@@ -67,7 +67,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> SqliteRecommendationStore
     names = ("user_id", "rank", "product_id", "product_name", "aisle", "department", "probability")
     table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)})
     path = tmp_path_factory.mktemp("page") / "recommendations.sqlite"
-    SqliteRecommendationStore(path).load(table, model_version="xgb-test")
+    SqliteRecommendationStore(path).load(table, model_version="xgb-test", batch="2025-01-06")
     return SqliteRecommendationStore(path, read_only=True)
 
 

@@ -12,8 +12,11 @@ Items:
   maps: one attribute to decode in the Lambda (no per-field type descriptors, no Decimal), floats
   round-trip exactly (Python writes the shortest repr that reads back to the same double), and a
   10-item list stays well under 4 KB, so a read is half a read unit (eventually consistent);
-- the pointer: `user_id = 0`, `version = "CURRENT"`, with `current_version`, `model_version`,
-  `previous_version`, `switched_at`, `users`, `rows`. Real user ids start at 1.
+- the pointer: `user_id = 0`, `version = "CURRENT"`, with `current_version`, `batch`,
+  `model_version`, `previous_version`, `switched_at`, `users`, `rows`. Real user ids start at 1;
+- the version registry: `user_id = 0`, `version = <a retained version's id>`, with `batch` (the
+  landing partition it was built from), `model_version`, `loaded_at`, `users`, `rows`. One Query
+  of partition 0 lists the retained versions (`versions()`) without scanning the table.
 
 A load writes every item of the new version with BatchWriteItem (25 items per call, duplicate keys
 within a call collapsed to the last request), from a few threads, each through a client built
@@ -23,20 +26,31 @@ with exponential backoff and client-side rate limiting. Items DynamoDB accepts b
 `send_with_backoff` after a capped, jittered, growing pause, at most `Backoff.max_attempts` times;
 if some never drain the load fails in one line naming the table and how many items are left.
 (boto3's `Table.batch_writer` re-sends unprocessed items at once, with no pause and no limit,
-which is why it is not used.) Then ONE conditional PutItem moves the pointer
-(`attribute_not_exists(user_id)` for the first load, else `current_version = <the version this
-load saw at its start>`): readers switch in one step, and of two overlapping loads the later
-switch fails loudly instead of silently winning. Finally every
-item whose version sorts before the new one is deleted: a Scan projected to the key attributes
-and filtered on `version < new` (the filter does not reduce the cost: a Scan consumes read
-units for every item it reads, about 0.5 RCU per 4 KB eventually consistent, i.e. roughly
-(old + new items) x ~1.5 KB / 8 KB -> ~80k RCU, a few cents on demand, for 2 x 206k users), then
-batched DeleteItems (one write unit per item, ~206k WRU per load for the full dataset). Versions
-sort by load start time, so leftovers of an interrupted load are removed by the next load.
+which is why it is not used.) Before writing anything, a load whose batch is older than the
+active version's (the pointer's `batch`) is refused unless `allow_older=True`. Then ONE
+TransactWriteItems moves the pointer and registers the version: a PutItem of the pointer
+conditioned on `attribute_not_exists(user_id)` for the first load, else `current_version = <the
+version this load saw at its start>`, and a PutItem of the registry item. Readers switch in one
+step (they read only the pointer), and of two overlapping loads the later switch fails loudly
+instead of silently winning. `activate(version)` is the same kind of transaction: a
+ConditionCheck that the version's registry item still exists and the conditional pointer PutItem.
+
+Finally versions beyond the newest `keep_versions` (3 by default; the active one is always kept)
+are removed. Each one's registry item goes first, in a transaction with a ConditionCheck that the
+pointer does not name it (so a concurrent `activate` either wins and the version stays, or finds
+it gone). Then every user item whose version sorts before the new one and is not registered is
+deleted: a Scan projected to the key attributes and filtered on `version < new` and not one of
+the retained versions (the filter does not reduce the cost: a Scan consumes read units for every
+item it reads, about 0.5 RCU per 4 KB eventually consistent, i.e. roughly (retained + new items)
+x ~1.5 KB / 8 KB -> ~160k RCU, a few cents on demand, for 4 x 206k users), then batched
+DeleteItems (one write unit per item, ~206k WRU per removed version for the full dataset).
+Versions sort by load start time, so leftovers of an interrupted load (never registered) are
+removed by the next load.
 
 Reads: `top_k` reads the pointer (cached for `pointer_ttl_s`, 5 s by default, saving one read per
-request; a reader may therefore keep serving the previous version for up to 5 s after a switch,
-which is fine because the old items are deleted only after the switch) and then one GetItem of
+request; a reader may therefore keep serving the previous version for up to 5 s after a switch or
+an `activate`, which is fine because items are deleted only after a switch, and the previous
+version is usually retained anyway) and then one GetItem of
 `(user_id, version)`. If that item is missing (the cached version was just cleaned up, or the
 user is unknown), it re-reads the pointer, and if the version changed or was switched in within
 the last minute (an eventually consistent read may not see fresh items yet) it reads the item
@@ -51,6 +65,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -63,16 +78,22 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from instarec_assets.backends.recommendations import (
+    DEFAULT_KEEP_VERSIONS,
     ITEM_FIELDS,
     MAX_RANK,
     LoadReport,
     RecommendationsInput,
     ServingStoreError,
     UserRecommendations,
+    VersionRecord,
+    check_batch,
     check_k,
+    check_keep_versions,
     iter_user_lists,
     new_version_id,
     recommendation_from_item,
+    refuse_older_batch,
+    unknown_version,
 )
 
 POINTER_USER_ID = 0
@@ -160,6 +181,7 @@ class Pointer:
     version: str
     model_version: str
     switched_at_epoch: float
+    batch: str | None = None  # None: switched in before versions recorded their batch
 
 
 class DynamoDbRecommendationStore:
@@ -177,10 +199,12 @@ class DynamoDbRecommendationStore:
         pointer_ttl_s: float = 5.0,
         writers: int = 4,
         write_backoff: Backoff | None = None,
+        keep_versions: int = DEFAULT_KEEP_VERSIONS,
     ):
         if not table_name:
             raise ServingStoreError("a DynamoDB table name is required (INSTAREC_DYNAMODB_TABLE)")
         self.table_name = table_name
+        self.keep_versions = check_keep_versions(keep_versions)
         self.pointer_ttl_s = pointer_ttl_s
         self.writers = max(1, writers)
         self.write_backoff = write_backoff or Backoff()
@@ -212,6 +236,10 @@ class DynamoDbRecommendationStore:
 
     def __repr__(self) -> str:
         return f"DynamoDbRecommendationStore({self.table_name!r})"
+
+    @property
+    def subject(self) -> str:
+        return f"serving store DynamoDB table {self.table_name}"
 
     # ------------------------------------------------------------ table
     def ensure_table(self, wait_s: float = 120.0) -> bool:
@@ -253,6 +281,7 @@ class DynamoDbRecommendationStore:
                 version=item["current_version"]["S"],
                 model_version=item["model_version"]["S"],
                 switched_at_epoch=float(item.get("switched_at_epoch", {}).get("N", "0")),
+                batch=item.get("batch", {}).get("S"),
             )
         with self._pointer_lock:
             self._pointer_cache = (time.monotonic(), pointer)
@@ -317,10 +346,19 @@ class DynamoDbRecommendationStore:
         )
 
     # ------------------------------------------------------------ load
-    def load(self, recommendations: RecommendationsInput, model_version: str) -> LoadReport:
+    def load(
+        self,
+        recommendations: RecommendationsInput,
+        model_version: str,
+        *,
+        batch: str,
+        allow_older: bool = False,
+    ) -> LoadReport:
+        batch = check_batch(batch)
         lists = iter_user_lists(recommendations, model_version)
         version = new_version_id()
         previous = self._read_pointer(consistent=True)
+        refuse_older_batch(self.subject, batch, previous.batch if previous else None, allow_older)
         loaded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         written_users: list[int] = []
         counts = {"rows": 0, "max_item_bytes": 0}
@@ -355,13 +393,17 @@ class DynamoDbRecommendationStore:
         if not written_users:
             raise ServingStoreError("no recommendations to load: the input has no rows")
         filled = time.perf_counter()
-        self._switch(version, model_version, previous, len(written_users), counts["rows"], written_users)
+        record = VersionRecord(
+            version, batch, model_version, loaded_at, len(written_users), counts["rows"], active=True
+        )
+        self._switch(record, previous, written_users)
         switched = time.perf_counter()
-        removed_versions, removed_items, scanned = self._delete_older(version)
+        removed_versions, removed_items, scanned = self._remove_beyond(version)
         cleaned = time.perf_counter()
         return LoadReport(
             backend=self.backend,
             version=version,
+            batch=batch,
             model_version=model_version,
             previous_version=previous.version if previous else None,
             users=len(written_users),
@@ -378,53 +420,222 @@ class DynamoDbRecommendationStore:
             },
         )
 
-    def _switch(
-        self,
-        version: str,
-        model_version: str,
-        previous: Pointer | None,
-        users: int,
-        rows: int,
-        written_users: list[int],
-    ) -> None:
-        """Move the pointer in one conditional PutItem: the only step readers can observe."""
+    def _pointer_put(self, record: VersionRecord, previous: Pointer | None) -> tuple[dict[str, Any], float]:
+        """The pointer PutItem naming `record`, conditioned on the pointer still naming `previous`."""
         now = time.time()
         item = {
             "user_id": {"N": str(POINTER_USER_ID)},
             "version": {"S": POINTER_VERSION},
-            "current_version": {"S": version},
-            "model_version": {"S": model_version},
+            "current_version": {"S": record.version},
+            "model_version": {"S": record.model_version},
             "previous_version": {"S": previous.version if previous else ""},
             "switched_at": {"S": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(timespec="seconds")},
             "switched_at_epoch": {"N": repr(now)},
-            "users": {"N": str(users)},
-            "rows": {"N": str(rows)},
+            "users": {"N": str(record.users)},
+            "rows": {"N": str(record.items)},
         }
-        condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(user_id)"}
+        if record.batch is not None:
+            item["batch"] = {"S": record.batch}
+        put: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Item": item,
+            "ConditionExpression": "attribute_not_exists(user_id)",
+        }
         if previous is not None:
-            condition = {
-                "ConditionExpression": "current_version = :expected",
-                "ExpressionAttributeValues": {":expected": {"S": previous.version}},
-            }
+            put["ConditionExpression"] = "current_version = :expected"
+            put["ExpressionAttributeValues"] = {":expected": {"S": previous.version}}
+        return put, now
+
+    def _registry_item(self, record: VersionRecord) -> dict[str, Any]:
+        item = {
+            "user_id": {"N": str(POINTER_USER_ID)},
+            "version": {"S": record.version},
+            "model_version": {"S": record.model_version},
+            "loaded_at": {"S": record.loaded_at},
+            "users": {"N": str(record.users)},
+            "rows": {"N": str(record.items)},
+        }
+        if record.batch is not None:
+            item["batch"] = {"S": record.batch}
+        return item
+
+    def _registry_key(self, version: str) -> dict[str, Any]:
+        return {"user_id": {"N": str(POINTER_USER_ID)}, "version": {"S": version}}
+
+    def _cache_pointer(self, record: VersionRecord, switched_at_epoch: float) -> None:
+        with self._pointer_lock:
+            self._pointer_cache = (
+                time.monotonic(),
+                Pointer(record.version, record.model_version, switched_at_epoch, record.batch),
+            )
+
+    def _switch(self, record: VersionRecord, previous: Pointer | None, written_users: list[int]) -> None:
+        """Move the pointer and register the version in one transaction: the only step readers
+        can observe (they read the pointer alone)."""
+        put, now = self._pointer_put(record, previous)
         try:
-            self._write_client.put_item(TableName=self.table_name, Item=item, **condition)
+            self._write_client.transact_write_items(
+                TransactItems=[
+                    {"Put": put},
+                    {"Put": {"TableName": self.table_name, "Item": self._registry_item(record)}},
+                ]
+            )
         except ClientError as error:
-            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+            if _cancelled_by(error) != [0]:
                 raise
-            self._discard(version, written_users)
+            self._discard(record.version, written_users)
             seen = previous.version if previous else "none"
             raise ServingStoreError(
-                f"another load switched {self.table_name} while version {version} was written "
-                f"(current version was {seen} when this load started); {version} was discarded"
+                f"another load switched {self.table_name} while version {record.version} was written "
+                f"(current version was {seen} when this load started); {record.version} was discarded"
             ) from None
-        with self._pointer_lock:
-            self._pointer_cache = (time.monotonic(), Pointer(version, model_version, now))
+        self._cache_pointer(record, now)
 
-    def _delete_older(self, version: str) -> tuple[set[str], int, int]:
-        """Delete every item of a version older than `version`; returns versions, items deleted, scanned."""
+    # ------------------------------------------------------------ versions
+    def _registry(self) -> list[dict[str, Any]]:
+        """Partition 0 read consistently: the pointer and the registry items (plain values)."""
+        found: list[dict[str, Any]] = []
+        paginator = self._client.get_paginator("query")
+        for page in paginator.paginate(
+            TableName=self.table_name,
+            KeyConditionExpression="user_id = :pointer",
+            ExpressionAttributeValues={":pointer": {"N": str(POINTER_USER_ID)}},
+            ConsistentRead=True,
+        ):
+            for item in page.get("Items", []):
+                found.append({name: next(iter(value.values())) for name, value in item.items()})
+        return found
+
+    def versions(self) -> list[VersionRecord]:
+        """The retained versions, newest load first (one Query of the registry partition)."""
+        items = self._registry()
+        pointer = next((item for item in items if item["version"] == POINTER_VERSION), None)
+        active = pointer["current_version"] if pointer else None
+        records = [
+            VersionRecord(
+                version=item["version"],
+                batch=item.get("batch"),
+                model_version=item["model_version"],
+                loaded_at=item.get("loaded_at", ""),
+                users=int(item.get("users", 0)),
+                items=int(item.get("rows", 0)),
+                active=item["version"] == active,
+            )
+            for item in items
+            if item["version"] != POINTER_VERSION
+        ]
+        if pointer is not None and not any(record.active for record in records):
+            # switched in before versions were registered: described by the pointer alone
+            records.append(
+                VersionRecord(
+                    active,
+                    pointer.get("batch"),
+                    pointer["model_version"],
+                    pointer.get("switched_at", ""),
+                    int(pointer.get("users", 0)),
+                    int(pointer.get("rows", 0)),
+                    active=True,
+                )
+            )
+        return sorted(records, key=lambda record: record.version, reverse=True)
+
+    def activate(self, version_id: str) -> VersionRecord:
+        """Switch readers to a retained version in one transaction: the version's registry item
+        must still exist, and the pointer must still name the version read just before."""
+        records = self.versions()
+        chosen = next((r for r in records if r.version == version_id and version_id != POINTER_VERSION), None)
+        if chosen is None:
+            raise unknown_version(self.subject, version_id, [r.version for r in records])
+        current = next((r for r in records if r.active), None)
+        previous = Pointer(current.version, current.model_version, 0.0, current.batch) if current else None
+        record = VersionRecord(
+            chosen.version,
+            chosen.batch,
+            chosen.model_version,
+            chosen.loaded_at,
+            chosen.users,
+            chosen.items,
+            True,
+        )
+        put, now = self._pointer_put(record, previous)
+        try:
+            self._write_client.transact_write_items(
+                TransactItems=[
+                    {
+                        "ConditionCheck": {
+                            "TableName": self.table_name,
+                            "Key": self._registry_key(version_id),
+                            "ConditionExpression": "attribute_exists(version)",
+                        }
+                    },
+                    {"Put": put},
+                ]
+            )
+        except ClientError as error:
+            failed = _cancelled_by(error)
+            if failed is None:
+                raise
+            if 0 in failed:
+                raise unknown_version(
+                    self.subject, version_id, [r.version for r in self.versions()]
+                ) from None
+            raise ServingStoreError(
+                f"{self.subject}: another load or activate switched the active version while "
+                f"activating {version_id}; nothing was changed, try again"
+            ) from None
+        self._cache_pointer(record, now)
+        return record
+
+    def _remove_beyond(self, version: str) -> tuple[set[str], int, int]:
+        """Unregister versions older than `version` beyond the newest `keep_versions` (never the
+        active one), then delete the items of every unregistered version older than `version`;
+        returns the versions removed, items deleted and items scanned."""
+        items = self._registry()
+        pointer = next((item for item in items if item["version"] == POINTER_VERSION), None)
+        registered = sorted(
+            (item["version"] for item in items if item["version"] != POINTER_VERSION), reverse=True
+        )
+        kept = set(registered[: self.keep_versions])
+        if pointer is not None:
+            kept.add(pointer["current_version"])
+        removed: set[str] = set()
+        for old in registered:
+            if old in kept or old >= version:
+                continue
+            try:
+                self._write_client.transact_write_items(
+                    TransactItems=[
+                        {
+                            "ConditionCheck": {
+                                "TableName": self.table_name,
+                                "Key": self._registry_key(POINTER_VERSION),
+                                "ConditionExpression": "current_version <> :old",
+                                "ExpressionAttributeValues": {":old": {"S": old}},
+                            }
+                        },
+                        {"Delete": {"TableName": self.table_name, "Key": self._registry_key(old)}},
+                    ]
+                )
+            except ClientError as error:
+                if _cancelled_by(error) is None:
+                    raise
+                continue  # activated meanwhile: it stays
+            removed.add(old)
+        retained = set(registered) - removed
+        versions, deleted, scanned = self._delete_items_except(version, retained)
+        return removed | versions, deleted, scanned
+
+    def _delete_items_except(self, version: str, retained: set[str]) -> tuple[set[str], int, int]:
+        """Delete every user item whose version sorts before `version` and is not retained."""
         versions: set[str] = set()
         scanned = 0
         count = {"deleted": 0}
+        names = sorted(retained)[:99]  # an IN list holds at most 100 values
+        values: dict[str, Any] = {":current": {"S": version}, ":pointer": {"N": str(POINTER_USER_ID)}}
+        values.update({f":k{index}": {"S": name} for index, name in enumerate(names)})
+        condition = "#v < :current AND user_id > :pointer"
+        if names:
+            condition += " AND NOT (#v IN (" + ", ".join(f":k{index}" for index in range(len(names))) + "))"
 
         def keys() -> Iterator[tuple[str, dict[str, Any]]]:
             nonlocal scanned
@@ -432,16 +643,15 @@ class DynamoDbRecommendationStore:
             for page in paginator.paginate(
                 TableName=self.table_name,
                 ProjectionExpression="user_id, #v",
-                FilterExpression="#v < :current AND user_id > :pointer",
+                FilterExpression=condition,
                 ExpressionAttributeNames={"#v": "version"},
-                ExpressionAttributeValues={
-                    ":current": {"S": version},
-                    ":pointer": {"N": str(POINTER_USER_ID)},
-                },
+                ExpressionAttributeValues=values,
             ):
                 scanned += page.get("ScannedCount", 0)
                 for key in page.get("Items", []):
                     old = key["version"]["S"]
+                    if old in retained:
+                        continue
                     versions.add(old)
                     count["deleted"] += 1
                     yield "delete", {"user_id": int(key["user_id"]["N"]), "version": old}
@@ -500,6 +710,27 @@ class DynamoDbRecommendationStore:
                     continue
                 found[key["version"]["S"]] = found.get(key["version"]["S"], 0) + 1
         return found
+
+
+def _cancelled_by(error: ClientError) -> list[int] | None:
+    """For a transaction cancelled by failed conditions, the indexes of the items whose condition
+    failed; None for any other error (throttling, a conflict with another transaction, ...)."""
+    response = error.response
+    code = response.get("Error", {}).get("Code")
+    if code == "ConditionalCheckFailedException":
+        return [0]
+    if code != "TransactionCanceledException":
+        return None
+    reasons = response.get("CancellationReasons") or []
+    failed = [index for index, reason in enumerate(reasons) if reason.get("Code") == "ConditionalCheckFailed"]
+    if failed:
+        return failed
+    # without CancellationReasons, the message lists them: "... reasons [ConditionalCheckFailed, None]"
+    listed = re.search(r"\[([^\]]*)\]\s*$", response.get("Error", {}).get("Message", ""))
+    if listed is None:
+        return None
+    codes = [code.strip() for code in listed.group(1).split(",")]
+    return [index for index, code in enumerate(codes) if code == "ConditionalCheckFailed"] or None
 
 
 def _chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import itertools
+import re
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 MAX_RANK = 12  # top 10 reorder items, then up to 2 explore items
+DEFAULT_KEEP_VERSIONS = 3  # loaded versions a store retains, the active one among them
+BATCH_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 @functools.cache
@@ -59,7 +62,8 @@ RecommendationsInput = Any  # a Table, RecordBatch, DataFrame, RecordBatchReader
 
 
 class ServingStoreError(RuntimeError):
-    """Bad input to a load, a load that lost a race with another load, or a store that is not usable."""
+    """Bad input to a load, a load that lost a race with another load, a load from an older batch,
+    an unknown version to activate, or a store that is not usable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,7 @@ class LoadReport:
     write_seconds: float
     switch_seconds: float
     cleanup_seconds: float
+    batch: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -119,6 +124,7 @@ class LoadReport:
         return {
             "backend": self.backend,
             "version": self.version,
+            "batch": self.batch,
             "model_version": self.model_version,
             "previous_version": self.previous_version or "",
             "users": self.users,
@@ -132,10 +138,43 @@ class LoadReport:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    """One retained version in a store's registry; `items` counts recommendation rows."""
+
+    version: str
+    batch: str | None  # the landing batch (partition key) it was built from; None if loaded before batches
+    model_version: str
+    loaded_at: str
+    users: int
+    items: int
+    active: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @runtime_checkable
 class RecommendationStore(Protocol):
-    def load(self, recommendations: RecommendationsInput, model_version: str) -> LoadReport:
-        """Write a new version, switch readers to it in one step, then remove older versions."""
+    def load(
+        self,
+        recommendations: RecommendationsInput,
+        model_version: str,
+        *,
+        batch: str,
+        allow_older: bool = False,
+    ) -> LoadReport:
+        """Write a new version built from landing `batch`, switch readers to it in one step, then
+        remove versions beyond the newest `keep_versions`. Refused (ServingStoreError) when `batch`
+        is older than the active version's batch, unless `allow_older`."""
+        ...
+
+    def versions(self) -> list[VersionRecord]:
+        """The retained versions, newest load first, the active one flagged."""
+        ...
+
+    def activate(self, version_id: str) -> VersionRecord:
+        """Switch readers to a retained version in one step (a rollback); its record, now active."""
         ...
 
     def top_k(self, user_id: int, k: int = MAX_RANK) -> UserRecommendations | None:
@@ -151,6 +190,41 @@ def new_version_id(now: dt.datetime | None = None) -> str:
     """`YYYYmmddTHHMMSSffffffZ-xxxxxx`: unique without coordination and ordered by load start time."""
     now = now or dt.datetime.now(dt.UTC)
     return f"{now:%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(3)}"
+
+
+def check_batch(batch: str) -> str:
+    """A landing batch (partition key) `YYYY-MM-DD`; as strings these sort as the dates do."""
+    if isinstance(batch, str) and BATCH_PATTERN.match(batch):
+        try:
+            dt.date.fromisoformat(batch)
+        except ValueError:
+            pass
+        else:
+            return batch
+    raise ServingStoreError(f"batch must be a landing partition key YYYY-MM-DD, not {batch!r}")
+
+
+def check_keep_versions(keep_versions: int) -> int:
+    if isinstance(keep_versions, bool) or not isinstance(keep_versions, int) or keep_versions < 1:
+        raise ValueError(f"keep_versions must be a positive integer, not {keep_versions!r}")
+    return keep_versions
+
+
+def refuse_older_batch(subject: str, batch: str, active_batch: str | None, allow_older: bool) -> None:
+    """Raise when `batch` is older than the active version's (the store never goes backwards unless asked)."""
+    if allow_older or active_batch is None or batch >= active_batch:
+        return
+    raise ServingStoreError(
+        f"{subject}: refusing to load recommendations from batch {batch} over the active version built "
+        f"from batch {active_batch} (use allow_older=True / instarec serving activate to roll back)"
+    )
+
+
+def unknown_version(subject: str, version_id: str, retained: Iterable[str]) -> ServingStoreError:
+    names = ", ".join(retained) or "none"
+    return ServingStoreError(
+        f"{subject}: version {version_id!r} is not a retained version (retained: {names})"
+    )
 
 
 def check_k(k: int) -> int:

@@ -2,10 +2,18 @@
 
 ```python
 store = SqliteRecommendationStore(home / "serving" / "recommendations.sqlite")  # or DynamoDbRecommendationStore(...)
-report = store.load(recommendations_table, model_version="xgb-2025-01-06")     # new version, one switch, old removed
+report = store.load(recommendations_table, model_version="xgb-2025-01-06", batch="2025-01-06")
 store.top_k(user_id=42, k=5)        # UserRecommendations | None, items sorted by rank
 store.current_version()             # the version id readers see
+store.versions()                    # retained versions: id, batch, model_version, loaded_at, counts, active
+store.activate(version_id)          # roll back (or forward) to a retained version in one switch
 ```
+
+Each version records the landing batch (partition key `YYYY-MM-DD`) it was built from. A load
+from a batch older than the active version's is refused (ServingStoreError) unless
+`allow_older=True`; the same batch (a re-run) or a newer one loads. A store keeps the newest
+`keep_versions` loads (3 by default, `INSTAREC_SERVING_KEEP_VERSIONS`), the active one always
+among the kept; older versions are removed by the next load.
 
 `load` accepts a pyarrow Table, RecordBatch or pandas DataFrame, or an iterable of them (e.g. a
 `pyarrow.RecordBatchReader` from DuckDB); columns `user_id, rank, product_id, product_name, aisle,
@@ -23,12 +31,14 @@ from typing import Any
 
 from instarec_assets.backends.dynamodb_store import DynamoDbRecommendationStore
 from instarec_assets.backends.recommendations import (
+    DEFAULT_KEEP_VERSIONS,
     MAX_RANK,
     LoadReport,
     Recommendation,
     RecommendationStore,
     ServingStoreError,
     UserRecommendations,
+    VersionRecord,
 )
 from instarec_assets.backends.sqlite_store import SqliteRecommendationStore
 
@@ -45,6 +55,8 @@ __all__ = [
     "ServingStoreError",
     "SqliteRecommendationStore",
     "UserRecommendations",
+    "VersionRecord",
+    "keep_versions_from_env",
     "open_store",
     "store_from_env",
 ]
@@ -65,20 +77,37 @@ def open_store(
     region: str,
     endpoint_url: str,
     read_only: bool = False,
+    keep_versions: int | None = None,
 ) -> RecommendationStore:
-    """The configured store; `kind` is `sqlite` (local) or `dynamodb` (aws)."""
+    """The configured store; `kind` is `sqlite` (local) or `dynamodb` (aws). `keep_versions`
+    defaults to INSTAREC_SERVING_KEEP_VERSIONS, else 3."""
+    keep = keep_versions if keep_versions is not None else keep_versions_from_env()
     if kind == "sqlite":
         path = Path(sqlite_path)
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
-        return SqliteRecommendationStore(path, read_only=read_only)
+        return SqliteRecommendationStore(path, read_only=read_only, keep_versions=keep)
     if kind == "dynamodb":
         if not dynamodb_table:
             raise ServingStoreError("INSTAREC_DYNAMODB_TABLE must be set to use the DynamoDB serving store")
         return DynamoDbRecommendationStore(
-            dynamodb_table, region_name=region, endpoint_url=endpoint_url or None
+            dynamodb_table, region_name=region, endpoint_url=endpoint_url or None, keep_versions=keep
         )
     raise ServingStoreError(f"serving store kind must be 'sqlite' or 'dynamodb', not {kind!r}")
+
+
+def keep_versions_from_env() -> int:
+    """INSTAREC_SERVING_KEEP_VERSIONS: how many loaded versions a store retains (default 3)."""
+    raw = os.environ.get("INSTAREC_SERVING_KEEP_VERSIONS", "").strip()
+    if not raw:
+        return DEFAULT_KEEP_VERSIONS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"INSTAREC_SERVING_KEEP_VERSIONS must be a positive integer, not {raw!r}")
+    return value
 
 
 def store_settings_from_env(home: str | Path) -> dict[str, str]:

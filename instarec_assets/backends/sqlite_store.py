@@ -4,12 +4,17 @@ Layout of the file (e.g. `INSTAREC_HOME/serving/recommendations.sqlite`):
 
 - `recommendations_v<N>`: one loaded version, `PRIMARY KEY (user_id, rank) WITHOUT ROWID`, so a
   user's list is one short range of one B-tree (a primary-key lookup);
-- `store_versions`: every load (N, version id, model_version, counts, when it was removed);
+- `store_versions`: the version registry, every load (N, version id, the landing batch it was built
+  from, model_version, load time, counts, when it was removed);
 - `current_version`: a single row (`id = 1`) naming the table readers use.
 
-A load (1) fills a new table inside one write transaction (nobody reads it yet), (2) in a second,
-tiny transaction points `current_version` at it, and (3) drops the tables of older versions. A
-reader runs its pointer lookup and its range query inside one read transaction, and in WAL mode
+A load (1) refuses a batch older than the active version's (unless `allow_older`), (2) fills a
+new table inside one write transaction (nobody reads it yet), (3) in a second, tiny transaction
+points `current_version` at it, provided the pointer still names the version this load saw at its
+start (else another load or an `activate` won, and this load is discarded), and (4) drops the
+tables of versions beyond the newest `keep_versions` (3 by default; the active one is always
+kept), and leftovers of interrupted loads. `activate(version)` moves the pointer to a retained
+version in one such tiny transaction: a rollback. A reader runs its pointer lookup and its range query inside one read transaction, and in WAL mode
 that transaction reads one snapshot of the file: it sees the old pointer with the old table, or
 the new pointer with the new table, even if the old table is dropped meanwhile. A half-filled
 table is never visible: it is uncommitted until complete, and the pointer moves only afterwards.
@@ -33,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from instarec_assets.backends.recommendations import (
+    DEFAULT_KEEP_VERSIONS,
     MAX_RANK,
     LoadReport,
     Recommendation,
@@ -40,9 +46,14 @@ from instarec_assets.backends.recommendations import (
     ServingStoreError,
     UserList,
     UserRecommendations,
+    VersionRecord,
+    check_batch,
     check_k,
+    check_keep_versions,
     iter_user_lists,
     new_version_id,
+    refuse_older_batch,
+    unknown_version,
 )
 
 TABLE_PATTERN = re.compile(r"^recommendations_v(\d+)$")
@@ -53,6 +64,7 @@ CREATE TABLE IF NOT EXISTS store_versions (
     version TEXT NOT NULL UNIQUE,
     table_name TEXT NOT NULL,
     model_version TEXT NOT NULL,
+    batch TEXT,
     started_at TEXT NOT NULL,
     loaded_at TEXT,
     users INTEGER,
@@ -69,6 +81,15 @@ CREATE TABLE IF NOT EXISTS current_version (
 );
 """
 _POINTER_SQL = "SELECT version, table_name, model_version FROM current_version WHERE id = 1"
+_ACTIVE_SQL = (
+    "SELECT c.version_id, c.version, v.batch FROM current_version c "
+    "JOIN store_versions v ON v.id = c.version_id WHERE c.id = 1"
+)
+_VERSIONS_SQL = (
+    "SELECT v.version, v.batch, v.model_version, v.loaded_at, v.users, v.rows, "
+    "v.id = (SELECT version_id FROM current_version WHERE id = 1) "
+    "FROM store_versions v WHERE v.removed_at IS NULL AND v.loaded_at IS NOT NULL ORDER BY v.id DESC"
+)
 _COLUMNS = "rank, product_id, product_name, aisle, department, probability, explore"
 
 
@@ -82,11 +103,17 @@ class SqliteRecommendationStore:
     backend = "sqlite"
 
     def __init__(
-        self, path: str | os.PathLike[str], *, read_only: bool = False, busy_timeout_s: float = 30.0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        busy_timeout_s: float = 30.0,
+        keep_versions: int = DEFAULT_KEEP_VERSIONS,
     ):
         self.path = Path(path).resolve()
         self.read_only = read_only
         self.busy_timeout_s = busy_timeout_s
+        self.keep_versions = check_keep_versions(keep_versions)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -108,7 +135,14 @@ class SqliteRecommendationStore:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA journal_size_limit=67108864")
         conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(store_versions)")}
+        if "batch" not in columns:  # a file written before versions recorded their batch
+            conn.execute("ALTER TABLE store_versions ADD COLUMN batch TEXT")
         return conn
+
+    @property
+    def subject(self) -> str:
+        return f"serving store {self.path}"
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -187,20 +221,26 @@ class SqliteRecommendationStore:
         return info["version"] if info else None
 
     def current_info(self) -> dict[str, Any] | None:
-        """The current version with its model_version, counts and when it was switched in."""
+        """The current version with its batch, model_version, counts and when it was switched in."""
         conn = self._reader()
+        sql = (
+            "SELECT c.version, v.batch, c.model_version, c.table_name, c.switched_at, v.users, v.rows "
+            "FROM current_version c JOIN store_versions v ON v.id = c.version_id WHERE c.id = 1"
+        )
         try:
-            row = conn.execute(
-                "SELECT c.version, c.model_version, c.table_name, c.switched_at, v.users, v.rows "
-                "FROM current_version c JOIN store_versions v ON v.id = c.version_id WHERE c.id = 1"
-            ).fetchone()
+            try:
+                row = conn.execute(sql).fetchone()
+            except sqlite3.OperationalError as error:
+                if "no such column" not in str(error):
+                    raise
+                row = conn.execute(sql.replace("v.batch", "NULL")).fetchone()  # written before batches
         except sqlite3.OperationalError as error:
             if "no such table" in str(error):
                 return None
             raise
         if row is None:
             return None
-        keys = ("version", "model_version", "table_name", "switched_at", "users", "rows")
+        keys = ("version", "batch", "model_version", "table_name", "switched_at", "users", "rows")
         return dict(zip(keys, row, strict=True))
 
     def version_tables(self) -> list[str]:
@@ -209,32 +249,96 @@ class SqliteRecommendationStore:
         names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         return sorted((name for name in names if TABLE_PATTERN.match(name)), key=_table_number)
 
+    def versions(self) -> list[VersionRecord]:
+        """The retained versions (loaded, not removed), newest load first; the active one flagged."""
+        conn = self._reader()
+        try:
+            rows = conn.execute(_VERSIONS_SQL).fetchall()
+        except sqlite3.OperationalError as error:
+            if "no such table" in str(error):
+                return []
+            if "no such column" not in str(error):
+                raise
+            # a file no load has written to since versions recorded their batch
+            rows = conn.execute(_VERSIONS_SQL.replace("v.batch", "NULL")).fetchall()
+        return [
+            VersionRecord(version, batch, model_version, loaded_at, users, items, bool(active))
+            for version, batch, model_version, loaded_at, users, items, active in rows
+        ]
+
+    def activate(self, version_id: str) -> VersionRecord:
+        """Point readers at a retained version (a rollback, or forward again) in one transaction."""
+        if self.read_only:
+            raise ServingStoreError(f"{self.path} was opened read-only; it cannot activate a version")
+        conn = self._connect_writer()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(
+                    "SELECT id, table_name, model_version FROM store_versions "
+                    "WHERE version = ? AND removed_at IS NULL AND loaded_at IS NOT NULL",
+                    (version_id,),
+                ).fetchone()
+                exists = (
+                    row is not None
+                    and conn.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (row[1],)
+                    ).fetchone()
+                )
+                if not exists:
+                    retained = [
+                        name
+                        for (name,) in conn.execute(
+                            "SELECT version FROM store_versions "
+                            "WHERE removed_at IS NULL AND loaded_at IS NOT NULL ORDER BY id DESC"
+                        )
+                    ]
+                    raise unknown_version(self.subject, version_id, retained)
+                self._point(conn, row[0], version_id, row[1], row[2])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.close()
+        return next(record for record in self.versions() if record.version == version_id)
+
     def journal_mode(self) -> str:
         return self._reader().execute("PRAGMA journal_mode").fetchone()[0]
 
     # ------------------------------------------------------------ load
-    def load(self, recommendations: RecommendationsInput, model_version: str) -> LoadReport:
+    def load(
+        self,
+        recommendations: RecommendationsInput,
+        model_version: str,
+        *,
+        batch: str,
+        allow_older: bool = False,
+    ) -> LoadReport:
         if self.read_only:
             raise ServingStoreError(f"{self.path} was opened read-only; it cannot load")
+        batch = check_batch(batch)
         lists = iter_user_lists(recommendations, model_version)
         version = new_version_id()
         conn = self._connect_writer()
         try:
-            previous = conn.execute(_POINTER_SQL).fetchone()
+            previous = conn.execute(_ACTIVE_SQL).fetchone()  # (version_id, version, batch) or None
+            refuse_older_batch(self.subject, batch, previous[2] if previous else None, allow_older)
             started = time.perf_counter()
-            version_id, table, users, rows = self._fill(conn, lists, version, model_version)
+            version_id, table, users, rows = self._fill(conn, lists, version, model_version, batch)
             filled = time.perf_counter()
-            self._switch(conn, version_id, version, table, model_version)
+            self._switch(conn, version_id, version, table, model_version, previous)
             switched = time.perf_counter()
-            removed = self._drop_older(conn, version_id)
+            removed = self._drop_beyond(conn, version_id)
             cleaned = time.perf_counter()
         finally:
             conn.close()
         return LoadReport(
             backend=self.backend,
             version=version,
+            batch=batch,
             model_version=model_version,
-            previous_version=previous[0] if previous else None,
+            previous_version=previous[1] if previous else None,
             users=users,
             rows=rows,
             removed_versions=tuple(removed),
@@ -246,7 +350,12 @@ class SqliteRecommendationStore:
         )
 
     def _fill(
-        self, conn: sqlite3.Connection, lists: Iterator[UserList], version: str, model_version: str
+        self,
+        conn: sqlite3.Connection,
+        lists: Iterator[UserList],
+        version: str,
+        model_version: str,
+        batch: str,
     ) -> tuple[int, str, int, int]:
         """The new version's table, complete, in one transaction: all of it commits or none of it."""
         counts = {"users": 0, "rows": 0}
@@ -261,8 +370,9 @@ class SqliteRecommendationStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             version_id = conn.execute(
-                "INSERT INTO store_versions (version, table_name, model_version, started_at) VALUES (?, '', ?, ?)",
-                (version, model_version, _now()),
+                "INSERT INTO store_versions (version, table_name, model_version, batch, started_at) "
+                "VALUES (?, '', ?, ?, ?)",
+                (version, model_version, batch, _now()),
             ).lastrowid
             table = f"recommendations_v{version_id}"
             conn.execute("UPDATE store_versions SET table_name = ? WHERE id = ?", (table, version_id))
@@ -289,27 +399,31 @@ class SqliteRecommendationStore:
         return version_id, table, counts["users"], counts["rows"]
 
     def _switch(
-        self, conn: sqlite3.Connection, version_id: int, version: str, table: str, model_version: str
+        self,
+        conn: sqlite3.Connection,
+        version_id: int,
+        version: str,
+        table: str,
+        model_version: str,
+        previous: tuple[int, str, str | None] | None,
     ):
-        """Point readers at the new table: one single-row write in its own transaction."""
+        """Point readers at the new table: one single-row write in its own transaction, made only
+        if the pointer still names the version this load saw at its start (as DynamoDB's
+        conditional PutItem); else this load lost a race and its table is dropped."""
         conn.execute("BEGIN IMMEDIATE")
         try:
             current = conn.execute("SELECT version_id, version FROM current_version WHERE id = 1").fetchone()
-            if current is not None and current[0] > version_id:
+            if (current[0] if current else None) != (previous[0] if previous else None):
                 conn.execute(f"DROP TABLE {table}")
                 conn.execute("UPDATE store_versions SET removed_at = ? WHERE id = ?", (_now(), version_id))
                 conn.execute("COMMIT")
+                seen = previous[1] if previous else "none"
                 raise ServingStoreError(
-                    f"a newer version ({current[1]}) was switched in while version {version} loaded; "
+                    f"another load or activate switched {self.subject} to {current[1]} while version "
+                    f"{version} loaded (current version was {seen} when this load started); "
                     f"{version} was discarded"
                 )
-            conn.execute(
-                "INSERT INTO current_version (id, version_id, version, table_name, model_version, switched_at) "
-                "VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET version_id = excluded.version_id, "
-                "version = excluded.version, table_name = excluded.table_name, "
-                "model_version = excluded.model_version, switched_at = excluded.switched_at",
-                (version_id, version, table, model_version, _now()),
-            )
+            self._point(conn, version_id, version, table, model_version)
             conn.execute("COMMIT")
         except ServingStoreError:
             raise
@@ -317,32 +431,60 @@ class SqliteRecommendationStore:
             conn.execute("ROLLBACK")
             raise
 
-    def _drop_older(self, conn: sqlite3.Connection, version_id: int) -> list[str]:
-        """Drop every version table older than `version_id`, including leftovers of interrupted loads."""
+    @staticmethod
+    def _point(conn: sqlite3.Connection, version_id: int, version: str, table: str, model_version: str):
+        """The pointer write itself (inside the caller's transaction)."""
+        conn.execute(
+            "INSERT INTO current_version (id, version_id, version, table_name, model_version, switched_at) "
+            "VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET version_id = excluded.version_id, "
+            "version = excluded.version, table_name = excluded.table_name, "
+            "model_version = excluded.model_version, switched_at = excluded.switched_at",
+            (version_id, version, table, model_version, _now()),
+        )
+
+    def _drop_beyond(self, conn: sqlite3.Connection, version_id: int) -> list[str]:
+        """Drop the tables of versions older than `version_id` beyond the newest `keep_versions`
+        loaded ones (the active version always stays), and leftovers of interrupted loads."""
         conn.execute("BEGIN IMMEDIATE")
         try:
-            tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-            older = [
-                name for name in tables if TABLE_PATTERN.match(name) and _table_number(name) < version_id
-            ]
-            removed = [
+            kept = {
                 row[0]
                 for row in conn.execute(
-                    "SELECT version FROM store_versions WHERE id < ? AND removed_at IS NULL ORDER BY id",
+                    "SELECT id FROM store_versions WHERE removed_at IS NULL AND loaded_at IS NOT NULL "
+                    "ORDER BY id DESC LIMIT ?",
+                    (self.keep_versions,),
+                )
+            }
+            active = conn.execute("SELECT version_id FROM current_version WHERE id = 1").fetchone()
+            if active:
+                kept.add(active[0])
+            tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            older = [
+                name
+                for name in tables
+                if TABLE_PATTERN.match(name)
+                and _table_number(name) < version_id
+                and _table_number(name) not in kept
+            ]
+            dropped = [
+                (row[0], row[1])
+                for row in conn.execute(
+                    "SELECT id, version FROM store_versions WHERE id < ? AND removed_at IS NULL ORDER BY id",
                     (version_id,),
                 )
+                if row[0] not in kept
             ]
             for name in older:
                 conn.execute(f"DROP TABLE {name}")
-            conn.execute(
-                "UPDATE store_versions SET removed_at = ? WHERE id < ? AND removed_at IS NULL",
-                (_now(), version_id),
+            conn.executemany(
+                "UPDATE store_versions SET removed_at = ? WHERE id = ?",
+                [(_now(), number) for number, _ in dropped],
             )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return removed
+        return [version for _, version in dropped]
 
 
 def _table_number(name: str) -> int:

@@ -10,10 +10,12 @@ per-item objects are built on the request path.
   the current table. The pointer is cached for at most `pointer_ttl_s` (1 s), like the DynamoDB
   store's 5 s pointer cache. One statement reads one WAL snapshot of one complete table, so an
   answer never mixes versions and never sees a half-filled table (a table is named by the
-  pointer only once its load committed). After a switch the loader drops the old table: the
-  next query on it fails with "no such table" and is retried once on the re-read pointer; a
-  miss (an unknown user, or one new in the next version) re-reads the pointer too. So a new
-  version is served within milliseconds of its switch, at the latest after `pointer_ttl_s`.
+  pointer only once its load committed). The store retains its newest versions, so after a load
+  or an `activate` (rollback) the previous table usually still exists and is served until the
+  cached pointer expires. A table the loader dropped (beyond those it retains) fails the next
+  query with "no such table", which is retried once on the re-read pointer; a miss (an unknown
+  user, or one new in the next version) re-reads the pointer too. So a newly switched version is
+  served at the latest `pointer_ttl_s` after its switch.
   `SqliteRecommendationStore.top_k` reads the pointer on every call (four statements); this
   keeps the hot path at one statement, on a connection reading the file through a memory map
   (`bench/bench_serving.py` compares the whole endpoint with a bare one-lookup server).

@@ -13,14 +13,16 @@ from instarec_assets.serving.api import ServingApi
 from instarec_assets.serving.asgi import create_app
 
 
-def build_sqlite_store(path: Path, users: int = 50, model_version: str = "model-1") -> Path:
+def build_sqlite_store(
+    path: Path, users: int = 50, model_version: str = "model-1", batch: str = "2025-01-06"
+) -> Path:
     """A SQLite serving store at `path` with users 1..users x 10 recommendations (backends.testing)."""
     from instarec_assets.backends.serving_store import SqliteRecommendationStore
     from instarec_assets.backends.testing import recommendations_table
 
     table = recommendations_table(range(1, users + 1)).drop_columns(["model_version"])
     store = SqliteRecommendationStore(path)
-    store.load(table, model_version=model_version)
+    store.load(table, model_version=model_version, batch=batch)
     store.close()
     return path
 
