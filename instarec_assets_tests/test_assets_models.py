@@ -210,6 +210,29 @@ def test_serving_store_serves_the_latest_load(pipeline):
     assert not any(item.explore for item in whole_list.items[:-2])
 
 
+def test_reloading_an_older_batch_is_refused_and_the_active_version_stays(pipeline):
+    """Re-running an older partition never rolls the serving store back unless asked."""
+    locations, instance, results, latest = pipeline
+    store_path = Path(locations.home) / "serving" / "recommendations.sqlite"
+    active = SqliteRecommendationStore(store_path, read_only=True).current_version()
+    (first,) = [partition for partition in results if partition != latest]
+    defs = build_definitions(locations)
+    result = defs.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
+        partition_key=first,
+        instance=instance,
+        asset_selection=[AssetKey("dynamodb_recommendations")],
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = [event for event in result.all_events if event.is_step_failure]
+    error = failure.event_specific_data.error
+    while error.cause is not None:
+        error = error.cause
+    assert f"refusing to load recommendations from batch {first}" in error.message
+    assert f"active version built from batch {latest}" in error.message
+    assert SqliteRecommendationStore(store_path, read_only=True).current_version() == active
+
+
 def test_submission_has_one_kaggle_row_per_test_order(pipeline, tmp_path, capsys, monkeypatch):
     """Every user whose latest clean order is `test` gets a row, whether or not they have candidates."""
     locations, instance, _, latest = pipeline

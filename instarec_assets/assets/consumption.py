@@ -3,7 +3,7 @@
 import time
 from pathlib import Path
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, Output, asset
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.metadata import history_read, preview
@@ -32,6 +32,15 @@ from instarec_assets.resources import (
     ServingStoreResource,
     lake_connection,
 )
+
+
+class ServingLoadConfig(Config):
+    """Run configuration of dynamodb_recommendations."""
+
+    # Load even when the active version was built from a newer batch (a deliberate rollback through
+    # the pipeline; `instarec serving activate` switches to a retained version without a run).
+    allow_older: bool = False
+
 
 COMMON = {"partitions_def": landing_batches, "group_name": "consumption", "pool": HISTORY_POOL}
 
@@ -219,6 +228,7 @@ def recommendations(
 )
 def dynamodb_recommendations(
     context: AssetExecutionContext,
+    config: ServingLoadConfig,
     lake: LakeResource,
     duckdb: DuckDBResource,
     serving_store: ServingStoreResource,
@@ -229,7 +239,9 @@ def dynamodb_recommendations(
             "SELECT * FROM read_parquet($uri, hive_partitioning = false)", params={"uri": recommendations}
         ).to_arrow_table()
     model_version = table.column("model_version")[0].as_py() if table.num_rows else "none"
-    report = serving_store.open().load(table, model_version=model_version, batch=context.partition_key)
+    report = serving_store.open().load(
+        table, model_version=model_version, batch=context.partition_key, allow_older=config.allow_older
+    )
     return MaterializeResult(
         metadata={
             "store": MetadataValue.text(serving_store.kind),
