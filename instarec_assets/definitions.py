@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from dagster import AssetSelection, AssetSpec, Definitions, define_asset_job
 
 from instarec_assets.assets.checks import clean_checks
@@ -37,6 +35,7 @@ from instarec_assets.resources import (
     duckdb_resource,
 )
 from instarec_assets.sensors import LANDING_JOB_NAME, landing_sensor
+from instarec_assets.settings import Settings
 
 ASSETS = [
     raw_landing_files,
@@ -58,20 +57,18 @@ AWS_KINDS = {"parquet": "s3", "sqlite": "dynamodb"}
 def build_resources(locations: LakeLocations, history_wait: HistoryWait = DEFAULT_HISTORY_WAIT) -> dict:
     """The lake, DuckDB and one parquet IO manager per zone, all pointing at `locations`."""
     lake = LakeResource.from_locations(locations, history_wait)
-    threads = int(os.environ.get("INSTAREC_THREADS", "0") or 0)
+    settings = Settings.from_env()
     default_backend = "sagemaker" if locations.is_aws else "local"
     return {
         "lake": lake,
-        "duckdb": duckdb_resource(locations, threads),
+        "duckdb": duckdb_resource(locations, settings.threads, settings.duckdb_memory_limit),
         WAREHOUSE_RESOURCE_KEY: warehouse_duckdb_resource(locations),
         **{f"{zone}_io_manager": LakeIOManager(lake=lake, zone=zone) for zone in ZONES},
         "model_io_manager": ModelArtifactIOManager(lake=lake),
-        "training": ModelTrainingResource(
-            backend=os.environ.get("INSTAREC_TRAINING_BACKEND", default_backend)
-        ),
+        "training": ModelTrainingResource(backend=settings.training_backend or default_backend),
         "compute": ComputeResource(
-            threads=threads,
-            graphsage_device=os.environ.get("INSTAREC_GRAPHSAGE_DEVICE", ""),
+            threads=settings.threads,
+            graphsage_device=settings.graphsage_device,
         ),
         "serving_store": ServingStoreResource(**store_settings_from_env(locations.home)),
     }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,14 +93,14 @@ def _locations(*settings: str) -> LakeLocations:
     return _LOCATIONS_CACHE[settings]
 
 
-def duckdb_resource(locations: LakeLocations, threads: int = 0) -> DuckDBResource:
+def duckdb_resource(locations: LakeLocations, threads: int = 0, memory_limit: str = "4GB") -> DuckDBResource:
     """In-memory DuckDB that spills to the lake's scratch folder and never downloads extensions;
     `threads` as ComputeResource.threads (0 = the CPUs this process may use)."""
     return DuckDBResource(
         database=":memory:",
         connection_config={
             "threads": thread_count(threads),
-            "memory_limit": os.environ.get("INSTAREC_DUCKDB_MEMORY_LIMIT", "4GB"),
+            "memory_limit": memory_limit,
             "temp_directory": str(locations.home_path / "tmp" / "duckdb"),
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,

@@ -41,7 +41,7 @@ from instarec_assets.consumption.batch_transform import (
 from instarec_assets.consumption.recommendations import PREDICTIONS_SCHEMA
 from instarec_assets.definitions import build_definitions, build_resources
 from instarec_assets.lake.locations import LakeLocations
-from instarec_assets.pipeline.runner import land_folder
+from instarec_assets.pipeline.runner import land_folder, register_batch
 from instarec_assets.resources import ModelTrainingResource
 from instarec_assets_tests.aws_fixtures import REGION, train_like_the_container
 
@@ -187,6 +187,7 @@ def test_reorder_predictions_by_batch_transform_match_in_process_scoring(
     sagemaker = ContainerTraining(backend="sagemaker")
 
     with DagsterInstance.ephemeral() as instance:
+        register_batch(instance, batch.partition)
         result = materialize(
             assets,
             instance=instance,

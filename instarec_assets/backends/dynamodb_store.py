@@ -63,7 +63,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 import random
 import re
 import threading
@@ -95,6 +94,7 @@ from instarec_assets.backends.recommendations import (
     refuse_older_batch,
     unknown_version,
 )
+from instarec_assets.settings import Settings
 
 POINTER_USER_ID = 0
 POINTER_VERSION = "CURRENT"
@@ -209,9 +209,7 @@ class DynamoDbRecommendationStore:
         self.writers = max(1, writers)
         self.write_backoff = write_backoff or Backoff()
         session = session or boto3.session.Session()
-        region = (
-            region_name or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        )
+        region = region_name or Settings.from_env().region
         common: dict[str, Any] = {"region_name": region}
         if endpoint_url:
             common["endpoint_url"] = endpoint_url
@@ -228,11 +226,8 @@ class DynamoDbRecommendationStore:
     @classmethod
     def from_env(cls, **kwargs: Any) -> DynamoDbRecommendationStore:
         """INSTAREC_DYNAMODB_TABLE, AWS_REGION and the optional INSTAREC_AWS_ENDPOINT_URL."""
-        return cls(
-            os.environ.get("INSTAREC_DYNAMODB_TABLE", ""),
-            endpoint_url=os.environ.get("INSTAREC_AWS_ENDPOINT_URL") or None,
-            **kwargs,
-        )
+        settings = Settings.from_env()
+        return cls(settings.dynamodb_table, endpoint_url=settings.endpoint_url or None, **kwargs)
 
     def __repr__(self) -> str:
         return f"DynamoDbRecommendationStore({self.table_name!r})"

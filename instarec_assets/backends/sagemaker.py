@@ -35,7 +35,6 @@ describe function.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import secrets
 import tarfile
@@ -52,6 +51,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+from instarec_assets.settings import Settings
 
 if TYPE_CHECKING:
     import xgboost
@@ -419,17 +420,15 @@ class SageMakerSettings:
         """INSTAREC_SAGEMAKER_ROLE_ARN, INSTAREC_CURATED_BUCKET, AWS_REGION, INSTAREC_AWS_ENDPOINT_URL,
         INSTAREC_SAGEMAKER_SUBNETS / _SECURITY_GROUPS (comma-separated), INSTAREC_KMS_KEY_ARN."""
 
-        def listed(name: str) -> tuple[str, ...]:
-            return tuple(part.strip() for part in os.environ.get(name, "").split(",") if part.strip())
-
+        environment = Settings.from_env()
         settings: dict[str, Any] = {
-            "role_arn": os.environ.get("INSTAREC_SAGEMAKER_ROLE_ARN", ""),
-            "bucket": os.environ.get("INSTAREC_CURATED_BUCKET", ""),
-            "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-            "endpoint_url": os.environ.get("INSTAREC_AWS_ENDPOINT_URL") or None,
-            "subnets": listed("INSTAREC_SAGEMAKER_SUBNETS"),
-            "security_group_ids": listed("INSTAREC_SAGEMAKER_SECURITY_GROUPS"),
-            "kms_key_id": os.environ.get("INSTAREC_KMS_KEY_ARN") or None,
+            "role_arn": environment.sagemaker_role_arn,
+            "bucket": environment.curated_bucket,
+            "region": environment.region,
+            "endpoint_url": environment.endpoint_url or None,
+            "subnets": environment.sagemaker_subnets,
+            "security_group_ids": environment.sagemaker_security_groups,
+            "kms_key_id": environment.kms_key_arn or None,
         }
         settings.update(overrides)
         return cls(**settings)

@@ -25,13 +25,11 @@ switches readers atomically and removes older versions.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from instarec_assets.backends.dynamodb_store import DynamoDbRecommendationStore
 from instarec_assets.backends.recommendations import (
-    DEFAULT_KEEP_VERSIONS,
     MAX_RANK,
     LoadReport,
     Recommendation,
@@ -41,6 +39,7 @@ from instarec_assets.backends.recommendations import (
     VersionRecord,
 )
 from instarec_assets.backends.sqlite_store import SqliteRecommendationStore
+from instarec_assets.settings import Settings
 
 SQLITE_FILE = Path("serving") / "recommendations.sqlite"
 
@@ -98,27 +97,18 @@ def open_store(
 
 def keep_versions_from_env() -> int:
     """INSTAREC_SERVING_KEEP_VERSIONS: how many loaded versions a store retains (default 3)."""
-    raw = os.environ.get("INSTAREC_SERVING_KEEP_VERSIONS", "").strip()
-    if not raw:
-        return DEFAULT_KEEP_VERSIONS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"INSTAREC_SERVING_KEEP_VERSIONS must be a positive integer, not {raw!r}")
-    return value
+    return Settings.from_env().serving_keep_versions
 
 
 def store_settings_from_env(home: str | Path) -> dict[str, str]:
     """SQLite under INSTAREC_HOME locally; in aws mode the table named by INSTAREC_DYNAMODB_TABLE."""
-    aws = os.environ.get("INSTAREC_ENV", "local") == "aws"
+    settings = Settings.from_env()
     return {
-        "kind": "dynamodb" if aws else "sqlite",
+        "kind": "dynamodb" if settings.env == "aws" else "sqlite",
         "sqlite_path": str(Path(home).resolve() / SQLITE_FILE),
-        "dynamodb_table": os.environ.get("INSTAREC_DYNAMODB_TABLE", ""),
-        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        "endpoint_url": os.environ.get("INSTAREC_AWS_ENDPOINT_URL", ""),
+        "dynamodb_table": settings.dynamodb_table,
+        "region": settings.region,
+        "endpoint_url": settings.endpoint_url,
     }
 
 

@@ -7,7 +7,6 @@ written down exactly once.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from instarec_assets.lake.schemas import SUCCESS_MARKER, ZONES
+from instarec_assets.settings import Settings
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -58,17 +58,17 @@ class LakeLocations:
 
     @classmethod
     def from_env(cls, home: str | None = None) -> LakeLocations:
-        """Read INSTAREC_ENV, INSTAREC_HOME and, in aws mode, the bucket variables."""
-        env = os.environ.get("INSTAREC_ENV", "local")
+        """INSTAREC_ENV, INSTAREC_HOME and, in aws mode, the bucket variables (instarec_assets.settings)."""
+        settings = Settings.from_env()
         locations = cls(
-            env=env,
-            home=home or os.environ.get("INSTAREC_HOME", ".instarec"),
-            raw_bucket=os.environ.get("INSTAREC_RAW_BUCKET", ""),
-            clean_bucket=os.environ.get("INSTAREC_CLEAN_BUCKET", ""),
-            curated_bucket=os.environ.get("INSTAREC_CURATED_BUCKET", ""),
-            consumption_bucket=os.environ.get("INSTAREC_CONSUMPTION_BUCKET", ""),
-            endpoint_url=os.environ.get("INSTAREC_AWS_ENDPOINT_URL", ""),
-            region=os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1")),
+            env=settings.env,
+            home=home or settings.home,
+            raw_bucket=settings.raw_bucket,
+            clean_bucket=settings.clean_bucket,
+            curated_bucket=settings.curated_bucket,
+            consumption_bucket=settings.consumption_bucket,
+            endpoint_url=settings.endpoint_url,
+            region=settings.region,
         )
         locations.validate()
         return locations

@@ -8,10 +8,10 @@ warehouse file), which `instarec` prints as one `instarec: error:` line with exi
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from instarec_assets.lake.locations import LakeLocations
+from instarec_assets.settings import Settings
 from instarec_assets.warehouse.build import warehouse_path
 from instarec_assets.warehouse.readonly import format_table, run_readonly_sql
 
@@ -27,7 +27,7 @@ def cmd_sql(args: argparse.Namespace) -> None:
         warehouse_path(locations.home_path),
         query,
         max_rows=args.max_rows,
-        memory_limit=os.environ.get("INSTAREC_DUCKDB_MEMORY_LIMIT", "4GB"),
+        memory_limit=Settings.from_env().duckdb_memory_limit,
         temp_directory=str(locations.home_path / "tmp" / "duckdb"),
     )
     print(format_table(result))

@@ -14,6 +14,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from instarec_assets.settings import Settings
+
 SALT_ENV = "INSTAREC_WAREHOUSE_SALT"
 SALT_FILE = Path("secrets") / "warehouse_salt"
 MIN_SALT_LENGTH = 16
@@ -38,7 +40,7 @@ def salt_path(home: Path) -> Path:
 
 def load_salt(home: Path) -> WarehouseSalt:
     """INSTAREC_WAREHOUSE_SALT if set; else INSTAREC_HOME/secrets/warehouse_salt, created on first use."""
-    from_env = os.environ.get(SALT_ENV)
+    from_env = Settings.from_env().warehouse_salt
     if from_env is not None:
         return WarehouseSalt(_checked(from_env.strip(), SALT_ENV), f"environment variable {SALT_ENV}")
     path = salt_path(home)

@@ -1,0 +1,110 @@
+"""Every environment variable the pipeline, the CLI and the backends read, in one place.
+
+The Dagster resources are configured from these in definitions.build_resources; logic modules take
+plain arguments. (The serving Lambda and `instarec serve` read theirs in serving/settings.py, which
+ships without the pipeline.)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# variable -> what it sets; the README's "Settings" table is this list.
+VARIABLES: dict[str, str] = {
+    "INSTAREC_ENV": "local (default) or aws",
+    "INSTAREC_HOME": "the local home: landing, lake, Dagster instance, warehouse, serving store (default ./.instarec)",
+    "INSTAREC_RAW_BUCKET": "aws: the raw zone's bucket (landing/ prefix included)",
+    "INSTAREC_CLEAN_BUCKET": "aws: the clean zone's bucket",
+    "INSTAREC_CURATED_BUCKET": "aws: the curated zone's bucket (features, models)",
+    "INSTAREC_CONSUMPTION_BUCKET": "aws: the consumption zone's bucket",
+    "INSTAREC_AWS_ENDPOINT_URL": "an S3/DynamoDB/SageMaker endpoint (moto in tests, a private endpoint)",
+    "AWS_REGION": "the AWS region (else AWS_DEFAULT_REGION, else us-east-1)",
+    "INSTAREC_THREADS": "threads for XGBoost, torch and DuckDB (default 0: the CPUs this process may use)",
+    "INSTAREC_DUCKDB_MEMORY_LIMIT": "DuckDB's memory limit per connection (default 4GB)",
+    "INSTAREC_TRAINING_BACKEND": "local or sagemaker (default: sagemaker in aws mode, else local)",
+    "INSTAREC_GRAPHSAGE_DEVICE": "cpu or cuda (default: cuda when available)",
+    "INSTAREC_DYNAMODB_TABLE": "aws: the serving table",
+    "INSTAREC_SERVING_KEEP_VERSIONS": "loaded serving versions kept for rollback (default 3)",
+    "INSTAREC_SAGEMAKER_ROLE_ARN": "aws: the SageMaker execution role",
+    "INSTAREC_SAGEMAKER_SUBNETS": "aws: comma-separated subnets for SageMaker jobs",
+    "INSTAREC_SAGEMAKER_SECURITY_GROUPS": "aws: comma-separated security groups for SageMaker jobs",
+    "INSTAREC_KMS_KEY_ARN": "aws: the KMS key for SageMaker job outputs",
+    "INSTAREC_WAREHOUSE_SALT": "the salt of the warehouse's user_key (else a file under INSTAREC_HOME)",
+}
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The environment's settings, parsed once."""
+
+    env: str = "local"
+    home: str = ".instarec"
+    raw_bucket: str = ""
+    clean_bucket: str = ""
+    curated_bucket: str = ""
+    consumption_bucket: str = ""
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+    threads: int = 0
+    duckdb_memory_limit: str = "4GB"
+    training_backend: str = ""
+    graphsage_device: str = ""
+    dynamodb_table: str = ""
+    serving_keep_versions: int = 3
+    sagemaker_role_arn: str = ""
+    sagemaker_subnets: tuple[str, ...] = ()
+    sagemaker_security_groups: tuple[str, ...] = ()
+    kms_key_arn: str = ""
+    warehouse_salt: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def text(name: str, default: str = "") -> str:
+            return env.get(name, default).strip() or default
+
+        def listed(name: str) -> tuple[str, ...]:
+            return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+        return cls(
+            env=text("INSTAREC_ENV", "local"),
+            home=text("INSTAREC_HOME", ".instarec"),
+            raw_bucket=text("INSTAREC_RAW_BUCKET"),
+            clean_bucket=text("INSTAREC_CLEAN_BUCKET"),
+            curated_bucket=text("INSTAREC_CURATED_BUCKET"),
+            consumption_bucket=text("INSTAREC_CONSUMPTION_BUCKET"),
+            endpoint_url=text("INSTAREC_AWS_ENDPOINT_URL"),
+            region=text("AWS_REGION") or text("AWS_DEFAULT_REGION") or "us-east-1",
+            threads=_integer(env, "INSTAREC_THREADS", 0, minimum=0),
+            duckdb_memory_limit=text("INSTAREC_DUCKDB_MEMORY_LIMIT", "4GB"),
+            training_backend=text("INSTAREC_TRAINING_BACKEND"),
+            graphsage_device=text("INSTAREC_GRAPHSAGE_DEVICE"),
+            dynamodb_table=text("INSTAREC_DYNAMODB_TABLE"),
+            serving_keep_versions=_integer(env, "INSTAREC_SERVING_KEEP_VERSIONS", 3, minimum=1),
+            sagemaker_role_arn=text("INSTAREC_SAGEMAKER_ROLE_ARN"),
+            sagemaker_subnets=listed("INSTAREC_SAGEMAKER_SUBNETS"),
+            sagemaker_security_groups=listed("INSTAREC_SAGEMAKER_SECURITY_GROUPS"),
+            kms_key_arn=text("INSTAREC_KMS_KEY_ARN"),
+            warehouse_salt=env.get("INSTAREC_WAREHOUSE_SALT"),
+        )
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        kind = "a positive integer" if minimum >= 1 else "a non-negative integer"
+        raise SettingsError(f"{name} must be {kind}, not {raw!r}")
+    return value
