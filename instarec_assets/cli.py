@@ -135,13 +135,23 @@ def _land_and_run(
     locations: LakeLocations, source: Path, partition_key: str, through: str = "consumption"
 ) -> None:
     from instarec_assets.definitions import build_definitions
-    from instarec_assets.pipeline.runner import dagster_instance, land_folder, materialize_partition
+    from instarec_assets.pipeline.runner import (
+        PipelineError,
+        dagster_instance,
+        land_folder,
+        mark_complete,
+        materialize_partition,
+    )
 
     target = land_folder(source, locations, partition_key)
     print(f"landed {source} as partition {partition_key} at {target}")
-    reports = materialize_partition(
-        build_definitions(locations), dagster_instance(locations), partition_key, through=through
-    )
+    try:
+        reports = materialize_partition(
+            build_definitions(locations), dagster_instance(locations), partition_key, through=through
+        )
+    except PipelineError as error:
+        raise error.about_source(target, source) from None
+    mark_complete(locations, partition_key)  # only now may the landing sensor take the batch as complete
     for report in reports:
         rows = f"{report.rows:>12,} rows" if report.rows is not None else " " * 17
         print(f"  {report.asset:<30} {rows}  {report.seconds:6.1f}s")

@@ -7,11 +7,11 @@ import io
 import boto3
 import pyarrow.parquet as pq
 import pytest
-from dagster import DagsterInstance, build_sensor_context
+from dagster import DagsterInstance, SkipReason, build_sensor_context
 
 from instarec_assets.definitions import build_definitions
 from instarec_assets.lake.locations import LakeConfigError, LakeLocations
-from instarec_assets.pipeline.runner import land_folder, materialize_partition
+from instarec_assets.pipeline.runner import land_folder, mark_complete, materialize_partition
 from instarec_assets.sensors import landing_sensor
 from instarec_assets_tests.aws_fixtures import REGION
 from instarec_assets_tests.landing_fixtures import ORDERS, PRIOR_LINES, TRAIN_LINES, write_batch
@@ -53,15 +53,22 @@ def test_partition_is_written_to_zone_buckets_in_the_seed_layout(
 
 
 def test_landing_sensor_reads_the_raw_buckets_landing_prefix(aws_locations: LakeLocations, tmp_path):
+    """A landed copy is a complete batch for the sensor only once marked so (`_SUCCESS`)."""
     land_folder(write_batch(tmp_path / "batch", success=False), aws_locations, DAY_1)
     defs = build_definitions(aws_locations)
     with DagsterInstance.ephemeral() as instance:
-        context = build_sensor_context(
-            instance=instance,
-            repository_def=defs.get_repository_def(),
-            resources={"lake": defs.resources["lake"]},
-        )
-        result = landing_sensor(context)
+
+        def evaluate():
+            context = build_sensor_context(
+                instance=instance,
+                repository_def=defs.get_repository_def(),
+                resources={"lake": defs.resources["lake"]},
+            )
+            return landing_sensor(context)
+
+        assert isinstance(evaluate(), SkipReason)
+        mark_complete(aws_locations, DAY_1)
+        result = evaluate()
     assert [request.partition_key for request in result.run_requests] == [DAY_1]
 
 

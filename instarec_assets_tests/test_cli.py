@@ -91,6 +91,7 @@ def test_good_batch_prints_one_line_per_asset_and_exits_0(capsys, home: Path, tm
     assert rows["clean_orders"] == str(len(ORDERS))
     assert rows["clean_order_products"] == str(len(PRIOR_LINES) + len(TRAIN_LINES))
     assert rows["quarantined_orders"] == "0"
+    assert (home / "landing" / DAY_1 / "_SUCCESS").exists()  # complete only now, after the run
 
 
 def test_missing_column_exits_1_with_one_error_line_naming_file_and_column(
@@ -103,7 +104,7 @@ def test_missing_column_exits_1_with_one_error_line_naming_file_and_column(
     assert status == 1
     assert len(err) == 1
     assert err[0].startswith(
-        "instarec: error: orders.csv: missing column(s) days_since_prior_order (expected: "
+        f"instarec: error: {batch}/orders.csv: missing column(s) days_since_prior_order (expected: "
     )
 
 
@@ -113,9 +114,29 @@ def test_missing_file_exits_1_naming_the_file(capsys, home: Path, tmp_path: Path
     status, _, err = materialize(capsys, home, batch)
     assert status == 1
     assert err == [
-        f"instarec: error: {home.resolve()}/landing/{DAY_1}/order_products__train.csv: "
-        "file is missing (also looked for .csv.gz)"
+        f"instarec: error: {batch}/order_products__train.csv: file is missing (also looked for .csv.gz)"
     ]
+
+
+def test_failed_run_leaves_the_landing_copy_incomplete_and_names_the_source_folder(
+    capsys, home: Path, tmp_path: Path
+):
+    """A batch is marked complete (`_SUCCESS`) only after its run succeeds, so the landing sensor
+    never takes a broken batch for a complete one; re-landing a broken copy drops an earlier marker."""
+    batch = write_batch(tmp_path / "batch", success=False)
+    landed = home / "landing" / DAY_1
+    assert materialize(capsys, home, batch)[0] == 0
+    assert (landed / "_SUCCESS").exists()
+    (batch / "orders.csv").write_bytes(b"")
+    (batch / "products.csv").write_bytes(b"")
+    status, out, err = materialize(capsys, home, batch)
+    assert status == 1
+    assert out == [f"landed {batch} as partition {DAY_1} at {landed.resolve()}"]
+    assert err == [
+        f"instarec: error: {batch}/orders.csv: file is empty (expected a header line); "
+        f"{batch}/products.csv: file is empty (expected a header line)"
+    ]
+    assert (landed / "orders.csv").exists() and not (landed / "_SUCCESS").exists()
 
 
 def test_bad_rows_succeed_and_are_quarantined_in_the_lake(capsys, home: Path, tmp_path: Path):

@@ -135,8 +135,8 @@ def orders_cleaned(
 def catalog_cleaned(
     conn: duckdb.DuckDBPyConnection,
     tmp_path: Path,
-    products_csv: str = PRODUCTS_CSV,
-    aisles_csv: str = AISLES_CSV,
+    products_csv: str | bytes = PRODUCTS_CSV,
+    aisles_csv: str | bytes = AISLES_CSV,
     partition: str = DAY_1,
 ) -> tuple[CleanResult, CleanResult, CleanResult]:
     """Aisles, departments and products for one partition, as the clean catalog assets build them."""
@@ -573,4 +573,131 @@ def test_nfd_and_nfc_spellings_of_one_product_are_exact_duplicates(conn, tmp_pat
     assert_accounting(result, raw=3, clean=1, quarantined=1, duplicates=1)
     assert [(row, reason) for row, reason, _ in quarantined(conn, result)] == [
         (3, "product_id appears more than once in this partition with different values")
+    ]
+
+
+# --- control characters: the CSV reader keeps them (NUL included), so the clean step refuses them ---
+
+
+def test_control_characters_reach_raw_as_landed(conn, tmp_path: Path):
+    content = PRODUCTS_HEADER.encode() + b'10,Bana\x00na,1,1\n20,"Ap\x01ple",2,2\n30,Esc\x1b[31m,1,1\n'
+    raw = land(conn, tmp_path, "products", content)
+    assert raw.rejected_lines == 0
+    assert raw_rows(conn, raw, "_source_row, product_name") == [
+        (1, "Bana\x00na"),
+        (2, "Ap\x01ple"),
+        (3, "Esc\x1b[31m"),
+    ]
+
+
+def test_control_characters_in_product_names_are_quarantined_with_position_and_escaped_value(
+    conn, tmp_path: Path
+):
+    content = PRODUCTS_HEADER.encode() + (
+        b"10,Bana\x00na,1,1\n"
+        b'20,"Ap\x01ple",2,2\n'
+        b"30,Esc\x1b[31m,1,1\n"
+        b"40,Del\x7f,1,1\n"
+        b"50,\x00,1,1\n"
+        b"60,Tab\there,1,1\n"
+        b'70,"Two\r\nlines",2,2\n' + "80,Caf\u00e9 \u4e2d\u6587,2,2\n".encode()
+    )
+    _, _, result = catalog_cleaned(conn, tmp_path, products_csv=content)
+    assert_accounting(result, raw=8, clean=3, quarantined=5, duplicates=0)
+    assert quarantined(conn, result) == [
+        (
+            1,
+            r"product_name: contains a control character (\x00 at position 5): 'Bana\x00na'",
+            {"product_id": "10", "product_name": "Bana\x00na", "aisle_id": "1", "department_id": "1"},
+        ),
+        (
+            2,
+            r"product_name: contains a control character (\x01 at position 3): 'Ap\x01ple'",
+            {"product_id": "20", "product_name": "Ap\x01ple", "aisle_id": "2", "department_id": "2"},
+        ),
+        (
+            3,
+            r"product_name: contains a control character (\x1b at position 4): 'Esc\x1b[31m'",
+            {"product_id": "30", "product_name": "Esc\x1b[31m", "aisle_id": "1", "department_id": "1"},
+        ),
+        (
+            4,
+            r"product_name: contains a control character (\x7f at position 4): 'Del\x7f'",
+            {"product_id": "40", "product_name": "Del\x7f", "aisle_id": "1", "department_id": "1"},
+        ),
+        (
+            5,
+            r"product_name: contains a control character (\x00 at position 1): '\x00'",
+            {"product_id": "50", "product_name": "\x00", "aisle_id": "1", "department_id": "1"},
+        ),
+    ]
+    # Tab and line breaks are whitespace (one space); accented and CJK letters are text.
+    assert clean_rows(conn, result, "product_id, product_name") == [
+        (60, "Tab here"),
+        (70, "Two lines"),
+        (80, "Caf\u00e9 \u4e2d\u6587"),
+    ]
+
+
+def test_control_characters_in_aisle_department_and_eval_set_are_quarantined(conn, tmp_path: Path):
+    aisles = b"aisle_id,aisle\n1,fresh\x1bfruits\n2,coffee\n"
+    aisle_result, _, _ = catalog_cleaned(conn, tmp_path, aisles_csv=aisles)
+    assert_accounting(aisle_result, raw=2, clean=1, quarantined=1, duplicates=0)
+    assert [(row, reason) for row, reason, _ in quarantined(conn, aisle_result)] == [
+        (1, r"aisle: contains a control character (\x1b at position 6): 'fresh\x1bfruits'")
+    ]
+    departments = land(conn, tmp_path, "departments", b"department_id,department\n1,pro\x02duce\n")
+    department_result = clean_dimension(
+        conn, DEPARTMENTS, str(departments.staged.path), None, dt.date(2025, 1, 6), tmp_path / "departments"
+    )
+    assert_accounting(department_result, raw=1, clean=0, quarantined=1, duplicates=0)
+    assert [reason for _, reason, _ in quarantined(conn, department_result)] == [
+        r"department: contains a control character (\x02 at position 4): 'pro\x02duce'"
+    ]
+    orders = orders_cleaned(conn, tmp_path, "101,1,prior\x00,1,2,8,\n102,1\x0b,prior,2,3,9,7.0\n")
+    assert_accounting(orders, raw=2, clean=0, quarantined=2, duplicates=0)
+    assert [(row, reason) for row, reason, _ in quarantined(conn, orders)] == [
+        (1, r"eval_set: contains a control character (\x00 at position 6): 'prior\x00'"),
+        (2, r"user_id: not a number: '1\x0b'"),
+    ]
+
+
+def test_a_quarantined_catalog_row_leaves_the_stored_current_row_open(conn, tmp_path: Path):
+    """Day 2 resends product 10 and aisle 1 with a control character: both stay as stored on day 1."""
+    _, _, day_1_products = catalog_cleaned(conn, tmp_path)
+    day_1_aisles = tmp_path / "clean_catalog" / DAY_1 / "clean_aisles.parquet"
+    day_2 = dt.date.fromisoformat(DAY_2)
+    scratch = tmp_path / "clean_catalog" / DAY_2
+    aisles_raw = land(conn, tmp_path, "aisles", b"aisle_id,aisle\n1,fresh\x00fruits\n", partition=DAY_2)
+    aisles = clean_dimension(conn, AISLES, str(aisles_raw.staged.path), str(day_1_aisles), day_2, scratch)
+    assert_accounting(aisles, raw=1, clean=0, quarantined=1, duplicates=0)
+    assert clean_rows(conn, aisles, "aisle_id, aisle, updated_on") == [
+        (1, "fresh fruits", dt.date(2025, 1, 6)),
+        (2, "coffee", dt.date(2025, 1, 6)),
+    ]
+    products_raw = land(
+        conn,
+        tmp_path,
+        "products",
+        PRODUCTS_HEADER.encode() + b"10,Bana\x00na,1,1\n20,Coffee,2,2\n",
+        partition=DAY_2,
+    )
+    products = clean_products(
+        conn,
+        str(products_raw.staged.path),
+        str(day_1_products.clean.path),
+        str(aisles.clean.path),
+        str(tmp_path / "clean_catalog" / DAY_1 / "clean_departments.parquet"),
+        day_2,
+        scratch,
+    )
+    assert_accounting(products, raw=2, clean=1, quarantined=1, duplicates=0)
+    assert [(row, reason) for row, reason, _ in quarantined(conn, products)] == [
+        (1, r"product_name: contains a control character (\x00 at position 5): 'Bana\x00na'")
+    ]
+    assert clean_rows(conn, products, "product_id, product_name, valid_from, valid_to, is_current") == [
+        (10, "Banana", dt.date(2025, 1, 6), None, True),
+        (20, "Coffee", dt.date(2025, 1, 7), None, True),
+        (20, "Ground Coffee", dt.date(2025, 1, 6), dt.date(2025, 1, 7), False),
+        (30, "Apple", dt.date(2025, 1, 6), None, True),
     ]

@@ -17,6 +17,12 @@ PARSED_PREFIX = "__parsed_"
 # ASCII decimal digits only: DuckDB's cast would also take '1e3', '1_000', 'nan' and 'inf'.
 DECIMAL_PATTERN = r"\s*[+-]?[0-9]+(\.[0-9]*)?\s*"
 
+# Control characters a stored text value may not hold, as the inside of an RE2 class (escapes, so
+# the SQL itself holds none): C0 controls and DEL, except tab, line feed and carriage return, the
+# whitespace a quoted CSV field may hold, which normalisation turns into one space. C1 controls
+# (U+0080 to U+009F) are not refused: the Kaggle catalog itself has one (product 45877, 'Cr\x8feme').
+CONTROL_CHARACTERS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
+
 
 @dataclass(frozen=True)
 class WholeNumber:
@@ -70,7 +76,10 @@ class WholeNumber:
 
 @dataclass(frozen=True)
 class Text:
-    """Trimmed, NFC-normalised text with inner runs of whitespace collapsed; optionally one of a set."""
+    """Trimmed, NFC-normalised text with inner runs of whitespace collapsed; optionally one of a set.
+
+    A value holding a control character (`CONTROL_CHARACTERS`) is quarantined, never stored.
+    """
 
     name: str
     allowed: tuple[str, ...] = ()
@@ -81,7 +90,15 @@ class Text:
         return f"{self._normalised} AS {self._col}"
 
     def reasons(self) -> list[str]:
-        rules = [f"WHEN nullif({self._normalised}, '') IS NULL THEN '{self.name}: missing'"]
+        # 1-based position, in characters, of the first control character in the value as landed.
+        position = f"(length(regexp_extract({self._col}, '^[^{CONTROL_CHARACTERS}]*')) + 1)"
+        rules = [
+            f"WHEN regexp_matches({self._col}, '[{CONTROL_CHARACTERS}]') "
+            f"THEN '{self.name}: contains a control character (' "
+            f"|| printf('\\x%02x', ord(substr({self._col}, {position}, 1))) || ' at position ' || {position} "
+            f"|| '): ' || {_quoted(self._col)}",
+            f"WHEN nullif({self._normalised}, '') IS NULL THEN '{self.name}: missing'",
+        ]
         if self.allowed:
             allowed = ", ".join(f"'{value}'" for value in self.allowed)
             rules.append(
@@ -112,7 +129,17 @@ Column = WholeNumber | Text
 
 
 def _quoted(column_sql: str) -> str:
-    return f"'''' || left({column_sql}, {REASON_VALUE_CHARS}) || ''''"
+    """The value as landed, quoted and cut to REASON_VALUE_CHARS, with its control characters escaped."""
+    return f"'''' || {_escaped(f'left({column_sql}, {REASON_VALUE_CHARS})')} || ''''"
+
+
+def _escaped(text_sql: str) -> str:
+    """Each control character written as `\\xNN`, so a reason stays one printable line."""
+    return (
+        f"array_to_string(list_transform(string_split({text_sql}, ''), lambda __char: "
+        f"CASE WHEN regexp_matches(__char, '[{CONTROL_CHARACTERS}]') THEN printf('\\x%02x', ord(__char)) "
+        "ELSE __char END), '')"
+    )
 
 
 def parsed_columns_sql(columns: tuple[Column, ...]) -> str:

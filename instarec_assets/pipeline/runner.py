@@ -7,6 +7,7 @@ CLI run and a sensor run produce the same lake and both show up in the Dagster U
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,12 @@ from instarec_assets.sensors import LANDING_JOB_NAME
 
 class PipelineError(RuntimeError):
     """A run did not succeed; the message is the first failure, in one line."""
+
+    def about_source(self, landed: str, source: Path) -> PipelineError:
+        """The same failure naming `source`, the folder the user gave, instead of its landing copy
+        `landed`: paths under the copy, and landing files the raw step names on their own."""
+        message = str(self).replace(landed, str(source))
+        return PipelineError(_BARE_FILE_NAME.sub(lambda match: f"{match[1]}{source / match[2]}", message))
 
 
 @dataclass(frozen=True)
@@ -65,13 +72,21 @@ def register_batch(instance: DagsterInstance, partition_key: str) -> None:
         instance.add_dynamic_partitions(LANDING_BATCHES, [partition_key])
 
 
+# The names a landing folder's files may have (orders.csv, orders.csv.gz, ...).
+LANDING_FILE_NAMES = frozenset(name for spec in LANDING_FILES.values() for name in spec.file_names)
+
+
 def land_folder(source: Path, locations: LakeLocations, partition_key: str) -> str:
-    """Copy a folder of Instacart files into the landing area as one partition; `_SUCCESS` goes last."""
+    """Copy a folder of Instacart files into the landing area as one partition, not yet complete.
+
+    The copy gets no `_SUCCESS` marker (nor keeps an earlier one): `mark_complete` adds it once the
+    batch has been materialised, so the landing sensor never takes a batch whose run failed, or is
+    still going, for a complete one.
+    """
     check_partition_key(partition_key)
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: landing folder does not exist")
-    names = {spec_name for spec in LANDING_FILES.values() for spec_name in spec.file_names}
-    files = sorted(path for path in source.iterdir() if path.name in names)
+    files = sorted(path for path in source.iterdir() if path.name in LANDING_FILE_NAMES)
     if not files:
         raise FileNotFoundError(
             f"{source}: no Instacart files (orders.csv, products.csv, ...) in this folder"
@@ -83,8 +98,19 @@ def land_folder(source: Path, locations: LakeLocations, partition_key: str) -> s
     fs.makedirs(target, exist_ok=True)
     for path in files:
         fs.put_file(str(path), f"{target}/{path.name}")
-    fs.touch(f"{target}/{SUCCESS_MARKER}")
     return target
+
+
+def mark_complete(locations: LakeLocations, partition_key: str) -> None:
+    """Mark a landed batch complete (`_SUCCESS`), after its run succeeded."""
+    locations.filesystem.touch(f"{locations.landing_partition_uri(partition_key)}/{SUCCESS_MARKER}")
+
+
+# A landing file named on its own at the start of a failure (`orders.csv: file is empty ...`); the
+# raw step joins the failures of several files with "; ".
+_BARE_FILE_NAME = re.compile(
+    r"(^|; )(" + "|".join(re.escape(name) for name in sorted(LANDING_FILE_NAMES)) + r")(?=: )"
+)
 
 
 def default_partition(source: Path, today: str) -> str:
