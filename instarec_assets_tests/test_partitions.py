@@ -104,12 +104,18 @@ def test_history_reads_are_declared_with_the_all_partitions_mapping(defs):
     assert curated.node_def.input_def_named("clean_orders").metadata[HISTORY_INPUT] == THROUGH_PARTITION
 
 
-def test_a_materialisation_records_the_batches_it_read(defs, instance, locations: LakeLocations):
+def land_and_run_both_batches(defs, instance, locations: LakeLocations) -> Path:
+    """Both batches landed and run through clean and the warehouse, in date order; the landing root."""
     landing = Path(locations.landing_uri())
     write_batch(landing / DAY_1)
     second_batch(landing / DAY_2)
     assert run(defs, instance, DAY_1, [WAREHOUSE]).success
     assert run(defs, instance, DAY_2, [WAREHOUSE]).success
+    return landing
+
+
+def test_a_materialisation_records_the_batches_it_read(defs, instance, locations: LakeLocations):
+    land_and_run_both_batches(defs, instance, locations)
     event = instance.get_latest_materialization_event(WAREHOUSE)
     assert event.asset_materialization.partition == DAY_2
     read = event.asset_materialization.metadata["history_read"].value
@@ -119,11 +125,7 @@ def test_a_materialisation_records_the_batches_it_read(defs, instance, locations
 
 
 def test_relanding_a_batch_marks_what_read_it_stale(defs, instance, locations: LakeLocations):
-    landing = Path(locations.landing_uri())
-    write_batch(landing / DAY_1)
-    second_batch(landing / DAY_2)
-    assert run(defs, instance, DAY_1, [WAREHOUSE]).success
-    assert run(defs, instance, DAY_2, [WAREHOUSE]).success
+    landing = land_and_run_both_batches(defs, instance, locations)
 
     def status(key: str, partition: str) -> StaleStatus:
         resolver = CachingStaleStatusResolver(
