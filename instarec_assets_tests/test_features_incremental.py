@@ -229,3 +229,66 @@ def test_batch_of_new_users_only(chain: Chain, tmp_path: Path) -> None:
     existing = set(read(result.affected_user_ids.path).user_id) - new_users
     assert len(existing) == result.fallback_gap_users  # only through the global fallback gap, if it moved
     assert result.affected_users == len(new_users) + result.fallback_gap_users
+
+
+def test_global_fallback_gap_moves_single_order_users(chain: Chain, tmp_path: Path) -> None:
+    """A user whose only order is a train order gets the mean gap over all orders as serving
+    t_days_since_prior; batch 2 with every gap at 100 days (beyond the clean zone's 30, which the feature
+    SQL does not check) moves that mean, so the user is recomputed."""
+    first, second = chain.snapshots[0], chain.snapshots[1]
+    single_user, single_order = 9_999_999, 2_000_000_000
+    with duckdb.connect() as conn:
+        extra_orders = _write(
+            conn,
+            "SELECT * REPLACE ($user AS user_id, $order AS order_id, 'train' AS eval_set,"
+            " 1::SMALLINT AS order_number, NULL::TINYINT AS days_since_prior_order)"
+            " FROM read_parquet($source) LIMIT 1",
+            tmp_path / "lake" / "extra_orders.parquet",
+            {"user": single_user, "order": single_order, "source": first.orders[0]},
+        )
+        extra_lines = _write(
+            conn,
+            "SELECT * REPLACE ($order AS order_id) FROM read_parquet($source) ORDER BY order_id, product_id LIMIT 3",
+            tmp_path / "lake" / "extra_lines.parquet",
+            {"order": single_order, "source": first.order_products[0]},
+        )
+        start = CleanSnapshot(
+            orders=[*first.orders, extra_orders],
+            order_products=[*first.order_products, extra_lines],
+            products=first.products,
+            aisles=first.aisles,
+            departments=first.departments,
+        )
+        long_gaps = _write(
+            conn,
+            "SELECT * REPLACE (CASE WHEN days_since_prior_order IS NULL THEN NULL ELSE 100 END::TINYINT"
+            " AS days_since_prior_order) FROM read_parquet($source)",
+            tmp_path / "lake" / "batch_orders.parquet",
+            {"source": second.orders[-1]},
+        )
+        snapshot = CleanSnapshot(
+            orders=[*start.orders, long_gaps],
+            order_products=[*start.order_products, second.order_products[-1]],
+            products=second.products,
+            aisles=second.aisles,
+            departments=second.departments,
+        )
+        gap = "SELECT round(avg(days_since_prior_order)) FROM read_parquet($orders)"
+        before = conn.execute(gap, {"orders": list(start.orders)}).fetchall()[0][0]
+        after = conn.execute(gap, {"orders": list(snapshot.orders)}).fetchall()[0][0]
+        assert before != after  # the precondition this test is about
+        previous = full(conn, start, tmp_path / "start")
+        want = full(conn, snapshot, tmp_path / "full")
+        result = update_features(
+            conn,
+            snapshot,
+            PreviousFeatures.from_tables(previous, products=start.products),
+            [long_gaps],
+            [snapshot.order_products[-1]],
+            tmp_path / "incremental",
+        )
+    assert_same_tables(result.tables, want)
+    assert result.fallback_gap_users == 1
+    assert single_user in set(read(result.affected_user_ids.path).user_id)
+    serving = read(want.user_features.path).query(f"framing == 'serving' and user_id == {single_user}")
+    assert list(serving.t_days_since_prior) == [after]
