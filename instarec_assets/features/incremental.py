@@ -111,6 +111,7 @@ TEMP_TABLES = (
     "inc_catalog_changed",
     "inc_users",
     "inc_user_rows",
+    "inc_up_rows",
     "inc_up_affected",
     "inc_products",
     "inc_product_merged",
@@ -219,16 +220,14 @@ CONTRIBUTION = "framing, user_id, product_id, n, first_seq, last_seq, cart_sum, 
 # Products whose contribution from an affected user appeared, disappeared or changed.
 TOUCHED_PRODUCTS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE inc_products AS
-WITH old AS (
-    SELECT {CONTRIBUTION} FROM ({RECOVERED}) WHERE user_id IN (SELECT user_id FROM inc_users)
-),
-new AS (SELECT {CONTRIBUTION} FROM inc_up_affected),
-changed AS (
-    (SELECT * FROM old EXCEPT ALL SELECT * FROM new)
-    UNION ALL
-    (SELECT * FROM new EXCEPT ALL SELECT * FROM old)
-)
-SELECT product_id FROM changed
+WITH old AS (SELECT * FROM ({RECOVERED}) WHERE user_id IN (SELECT user_id FROM inc_users))
+SELECT product_id
+FROM old FULL JOIN inc_up_affected AS new USING (framing, user_id, product_id)
+WHERE old.n IS DISTINCT FROM new.n
+   OR old.first_seq IS DISTINCT FROM new.first_seq
+   OR old.last_seq IS DISTINCT FROM new.last_seq
+   OR old.cart_sum IS DISTINCT FROM new.cart_sum
+   OR old.reordered_sum IS DISTINCT FROM new.reordered_sum
 UNION SELECT product_id FROM inc_moved
 UNION SELECT product_id FROM inc_catalog_changed
 """
@@ -265,7 +264,7 @@ ORDER BY framing, user_id
 MERGED_USER_PRODUCT_SELECT = """
 SELECT * FROM inc_prev_up WHERE user_id NOT IN (SELECT user_id FROM inc_users)
 UNION ALL
-SELECT * FROM read_parquet('{affected}', hive_partitioning = false)
+SELECT * FROM inc_up_rows
 ORDER BY framing, user_id, product_id
 """
 
@@ -321,7 +320,7 @@ def update_features(
     build_users(conn)
     fill_serving_targets(conn, all_orders="inc_all_orders")
     build_affinity(conn)
-    affected_up = copy_to_parquet(conn, USER_PRODUCT_SELECT, scratch / "affected_user_product.parquet")
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE inc_up_rows AS {USER_PRODUCT_SELECT}")
     conn.execute(f"CREATE OR REPLACE TEMP TABLE inc_user_rows AS {USER_FEATURES_SELECT}")
     conn.execute(f"CREATE OR REPLACE TEMP TABLE inc_up_affected AS SELECT {CONTRIBUTION} FROM feat_up")
     for table in ("feat_user_aisle", "feat_user_department", "feat_clean_lines"):
@@ -343,22 +342,20 @@ def update_features(
     user_features = copy_to_parquet(conn, MERGED_USER_SELECT, scratch / "user_features.parquet")
     product_features = copy_to_parquet(conn, MERGED_PRODUCT_SELECT, scratch / "product_features.parquet")
     user_product = copy_to_parquet(
-        conn,
-        MERGED_USER_PRODUCT_SELECT.format(affected=_literal(affected_up.path)),
-        scratch / "user_product_features.parquet",
+        conn, MERGED_USER_PRODUCT_SELECT, scratch / "user_product_features.parquet"
     )
     lap("level_tables")
 
     training = copy_to_parquet(
         conn,
-        _carried("training", "'target'") + " UNION ALL " + training_select(affected_up.path),
+        _carried("training", "'target'") + " UNION ALL " + training_select(None, table="inc_up_rows"),
         scratch / "training_set.parquet",
     )
     inference = copy_to_parquet(
         conn,
         _carried("inference", "CASE s.eval_set WHEN 'test' THEN 'target' ELSE 'serving' END")
         + " UNION ALL "
-        + inference_select(affected_up.path),
+        + inference_select(None, table="inc_up_rows"),
         scratch / "inference_set.parquet",
     )
     lap("sets")
@@ -377,7 +374,6 @@ def update_features(
         " FROM inc_users"
     ).fetchall()[0]
     _close(conn)
-    affected_up.path.unlink(missing_ok=True)
     lap("finish")
     return IncrementalResult(
         tables=FeatureTables(
@@ -436,7 +432,3 @@ def _close(conn: duckdb.DuckDBPyConnection) -> None:
 def _carried(name: str, framing: str) -> str:
     replaced = ", ".join(f"p.{column} AS {column}" for column in PRODUCT_FEATURES)
     return CARRIED_SET_SELECT.format(replaced=replaced, name=name, framing=framing)
-
-
-def _literal(path: Path) -> str:
-    return str(path).replace("'", "''")
