@@ -25,9 +25,10 @@ every other buyer, read back from the previous user_product_features: n, first a
 as integers; cart_sum and reordered_sum are recovered as round(mean * n) from the FLOAT means, exact
 while a user's sum stays below 2^23 (a float's 24-bit significand; checked, ValueError otherwise).
 
-The sets are rebuilt as: previous rows of unaffected users with the product columns re-joined from the
-merged product table, plus freshly joined rows of affected users. That join reads every previous set
-row (no aggregate): its cost is reported in `seconds["sets"]`.
+The sets are the full build's join (sets.py) over the merged level tables, with the target lines of
+unaffected users taken from the previous training_set's labels: no aggregate, but it reads and writes
+every set row (`seconds["sets"]`), as rewriting the merged user_product_features does
+(`seconds["level_tables"]`). Those two rewrites, not the aggregates, are most of the cost.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from pathlib import Path
 import duckdb
 
 from instarec_assets.features.build import FeatureTables
-from instarec_assets.features.columns import PRODUCT_FEATURES
+from instarec_assets.features.columns import USER_FEATURES
 from instarec_assets.features.product import build_products
 from instarec_assets.features.sets import inference_select, training_select
 from instarec_assets.features.snapshot import CleanSnapshot, open_snapshot
@@ -112,6 +113,7 @@ TEMP_TABLES = (
     "inc_users",
     "inc_user_rows",
     "inc_up_rows",
+    "inc_target_lines",
     "inc_up_affected",
     "inc_products",
     "inc_product_merged",
@@ -137,7 +139,6 @@ VIEWS = (
     "inc_prev_product",
     "inc_prev_up",
     "inc_prev_training",
-    "inc_prev_inference",
 )
 
 BATCH_USERS_SQL = """
@@ -268,12 +269,24 @@ SELECT * FROM inc_up_rows
 ORDER BY framing, user_id, product_id
 """
 
-# Previous set rows of unaffected users, product columns re-joined from the merged product table.
-CARRIED_SET_SELECT = """
-SELECT s.* REPLACE ({replaced})
-FROM inc_prev_{name} AS s
-JOIN feat_product AS p ON p.framing = {framing} AND p.product_id = s.product_id
-WHERE s.user_id NOT IN (SELECT user_id FROM inc_users)
+# The sets' inputs over every user, from the merged user_features: the frame and the user columns.
+SET_FRAMES_SQL = """
+CREATE OR REPLACE TEMP TABLE feat_frames AS
+SELECT framing, user_id, target_order_id, target_set, t_dow, t_hour, t_days_since_prior
+FROM read_parquet($merged, hive_partitioning = false)
+"""
+SET_USERS_SQL = """
+CREATE OR REPLACE TEMP TABLE feat_user AS
+SELECT framing, user_id, {columns} FROM read_parquet($merged, hive_partitioning = false)
+"""
+# Target lines of unaffected users are the labelled candidates of the previous training_set: the label
+# only ever joins a candidate, so these are all the target lines the training_set select can match.
+SET_TARGET_LINES_SQL = """
+CREATE OR REPLACE TEMP TABLE feat_target_lines AS
+SELECT order_id, product_id FROM inc_target_lines
+UNION ALL
+SELECT order_id, product_id FROM inc_prev_training
+WHERE label = 1 AND user_id NOT IN (SELECT user_id FROM inc_users)
 """
 
 
@@ -321,6 +334,7 @@ def update_features(
     fill_serving_targets(conn, all_orders="inc_all_orders")
     build_affinity(conn)
     conn.execute(f"CREATE OR REPLACE TEMP TABLE inc_up_rows AS {USER_PRODUCT_SELECT}")
+    conn.execute("ALTER TABLE feat_target_lines RENAME TO inc_target_lines")
     conn.execute(f"CREATE OR REPLACE TEMP TABLE inc_user_rows AS {USER_FEATURES_SELECT}")
     conn.execute(f"CREATE OR REPLACE TEMP TABLE inc_up_affected AS SELECT {CONTRIBUTION} FROM feat_up")
     for table in ("feat_user_aisle", "feat_user_department", "feat_clean_lines"):
@@ -346,18 +360,12 @@ def update_features(
     )
     lap("level_tables")
 
-    training = copy_to_parquet(
-        conn,
-        _carried("training", "'target'") + " UNION ALL " + training_select(None, table="inc_up_rows"),
-        scratch / "training_set.parquet",
-    )
-    inference = copy_to_parquet(
-        conn,
-        _carried("inference", "CASE s.eval_set WHEN 'test' THEN 'target' ELSE 'serving' END")
-        + " UNION ALL "
-        + inference_select(None, table="inc_up_rows"),
-        scratch / "inference_set.parquet",
-    )
+    # The sets: the full build's join over the merged level tables (no aggregate; reads every row).
+    conn.execute(SET_FRAMES_SQL, {"merged": str(user_features.path)})
+    conn.execute(SET_USERS_SQL.format(columns=", ".join(USER_FEATURES)), {"merged": str(user_features.path)})
+    conn.execute(SET_TARGET_LINES_SQL)
+    training = copy_to_parquet(conn, training_select(user_product.path), scratch / "training_set.parquet")
+    inference = copy_to_parquet(conn, inference_select(user_product.path), scratch / "inference_set.parquet")
     lap("sets")
 
     affected_ids = copy_to_parquet(
@@ -417,7 +425,6 @@ def _open(
         ("inc_prev_product", previous.product_features),
         ("inc_prev_up", previous.user_product_features),
         ("inc_prev_training", previous.training_set),
-        ("inc_prev_inference", previous.inference_set),
     ):
         conn.read_parquet(uri, hive_partitioning=False).create_view(name, replace=True)
 
@@ -427,8 +434,3 @@ def _close(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
     for view in VIEWS:
         conn.execute(f"DROP VIEW IF EXISTS {view}")
-
-
-def _carried(name: str, framing: str) -> str:
-    replaced = ", ".join(f"p.{column} AS {column}" for column in PRODUCT_FEATURES)
-    return CARRIED_SET_SELECT.format(replaced=replaced, name=name, framing=framing)

@@ -14,7 +14,7 @@ from instarec_assets.features.columns import FEATURE_COLUMNS
 SET_SELECT = """
 SELECT up.user_id, up.product_id, {order_id} AS order_id, {eval_set} AS eval_set, {label} AS label,
        {features}
-FROM {user_product} AS up
+FROM read_parquet('{user_product_path}', hive_partitioning = false) AS up
 JOIN feat_frames AS f USING (framing, user_id)
 JOIN feat_user AS u USING (framing, user_id)
 JOIN feat_product AS p USING (framing, product_id)
@@ -23,39 +23,32 @@ WHERE {where}
 """
 
 
-def training_select(user_product_path: Path | None, table: str | None = None) -> str:
-    """Candidates of users whose target is `train`; label 1 when the target order holds the product.
-
-    The candidates are read from the staged user_product_features file, or from `table` when given.
-    """
+def training_select(user_product_path: Path) -> str:
+    """Candidates of users whose target is `train`; label 1 when the target order holds the product."""
     return SET_SELECT.format(
         order_id="f.target_order_id",
         eval_set="'train'",
         label="(t.product_id IS NOT NULL)::TINYINT",
         features=", ".join(FEATURE_COLUMNS),
-        user_product=_source(user_product_path, table),
+        user_product_path=_literal(user_product_path),
         label_join="LEFT JOIN feat_target_lines AS t ON t.order_id = f.target_order_id"
         " AND t.product_id = up.product_id",
         where="up.framing = 'target' AND f.target_set = 'train'",
     )
 
 
-def inference_select(user_product_path: Path | None, table: str | None = None) -> str:
+def inference_select(user_product_path: Path) -> str:
     """`test` rows (the Kaggle submission: the target is a test order) and `serving` rows (next orders)."""
     return SET_SELECT.format(
         order_id="f.target_order_id",
         eval_set="CASE up.framing WHEN 'target' THEN 'test' ELSE 'serving' END",
         label="NULL::TINYINT",
         features=", ".join(FEATURE_COLUMNS),
-        user_product=_source(user_product_path, table),
+        user_product_path=_literal(user_product_path),
         label_join="",
         where="(up.framing = 'target' AND f.target_set = 'test') OR up.framing = 'serving'",
     )
 
 
-def _source(path: Path | None, table: str | None) -> str:
-    if table is not None:
-        return table
-    if path is None:
-        raise ValueError("a user_product_features path or table is needed")
-    return "read_parquet('" + str(path).replace("'", "''") + "', hive_partitioning = false)"
+def _literal(path: Path) -> str:
+    return str(path).replace("'", "''")
