@@ -39,39 +39,49 @@ FROM read_csv('{folder}/{table}.csv', header = true, all_varchar = true)
 
 def clean_snapshot_from_landing(landing: Path, lake: Path) -> CleanSnapshot:
     """Every dated landing folder as one clean partition (hive-style paths), catalog from the last one."""
+    return clean_snapshots_from_landing(landing, lake)[-1]
+
+
+def clean_snapshots_from_landing(landing: Path, lake: Path) -> list[CleanSnapshot]:
+    """The clean snapshot as of each dated landing folder: its orders and lines partitions and every
+    earlier one, the catalog from that folder (each partition written once)."""
     folders = sorted(folder for folder in landing.iterdir() if folder.is_dir())
     conn = duckdb.connect()
-    orders, lines = [], []
+    orders, lines, snapshots = [], [], []
     for folder in folders:
         orders.append(_copy(conn, ORDERS_SQL.format(folder=folder), lake, "clean_orders", folder.name))
         union = " UNION ALL ".join(LINES_SQL.format(folder=folder, kind=kind) for kind in ("prior", "train"))
         lines.append(_copy(conn, union, lake, "clean_order_products", folder.name))
-    last = folders[-1]
-    snapshot = CleanSnapshot(
-        orders=orders,
-        order_products=lines,
-        products=_copy(
-            conn, PRODUCTS_SQL.format(folder=last, day=last.name), lake, "clean_products", last.name
-        ),
-        aisles=_copy(
-            conn,
-            DIMENSION_SQL.format(key="aisle_id", name="aisle", table="aisles", folder=last, day=last.name),
-            lake,
-            "clean_aisles",
-            last.name,
-        ),
-        departments=_copy(
-            conn,
-            DIMENSION_SQL.format(
-                key="department_id", name="department", table="departments", folder=last, day=last.name
-            ),
-            lake,
-            "clean_departments",
-            last.name,
-        ),
-    )
+        day = folder.name
+        snapshots.append(
+            CleanSnapshot(
+                orders=list(orders),
+                order_products=list(lines),
+                products=_copy(
+                    conn, PRODUCTS_SQL.format(folder=folder, day=day), lake, "clean_products", day
+                ),
+                aisles=_copy(
+                    conn,
+                    DIMENSION_SQL.format(
+                        key="aisle_id", name="aisle", table="aisles", folder=folder, day=day
+                    ),
+                    lake,
+                    "clean_aisles",
+                    day,
+                ),
+                departments=_copy(
+                    conn,
+                    DIMENSION_SQL.format(
+                        key="department_id", name="department", table="departments", folder=folder, day=day
+                    ),
+                    lake,
+                    "clean_departments",
+                    day,
+                ),
+            )
+        )
     conn.close()
-    return snapshot
+    return snapshots
 
 
 def _copy(conn: duckdb.DuckDBPyConnection, sql: str, lake: Path, table: str, day: str) -> str:

@@ -78,13 +78,15 @@ FROM feat_clean_lines AS l
 JOIN feat_frames AS f ON f.framing = 'target' AND f.target_set = 'train' AND f.target_order_id = l.order_id
 """
 
+# The fallback gap is global: the mean over every order of every user (`all_orders`), so an incremental
+# update that recomputes only some users passes a view over the whole history instead of feat_orders.
 SERVING_TARGETS_SQL = """
 UPDATE feat_frames AS f
 SET t_dow = u.u_usual_dow,
     t_hour = u.u_usual_hour,
     t_days_since_prior = coalesce(
         round(u.u_days_between_mean),
-        (SELECT round(avg(days_since_prior_order)) FROM feat_orders)
+        (SELECT round(avg(days_since_prior_order)) FROM {all_orders})
     )::TINYINT
 FROM feat_user AS u
 WHERE f.framing = 'serving' AND u.framing = 'serving' AND u.user_id = f.user_id
@@ -97,6 +99,10 @@ def build_roles(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute(sql)
 
 
-def fill_serving_targets(conn: duckdb.DuckDBPyConnection) -> None:
-    """The future order's row for serving: the user's usual values (needs feat_user)."""
-    conn.execute(SERVING_TARGETS_SQL)
+def fill_serving_targets(conn: duckdb.DuckDBPyConnection, all_orders: str = "feat_orders") -> None:
+    """The future order's row for serving: the user's usual values (needs feat_user).
+
+    all_orders: the relation whose days_since_prior_order gives the global fallback gap; feat_orders when
+    every user is built, a view over the whole clean history when only some users are.
+    """
+    conn.execute(SERVING_TARGETS_SQL.format(all_orders=all_orders))
