@@ -1,12 +1,22 @@
-"""Curated zone: the feature sets as of each landing date, computed from every clean partition up to it."""
+"""Curated zone: the feature sets as of each landing batch, over every clean batch up to it; after the
+first batch, the previous batch's tables updated for the users and products the batch touched."""
 
+import time
 from collections.abc import Iterator
 
-from dagster import AssetExecutionContext, AssetIn, AssetOut, MetadataValue, Output, multi_asset
+from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, MetadataValue, Output, multi_asset
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.metadata import history_read, preview, rows_by_eval_set
-from instarec_assets.features import FEATURES, CleanSnapshot, build_features, feature_summary
+from instarec_assets.features import (
+    FEATURES,
+    CleanSnapshot,
+    PreviousFeatures,
+    build_features,
+    feature_summary,
+    update_features,
+)
+from instarec_assets.history import own_earlier_partitions
 from instarec_assets.partitions import HISTORY_POOL, history_input, landing_batches
 from instarec_assets.resources import LakeResource, lake_connection
 
@@ -47,6 +57,39 @@ def clean_snapshot(
     )
 
 
+class CuratedFeaturesConfig(Config):
+    """Run configuration of curated_features_step."""
+
+    # Rebuild every feature from the whole history instead of updating the previous batch's tables
+    # for the users and products this batch touched (the two give the same rows; tested).
+    full_recompute: bool = False
+
+
+# The catalog's history too: the incremental update compares this batch's products with the last.
+CURATED_INS: dict[str, AssetIn] = {**CLEAN_SNAPSHOT_INS, "clean_products": history_input("clean_products")}
+
+
+def _previous_features(
+    context: AssetExecutionContext, lake: LakeResource, clean_products: list[str]
+) -> PreviousFeatures | None:
+    """The previous batch's feature tables (this step's own past), or None for the first batch."""
+    locations = lake.locations
+    earlier = own_earlier_partitions(
+        "user_features",
+        context.partition_key,
+        context.instance,
+        context.run_id,
+        lambda key: locations.partition_uri("curated", "user_features", key),
+        lambda uri: locations.filesystem.exists(uri),
+        lake.history_wait,
+    )
+    if not earlier or len(clean_products) < 2:
+        return None
+    previous = next(reversed(earlier))
+    uri = {name: locations.partition_uri("curated", name, previous) for name in FEATURE_SET_DESCRIPTIONS}
+    return PreviousFeatures(**uri, products=clean_products[-2])
+
+
 @multi_asset(
     name="curated_features_step",
     outs={
@@ -55,26 +98,44 @@ def clean_snapshot(
         )
         for name, text in FEATURE_SET_DESCRIPTIONS.items()
     },
-    ins=CLEAN_SNAPSHOT_INS,
+    ins=CURATED_INS,
     partitions_def=landing_batches,
     pool=HISTORY_POOL,
 )
 def curated_features_step(
     context: AssetExecutionContext,
+    config: CuratedFeaturesConfig,
     lake: LakeResource,
     duckdb: DuckDBResource,
     clean_orders: list[str],
     clean_order_products: list[str],
-    clean_products: str,
+    clean_products: list[str],
     clean_aisles: str,
     clean_departments: str,
 ) -> Iterator:
+    """Updates the previous batch's tables for what this batch touched (or rebuilds them all)."""
     snapshot = clean_snapshot(
-        clean_orders, clean_order_products, clean_products, clean_aisles, clean_departments
+        clean_orders, clean_order_products, clean_products[-1], clean_aisles, clean_departments
     )
+    previous = None if config.full_recompute else _previous_features(context, lake, clean_products)
     scratch = lake.staging_dir(context.run_id, "curated")
+    started = time.perf_counter()
     with lake_connection(duckdb, lake) as conn:
-        tables = build_features(conn, snapshot, scratch)
+        if previous is None:
+            tables = build_features(conn, snapshot, scratch)
+            update = {"mode": MetadataValue.text("full")}
+        else:
+            result = update_features(
+                conn, snapshot, previous, [clean_orders[-1]], [clean_order_products[-1]], scratch
+            )
+            tables = result.tables
+            update = {
+                "mode": MetadataValue.text("incremental"),
+                "affected_users": MetadataValue.int(result.affected_users),
+                "touched_products": MetadataValue.int(result.touched_products),
+                "update_seconds": MetadataValue.json(result.seconds),
+            }
+        update["build_seconds"] = MetadataValue.float(round(time.perf_counter() - started, 2))
         stats, correlations = feature_summary(conn, tables.training_set.path, tables.feature_columns)
         feature_list = "\n".join(f"| `{name}` | {FEATURES[name]} |" for name in tables.feature_columns)
         set_metadata = {
@@ -84,6 +145,7 @@ def curated_features_step(
         for name in FEATURE_SET_DESCRIPTIONS:
             staged = getattr(tables, name)
             metadata = {
+                **update,
                 "preview": preview(conn, str(staged.path)),
                 "history_read": history_read(
                     clean_orders=clean_orders, clean_order_products=clean_order_products
