@@ -5,10 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pytest
 from dagster import AssetKey
 
 from instarec_assets.lake.locations import LakeLocations
-from instarec_assets.pipeline.runner import assets_through, register_batch
+from instarec_assets.pipeline.runner import (
+    PipelineError,
+    assets_through,
+    materialize_partition,
+    register_batch,
+)
 from instarec_assets.sensors import LANDING_JOB_NAME
 from instarec_assets_tests.landing_fixtures import ORDERS, PRIOR_LINES, TRAIN_LINES, write_batch
 
@@ -175,3 +181,29 @@ def test_blocking_check_stops_downstream_when_stored_orders_repeat_a_key(
     assert evaluations["clean_orders_key_unique"] is False
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert "clean_orders" in materialized and "clean_order_products" not in materialized
+
+
+def test_a_blocked_check_is_named_in_the_one_line_error(defs, instance, locations: LakeLocations):
+    """The CLI's error names the failed check and its asset, not Dagster's multi-line summary."""
+    landing = Path(locations.landing_uri())
+    write_batch(landing / DAY_1)
+    assert run_partition(defs, instance, DAY_1).success
+    day_1_orders = locations.partition_uri("clean", "clean_orders", DAY_1)
+    stored = f"read_parquet('{day_1_orders}', hive_partitioning = false)"
+    duckdb.sql(
+        f"COPY (SELECT * FROM {stored} UNION ALL (SELECT * FROM {stored} LIMIT 1)) TO '{day_1_orders}.new' (FORMAT parquet)"
+    )
+    Path(f"{day_1_orders}.new").replace(day_1_orders)
+    write_batch(
+        landing / DAY_2,
+        orders=[(204, 2, "prior", 4, 2, 10, "6.0")],
+        prior_lines=[(204, 2, 1, 1)],
+        train_lines=[],
+    )
+
+    with pytest.raises(PipelineError) as raised:
+        materialize_partition(defs, instance, DAY_2, through="clean")
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("check clean_orders:clean_orders_key_unique failed")
+    assert "blocking asset check" not in message

@@ -138,7 +138,8 @@ def assets_through(defs: Definitions, through: str) -> list[AssetKey]:
 def materialize_partition(
     defs: Definitions, instance: DagsterInstance, partition_key: str, through: str = ZONE_GROUPS[-1]
 ) -> list[AssetReport]:
-    """Run the landing job for one partition; raise PipelineError naming the first failure.
+    """Run the landing job for one partition; raise PipelineError naming the first step failure and
+    every failed check.
 
     The console logger is quiet: failures are reported once, as one line, by the caller; the full
     event log (tracebacks included) stays in the instance for the Dagster UI.
@@ -157,7 +158,9 @@ def materialize_partition(
         if event.event_type == DagsterEventType.STEP_SUCCESS:
             seconds_by_step[event.step_key] = event.event_specific_data.duration_ms / 1000
         elif event.event_type == DagsterEventType.STEP_FAILURE:
-            failures.append(_first_line(event.event_specific_data.error))
+            error = event.event_specific_data.error
+            if error.cls_name != "DagsterAssetCheckFailedError":  # named below, from the evaluations
+                failures.append(_first_line(error))
     reports = [
         AssetReport(
             asset=event.asset_key.to_user_string(),
@@ -173,7 +176,8 @@ def materialize_partition(
         if not evaluation.passed
     ]
     if failures or failed_checks or not result.success:
-        raise PipelineError((failures + failed_checks + ["run failed"])[0])
+        # The first step failure, then every failed check (asset and check name), on one line.
+        raise PipelineError("; ".join(failures[:1] + failed_checks) or "run failed")
     return reports
 
 
