@@ -104,8 +104,9 @@ def graphsage_step(
     clean_aisles: str,
     clean_departments: str,
 ) -> Iterator[Output]:
-    """One step: train on the target graph, then embed both framings with the trained encoder
-    (the target graph is built once; the serving graph adds the latest orders' lines)."""
+    """One step: train on the target graph (or keep the earlier model, by the retrain policy), then
+    embed both framings with the encoder (the target graph is built once; the serving graph adds
+    the latest orders' lines)."""
     snapshot = clean_snapshot(
         clean_orders, clean_order_products, clean_products, clean_aisles, clean_departments
     )
