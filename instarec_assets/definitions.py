@@ -31,6 +31,7 @@ from instarec_assets.resources import (
     ComputeResource,
     LakeResource,
     ModelTrainingResource,
+    RetrainPolicyResource,
     ServingStoreResource,
     duckdb_resource,
 )
@@ -71,6 +72,11 @@ def build_resources(locations: LakeLocations, history_wait: HistoryWait = DEFAUL
             graphsage_device=settings.graphsage_device,
         ),
         "serving_store": ServingStoreResource(**store_settings_from_env(locations.home)),
+        "retrain_policy": RetrainPolicyResource(
+            every_batches=settings.retrain_every_batches,
+            max_age_days=settings.retrain_max_age_days,
+            drift_threshold=settings.retrain_drift_psi,
+        ),
     }
 
 

@@ -103,3 +103,30 @@ def own_earlier_partitions(
     uris = {key: uri_of(key) for key in keys}
     require_complete(table, partition_key, keys, lambda key: exists(uris[key]), instance, run_id, wait)
     return uris
+
+
+def latest_earlier_partition(
+    table: str,
+    partition_key: str,
+    instance: DagsterInstance,
+    run_id: str,
+    uri_of: Callable[[str], str],
+    exists: Callable[[str], bool],
+    wait: HistoryWait,
+) -> tuple[str, str] | None:
+    """The latest earlier batch that stores `table`, and its URI (None: no earlier batch has it).
+
+    A model step reads its own latest earlier model (the retrain policy keeps it or not). Batches
+    without it are skipped (run only through an earlier zone), except one whose run is still in
+    flight: the step waits for it, so runs of adjacent batches decide as they would in date order.
+    """
+    for key in reversed([key for key in registered_batches(instance) if key < partition_key]):
+        uri = uri_of(key)
+        if exists(uri):
+            return key, uri
+        if batch_in_flight(instance, key, run_id):
+            raise RetryRequested(max_retries=wait.retries, seconds_to_wait=wait.seconds) from Failure(
+                f"{table}: the run of earlier batch {key} did not store it in time; batch {partition_key} "
+                "decides whether to keep the latest earlier model"
+            )
+    return None

@@ -30,7 +30,7 @@ from upath import UPath
 
 from instarec_assets.history import HistoryWait, require_complete
 from instarec_assets.lake.duck import StagedParquet
-from instarec_assets.lake.locations import partition_relpath
+from instarec_assets.lake.locations import LakeLocations, model_relpath, partition_relpath
 from instarec_assets.partitions import HISTORY_INPUT, THIS_PARTITION, THROUGH_PARTITION
 from instarec_assets.resources import LakeResource
 
@@ -160,7 +160,7 @@ class ArtifactFolderIOManager(UPathIOManager):
     def get_path_for_partition(
         self, context: InputContext | OutputContext, path: UPath, partition: str
     ) -> UPath:
-        relative = partition_relpath(context.asset_key.path[-1], partition).rsplit("/", 1)[0]
+        relative = model_relpath(context.asset_key.path[-1], partition)
         return self._base_path.joinpath(*relative.split("/"))
 
     def dump_to_path(self, context: OutputContext, obj: StagedArtifacts, path: UPath) -> None:
@@ -188,15 +188,25 @@ class ArtifactFolderIOManager(UPathIOManager):
 
     def load_from_path(self, context: InputContext, path: UPath) -> str:
         """A local folder with the partition's files (downloaded first when the lake is on S3)."""
-        if path.protocol in ("", "file", "local"):
-            if not Path(path.path).is_dir():
-                raise FileNotFoundError(
-                    f"model folder {path} does not exist; materialize that partition first"
-                )
-            return path.path
-        local = self.scratch / f"download-{uuid.uuid4().hex}"
-        path.fs.get(f"{path.path}/", str(local) + "/", recursive=True)
-        return str(local)
+        return str(local_folder(path, self.scratch))
+
+
+def local_folder(path: UPath, scratch: Path) -> Path:
+    """A model folder on local disk: itself locally, a fresh download under `scratch` from S3."""
+    if path.protocol in ("", "file", "local"):
+        if not Path(path.path).is_dir():
+            raise FileNotFoundError(f"model folder {path} does not exist; materialize that partition first")
+        return Path(path.path)
+    local = scratch / f"download-{uuid.uuid4().hex}"
+    path.fs.get(f"{path.path}/", str(local) + "/", recursive=True)
+    return local
+
+
+def local_model_folder(locations: LakeLocations, asset: str, partition_key: str) -> Path:
+    """A model asset's stored partition as a local folder (downloaded to scratch in aws mode), for a
+    step that reads an earlier model of its own (the retrain policy keeps it or not)."""
+    uri = locations.model_uri(asset, partition_key)
+    return local_folder(UPath(uri, **locations.storage_options()), locations.scratch_dir())
 
 
 class ModelArtifactIOManager(ConfigurableIOManagerFactory):
@@ -207,7 +217,7 @@ class ModelArtifactIOManager(ConfigurableIOManagerFactory):
     def create_io_manager(self, context) -> ArtifactFolderIOManager:
         locations = self.lake.locations
         return ArtifactFolderIOManager(
-            UPath(f"{locations.zone_uri('curated')}/models", **locations.storage_options()),
+            UPath(locations.models_uri(), **locations.storage_options()),
             locations.scratch_dir(),
         )
 

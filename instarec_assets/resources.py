@@ -16,6 +16,7 @@ from instarec_assets.compute import thread_count
 from instarec_assets.history import DEFAULT_HISTORY_WAIT, HistoryWait
 from instarec_assets.lake.duck import attach_filesystem
 from instarec_assets.lake.locations import LakeLocations
+from instarec_assets.ml.retrain import RetrainPolicy
 
 
 class LakeResource(ConfigurableResource):
@@ -170,3 +171,17 @@ class ComputeResource(ConfigurableResource):
     threads: int = 0
     # cpu, cuda or "" (cuda when available, else cpu).
     graphsage_device: str = ""
+
+
+class RetrainPolicyResource(ConfigurableResource):
+    """When xgboost_model and graphsage_step refit rather than keep the active model (see
+    instarec_assets.ml.retrain); 0 turns a rule off."""
+
+    every_batches: int = RetrainPolicy.every_batches
+    max_age_days: int = RetrainPolicy.max_age_days
+    # The largest per-feature PSI (XGBoost) or the share of new graph edges (GraphSAGE).
+    drift_threshold: float = RetrainPolicy.drift_threshold
+
+    @property
+    def policy(self) -> RetrainPolicy:
+        return RetrainPolicy(self.every_batches, self.max_age_days, self.drift_threshold)

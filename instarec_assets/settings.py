@@ -32,6 +32,9 @@ VARIABLES: dict[str, str] = {
     "INSTAREC_SAGEMAKER_SECURITY_GROUPS": "aws: comma-separated security groups for SageMaker jobs",
     "INSTAREC_KMS_KEY_ARN": "aws: the KMS key for SageMaker job outputs",
     "INSTAREC_WAREHOUSE_SALT": "the salt of the warehouse's user_key (else a file under INSTAREC_HOME)",
+    "INSTAREC_RETRAIN_EVERY_BATCHES": "refit the models after this many batches (default 4; 0 = off)",
+    "INSTAREC_RETRAIN_MAX_AGE_DAYS": "refit a model this many days after its fitting batch (default 28; 0 = off)",
+    "INSTAREC_RETRAIN_DRIFT_PSI": "refit when a drift measure reaches this (default 0.2; 0 = off)",
 }
 
 
@@ -62,6 +65,9 @@ class Settings:
     sagemaker_security_groups: tuple[str, ...] = ()
     kms_key_arn: str = ""
     warehouse_salt: str | None = None
+    retrain_every_batches: int = 4
+    retrain_max_age_days: int = 28
+    retrain_drift_psi: float = 0.2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -93,6 +99,9 @@ class Settings:
             sagemaker_security_groups=listed("INSTAREC_SAGEMAKER_SECURITY_GROUPS"),
             kms_key_arn=text("INSTAREC_KMS_KEY_ARN"),
             warehouse_salt=env.get("INSTAREC_WAREHOUSE_SALT"),
+            retrain_every_batches=_integer(env, "INSTAREC_RETRAIN_EVERY_BATCHES", 4, minimum=0),
+            retrain_max_age_days=_integer(env, "INSTAREC_RETRAIN_MAX_AGE_DAYS", 28, minimum=0),
+            retrain_drift_psi=_number(env, "INSTAREC_RETRAIN_DRIFT_PSI", 0.2),
         )
 
 
@@ -107,4 +116,17 @@ def _integer(env: Mapping[str, str], name: str, default: int, minimum: int) -> i
     if value < minimum:
         kind = "a positive integer" if minimum >= 1 else "a non-negative integer"
         raise SettingsError(f"{name} must be {kind}, not {raw!r}")
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0.0 or value == float("inf"):
+        raise SettingsError(f"{name} must be a non-negative number, not {raw!r}")
     return value

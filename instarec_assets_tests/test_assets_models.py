@@ -41,7 +41,11 @@ def pipeline(tmp_path_factory):
     home = tmp_path_factory.mktemp("models-home")
     summary = generate_dataset(home / "generated", users=250, seed=3, batches=2)
     locations = LakeLocations(env="local", home=str(home))
-    defs = build_definitions(locations)
+    # Retrain every batch: these tests read a model fitted on the latest batch (keeping one under the
+    # retrain policy is test_assets_retrain.py's).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INSTAREC_RETRAIN_EVERY_BATCHES", "1")
+        defs = build_definitions(locations)
     instance = DagsterInstance.ephemeral()
     results = {}
     for batch in summary.batches:

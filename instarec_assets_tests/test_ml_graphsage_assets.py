@@ -37,6 +37,7 @@ from instarec_assets.ml.graphsage import (
 )
 from instarec_assets.partitions import landing_batches
 from instarec_assets.pipeline.runner import register_batch
+from instarec_assets.resources import RetrainPolicyResource
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +55,9 @@ def lake(tmp_path_factory):
         assets=[raw_landing_files, *CLEAN_STEPS, curated_features_step, graphsage_step],
         asset_checks=clean_checks(),
         jobs=[define_asset_job(JOB, selection=AssetSelection.all(), partitions_def=landing_batches)],
-        resources=build_resources(locations),
+        # Retrain every batch: these tests read a model trained on the latest batch (keeping one under
+        # the retrain policy is test_assets_retrain.py's).
+        resources={**build_resources(locations), "retrain_policy": RetrainPolicyResource(every_batches=1)},
     )
     instance = DagsterInstance.ephemeral()
     results = {}

@@ -44,6 +44,12 @@ def test_settings_parse_and_default():
     )
     assert settings.threads == 3 and settings.sagemaker_subnets == ("subnet-a", "subnet-b")
     assert settings.region == "eu-west-1" and settings.env == "local" and settings.serving_keep_versions == 3
+    assert (settings.retrain_every_batches, settings.retrain_max_age_days, settings.retrain_drift_psi) == (
+        4,
+        28,
+        0.2,
+    )
+    assert Settings.from_env({"INSTAREC_RETRAIN_DRIFT_PSI": "0"}).retrain_drift_psi == 0.0
 
 
 @pytest.mark.parametrize(
@@ -55,6 +61,21 @@ def test_settings_parse_and_default():
             "INSTAREC_SERVING_KEEP_VERSIONS",
             "0",
             "INSTAREC_SERVING_KEEP_VERSIONS must be a positive integer, not '0'",
+        ),
+        (
+            "INSTAREC_RETRAIN_EVERY_BATCHES",
+            "-2",
+            "INSTAREC_RETRAIN_EVERY_BATCHES must be a non-negative integer, not '-2'",
+        ),
+        (
+            "INSTAREC_RETRAIN_DRIFT_PSI",
+            "high",
+            "INSTAREC_RETRAIN_DRIFT_PSI must be a non-negative number, not 'high'",
+        ),
+        (
+            "INSTAREC_RETRAIN_DRIFT_PSI",
+            "nan",
+            "INSTAREC_RETRAIN_DRIFT_PSI must be a non-negative number, not 'nan'",
         ),
     ],
 )

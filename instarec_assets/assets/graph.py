@@ -15,6 +15,7 @@ from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.curated import CLEAN_SNAPSHOT_INS, clean_snapshot
 from instarec_assets.assets.memory import release_freed_memory
+from instarec_assets.assets.retraining import batches_since, decision_metadata, previous_model
 from instarec_assets.io_managers import StagedArtifacts
 from instarec_assets.lake.duck import StagedParquet
 from instarec_assets.ml.graphsage import (
@@ -22,7 +23,9 @@ from instarec_assets.ml.graphsage import (
     FRAMINGS,
     GraphSageParams,
     build_graph,
+    decide_graphsage,
     embedding_tables,
+    keep_graphsage,
     train_and_report,
 )
 from instarec_assets.ml.graphsage.artifacts import write_embeddings
@@ -30,7 +33,7 @@ from instarec_assets.ml.graphsage.report import HEADLINE_METRICS
 from instarec_assets.ml.metrics import png_markdown
 from instarec_assets.ml.training import code_version
 from instarec_assets.partitions import HISTORY_POOL, landing_batches
-from instarec_assets.resources import ComputeResource, LakeResource, lake_connection
+from instarec_assets.resources import ComputeResource, LakeResource, RetrainPolicyResource, lake_connection
 
 GRAPH_KINDS = {"pytorch", "parquet"}
 _DEFAULTS = GraphSageParams()
@@ -44,6 +47,8 @@ class GraphSageConfig(Config):
     edges_per_epoch: int = _DEFAULTS.edges_per_epoch or 0  # 0 = every training edge
     full_epochs: int = _DEFAULTS.full_epochs
     seed: int = _DEFAULTS.seed
+    # Train a new model whatever the retrain policy says (the decision records it).
+    force_retrain: bool = False
 
     def params(self) -> GraphSageParams:
         return GraphSageParams(
@@ -92,14 +97,16 @@ def graphsage_step(
     lake: LakeResource,
     duckdb: DuckDBResource,
     compute: ComputeResource,
+    retrain_policy: RetrainPolicyResource,
     clean_orders: list[str],
     clean_order_products: list[str],
     clean_products: str,
     clean_aisles: str,
     clean_departments: str,
 ) -> Iterator[Output]:
-    """One step: train on the target graph, then embed both framings with the trained encoder
-    (the target graph is built once; the serving graph adds the latest orders' lines)."""
+    """One step: train on the target graph (or keep the earlier model, by the retrain policy), then
+    embed both framings with the encoder (the target graph is built once; the serving graph adds
+    the latest orders' lines)."""
     snapshot = clean_snapshot(
         clean_orders, clean_order_products, clean_products, clean_aisles, clean_departments
     )
@@ -107,34 +114,65 @@ def graphsage_step(
     with lake_connection(duckdb, lake) as conn:
         graph = build_graph(conn, snapshot, "target")
     context.log.info(f"graph: {graph.describe()}")
-    report = train_and_report(
+    previous = previous_model(context, lake, "graphsage_model", CONFIG_FILE)
+    decision = decide_graphsage(
         graph,
-        lake.staging_dir(context.run_id, "graphsage_model"),
+        previous[1] if previous else None,
+        retrain_policy.policy,
         context.partition_key,
-        params=config.params(),
-        device=device,
-        code_version=code_version(),
-        log=context.log.info,
-        threads=compute.threads,
+        batches_since(context),
+        force=config.force_retrain,
     )
-    metrics = report.metrics
-    model_version = report.config["model_version"]
-    yield Output(
-        StagedArtifacts(report.model_dir, commit_file=CONFIG_FILE),
-        output_name="graphsage_model",
-        metadata={
-            "model_version": MetadataValue.text(model_version),
+    context.log.info(f"retrain: {decision.retrain} ({decision.reason})")
+    staging = lake.staging_dir(context.run_id, "graphsage_model")
+    retrain_metadata = decision_metadata(decision, "drift_new_edge_share", previous[0] if previous else None)
+    if decision.retrain:
+        report = train_and_report(
+            graph,
+            staging,
+            context.partition_key,
+            params=config.params(),
+            device=device,
+            code_version=code_version(),
+            log=context.log.info,
+            threads=compute.threads,
+            extra={"retrain": decision.as_dict()},
+        )
+        model, encoding, training_graph = report.trained.model, report.trained.encoding, graph
+        model_config, model_dir = report.config, report.model_dir
+        metrics = report.metrics
+        model_metadata = {
             **{name: MetadataValue.float(float(metrics[name])) for name in HEADLINE_METRICS},
             "held_out_edges": MetadataValue.int(int(metrics["held_out_edges"])),
-            **{f"graph_{name}": MetadataValue.int(value) for name, value in _counts(graph.describe())},
             "device": MetadataValue.text(report.trained.training["device"]),
             "mode": MetadataValue.text(report.trained.training["mode"]),
             **{
                 f"plot_{name}": MetadataValue.md(png_markdown(path, name))
                 for name, path in report.plots.items()
             },
+        }
+        del report
+    else:
+        kept = keep_graphsage(previous[1], staging, context.partition_key, decision)
+        model, encoding, training_graph = kept.model, kept.encoding, kept.training_nodes
+        model_config, model_dir = kept.config, kept.model_dir
+        # The fitting batch's metrics (nothing was trained here).
+        model_metadata = {
+            f"trained_{name}": MetadataValue.float(float(value))
+            for name, value in model_config.get("metrics", {}).items()
+            if name in HEADLINE_METRICS and value is not None
+        }
+    model_version = model_config["model_version"]
+    yield Output(
+        StagedArtifacts(model_dir, commit_file=CONFIG_FILE),
+        output_name="graphsage_model",
+        metadata={
+            "model_version": MetadataValue.text(model_version),
+            **retrain_metadata,
+            **model_metadata,
+            **{f"graph_{name}": MetadataValue.int(value) for name, value in _counts(graph.describe())},
             "config": MetadataValue.json(
-                {key: value for key, value in report.config.items() if key != "encoding"}
+                {key: value for key, value in model_config.items() if key != "encoding"}
             ),
         },
     )
@@ -143,14 +181,9 @@ def graphsage_step(
     with lake_connection(duckdb, lake) as conn:
         graphs = {"target": graph, "serving": build_graph(conn, snapshot, "serving")}
         users, products, stats = embedding_tables(
-            report.trained.model,
-            report.trained.encoding,
-            graphs,
-            graph,
-            device=device,
-            threads=compute.threads,
+            model, encoding, graphs, training_graph, device=device, threads=compute.threads
         )
-        del graphs, graph
+        del graphs, graph, training_graph
         staged = {
             "user_embeddings": write_embeddings([users], scratch / "user_embeddings.parquet"),
             "product_embeddings": write_embeddings([products], scratch / "product_embeddings.parquet"),
@@ -161,7 +194,8 @@ def graphsage_step(
                 output_name=name,
                 metadata={
                     "model_version": MetadataValue.text(model_version),
-                    "embedding_dim": MetadataValue.int(int(report.config["architecture"]["embedding_dim"])),
+                    "embedding_dim": MetadataValue.int(int(model_config["architecture"]["embedding_dim"])),
+                    "retrained": MetadataValue.bool(decision.retrain),
                     **{
                         f"{framing}_{level}": MetadataValue.int(int(stats[framing][level]))
                         for framing in FRAMINGS
@@ -176,7 +210,7 @@ def graphsage_step(
                     "preview": _preview(conn, staged[name]),
                 },
             )
-    del report, users, products
+    del model, users, products
     release_freed_memory()
 
 

@@ -15,14 +15,26 @@ from dagster import (
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.memory import release_freed_memory
+from instarec_assets.assets.retraining import batches_since, decision_metadata, previous_model
 from instarec_assets.features import FEATURE_COLUMNS
 from instarec_assets.io_managers import StagedArtifacts
 from instarec_assets.ml.evaluation import BasketEvaluation, compare_with_baselines
 from instarec_assets.ml.graphsage import SIMILARITY_FEATURE, SimilarityLookup
 from instarec_assets.ml.metrics import png_markdown, table_markdown
-from instarec_assets.ml.reorder_model import MODEL_CARD_FILE, load_feature_rows, train_and_report
+from instarec_assets.ml.reorder_model import (
+    MODEL_CARD_FILE,
+    decide_reorder_model,
+    load_feature_rows,
+    train_or_keep,
+)
 from instarec_assets.partitions import HISTORY_POOL, landing_batches
-from instarec_assets.resources import ComputeResource, LakeResource, ModelTrainingResource, lake_connection
+from instarec_assets.resources import (
+    ComputeResource,
+    LakeResource,
+    ModelTrainingResource,
+    RetrainPolicyResource,
+    lake_connection,
+)
 
 BEATS_BASELINES_CHECK = "beats_baselines"
 # The XGBoost inputs: the curated features plus the GraphSAGE user x product similarity (hybrid).
@@ -35,6 +47,8 @@ class XGBoostModelConfig(Config):
     # Also fit a model without the GraphSAGE similarity, so the card records what the feature adds
     # (doubles training time; turn off where only the model matters).
     compare_without_similarity: bool = True
+    # Fit a new model whatever the retrain policy says (the decision records it).
+    force_retrain: bool = False
 
 
 def beats_baselines_result(check_name: str, baskets: BasketEvaluation) -> AssetCheckResult:
@@ -83,10 +97,13 @@ def xgboost_model(
     duckdb: DuckDBResource,
     training: ModelTrainingResource,
     compute: ComputeResource,
+    retrain_policy: RetrainPolicyResource,
     training_set: str,
     user_embeddings: str,
     product_embeddings: str,
 ) -> Iterator:
+    """Fit on this batch's training set, or keep the latest earlier model (the retrain policy) and
+    evaluate it on this batch's rows; either way the same metrics, plots and blocking check."""
     with lake_connection(duckdb, lake) as conn:
         similarity = SimilarityLookup.from_lake(conn, user_embeddings, product_embeddings)
         data = load_feature_rows(
@@ -97,14 +114,28 @@ def xgboost_model(
             computed={SIMILARITY_FEATURE: similarity.for_rows},
         )
         del similarity
-    context.log.info(
-        f"training on {data.rows:,} rows x {len(data.feature_names)} features ({training.backend})"
+    previous = previous_model(context, lake, "xgboost_model", MODEL_CARD_FILE)
+    decision, previous_card = decide_reorder_model(
+        data,
+        previous[1] if previous else None,
+        retrain_policy.policy,
+        context.partition_key,
+        batches_since(context),
+        force=config.force_retrain,
     )
-    report = train_and_report(
+    context.log.info(f"retrain: {decision.retrain} ({decision.reason})")
+    context.log.info(
+        f"{'training' if decision.retrain else 'evaluating the kept model'} on {data.rows:,} rows x "
+        f"{len(data.feature_names)} features ({training.backend if decision.retrain else 'no fit'})"
+    )
+    report = train_or_keep(
         data,
         lake.staging_dir(context.run_id, "xgboost_model"),
         context.partition_key,
-        trainer=training.trainer(),
+        decision,
+        previous=previous[1] if previous else None,
+        previous_card=previous_card,
+        trainer=training.trainer() if decision.retrain else None,
         ablate=SIMILARITY_FEATURE if config.compare_without_similarity else None,
         threads=compute.threads,
     )
@@ -115,6 +146,7 @@ def xgboost_model(
         StagedArtifacts(report.model_dir, commit_file=MODEL_CARD_FILE),
         metadata={
             "model_version": MetadataValue.text(report.card["model_version"]),
+            **decision_metadata(decision, "drift_psi_max", previous[0] if previous else None),
             "auc": MetadataValue.float(metrics.auc),
             "log_loss": MetadataValue.float(metrics.log_loss),
             "threshold": MetadataValue.float(metrics.threshold),

@@ -43,6 +43,11 @@ def partition_relpath(table: str, partition_key: str) -> str:
     return f"{table}/year={day:%Y}/month={day:%m}/day={day:%d}/{table}.parquet"
 
 
+def model_relpath(asset: str, partition_key: str) -> str:
+    """`<asset>/year=YYYY/month=MM/day=DD`: one model partition's folder under the models prefix."""
+    return partition_relpath(asset, partition_key).rsplit("/", 1)[0]
+
+
 @dataclass(frozen=True)
 class LakeLocations:
     """Roots of the landing area and the four zones, and the filesystem that reaches them."""
@@ -127,6 +132,14 @@ class LakeLocations:
 
     def partition_uri(self, zone: str, table: str, partition_key: str) -> str:
         return f"{self.zone_uri(zone)}/{partition_relpath(table, partition_key)}"
+
+    def models_uri(self) -> str:
+        """Where model folders live: the curated zone's `models/` prefix."""
+        return f"{self.zone_uri('curated')}/models"
+
+    def model_uri(self, asset: str, partition_key: str) -> str:
+        """One model partition's folder (model, card or config, plots)."""
+        return f"{self.models_uri()}/{model_relpath(asset, partition_key)}"
 
     def scratch_dir(self) -> Path:
         """Local working space (DuckDB spill, staged files); inside home so renames stay atomic."""

@@ -7,10 +7,11 @@ pluggable (`Trainer`): in-process XGBoost locally, or a SageMaker training job i
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
@@ -29,13 +30,22 @@ from instarec_assets.ml.metrics import (
     plot_threshold_analysis,
     threshold_table,
 )
+from instarec_assets.ml.retrain import (
+    RetrainDecision,
+    RetrainPolicy,
+    decide,
+    feature_profile,
+    population_stability,
+)
 from instarec_assets.ml.training import (
     ReorderModelParams,
     TrainedModel,
     build_model_card,
     code_version,
+    load_model,
     predict,
     save_model,
+    split_users,
     train_reorder_model,
     write_model_card,
 )
@@ -219,6 +229,7 @@ def train_and_report(
     seed: int = 0,
     ablate: str | None = None,
     threads: int = 0,
+    card_extra: Mapping[str, Any] | None = None,
 ) -> ReorderModelReport:
     """Fit, score the held-out users, compare baskets with both baselines, write model + card + plots.
 
@@ -228,7 +239,8 @@ def train_and_report(
     XGBoost trains and predicts on `threads` threads; 0 takes `params.nthread`, and when that is 0
     too, every CPU this process may use (instarec_assets.compute.usable_cpus). The count is
     resolved once here and recorded in the card: model.json is bit-identical for the same rows,
-    seed and thread count (see instarec_assets.ml.training).
+    seed and thread count (see instarec_assets.ml.training). `card_extra` is added to the card
+    (after the trainer's own `card_extra`).
     """
     params = params or ReorderModelParams()
     params = replace(params, nthread=thread_count(threads or params.nthread or 0))
@@ -262,7 +274,11 @@ def train_and_report(
             model.evals_result, workdir, best_iteration=model.best_iteration
         )
     save_model(model.booster, workdir / MODEL_FILE)
-    extra = {"model_version": f"xgboost-{data_partition}-{code_version()}", **trainer_card}
+    extra = {
+        "model_version": f"xgboost-{data_partition}-{code_version()}",
+        **trainer_card,
+        **(card_extra or {}),
+    }
     if ablate is not None:
         without = _fit_without(
             data, ablate, trainer, params, seed, workdir.with_name(f"{workdir.name}-without-{ablate}")
@@ -331,3 +347,129 @@ def _fit_without(
 
 def read_model_card(model_dir: str | Path) -> dict:
     return json.loads(Path(model_dir, MODEL_CARD_FILE).read_text())
+
+
+# Card entries a kept model recomputes on the current batch's data; every other entry of the
+# fitting batch's card (model_version, parameters, the feature profile, SageMaker's artifact) stays.
+RECOMPUTED_CARD_KEYS = ("metrics", "data_partition", "data_split", "ablation", "retrain", "created_at")
+
+
+class ReuseTrainer:
+    """A Trainer that fits nothing: the model of an earlier batch, with this batch's validation split.
+
+    The held-out users are drawn exactly as train_reorder_model draws them (same fraction and
+    seed), so train_and_report computes the kept model's validation metrics, baskets and baseline
+    check on the current rows. `card_extra` carries the fitting batch's card over."""
+
+    def __init__(self, folder: str | Path, card: Mapping[str, Any] | None = None) -> None:
+        self.folder = Path(folder)
+        self.previous = dict(card) if card is not None else read_model_card(self.folder)
+        trained_on = trained_on_batch(self.previous)
+        self.card_extra: dict[str, Any] = {
+            key: value for key, value in self.previous.items() if key not in RECOMPUTED_CARD_KEYS
+        }
+        self.card_extra["trained_on_batch"] = trained_on
+        self.card_extra.setdefault("trained_at", self.previous.get("created_at"))
+        if "ablation" in self.previous:
+            self.card_extra["ablation"] = {**self.previous["ablation"], "from_training_batch": trained_on}
+
+    def train(self, data: FeatureRows, params: ReorderModelParams, seed: int, workdir: Path) -> TrainedModel:
+        split = self.previous.get("data_split", {})
+        fraction = float(split.get("validation_fraction", 0.1))
+        seed = int(split.get("seed", seed))
+        train_mask, validation_mask = split_users(data.user_ids, fraction, seed)
+        validation_rows = np.flatnonzero(validation_mask)
+        return TrainedModel(
+            booster=load_model(self.folder / MODEL_FILE, threads=params.nthread),
+            params=params,
+            feature_names=data.feature_names,
+            best_iteration=int(self.previous["best_iteration"]),
+            best_score=float(self.previous.get("best_validation_logloss", float("nan"))),
+            validation_index=validation_rows,
+            validation_user_ids=np.unique(data.user_ids[validation_rows]),
+            n_train_rows=int(train_mask.sum()),
+            n_train_users=int(np.unique(data.user_ids[train_mask]).size),
+            seed=seed,
+            validation_fraction=fraction,
+            data_sha256=self.previous.get("reproducibility", {}).get("training_data_sha256", ""),
+        )
+
+
+def trained_on_batch(card: Mapping[str, Any]) -> str:
+    """The batch a model was fitted on (cards from before the retrain policy: its data_partition)."""
+    return str(card.get("trained_on_batch") or card["data_partition"])
+
+
+def decide_reorder_model(
+    data: FeatureRows,
+    previous: str | Path | None,
+    policy: RetrainPolicy,
+    batch: str,
+    batches_since: Callable[[str], int],
+    force: bool = False,
+) -> tuple[RetrainDecision, dict | None]:
+    """(decision, the earlier model's card) for `batch`: the drift is the largest PSI of the current
+    rows against the feature profile in the earlier card; `batches_since(trained_on_batch)` counts
+    the batches after the fitting batch up to this one."""
+    if previous is None:
+        return decide(policy, None, batch, 0, float("nan"), force=force), None
+    card = read_model_card(previous)
+    trained_on = trained_on_batch(card)
+    unusable = ""
+    if tuple(card.get("features", ())) != tuple(data.feature_names):
+        unusable = "its features differ from this batch's"
+    elif not Path(previous, MODEL_FILE).is_file():
+        unusable = f"its folder has no {MODEL_FILE}"
+    profile = card.get("feature_profile")
+    drift, detail = (
+        population_stability(data.features, data.feature_names, profile)
+        if profile
+        else (float("nan"), {"metric": "psi", "note": "the earlier card has no feature profile"})
+    )
+    decision = decide(
+        policy, trained_on, batch, batches_since(trained_on), drift, detail, force=force, unusable=unusable
+    )
+    return decision, card
+
+
+def train_or_keep(
+    data: FeatureRows,
+    workdir: Path,
+    data_partition: str,
+    decision: RetrainDecision,
+    previous: str | Path | None = None,
+    previous_card: Mapping[str, Any] | None = None,
+    trainer: Trainer | None = None,
+    ablate: str | None = None,
+    threads: int = 0,
+) -> ReorderModelReport:
+    """train_and_report with a fresh fit (the card gains the feature profile of these rows, the
+    fitting batch and the decision), or, when the decision keeps the model, the earlier booster
+    evaluated on these rows through the same report (no refit, no ablation: it is carried over)."""
+    if decision.retrain:
+        return train_and_report(
+            data,
+            workdir,
+            data_partition,
+            trainer=trainer,
+            ablate=ablate,
+            threads=threads,
+            card_extra={
+                "trained_on_batch": data_partition,
+                "feature_profile": feature_profile(data.features, data.feature_names),
+                "retrain": decision.as_dict(),
+            },
+        )
+    if previous is None:
+        raise ValueError("a decision to keep the model needs the earlier model's folder")
+    report = train_and_report(
+        data,
+        workdir,
+        data_partition,
+        trainer=ReuseTrainer(previous, previous_card),
+        threads=threads,
+        card_extra={"retrain": decision.as_dict()},
+    )
+    # The kept model's file exactly as it was fitted (not a re-serialisation of the loaded booster).
+    shutil.copyfile(Path(previous, MODEL_FILE), workdir / MODEL_FILE)
+    return report

@@ -16,6 +16,8 @@ feature for XGBoost and explore recommendations for cold start.
 from instarec_assets.ml.graphsage.artifacts import (
     CONFIG_FILE,
     STATE_DICT_FILE,
+    TRAINING_NODES_FILE,
+    TrainingNodes,
     load_graphsage,
     save_graphsage,
 )
@@ -33,7 +35,14 @@ from instarec_assets.ml.graphsage.explore import (
 from instarec_assets.ml.graphsage.graph import FRAMINGS, BipartiteGraph, build_graph, graph_from_pairs
 from instarec_assets.ml.graphsage.inductive import GraphEmbeddings, embed_graph
 from instarec_assets.ml.graphsage.model import GraphSageModel
-from instarec_assets.ml.graphsage.report import GraphSageReport, embedding_tables, train_and_report
+from instarec_assets.ml.graphsage.report import (
+    GraphSageReport,
+    KeptGraphSage,
+    decide_graphsage,
+    embedding_tables,
+    keep_graphsage,
+    train_and_report,
+)
 from instarec_assets.ml.graphsage.train import TrainedGraphSage, train_graphsage
 
 SIMILARITY_FEATURE = "gs_similarity"
@@ -43,6 +52,7 @@ __all__ = [
     "FRAMINGS",
     "SIMILARITY_FEATURE",
     "STATE_DICT_FILE",
+    "TRAINING_NODES_FILE",
     "BipartiteGraph",
     "EmbeddingTable",
     "FeatureEncoding",
@@ -50,14 +60,18 @@ __all__ = [
     "GraphSageModel",
     "GraphSageParams",
     "GraphSageReport",
+    "KeptGraphSage",
     "SimilarityLookup",
     "TrainedGraphSage",
+    "TrainingNodes",
     "build_graph",
+    "decide_graphsage",
     "embed_graph",
     "embedding_tables",
     "explore_from_lake",
     "explore_items",
     "graph_from_pairs",
+    "keep_graphsage",
     "load_embedding_table",
     "load_graphsage",
     "save_graphsage",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from instarec_assets.ml.graphsage.config import FeatureEncoding, GraphSageParams
 from instarec_assets.ml.graphsage.model import GraphSageModel
 
 STATE_DICT_FILE = "graphsage_state_dict.pt"
+# The nodes of the graph the model was trained on and their degrees: a kept model (the retrain
+# policy) marks which nodes of a later graph it embeds purely inductively (`training_edges` 0).
+TRAINING_NODES_FILE = "graphsage_training_nodes.parquet"
 CONFIG_FILE = "graphsage_config.json"
 CONFIG_FORMAT = "instarec-graphsage/1"
 
@@ -66,6 +70,44 @@ def load_graphsage(folder: str | Path) -> tuple[GraphSageModel, GraphSageParams,
         FeatureEncoding.from_dict(config["encoding"]),
         config,
     )
+
+
+@dataclass(frozen=True)
+class TrainingNodes:
+    """The training graph's node ids (sorted) and degrees: what embedding_tables reads of it."""
+
+    user_ids: np.ndarray
+    user_degree: np.ndarray
+    product_ids: np.ndarray
+    product_degree: np.ndarray
+
+    @classmethod
+    def of(cls, graph) -> TrainingNodes:
+        return cls(graph.user_ids, graph.user_degree, graph.product_ids, graph.product_degree)
+
+
+def save_training_nodes(nodes: TrainingNodes, folder: str | Path) -> Path:
+    """One parquet file: node kind, id, degree (bit-identical for the same graph)."""
+    kinds = ["user"] * len(nodes.user_ids) + ["product"] * len(nodes.product_ids)
+    table = pa.table(
+        {
+            "node": pa.array(kinds, pa.string()),
+            "id": pa.array(np.concatenate([nodes.user_ids, nodes.product_ids]).astype(np.int64)),
+            "degree": pa.array(np.concatenate([nodes.user_degree, nodes.product_degree]).astype(np.int64)),
+        }
+    )
+    path = Path(folder) / TRAINING_NODES_FILE
+    pq.write_table(table, path, compression="zstd")
+    return path
+
+
+def load_training_nodes(folder: str | Path) -> TrainingNodes:
+    table = pq.read_table(Path(folder) / TRAINING_NODES_FILE)
+    kind = table.column("node").to_numpy(zero_copy_only=False)
+    ids = table.column("id").to_numpy()
+    degree = table.column("degree").to_numpy()
+    users, products = kind == "user", kind == "product"
+    return TrainingNodes(ids[users], degree[users], ids[products], degree[products])
 
 
 def _json_safe(value: Any) -> Any:

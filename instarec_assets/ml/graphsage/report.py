@@ -6,6 +6,7 @@ Dagster-free, like reorder_model.train_and_report, so the benchmark runs the sam
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,22 @@ import numpy as np
 import pyarrow as pa
 from matplotlib.figure import Figure
 
-from instarec_assets.ml.graphsage.artifacts import embeddings_table, save_graphsage
+from instarec_assets.ml.graphsage.artifacts import (
+    CONFIG_FILE,
+    TRAINING_NODES_FILE,
+    TrainingNodes,
+    embeddings_table,
+    load_graphsage,
+    load_training_nodes,
+    save_graphsage,
+    save_training_nodes,
+)
 from instarec_assets.ml.graphsage.config import FeatureEncoding, GraphSageParams
 from instarec_assets.ml.graphsage.graph import BipartiteGraph
 from instarec_assets.ml.graphsage.inductive import GraphEmbeddings, embed_graph, seen_in
 from instarec_assets.ml.graphsage.model import GraphSageModel
 from instarec_assets.ml.graphsage.train import TrainedGraphSage, train_graphsage
+from instarec_assets.ml.retrain import RetrainDecision, RetrainPolicy, decide, graph_drift
 
 HEADLINE_METRICS = (
     "auc",
@@ -58,6 +69,7 @@ def train_and_report(
     code_version: str = "unknown",
     log=None,
     threads: int = 0,
+    extra: dict[str, Any] | None = None,
 ) -> GraphSageReport:
     """Train on `graph` (the target framing), write state dict + config + plots into `workdir`.
 
@@ -65,6 +77,8 @@ def train_and_report(
     algorithms: the same graph, `params` (seed included), thread count, device and library versions
     give a bit-identical graphsage_state_dict.pt and graphsage_config.json (which records the seed,
     the thread count and the graph's sha256). Timings go to graphsage_timings.json, which is not.
+    The training graph's nodes and degrees go to graphsage_training_nodes.parquet; `extra` is added
+    to the config.
     """
     params = params or GraphSageParams()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +97,7 @@ def train_and_report(
         "history": {name: trained.history[name] for name in TIMING_HISTORY if name in trained.history},
     }
     (workdir / TIMINGS_FILE).write_text(json.dumps(timings, indent=2) + "\n")
+    save_training_nodes(TrainingNodes.of(graph), workdir)
     config = save_graphsage(
         trained.model,
         trained.params,
@@ -101,6 +116,8 @@ def train_and_report(
                 if name != "step_loss" and name not in TIMING_HISTORY
             },
             "timings_file": TIMINGS_FILE,
+            "trained_on_batch": data_partition,
+            **(extra or {}),
         },
     )
     return GraphSageReport(model_dir=workdir, config=config, metrics=metrics, trained=trained, plots=plots)
@@ -110,7 +127,7 @@ def embedding_tables(
     model: GraphSageModel,
     encoding: FeatureEncoding,
     graphs: dict[str, BipartiteGraph],
-    training_graph: BipartiteGraph,
+    training_graph: BipartiteGraph | TrainingNodes,
     device: str | None = "cpu",
     threads: int = 0,
 ) -> tuple[pa.Table, pa.Table, dict[str, dict[str, float]]]:
@@ -164,6 +181,72 @@ def embedding_tables(
             "seconds": time.perf_counter() - started,
         }
     return pa.concat_tables(user_tables), pa.concat_tables(product_tables), stats
+
+
+def decide_graphsage(
+    graph: BipartiteGraph,
+    previous: str | Path | None,
+    policy: RetrainPolicy,
+    batch: str,
+    batches_since,
+    force: bool = False,
+) -> RetrainDecision:
+    """Retrain or keep the earlier model in `previous` for `batch`: the drift is the share of the
+    current target graph's edges that the training graph did not have (from the edge counts its
+    config records); `batches_since(trained_on_batch)` counts the batches since its fitting batch."""
+    if previous is None:
+        return decide(policy, None, batch, 0, float("nan"), force=force)
+    config = json.loads(Path(previous, CONFIG_FILE).read_text())
+    trained_on = str(config.get("trained_on_batch") or config["data_partition"])
+    unusable = (
+        ""
+        if Path(previous, TRAINING_NODES_FILE).is_file()
+        else f"its folder has no {TRAINING_NODES_FILE} (trained before the retrain policy)"
+    )
+    drift, detail = graph_drift(config.get("graph", {}), graph.describe())
+    return decide(
+        policy, trained_on, batch, batches_since(trained_on), drift, detail, force=force, unusable=unusable
+    )
+
+
+@dataclass
+class KeptGraphSage:
+    """An earlier model kept for this batch: its files re-published with the config noting reuse."""
+
+    model_dir: Path
+    model: GraphSageModel
+    encoding: FeatureEncoding
+    config: dict[str, Any]
+    training_nodes: TrainingNodes
+
+
+def keep_graphsage(
+    previous: str | Path, workdir: Path, batch: str, decision: RetrainDecision
+) -> KeptGraphSage:
+    """Copy the earlier model's files into `workdir` and rewrite its config (last, the commit file)
+    with the decision and `reused_in_batch`; model_version, metrics and data_partition stay those of
+    the fitting batch. No weight changes: new users and products are embedded inductively."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for item in sorted(Path(previous).iterdir()):
+        if item.is_file() and item.name != CONFIG_FILE:
+            shutil.copyfile(item, workdir / item.name)
+    config = json.loads(Path(previous, CONFIG_FILE).read_text())
+    config["trained_on_batch"] = str(config.get("trained_on_batch") or config["data_partition"])
+    config["reused_in_batch"] = batch
+    config["retrain"] = decision.as_dict()
+    (workdir / CONFIG_FILE).write_text(json.dumps(_json_ready(config), indent=2, allow_nan=False) + "\n")
+    model, _, encoding, config = load_graphsage(workdir)
+    return KeptGraphSage(workdir, model, encoding, config, load_training_nodes(workdir))
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 # --- plots (bare matplotlib Figures, Agg, no pyplot state) ---------------------------------------
