@@ -152,18 +152,23 @@ def test_rematerialising_a_partition_gives_the_same_lake(defs, instance, locatio
     )  # five clean tables and five quarantines, one file each, no leftovers
 
 
-def test_blocking_check_stops_downstream_when_stored_orders_repeat_a_key(
-    defs, instance, locations: LakeLocations
-):
-    landing = Path(locations.landing_uri())
-    write_batch(landing / DAY_1)
-    assert run_partition(defs, instance, DAY_1).success
+def repeat_a_stored_order(locations: LakeLocations) -> None:
+    """Edit the stored first batch by hand so one order_id appears twice (what the key check catches)."""
     day_1_orders = locations.partition_uri("clean", "clean_orders", DAY_1)
     stored = f"read_parquet('{day_1_orders}', hive_partitioning = false)"
     duckdb.sql(
         f"COPY (SELECT * FROM {stored} UNION ALL (SELECT * FROM {stored} LIMIT 1)) TO '{day_1_orders}.new' (FORMAT parquet)"
     )
     Path(f"{day_1_orders}.new").replace(day_1_orders)
+
+
+def test_blocking_check_stops_downstream_when_stored_orders_repeat_a_key(
+    defs, instance, locations: LakeLocations
+):
+    landing = Path(locations.landing_uri())
+    write_batch(landing / DAY_1)
+    assert run_partition(defs, instance, DAY_1).success
+    repeat_a_stored_order(locations)
 
     write_batch(
         landing / DAY_2,
@@ -188,12 +193,7 @@ def test_a_blocked_check_is_named_in_the_one_line_error(defs, instance, location
     landing = Path(locations.landing_uri())
     write_batch(landing / DAY_1)
     assert run_partition(defs, instance, DAY_1).success
-    day_1_orders = locations.partition_uri("clean", "clean_orders", DAY_1)
-    stored = f"read_parquet('{day_1_orders}', hive_partitioning = false)"
-    duckdb.sql(
-        f"COPY (SELECT * FROM {stored} UNION ALL (SELECT * FROM {stored} LIMIT 1)) TO '{day_1_orders}.new' (FORMAT parquet)"
-    )
-    Path(f"{day_1_orders}.new").replace(day_1_orders)
+    repeat_a_stored_order(locations)
     write_batch(
         landing / DAY_2,
         orders=[(204, 2, "prior", 4, 2, 10, "6.0")],
