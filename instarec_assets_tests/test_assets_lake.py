@@ -162,20 +162,24 @@ def repeat_a_stored_order(locations: LakeLocations) -> None:
     Path(f"{day_1_orders}.new").replace(day_1_orders)
 
 
-def test_blocking_check_stops_downstream_when_stored_orders_repeat_a_key(
-    defs, instance, locations: LakeLocations
-):
+def land_over_a_repeated_order(defs, instance, locations: LakeLocations) -> None:
+    """Batch 1 run and then edited to repeat an order; batch 2 landed (its run trips the key check)."""
     landing = Path(locations.landing_uri())
     write_batch(landing / DAY_1)
     assert run_partition(defs, instance, DAY_1).success
     repeat_a_stored_order(locations)
-
     write_batch(
         landing / DAY_2,
         orders=[(204, 2, "prior", 4, 2, 10, "6.0")],
         prior_lines=[(204, 2, 1, 1)],
         train_lines=[],
     )
+
+
+def test_blocking_check_stops_downstream_when_stored_orders_repeat_a_key(
+    defs, instance, locations: LakeLocations
+):
+    land_over_a_repeated_order(defs, instance, locations)
     result = run_partition(defs, instance, DAY_2)
     assert not result.success
     evaluations = {
@@ -190,16 +194,7 @@ def test_blocking_check_stops_downstream_when_stored_orders_repeat_a_key(
 
 def test_a_blocked_check_is_named_in_the_one_line_error(defs, instance, locations: LakeLocations):
     """The CLI's error names the failed check and its asset, not Dagster's multi-line summary."""
-    landing = Path(locations.landing_uri())
-    write_batch(landing / DAY_1)
-    assert run_partition(defs, instance, DAY_1).success
-    repeat_a_stored_order(locations)
-    write_batch(
-        landing / DAY_2,
-        orders=[(204, 2, "prior", 4, 2, 10, "6.0")],
-        prior_lines=[(204, 2, 1, 1)],
-        train_lines=[],
-    )
+    land_over_a_repeated_order(defs, instance, locations)
 
     with pytest.raises(PipelineError) as raised:
         materialize_partition(defs, instance, DAY_2, through="clean")
