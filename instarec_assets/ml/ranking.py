@@ -177,3 +177,31 @@ def compare_reports(
         return current
     before = current["method"].map(lambda method: previous.get(method, {}).get("ndcg@10", np.nan))
     return current.assign(**{"ndcg@10 change": current["ndcg@10"] - before})
+
+
+def candidate_ranking_report(
+    candidates: pd.DataFrame, training_history: pd.DataFrame, catalogue_size: int
+) -> pd.DataFrame:
+    """The model's ranking of held-out users' candidates against the three baselines, one row each.
+
+    `candidates`: `user_id, product_id, label, probability, n_orders, in_last_order` for the
+    held-out users (label 1 = in their next order); `training_history`: `user_id, product_id,
+    n_orders` of the training users (popularity is learnt there, not on the users scored). The next
+    order here is its reordered products (the candidates are the user's earlier products), so every
+    method ranks repeats only; explore items are measured where the served lists include them."""
+    actual = candidates.loc[candidates["label"] == 1, ["user_id", "product_id"]]
+    history = candidates[["user_id", "product_id", "n_orders"]]
+    model = candidates.sort_values(["user_id", "probability", "product_id"], ascending=[True, False, True])
+    model = model.assign(rank=model.groupby("user_id").cumcount() + 1)
+    users = np.sort(candidates["user_id"].unique())
+    methods = {
+        "model: reorder probability": model[["user_id", "product_id", "rank"]],
+        "baseline: personal top-frequency": personal_frequency_baseline(history),
+        "baseline: last order": last_order_baseline(
+            candidates.loc[candidates["in_last_order"], ["user_id", "product_id"]], history
+        ),
+        "baseline: global popularity": popularity_baseline(training_history, users),
+    }
+    return ranking_table(
+        [ranking_metrics(name, ranked, actual, history, catalogue_size) for name, ranked in methods.items()]
+    )
