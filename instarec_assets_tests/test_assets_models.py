@@ -192,6 +192,10 @@ def test_model_card_records_validation_f1_with_and_without_the_graph_similarity(
         AssetKey("xgboost_model")
     ).asset_materialization.metadata
     assert metadata["mean_f1_without_similarity"].value == ablation["validation_mean_f1_without"]
+    ranking = {row["method"]: row for row in card["evaluation"]["ranking"]}
+    assert set(ranking) >= {"model: reorder probability", "baseline: personal top-frequency"}
+    personal_ndcg = ranking["baseline: personal top-frequency"]["ndcg@10"]
+    assert f"{personal_ndcg:.4f}" in metadata["ranking"].value
 
 
 def test_serving_store_serves_the_latest_load(pipeline):
