@@ -11,6 +11,7 @@ from instarec_assets.assets.consumption import (
     next_basket,
     recommendations,
     reorder_predictions,
+    similar_items,
 )
 from instarec_assets.assets.curated import curated_features_step
 from instarec_assets.assets.graph import graphsage_step
@@ -47,6 +48,7 @@ ASSETS = [
     reorder_predictions,
     next_basket,
     recommendations,
+    similar_items,
     dynamodb_recommendations,
     analyst_warehouse,
 ]
