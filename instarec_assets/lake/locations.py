@@ -164,7 +164,6 @@ class LakeLocations:
                 "read_timeout": self.s3_timeout_s,
                 "retries": {"max_attempts": 2, "mode": "standard"},
             },
-            "retries": 2,  # s3fs's own retries around botocore's
         }
 
     @cached_property
