@@ -30,6 +30,7 @@ class LakeResource(ConfigurableResource):
     consumption_bucket: str = ""
     endpoint_url: str = ""
     region: str = "us-east-1"
+    s3_timeout_s: float = 60.0
     # A step reading history waits this long, this many times, for an earlier batch whose run is in
     # flight (see instarec_assets.history).
     history_wait_seconds: float = HistoryWait.seconds
@@ -52,6 +53,7 @@ class LakeResource(ConfigurableResource):
             consumption_bucket=locations.consumption_bucket,
             endpoint_url=locations.endpoint_url,
             region=locations.region,
+            s3_timeout_s=locations.s3_timeout_s,
         )
 
     @property
@@ -65,6 +67,7 @@ class LakeResource(ConfigurableResource):
             self.consumption_bucket,
             self.endpoint_url,
             self.region,
+            self.s3_timeout_s,
         )
 
     def staging_dir(self, run_id: str, label: str) -> Path:
@@ -87,7 +90,7 @@ class LakeResource(ConfigurableResource):
 _LOCATIONS_CACHE: dict[tuple, LakeLocations] = {}
 
 
-def _locations(*settings: str) -> LakeLocations:
+def _locations(*settings: str | float) -> LakeLocations:
     """One LakeLocations (and so one fsspec filesystem) per distinct configuration."""
     if settings not in _LOCATIONS_CACHE:
         _LOCATIONS_CACHE[settings] = LakeLocations(*settings)

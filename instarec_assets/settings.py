@@ -20,7 +20,7 @@ VARIABLES: dict[str, str] = {
     "INSTAREC_CURATED_BUCKET": "aws: the curated zone's bucket (features, models)",
     "INSTAREC_CONSUMPTION_BUCKET": "aws: the consumption zone's bucket",
     "INSTAREC_AWS_ENDPOINT_URL": "an S3/DynamoDB/SageMaker endpoint (moto in tests, a private endpoint)",
-    "INSTAREC_S3_TIMEOUT_S": "aws: S3 connect and read timeout in seconds; 2 attempts per request (default 60)",
+    "INSTAREC_S3_TIMEOUT_S": "aws: S3 connect and read timeout in seconds, per try; s3fs tries a call 5 times (default 60)",
     "AWS_REGION": "the AWS region (else AWS_DEFAULT_REGION, else us-east-1)",
     "INSTAREC_THREADS": "threads for XGBoost, torch and DuckDB (default 0: the CPUs this process may use)",
     "INSTAREC_DUCKDB_MEMORY_LIMIT": "DuckDB's memory limit per connection (default 4GB)",

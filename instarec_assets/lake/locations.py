@@ -151,7 +151,12 @@ class LakeLocations:
 
     def storage_options(self) -> dict:
         """fsspec options for S3 (endpoint for moto or a private endpoint), with bounded timeouts and
-        retries so that a cut or frozen endpoint ends the run instead of hanging it."""
+        retries so that a cut or frozen endpoint ends the run instead of hanging it.
+
+        s3fs already tries each call `S3FileSystem.retries` (5) times, with a short growing pause, on
+        timeouts and dropped connections, and botocore's own retries would multiply that (3 x 5
+        tries); so botocore sends each request once, and a frozen endpoint fails a call after about
+        5 x `s3_timeout_s` (tested with a proxy that stops answering)."""
         if not self.is_aws:
             return {}
         client_kwargs: dict = {"region_name": self.region}
@@ -162,7 +167,7 @@ class LakeLocations:
             "config_kwargs": {
                 "connect_timeout": self.s3_timeout_s,
                 "read_timeout": self.s3_timeout_s,
-                "retries": {"max_attempts": 2, "mode": "standard"},
+                "retries": {"total_max_attempts": 1, "mode": "standard"},
             },
         }
 
