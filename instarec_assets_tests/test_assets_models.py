@@ -246,6 +246,31 @@ def test_serving_store_serves_the_latest_load(pipeline):
     assert not any(item.explore for item in whole_list.items[:-2])
 
 
+def test_serving_store_serves_the_latest_similar_items_with_the_same_version(pipeline):
+    locations, instance, _, latest = pipeline
+    store = SqliteRecommendationStore(
+        Path(locations.home) / "serving" / "recommendations.sqlite", read_only=True
+    )
+    uri = locations.partition_uri("consumption", "similar_items", latest)
+    (product,) = duckdb.sql(
+        f"SELECT product_id FROM read_parquet('{uri}', hive_partitioning = false) "
+        "GROUP BY product_id ORDER BY count(*) DESC, product_id LIMIT 1"
+    ).fetchall()[0]
+    expected = duckdb.sql(
+        f"SELECT similar_product_id, product_name, score FROM read_parquet('{uri}', hive_partitioning = false) "
+        f"WHERE product_id = {product} ORDER BY rank"
+    ).fetchall()
+    served = store.similar(product, 20)
+    assert [(item.product_id, item.product_name, item.score) for item in served.items] == expected
+    assert served.version == store.current_version()
+    metadata = instance.get_latest_materialization_event(
+        AssetKey("dynamodb_recommendations")
+    ).asset_materialization.metadata
+    assert int(metadata["similar_rows"].value) == len(
+        duckdb.sql(f"SELECT * FROM read_parquet('{uri}', hive_partitioning = false)").fetchall()
+    )
+
+
 def test_reloading_an_older_batch_is_refused_and_the_active_version_stays(pipeline):
     """Re-running an older partition never rolls the serving store back unless asked."""
     locations, instance, results, latest = pipeline
