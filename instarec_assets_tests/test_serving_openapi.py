@@ -59,7 +59,7 @@ Answer = tuple[str, str, int, dict[str, str], bytes]
 
 def exercised(tmp_path: Path) -> list[Answer]:
     """(method, path, status, headers, body) for a request producing each answer the handler can give."""
-    path = build_sqlite_store(tmp_path / "recommendations.sqlite", users=5)
+    path = build_sqlite_store(tmp_path / "recommendations.sqlite", users=5, similar=True)
     store = SqliteRecommendationStore(path, read_only=True)
 
     def make(store_=store, limit=1000, **overrides) -> ServingApi:
@@ -72,6 +72,9 @@ def exercised(tmp_path: Path) -> list[Answer]:
 
     class Unavailable:
         def top_k(self, user_id, k):
+            raise ServingStoreError("down")
+
+        def similar(self, product_id, k):
             raise ServingStoreError("down")
 
     class NoKeys:
@@ -105,6 +108,15 @@ def exercised(tmp_path: Path) -> list[Answer]:
         (api, "POST", "/recommendations", "", good),
         (api, "DELETE", "/", "", good),
         (api, "GET", "/nowhere", "", good),
+        (api, "GET", "/similar", "product_id=1000000011&k=3", good),
+        (api, "GET", "/similar", "product_id=1", good),
+        (api, "GET", "/similar", "product_id=x", good),
+        (api, "GET", "/similar", "product_id=1", {}),
+        (api, "GET", "/similar", "product_id=1", {"x-api-key": "bad"}),
+        (limited, "GET", "/similar", "product_id=1", good),
+        (make(store_=Unavailable()), "GET", "/similar", "product_id=1", good),
+        (api, "OPTIONS", "/similar", "", {"origin": ORIGIN}),
+        (api, "DELETE", "/similar", "", good),
     ]
     answers = []
     for handler, method, route, query, headers in cases:
@@ -181,6 +193,26 @@ def test_served_description_is_the_file(tmp_path: Path):
     assert status == 200
     assert headers[0] == ("content-type", "application/yaml; charset=utf-8")
     assert body == SPEC_PATH.read_bytes()
+
+
+def test_similar_answers_every_documented_status_and_match_the_schema(spec: dict[str, Any], tmp_path: Path):
+    answers = [answer for answer in exercised(tmp_path) if answer[1] == "/similar"]
+    assert {(method, status) for method, _, status, _, _ in answers} == {
+        ("GET", 200),
+        ("GET", 400),
+        ("GET", 401),
+        ("GET", 403),
+        ("GET", 404),
+        ("GET", 429),
+        ("GET", 503),
+        ("OPTIONS", 204),
+        ("DELETE", 405),
+    }
+    ok = next(json.loads(body) for method, _, status, _, body in answers if status == 200)
+    assert ok["product_id"] == 1000000011 and len(ok["similar"]) == 3
+    parameters = {p["name"]: p for p in spec["paths"]["/similar"]["get"]["parameters"]}
+    assert parameters["product_id"]["required"] is True
+    assert parameters["k"]["schema"]["default"] == "5"
 
 
 def test_spec_parameters_match_the_validation(spec: dict[str, Any]):

@@ -12,7 +12,11 @@ rate limit (429 with Retry-After; it counts every API request, refused or not, s
 limited too), the API key (401 without `x-api-key`, with the `WWW-Authenticate` header RFC 9110
 requires of a 401; 403 with a wrong one), the query (400), the store lookup (404 for a user without
 recommendations, 503 when the store cannot be read), then 200.
-`OPTIONS /recommendations` is the CORS preflight (204, or 403 for an origin that is not allowed).
+`GET /similar?product_id=<1..2147483647>&k=<1..20, default 5>` ("customers also buy") runs the same
+steps and answers `{"product_id": .., "similar": [{"product_id", "product_name", "aisle",
+"department", "score"}, ...]}` from the active serving version, never the product itself; 404 for a
+product the version has no similar items for (unknown, no longer current, or too rarely co-bought).
+`OPTIONS /recommendations` (and `/similar`) is the CORS preflight (204, or 403 for an origin that is not allowed).
 Other methods get 405, other paths 404. Every error body is `{"error": "<one line>"}`; an
 unexpected exception is logged here and answered 500 `{"error": "internal error"}`, never with
 details. With `static=True` (the local server) it also serves the page at `/`, its `/config.json`
@@ -47,6 +51,8 @@ Headers = Sequence[tuple[str, str]]  # a list, or one of the shared tuples below
 Response = tuple[int, Headers, bytes]
 
 API_PATH = "/recommendations"
+SIMILAR_PATH = "/similar"
+DEFAULT_SIMILAR_K = 5
 MAX_USER_ID = 2_147_483_647
 DEFAULT_K = 3
 MAX_K = 20
@@ -228,6 +234,16 @@ class ServingApi:
                 return json_error(
                     405, f"method {_token(method)} is not allowed on {API_PATH}", [("allow", ALLOWED_METHODS)]
                 )
+            if path == SIMILAR_PATH:
+                if method == "GET":
+                    return self.similar(query, headers.get("x-api-key"), headers.get("origin"), client_ip)
+                if method == "OPTIONS":
+                    return self._preflight(headers)
+                return json_error(
+                    405,
+                    f"method {_token(method)} is not allowed on {SIMILAR_PATH}",
+                    [("allow", ALLOWED_METHODS)],
+                )
             if self.static and (path in STATIC_FILES or path == "/config.json"):
                 if method != "GET":
                     return json_error(405, f"method {_token(method)} is not allowed here", [("allow", "GET")])
@@ -319,6 +335,37 @@ class ServingApi:
         if result is None:
             return 404, (*API_HEADERS, *cors), error_body(f"user {user_id} has no recommendations")
         return 200, (*API_HEADERS, *cors) if cors else API_HEADERS, render(user_id, result[0], result[1])
+
+    def similar(
+        self, query: Iterable[tuple[str, str]] | None, api_key: str | None, origin: str | None, client_ip: str
+    ) -> Response:
+        """`GET /similar`: rate limit, key, query, lookup, in the order of `recommendations`."""
+        cors: Headers = ()
+        if origin and origin.lower() in self._allowed_origins:
+            cors = (("access-control-allow-origin", origin), ("access-control-expose-headers", "Retry-After"))
+        wait = self._hit(client_ip)
+        if wait:
+            return (
+                429,
+                (*API_HEADERS, *cors, ("retry-after", str(wait))),
+                error_body(f"too many requests; retry after {wait} seconds"),
+            )
+        try:
+            if self.keys is not None:
+                self._check_key(api_key)
+            product_id, k = parse_similar_query(query)
+            try:
+                result = self.lookup.similar(product_id, k)
+            except Exception as error:
+                if not _is_store_error(error):
+                    raise
+                log.error("serving store similar-items lookup failed: %s: %s", type(error).__name__, error)
+                raise RequestError(503, "similar items are temporarily unavailable") from None
+        except RequestError as error:
+            return error.status, (*API_HEADERS, *cors, *error.headers), error_body(error.message)
+        if result is None:
+            return 404, (*API_HEADERS, *cors), error_body(f"product {product_id} has no similar items")
+        return 200, (*API_HEADERS, *cors), render_similar(product_id, result[1])
 
     def _check_key(self, provided: str | None) -> None:
         """RequestError 401 without a key, 403 for a wrong one, 503 when the keys cannot be read."""
@@ -421,6 +468,41 @@ def parse_query(query: Iterable[tuple[str, str]] | None) -> tuple[int, int]:
     if not _K.fullmatch(k_text) or int(k_text) > MAX_K:
         raise RequestError(400, f"k must be an integer from 1 to {MAX_K}")
     return int(user_text), int(k_text)
+
+
+def render_similar(product_id: int, rows: Rows) -> bytes:
+    """The 200 body of `GET /similar`; rows `(rank, product_id, name, aisle, department, score)`."""
+    similar = [
+        {"product_id": pid, "product_name": name, "aisle": aisle, "department": department, "score": score}
+        for _, pid, name, aisle, department, score in rows
+        if pid != product_id
+    ]
+    return json.dumps({"product_id": product_id, "similar": similar}, separators=(",", ":")).encode("ascii")
+
+
+def parse_similar_query(query: Iterable[tuple[str, str]] | None) -> tuple[int, int]:
+    """`(product_id, k)` of `GET /similar`, or RequestError(400) naming what is wrong."""
+    if query is None:
+        raise RequestError(400, f"the query string is malformed or longer than {MAX_QUERY_LENGTH} bytes")
+    values: dict[str, str] = {}
+    for name, value in query:
+        if name not in ("product_id", "k"):
+            shown = f" {name!r}" if _PARAM_NAME.fullmatch(name) else ""
+            raise RequestError(400, f"unknown query parameter{shown}; expected product_id and optionally k")
+        if name in values:
+            raise RequestError(400, f"{name} is given more than once")
+        values[name] = value
+    product_text = values.get("product_id")
+    if product_text is None:
+        raise RequestError(400, "product_id is required")
+    if not _USER_ID.fullmatch(product_text) or int(product_text) > MAX_USER_ID:
+        raise RequestError(400, f"product_id must be a positive integer no greater than {MAX_USER_ID}")
+    k_text = values.get("k")
+    if k_text is None:
+        return int(product_text), DEFAULT_SIMILAR_K
+    if not _K.fullmatch(k_text) or int(k_text) > MAX_K:
+        raise RequestError(400, f"k must be an integer from 1 to {MAX_K}")
+    return int(product_text), int(k_text)
 
 
 def _token(text: str, limit: int = 16) -> str:
