@@ -180,7 +180,7 @@ def test_spec_states_the_stores_limits(spec: dict[str, Any]):
     get = spec["paths"]["/recommendations"]["get"]
     assert f"up to {MAX_RANK} per user" in get["description"]
     assert f"k above {MAX_RANK} returns at most {MAX_RANK}" in " ".join(get["description"].split())
-    k = next(p for p in get["parameters"] if p["name"] == "k")
+    k = next(p for p in resolve(get["parameters"], spec) if p["name"] == "k")
     assert f"1 to {MAX_K}" in k["description"]
     schemas = spec["components"]["schemas"]
     assert schemas["Recommendation"]["properties"]["rank"]["maximum"] == MAX_RANK
@@ -210,14 +210,24 @@ def test_similar_answers_every_documented_status_and_match_the_schema(spec: dict
     }
     ok = next(json.loads(body) for method, _, status, _, body in answers if status == 200)
     assert ok["product_id"] == 1000000011 and len(ok["similar"]) == 3
-    parameters = {p["name"]: p for p in spec["paths"]["/similar"]["get"]["parameters"]}
+    parameters = {p["name"]: p for p in resolve(spec["paths"]["/similar"]["get"]["parameters"], spec)}
     assert parameters["product_id"]["required"] is True
     assert parameters["k"]["schema"]["default"] == "5"
 
 
 def test_spec_parameters_match_the_validation(spec: dict[str, Any]):
-    parameters = {p["name"]: p for p in spec["paths"]["/recommendations"]["get"]["parameters"]}
+    parameters = {p["name"]: p for p in resolve(spec["paths"]["/recommendations"]["get"]["parameters"], spec)}
     assert parameters["user_id"]["required"] is True
     assert parameters["user_id"]["schema"]["pattern"] == "^[1-9][0-9]{0,9}$"
     assert parameters["k"]["schema"]["default"] == "3"
     assert spec["paths"]["/recommendations"]["get"]["security"] == [{"apiKey": []}]
+
+
+def test_spec_documents_the_filter_parameters_on_both_routes(spec: dict[str, Any]):
+    from instarec_assets.serving.filters import FILTER_PARAMETERS, MAX_VALUES
+
+    for route in ("/recommendations", "/similar"):
+        parameters = {p["name"]: p for p in resolve(spec["paths"][route]["get"]["parameters"], spec)}
+        assert set(FILTER_PARAMETERS) <= set(parameters), route
+        assert all(parameters[name]["required"] is False for name in FILTER_PARAMETERS)
+    assert f"at most {MAX_VALUES}" in spec["components"]["parameters"]["ExcludeDepartments"]["description"]

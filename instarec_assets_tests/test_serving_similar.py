@@ -121,7 +121,7 @@ def test_similar_answers_the_products_similar_items_by_rank(get: Get):
         (
             [("product_id", "1"), ("user_id", "2")],
             400,
-            "unknown query parameter 'user_id'; expected product_id and optionally k",
+            "unknown query parameter 'user_id'; expected product_id and optionally k and exclude_departments, exclude_aisles, exclude_products, include_departments",
         ),
     ],
 )
