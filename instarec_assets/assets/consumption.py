@@ -165,7 +165,8 @@ def next_basket(
     kinds={"duckdb", "parquet"},
     description=(
         "Top 10 reorder products per user for their next order, then up to 2 explore items (never "
-        "bought, nearest in the GraphSAGE embedding space), with names, aisle, department, model version."
+        "bought, nearest in the GraphSAGE embedding space), then reorder candidates 11 to 50 (what "
+        "request filters draw on), current products only, with names, aisle, department, model version."
     ),
     **COMMON,
 )

@@ -10,8 +10,10 @@ Items:
   `[{"rank": 1, "product_id": ..., "product_name": ..., "aisle": ..., "department": ...,
   "probability": ..., "explore": false}, ...]` by rank. A JSON string rather than a DynamoDB list of
   maps: one attribute to decode in the Lambda (no per-field type descriptors, no Decimal), floats
-  round-trip exactly (Python writes the shortest repr that reads back to the same double), and a
-  10-item list stays well under 4 KB, so a read is half a read unit (eventually consistent);
+  round-trip exactly (Python writes the shortest repr that reads back to the same double). A full
+  list (52 items: top 10, 2 explore, 40 more candidates for filtered answers) is about 8 KB, so a
+  read is one read unit (eventually consistent; a 12-item list was half of one), far below
+  DynamoDB's 400 KB item limit (`LoadReport.extra["max_item_bytes"]`; bench/RESULTS.md);
 - one per product and loaded version when the load was given similar items: `user_id` = minus the
   product id (a partition of its own: real user ids start at 1, the pointer is 0), `version`,
   `loaded_at`, and `similar`: the product's similar items as a compact JSON string
