@@ -11,9 +11,10 @@ Items:
   "probability": ..., "explore": false}, ...]` by rank. A JSON string rather than a DynamoDB list of
   maps: one attribute to decode in the Lambda (no per-field type descriptors, no Decimal), floats
   round-trip exactly (Python writes the shortest repr that reads back to the same double). A full
-  list (52 items: top 10, 2 explore, 40 more candidates for filtered answers) is about 8 KB, so a
-  read is one read unit (eventually consistent; a 12-item list was half of one), far below
-  DynamoDB's 400 KB item limit (`LoadReport.extra["max_item_bytes"]`; bench/RESULTS.md);
+  list (52 items: top 10, 2 explore, 40 more candidates for filtered answers) is about 9.5 KB with
+  real Instacart names (at most ~10 KB), so an eventually consistent read costs 1.5 read units
+  (a 12-item list, ~2.3 KB, cost 0.5), far below DynamoDB's 400 KB item limit
+  (`LoadReport.extra["max_item_bytes"]`; measured in bench/RESULTS.md);
 - one per product and loaded version when the load was given similar items: `user_id` = minus the
   product id (a partition of its own: real user ids start at 1, the pointer is 0), `version`,
   `loaded_at`, and `similar`: the product's similar items as a compact JSON string
