@@ -1,8 +1,9 @@
 """Benchmark the serving API: `instarec serve` on loopback against a full-size SQLite store.
 
-1. store: a SQLite serving store with 206,209 users x 10 recommendations (the real Instacart user
-   count; `instarec_assets.backends.testing.recommendations_table`), built once under
-   `<work-dir>/home/serving/` and reused while it holds the same number of users;
+1. store: a SQLite serving store with 206,209 users x 52 candidates (`--ranks`: the real Instacart
+   user count and what the pipeline now stores per user, the top 10, 2 explore items and 40 more
+   candidates for filtered answers; `instarec_assets.backends.testing.recommendations_table`),
+   built once under `<work-dir>/home/serving/` and reused while it holds the same users and rows;
 2. full: `instarec serve --host 127.0.0.1 --port P --home <work-dir>/home` (or the same command as
    `python -m instarec_assets.serving` if the CLI has no `serve` yet), with an API key configured
    and rate limiting on (`INSTAREC_RATE_LIMIT=100000000/300`: every request is counted by the
@@ -152,8 +153,8 @@ def run_bare_server(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------- store
-def build_store(home: Path, users: int) -> dict[str, Any]:
-    """A store with `users` x 10 rows under home/serving; reused when it already holds that many users."""
+def build_store(home: Path, users: int, ranks: int = 52) -> dict[str, Any]:
+    """A store with `users` x `ranks` rows under home/serving; reused when it already holds as many."""
     sys.path.insert(0, str(REPO_ROOT))
     from instarec_assets.backends.serving_store import SQLITE_FILE, SqliteRecommendationStore
 
@@ -162,8 +163,15 @@ def build_store(home: Path, users: int) -> dict[str, Any]:
         store = SqliteRecommendationStore(path, read_only=True)
         info = store.current_info()
         store.close()
-        if info and info["users"] == users:
-            return {"path": str(path), "users": users, "rows": info["rows"], "built_seconds": None}
+        if info and info["users"] == users and info["rows"] == users * ranks:
+            return {
+                "path": str(path),
+                "users": users,
+                "rows": info["rows"],
+                "ranks": ranks,
+                "bytes": path.stat().st_size,
+                "built_seconds": None,
+            }
         path.unlink()
         for suffix in ("-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -171,12 +179,15 @@ def build_store(home: Path, users: int) -> dict[str, Any]:
 
     started = time.perf_counter()
     store = SqliteRecommendationStore(path)
-    table = recommendations_table(range(1, users + 1)).drop_columns(["model_version"])
+    table = recommendations_table(range(1, users + 1), ranks=ranks).drop_columns(["model_version"])
     report = store.load(table, model_version="bench-model", batch="2025-01-06")
+    store.close()
     return {
         "path": str(path),
         "users": report.users,
         "rows": report.rows,
+        "ranks": ranks,
+        "bytes": path.stat().st_size,
         "built_seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -584,7 +595,8 @@ def render_markdown(
         f"- server: `{serve_label} --host 127.0.0.1 --workers {args.workers}` (uvicorn {machine['uvicorn']}, "
         f"httptools {machine['httptools']}, uvloop {machine['uvloop']}, access log off), API key required, "
         f"rate limit on (`INSTAREC_RATE_LIMIT={RATE_LIMIT}`: every request counted, none refused)",
-        f"- store: SQLite, {store['users']:,} users x 10 = {store['rows']:,} rows"
+        f"- store: SQLite, {store['users']:,} users x {store['ranks']} = {store['rows']:,} rows, "
+        f"{store['bytes'] / 2**20:,.0f} MiB file"
         + (f" (built in {store['built_seconds']} s)" if store.get("built_seconds") else " (reused)"),
         f"- load: {runs[0].generator if runs else '?'} ({machine.get('wrk', 'python')}), {args.wrk_threads} thread(s), "
         f"random user ids 1..{store['users']:,}, k=3; per client count {args.repeat} adjacent full/bare pairs "
@@ -645,6 +657,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup", type=float, default=1.0, help="seconds of load before each run (default 1)"
     )
     parser.add_argument("--connections", default="4,32", help="concurrent clients, comma-separated")
+    parser.add_argument(
+        "--ranks", type=int, default=52, help="stored items per user (default 52, as the pipeline stores)"
+    )
     parser.add_argument(
         "--repeat", type=int, default=6, help="full/bare pairs per client count (default 6; medians shown)"
     )
@@ -708,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         f"bench: {machine['cpu']}, {machine['memory']}, load average {machine['load_average_at_start']}",
         flush=True,
     )
-    store = build_store(home, args.users)
+    store = build_store(home, args.users, args.ranks)
     print(f"bench: store {store['path']} with {store['users']:,} users", flush=True)
 
     script = Path(tempfile.mkstemp(suffix=".lua", prefix="bench-serving-")[1])

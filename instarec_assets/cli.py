@@ -260,6 +260,24 @@ def cmd_recommend(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_similar(args: argparse.Namespace) -> None:
+    """`instarec similar PRODUCT_ID`: the product's "customers also buy" list from the active version."""
+    if args.k < 1 or args.k > 20:
+        raise CommandError(f"--k must be from 1 to 20, not {args.k}")
+    store, subject = _serving_store(args.home, read_only=True)
+    with about(subject):
+        result = store.similar(args.product_id, args.k)
+        if result is None:
+            raise CommandError(f"product {args.product_id} has no similar items in the serving store")
+    print(f"serving version {result.version}")
+    print(f"Customers who buy product {result.product_id} also buy:")
+    for item in result.items:
+        print(
+            f"  {item.rank:>2}. {item.product_name}, score {item.score:.3f}"
+            f" (product {item.product_id}; {item.aisle}, {item.department})"
+        )
+
+
 def cmd_serving_versions(args: argparse.Namespace) -> None:
     store, subject = _serving_store(args.home, read_only=True)
     with about(subject):
@@ -371,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("-k", type=int, default=3, help="how many products (default 3)")
     recommend.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
     recommend.set_defaults(handler=cmd_recommend)
+
+    similar = commands.add_parser("similar", help="products bought with a product (customers also buy)")
+    similar.add_argument("product_id", type=int)
+    similar.add_argument("-k", "--k", type=int, default=5, help="how many products, 1 to 20 (default 5)")
+    similar.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
+    similar.set_defaults(handler=cmd_similar)
 
     serving = commands.add_parser("serving", help="the serving store's retained versions; roll back")
     serving_commands = serving.add_subparsers(dest="serving_command", required=True)

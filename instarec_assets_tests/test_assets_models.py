@@ -128,12 +128,14 @@ def test_model_is_xgboost_json_with_a_model_card_and_beats_both_baselines(pipeli
     assert metadata["mean_f1_model"].value > metadata["mean_f1_last_order"].value
 
 
-def test_recommendations_hold_ten_ranked_reorders_then_up_to_two_explore_items(pipeline):
+def test_recommendations_hold_ten_ranked_reorders_then_up_to_two_explore_items_then_40_more(pipeline):
+    """Ranks 1..10 the top reorders, then the explore items, then reorder candidates 11..50 (what a
+    filtered answer draws on); no gaps."""
     locations, _, _, latest = pipeline
     uri = locations.partition_uri("consumption", "recommendations", latest)
     per_user = duckdb.sql(
         "SELECT user_id, count(*) FILTER (NOT explore), count(*) FILTER (explore), min(rank), max(rank), "
-        "count(DISTINCT rank), max(rank) FILTER (NOT explore), min(rank) FILTER (explore), "
+        "count(DISTINCT rank), max(rank) FILTER (NOT explore AND rank <= 10), min(rank) FILTER (explore), "
         "bool_and(product_name IS NOT NULL), bool_and(probability BETWEEN 0 AND 1) "
         f"FROM read_parquet('{uri}', hive_partitioning = false) GROUP BY 1"
     ).fetchall()
@@ -150,11 +152,12 @@ def test_recommendations_hold_ten_ranked_reorders_then_up_to_two_explore_items(p
         named,
         valid,
     ) in per_user:
-        assert reorders <= 10 and explores <= 2, user
+        assert reorders <= 50 and explores <= 2, user
         assert first == 1 and last == distinct == reorders + explores and named and valid, user
         if reorders and explores:
-            assert first_explore == last_reorder + 1, user
+            assert first_explore == min(reorders, 10) + 1 == last_reorder + 1, user
     assert sum(row[2] for row in per_user) > len(per_user)  # explore items are the rule, not the exception
+    assert max(row[1] for row in per_user) > 10  # users with long histories keep more than 10 candidates
     ordered = duckdb.sql(
         f"SELECT bool_and(ok) FROM (SELECT probability >= lead(probability) OVER (PARTITION BY user_id ORDER BY rank) "
         f"OR lead(probability) OVER (PARTITION BY user_id ORDER BY rank) IS NULL AS ok "
@@ -240,10 +243,43 @@ def test_serving_store_serves_the_latest_load(pipeline):
     served = store.top_k(recommendations[0][0], 3)
     assert [item.product_id for item in served.items] == [row[2] for row in recommendations[:3]]
     assert served.model_version.startswith(f"xgboost-{latest}")
-    whole_list = store.top_k(recommendations[0][0], 20)
+    whole_list = store.top_k(recommendations[0][0], 52)
     assert [item.product_id for item in whole_list.items] == [row[2] for row in recommendations]
-    assert [item.explore for item in whole_list.items][-2:] == [True, True]
-    assert not any(item.explore for item in whole_list.items[:-2])
+    explore_ranks = [item.rank for item in whole_list.items if item.explore]
+    assert (
+        explore_ranks == [11, 12]
+        if len(whole_list.items) > 12
+        else explore_ranks[-2:]
+        == [
+            len(whole_list.items) - 1,
+            len(whole_list.items),
+        ]
+    )
+
+
+def test_serving_store_serves_the_latest_similar_items_with_the_same_version(pipeline):
+    locations, instance, _, latest = pipeline
+    store = SqliteRecommendationStore(
+        Path(locations.home) / "serving" / "recommendations.sqlite", read_only=True
+    )
+    uri = locations.partition_uri("consumption", "similar_items", latest)
+    (product,) = duckdb.sql(
+        f"SELECT product_id FROM read_parquet('{uri}', hive_partitioning = false) "
+        "GROUP BY product_id ORDER BY count(*) DESC, product_id LIMIT 1"
+    ).fetchall()[0]
+    expected = duckdb.sql(
+        f"SELECT similar_product_id, product_name, score FROM read_parquet('{uri}', hive_partitioning = false) "
+        f"WHERE product_id = {product} ORDER BY rank"
+    ).fetchall()
+    served = store.similar(product, 20)
+    assert [(item.product_id, item.product_name, item.score) for item in served.items] == expected
+    assert served.version == store.current_version()
+    metadata = instance.get_latest_materialization_event(
+        AssetKey("dynamodb_recommendations")
+    ).asset_materialization.metadata
+    assert int(metadata["similar_rows"].value) == len(
+        duckdb.sql(f"SELECT * FROM read_parquet('{uri}', hive_partitioning = false)").fetchall()
+    )
 
 
 def test_reloading_an_older_batch_is_refused_and_the_active_version_stays(pipeline):
@@ -319,7 +355,11 @@ def test_recommend_cli_prints_top_k_with_purchase_probability(pipeline, capsys, 
     assert not any("[explore" in line for line in output)
     assert main(["recommend", "1", "-k", "20", "--home", locations.home]) == 0
     whole = capsys.readouterr().out.splitlines()[2:]
-    assert [line.endswith("[explore: new to this shopper]") for line in whole][-2:] == [True, True]
+    flags = [line.endswith("[explore: new to this shopper]") for line in whole]
+    explores, first = flags.count(True), flags.index(True)
+    # the explore items follow the top 10 reorders (or all of a shorter history's), then the rest
+    assert 1 <= explores <= 2 and all(flags[first : first + explores])
+    assert first == 10 or first + explores == len(flags)
     assert main(["recommend", "999999", "--home", locations.home]) == 1
     assert "user 999999 has no recommendations" in capsys.readouterr().err
 

@@ -24,7 +24,7 @@ from s3fs import S3FileSystem
 from instarec_assets import cli
 from instarec_assets.backends.recommendations import ServingStoreError
 from instarec_assets.backends.serving_store import DynamoDbRecommendationStore, SqliteRecommendationStore
-from instarec_assets.backends.testing import recommendations_table
+from instarec_assets.backends.testing import TAG_SCALE, recommendations_table, similar_items_table
 from instarec_assets.cli import error_line, main
 from instarec_assets.consumption.submission import BASKETS_SCHEMA
 from instarec_assets.lake.locations import LakeLocations
@@ -282,6 +282,28 @@ def test_recommend_names_the_serving_version_its_batch_and_model(capsys, home: P
     assert out[0] == f"serving version {report.version} (built from batch 2024-01-15, model xgb-2)"
     assert out[1] == "Top 2 for user 2 (model xgb-2):"
     assert len(out) == 4
+
+
+def test_similar_lists_the_products_similar_items_from_the_active_version(capsys, home: Path):
+    with _serving_store(home) as store:
+        table = recommendations_table(range(1, 4)).drop_columns(["model_version"])
+        report = store.load(table, "xgb-1", batch="2024-01-01", similar_items=similar_items_table([42]))
+    status, out, err = run_cli(capsys, "similar", "42", "--k", "2", "--home", str(home))
+    assert (status, err) == (0, [])
+    assert out == [
+        f"serving version {report.version}",
+        "Customers who buy product 42 also buy:",
+        f"   1. Similar {TAG_SCALE + 4201}, score 0.500 (product {TAG_SCALE + 4201}; aisle 1, department 1)",
+        f"   2. Similar {TAG_SCALE + 4202}, score 0.333 (product {TAG_SCALE + 4202}; aisle 2, department 1)",
+    ]
+    status, out, err = run_cli(capsys, "similar", "43", "--home", str(home))
+    assert (status, out, err) == (
+        1,
+        [],
+        ["instarec: error: product 43 has no similar items in the serving store"],
+    )
+    status, out, err = run_cli(capsys, "similar", "42", "--k", "0", "--home", str(home))
+    assert (status, out, err) == (1, [], ["instarec: error: --k must be from 1 to 20, not 0"])
 
 
 def test_serving_versions_lists_the_retained_versions_with_the_active_one_marked(capsys, home: Path):

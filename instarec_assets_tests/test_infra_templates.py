@@ -446,16 +446,38 @@ def test_api_has_get_and_options_with_key_usage_plan_logs_and_tracing(
 ) -> None:
     res = templates["serving"]["Resources"]
     methods = {
-        r["Properties"]["HttpMethod"]: r["Properties"]
+        (
+            res[r["Properties"]["ResourceId"]["Ref"]]["Properties"]["PathPart"],
+            r["Properties"]["HttpMethod"],
+        ): r["Properties"]
         for r in res.values()
         if r["Type"] == "AWS::ApiGateway::Method"
     }
-    assert set(methods) == {"GET", "OPTIONS"}
-    assert methods["GET"]["ApiKeyRequired"] is True
-    assert methods["GET"]["RequestParameters"]["method.request.querystring.user_id"] is True
-    assert methods["GET"]["Integration"]["Type"] == "AWS_PROXY"
-    assert methods["OPTIONS"]["Integration"]["Type"] == "MOCK"
+    assert set(methods) == {
+        ("recommendations", "GET"),
+        ("recommendations", "OPTIONS"),
+        ("similar", "GET"),
+        ("similar", "OPTIONS"),
+    }
+    for path, parameter in (("recommendations", "user_id"), ("similar", "product_id")):
+        assert methods[(path, "GET")]["ApiKeyRequired"] is True
+        assert methods[(path, "GET")]["RequestParameters"][f"method.request.querystring.{parameter}"] is True
+        assert methods[(path, "GET")]["Integration"]["Type"] == "AWS_PROXY"
+        assert methods[(path, "OPTIONS")]["Integration"]["Type"] == "MOCK"
+    assert (
+        methods[("similar", "GET")]["Integration"]["Uri"]
+        == methods[("recommendations", "GET")]["Integration"]["Uri"]
+    )
     assert res["RecommendationsResource"]["Properties"]["PathPart"] == "recommendations"
+    invoked = {
+        r["Properties"]["SourceArn"]["Fn::Sub"].rsplit("/", 1)[-1]
+        for r in res.values()
+        if r["Type"] == "AWS::Lambda::Permission"
+        and r["Properties"]["Principal"] == "apigateway.amazonaws.com"
+    }
+    assert invoked == {"recommendations", "similar"}
+    deployment = next(r for r in res.values() if r["Type"] == "AWS::ApiGateway::Deployment")
+    assert {"GetSimilarMethod", "OptionsSimilarMethod"} <= set(deployment["DependsOn"])
     plan = res["UsagePlan"]["Properties"]
     assert {"RateLimit", "BurstLimit"} <= set(plan["Throttle"])
     assert res["UsagePlanKey"]["Properties"]["KeyId"] == {"Ref": "ApiKey"}

@@ -194,10 +194,22 @@ def test_bad_k_is_400(api: ServingApi, value: str):
         ("user_id=7&user_id=7", "user_id is given more than once"),
         ("user_id=7&user_id=8", "user_id is given more than once"),
         ("user_id=7&k=3&k=3", "k is given more than once"),
-        ("user_id=7&debug=1", "unknown query parameter 'debug'; expected user_id and optionally k"),
-        ("user_id=7&USER_ID=8", "unknown query parameter 'USER_ID'; expected user_id and optionally k"),
-        ("user_id=7&%3Cscript%3E=1", "unknown query parameter; expected user_id and optionally k"),
-        ("user_id=7&=1", "unknown query parameter; expected user_id and optionally k"),
+        (
+            "user_id=7&debug=1",
+            "unknown query parameter 'debug'; expected user_id and optionally k and exclude_departments, exclude_aisles, exclude_products, include_departments",
+        ),
+        (
+            "user_id=7&USER_ID=8",
+            "unknown query parameter 'USER_ID'; expected user_id and optionally k and exclude_departments, exclude_aisles, exclude_products, include_departments",
+        ),
+        (
+            "user_id=7&%3Cscript%3E=1",
+            "unknown query parameter; expected user_id and optionally k and exclude_departments, exclude_aisles, exclude_products, include_departments",
+        ),
+        (
+            "user_id=7&=1",
+            "unknown query parameter; expected user_id and optionally k and exclude_departments, exclude_aisles, exclude_products, include_departments",
+        ),
         ("user_id=7&" + "x" * 2000, "the query string is malformed or longer than 1024 bytes"),
         ("&".join(["k=1"] * 20), "the query string is malformed or longer than 1024 bytes"),
     ],

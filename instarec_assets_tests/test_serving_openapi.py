@@ -59,7 +59,7 @@ Answer = tuple[str, str, int, dict[str, str], bytes]
 
 def exercised(tmp_path: Path) -> list[Answer]:
     """(method, path, status, headers, body) for a request producing each answer the handler can give."""
-    path = build_sqlite_store(tmp_path / "recommendations.sqlite", users=5)
+    path = build_sqlite_store(tmp_path / "recommendations.sqlite", users=5, similar=True)
     store = SqliteRecommendationStore(path, read_only=True)
 
     def make(store_=store, limit=1000, **overrides) -> ServingApi:
@@ -72,6 +72,9 @@ def exercised(tmp_path: Path) -> list[Answer]:
 
     class Unavailable:
         def top_k(self, user_id, k):
+            raise ServingStoreError("down")
+
+        def similar(self, product_id, k):
             raise ServingStoreError("down")
 
     class NoKeys:
@@ -105,6 +108,15 @@ def exercised(tmp_path: Path) -> list[Answer]:
         (api, "POST", "/recommendations", "", good),
         (api, "DELETE", "/", "", good),
         (api, "GET", "/nowhere", "", good),
+        (api, "GET", "/similar", "product_id=1000000011&k=3", good),
+        (api, "GET", "/similar", "product_id=1", good),
+        (api, "GET", "/similar", "product_id=x", good),
+        (api, "GET", "/similar", "product_id=1", {}),
+        (api, "GET", "/similar", "product_id=1", {"x-api-key": "bad"}),
+        (limited, "GET", "/similar", "product_id=1", good),
+        (make(store_=Unavailable()), "GET", "/similar", "product_id=1", good),
+        (api, "OPTIONS", "/similar", "", {"origin": ORIGIN}),
+        (api, "DELETE", "/similar", "", good),
     ]
     answers = []
     for handler, method, route, query, headers in cases:
@@ -164,15 +176,14 @@ def test_answers_carry_the_headers_the_spec_requires(spec: dict[str, Any], tmp_p
 
 
 def test_spec_states_the_stores_limits(spec: dict[str, Any]):
-    """A user has at most MAX_RANK items (10 predictions, then up to 2 explore items); k is 1..MAX_K."""
+    """A user has at most MAX_RANK items (10 predictions, up to 2 explore items, 40 more); k is 1..MAX_K."""
     get = spec["paths"]["/recommendations"]["get"]
-    assert f"up to {MAX_RANK} per user" in get["description"]
-    assert f"k above {MAX_RANK} returns at most {MAX_RANK}" in " ".join(get["description"].split())
-    k = next(p for p in get["parameters"] if p["name"] == "k")
+    assert f"up to {MAX_RANK} per user" in " ".join(get["description"].split())
+    k = next(p for p in resolve(get["parameters"], spec) if p["name"] == "k")
     assert f"1 to {MAX_K}" in k["description"]
     schemas = spec["components"]["schemas"]
     assert schemas["Recommendation"]["properties"]["rank"]["maximum"] == MAX_RANK
-    assert schemas["Recommendations"]["properties"]["recommendations"]["maxItems"] == MAX_RANK
+    assert schemas["Recommendations"]["properties"]["recommendations"]["maxItems"] == min(MAX_K, MAX_RANK)
 
 
 def test_served_description_is_the_file(tmp_path: Path):
@@ -183,9 +194,39 @@ def test_served_description_is_the_file(tmp_path: Path):
     assert body == SPEC_PATH.read_bytes()
 
 
+def test_similar_answers_every_documented_status_and_match_the_schema(spec: dict[str, Any], tmp_path: Path):
+    answers = [answer for answer in exercised(tmp_path) if answer[1] == "/similar"]
+    assert {(method, status) for method, _, status, _, _ in answers} == {
+        ("GET", 200),
+        ("GET", 400),
+        ("GET", 401),
+        ("GET", 403),
+        ("GET", 404),
+        ("GET", 429),
+        ("GET", 503),
+        ("OPTIONS", 204),
+        ("DELETE", 405),
+    }
+    ok = next(json.loads(body) for method, _, status, _, body in answers if status == 200)
+    assert ok["product_id"] == 1000000011 and len(ok["similar"]) == 3
+    parameters = {p["name"]: p for p in resolve(spec["paths"]["/similar"]["get"]["parameters"], spec)}
+    assert parameters["product_id"]["required"] is True
+    assert parameters["k"]["schema"]["default"] == "5"
+
+
 def test_spec_parameters_match_the_validation(spec: dict[str, Any]):
-    parameters = {p["name"]: p for p in spec["paths"]["/recommendations"]["get"]["parameters"]}
+    parameters = {p["name"]: p for p in resolve(spec["paths"]["/recommendations"]["get"]["parameters"], spec)}
     assert parameters["user_id"]["required"] is True
     assert parameters["user_id"]["schema"]["pattern"] == "^[1-9][0-9]{0,9}$"
     assert parameters["k"]["schema"]["default"] == "3"
     assert spec["paths"]["/recommendations"]["get"]["security"] == [{"apiKey": []}]
+
+
+def test_spec_documents_the_filter_parameters_on_both_routes(spec: dict[str, Any]):
+    from instarec_assets.serving.filters import FILTER_PARAMETERS, MAX_VALUES
+
+    for route in ("/recommendations", "/similar"):
+        parameters = {p["name"]: p for p in resolve(spec["paths"][route]["get"]["parameters"], spec)}
+        assert set(FILTER_PARAMETERS) <= set(parameters), route
+        assert all(parameters[name]["required"] is False for name in FILTER_PARAMETERS)
+    assert f"at most {MAX_VALUES}" in spec["components"]["parameters"]["ExcludeDepartments"]["description"]

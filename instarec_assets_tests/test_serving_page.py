@@ -44,6 +44,16 @@ PRODUCTS = {
     ],
 }
 
+# product_id -> its similar items (similar_product_id, name, aisle, department, score), by rank
+SIMILAR = {
+    24852: [
+        (21137, "Organic Strawberries", "fresh fruits", "produce", 0.41),
+        (47209, "Organic Hass Avocado", "fresh fruits", "produce", 0.3333),
+        (1, XSS_NAME, "cookies cakes", "snacks", 0.05),
+    ],
+    21137: [(24852, "Banana", "fresh fruits", "produce", 0.41)],
+}
+
 
 class SlowStore:
     """The SQLite store, one user answered after a delay (to see the loading state)."""
@@ -56,6 +66,9 @@ class SlowStore:
             time.sleep(1.5)
         return self.inner.top_k(user_id, k)
 
+    def similar(self, product_id: int, k: int):
+        return self.inner.similar(product_id, k)
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> SqliteRecommendationStore:
@@ -66,8 +79,25 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> SqliteRecommendationStore
     ]
     names = ("user_id", "rank", "product_id", "product_name", "aisle", "department", "probability")
     table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)})
+    similar_rows = [
+        (product, rank, *item)
+        for product, items in SIMILAR.items()
+        for rank, item in enumerate(items, start=1)
+    ]
+    similar_names = (
+        "product_id",
+        "rank",
+        "similar_product_id",
+        "product_name",
+        "aisle",
+        "department",
+        "score",
+    )
+    similar = pa.table({name: [row[i] for row in similar_rows] for i, name in enumerate(similar_names)})
     path = tmp_path_factory.mktemp("page") / "recommendations.sqlite"
-    SqliteRecommendationStore(path).load(table, model_version="xgb-test", batch="2025-01-06")
+    SqliteRecommendationStore(path).load(
+        table, model_version="xgb-test", batch="2025-01-06", similar_items=similar
+    )
     return SqliteRecommendationStore(path, read_only=True)
 
 
@@ -267,3 +297,56 @@ def test_anonymous_server_needs_no_key_field(page, anonymous_site: str):
     page.get_by_test_id("recommendation-card").first.wait_for()
     assert len(cards_of(page)) == 3
     assert not page.locator("#api-key-field").is_visible()
+
+
+def similar_cards_of(page) -> list[dict[str, str]]:
+    return [
+        {
+            "name": card.locator(".product-name").inner_text(),
+            "where": card.locator(".where").inner_text(),
+            "score": card.locator(".score").inner_text(),
+        }
+        for card in page.get_by_test_id("similar-card").all()
+    ]
+
+
+def test_clicking_a_product_shows_what_customers_also_buy(page, site: str, tmp_path: Path):
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(site + "/")
+    search(page, "42")
+    page.get_by_test_id("recommendation-card").first.wait_for()
+    assert not page.locator("#similar").is_visible()  # nothing clicked yet
+
+    page.get_by_test_id("recommendation-card").first.click()
+    page.get_by_test_id("similar-card").first.wait_for()
+    assert page.locator("#similar-title").inner_text() == "Customers also buy"
+    assert page.locator("#similar-for").inner_text() == "with Banana"
+    assert similar_cards_of(page) == [
+        {
+            "name": "Organic Strawberries",
+            "where": "fresh fruits · produce",
+            "score": "bought together score 0.41",
+        },
+        {
+            "name": "Organic Hass Avocado",
+            "where": "fresh fruits · produce",
+            "score": "bought together score 0.33",
+        },
+        {"name": XSS_NAME, "where": "cookies cakes · snacks", "score": "bought together score 0.05"},
+    ]
+    assert page.locator("#similar img").count() == 0 and page.evaluate("window.pwned") is None
+    assert any("/similar?product_id=24852&k=4" in url for url in requests)
+    assert "selected" in (page.get_by_test_id("recommendation-card").first.get_attribute("class") or "")
+    page.screenshot(path=str(tmp_path / "also-buy.png"), full_page=True)
+
+    # the button in another card: a product nobody buys with anything yet
+    page.get_by_role("button", name="Customers also buy with Organic Baby Spinach").click()
+    status = page.locator("#similar-status")
+    expect(status).to_have_text("No products are often bought with Organic Baby Spinach yet.")
+    assert page.get_by_test_id("similar-card").count() == 0
+    assert page.locator("#similar-for").inner_text() == "with Organic Baby Spinach"
+
+    search(page, str(SLOW_USER))  # a new search hides the row
+    expect(page.locator("#results-title")).to_have_text("Top 3 for user 7")
+    assert not page.locator("#similar").is_visible()

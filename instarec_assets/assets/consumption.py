@@ -165,7 +165,8 @@ def next_basket(
     kinds={"duckdb", "parquet"},
     description=(
         "Top 10 reorder products per user for their next order, then up to 2 explore items (never "
-        "bought, nearest in the GraphSAGE embedding space), with names, aisle, department, model version."
+        "bought, nearest in the GraphSAGE embedding space), then reorder candidates 11 to 50 (what "
+        "request filters draw on), current products only, with names, aisle, department, model version."
     ),
     **COMMON,
 )
@@ -265,8 +266,9 @@ def similar_items(
 @asset(
     kinds={"sqlite"},
     description=(
-        "The recommendations loaded into the serving store as a new version, switched in one step; "
-        "a batch older than the active version's is refused (roll back with `instarec serving activate`)."
+        "The recommendations and the similar items loaded into the serving store as one new version, "
+        "switched in one step; a batch older than the active version's is refused (roll back with "
+        "`instarec serving activate`)."
     ),
     **COMMON,
 )
@@ -277,14 +279,22 @@ def dynamodb_recommendations(
     duckdb: DuckDBResource,
     serving_store: ServingStoreResource,
     recommendations: str,
+    similar_items: str,
 ) -> MaterializeResult:
     with lake_connection(duckdb, lake) as conn:
         table = conn.sql(
             "SELECT * FROM read_parquet($uri, hive_partitioning = false)", params={"uri": recommendations}
         ).to_arrow_table()
+        similar = conn.sql(
+            "SELECT * FROM read_parquet($uri, hive_partitioning = false)", params={"uri": similar_items}
+        ).to_arrow_table()
     model_version = table.column("model_version")[0].as_py() if table.num_rows else "none"
     report = serving_store.open().load(
-        table, model_version=model_version, batch=context.partition_key, allow_older=config.allow_older
+        table,
+        model_version=model_version,
+        batch=context.partition_key,
+        allow_older=config.allow_older,
+        similar_items=similar,
     )
     return MaterializeResult(
         metadata={

@@ -10,8 +10,17 @@ Items:
   `[{"rank": 1, "product_id": ..., "product_name": ..., "aisle": ..., "department": ...,
   "probability": ..., "explore": false}, ...]` by rank. A JSON string rather than a DynamoDB list of
   maps: one attribute to decode in the Lambda (no per-field type descriptors, no Decimal), floats
-  round-trip exactly (Python writes the shortest repr that reads back to the same double), and a
-  10-item list stays well under 4 KB, so a read is half a read unit (eventually consistent);
+  round-trip exactly (Python writes the shortest repr that reads back to the same double). A full
+  list (52 items: top 10, 2 explore, 40 more candidates for filtered answers) is about 9.5 KB with
+  real Instacart names (at most ~10 KB), so an eventually consistent read costs 1.5 read units
+  (a 12-item list, ~2.3 KB, cost 0.5), far below DynamoDB's 400 KB item limit
+  (`LoadReport.extra["max_item_bytes"]`; measured in bench/RESULTS.md);
+- one per product and loaded version when the load was given similar items: `user_id` = minus the
+  product id (a partition of its own: real user ids start at 1, the pointer is 0), `version`,
+  `loaded_at`, and `similar`: the product's similar items as a compact JSON string
+  `[{"rank": 1, "product_id": ..., "product_name": ..., "aisle": ..., "department": ..., "score": ...}]`
+  (20 items, about 3 KB). Written before the switch with the users' items, so the pointer
+  activates both, and removed by the same cleanup;
 - the pointer: `user_id = 0`, `version = "CURRENT"`, with `current_version`, `batch`,
   `model_version`, `previous_version`, `switched_at`, `users`, `rows`. Real user ids start at 1;
 - the version registry: `user_id = 0`, `version = <a retained version's id>`, with `batch` (the
@@ -93,6 +102,13 @@ from instarec_assets.backends.recommendations import (
     recommendation_from_item,
     refuse_older_batch,
     unknown_version,
+)
+from instarec_assets.backends.similar_items import (
+    SIMILAR_FIELDS,
+    SimilarItemsInput,
+    SimilarProducts,
+    iter_product_lists,
+    similar_from_entry,
 )
 from instarec_assets.settings import Settings
 
@@ -313,14 +329,13 @@ class DynamoDbRecommendationStore:
         )
         return response.get("Item")
 
-    def top_k(self, user_id: int, k: int = MAX_RANK) -> UserRecommendations | None:
-        check_k(k)
-        if user_id <= POINTER_USER_ID:
-            return None
+    def _current_item(self, key: int) -> tuple[Pointer, dict[str, Any]] | None:
+        """The item of partition `key` in the current version (cached pointer; on a miss the
+        pointer is re-read and, after a recent switch, the item read consistently)."""
         pointer = self._pointer()
         if pointer is None:
             return None
-        item = self._get_item(user_id, pointer.version, consistent=False)
+        item = self._get_item(key, pointer.version, consistent=False)
         if item is None:
             fresh = self._read_pointer()
             if fresh is None:
@@ -329,9 +344,36 @@ class DynamoDbRecommendationStore:
             if fresh.version == pointer.version and not recent:
                 return None
             pointer = fresh
-            item = self._get_item(user_id, pointer.version, consistent=True)
+            item = self._get_item(key, pointer.version, consistent=True)
             if item is None:
                 return None
+        return pointer, item
+
+    def similar(self, product_id: int, k: int = 10) -> SimilarProducts | None:
+        """The product's similar items from the current version (item `user_id = -product_id`);
+        None when the version holds none for it."""
+        check_k(k)
+        if product_id <= 0:
+            return None
+        found = self._current_item(-product_id)
+        if found is None or "similar" not in found[1]:
+            return None
+        pointer, item = found
+        entries = json.loads(item["similar"]["S"])[:k]
+        return SimilarProducts(
+            product_id=product_id,
+            version=pointer.version,
+            items=tuple(similar_from_entry([entry[name] for name in SIMILAR_FIELDS]) for entry in entries),
+        )
+
+    def top_k(self, user_id: int, k: int = MAX_RANK) -> UserRecommendations | None:
+        check_k(k)
+        if user_id <= POINTER_USER_ID:
+            return None
+        found = self._current_item(user_id)
+        if found is None or "recommendations" not in found[1]:
+            return None
+        pointer, item = found
         entries = json.loads(item["recommendations"]["S"])[:k]
         return UserRecommendations(
             user_id=user_id,
@@ -348,15 +390,18 @@ class DynamoDbRecommendationStore:
         *,
         batch: str,
         allow_older: bool = False,
+        similar_items: SimilarItemsInput | None = None,
     ) -> LoadReport:
         batch = check_batch(batch)
         lists = iter_user_lists(recommendations, model_version)
+        similar = iter_product_lists(similar_items) if similar_items is not None else iter(())
         version = new_version_id()
         previous = self._read_pointer(consistent=True)
         refuse_older_batch(self.subject, batch, previous.batch if previous else None, allow_older)
         loaded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         written_users: list[int] = []
-        counts = {"rows": 0, "max_item_bytes": 0}
+        counts = {"rows": 0, "max_item_bytes": 0, "similar_products": 0, "similar_rows": 0}
+        similar_keys: list[int] = []
 
         def items() -> Iterator[tuple[str, dict[str, Any]]]:
             for user_id, rows in lists:
@@ -378,12 +423,28 @@ class DynamoDbRecommendationStore:
                         "recommendations": payload,
                     },
                 )
+            if not written_users:
+                return
+            for product_id, entries in similar:
+                payload = json.dumps(
+                    [dict(zip(SIMILAR_FIELDS, entry, strict=True)) for entry in entries],
+                    separators=(",", ":"),
+                    ensure_ascii=False,
+                )
+                counts["similar_products"] += 1
+                counts["similar_rows"] += len(entries)
+                counts["max_item_bytes"] = max(counts["max_item_bytes"], len(payload.encode()) + 120)
+                similar_keys.append(-product_id)
+                yield (
+                    "put",
+                    {"user_id": -product_id, "version": version, "loaded_at": loaded_at, "similar": payload},
+                )
 
         started = time.perf_counter()
         try:
             self._write(items())
         except BaseException:
-            self._discard(version, written_users)
+            self._discard(version, [*written_users, *similar_keys])
             raise
         if not written_users:
             raise ServingStoreError("no recommendations to load: the input has no rows")
@@ -391,7 +452,7 @@ class DynamoDbRecommendationStore:
         record = VersionRecord(
             version, batch, model_version, loaded_at, len(written_users), counts["rows"], active=True
         )
-        self._switch(record, previous, written_users)
+        self._switch(record, previous, [*written_users, *similar_keys])
         switched = time.perf_counter()
         removed_versions, removed_items, scanned = self._remove_beyond(version)
         cleaned = time.perf_counter()
@@ -412,6 +473,8 @@ class DynamoDbRecommendationStore:
                 "table": self.table_name,
                 "max_item_bytes": counts["max_item_bytes"],
                 "cleanup_scanned_items": scanned,
+                "similar_products": counts["similar_products"],
+                "similar_rows": counts["similar_rows"],
             },
         )
 
@@ -628,7 +691,7 @@ class DynamoDbRecommendationStore:
         names = sorted(retained)[:99]  # an IN list holds at most 100 values
         values: dict[str, Any] = {":current": {"S": version}, ":pointer": {"N": str(POINTER_USER_ID)}}
         values.update({f":k{index}": {"S": name} for index, name in enumerate(names)})
-        condition = "#v < :current AND user_id > :pointer"
+        condition = "#v < :current AND user_id <> :pointer"  # users (> 0) and products (< 0)
         if names:
             condition += " AND NOT (#v IN (" + ", ".join(f":k{index}" for index in range(len(names))) + "))"
 

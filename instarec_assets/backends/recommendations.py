@@ -1,4 +1,4 @@
-"""What a serving store holds: each user's top-10 list for one loaded version.
+"""What a serving store holds: each user's ranked candidates (top 10, explore, up to 50) for one version.
 
 Shared by the SQLite and DynamoDB stores: the row schema, the records `top_k` returns, the load
 report, version ids, and the one input path (`iter_user_lists`) that validates rows and groups
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import pyarrow as pa
 
-MAX_RANK = 12  # top 10 reorder items, then up to 2 explore items
+MAX_RANK = 52  # top 10 reorder items, up to 2 explore items, then reorder candidates 11..50
 DEFAULT_KEEP_VERSIONS = 3  # loaded versions a store retains, the active one among them
 BATCH_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 

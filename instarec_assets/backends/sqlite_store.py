@@ -4,6 +4,9 @@ Layout of the file (e.g. `INSTAREC_HOME/serving/recommendations.sqlite`):
 
 - `recommendations_v<N>`: one loaded version, `PRIMARY KEY (user_id, rank) WITHOUT ROWID`, so a
   user's list is one short range of one B-tree (a primary-key lookup);
+- `similar_v<N>`: the same version's similar items (when the load was given them),
+  `PRIMARY KEY (product_id, rank) WITHOUT ROWID`; filled in the same transaction as
+  `recommendations_v<N>`, so the pointer activates both and a cleanup drops both;
 - `store_versions`: the version registry, every load (N, version id, the landing batch it was built
   from, model_version, load time, counts, when it was removed);
 - `current_version`: a single row (`id = 1`) naming the table readers use.
@@ -55,8 +58,15 @@ from instarec_assets.backends.recommendations import (
     refuse_older_batch,
     unknown_version,
 )
+from instarec_assets.backends.similar_items import (
+    SimilarItem,
+    SimilarItemsInput,
+    SimilarProducts,
+    iter_product_lists,
+)
 
 TABLE_PATTERN = re.compile(r"^recommendations_v(\d+)$")
+SIMILAR_TABLE_PATTERN = re.compile(r"^similar_v(\d+)$")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_versions (
@@ -91,6 +101,12 @@ _VERSIONS_SQL = (
     "FROM store_versions v WHERE v.removed_at IS NULL AND v.loaded_at IS NOT NULL ORDER BY v.id DESC"
 )
 _COLUMNS = "rank, product_id, product_name, aisle, department, probability, explore"
+_SIMILAR_COLUMNS = "rank, similar_product_id, product_name, aisle, department, score"
+
+
+def similar_table_for(table_name: str) -> str:
+    """The similar-items table of the version whose recommendations table is `table_name`."""
+    return "similar_v" + table_name.removeprefix("recommendations_v")
 
 
 def _now() -> str:
@@ -216,6 +232,40 @@ class SqliteRecommendationStore:
             ),
         )
 
+    def similar(self, product_id: int, k: int = 10) -> SimilarProducts | None:
+        """The product's similar items from the current version, at most k by rank; None when the
+        version has none for it (unknown, not current, too rarely co-bought) or was loaded without."""
+        check_k(k)
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            try:
+                pointer = conn.execute(_POINTER_SQL).fetchone()
+            except sqlite3.OperationalError as error:
+                if "no such table" in str(error):
+                    return None
+                raise
+            if pointer is None:
+                return None
+            version, table, _ = pointer
+            try:
+                rows = conn.execute(
+                    f"SELECT {_SIMILAR_COLUMNS} FROM {similar_table_for(table)} "
+                    "WHERE product_id = ? ORDER BY rank LIMIT ?",
+                    (product_id, k),
+                ).fetchall()
+            except sqlite3.OperationalError as error:
+                if "no such table" in str(error):  # a version loaded without similar items
+                    return None
+                raise
+        finally:
+            conn.execute("COMMIT")
+        if not rows:
+            return None
+        return SimilarProducts(
+            product_id=product_id, version=version, items=tuple(SimilarItem(*row) for row in rows)
+        )
+
     def current_version(self) -> str | None:
         info = self.current_info()
         return info["version"] if info else None
@@ -314,18 +364,22 @@ class SqliteRecommendationStore:
         *,
         batch: str,
         allow_older: bool = False,
+        similar_items: SimilarItemsInput | None = None,
     ) -> LoadReport:
         if self.read_only:
             raise ServingStoreError(f"{self.path} was opened read-only; it cannot load")
         batch = check_batch(batch)
         lists = iter_user_lists(recommendations, model_version)
+        similar = iter_product_lists(similar_items) if similar_items is not None else None
         version = new_version_id()
         conn = self._connect_writer()
         try:
             previous = conn.execute(_ACTIVE_SQL).fetchone()  # (version_id, version, batch) or None
             refuse_older_batch(self.subject, batch, previous[2] if previous else None, allow_older)
             started = time.perf_counter()
-            version_id, table, users, rows = self._fill(conn, lists, version, model_version, batch)
+            version_id, table, users, rows, similar_counts = self._fill(
+                conn, lists, version, model_version, batch, similar
+            )
             filled = time.perf_counter()
             self._switch(conn, version_id, version, table, model_version, previous)
             switched = time.perf_counter()
@@ -346,7 +400,12 @@ class SqliteRecommendationStore:
             write_seconds=filled - started,
             switch_seconds=switched - filled,
             cleanup_seconds=cleaned - switched,
-            extra={"table": table, "path": str(self.path)},
+            extra={
+                "table": table,
+                "path": str(self.path),
+                "similar_products": similar_counts[0],
+                "similar_rows": similar_counts[1],
+            },
         )
 
     def _fill(
@@ -356,9 +415,11 @@ class SqliteRecommendationStore:
         version: str,
         model_version: str,
         batch: str,
-    ) -> tuple[int, str, int, int]:
-        """The new version's table, complete, in one transaction: all of it commits or none of it."""
-        counts = {"users": 0, "rows": 0}
+        similar: Iterator[tuple[int, list[tuple[Any, ...]]]] | None = None,
+    ) -> tuple[int, str, int, int, tuple[int, int]]:
+        """The new version's tables (recommendations and similar items), complete, in one
+        transaction: all of it commits or none of it."""
+        counts = {"users": 0, "rows": 0, "products": 0, "similar_rows": 0}
 
         def rows() -> Iterator[tuple[Any, ...]]:
             for user_id, items in lists:
@@ -366,6 +427,13 @@ class SqliteRecommendationStore:
                 counts["rows"] += len(items)
                 for rank, product_id, name, aisle, department, probability, explore in items:
                     yield user_id, rank, product_id, name, aisle, department, probability, int(explore)
+
+        def similar_rows() -> Iterator[tuple[Any, ...]]:
+            for product_id, items in similar or ():
+                counts["products"] += 1
+                counts["similar_rows"] += len(items)
+                for item in items:
+                    yield product_id, *item
 
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -388,6 +456,18 @@ class SqliteRecommendationStore:
             )
             if counts["users"] == 0:
                 raise ServingStoreError("no recommendations to load: the input has no rows")
+            if similar is not None:
+                similar_table = similar_table_for(table)
+                conn.execute(
+                    f"CREATE TABLE {similar_table} ("
+                    "product_id INTEGER NOT NULL, rank INTEGER NOT NULL, similar_product_id INTEGER NOT NULL, "
+                    "product_name TEXT NOT NULL, aisle TEXT NOT NULL, department TEXT NOT NULL, "
+                    "score REAL NOT NULL, PRIMARY KEY (product_id, rank)) WITHOUT ROWID"
+                )
+                conn.executemany(
+                    f"INSERT INTO {similar_table} (product_id, {_SIMILAR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    similar_rows(),
+                )
             conn.execute(
                 "UPDATE store_versions SET users = ?, rows = ?, loaded_at = ? WHERE id = ?",
                 (counts["users"], counts["rows"], _now(), version_id),
@@ -396,7 +476,13 @@ class SqliteRecommendationStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return version_id, table, counts["users"], counts["rows"]
+        return (
+            version_id,
+            table,
+            counts["users"],
+            counts["rows"],
+            (counts["products"], counts["similar_rows"]),
+        )
 
     def _switch(
         self,
@@ -415,6 +501,7 @@ class SqliteRecommendationStore:
             current = conn.execute("SELECT version_id, version FROM current_version WHERE id = 1").fetchone()
             if (current[0] if current else None) != (previous[0] if previous else None):
                 conn.execute(f"DROP TABLE {table}")
+                conn.execute(f"DROP TABLE IF EXISTS {similar_table_for(table)}")
                 conn.execute("UPDATE store_versions SET removed_at = ? WHERE id = ?", (_now(), version_id))
                 conn.execute("COMMIT")
                 seen = previous[1] if previous else "none"
@@ -462,7 +549,7 @@ class SqliteRecommendationStore:
             older = [
                 name
                 for name in tables
-                if TABLE_PATTERN.match(name)
+                if (TABLE_PATTERN.match(name) or SIMILAR_TABLE_PATTERN.match(name))
                 and _table_number(name) < version_id
                 and _table_number(name) not in kept
             ]
@@ -488,5 +575,5 @@ class SqliteRecommendationStore:
 
 
 def _table_number(name: str) -> int:
-    match = TABLE_PATTERN.match(name)
+    match = TABLE_PATTERN.match(name) or SIMILAR_TABLE_PATTERN.match(name)
     return int(match.group(1)) if match else -1

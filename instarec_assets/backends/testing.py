@@ -40,3 +40,24 @@ def recommendations_table(user_ids: Iterable[int], tag: int = 1, ranks: int = 10
             "model_version": pa.array([f"model-{tag}"] * len(users), pa.string()),
         }
     )
+
+
+def similar_items_table(product_ids: Iterable[int], tag: int = 1, ranks: int = 5) -> pa.Table:
+    """`ranks` similar items per product: similar ids carry the tag (`tag * TAG_SCALE + p * 100 + rank`),
+    never the product itself, scores falling with rank."""
+    anchors = np.repeat(np.asarray(list(product_ids), dtype=np.int64), ranks)
+    rank = np.tile(np.arange(1, ranks + 1, dtype=np.int64), len(anchors) // ranks if ranks else 0)
+    similar = tag * TAG_SCALE + anchors * 100 + rank
+    return pa.table(
+        {
+            "product_id": anchors,
+            "rank": rank,
+            "similar_product_id": similar,
+            "product_name": pa.array([f"Similar {p}" for p in similar.tolist()], pa.string()),
+            "aisle": pa.array([f"aisle {r}" for r in rank.tolist()], pa.string()),
+            "department": pa.array([f"department {tag}" for _ in range(len(anchors))], pa.string()),
+            "score": 1.0 / (rank + 1),
+            "lift": np.ones(len(anchors)),
+            "together": np.full(len(anchors), 3, dtype=np.int32),
+        }
+    )

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 from instarec_assets.lake.duck import StagedParquet, copy_to_parquet
 from instarec_assets.ml.reorder_model import RowFeature
 
-TOP_K = 10
+TOP_K = 10  # the head of a user's list: what an unfiltered answer shows first
+CANDIDATES = 50  # reorder candidates stored per user, so that a filtered answer still fills k
 SCORING_BATCH_ROWS = 1_000_000
 
 PREDICTIONS_SCHEMA = pa.schema(
@@ -29,28 +30,35 @@ PREDICTIONS_SCHEMA = pa.schema(
 
 # Serving rows only: the next order after the latest one we know, for every user. Each user's list is
 # their top `top_k` reorder candidates by probability, then their explore items (products they never
-# bought, nearest to them in the GraphSAGE embedding space) ranked after them, flagged explore = true.
+# bought, nearest to them in the GraphSAGE embedding space) flagged explore = true, then the rest of
+# their top `candidates` reorder candidates, so the first top_k + explore ranks are the list an
+# unfiltered answer shows and the later ranks are what a filtered answer draws on. Only products
+# current in the product dimension are ranked (a discontinued one leaves no gap in the ranks).
 RECOMMENDATIONS_SQL = """
-WITH ranked AS (
-    SELECT user_id, product_id, probability,
-           row_number() OVER (PARTITION BY user_id ORDER BY probability DESC, product_id) AS rank
-    FROM read_parquet($predictions, hive_partitioning = false)
-    WHERE eval_set = 'serving'
-),
-reorders AS (
-    SELECT user_id, rank, product_id, probability, false AS explore FROM ranked WHERE rank <= $top_k
-),
-listed AS (
-    SELECT user_id, max(rank) AS n_reorders FROM reorders GROUP BY user_id
-),
-catalog AS (
+WITH catalog AS (
     SELECT product_id, product_name, aisle_id, department_id
     FROM read_parquet($products, hive_partitioning = false)
     WHERE is_current
 ),
+ranked AS (
+    SELECT user_id, product_id, probability,
+           row_number() OVER (PARTITION BY user_id ORDER BY probability DESC, product_id) AS model_rank
+    FROM read_parquet($predictions, hive_partitioning = false)
+    SEMI JOIN catalog USING (product_id)
+    WHERE eval_set = 'serving'
+),
+reorders AS (
+    SELECT user_id, model_rank, product_id, probability FROM ranked WHERE model_rank <= $candidates
+),
+listed AS (
+    SELECT user_id, least(max(model_rank), $top_k) AS n_reorders FROM reorders GROUP BY user_id
+),
 {explore_ctes}
 items AS (
-    SELECT * FROM reorders
+    SELECT reorders.user_id,
+           CASE WHEN model_rank <= $top_k THEN model_rank ELSE model_rank + {explore_shift} END AS rank,
+           product_id, probability, false AS explore
+    FROM reorders {explore_join}
     {explore_union}
 )
 SELECT items.user_id, items.rank::TINYINT AS rank, items.product_id, catalog.product_name,
@@ -84,13 +92,19 @@ aisle_first_purchase AS (
     GROUP BY catalog.aisle_id
 ),
 explore AS (
-    SELECT e.user_id, coalesce(listed.n_reorders, 0) + e.explore_rank AS rank, e.product_id,
+    SELECT e.user_id,
+           coalesce(listed.n_reorders, 0)
+             + row_number() OVER (PARTITION BY e.user_id ORDER BY e.explore_rank) AS rank,
+           e.product_id,
            coalesce(first_purchase.rate, aisle_first_purchase.rate, 0.0) AS probability, true AS explore
     FROM read_parquet($explore, hive_partitioning = false) AS e
     JOIN catalog USING (product_id)
     LEFT JOIN listed USING (user_id)
     LEFT JOIN first_purchase USING (product_id)
     LEFT JOIN aisle_first_purchase USING (aisle_id)
+),
+explore_counts AS (
+    SELECT user_id, count(*) AS n_explore FROM explore GROUP BY user_id
 ),
 """
 
@@ -179,9 +193,12 @@ def top_recommendations(
     out_path: Path,
     top_k: int = TOP_K,
     explore: ExploreInputs | None = None,
+    candidates: int = CANDIDATES,
 ) -> StagedParquet:
     """The top `top_k` products per user by probability, with current catalog names, followed by the
-    user's explore items when `explore` is given."""
+    user's explore items when `explore` is given, then the rest of the top `candidates`."""
+    if candidates < top_k:
+        raise ValueError(f"recommendations: candidates ({candidates}) must be at least top_k ({top_k})")
     params = {
         "predictions": predictions_uri,
         "products": products_uri,
@@ -189,6 +206,7 @@ def top_recommendations(
         "departments": departments_uri,
         "model_version": model_version,
         "top_k": int(top_k),
+        "candidates": int(candidates),
     }
     if explore is not None:
         params |= {
@@ -198,6 +216,8 @@ def top_recommendations(
         }
     sql = RECOMMENDATIONS_SQL.format(
         explore_ctes=EXPLORE_CTES if explore is not None else "",
+        explore_shift="coalesce(explore_counts.n_explore, 0)" if explore is not None else "0",
+        explore_join="LEFT JOIN explore_counts USING (user_id)" if explore is not None else "",
         explore_union="UNION ALL SELECT user_id, rank, product_id, probability, explore FROM explore"
         if explore is not None
         else "",

@@ -12,7 +12,15 @@ rate limit (429 with Retry-After; it counts every API request, refused or not, s
 limited too), the API key (401 without `x-api-key`, with the `WWW-Authenticate` header RFC 9110
 requires of a 401; 403 with a wrong one), the query (400), the store lookup (404 for a user without
 recommendations, 503 when the store cannot be read), then 200.
-`OPTIONS /recommendations` is the CORS preflight (204, or 403 for an origin that is not allowed).
+`GET /similar?product_id=<1..2147483647>&k=<1..20, default 5>` ("customers also buy") runs the same
+steps and answers `{"product_id": .., "similar": [{"product_id", "product_name", "aisle",
+"department", "score"}, ...]}` from the active serving version, never the product itself; 404 for a
+product the version has no similar items for (unknown, no longer current, or too rarely co-bought).
+Both take the optional filters of `filters.py` (`exclude_departments`, `exclude_aisles`,
+`exclude_products`, `include_departments`, comma-separated; a bad value is a one-line 400), merged
+with the configured rules (`ServingSettings.rules`); a filtered answer is the first k allowed items
+of the candidates the store holds, in rank order.
+`OPTIONS /recommendations` (and `/similar`) is the CORS preflight (204, or 403 for an origin that is not allowed).
 Other methods get 405, other paths 404. Every error body is `{"error": "<one line>"}`; an
 unexpected exception is logged here and answered 500 `{"error": "internal error"}`, never with
 details. With `static=True` (the local server) it also serves the page at `/`, its `/config.json`
@@ -31,6 +39,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from instarec_assets.serving.filters import (
+    FILTER_PARAMETERS,
+    FilterError,
+    Filters,
+    apply_filters,
+    parse_filters,
+)
 from instarec_assets.serving.keys import (
     KeySource,
     KeysUnavailableError,
@@ -47,10 +62,13 @@ Headers = Sequence[tuple[str, str]]  # a list, or one of the shared tuples below
 Response = tuple[int, Headers, bytes]
 
 API_PATH = "/recommendations"
+SIMILAR_PATH = "/similar"
+DEFAULT_SIMILAR_K = 5
 MAX_USER_ID = 2_147_483_647
 DEFAULT_K = 3
 MAX_K = 20
 MAX_QUERY_LENGTH = 1024
+FILTER_CANDIDATES = 64  # rows read for a filtered answer: more than any stored list holds
 ALLOWED_METHODS = "GET, OPTIONS"
 ALLOWED_HEADERS = "content-type, x-api-key"
 PREFLIGHT_MAX_AGE = "600"
@@ -168,6 +186,8 @@ class ServingApi:
         self._static_cache: dict[str, Response] = {}
         self._allowed_origins = settings.allowed_origins
         self._hit = self.limiter.hit
+        # the configured business rules, None when there are none (the hot path then skips filtering)
+        self._rules: Filters | None = settings.rules if settings.rules else None
 
     # ------------------------------------------------------------ store
     def _default_store(self) -> Any:
@@ -227,6 +247,16 @@ class ServingApi:
                     return self._preflight(headers)
                 return json_error(
                     405, f"method {_token(method)} is not allowed on {API_PATH}", [("allow", ALLOWED_METHODS)]
+                )
+            if path == SIMILAR_PATH:
+                if method == "GET":
+                    return self.similar(query, headers.get("x-api-key"), headers.get("origin"), client_ip)
+                if method == "OPTIONS":
+                    return self._preflight(headers)
+                return json_error(
+                    405,
+                    f"method {_token(method)} is not allowed on {SIMILAR_PATH}",
+                    [("allow", ALLOWED_METHODS)],
                 )
             if self.static and (path in STATIC_FILES or path == "/config.json"):
                 if method != "GET":
@@ -305,10 +335,20 @@ class ServingApi:
         try:
             if self.keys is not None:
                 self._check_key(api_key)
-            user_id, k = parsed if parsed is not None else parse_query(query)
+            if parsed is not None:
+                user_id, k = parsed
+                filters = self._rules
+            else:
+                user_id, k, requested = parse_recommendations_query(query)
+                filters = _combined(self._rules, requested)
             lookup = self._lookup or self.lookup
             try:
-                result = lookup.lookup(user_id, k)
+                if filters is None:
+                    result = lookup.lookup(user_id, k)
+                else:
+                    result = lookup.lookup(user_id, FILTER_CANDIDATES)
+                    if result is not None:
+                        result = (result[0], apply_filters(result[1], filters, k))
             except Exception as error:
                 if not _is_store_error(error):
                     raise
@@ -319,6 +359,43 @@ class ServingApi:
         if result is None:
             return 404, (*API_HEADERS, *cors), error_body(f"user {user_id} has no recommendations")
         return 200, (*API_HEADERS, *cors) if cors else API_HEADERS, render(user_id, result[0], result[1])
+
+    def similar(
+        self, query: Iterable[tuple[str, str]] | None, api_key: str | None, origin: str | None, client_ip: str
+    ) -> Response:
+        """`GET /similar`: rate limit, key, query, lookup, in the order of `recommendations`."""
+        cors: Headers = ()
+        if origin and origin.lower() in self._allowed_origins:
+            cors = (("access-control-allow-origin", origin), ("access-control-expose-headers", "Retry-After"))
+        wait = self._hit(client_ip)
+        if wait:
+            return (
+                429,
+                (*API_HEADERS, *cors, ("retry-after", str(wait))),
+                error_body(f"too many requests; retry after {wait} seconds"),
+            )
+        try:
+            if self.keys is not None:
+                self._check_key(api_key)
+            product_id, k, requested = parse_similar_query(query)
+            filters = _combined(self._rules, requested)
+            try:
+                if filters is None:
+                    result = self.lookup.similar(product_id, k)
+                else:
+                    result = self.lookup.similar(product_id, FILTER_CANDIDATES)
+                    if result is not None:
+                        result = (result[0], apply_filters(result[1], filters, k))
+            except Exception as error:
+                if not _is_store_error(error):
+                    raise
+                log.error("serving store similar-items lookup failed: %s: %s", type(error).__name__, error)
+                raise RequestError(503, "similar items are temporarily unavailable") from None
+        except RequestError as error:
+            return error.status, (*API_HEADERS, *cors, *error.headers), error_body(error.message)
+        if result is None:
+            return 404, (*API_HEADERS, *cors), error_body(f"product {product_id} has no similar items")
+        return 200, (*API_HEADERS, *cors), render_similar(product_id, result[1])
 
     def _check_key(self, provided: str | None) -> None:
         """RequestError 401 without a key, 403 for a wrong one, 503 when the keys cannot be read."""
@@ -383,7 +460,13 @@ class ServingApi:
 
 
 def parse_query(query: Iterable[tuple[str, str]] | None) -> tuple[int, int]:
-    """`(user_id, k)` from the query pairs, or RequestError(400) naming what is wrong.
+    """`(user_id, k)` from the query pairs (filters validated, not returned); see below."""
+    user_id, k, _ = parse_recommendations_query(query)
+    return user_id, k
+
+
+def parse_recommendations_query(query: Iterable[tuple[str, str]] | None) -> tuple[int, int, Filters]:
+    """`(user_id, k, filters)` from the query pairs, or RequestError(400) naming what is wrong.
 
     `None` stands for a query string the adapter could not take apart (too long, too many fields).
     """
@@ -393,15 +476,20 @@ def parse_query(query: Iterable[tuple[str, str]] | None) -> tuple[int, int]:
         user_text = query[0][1]
         if _USER_ID.fullmatch(user_text) and int(user_text) <= MAX_USER_ID:
             if len(query) == 1:
-                return int(user_text), DEFAULT_K
+                return int(user_text), DEFAULT_K, NO_FILTERS
             name, k_text = query[1]
             if name == "k" and _K.fullmatch(k_text) and int(k_text) <= MAX_K:
-                return int(user_text), int(k_text)
+                return int(user_text), int(k_text), NO_FILTERS
         # anything else: the general path below names the problem
     user_text: str | None = None
     k_text: str | None = None
+    filter_values: dict[str, str] = {}
     for name, value in query:
-        if name == "user_id":
+        if name in FILTER_PARAMETERS:
+            if name in filter_values:
+                raise RequestError(400, f"{name} is given more than once")
+            filter_values[name] = value
+        elif name == "user_id":
             if user_text is not None:
                 raise RequestError(400, "user_id is given more than once")
             user_text = value
@@ -411,16 +499,73 @@ def parse_query(query: Iterable[tuple[str, str]] | None) -> tuple[int, int]:
             k_text = value
         else:
             shown = f" {name!r}" if _PARAM_NAME.fullmatch(name) else ""
-            raise RequestError(400, f"unknown query parameter{shown}; expected user_id and optionally k")
+            raise RequestError(
+                400, f"unknown query parameter{shown}; expected user_id and optionally k and {_FILTER_LIST}"
+            )
     if user_text is None:
         raise RequestError(400, "user_id is required")
     if not _USER_ID.fullmatch(user_text) or int(user_text) > MAX_USER_ID:
         raise RequestError(400, f"user_id must be a positive integer no greater than {MAX_USER_ID}")
-    if k_text is None:
-        return int(user_text), DEFAULT_K
-    if not _K.fullmatch(k_text) or int(k_text) > MAX_K:
+    if k_text is not None and (not _K.fullmatch(k_text) or int(k_text) > MAX_K):
         raise RequestError(400, f"k must be an integer from 1 to {MAX_K}")
-    return int(user_text), int(k_text)
+    return int(user_text), DEFAULT_K if k_text is None else int(k_text), _filters(filter_values)
+
+
+NO_FILTERS = Filters()
+_FILTER_LIST = ", ".join(FILTER_PARAMETERS)
+
+
+def _filters(values: dict[str, str]) -> Filters:
+    if not values:
+        return NO_FILTERS
+    try:
+        return parse_filters(values)
+    except FilterError as error:
+        raise RequestError(400, str(error)) from None
+
+
+def _combined(rules: Filters | None, requested: Filters) -> Filters | None:
+    """The configured rules and the request's filters together; None when there are none."""
+    if not requested:
+        return rules
+    return requested if rules is None else rules.merged(requested)
+
+
+def render_similar(product_id: int, rows: Rows) -> bytes:
+    """The 200 body of `GET /similar`; rows `(rank, product_id, name, aisle, department, score)`."""
+    similar = [
+        {"product_id": pid, "product_name": name, "aisle": aisle, "department": department, "score": score}
+        for _, pid, name, aisle, department, score in rows
+        if pid != product_id
+    ]
+    return json.dumps({"product_id": product_id, "similar": similar}, separators=(",", ":")).encode("ascii")
+
+
+def parse_similar_query(query: Iterable[tuple[str, str]] | None) -> tuple[int, int, Filters]:
+    """`(product_id, k, filters)` of `GET /similar`, or RequestError(400) naming what is wrong."""
+    if query is None:
+        raise RequestError(400, f"the query string is malformed or longer than {MAX_QUERY_LENGTH} bytes")
+    values: dict[str, str] = {}
+    for name, value in query:
+        if name not in ("product_id", "k", *FILTER_PARAMETERS):
+            shown = f" {name!r}" if _PARAM_NAME.fullmatch(name) else ""
+            raise RequestError(
+                400,
+                f"unknown query parameter{shown}; expected product_id and optionally k and {_FILTER_LIST}",
+            )
+        if name in values:
+            raise RequestError(400, f"{name} is given more than once")
+        values[name] = value
+    product_text = values.get("product_id")
+    if product_text is None:
+        raise RequestError(400, "product_id is required")
+    if not _USER_ID.fullmatch(product_text) or int(product_text) > MAX_USER_ID:
+        raise RequestError(400, f"product_id must be a positive integer no greater than {MAX_USER_ID}")
+    k_text = values.get("k")
+    if k_text is not None and (not _K.fullmatch(k_text) or int(k_text) > MAX_K):
+        raise RequestError(400, f"k must be an integer from 1 to {MAX_K}")
+    filters = _filters({name: value for name, value in values.items() if name in FILTER_PARAMETERS})
+    return int(product_text), DEFAULT_SIMILAR_K if k_text is None else int(k_text), filters
 
 
 def _token(text: str, limit: int = 16) -> str:

@@ -20,6 +20,10 @@ per-item objects are built on the request path.
   keeps the hot path at one statement, on a connection reading the file through a memory map
   (`bench/bench_serving.py` compares the whole endpoint with a bare one-lookup server).
 - `StoreLookup` wraps any `RecommendationStore` (DynamoDB, test doubles) through `top_k`.
+
+`similar(product_id, k) -> (version, rows) | None` reads a product's similar items from the same
+version (`similar_v<N>` beside `recommendations_v<N>`; DynamoDB's `similar()`), rows
+`(rank, product_id, product_name, aisle, department, score)` by rank, never the product itself.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any, Protocol
 
 _ROW = "rank, product_id, product_name, aisle, department, probability, explore"
 _POINTER = "SELECT table_name, model_version FROM current_version WHERE id = 1"
+_SIMILAR_ROW = "rank, similar_product_id, product_name, aisle, department, score"
 MMAP_SIZE = 1 << 30  # bytes of the store file readers map (SQLite caps it at its compile-time maximum)
 
 Rows = list[tuple[Any, ...]]
@@ -41,6 +46,8 @@ class Lookup(Protocol):
     backend: str
 
     def lookup(self, user_id: int, k: int) -> tuple[str, Rows] | None: ...
+
+    def similar(self, product_id: int, k: int) -> tuple[str, Rows] | None: ...
 
     def close(self) -> None: ...
 
@@ -128,6 +135,35 @@ class SqliteLookup:
         rows = conn.execute(fresh[3], (user_id, k)).fetchall()
         return (fresh[2], rows) if rows else None
 
+    def similar(self, product_id: int, k: int) -> tuple[str, Rows] | None:
+        """The product's similar items in the current version: pointer and list read in one
+        transaction (one snapshot), so both come from the same version."""
+        conn = getattr(self._local, "conn", None) or self._connection()
+        conn.execute("BEGIN")
+        try:
+            try:
+                row = conn.execute("SELECT table_name, version FROM current_version WHERE id = 1").fetchone()
+            except sqlite3.OperationalError as error:
+                if "no such table" not in str(error):
+                    raise
+                return None
+            if row is None:
+                return None
+            table = "similar_v" + row[0].removeprefix("recommendations_v")
+            try:
+                rows = conn.execute(
+                    f"SELECT {_SIMILAR_ROW} FROM {table} WHERE product_id = ? AND similar_product_id <> ? "
+                    "ORDER BY rank LIMIT ?",
+                    (product_id, product_id, k),
+                ).fetchall()
+            except sqlite3.OperationalError as error:
+                if "no such table" not in str(error):  # a version loaded without similar items
+                    raise
+                return None
+        finally:
+            conn.execute("COMMIT")
+        return (row[1], rows) if rows else None
+
     def close(self) -> None:
         with self._lock:
             connections, self._connections = self._connections, []
@@ -163,6 +199,18 @@ class StoreLookup:
             for item in result.items
         ]
         return result.model_version, rows
+
+    def similar(self, product_id: int, k: int) -> tuple[str, Rows] | None:
+        read = getattr(self.store, "similar", None)
+        result = read(product_id, k) if callable(read) else None
+        if result is None:
+            return None
+        rows = [
+            (item.rank, item.product_id, item.product_name, item.aisle, item.department, item.score)
+            for item in result.items
+            if item.product_id != product_id
+        ]
+        return (result.version, rows) if rows else None
 
     def close(self) -> None:
         close = getattr(self.store, "close", None)

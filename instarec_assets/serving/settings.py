@@ -18,6 +18,9 @@
 | `INSTAREC_HEADER_TIMEOUT_S` | `instarec serve`: seconds a client has to send the whole request head, else 408 (default 10) |
 | `INSTAREC_KEEP_ALIVE_S` | `instarec serve`: seconds an idle keep-alive connection is kept open (default 5) |
 | `INSTAREC_MAX_CONNECTIONS` | `instarec serve`: concurrent connections per worker; beyond, requests get 503 (default 1000) |
+| `INSTAREC_SERVING_EXCLUDE_DEPARTMENTS` | business rule: department names never served (comma-separated, as responses show them) |
+| `INSTAREC_SERVING_EXCLUDE_AISLES` | business rule: aisle names never served (comma-separated) |
+| `INSTAREC_SERVING_EXCLUDE_PRODUCTS` | business rule: product ids never served (comma-separated) |
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from instarec_assets.serving.filters import FilterError, Filters, parse_filters
+
 DEFAULT_RATE_LIMIT = "100/300"
 DEFAULT_KEYS_TTL_S = 300.0
 DEFAULT_MAX_HEADER_BYTES = 16384
@@ -39,6 +44,12 @@ DEFAULT_MAX_CONNECTIONS = 1000
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
+NO_RULES = Filters()
+RULE_VARIABLES = {
+    "exclude_departments": "INSTAREC_SERVING_EXCLUDE_DEPARTMENTS",
+    "exclude_aisles": "INSTAREC_SERVING_EXCLUDE_AISLES",
+    "exclude_products": "INSTAREC_SERVING_EXCLUDE_PRODUCTS",
+}
 
 
 class ServingConfigError(ValueError):
@@ -67,6 +78,7 @@ class ServingSettings:
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    rules: Filters = NO_RULES  # business rules applied to every response
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:
@@ -101,6 +113,7 @@ class ServingSettings:
             header_timeout_s=_positive_float(env, "INSTAREC_HEADER_TIMEOUT_S", DEFAULT_HEADER_TIMEOUT_S),
             keep_alive_s=_positive_float(env, "INSTAREC_KEEP_ALIVE_S", DEFAULT_KEEP_ALIVE_S),
             max_connections=_positive_int(env, "INSTAREC_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS),
+            rules=parse_rules(env),
         )
         settings.check()
         return settings
@@ -125,6 +138,15 @@ class ServingSettings:
     @property
     def local_keys_configured(self) -> bool:
         return bool(self.api_keys or self.api_keys_file)
+
+
+def parse_rules(env: Mapping[str, str]) -> Filters:
+    """The configured business rules (`RULE_VARIABLES`); an unset or blank variable adds none."""
+    values = {parameter: env[name] for parameter, name in RULE_VARIABLES.items() if env.get(name, "").strip()}
+    try:
+        return parse_filters(values, names=RULE_VARIABLES)
+    except FilterError as error:
+        raise ServingConfigError(str(error)) from None
 
 
 def parse_keys(text: str) -> tuple[str, ...]:

@@ -14,15 +14,23 @@ from instarec_assets.serving.asgi import create_app
 
 
 def build_sqlite_store(
-    path: Path, users: int = 50, model_version: str = "model-1", batch: str = "2025-01-06"
+    path: Path,
+    users: int = 50,
+    model_version: str = "model-1",
+    batch: str = "2025-01-06",
+    similar: bool = False,
 ) -> Path:
-    """A SQLite serving store at `path` with users 1..users x 10 recommendations (backends.testing)."""
+    """A SQLite serving store at `path` with users 1..users x 10 recommendations (backends.testing);
+    with `similar`, 5 similar items for every recommended product (`similar_items_table`)."""
     from instarec_assets.backends.serving_store import SqliteRecommendationStore
-    from instarec_assets.backends.testing import recommendations_table
+    from instarec_assets.backends.testing import recommendations_table, similar_items_table
 
     table = recommendations_table(range(1, users + 1)).drop_columns(["model_version"])
+    similar_items = None
+    if similar:
+        similar_items = similar_items_table(sorted(set(table.column("product_id").to_pylist())))
     store = SqliteRecommendationStore(path)
-    store.load(table, model_version=model_version, batch=batch)
+    store.load(table, model_version=model_version, batch=batch, similar_items=similar_items)
     store.close()
     return path
 
