@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 export INSTAREC_HOME
 
-.PHONY: install tools test lint format demo ui serve bench bench-serving clean
+.PHONY: install tools test lint format defs demo ui serve bench bench-serving clean
 
 # Idempotent: the stamp is rebuilt only when pyproject.toml (the packaging metadata) or setup.py changes.
 # Every extra but spark: the pipeline with GraphSAGE, aws mode (moto tests), `instarec serve`, the tools.
@@ -47,6 +47,10 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Load and validate the Dagster definitions as `dg` does (the dg project is [tool.dg] in pyproject.toml).
+defs: install
+	$(BIN)/dg check defs --use-active-venv
 
 demo: install
 	$(BIN)/instarec demo --home $(INSTAREC_HOME) --users $(DEMO_USERS)
