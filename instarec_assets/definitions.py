@@ -6,6 +6,7 @@ import warnings
 
 from dagster import AssetSelection, AssetSpec, Definitions, PreviewWarning, define_asset_job
 
+from instarec_assets.alerts import run_failure_alert
 from instarec_assets.assets.checks import clean_checks
 from instarec_assets.assets.clean import CLEAN_STEPS
 from instarec_assets.assets.consumption import (
@@ -130,7 +131,7 @@ def build_definitions(
         assets=ASSETS,
         asset_checks=clean_checks(),
         jobs=[landing_job],
-        sensors=[landing_sensor],
+        sensors=[landing_sensor, run_failure_alert],
         resources=build_resources(locations, history_wait),
     )
     specs = (lambda spec: _aws_kinds(owned_and_tagged(spec))) if locations.is_aws else owned_and_tagged
