@@ -16,6 +16,8 @@ ZIP="$OUT/instarec-serving.zip"
 rm -rf "$OUT"
 mkdir -p "$PKG"
 
+# pip builds the project in place: a stale build/lib (modules since deleted or moved) must not reach the zip.
+rm -rf "$ROOT/build/lib"
 "$PYTHON" -m pip install --quiet --no-deps --no-compile --target "$PKG" "$ROOT"
 REQS="$OUT/lambda-requirements.txt"
 "$PYTHON" "$ROOT/infra/scripts/lambda_requirements.py" "$ROOT/pyproject.toml" > "$REQS"
