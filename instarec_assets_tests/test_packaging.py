@@ -13,6 +13,7 @@ import ast
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -209,6 +210,45 @@ def test_serve_extra_is_enough_for_the_serving_package_and_the_lambda_handler(tm
     assert [item["product_id"] for item in body["recommendations"]] == [101, 102]
     assert body["model_version"] == "serve-extra"
     assert [item["product_id"] for item in report["asgi"]["recommendations"]] == [101]
+
+
+WITHOUT_GRAPH = r"""
+import importlib.abc, sys
+
+class NoGraphExtra(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "torch_geometric"}:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NoGraphExtra())
+from instarec_assets.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_generator_needs_no_graph_extra(tmp_path: Path) -> None:
+    out = tmp_path / "landing"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            WITHOUT_GRAPH,
+            "generate",
+            "--out",
+            str(out),
+            "--users",
+            "100",
+            "--batches",
+            "1",
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    (batch,) = out.iterdir()
+    assert (batch / "_SUCCESS").exists() and (batch / "orders.csv").stat().st_size > 0
 
 
 def test_lambda_bundle_takes_the_serve_extra_less_the_runtime_and_the_server() -> None:
