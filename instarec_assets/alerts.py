@@ -9,14 +9,18 @@ in the daemon's log, names the run id, the job, the partition, the failed steps 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
 
 from instarec_assets.backends.alert_topic import RunFailure, publish_failure
 from instarec_assets.settings import Settings
 
+if TYPE_CHECKING:
+    from dagster_shared.error import SerializableErrorInfo
 
-def _root_message(error) -> str:
+
+def _root_message(error: SerializableErrorInfo | None) -> str:
     """The innermost cause's first line: the user's error, not Dagster's wrapper around it."""
     while error is not None and getattr(error, "cause", None) is not None:
         error = error.cause
