@@ -10,16 +10,17 @@ PYTEST_ARGS ?=
 
 export INSTAREC_HOME
 
-.PHONY: install tools test lint format demo ui serve bench bench-serving clean
+.PHONY: install tools test lint format defs demo ui serve bench bench-serving clean
 
-# Idempotent: the stamp is rebuilt only when setup.py changes.
+# Idempotent: the stamp is rebuilt only when pyproject.toml (the packaging metadata) or setup.py changes.
+# Every extra but spark: the pipeline with GraphSAGE, aws mode (moto tests), `instarec serve`, the tools.
 $(VENV)/.installed: setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 	# The CPU build of torch first (a local wheel where the machine has one), so that the
-	# resolver never swaps in the multi-GB CUDA build for the plain pin in setup.py.
+	# resolver never swaps in the multi-GB CUDA build for the plain pin of the graph extra.
 	$(BIN)/pip install -q "torch==2.13.0+cpu" || $(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,aws,graph,serve]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -46,6 +47,10 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Load and validate the Dagster definitions as `dg` does (the dg project is [tool.dg] in pyproject.toml).
+defs: install
+	$(BIN)/dg check defs --use-active-venv
 
 demo: install
 	$(BIN)/instarec demo --home $(INSTAREC_HOME) --users $(DEMO_USERS)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import warnings
+from pathlib import Path
 
 from dagster import AssetSelection, AssetSpec, Definitions, PreviewWarning, define_asset_job
 
+from instarec_assets.alerts import run_failure_alert
 from instarec_assets.assets.checks import clean_checks
 from instarec_assets.assets.clean import CLEAN_STEPS
 from instarec_assets.assets.consumption import (
@@ -105,12 +109,41 @@ DEFAULT_OWNER = "team:data-platform"
 DEFAULT_LAYER = "lake"
 
 
+# The logic packages whose code decides each group's output. An asset's code_version is a hash of
+# their source (and SQL), so Dagster shows "code version changed" on assets materialised by older
+# logic, and never misses a change that a hand-bumped version string would.
+GROUP_LOGIC = {
+    "raw": ("lake",),
+    "clean": ("lake",),
+    "curated": ("lake", "features"),
+    "models": ("features", "ml", "backends"),
+    "consumption": ("ml", "consumption", "backends", "warehouse"),
+}
+
+
+def source_digest(root: Path, packages: tuple[str, ...]) -> str:
+    """12 hex digits of the sha256 of the packages' .py and .sql files under root, by relative path."""
+    digest = hashlib.sha256()
+    for package in packages:
+        for path in sorted(p for p in (root / package).rglob("*") if p.suffix in {".py", ".sql"}):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@functools.cache
+def logic_version(group: str) -> str | None:
+    """The code_version of a group's assets (None for a group without logic packages)."""
+    packages = GROUP_LOGIC.get(group)
+    return source_digest(Path(__file__).resolve().parent, packages) if packages else None
+
+
 def owned_and_tagged(spec: AssetSpec) -> AssetSpec:
-    """The spec with its group's owner and `zone`/`layer` tags added (its own owners and tags kept)."""
+    """The spec with its group's owner, `zone`/`layer` tags and logic version added (its own kept)."""
     group = spec.group_name or "default"
     owners = spec.owners or [GROUP_OWNERS.get(group, DEFAULT_OWNER)]
     tags = {"zone": group, "layer": GROUP_LAYERS.get(group, DEFAULT_LAYER), **spec.tags}
-    return spec.replace_attributes(owners=owners, tags=tags)
+    code_version = spec.code_version or logic_version(group)
+    return spec.replace_attributes(owners=owners, tags=tags, code_version=code_version)
 
 
 def _aws_kinds(spec: AssetSpec) -> AssetSpec:
@@ -130,7 +163,7 @@ def build_definitions(
         assets=ASSETS,
         asset_checks=clean_checks(),
         jobs=[landing_job],
-        sensors=[landing_sensor],
+        sensors=[landing_sensor, run_failure_alert],
         resources=build_resources(locations, history_wait),
     )
     specs = (lambda spec: _aws_kinds(owned_and_tagged(spec))) if locations.is_aws else owned_and_tagged

@@ -28,6 +28,7 @@ from dagster import (
 )
 from upath import UPath
 
+from instarec_assets.column_docs import column_description
 from instarec_assets.history import HistoryWait, require_complete
 from instarec_assets.lake.duck import StagedParquet
 from instarec_assets.lake.locations import LakeLocations, model_relpath, partition_relpath
@@ -65,7 +66,7 @@ class ZoneParquetIOManager(UPathIOManager):
                 f"{context.asset_key.to_user_string()}: the lake stores StagedParquet or pyarrow.Table, "
                 f"not {type(obj).__name__}"
             )
-        context.add_output_metadata(parquet_metadata(obj.path, self.zone))
+        context.add_output_metadata(parquet_metadata(obj.path, self.zone, context.asset_key.path[-1]))
         publish(obj.path, path)
 
     def load_from_path(self, context: InputContext, path: UPath) -> str:
@@ -110,14 +111,17 @@ class ZoneParquetIOManager(UPathIOManager):
         return [str(paths[key]) for key in keys]
 
 
-def parquet_metadata(path: Path, zone: str) -> dict[str, MetadataValue]:
-    """Row count and schema from the parquet footer, shown on every lake asset in the UI."""
+def parquet_metadata(path: Path, zone: str, table: str = "") -> dict[str, MetadataValue]:
+    """Row count and schema from the parquet footer (each column described: column_docs.py), shown on
+    every lake asset in the UI."""
     parquet = pq.ParquetFile(path)
+    columns = [
+        TableColumn(field.name, str(field.type), description=column_description(table, field.name))
+        for field in parquet.schema_arrow
+    ]
     return {
         "dagster/row_count": MetadataValue.int(parquet.metadata.num_rows),
-        "dagster/column_schema": MetadataValue.table_schema(
-            TableSchema(columns=[TableColumn(field.name, str(field.type)) for field in parquet.schema_arrow])
-        ),
+        "dagster/column_schema": MetadataValue.table_schema(TableSchema(columns=columns)),
         "zone": MetadataValue.text(zone),
         "size_bytes": MetadataValue.int(path.stat().st_size),
     }

@@ -36,6 +36,7 @@ VARIABLES: dict[str, str] = {
     "INSTAREC_RETRAIN_EVERY_BATCHES": "refit the models after this many batches (default 4; 0 = off)",
     "INSTAREC_RETRAIN_MAX_AGE_DAYS": "refit a model this many days after its fitting batch (default 28; 0 = off)",
     "INSTAREC_RETRAIN_DRIFT_PSI": "refit when a drift measure reaches this (default 0.2; 0 = off)",
+    "INSTAREC_ALERT_TOPIC_ARN": "aws: the SNS topic the run-failure sensor publishes to (empty: log only)",
 }
 
 
@@ -70,6 +71,7 @@ class Settings:
     retrain_every_batches: int = 4
     retrain_max_age_days: int = 28
     retrain_drift_psi: float = 0.2
+    alert_topic_arn: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -105,6 +107,7 @@ class Settings:
             retrain_every_batches=_integer(env, "INSTAREC_RETRAIN_EVERY_BATCHES", 4, minimum=0),
             retrain_max_age_days=_integer(env, "INSTAREC_RETRAIN_MAX_AGE_DAYS", 28, minimum=0),
             retrain_drift_psi=_number(env, "INSTAREC_RETRAIN_DRIFT_PSI", 0.2),
+            alert_topic_arn=text("INSTAREC_ALERT_TOPIC_ARN"),
         )
 
 

@@ -8,6 +8,7 @@ intrinsics (!Ref, !Sub, !GetAtt, ...), so the assertions read the same structure
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -24,6 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
 STACKS = INFRA / "stacks"
 WORKFLOWS = REPO / ".github" / "workflows"
+_DEPLOY_TARGET_SPEC = importlib.util.spec_from_file_location(
+    "deploy_target", INFRA / "scripts" / "deploy_target.py"
+)
+DEPLOY_TARGET = importlib.util.module_from_spec(_DEPLOY_TARGET_SPEC)
+_DEPLOY_TARGET_SPEC.loader.exec_module(DEPLOY_TARGET)
 
 EXPECTED_STACKS = {
     "bootstrap",
@@ -1090,7 +1096,7 @@ def test_deploy_infra_validates_packages_deploys_in_order() -> None:
     validate = _steps_text(workflow["jobs"]["validate"])
     assert "cfn-lint" in validate and "checkov" in validate
     deploy = workflow["jobs"]["deploy"]
-    assert deploy["needs"] == "validate"
+    assert "validate" in deploy["needs"]
     runs = [s["run"] for s in deploy["steps"] if "run" in s]
     joined = "\n".join(runs)
     order = [
@@ -1118,32 +1124,11 @@ def test_deploy_frontend_syncs_and_invalidates() -> None:
     assert "aws s3 sync" in text and "create-invalidation" in text
 
 
-def _path_filter_matches(pattern: str, path: str) -> bool:
-    """GitHub's path-filter glob: `**` crosses folders (`**/` may match none), `*` and `?` do not."""
-    regex = ""
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            regex, i = regex + "(?:.*/)?", i + 3
-        elif pattern.startswith("**", i):
-            regex, i = regex + ".*", i + 2
-        elif pattern[i] == "*":
-            regex, i = regex + "[^/]*", i + 1
-        elif pattern[i] == "?":
-            regex, i = regex + "[^/]", i + 1
-        else:
-            regex, i = regex + re.escape(pattern[i]), i + 1
-    return re.fullmatch(regex, path) is not None
-
-
 def _push_triggers(workflow: str, path: str) -> bool:
-    """Whether a push changing `path` starts the workflow; the last matching pattern decides (`!` negates)."""
-    triggered = False
-    for pattern in _workflow(workflow)["on"]["push"]["paths"]:
-        negated = pattern.startswith("!")
-        if _path_filter_matches(pattern.removeprefix("!"), path):
-            triggered = not negated
-    return triggered
+    """Whether a push to main changing `path` deploys with the workflow (its gate's path rules, as the
+    deploy workflows start on the ci workflow's completion; see test_deploy_workflows.py)."""
+    kind = workflow.removeprefix("deploy-").removesuffix(".yml")
+    return DEPLOY_TARGET.touches([path], DEPLOY_TARGET.WORKFLOW_PATHS[kind])
 
 
 def test_infra_and_page_deploys_never_start_for_the_same_file() -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the serving Lambda zip: the instarec_assets package without its heavy dependencies (boto3
-# comes with the python3.11 runtime), plus anything listed in infra/lambda-requirements.txt built for
-# the Lambda platform. Prints the zip's path.
+# Build the serving Lambda zip: the instarec_assets package without its pipeline dependencies, plus the
+# `serve` extra of pyproject.toml built for the Lambda platform, less what the Lambda never needs
+# ([tool.instarec.lambda] runtime-provided: boto3 comes with the python3.11 runtime; server-only:
+# uvicorn runs `instarec serve`, never the Lambda). Prints the zip's path.
 #
 #   infra/scripts/package_lambda.sh [OUT_DIR]        (default build/lambda)
 set -euo pipefail
@@ -15,9 +16,12 @@ ZIP="$OUT/instarec-serving.zip"
 rm -rf "$OUT"
 mkdir -p "$PKG"
 
+# pip builds the project in place: a stale build/lib (modules since deleted or moved) must not reach the zip.
+rm -rf "$ROOT/build/lib"
 "$PYTHON" -m pip install --quiet --no-deps --no-compile --target "$PKG" "$ROOT"
-REQS="$ROOT/infra/lambda-requirements.txt"
-if grep -qvE '^\s*(#|$)' "$REQS" 2>/dev/null; then
+REQS="$OUT/lambda-requirements.txt"
+"$PYTHON" "$ROOT/infra/scripts/lambda_requirements.py" "$ROOT/pyproject.toml" > "$REQS"
+if grep -qvE '^\s*(#|$)' "$REQS"; then
   "$PYTHON" -m pip install --quiet --no-compile --target "$PKG" \
     --platform manylinux2014_x86_64 --implementation cp --python-version 3.11 --only-binary=:all: \
     -r "$REQS"

@@ -1,9 +1,18 @@
 """Consumption zone: scored candidates, Kaggle next baskets, top-10 recommendations and the serving store."""
 
 import time
+from datetime import timedelta
 from pathlib import Path
 
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, Output, asset
+from dagster import (
+    AssetExecutionContext,
+    Config,
+    FreshnessPolicy,
+    MaterializeResult,
+    MetadataValue,
+    Output,
+    asset,
+)
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.metadata import history_read, preview
@@ -45,6 +54,10 @@ class ServingLoadConfig(Config):
 
 
 COMMON = {"partitions_def": landing_batches, "group_name": "consumption", "pool": HISTORY_POOL}
+
+# What shoppers are served should follow each weekly landing batch: warn once a day late, fail after a
+# second batch is missed (shown as asset health in the UI; the instance needs `freshness: enabled`).
+SERVED_FRESHNESS = FreshnessPolicy.time_window(fail_window=timedelta(days=15), warn_window=timedelta(days=8))
 
 
 @asset(
@@ -168,6 +181,7 @@ def next_basket(
         "bought, nearest in the GraphSAGE embedding space), then reorder candidates 11 to 50 (what "
         "request filters draw on), current products only, with names, aisle, department, model version."
     ),
+    freshness_policy=SERVED_FRESHNESS,
     **COMMON,
 )
 def recommendations(
@@ -270,6 +284,7 @@ def similar_items(
         "switched in one step; a batch older than the active version's is refused (roll back with "
         "`instarec serving activate`)."
     ),
+    freshness_policy=SERVED_FRESHNESS,
     **COMMON,
 )
 def dynamodb_recommendations(
