@@ -1,9 +1,22 @@
 """Consumption zone: scored candidates, Kaggle next baskets, top-10 recommendations and the serving store."""
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, Output, asset
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetRecordsFilter,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    Output,
+    asset,
+)
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.metadata import history_read, preview
@@ -12,6 +25,16 @@ from instarec_assets.consumption.batch_transform import (
     IN_PROCESS,
     model_data_url,
     score_with_batch_transform,
+)
+from instarec_assets.consumption.ranking_report import (
+    CHECK_METRIC,
+    SERVED,
+    TOP_FREQUENCY,
+    ReportInputs,
+    beats_top_frequency,
+    build_ranking_report,
+    compare_with_previous,
+    plot_report,
 )
 from instarec_assets.consumption.recommendations import (
     ExploreInputs,
@@ -22,8 +45,11 @@ from instarec_assets.consumption.recommendations import (
 from instarec_assets.consumption.similar_items import MIN_SUPPORT, SIMILAR_TOP_K
 from instarec_assets.consumption.similar_items import similar_items as similar_items_table
 from instarec_assets.consumption.submission import next_baskets
+from instarec_assets.history import registered_batches
 from instarec_assets.lake.duck import StagedParquet
 from instarec_assets.ml.graphsage import SIMILARITY_FEATURE, SimilarityLookup, explore_from_lake
+from instarec_assets.ml.metrics import png_markdown, table_markdown
+from instarec_assets.ml.ranking import PairedDifference
 from instarec_assets.ml.reorder_model import MODEL_FILE, read_model_card
 from instarec_assets.ml.training import load_model, predict
 from instarec_assets.partitions import HISTORY_POOL, history_input, landing_batches
@@ -292,3 +318,126 @@ def dynamodb_recommendations(
             **{name: MetadataValue.text(str(value)) for name, value in report.as_metadata().items()},
         }
     )
+
+
+RANKING_CHECK = "served_beats_top_frequency"
+
+
+def previous_ranking_report(context: AssetExecutionContext) -> tuple[str, dict, str] | None:
+    """(batch, rows by method, model version) of the latest earlier batch's ranking report, read
+    from that materialisation's metadata in the instance; None when no earlier batch has one."""
+    instance = context.instance
+    for batch in reversed([key for key in registered_batches(instance) if key < context.partition_key]):
+        found = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[batch]), limit=1
+        ).records
+        metadata = found[0].asset_materialization.metadata if found else {}
+        if "rows_by_method" in metadata:
+            version = metadata.get("model_version")
+            return batch, metadata["rows_by_method"].value, str(version.value) if version else "unknown"
+    return None
+
+
+def ranking_check_result(table: pd.DataFrame, difference: PairedDifference | None = None) -> AssetCheckResult:
+    """The blocking check: the served ranking beats personal top-frequency on NDCG@10 (ERROR if not);
+    the per-user paired difference's standard error says how far from noise the verdict is."""
+    passed, description = beats_top_frequency(table, difference)
+    by_method = table.set_index("method")[CHECK_METRIC]
+    metadata = {
+        "served_ndcg_at_10": MetadataValue.float(float(by_method[SERVED])),
+        "top_frequency_ndcg_at_10": MetadataValue.float(float(by_method[TOP_FREQUENCY])),
+    }
+    if difference is not None:
+        metadata |= {
+            "paired_difference": MetadataValue.float(difference.mean),
+            "paired_difference_standard_error": MetadataValue.float(difference.standard_error),
+            "users": MetadataValue.int(difference.n_users),
+        }
+    return AssetCheckResult(
+        check_name=RANKING_CHECK,
+        passed=passed,
+        severity=AssetCheckSeverity.ERROR,
+        description=description,
+        metadata=metadata,
+    )
+
+
+@asset(
+    io_manager_key="consumption_io_manager",
+    kinds={"duckdb", "parquet"},
+    description=(
+        "Ranking quality on held-out users' next orders (precision, recall, NDCG, hit rate @3/10, "
+        "MAP@10, coverage, repeat/explore): the served lists replayed, XGBoost and GraphSAGE alone, "
+        "and the personal top-frequency, last-order and popularity baselines; compared with the "
+        "previous batch's report."
+    ),
+    ins={"clean_order_products": history_input("clean_order_products")},
+    check_specs=[
+        AssetCheckSpec(
+            RANKING_CHECK,
+            asset="ranking_report",
+            blocking=True,
+            description="The served ranking's NDCG@10 beats personal top-frequency's.",
+        )
+    ],
+    **COMMON,
+)
+def ranking_report(
+    context: AssetExecutionContext,
+    lake: LakeResource,
+    duckdb: DuckDBResource,
+    compute: ComputeResource,
+    training_set: str,
+    xgboost_model: str,
+    user_embeddings: str,
+    product_embeddings: str,
+    user_features: str,
+    product_features: str,
+    user_product_features: str,
+    clean_products: str,
+    clean_aisles: str,
+    clean_departments: str,
+    clean_order_products: list[str],
+) -> Iterator:
+    scratch = lake.staging_dir(context.run_id, "ranking_report")
+    inputs = ReportInputs(
+        training_set=training_set,
+        xgboost_model=xgboost_model,
+        user_embeddings=user_embeddings,
+        product_embeddings=product_embeddings,
+        user_features=user_features,
+        product_features=product_features,
+        user_product_features=user_product_features,
+        clean_products=clean_products,
+        clean_aisles=clean_aisles,
+        clean_departments=clean_departments,
+        clean_order_products=clean_order_products,
+    )
+    with lake_connection(duckdb, lake) as conn:
+        report = build_ranking_report(conn, inputs, scratch / "work", threads=compute.threads)
+    previous = previous_ranking_report(context)
+    table = report.table.assign(batch=context.partition_key, model_version=report.model_version)
+    out = scratch / "ranking_report.parquet"
+    table.to_parquet(out, index=False)
+    plot = plot_report(report.table, scratch)
+    comparison = compare_with_previous(report.table, previous[1] if previous else None)
+    yield Output(
+        StagedParquet(out, len(table)),
+        metadata={
+            "model_version": MetadataValue.text(report.model_version),
+            "held_out_users": MetadataValue.int(report.n_users),
+            "catalogue_size": MetadataValue.int(report.catalogue_size),
+            "served_ndcg_at_10": MetadataValue.float(
+                float(report.table.set_index("method").at[SERVED, CHECK_METRIC])
+            ),
+            "ranking": MetadataValue.md(table_markdown(report.table)),
+            "plot_ranking": MetadataValue.md(png_markdown(plot, "ranking report")),
+            "previous_report": MetadataValue.text(
+                f"batch {previous[0]}, model {previous[2]}" if previous else "none (first report)"
+            ),
+            "change_since_previous": MetadataValue.md(table_markdown(comparison)),
+            "history_read": history_read(clean_order_products=clean_order_products),
+            "rows_by_method": MetadataValue.json(report.rows_by_method()),
+        },
+    )
+    yield ranking_check_result(report.table, report.served_vs_top_frequency)
