@@ -26,7 +26,14 @@ from instarec_assets.assets.consumption import RANKING_CHECK
 from instarec_assets.assets.models import beats_baselines_result
 from instarec_assets.backends.serving_store import SqliteRecommendationStore
 from instarec_assets.cli import main
-from instarec_assets.consumption.ranking_report import GRAPHSAGE, METHODS, SERVED, TOP_FREQUENCY, XGBOOST
+from instarec_assets.consumption.ranking_report import (
+    EXPLORE_METHODS,
+    GRAPHSAGE,
+    METHODS,
+    SERVED,
+    TOP_FREQUENCY,
+    XGBOOST,
+)
 from instarec_assets.definitions import build_definitions
 from instarec_assets.generate import generate_dataset
 from instarec_assets.lake.locations import LakeLocations
@@ -383,8 +390,30 @@ def test_ranking_report_scores_every_method_and_compares_with_the_previous_batch
     assert metadata["previous_report"].value.startswith(f"batch {first}, model xgboost-{first}")
     assert "ndcg@10 change" in metadata["change_since_previous"].value
     assert metadata["plot_ranking"].value.startswith("![ranking report](data:image/png;base64,")
-    assert set(metadata["rows_by_method"].value) == set(METHODS)
+    assert set(metadata["rows_by_method"].value) == {*METHODS, *EXPLORE_METHODS}
+    for method in EXPLORE_METHODS:
+        assert method in metadata["explore"].value
     (evaluation,) = [
         e for e in results[latest].get_asset_check_evaluations() if e.check_name == RANKING_CHECK
     ]
     assert evaluation.passed == (by_method.at[SERVED, "ndcg@10"] > by_method.at[TOP_FREQUENCY, "ndcg@10"])
+
+
+def test_explore_items_are_personal_and_diverse_across_users(pipeline):
+    locations, instance, _, latest = pipeline
+    uri = locations.partition_uri("consumption", "recommendations", latest)
+    users_shown, distinct, top_users = duckdb.sql(
+        f"SELECT count(DISTINCT user_id), count(DISTINCT product_id), "
+        f"(SELECT max(n) FROM (SELECT count(*) AS n FROM read_parquet('{uri}', hive_partitioning = false) "
+        f"WHERE explore GROUP BY product_id)) "
+        f"FROM read_parquet('{uri}', hive_partitioning = false) WHERE explore"
+    ).fetchall()[0]
+    # one product for nearly everyone was the embedding-nearest behaviour this replaces
+    assert distinct / users_shown > 0.3
+    assert top_users / users_shown < 0.5
+    metadata = instance.get_latest_materialization_event(
+        AssetKey("recommendations")
+    ).asset_materialization.metadata
+    assert metadata["explore_distinct_items"].value == distinct
+    assert metadata["explore_top_item_share"].value == pytest.approx(top_users / users_shown)
+    assert metadata["explore_sources"].value["co-purchase"] > 0

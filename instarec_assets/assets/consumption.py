@@ -39,6 +39,7 @@ from instarec_assets.consumption.ranking_report import (
 from instarec_assets.consumption.recommendations import (
     ExploreInputs,
     feature_batches,
+    personal_explore_items,
     score_feature_set,
     top_recommendations,
 )
@@ -191,7 +192,8 @@ def next_basket(
     kinds={"duckdb", "parquet"},
     description=(
         "Top 10 reorder products per user for their next order, then up to 2 explore items (never "
-        "bought, nearest in the GraphSAGE embedding space), with names, aisle, department, model version."
+        "bought, current: the co-purchase neighbours of what the user buys, filled from the GraphSAGE "
+        "embedding neighbours), with names, aisle, department, model version."
     ),
     **COMMON,
 )
@@ -206,6 +208,7 @@ def recommendations(
     user_features: str,
     product_features: str,
     user_product_features: str,
+    similar_items: str,
     clean_products: str,
     clean_aisles: str,
     clean_departments: str,
@@ -214,8 +217,16 @@ def recommendations(
     out = scratch / "recommendations.parquet"
     model_version = read_model_card(xgboost_model)["model_version"]
     with lake_connection(duckdb, lake) as conn:
-        explore = explore_from_lake(
-            conn, user_embeddings, product_embeddings, user_product_features, scratch / "explore.parquet"
+        nearest = explore_from_lake(
+            conn, user_embeddings, product_embeddings, user_product_features, scratch / "nearest.parquet"
+        )
+        explore = personal_explore_items(
+            conn,
+            similar_items,
+            user_product_features,
+            clean_products,
+            str(nearest.path),
+            scratch / "explore.parquet",
         )
         staged = top_recommendations(
             conn,
@@ -233,17 +244,44 @@ def recommendations(
             "FROM read_parquet(?, hive_partitioning = false)",
             [str(out)],
         ).fetchall()[0]
+        diversity = conn.execute(EXPLORE_DIVERSITY_SQL, [str(out)]).fetchall()[0]
+        sources = dict(
+            conn.execute(
+                "SELECT explore_source, count(*) FROM read_parquet(?, hive_partitioning = false) GROUP BY 1",
+                [str(explore.path)],
+            ).fetchall()
+        )
         table_preview = preview(conn, str(out), rows=12)
+    users_shown, distinct_items, top_item_users = (int(value or 0) for value in diversity)
     return Output(
         staged,
         metadata={
             "users": MetadataValue.int(int(users)),
             "explore_items": MetadataValue.int(int(explore_rows)),
             "users_with_only_explore_items": MetadataValue.int(int(explore_only_users)),
+            "explore_distinct_items": MetadataValue.int(distinct_items),
+            "explore_distinct_items_per_user": MetadataValue.float(
+                distinct_items / users_shown if users_shown else 0.0
+            ),
+            "explore_top_item_share": MetadataValue.float(
+                top_item_users / users_shown if users_shown else 0.0
+            ),
+            "explore_sources": MetadataValue.json({str(k): int(v) for k, v in sorted(sources.items())}),
             "model_version": MetadataValue.text(model_version),
             "preview": table_preview,
         },
     )
+
+
+# Diversity of the served explore items: users shown one, distinct products, and the users shown the
+# most common one.
+EXPLORE_DIVERSITY_SQL = """
+WITH shown AS (
+    SELECT user_id, product_id FROM read_parquet(?, hive_partitioning = false) WHERE explore
+)
+SELECT (SELECT count(DISTINCT user_id) FROM shown), (SELECT count(DISTINCT product_id) FROM shown),
+       (SELECT max(users) FROM (SELECT count(DISTINCT user_id) AS users FROM shown GROUP BY product_id))
+"""
 
 
 @asset(
@@ -368,8 +406,8 @@ def ranking_check_result(table: pd.DataFrame, difference: PairedDifference | Non
     description=(
         "Ranking quality on held-out users' next orders (precision, recall, NDCG, hit rate @3/10, "
         "MAP@10, coverage, repeat/explore): the served lists replayed, XGBoost and GraphSAGE alone, "
-        "and the personal top-frequency, last-order and popularity baselines; compared with the "
-        "previous batch's report."
+        "and the personal top-frequency, last-order and popularity baselines; explore hit rate@2 and "
+        "diversity against a popular-items explore baseline; compared with the previous batch's report."
     ),
     ins={"clean_order_products": history_input("clean_order_products")},
     check_specs=[
@@ -431,6 +469,7 @@ def ranking_report(
                 float(report.table.set_index("method").at[SERVED, CHECK_METRIC])
             ),
             "ranking": MetadataValue.md(table_markdown(report.table)),
+            "explore": MetadataValue.md(table_markdown(report.explore)),
             "plot_ranking": MetadataValue.md(png_markdown(plot, "ranking report")),
             "previous_report": MetadataValue.text(
                 f"batch {previous[0]}, model {previous[2]}" if previous else "none (first report)"

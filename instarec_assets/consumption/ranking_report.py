@@ -15,6 +15,10 @@ users:
 - the baselines of instarec_assets.ml.ranking: personal top-frequency, last order, and global
   popularity learnt on the training users.
 
+The explore items are also judged alone (`explore`): hit rate@2 and diversity of the served explore
+items (co-purchase neighbours, similarity recomputed without any target order), of GraphSAGE's
+nearest products, and of a baseline giving each user the most popular products they never bought.
+
 Dagster-free; the asset (assets/consumption.py) attaches the table, the plot and the comparison with
 the previous report, and blocks on `beats_top_frequency`.
 """
@@ -36,19 +40,23 @@ from instarec_assets.consumption.recommendations import (
     PREDICTIONS_SCHEMA,
     TOP_K,
     ExploreInputs,
+    personal_explore_items,
     top_recommendations,
 )
-from instarec_assets.lake.duck import copy_to_parquet
+from instarec_assets.consumption.similar_items import similar_items as similar_items_table
+from instarec_assets.lake.duck import StagedParquet, copy_to_parquet
 from instarec_assets.ml.graphsage import SIMILARITY_FEATURE, SimilarityLookup
-from instarec_assets.ml.graphsage.explore import EMBEDDINGS_SQL, explore_from_lake
+from instarec_assets.ml.graphsage.explore import EMBEDDINGS_SQL, EXPLORE_K, explore_from_lake
 from instarec_assets.ml.ranking import (
     MAP_K,
     PairedDifference,
     RankingMetrics,
+    explore_metrics,
     last_order_baseline,
     ndcg_by_user,
     paired_difference,
     personal_frequency_baseline,
+    popular_explore_baseline,
     popularity_baseline,
     ranking_metrics,
     ranking_table,
@@ -72,6 +80,10 @@ METHODS = (SERVED, XGBOOST, GRAPHSAGE, TOP_FREQUENCY, LAST_ORDER, POPULARITY)
 # The metrics compared with the previous report and drawn in the plot.
 HEADLINE_METRICS = ("ndcg@10", "recall@10", "precision@10", "hit_rate@3", "map@10", "explore_hit_rate")
 CHECK_METRIC = "ndcg@10"
+EXPLORE_PERSONAL = "explore: co-purchase neighbours (served)"
+EXPLORE_NEAREST = "explore: graphsage nearest products"
+EXPLORE_POPULAR = "explore baseline: most popular never bought"
+EXPLORE_METHODS = (EXPLORE_PERSONAL, EXPLORE_NEAREST, EXPLORE_POPULAR)
 
 HELD_OUT_SQL = """
 SELECT * FROM read_parquet($training_set, hive_partitioning = false)
@@ -88,6 +100,11 @@ SELECT DISTINCT targets.user_id, lines.product_id
 FROM (SELECT unnest($user_ids) AS user_id, unnest($order_ids) AS order_id) AS targets
 JOIN read_parquet($lines, hive_partitioning = false) AS lines USING (order_id)
 ORDER BY 1, 2
+"""
+# The order lines of every order but the users' target orders: the history the `target` framing sees.
+HISTORY_LINES_SQL = """
+SELECT * FROM read_parquet($lines, hive_partitioning = false)
+WHERE order_id NOT IN (SELECT DISTINCT order_id FROM read_parquet($training_set, hive_partitioning = false))
 """
 CATALOG_SQL = """
 SELECT DISTINCT product_id FROM read_parquet($products, hive_partitioning = false)
@@ -117,6 +134,7 @@ class RankingReport:
     """One row per method (`ranking_table` columns) on `n_users` held-out users."""
 
     table: pd.DataFrame
+    explore: pd.DataFrame  # one row per explore method: explore hit rate@2 and diversity
     model_version: str
     n_users: int
     catalogue_size: int
@@ -124,10 +142,11 @@ class RankingReport:
     served_vs_top_frequency: PairedDifference
 
     def rows_by_method(self) -> dict[str, dict[str, float]]:
-        """The table keyed by method, JSON-ready: what the next report compares itself with."""
+        """Both tables keyed by method, JSON-ready: what the next report compares itself with."""
+        rows = [*self.table.to_dict(orient="records"), *self.explore.to_dict(orient="records")]
         return {
             str(row["method"]): {key: _json_number(value) for key, value in row.items() if key != "method"}
-            for row in self.table.to_dict(orient="records")
+            for row in rows
         }
 
 
@@ -256,7 +275,8 @@ def build_ranking_report(
     ).df()
     catalog = conn.execute(CATALOG_SQL, {"products": inputs.clean_products}).df()["product_id"].to_numpy()
 
-    served = served_ranking(conn, inputs, candidates, held_out, card["model_version"], scratch)
+    explore, nearest = held_out_explore(conn, inputs, held_out, scratch)
+    served = served_ranking(conn, inputs, candidates, explore, card["model_version"], scratch)
     user_ids, user_vectors = _raw_embeddings(conn, inputs.user_embeddings, "user_id", held_out)
     product_ids, product_vectors = _raw_embeddings(conn, inputs.product_embeddings, "product_id", catalog)
     training_history = conn.execute(
@@ -276,7 +296,22 @@ def build_ranking_report(
     results: list[RankingMetrics] = [
         ranking_metrics(name, ranked, actual, history, catalogue_size) for name, ranked in methods.items()
     ]
+    current = pd.Index(catalog)
+    explore_lists = {
+        EXPLORE_PERSONAL: _explore_list(conn, explore),
+        EXPLORE_NEAREST: _explore_list(conn, nearest),
+        EXPLORE_POPULAR: popular_explore_baseline(
+            training_history.loc[training_history["product_id"].isin(current)], history, held_out, EXPLORE_K
+        ),
+    }
+    explore_table = pd.DataFrame(
+        [
+            explore_metrics(name, lists, actual, EXPLORE_K).as_row(EXPLORE_K)
+            for name, lists in explore_lists.items()
+        ]
+    )
     return RankingReport(
+        explore=explore_table,
         table=ranking_table(results),
         model_version=str(card["model_version"]),
         n_users=int(actual["user_id"].nunique()),
@@ -287,17 +322,68 @@ def build_ranking_report(
     )
 
 
+def held_out_explore(
+    conn: duckdb.DuckDBPyConnection, inputs: ReportInputs, users: np.ndarray, scratch: Path
+) -> tuple[StagedParquet, StagedParquet]:
+    """(served explore items, GraphSAGE nearest products) of the held-out users, chosen as the
+    recommendations asset chooses them but in the `target` framing: the co-purchase similarity is
+    recomputed from the order lines without any target order (no next order leaks into it)."""
+    history_lines = copy_to_parquet(
+        conn,
+        HISTORY_LINES_SQL,
+        scratch / "history_lines.parquet",
+        params={"lines": list(inputs.clean_order_products), "training_set": inputs.training_set},
+    )
+    similar = similar_items_table(
+        conn,
+        [str(history_lines.path)],
+        inputs.clean_products,
+        inputs.clean_aisles,
+        inputs.clean_departments,
+        scratch / "history_similar_items.parquet",
+    )
+    nearest = explore_from_lake(
+        conn,
+        inputs.user_embeddings,
+        inputs.product_embeddings,
+        inputs.user_product_features,
+        scratch / "held_out_nearest.parquet",
+        framing="target",
+        user_ids=users,
+    )
+    explore = personal_explore_items(
+        conn,
+        str(similar.path),
+        inputs.user_product_features,
+        inputs.clean_products,
+        str(nearest.path),
+        scratch / "held_out_explore.parquet",
+        k=EXPLORE_K,
+        framing="target",
+        user_ids=users.tolist(),
+    )
+    return explore, nearest
+
+
+def _explore_list(conn: duckdb.DuckDBPyConnection, staged: StagedParquet) -> pd.DataFrame:
+    return conn.execute(
+        "SELECT user_id, product_id, explore_rank::INTEGER AS rank "
+        "FROM read_parquet(?, hive_partitioning = false) ORDER BY user_id, rank",
+        [str(staged.path)],
+    ).df()
+
+
 def served_ranking(
     conn: duckdb.DuckDBPyConnection,
     inputs: ReportInputs,
     candidates: pd.DataFrame,
-    users: np.ndarray,
+    explore: StagedParquet,
     model_version: str,
     scratch: Path,
 ) -> pd.DataFrame:
     """The recommendations query on the held-out users: their candidates' probabilities as `train`
-    rows, their explore items chosen in the `target` framing; ranks as served (explore after the
-    reorders), cut to the first TOP_K."""
+    rows and their explore items (held_out_explore); ranks as served (explore after the reorders),
+    cut to the first TOP_K."""
     predictions = scratch / "held_out_predictions.parquet"
     pq.write_table(
         pa.table(
@@ -311,15 +397,6 @@ def served_ranking(
             schema=PREDICTIONS_SCHEMA,
         ),
         predictions,
-    )
-    explore = explore_from_lake(
-        conn,
-        inputs.user_embeddings,
-        inputs.product_embeddings,
-        inputs.user_product_features,
-        scratch / "held_out_explore.parquet",
-        framing="target",
-        user_ids=users,
     )
     served = top_recommendations(
         conn,

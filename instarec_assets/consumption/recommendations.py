@@ -219,7 +219,7 @@ PERSONAL_EXPLORE_SQL = """
 WITH history AS (
     SELECT DISTINCT user_id, product_id
     FROM read_parquet($user_product_features, hive_partitioning = false)
-    WHERE framing = $framing
+    WHERE framing = $framing {user_filter}
 ),
 current_products AS (
     SELECT DISTINCT product_id FROM read_parquet($products, hive_partitioning = false) WHERE is_current
@@ -242,14 +242,15 @@ fresh AS (
     SEMI JOIN current_products USING (product_id)
     ANTI JOIN history USING (user_id, product_id)
     GROUP BY ALL
+),
+ranked AS (
+    SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY source, score DESC, product_id) AS position
+    FROM fresh
+    QUALIFY position <= $k
 )
-SELECT user_id::INTEGER AS user_id,
-       row_number() OVER (PARTITION BY user_id ORDER BY source, score DESC, product_id)::TINYINT
-           AS explore_rank,
-       product_id::INTEGER AS product_id, score::FLOAT AS similarity,
-       CASE source WHEN 0 THEN 'co-purchase' ELSE 'graphsage' END AS explore_source
-FROM fresh
-QUALIFY explore_rank <= $k
+SELECT user_id::INTEGER AS user_id, position::TINYINT AS explore_rank, product_id::INTEGER AS product_id,
+       score::FLOAT AS similarity, CASE source WHEN 0 THEN 'co-purchase' ELSE 'graphsage' END AS explore_source
+FROM ranked
 ORDER BY user_id, explore_rank
 """
 
@@ -263,9 +264,10 @@ def personal_explore_items(
     out_path: Path,
     k: int = 2,
     framing: str = "serving",
+    user_ids: Sequence[int] | None = None,
 ) -> StagedParquet:
     """Each user's `k` explore items from their own neighbourhood (see PERSONAL_EXPLORE_SQL):
-    user_id, explore_rank, product_id, similarity, explore_source."""
+    user_id, explore_rank, product_id, similarity, explore_source; only `user_ids` when given."""
     if k < 1:
         raise ValueError(f"explore items: k must be at least 1, got {k}")
     params = {
@@ -276,4 +278,10 @@ def personal_explore_items(
         "framing": framing,
         "k": int(k),
     }
-    return copy_to_parquet(conn, PERSONAL_EXPLORE_SQL, out_path, params=params)
+    user_filter = ""
+    if user_ids is not None:
+        params["users"] = [int(user) for user in user_ids]
+        user_filter = "AND user_id IN (SELECT unnest($users))"
+    return copy_to_parquet(
+        conn, PERSONAL_EXPLORE_SQL.format(user_filter=user_filter), out_path, params=params
+    )
