@@ -15,6 +15,7 @@ from instarec_assets.assets.clean import CLEAN_STEPS
 from instarec_assets.assets.consumption import (
     dynamodb_recommendations,
     next_basket,
+    ranking_report,
     recommendations,
     reorder_predictions,
     similar_items,
@@ -54,6 +55,7 @@ ASSETS = [
     reorder_predictions,
     next_basket,
     recommendations,
+    ranking_report,
     similar_items,
     dynamodb_recommendations,
     analyst_warehouse,

@@ -9,6 +9,7 @@ import duckdb
 import pytest
 from dagster import DagsterInstance
 
+from instarec_assets.assets.consumption import RANKING_CHECK
 from instarec_assets.definitions import build_definitions
 from instarec_assets.generate import generate_dataset
 from instarec_assets.lake.locations import LakeLocations
@@ -22,8 +23,13 @@ pytestmark = pytest.mark.slow
 RUN_CONFIG = {"ops": {"graphsage_step": {"config": {"epochs": 2, "device": "cpu"}}}}
 
 
-def _materialise(home: Path, generated: Path, partition: str) -> LakeLocations:
-    """Land the generated batch in `home` and run every asset for it in a fresh instance."""
+def _materialise(home: Path, generated: Path, partition: str) -> tuple[LakeLocations, dict]:
+    """Land the generated batch in `home` and run every asset for it in a fresh instance; returns the
+    lake and every check's verdict.
+
+    The only failure allowed is the ranking report's blocking check: on 160 generated users the
+    served ranking and personal top-frequency tie on NDCG@10 within noise (README, "How to read the
+    ranking report"), so its verdict is data, compared between the runs like any output."""
     locations = LakeLocations(env="local", home=str(home))
     target = Path(locations.landing_partition_uri(partition))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -37,8 +43,14 @@ def _materialise(home: Path, generated: Path, partition: str) -> LakeLocations:
                 partition_key=partition, instance=instance, run_config=RUN_CONFIG, raise_on_error=False
             )
         )
-        assert result.success
-    return locations
+        failed_steps = {event.step_key for event in result.all_events if event.is_step_failure}
+        verdicts = {
+            evaluation.check_name: evaluation.passed for evaluation in result.get_asset_check_evaluations()
+        }
+        assert failed_steps <= {"ranking_report"}, failed_steps
+        assert all(passed for name, passed in verdicts.items() if name != RANKING_CHECK), verdicts
+        assert bool(failed_steps) == (verdicts.get(RANKING_CHECK) is False)
+    return locations, verdicts
 
 
 def _model_dir(locations: LakeLocations, asset: str, partition: str) -> Path:
@@ -58,8 +70,9 @@ def _sorted_rows(locations: LakeLocations, zone: str, table: str, partition: str
 def test_materialising_a_partition_twice_gives_the_same_models_and_recommendations(tmp_path: Path):
     summary = generate_dataset(tmp_path / "generated", users=160, seed=5, batches=1)
     (batch,) = summary.batches
-    first = _materialise(tmp_path / "first", batch.folder, batch.partition)
-    second = _materialise(tmp_path / "second", batch.folder, batch.partition)
+    first, first_verdicts = _materialise(tmp_path / "first", batch.folder, batch.partition)
+    second, second_verdicts = _materialise(tmp_path / "second", batch.folder, batch.partition)
+    assert first_verdicts == second_verdicts and RANKING_CHECK in first_verdicts
 
     for asset, files in (
         ("xgboost_model", [MODEL_FILE]),
@@ -76,6 +89,7 @@ def test_materialising_a_partition_twice_gives_the_same_models_and_recommendatio
         ("consumption", "recommendations"),
         ("consumption", "next_basket"),
         ("consumption", "similar_items"),
+        ("consumption", "ranking_report"),
     ):
         assert _sorted_rows(first, zone, table, batch.partition) == _sorted_rows(
             second, zone, table, batch.partition

@@ -28,6 +28,7 @@ EXPECTED_GROUPS = {
         "reorder_predictions",
         "next_basket",
         "recommendations",
+        "ranking_report",
         "similar_items",
         "dynamodb_recommendations",
         "analyst_warehouse",

@@ -9,8 +9,12 @@ import pytest
 
 from instarec_assets.ml.ranking import (
     compare_reports,
+    explore_metrics,
     last_order_baseline,
+    ndcg_by_user,
+    paired_difference,
     personal_frequency_baseline,
+    popular_explore_baseline,
     popularity_baseline,
     ranking_metrics,
     ranking_table,
@@ -101,3 +105,48 @@ def test_table_and_comparison_with_a_previous_report() -> None:
     assert compare_reports(table, None) is table
     compared = compare_reports(table, {"m": {"ndcg@10": 0.25}})
     assert compared["ndcg@10 change"].iloc[0] == pytest.approx(table["ndcg@10"].iloc[0] - 0.25)
+
+
+def test_ndcg_by_user_averages_to_the_reported_ndcg_and_pairs_users() -> None:
+    per_user = ndcg_by_user(RECOMMENDATIONS, ACTUAL, k=10)
+    ndcg_user1 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    assert per_user.index.tolist() == [1, 2]
+    assert per_user.tolist() == pytest.approx([ndcg_user1, 0.0])
+    reported = ranking_metrics("m", RECOMMENDATIONS, ACTUAL, HISTORY, 10).at_k[10]["ndcg"]
+    assert per_user.mean() == pytest.approx(reported)
+    # user 2 shown its product first: NDCG 1; user 1 shown nothing: 0
+    other = ndcg_by_user(_frame([(2, 40, 1)], "user_id product_id rank"), ACTUAL, k=10)
+    difference = paired_difference(per_user, other)
+    # differences: ndcg_user1 - 0 and 0 - 1
+    values = [ndcg_user1, -1.0]
+    assert difference.mean == pytest.approx(sum(values) / 2)
+    sd = math.sqrt(sum((v - sum(values) / 2) ** 2 for v in values) / 1)
+    assert difference.standard_error == pytest.approx(sd / math.sqrt(2))
+    assert difference.n_users == 2
+    single = paired_difference(per_user.iloc[:1], other.iloc[:1])
+    assert single.n_users == 1 and math.isnan(single.standard_error)
+
+
+def test_explore_hit_rate_and_diversity_by_hand() -> None:
+    explore = _frame(
+        [(1, 30, 1), (1, 20, 2), (1, 99, 3), (2, 30, 1), (2, 60, 2), (3, 30, 1)],
+        "user_id product_id rank",
+    )
+    actual = pd.concat([ACTUAL, _frame([(3, 31)], "user_id product_id")])  # 1: {10, 20}, 2: {40}, 3: {31}
+    result = explore_metrics("e", explore, actual, k=2)
+    # user 1 hits 20 (rank 2); users 2 and 3 miss; 99 is beyond k
+    assert result.users_shown == 3
+    assert result.hit_rate == pytest.approx(1 / 3)
+    assert result.distinct_per_user == pytest.approx(3 / 3)  # 30, 20, 60
+    assert result.top_item_share == pytest.approx(3 / 3)  # everyone is shown 30
+    assert result.as_row(2)["explore_hit_rate@2"] == pytest.approx(1 / 3)
+    nobody = explore_metrics("e", explore, _frame([(9, 1)], "user_id product_id"), k=2)
+    assert nobody.users_shown == 0 and math.isnan(nobody.hit_rate)
+
+
+def test_popular_explore_baseline_skips_what_each_user_bought() -> None:
+    popularity = _frame([(7, 10), (8, 10), (9, 10), (7, 20), (8, 20), (7, 30), (8, 40)], "user_id product_id")
+    own = _frame([(1, 10), (2, 20), (2, 30)], "user_id product_id")
+    chosen = popular_explore_baseline(popularity, own, [1, 2, 3], k=2)
+    # popularity: 10 (3 buyers), 20 (2), 30 (1), 40 (1)
+    assert chosen.values.tolist() == [[1, 20, 1], [1, 30, 2], [2, 10, 1], [2, 40, 2], [3, 10, 1], [3, 20, 2]]

@@ -1,11 +1,17 @@
 """Consumption zone: scored candidates, Kaggle next baskets, top-10 recommendations and the serving store."""
 
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import pandas as pd
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
+    AssetRecordsFilter,
     Config,
     FreshnessPolicy,
     MaterializeResult,
@@ -22,17 +28,31 @@ from instarec_assets.consumption.batch_transform import (
     model_data_url,
     score_with_batch_transform,
 )
+from instarec_assets.consumption.ranking_report import (
+    CHECK_METRIC,
+    SERVED,
+    TOP_FREQUENCY,
+    ReportInputs,
+    beats_top_frequency,
+    build_ranking_report,
+    compare_with_previous,
+    plot_report,
+)
 from instarec_assets.consumption.recommendations import (
     ExploreInputs,
     feature_batches,
+    personal_explore_items,
     score_feature_set,
     top_recommendations,
 )
 from instarec_assets.consumption.similar_items import MIN_SUPPORT, SIMILAR_TOP_K
 from instarec_assets.consumption.similar_items import similar_items as similar_items_table
 from instarec_assets.consumption.submission import next_baskets
+from instarec_assets.history import registered_batches
 from instarec_assets.lake.duck import StagedParquet
 from instarec_assets.ml.graphsage import SIMILARITY_FEATURE, SimilarityLookup, explore_from_lake
+from instarec_assets.ml.metrics import png_markdown, table_markdown
+from instarec_assets.ml.ranking import PairedDifference
 from instarec_assets.ml.reorder_model import MODEL_FILE, read_model_card
 from instarec_assets.ml.training import load_model, predict
 from instarec_assets.partitions import HISTORY_POOL, history_input, landing_batches
@@ -178,8 +198,9 @@ def next_basket(
     kinds={"duckdb", "parquet"},
     description=(
         "Top 10 reorder products per user for their next order, then up to 2 explore items (never "
-        "bought, nearest in the GraphSAGE embedding space), then reorder candidates 11 to 50 (what "
-        "request filters draw on), current products only, with names, aisle, department, model version."
+        "bought, current: the co-purchase neighbours of what the user buys, filled from the GraphSAGE "
+        "embedding neighbours), then reorder candidates 11 to 50 (what request filters draw on), "
+        "current products only, with names, aisle, department, model version."
     ),
     freshness_policy=SERVED_FRESHNESS,
     **COMMON,
@@ -195,6 +216,7 @@ def recommendations(
     user_features: str,
     product_features: str,
     user_product_features: str,
+    similar_items: str,
     clean_products: str,
     clean_aisles: str,
     clean_departments: str,
@@ -203,8 +225,16 @@ def recommendations(
     out = scratch / "recommendations.parquet"
     model_version = read_model_card(xgboost_model)["model_version"]
     with lake_connection(duckdb, lake) as conn:
-        explore = explore_from_lake(
-            conn, user_embeddings, product_embeddings, user_product_features, scratch / "explore.parquet"
+        nearest = explore_from_lake(
+            conn, user_embeddings, product_embeddings, user_product_features, scratch / "nearest.parquet"
+        )
+        explore = personal_explore_items(
+            conn,
+            similar_items,
+            user_product_features,
+            clean_products,
+            str(nearest.path),
+            scratch / "explore.parquet",
         )
         staged = top_recommendations(
             conn,
@@ -222,17 +252,44 @@ def recommendations(
             "FROM read_parquet(?, hive_partitioning = false)",
             [str(out)],
         ).fetchall()[0]
+        diversity = conn.execute(EXPLORE_DIVERSITY_SQL, [str(out)]).fetchall()[0]
+        sources = dict(
+            conn.execute(
+                "SELECT explore_source, count(*) FROM read_parquet(?, hive_partitioning = false) GROUP BY 1",
+                [str(explore.path)],
+            ).fetchall()
+        )
         table_preview = preview(conn, str(out), rows=12)
+    users_shown, distinct_items, top_item_users = (int(value or 0) for value in diversity)
     return Output(
         staged,
         metadata={
             "users": MetadataValue.int(int(users)),
             "explore_items": MetadataValue.int(int(explore_rows)),
             "users_with_only_explore_items": MetadataValue.int(int(explore_only_users)),
+            "explore_distinct_items": MetadataValue.int(distinct_items),
+            "explore_distinct_items_per_user": MetadataValue.float(
+                distinct_items / users_shown if users_shown else 0.0
+            ),
+            "explore_top_item_share": MetadataValue.float(
+                top_item_users / users_shown if users_shown else 0.0
+            ),
+            "explore_sources": MetadataValue.json({str(k): int(v) for k, v in sorted(sources.items())}),
             "model_version": MetadataValue.text(model_version),
             "preview": table_preview,
         },
     )
+
+
+# Diversity of the served explore items: users shown one, distinct products, and the users shown the
+# most common one.
+EXPLORE_DIVERSITY_SQL = """
+WITH shown AS (
+    SELECT user_id, product_id FROM read_parquet(?, hive_partitioning = false) WHERE explore
+)
+SELECT (SELECT count(DISTINCT user_id) FROM shown), (SELECT count(DISTINCT product_id) FROM shown),
+       (SELECT max(users) FROM (SELECT count(DISTINCT user_id) AS users FROM shown GROUP BY product_id))
+"""
 
 
 @asset(
@@ -317,3 +374,127 @@ def dynamodb_recommendations(
             **{name: MetadataValue.text(str(value)) for name, value in report.as_metadata().items()},
         }
     )
+
+
+RANKING_CHECK = "served_beats_top_frequency"
+
+
+def previous_ranking_report(context: AssetExecutionContext) -> tuple[str, dict, str] | None:
+    """(batch, rows by method, model version) of the latest earlier batch's ranking report, read
+    from that materialisation's metadata in the instance; None when no earlier batch has one."""
+    instance = context.instance
+    for batch in reversed([key for key in registered_batches(instance) if key < context.partition_key]):
+        found = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[batch]), limit=1
+        ).records
+        metadata = found[0].asset_materialization.metadata if found else {}
+        if "rows_by_method" in metadata:
+            version = metadata.get("model_version")
+            return batch, metadata["rows_by_method"].value, str(version.value) if version else "unknown"
+    return None
+
+
+def ranking_check_result(table: pd.DataFrame, difference: PairedDifference | None = None) -> AssetCheckResult:
+    """The blocking check: the served ranking beats personal top-frequency on NDCG@10 (ERROR if not);
+    the per-user paired difference's standard error says how far from noise the verdict is."""
+    passed, description = beats_top_frequency(table, difference)
+    by_method = table.set_index("method")[CHECK_METRIC]
+    metadata = {
+        "served_ndcg_at_10": MetadataValue.float(float(by_method[SERVED])),
+        "top_frequency_ndcg_at_10": MetadataValue.float(float(by_method[TOP_FREQUENCY])),
+    }
+    if difference is not None:
+        metadata |= {
+            "paired_difference": MetadataValue.float(difference.mean),
+            "paired_difference_standard_error": MetadataValue.float(difference.standard_error),
+            "users": MetadataValue.int(difference.n_users),
+        }
+    return AssetCheckResult(
+        check_name=RANKING_CHECK,
+        passed=passed,
+        severity=AssetCheckSeverity.ERROR,
+        description=description,
+        metadata=metadata,
+    )
+
+
+@asset(
+    io_manager_key="consumption_io_manager",
+    kinds={"duckdb", "parquet"},
+    description=(
+        "Ranking quality on held-out users' next orders (precision, recall, NDCG, hit rate @3/10, "
+        "MAP@10, coverage, repeat/explore): the served lists replayed, XGBoost and GraphSAGE alone, "
+        "and the personal top-frequency, last-order and popularity baselines; explore hit rate@2 and "
+        "diversity against a popular-items explore baseline; compared with the previous batch's report."
+    ),
+    ins={"clean_order_products": history_input("clean_order_products")},
+    check_specs=[
+        AssetCheckSpec(
+            RANKING_CHECK,
+            asset="ranking_report",
+            blocking=True,
+            description="The served ranking's NDCG@10 beats personal top-frequency's.",
+        )
+    ],
+    **COMMON,
+)
+def ranking_report(
+    context: AssetExecutionContext,
+    lake: LakeResource,
+    duckdb: DuckDBResource,
+    compute: ComputeResource,
+    training_set: str,
+    xgboost_model: str,
+    user_embeddings: str,
+    product_embeddings: str,
+    user_features: str,
+    product_features: str,
+    user_product_features: str,
+    clean_products: str,
+    clean_aisles: str,
+    clean_departments: str,
+    clean_order_products: list[str],
+) -> Iterator:
+    scratch = lake.staging_dir(context.run_id, "ranking_report")
+    inputs = ReportInputs(
+        training_set=training_set,
+        xgboost_model=xgboost_model,
+        user_embeddings=user_embeddings,
+        product_embeddings=product_embeddings,
+        user_features=user_features,
+        product_features=product_features,
+        user_product_features=user_product_features,
+        clean_products=clean_products,
+        clean_aisles=clean_aisles,
+        clean_departments=clean_departments,
+        clean_order_products=clean_order_products,
+    )
+    with lake_connection(duckdb, lake) as conn:
+        report = build_ranking_report(conn, inputs, scratch / "work", threads=compute.threads)
+    previous = previous_ranking_report(context)
+    table = report.table.assign(batch=context.partition_key, model_version=report.model_version)
+    out = scratch / "ranking_report.parquet"
+    table.to_parquet(out, index=False)
+    plot = plot_report(report.table, scratch)
+    comparison = compare_with_previous(report.table, previous[1] if previous else None)
+    yield Output(
+        StagedParquet(out, len(table)),
+        metadata={
+            "model_version": MetadataValue.text(report.model_version),
+            "held_out_users": MetadataValue.int(report.n_users),
+            "catalogue_size": MetadataValue.int(report.catalogue_size),
+            "served_ndcg_at_10": MetadataValue.float(
+                float(report.table.set_index("method").at[SERVED, CHECK_METRIC])
+            ),
+            "ranking": MetadataValue.md(table_markdown(report.table)),
+            "explore": MetadataValue.md(table_markdown(report.explore)),
+            "plot_ranking": MetadataValue.md(png_markdown(plot, "ranking report")),
+            "previous_report": MetadataValue.text(
+                f"batch {previous[0]}, model {previous[2]}" if previous else "none (first report)"
+            ),
+            "change_since_previous": MetadataValue.md(table_markdown(comparison)),
+            "history_read": history_read(clean_order_products=clean_order_products),
+            "rows_by_method": MetadataValue.json(report.rows_by_method()),
+        },
+    )
+    yield ranking_check_result(report.table, report.served_vs_top_frequency)

@@ -28,9 +28,10 @@ PREDICTIONS_SCHEMA = pa.schema(
     ]
 )
 
-# Serving rows only: the next order after the latest one we know, for every user. Each user's list is
+# Serving rows by default: the next order after the latest one we know, for every user (the ranking
+# report runs the same query on held-out users' `train` rows, framing `target`). Each user's list is
 # their top `top_k` reorder candidates by probability, then their explore items (products they never
-# bought, nearest to them in the GraphSAGE embedding space) flagged explore = true, then the rest of
+# bought: co-purchase neighbours, filled from GraphSAGE's) flagged explore = true, then the rest of
 # their top `candidates` reorder candidates, so the first top_k + explore ranks are the list an
 # unfiltered answer shows and the later ranks are what a filtered answer draws on. Only products
 # current in the product dimension are ranked (a discontinued one leaves no gap in the ranks).
@@ -45,7 +46,7 @@ ranked AS (
            row_number() OVER (PARTITION BY user_id ORDER BY probability DESC, product_id) AS model_rank
     FROM read_parquet($predictions, hive_partitioning = false)
     SEMI JOIN catalog USING (product_id)
-    WHERE eval_set = 'serving'
+    WHERE eval_set = $eval_set
 ),
 reorders AS (
     SELECT user_id, model_rank, product_id, probability FROM ranked WHERE model_rank <= $candidates
@@ -79,12 +80,12 @@ EXPLORE_CTES = """
 history_orders AS (
     SELECT sum(u_orders)::DOUBLE AS orders
     FROM read_parquet($user_features, hive_partitioning = false)
-    WHERE framing = 'serving'
+    WHERE framing = $framing
 ),
 first_purchase AS (
     SELECT product_id, p_buyers / (SELECT orders FROM history_orders) AS rate
     FROM read_parquet($product_features, hive_partitioning = false)
-    WHERE framing = 'serving'
+    WHERE framing = $framing
 ),
 aisle_first_purchase AS (
     SELECT catalog.aisle_id, avg(first_purchase.rate) AS rate
@@ -181,6 +182,7 @@ class ExploreInputs:
     explore: str  # user_id, explore_rank, product_id (explore_items' output)
     user_features: str
     product_features: str
+    framing: str = "serving"  # the features' framing the explore items were chosen in
 
 
 def top_recommendations(
@@ -194,9 +196,12 @@ def top_recommendations(
     top_k: int = TOP_K,
     explore: ExploreInputs | None = None,
     candidates: int = CANDIDATES,
+    eval_set: str = "serving",
 ) -> StagedParquet:
     """The top `top_k` products per user by probability, with current catalog names, followed by the
-    user's explore items when `explore` is given, then the rest of the top `candidates`."""
+    user's explore items when `explore` is given, then the rest of the top `candidates`. `eval_set`
+    picks the scored rows: `serving` for what is served, `train` for the held-out users the ranking
+    report replays it on."""
     if candidates < top_k:
         raise ValueError(f"recommendations: candidates ({candidates}) must be at least top_k ({top_k})")
     params = {
@@ -207,12 +212,14 @@ def top_recommendations(
         "model_version": model_version,
         "top_k": int(top_k),
         "candidates": int(candidates),
+        "eval_set": eval_set,
     }
     if explore is not None:
         params |= {
             "explore": explore.explore,
             "user_features": explore.user_features,
             "product_features": explore.product_features,
+            "framing": explore.framing,
         }
     sql = RECOMMENDATIONS_SQL.format(
         explore_ctes=EXPLORE_CTES if explore is not None else "",
@@ -223,3 +230,79 @@ def top_recommendations(
         else "",
     )
     return copy_to_parquet(conn, sql, out_path, params=params)
+
+
+# Personal explore items: the co-purchase neighbours (similar_items) of everything the user bought,
+# each neighbour scored by the sum of its similarity to the user's products, never a product the
+# user bought and only current products; users with fewer than k such neighbours are filled from
+# their GraphSAGE embedding neighbours (`$fallback`, explore_items' output). Ties: product id.
+PERSONAL_EXPLORE_SQL = """
+WITH history AS (
+    SELECT DISTINCT user_id, product_id
+    FROM read_parquet($user_product_features, hive_partitioning = false)
+    WHERE framing = $framing {user_filter}
+),
+current_products AS (
+    SELECT DISTINCT product_id FROM read_parquet($products, hive_partitioning = false) WHERE is_current
+),
+neighbours AS (
+    SELECT history.user_id, pairs.similar_product_id AS product_id, sum(pairs.score) AS score
+    FROM history
+    JOIN read_parquet($similar_items, hive_partitioning = false) AS pairs USING (product_id)
+    GROUP BY ALL
+),
+candidates AS (
+    SELECT user_id, product_id, 0 AS source, score FROM neighbours
+    UNION ALL
+    SELECT user_id, product_id, 1 AS source, similarity::DOUBLE AS score
+    FROM read_parquet($fallback, hive_partitioning = false)
+),
+fresh AS (
+    SELECT user_id, product_id, min(source) AS source, first(score ORDER BY source, score DESC) AS score
+    FROM candidates
+    SEMI JOIN current_products USING (product_id)
+    ANTI JOIN history USING (user_id, product_id)
+    GROUP BY ALL
+),
+ranked AS (
+    SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY source, score DESC, product_id) AS position
+    FROM fresh
+    QUALIFY position <= $k
+)
+SELECT user_id::INTEGER AS user_id, position::TINYINT AS explore_rank, product_id::INTEGER AS product_id,
+       score::FLOAT AS similarity, CASE source WHEN 0 THEN 'co-purchase' ELSE 'graphsage' END AS explore_source
+FROM ranked
+ORDER BY user_id, explore_rank
+"""
+
+
+def personal_explore_items(
+    conn: duckdb.DuckDBPyConnection,
+    similar_items_uri: str,
+    user_product_features_uri: str,
+    products_uri: str,
+    fallback_uri: str,
+    out_path: Path,
+    k: int = 2,
+    framing: str = "serving",
+    user_ids: Sequence[int] | None = None,
+) -> StagedParquet:
+    """Each user's `k` explore items from their own neighbourhood (see PERSONAL_EXPLORE_SQL):
+    user_id, explore_rank, product_id, similarity, explore_source; only `user_ids` when given."""
+    if k < 1:
+        raise ValueError(f"explore items: k must be at least 1, got {k}")
+    params = {
+        "similar_items": similar_items_uri,
+        "user_product_features": user_product_features_uri,
+        "products": products_uri,
+        "fallback": fallback_uri,
+        "framing": framing,
+        "k": int(k),
+    }
+    user_filter = ""
+    if user_ids is not None:
+        params["users"] = [int(user) for user in user_ids]
+        user_filter = "AND user_id IN (SELECT unnest($users))"
+    return copy_to_parquet(
+        conn, PERSONAL_EXPLORE_SQL.format(user_filter=user_filter), out_path, params=params
+    )

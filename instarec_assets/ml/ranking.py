@@ -131,6 +131,99 @@ def ranking_metrics(
     )
 
 
+def ndcg_by_user(recommendations: pd.DataFrame, actual: pd.DataFrame, k: int = MAP_K) -> pd.Series:
+    """NDCG@k of each user in `actual` (sorted by user_id; 0 for a user without a list): the values
+    whose mean is `ranking_metrics`' ndcg@k, for paired comparisons of two methods."""
+    users = pd.Index(np.sort(actual["user_id"].unique()), name="user_id")
+    n_relevant = actual.drop_duplicates(["user_id", "product_id"]).groupby("user_id").size().reindex(users)
+    top = _ranked_hits(recommendations, actual, k)
+    gains = top["hit"].to_numpy() / np.log2(top["position"].to_numpy() + 1.0)
+    dcg = (
+        pd.Series(gains, index=top["user_id"].to_numpy())
+        .groupby(level=0)
+        .sum()
+        .reindex(users, fill_value=0.0)
+    )
+    ideal_table = np.concatenate(([0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))))
+    return pd.Series(dcg.to_numpy() / ideal_table[np.minimum(n_relevant.to_numpy(), k)], index=users)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean of per-user differences (a - b) and its standard error (sample sd / sqrt(users))."""
+
+    mean: float
+    standard_error: float
+    n_users: int
+
+
+def paired_difference(a: pd.Series, b: pd.Series) -> PairedDifference:
+    """The per-user difference of two methods' scores on the same users (NaN error below 2 users)."""
+    difference = (a - b.reindex(a.index)).to_numpy(dtype=float)
+    n = int(difference.size)
+    error = float(difference.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return PairedDifference(float(difference.mean()) if n else float("nan"), error, n)
+
+
+@dataclass(frozen=True)
+class ExploreMetrics:
+    """How explore lists (products new to each user) do: hit rate at k and diversity across users."""
+
+    method: str
+    users_shown: int  # evaluated users with at least one explore item
+    hit_rate: float  # users with an item of their list in the next order / users shown
+    distinct_per_user: float  # distinct explore products / users shown
+    top_item_share: float  # share of users shown the most common explore product
+
+    def as_row(self, k: int) -> dict[str, float | int | str]:
+        return {
+            "method": self.method,
+            "users_shown": self.users_shown,
+            f"explore_hit_rate@{k}": self.hit_rate,
+            "distinct_items_per_user": self.distinct_per_user,
+            "top_item_share": self.top_item_share,
+        }
+
+
+def explore_metrics(method: str, explore: pd.DataFrame, actual: pd.DataFrame, k: int) -> ExploreMetrics:
+    """Hit rate@k and diversity of explore lists (`user_id, product_id, rank`) for the users in
+    `actual`; a list longer than `k` is cut to its first `k`."""
+    top = _ranked_hits(explore, actual, k)
+    shown = int(top["user_id"].nunique())
+    if shown == 0:
+        return ExploreMetrics(method, 0, float("nan"), float("nan"), float("nan"))
+    hits = int(top.loc[top["hit"], "user_id"].nunique())
+    users_per_item = top.groupby("product_id")["user_id"].nunique()
+    return ExploreMetrics(
+        method=method,
+        users_shown=shown,
+        hit_rate=hits / shown,
+        distinct_per_user=float(users_per_item.size / shown),
+        top_item_share=float(users_per_item.max() / shown),
+    )
+
+
+def popular_explore_baseline(
+    popularity_history: pd.DataFrame, user_history: pd.DataFrame, users: Sequence[int], k: int
+) -> pd.DataFrame:
+    """Each user's `k` most popular products (most buyers in `popularity_history`, ties: smaller id)
+    among those not in their own history (`user_history`: user_id, product_id)."""
+    popular = (
+        popularity_history.groupby("product_id")["user_id"]
+        .nunique()
+        .reset_index(name="buyers")
+        .sort_values(["buyers", "product_id"], ascending=[False, True])["product_id"]
+        .to_numpy()
+    )
+    bought = user_history.groupby("user_id")["product_id"].agg(set).to_dict()
+    rows = []
+    for user in users:
+        own = bought.get(user, set())
+        chosen = [product for product in popular[: k + len(own)] if product not in own][:k]
+        rows.extend((user, product, rank) for rank, product in enumerate(chosen, start=1))
+    return pd.DataFrame(rows, columns=["user_id", "product_id", "rank"])
+
+
 def popularity_baseline(history: pd.DataFrame, users: Sequence[int], k: int = MAP_K) -> pd.DataFrame:
     """Everyone gets the `k` products bought by the most users (ties: smaller product id first)."""
     popular = (

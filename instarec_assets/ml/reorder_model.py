@@ -350,7 +350,7 @@ INTENDED_USE = (
 )
 LIMITATIONS = (
     "Only products the user bought before are candidates: it never proposes a new product (the "
-    "explore items come from GraphSAGE).",
+    "explore items come from co-purchase neighbours, filled from GraphSAGE).",
     "Validated on held-out users of the same batch; a change in assortment or shopping habits needs "
     "the retrain policy's drift check and a refit.",
     "Probabilities are calibrated on the training batch; the F1-optimal basket size depends on them.",

@@ -240,7 +240,7 @@ def with_similarity_sql(rows_sql: str, column: str = "gs_similarity") -> str:
 BOUGHT_SQL = """
 SELECT user_id::BIGINT AS user_id, product_id::BIGINT AS product_id
 FROM read_parquet($uri, hive_partitioning = false)
-WHERE framing = 'serving'
+WHERE framing = $framing
 """
 
 
@@ -251,12 +251,20 @@ def explore_from_lake(
     user_product_features_uri: str,
     out_path: Path,
     k: int = EXPLORE_K,
+    framing: str = "serving",
+    user_ids: np.ndarray | None = None,
 ) -> StagedParquet:
-    """Explore items for every user's next order: serving embeddings, excluding every product in the
-    user's serving history (the `serving` rows of user_product_features)."""
-    users = load_embedding_table(conn, user_embeddings_uri, "serving", "user_id")
-    products = load_embedding_table(conn, product_embeddings_uri, "serving", "product_id")
-    bought = conn.sql(BOUGHT_SQL, params={"uri": user_product_features_uri}).to_arrow_table()
+    """Explore items for every user's next order: `framing`'s embeddings (serving by default; the
+    ranking report replays `target` on held-out users), excluding every product in the user's history
+    of that framing (user_product_features). `user_ids` limits it to those users."""
+    users = load_embedding_table(conn, user_embeddings_uri, framing, "user_id")
+    if user_ids is not None:
+        keep = np.isin(users.ids, np.asarray(user_ids, dtype=np.int64))
+        users = EmbeddingTable(users.ids[keep], users.vectors[keep])
+    products = load_embedding_table(conn, product_embeddings_uri, framing, "product_id")
+    bought = conn.sql(
+        BOUGHT_SQL, params={"uri": user_product_features_uri, "framing": framing}
+    ).to_arrow_table()
     table = explore_items(
         users,
         products,
