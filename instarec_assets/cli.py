@@ -158,15 +158,32 @@ def _land_and_run(
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from instarec_assets.pipeline.status import lake_status
+    from instarec_assets.pipeline.status import lake_report
 
     locations = LakeLocations.from_env(home=args.home)
-    statuses = lake_status(locations)
-    if not statuses:
-        print(f"the lake at {locations.home_path if not locations.is_aws else 's3'} is empty")
-        return
-    for status in statuses:
-        print(status.describe())
+    report = lake_report(locations, _active_serving_version(args.home))
+    print(report.to_json() if args.json else "\n".join(report.lines()))
+
+
+def _active_serving_version(home: str | None) -> dict | None:
+    """The serving store's active version, or None when there is no store or no version yet."""
+    try:
+        store, subject = _serving_store(home, read_only=True)
+        with about(subject):
+            active = next((record for record in store.versions() if record.active), None)
+    except Exception as error:  # status reports a missing or unreachable store; it does not fail on it
+        if error_line(error) is None:
+            raise
+        return None
+    if active is None:
+        return None
+    return {
+        "store": subject,
+        "version": active.version,
+        "batch": active.batch,
+        "model_version": active.model_version,
+        "users": active.users,
+    }
 
 
 def _serving_store(home: str | None, read_only: bool):
@@ -313,8 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     materialize.set_defaults(handler=cmd_materialize)
 
-    status = commands.add_parser("status", help="partitions and row counts per zone")
+    status = commands.add_parser(
+        "status", help="each batch's state, the zone tables, models, warehouse and serving version"
+    )
     status.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
+    status.add_argument("--json", action="store_true", help="print the status as JSON, for scripts")
     status.set_defaults(handler=cmd_status)
 
     recommend = commands.add_parser("recommend", help="a user's top products from the serving store")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions
 
+from instarec_assets.completeness import cli_run_tags, reap_dead_runs
 from instarec_assets.lake.locations import LakeLocations, parse_partition_key
 from instarec_assets.lake.schemas import LANDING_FILES, SUCCESS_MARKER
 from instarec_assets.partitions import HISTORY_POOL, LANDING_BATCHES
@@ -42,7 +43,9 @@ def dagster_instance(locations: LakeLocations) -> DagsterInstance:
     dagster_home = locations.home_path / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
-    if not config.exists() or "concurrency" not in config.read_text():
+    if not config.exists() or any(
+        part not in config.read_text() for part in ("concurrency", "free_slots_after_run_end_seconds")
+    ):
         config.write_text(INSTANCE_CONFIG)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return DagsterInstance.get()
@@ -52,6 +55,13 @@ def dagster_instance(locations: LakeLocations) -> DagsterInstance:
 # lake_history pool) run one at a time across all runs, as in infra/dagster.yaml.
 INSTANCE_CONFIG = f"""telemetry:
   enabled: false
+# Runs that never start are failed after the timeout. A local run whose process died is failed by
+# the next instarec command or sensor tick (the local launchers cannot report a worker's health).
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  max_resume_run_attempts: 0
+  free_slots_after_run_end_seconds: 60
 concurrency:
   pools:
     granularity: op
@@ -145,10 +155,12 @@ def materialize_partition(
     event log (tracebacks included) stays in the instance for the Dagster UI.
     """
     register_batch(instance, partition_key)
+    reap_dead_runs(instance, LANDING_JOB_NAME)
     result = defs.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
         partition_key=partition_key,
         asset_selection=assets_through(defs, through),
         instance=instance,
+        tags=cli_run_tags(),
         raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
     )
