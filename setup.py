@@ -38,6 +38,7 @@ setup(
         "torch-geometric>=2.6",
         "uvicorn[standard]>=0.30",
         "tabulate>=0.9",
+        "rich>=13",
     ],
     extras_require={
         "dev": [

@@ -16,12 +16,18 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from instarec_assets.backends.recommendations import ServingStoreError
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.serving.server import add_arguments as add_serve_arguments
 from instarec_assets.serving.server import cmd_serve
 from instarec_assets.warehouse.cli import add_sql_command
+
+if TYPE_CHECKING:
+    from instarec_assets.pipeline.runner import StepReport
 
 
 class CommandError(Exception):
@@ -141,20 +147,63 @@ def _land_and_run(
         land_folder,
         mark_complete,
         materialize_partition,
+        steps_through,
     )
 
     target = land_folder(source, locations, partition_key)
-    print(f"landed {source} as partition {partition_key} at {target}")
-    try:
-        reports = materialize_partition(
-            build_definitions(locations), dagster_instance(locations), partition_key, through=through
-        )
-    except PipelineError as error:
-        raise error.about_source(target, source) from None
+    print(f"landed {source} as partition {partition_key} at {target}", flush=True)
+    defs = build_definitions(locations)
+    steps = steps_through(defs, through)
+    print(f"running {len(steps)} steps for partition {partition_key} through {through}", flush=True)
+    with StepProgress(len(steps)) as progress:
+        try:
+            materialize_partition(
+                defs, dagster_instance(locations), partition_key, through=through, on_step=progress.step_done
+            )
+        except PipelineError as error:
+            raise error.about_source(target, source) from None
     mark_complete(locations, partition_key)  # only now may the landing sensor take the batch as complete
-    for report in reports:
-        rows = f"{report.rows:>12,} rows" if report.rows is not None else " " * 17
-        print(f"  {report.asset:<30} {rows}  {report.seconds:6.1f}s")
+
+
+def step_line(report: StepReport, done: int, total: int) -> str:
+    """One finished step: its place in the run, seconds, and each of its assets with its rows."""
+    assets = ", ".join(
+        asset.asset + (f" {asset.rows:,} rows" if asset.rows is not None else "") for asset in report.assets
+    )
+    return f"  [{done}/{total}] {report.step:<28} {report.seconds:6.1f}s  {assets}"
+
+
+class StepProgress:
+    """Live progress of a run: a line per finished step, under a rich progress bar on a terminal and
+    as plain flushed lines otherwise (logs, pipes, CI)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.bar: Progress | None = None
+        if sys.stdout.isatty():
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+            )
+            self.task = self.bar.add_task("steps", total=total)
+
+    def __enter__(self) -> StepProgress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def step_done(self, report: StepReport) -> None:
+        self.done += 1
+        line = step_line(report, self.done, self.total)
+        if self.bar is None:
+            print(line, flush=True)
+        else:
+            self.bar.console.print(line, highlight=False, markup=False)
+            self.bar.update(self.task, completed=self.done, description=report.step)
 
 
 def cmd_status(args: argparse.Namespace) -> None:

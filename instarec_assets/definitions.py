@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, AssetSpec, Definitions, define_asset_job
+import warnings
+
+from dagster import AssetSelection, AssetSpec, Definitions, PreviewWarning, define_asset_job
 
 from instarec_assets.assets.checks import clean_checks
 from instarec_assets.assets.clean import CLEAN_STEPS
@@ -11,6 +13,7 @@ from instarec_assets.assets.consumption import (
     next_basket,
     recommendations,
     reorder_predictions,
+    similar_items,
 )
 from instarec_assets.assets.curated import curated_features_step
 from instarec_assets.assets.graph import graphsage_step
@@ -47,6 +50,7 @@ ASSETS = [
     reorder_predictions,
     next_basket,
     recommendations,
+    similar_items,
     dynamodb_recommendations,
     analyst_warehouse,
 ]
@@ -80,6 +84,35 @@ def build_resources(locations: LakeLocations, history_wait: HistoryWait = DEFAUL
     }
 
 
+# Who answers for each group's assets, and the tags to filter by in the UI (`zone:` and `layer:`),
+# applied here to every asset of the group so that an asset added to a group gets them too.
+GROUP_OWNERS = {
+    "raw": "team:data-platform",
+    "clean": "team:data-platform",
+    "curated": "team:data-platform",
+    "models": "team:ml",
+    "consumption": "team:ml",
+}
+GROUP_LAYERS = {
+    "raw": "lake",
+    "clean": "lake",
+    "curated": "lake",
+    "models": "ml",
+    "consumption": "serving",
+}
+# Owner and layer of an asset in a group that the tables above do not name yet.
+DEFAULT_OWNER = "team:data-platform"
+DEFAULT_LAYER = "lake"
+
+
+def owned_and_tagged(spec: AssetSpec) -> AssetSpec:
+    """The spec with its group's owner and `zone`/`layer` tags added (its own owners and tags kept)."""
+    group = spec.group_name or "default"
+    owners = spec.owners or [GROUP_OWNERS.get(group, DEFAULT_OWNER)]
+    tags = {"zone": group, "layer": GROUP_LAYERS.get(group, DEFAULT_LAYER), **spec.tags}
+    return spec.replace_attributes(owners=owners, tags=tags)
+
+
 def _aws_kinds(spec: AssetSpec) -> AssetSpec:
     return spec.replace_attributes(kinds={AWS_KINDS.get(kind, kind) for kind in spec.kinds})
 
@@ -100,4 +133,7 @@ def build_definitions(
         sensors=[landing_sensor],
         resources=build_resources(locations, history_wait),
     )
-    return definitions.map_asset_specs(func=_aws_kinds) if locations.is_aws else definitions
+    specs = (lambda spec: _aws_kinds(owned_and_tagged(spec))) if locations.is_aws else owned_and_tagged
+    with warnings.catch_warnings():  # map_asset_specs is a preview API: stable for what is used here
+        warnings.simplefilter("ignore", PreviewWarning)
+        return definitions.map_asset_specs(func=specs)

@@ -20,6 +20,7 @@ VARIABLES: dict[str, str] = {
     "INSTAREC_CURATED_BUCKET": "aws: the curated zone's bucket (features, models)",
     "INSTAREC_CONSUMPTION_BUCKET": "aws: the consumption zone's bucket",
     "INSTAREC_AWS_ENDPOINT_URL": "an S3/DynamoDB/SageMaker endpoint (moto in tests, a private endpoint)",
+    "INSTAREC_S3_TIMEOUT_S": "aws: S3 connect and read timeout in seconds; 2 attempts per request (default 60)",
     "AWS_REGION": "the AWS region (else AWS_DEFAULT_REGION, else us-east-1)",
     "INSTAREC_THREADS": "threads for XGBoost, torch and DuckDB (default 0: the CPUs this process may use)",
     "INSTAREC_DUCKDB_MEMORY_LIMIT": "DuckDB's memory limit per connection (default 4GB)",
@@ -54,6 +55,7 @@ class Settings:
     consumption_bucket: str = ""
     endpoint_url: str = ""
     region: str = "us-east-1"
+    s3_timeout_s: float = 60.0
     threads: int = 0
     duckdb_memory_limit: str = "4GB"
     training_backend: str = ""
@@ -88,6 +90,7 @@ class Settings:
             consumption_bucket=text("INSTAREC_CONSUMPTION_BUCKET"),
             endpoint_url=text("INSTAREC_AWS_ENDPOINT_URL"),
             region=text("AWS_REGION") or text("AWS_DEFAULT_REGION") or "us-east-1",
+            s3_timeout_s=_number(env, "INSTAREC_S3_TIMEOUT_S", 60.0, positive=True),
             threads=_integer(env, "INSTAREC_THREADS", 0, minimum=0),
             duckdb_memory_limit=text("INSTAREC_DUCKDB_MEMORY_LIMIT", "4GB"),
             training_backend=text("INSTAREC_TRAINING_BACKEND"),
@@ -119,14 +122,16 @@ def _integer(env: Mapping[str, str], name: str, default: int, minimum: int) -> i
     return value
 
 
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: float, *, positive: bool = False) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError:
-        value = -1.0
-    if not value >= 0.0 or value == float("inf"):
-        raise SettingsError(f"{name} must be a non-negative number, not {raw!r}")
+        value = float("nan")
+    valid = value > 0 if positive else value >= 0.0 and value != float("inf")
+    if not valid:
+        kind = "a positive number" if positive else "a non-negative number"
+        raise SettingsError(f"{name} must be {kind}, not {raw!r}")
     return value

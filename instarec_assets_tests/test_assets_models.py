@@ -72,8 +72,36 @@ def test_every_asset_materialises_for_both_batches(pipeline):
             "inference_set",
             "xgboost_model",
             "recommendations",
+            "similar_items",
             "dynamodb_recommendations",
         } <= (materialized)
+
+
+def test_similar_items_count_co_purchases_over_every_batch_never_the_product_itself(pipeline):
+    locations, instance, results, latest = pipeline
+    uri = locations.partition_uri("consumption", "similar_items", latest)
+    lines = [locations.partition_uri("clean", "clean_order_products", partition) for partition in results]
+    rows = duckdb.sql(f"SELECT * FROM read_parquet('{uri}', hive_partitioning = false)").fetchall()
+    assert rows, "no similar items on two batches of generated baskets"
+    assert duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{uri}', hive_partitioning = false) "
+        "WHERE product_id = similar_product_id OR together < 3 OR rank > 20"
+    ).fetchall() == [(0,)]
+    # the strongest pair's shared baskets, recounted from both batches' clean order lines
+    product, similar, together = duckdb.sql(
+        f"SELECT product_id, similar_product_id, together FROM read_parquet('{uri}', hive_partitioning = false) "
+        "ORDER BY score DESC, product_id, similar_product_id LIMIT 1"
+    ).fetchall()[0]
+    recounted = duckdb.sql(
+        f"SELECT count(*) FROM (SELECT order_id FROM read_parquet({lines!r}, hive_partitioning = false) "
+        f"GROUP BY order_id HAVING bool_or(product_id = {product}) AND bool_or(product_id = {similar}))"
+    ).fetchall()[0][0]
+    assert recounted == together
+    metadata = instance.get_latest_materialization_event(
+        AssetKey("similar_items")
+    ).asset_materialization.metadata
+    assert metadata["pairs"].value == len(rows)
+    assert metadata["history_read"].data == {"clean_order_products": list(results)}
 
 
 def test_model_is_xgboost_json_with_a_model_card_and_beats_both_baselines(pipeline):
@@ -192,6 +220,10 @@ def test_model_card_records_validation_f1_with_and_without_the_graph_similarity(
         AssetKey("xgboost_model")
     ).asset_materialization.metadata
     assert metadata["mean_f1_without_similarity"].value == ablation["validation_mean_f1_without"]
+    ranking = {row["method"]: row for row in card["evaluation"]["ranking"]}
+    assert set(ranking) >= {"model: reorder probability", "baseline: personal top-frequency"}
+    personal_ndcg = ranking["baseline: personal top-frequency"]["ndcg@10"]
+    assert f"{personal_ndcg:.4f}" in metadata["ranking"].value
 
 
 def test_serving_store_serves_the_latest_load(pipeline):

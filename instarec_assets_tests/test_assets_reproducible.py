@@ -75,6 +75,7 @@ def test_materialising_a_partition_twice_gives_the_same_models_and_recommendatio
         ("consumption", "reorder_predictions"),
         ("consumption", "recommendations"),
         ("consumption", "next_basket"),
+        ("consumption", "similar_items"),
     ):
         assert _sorted_rows(first, zone, table, batch.partition) == _sorted_rows(
             second, zone, table, batch.partition

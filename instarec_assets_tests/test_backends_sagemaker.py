@@ -464,7 +464,7 @@ def test_sagemaker_trainer_sends_the_in_process_parameters_and_keeps_the_early_s
     assert job["HyperParameters"] == {
         "objective": "binary:logistic",
         "tree_method": "hist",
-        "eval_metric": "auc,logloss",
+        "eval_metric": "logloss",
         "eta": "0.9",
         "max_depth": "6",
         "min_child_weight": "1.0",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -81,13 +82,21 @@ def materialize(capsys, home: Path, batch: Path, partition: str = DAY_1) -> tupl
     )
 
 
-def test_good_batch_prints_one_line_per_asset_and_exits_0(capsys, home: Path, tmp_path: Path):
+def asset_rows(step_lines: list[str]) -> dict[str, str]:
+    """Each asset's row count from `[i/n] step seconds  asset N rows, asset N rows` lines."""
+    found = re.findall(r"(\w+) ([\d,]+) rows", " ".join(line.split("s  ", 1)[1] for line in step_lines))
+    return {asset: rows.replace(",", "") for asset, rows in found}
+
+
+def test_good_batch_prints_one_line_per_step_and_exits_0(capsys, home: Path, tmp_path: Path):
     batch = write_batch(tmp_path / "batch", success=False)
     status, out, err = materialize(capsys, home, batch)
     assert (status, err) == (0, [])
     assert out[0] == f"landed {batch} as partition {DAY_1} at {home.resolve()}/landing/{DAY_1}"
-    assert sorted(line.split()[0] for line in out[1:]) == sorted(ASSETS)
-    rows = {line.split()[0]: line.split()[1] for line in out[1:]}
+    assert out[1] == f"running 6 steps for partition {DAY_1} through clean"
+    assert [line.split()[0] for line in out[2:]] == [f"[{i}/6]" for i in range(1, 7)]
+    rows = asset_rows(out[2:])
+    assert sorted(rows) == sorted(ASSETS)
     assert rows["clean_orders"] == str(len(ORDERS))
     assert rows["clean_order_products"] == str(len(PRIOR_LINES) + len(TRAIN_LINES))
     assert rows["quarantined_orders"] == "0"
@@ -131,7 +140,10 @@ def test_failed_run_leaves_the_landing_copy_incomplete_and_names_the_source_fold
     (batch / "products.csv").write_bytes(b"")
     status, out, err = materialize(capsys, home, batch)
     assert status == 1
-    assert out == [f"landed {batch} as partition {DAY_1} at {landed.resolve()}"]
+    assert out == [
+        f"landed {batch} as partition {DAY_1} at {landed.resolve()}",
+        f"running 6 steps for partition {DAY_1} through clean",
+    ]  # the raw step failed: no step line
     assert err == [
         f"instarec: error: {batch}/orders.csv: file is empty (expected a header line); "
         f"{batch}/products.csv: file is empty (expected a header line)"
@@ -144,7 +156,7 @@ def test_bad_rows_succeed_and_are_quarantined_in_the_lake(capsys, home: Path, tm
     batch = write_batch(tmp_path / "batch", orders=orders, success=False)
     status, out, err = materialize(capsys, home, batch)
     assert (status, err) == (0, [])
-    assert any(line.split()[:2] == ["quarantined_orders", "1"] for line in out)
+    assert asset_rows(out[2:])["quarantined_orders"] == "1"
     quarantine = LakeLocations(home=str(home)).partition_uri("clean", "quarantined_orders", DAY_1)
     assert quarantine.endswith(
         "lake/clean/quarantined_orders/year=2025/month=01/day=06/quarantined_orders.parquet"

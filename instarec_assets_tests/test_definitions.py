@@ -28,6 +28,7 @@ EXPECTED_GROUPS = {
         "reorder_predictions",
         "next_basket",
         "recommendations",
+        "similar_items",
         "dynamodb_recommendations",
         "analyst_warehouse",
     },

@@ -1183,3 +1183,26 @@ def test_readme_documents_parameters_order_cost_and_environment() -> None:
         assert needle in readme, needle
     for stack in EXPECTED_STACKS:
         assert f"{stack}.yaml" in readme, stack
+
+
+def test_every_action_is_pinned_by_commit_sha_with_its_tag() -> None:
+    """A tag can be moved to other code; a full commit SHA cannot. The comment names the tag."""
+    uses = [
+        line.split("uses:", 1)[1].strip()
+        for path in sorted(WORKFLOWS.glob("*.yml"))
+        for line in path.read_text().splitlines()
+        if "uses:" in line
+    ]
+    assert len(uses) >= 9
+    for use in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+", use), use
+
+
+def test_dependabot_updates_pip_and_actions() -> None:
+    config = yaml.safe_load((REPO / ".github" / "dependabot.yml").read_text())
+    assert config["version"] == 2
+    ecosystems = {update["package-ecosystem"]: update for update in config["updates"]}
+    assert set(ecosystems) == {"pip", "github-actions"}
+    assert all(
+        update["directory"] == "/" and update["schedule"]["interval"] for update in ecosystems.values()
+    )

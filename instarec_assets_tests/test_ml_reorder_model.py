@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from instarec_assets.ml import reorder_model
 from instarec_assets.ml.reorder_model import (
     HISTORY_COUNT_COLUMN,
     LAST_ORDER_COLUMN,
@@ -17,7 +18,7 @@ from instarec_assets.ml.reorder_model import (
     load_feature_rows,
     train_and_report,
 )
-from instarec_assets.ml.training import ReorderModelParams
+from instarec_assets.ml.training import ReorderModelParams, split_users
 
 FEATURES = (HISTORY_COUNT_COLUMN, LAST_ORDER_COLUMN, "signal", "noise")
 
@@ -85,8 +86,47 @@ def test_ablation_fits_without_the_feature_and_leaves_the_data_untouched(
     assert ablation["validation_mean_f1_with"] == report.baskets.model_f1
     assert ablation["validation_auc_with"] > ablation["validation_auc_without"] + 0.1
     np.testing.assert_array_equal(data.features, before)
+    card = report.card
+    assert "reorder" in card["intended_use"] and len(card["limitations"]) >= 3
+    assert card["reproducibility"]["training_data_sha256"]
+    assert card["evaluation"]["basket_f1"][0]["method"] == "model: expected-F1 baskets"
+    ranking = {row["method"]: row for row in card["evaluation"]["ranking"]}
+    assert set(ranking) == {
+        "model: reorder probability",
+        "baseline: personal top-frequency",
+        "baseline: last order",
+        "baseline: global popularity",
+    }
+    model_row = ranking["model: reorder probability"]
+    # ranked users: the held-out users whose next order reorders something (recall needs one)
+    _, held_out = split_users(data.user_ids, 0.1, seed=0)
+    assert model_row["users"] == np.unique(data.user_ids[held_out & (data.labels == 1)]).size < 300
+    # the label follows `signal`, which only the model sees: it must rank far better than counts
+    assert model_row["ndcg@10"] > ranking["baseline: personal top-frequency"]["ndcg@10"] + 0.1
+    assert model_row["repeat_share"] == 1.0  # every candidate is a product bought before
     with pytest.raises(ValueError, match="cannot ablate 'missing'"):
         train_and_report(data, tmp_path / "other", "2025-01-06", params=params, ablate="missing")
+
+
+def test_ablation_with_many_users_fits_both_models_on_a_user_sample(
+    feature_set: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above ABLATION_MAX_USERS users, with and without are both fitted on the same sample, and the
+    card says so; the served model is still fitted on every user."""
+    monkeypatch.setattr(reorder_model, "ABLATION_MAX_USERS", 1_000)
+    data = load_feature_rows(duckdb.connect(), feature_set, FEATURES, with_labels=True)
+    params = ReorderModelParams(num_boost_round=60, early_stopping_rounds=10, nthread=1)
+    report = train_and_report(data, tmp_path / "model", "2025-01-06", params=params, ablate="signal")
+    ablation = report.card["ablation"]
+    assert ablation["n_users"] == 1_000
+    assert ablation["users"] == "sample of 1000 of 3000 users (seed 0); both models fitted on it"
+    assert ablation["validation_auc_with"] > ablation["validation_auc_without"] + 0.1
+    assert ablation["validation_mean_f1_with"] != report.baskets.model_f1  # the sample's own model
+    assert (
+        report.card["data_split"]["n_train_users"] + report.card["data_split"]["n_validation_users"] == 3000
+    )
+    again = train_and_report(data, tmp_path / "again", "2025-01-06", params=params, ablate="signal")
+    assert again.card["ablation"] == ablation
 
 
 def test_shuffled_feature_set_loads_in_the_same_order_and_trains_the_same_model(

@@ -19,6 +19,8 @@ from instarec_assets.consumption.recommendations import (
     score_feature_set,
     top_recommendations,
 )
+from instarec_assets.consumption.similar_items import MIN_SUPPORT, SIMILAR_TOP_K
+from instarec_assets.consumption.similar_items import similar_items as similar_items_table
 from instarec_assets.consumption.submission import next_baskets
 from instarec_assets.lake.duck import StagedParquet
 from instarec_assets.ml.graphsage import SIMILARITY_FEATURE, SimilarityLookup, explore_from_lake
@@ -213,6 +215,48 @@ def recommendations(
             "explore_items": MetadataValue.int(int(explore_rows)),
             "users_with_only_explore_items": MetadataValue.int(int(explore_only_users)),
             "model_version": MetadataValue.text(model_version),
+            "preview": table_preview,
+        },
+    )
+
+
+@asset(
+    io_manager_key="consumption_io_manager",
+    kinds={"duckdb", "parquet"},
+    description=(
+        f"Customers who buy this also buy: the top {SIMILAR_TOP_K} current products per current product "
+        f"by co-occurrence in the history's baskets normalised by both products' basket counts, "
+        f"pairs sharing at least {MIN_SUPPORT} baskets, never the product itself."
+    ),
+    ins={"clean_order_products": history_input("clean_order_products")},
+    **COMMON,
+)
+def similar_items(
+    context: AssetExecutionContext,
+    lake: LakeResource,
+    duckdb: DuckDBResource,
+    clean_order_products: list[str],
+    clean_products: str,
+    clean_aisles: str,
+    clean_departments: str,
+) -> Output[StagedParquet]:
+    out = lake.staging_dir(context.run_id, "similar_items") / "similar_items.parquet"
+    with lake_connection(duckdb, lake) as conn:
+        staged = similar_items_table(
+            conn, clean_order_products, clean_products, clean_aisles, clean_departments, out
+        )
+        products, mean_score = conn.execute(
+            "SELECT count(DISTINCT product_id), avg(score) FROM read_parquet(?, hive_partitioning = false)",
+            [str(out)],
+        ).fetchall()[0]
+        table_preview = preview(conn, str(out), rows=12)
+    return Output(
+        staged,
+        metadata={
+            "products_with_similar_items": MetadataValue.int(int(products)),
+            "pairs": MetadataValue.int(staged.row_count),
+            "mean_score": MetadataValue.float(float(mean_score or 0.0)),
+            "history_read": history_read(clean_order_products=clean_order_products),
             "preview": table_preview,
         },
     )

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 
+import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -159,6 +160,7 @@ def xgboost_model(
             "mean_f1_last_order": MetadataValue.float(baskets.last_order_f1),
             "mean_f1_frequency": MetadataValue.float(baskets.frequency_f1),
             "basket_f1": MetadataValue.md(table_markdown(baskets.as_table())),
+            "ranking": MetadataValue.md(table_markdown(pd.DataFrame(report.card["evaluation"]["ranking"]))),
             **(
                 {
                     "mean_f1_without_similarity": MetadataValue.float(ablation["validation_mean_f1_without"]),

@@ -60,6 +60,7 @@ class LakeLocations:
     consumption_bucket: str = ""
     endpoint_url: str = ""
     region: str = "us-east-1"
+    s3_timeout_s: float = 60.0
 
     @classmethod
     def from_env(cls, home: str | None = None) -> LakeLocations:
@@ -74,6 +75,7 @@ class LakeLocations:
             consumption_bucket=settings.consumption_bucket,
             endpoint_url=settings.endpoint_url,
             region=settings.region,
+            s3_timeout_s=settings.s3_timeout_s,
         )
         locations.validate()
         return locations
@@ -148,13 +150,21 @@ class LakeLocations:
         return path
 
     def storage_options(self) -> dict:
-        """fsspec options for S3 (endpoint for moto or a private endpoint)."""
+        """fsspec options for S3 (endpoint for moto or a private endpoint), with bounded timeouts and
+        retries so that a cut or frozen endpoint ends the run instead of hanging it."""
         if not self.is_aws:
             return {}
         client_kwargs: dict = {"region_name": self.region}
         if self.endpoint_url:
             client_kwargs["endpoint_url"] = self.endpoint_url
-        return {"client_kwargs": client_kwargs}
+        return {
+            "client_kwargs": client_kwargs,
+            "config_kwargs": {
+                "connect_timeout": self.s3_timeout_s,
+                "read_timeout": self.s3_timeout_s,
+                "retries": {"max_attempts": 2, "mode": "standard"},
+            },
+        }
 
     @cached_property
     def filesystem(self) -> AbstractFileSystem:

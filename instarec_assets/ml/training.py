@@ -5,9 +5,8 @@ target order. Validation holds out whole users, so early stopping and validation
 generalisation to people the model has never seen, not to other rows of the same basket.
 
 Reproducible: the same rows in the same order, the same seed, thread count and XGBoost version give
-a bit-identical model.json and bit-identical predictions. Every random choice (held-out users, the
-training sample scored for the learning curve, XGBoost's row and column subsampling) comes from the
-seed; `hist` trees are deterministic for a given `nthread` (not promised across thread counts, so
+a bit-identical model.json and bit-identical predictions. Every random choice (held-out users, XGBoost's
+row and column subsampling) comes from the seed; `hist` trees are deterministic for a given `nthread` (not promised across thread counts, so
 the count is recorded); the row order is the caller's (load_feature_rows sorts by the row key).
 The model card records the seed, the thread count and a sha256 of the training rows, and also when
 it was written (`created_at`): the card is not bit-identical between runs, model.json is.
@@ -31,7 +30,6 @@ import xgboost as xgb
 from instarec_assets.compute import thread_count
 
 PREDICT_CHUNK_ROWS = 1_000_000
-TRAIN_EVAL_ROWS = 1_000_000
 MODEL_CARD_KEYS = ("features", "parameters", "metrics", "data_partition", "code_version")
 
 
@@ -54,11 +52,13 @@ class ReorderModelParams:
     nthread: int = 0  # 0 = every CPU this process may use (instarec_assets.compute.usable_cpus)
 
     def booster_params(self, seed: int) -> dict[str, Any]:
-        """Parameters for `xgboost.train`; early stopping watches the last metric, validation logloss."""
+        """Parameters for `xgboost.train`. Only validation logloss is evaluated each round (early
+        stopping watches it); AUC is computed once, on the final model, by the caller: an exact AUC
+        per round sorts every validation row each round and adds nothing the trees need."""
         return {
             "objective": "binary:logistic",
             "tree_method": "hist",
-            "eval_metric": ["auc", "logloss"],
+            "eval_metric": ["logloss"],
             "eta": self.eta,
             "max_depth": self.max_depth,
             "min_child_weight": self.min_child_weight,
@@ -77,8 +77,8 @@ class TrainedModel:
     """A fitted booster (cut to its best iteration) and what the caller needs to evaluate it.
 
     `validation_index` are row positions in the training arrays, `validation_user_ids` the held-out
-    users (sorted); `evals_result` is {"train" | "validation": {"auc" | "logloss": [per round]}}, where
-    "train" is measured on a sample of at most TRAIN_EVAL_ROWS training rows."""
+    users (sorted); `evals_result` is {"validation": {"logloss": [per round]}}: the training rows are not
+    scored each round (that spent time predicting them, not growing trees)."""
 
     booster: xgb.Booster
     params: ReorderModelParams
@@ -203,17 +203,12 @@ def train_reorder_model(
     validation_rows = np.flatnonzero(validation_mask)
     dtrain = _quantile_matrix(features, labels, train_rows, feature_names, params)
     dvalid = _quantile_matrix(features, labels, validation_rows, feature_names, params, ref=dtrain)
-    if train_rows.size > TRAIN_EVAL_ROWS:
-        sample = np.sort(np.random.default_rng(seed).choice(train_rows, size=TRAIN_EVAL_ROWS, replace=False))
-        dtrain_eval = _quantile_matrix(features, labels, sample, feature_names, params, ref=dtrain)
-    else:
-        dtrain_eval = dtrain
     history: dict = {}
     booster = xgb.train(
         params.booster_params(seed),
         dtrain,
         num_boost_round=params.num_boost_round,
-        evals=[(dtrain_eval, "train"), (dvalid, "validation")],
+        evals=[(dvalid, "validation")],
         early_stopping_rounds=params.early_stopping_rounds,
         evals_result=history,
         verbose_eval=False,

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions
+from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, EventLogEntry
 
 from instarec_assets.completeness import cli_run_tags, reap_dead_runs
 from instarec_assets.lake.locations import LakeLocations, parse_partition_key
@@ -36,6 +38,20 @@ class AssetReport:
     asset: str
     rows: int | None
     seconds: float
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """One finished step: a multi-asset step (raw landing files, the clean steps, the features)
+    is one report with a row count for each of its assets, so it is printed once, not per asset."""
+
+    step: str
+    assets: tuple[AssetReport, ...]
+    seconds: float
+
+
+# Called with each step's report as soon as that step succeeds, while the run goes on.
+StepListener = Callable[[StepReport], None]
 
 
 def dagster_instance(locations: LakeLocations) -> DagsterInstance:
@@ -145,17 +161,31 @@ def assets_through(defs: Definitions, through: str) -> list[AssetKey]:
     return [key for key in graph.get_all_asset_keys() if graph.get(key).group_name in groups]
 
 
+def steps_through(defs: Definitions, through: str) -> list[str]:
+    """The steps (ops) a run through `through` executes, one per asset or multi-asset, sorted."""
+    graph = defs.resolve_asset_graph()
+    return sorted({graph.get(key).assets_def.node_def.name for key in assets_through(defs, through)})
+
+
 def materialize_partition(
-    defs: Definitions, instance: DagsterInstance, partition_key: str, through: str = ZONE_GROUPS[-1]
+    defs: Definitions,
+    instance: DagsterInstance,
+    partition_key: str,
+    through: str = ZONE_GROUPS[-1],
+    on_step: StepListener | None = None,
 ) -> list[AssetReport]:
     """Run the landing job for one partition; raise PipelineError naming the first step failure and
     every failed check.
 
     The console logger is quiet: failures are reported once, as one line, by the caller; the full
-    event log (tracebacks included) stays in the instance for the Dagster UI.
+    event log (tracebacks included) stays in the instance for the Dagster UI. `on_step` hears of
+    each step as it finishes (live progress), from the instance's event stream for this run.
     """
     register_batch(instance, partition_key)
     reap_dead_runs(instance, LANDING_JOB_NAME)
+    run_id = str(uuid.uuid4())
+    if on_step is not None:
+        instance.add_event_listener(run_id, _StepCollector(on_step))
     result = defs.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
         partition_key=partition_key,
         asset_selection=assets_through(defs, through),
@@ -163,6 +193,7 @@ def materialize_partition(
         tags=cli_run_tags(),
         raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+        run_id=run_id,
     )
     seconds_by_step: dict[str, float] = defaultdict(float)
     failures: list[str] = []
@@ -191,6 +222,32 @@ def materialize_partition(
         # The first step failure, then every failed check (asset and check name), on one line.
         raise PipelineError("; ".join(failures[:1] + failed_checks) or "run failed")
     return reports
+
+
+class _StepCollector:
+    """Gathers each step's materialisations and hands one StepReport on when the step succeeds."""
+
+    def __init__(self, on_step: StepListener) -> None:
+        self.on_step = on_step
+        self.assets_by_step: dict[str, list[tuple[str, int | None]]] = defaultdict(list)
+
+    def __call__(self, entry: EventLogEntry) -> None:
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            return
+        if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+            materialization = event.step_materialization_data.materialization
+            self.assets_by_step[event.step_key].append(
+                (materialization.asset_key.to_user_string(), _row_count(materialization.metadata))
+            )
+        elif event.event_type == DagsterEventType.STEP_SUCCESS:
+            seconds = event.event_specific_data.duration_ms / 1000
+            assets = tuple(
+                AssetReport(asset=asset, rows=rows, seconds=seconds)
+                for asset, rows in sorted(self.assets_by_step.pop(event.step_key, []))
+            )
+            if assets:  # asset check steps run beside the asset steps; a failed check fails the run
+                self.on_step(StepReport(step=event.step_key, assets=assets, seconds=seconds))
 
 
 def _row_count(metadata: dict) -> int | None:

@@ -22,6 +22,7 @@ from instarec_assets.serving.settings import ServingConfigError, ServingSettings
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 APP_FACTORY = "instarec_assets.serving.asgi:create_app"
+GUARDED_HTTP = "instarec_assets.serving.guarded_http:GuardedHttpToolsProtocol"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -43,6 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="store_true",
         help="put the first API key into the page's /config.json so the page needs no key field "
         "(loopback addresses only)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        help="concurrent connections per worker, beyond them 503 (INSTAREC_MAX_CONNECTIONS, default 1000)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        help="seconds to send a request head, else 408 (INSTAREC_HEADER_TIMEOUT_S, default 10)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request (off by default)")
     return parser
@@ -77,6 +88,10 @@ def prepare(args: argparse.Namespace) -> ServingSettings:
         os.environ["INSTAREC_ALLOW_ANONYMOUS"] = "1"
     if args.page_key:
         os.environ["INSTAREC_PAGE_API_KEY"] = "1"
+    if getattr(args, "max_connections", None) is not None:
+        os.environ["INSTAREC_MAX_CONNECTIONS"] = str(args.max_connections)
+    if getattr(args, "header_timeout", None) is not None:
+        os.environ["INSTAREC_HEADER_TIMEOUT_S"] = str(args.header_timeout)
     if args.workers < 1:
         raise ServingConfigError("--workers must be at least 1")
     if not 0 <= args.port <= 65535:
@@ -127,6 +142,15 @@ def log_config() -> dict:
     return config
 
 
+def http_protocol() -> str:
+    """httptools with our head/body limits when installed, else h11 (its own head limit, no head timeout)."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "h11"
+    return GUARDED_HTTP
+
+
 def uvicorn_options(settings: ServingSettings, args: argparse.Namespace) -> dict:
     trusted = ",".join(settings.trusted_proxies)
     return {
@@ -134,7 +158,9 @@ def uvicorn_options(settings: ServingSettings, args: argparse.Namespace) -> dict
         "port": args.port,
         "workers": args.workers,
         "factory": True,
-        "http": "auto",  # httptools when installed
+        "http": http_protocol(),
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "limit_concurrency": settings.max_connections,
         "loop": "auto",  # uvloop when installed
         "access_log": bool(args.access_log),
         # X-Forwarded-For only from configured proxies (uvicorn would trust 127.0.0.1 by default)
@@ -142,7 +168,7 @@ def uvicorn_options(settings: ServingSettings, args: argparse.Namespace) -> dict
         "forwarded_allow_ips": trusted or None,
         "server_header": False,
         "log_config": log_config(),
-        "timeout_keep_alive": 5,
+        "timeout_keep_alive": settings.keep_alive_s,
     }
 
 

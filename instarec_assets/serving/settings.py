@@ -13,6 +13,11 @@
 | `INSTAREC_TRUSTED_PROXIES` | IPs or CIDRs of reverse proxies whose `X-Forwarded-For` is believed (default: none) |
 | `INSTAREC_PAGE_API_KEY` | local only: `1` puts the first API key into the page's `/config.json` (`serve --page-key`) |
 | `INSTAREC_PAGE_API_BASE_URL` | the `apiBaseUrl` of the served `/config.json` (default: empty, i.e. same origin) |
+| `INSTAREC_MAX_HEADER_BYTES` | `instarec serve`: request line + headers larger than this are answered 431 (default 16384) |
+| `INSTAREC_MAX_BODY_BYTES` | `instarec serve`: request bodies larger than this are answered 413 (default 1024; the API takes none) |
+| `INSTAREC_HEADER_TIMEOUT_S` | `instarec serve`: seconds a client has to send the whole request head, else 408 (default 10) |
+| `INSTAREC_KEEP_ALIVE_S` | `instarec serve`: seconds an idle keep-alive connection is kept open (default 5) |
+| `INSTAREC_MAX_CONNECTIONS` | `instarec serve`: concurrent connections per worker; beyond, requests get 503 (default 1000) |
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from pathlib import Path
 
 DEFAULT_RATE_LIMIT = "100/300"
 DEFAULT_KEYS_TTL_S = 300.0
+DEFAULT_MAX_HEADER_BYTES = 16384
+DEFAULT_MAX_BODY_BYTES = 1024
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_KEEP_ALIVE_S = 5.0
+DEFAULT_MAX_CONNECTIONS = 1000
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -52,6 +62,11 @@ class ServingSettings:
     home: str = ".instarec"
     aws_endpoint_url: str = ""
     region: str = "us-east-1"
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:
@@ -81,6 +96,11 @@ class ServingSettings:
             home=env.get("INSTAREC_HOME", "") or ".instarec",
             aws_endpoint_url=env.get("INSTAREC_AWS_ENDPOINT_URL", ""),
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            max_header_bytes=_positive_int(env, "INSTAREC_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES),
+            max_body_bytes=_positive_int(env, "INSTAREC_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+            header_timeout_s=_positive_float(env, "INSTAREC_HEADER_TIMEOUT_S", DEFAULT_HEADER_TIMEOUT_S),
+            keep_alive_s=_positive_float(env, "INSTAREC_KEEP_ALIVE_S", DEFAULT_KEEP_ALIVE_S),
+            max_connections=_positive_int(env, "INSTAREC_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS),
         )
         settings.check()
         return settings
@@ -174,3 +194,12 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     if not value > 0:
         raise ServingConfigError(f"{name} must be a positive number of seconds, not {text!r}")
     return value
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ServingConfigError(f"{name} must be a positive whole number, not {text!r}")
+    return int(text)
