@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -352,6 +354,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instarec", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"instarec {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="write synthetic Instacart-format landing folders")
@@ -424,11 +427,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def installed_version() -> str:
+    try:
+        return metadata.version("instarec")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is currently in preview.*")
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at exit
+    except BrokenPipeError:
+        # The reader went away (`instarec status | head`): stop quietly, as other Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as error:
         line = error_line(error)
         if line is None:

@@ -119,7 +119,8 @@ def landing_sensor(context: SensorEvaluationContext, lake: LakeResource) -> Sens
         )
         run_requests.append(
             RunRequest(
-                run_key=f"landing-{name}-repair-{count + 1}",
+                # the landing's id keeps run keys of a re-landed batch's repairs from repeating
+                run_key=f"landing-{name}-{latest_landing(context.instance, name)}-repair-{count + 1}",
                 partition_key=name,
                 tags={"instarec/repair": str(count + 1)},
             )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dagster import build_sensor_context
 
-from instarec_assets.completeness import BatchTargets, batch_states
+from instarec_assets.completeness import BatchTargets, batch_states, latest_landing
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.pipeline.runner import assets_through, register_batch
 from instarec_assets.sensors import (
@@ -93,8 +93,9 @@ def test_a_batch_left_incomplete_is_repaired_with_backoff_then_left_failed(
     write_batch(landing / "2025-01-13")
 
     result = evaluate(defs, instance)
+    landing_id = latest_landing(instance, "2025-01-06")
     assert {request.run_key: request.partition_key for request in result.run_requests} == {
-        "landing-2025-01-06-repair-1": "2025-01-06",
+        f"landing-2025-01-06-{landing_id}-repair-1": "2025-01-06",
         "landing-2025-01-13": "2025-01-13",
     }
     assert LandingCursor.parse(result.cursor).repairs["2025-01-06"][0] == 1
@@ -111,7 +112,9 @@ def test_a_batch_left_incomplete_is_repaired_with_backoff_then_left_failed(
         assert not getattr(evaluate(defs, instance, cursor=cursor.dump()), "run_requests", None)
         cursor.repairs["2025-01-06"] = [count, time.time() - REPAIR_BACKOFF_SECONDS * 2**count - 1]
         again = evaluate(defs, instance, cursor=cursor.dump())
-        assert [request.run_key for request in again.run_requests] == [f"landing-2025-01-06-repair-{repair}"]
+        assert [request.run_key for request in again.run_requests] == [
+            f"landing-2025-01-06-{landing_id}-repair-{repair}"
+        ]
         cursor = LandingCursor.parse(again.cursor)
 
     cursor.repairs["2025-01-06"][1] = 0.0  # long ago: still no more repairs after the last one

@@ -181,20 +181,20 @@ def batch_status(locations: LakeLocations) -> list[dict]:
     from instarec_assets.pipeline.runner import dagster_instance
     from instarec_assets.sensors import LANDING_JOB_NAME
 
-    with dagster_instance(locations) as instance:
-        if not locations.is_aws:
-            reap_dead_runs(instance, LANDING_JOB_NAME)
-        targets = BatchTargets.of(build_definitions(locations).resolve_asset_graph())
-        partitions = instance.get_dynamic_partitions(LANDING_BATCHES)
-        return [
-            {
-                "partition": state.partition,
-                "state": state.state,
-                "detail": state.detail,
-                "run_id": state.run_id,
-            }
-            for state in batch_states(instance, LANDING_JOB_NAME, partitions, targets)
-        ]
+    instance = dagster_instance(locations)  # the process's instance, as `materialize` uses it
+    if not locations.is_aws:
+        reap_dead_runs(instance, LANDING_JOB_NAME)
+    targets = BatchTargets.of(build_definitions(locations).resolve_asset_graph())
+    partitions = instance.get_dynamic_partitions(LANDING_BATCHES)
+    return [
+        {
+            "partition": state.partition,
+            "state": state.state,
+            "detail": state.detail,
+            "run_id": state.run_id,
+        }
+        for state in batch_states(instance, LANDING_JOB_NAME, partitions, targets)
+    ]
 
 
 def lake_report(locations: LakeLocations, serving: dict | None) -> LakeReport:
