@@ -160,7 +160,12 @@ def _land_and_run(
     with StepProgress(len(steps)) as progress:
         try:
             materialize_partition(
-                defs, dagster_instance(locations), partition_key, through=through, on_step=progress.step_done
+                defs,
+                dagster_instance(locations),
+                partition_key,
+                through=through,
+                on_step=progress.step_done,
+                on_note=progress.note,
             )
         except PipelineError as error:
             raise error.about_source(target, source) from None
@@ -182,6 +187,7 @@ class StepProgress:
     def __init__(self, total: int) -> None:
         self.total = total
         self.done = 0
+        self.noted: dict[str, float] = {}
         self.bar: Progress | None = None
         if sys.stdout.isatty():
             self.bar = Progress(
@@ -197,6 +203,21 @@ class StepProgress:
     def __exit__(self, *exc_info: object) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+    # In a pipe, a step's progress notes are printed at most this often (the last is always shown
+    # by the step's own line when it finishes).
+    NOTE_INTERVAL_SECONDS = 10.0
+
+    def note(self, step: str, message: str) -> None:
+        """Progress inside a running step: the bar's description on a terminal, an indented line
+        (throttled) otherwise."""
+        if self.bar is not None:
+            self.bar.update(self.task, description=f"{step}: {message}")
+            return
+        now = time.monotonic()
+        if now - self.noted.get(step, -self.NOTE_INTERVAL_SECONDS) >= self.NOTE_INTERVAL_SECONDS:
+            self.noted[step] = now
+            print(f"      {step}: {message}", flush=True)
 
     def step_done(self, report: StepReport) -> None:
         self.done += 1

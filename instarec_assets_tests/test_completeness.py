@@ -165,12 +165,14 @@ def test_runs_killed_at_three_points_are_failed_cleaned_and_repaired(batch: Path
     locations = LakeLocations(env="local", home=str(home))
     defs = build_definitions(locations)
     os.environ["DAGSTER_HOME"] = str(home / "dagster")
-    with DagsterInstance.get() as instance:
-        context = build_sensor_context(
+    with (
+        DagsterInstance.get() as instance,
+        build_sensor_context(
             instance=instance,
             repository_def=defs.get_repository_def(),
             resources={"lake": defs.resources["lake"]},
-        )
+        ) as context,
+    ):
         result = landing_sensor(context)
     assert not getattr(result, "run_requests", None)
 

@@ -21,13 +21,14 @@ from instarec_assets_tests.landing_fixtures import write_batch
 
 
 def evaluate(defs, instance, cursor: str | None = None):
-    context = build_sensor_context(
+    # A context manager: the lake resource has setup and teardown (scratch reclaiming).
+    with build_sensor_context(
         instance=instance,
         repository_def=defs.get_repository_def(),
         cursor=cursor,
         resources={"lake": defs.resources["lake"]},
-    )
-    return landing_sensor(context)
+    ) as context:
+        return landing_sensor(context)
 
 
 def test_each_complete_folder_is_requested_once(defs, instance, locations: LakeLocations):

@@ -6,6 +6,7 @@ CLI run and a sensor run produce the same lake and both show up in the Dagster U
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -52,6 +53,8 @@ class StepReport:
 
 # Called with each step's report as soon as that step succeeds, while the run goes on.
 StepListener = Callable[[StepReport], None]
+# Called with (step, message) for each INFO record a step logs: progress inside long steps.
+NoteListener = Callable[[str, str], None]
 
 
 def dagster_instance(locations: LakeLocations) -> DagsterInstance:
@@ -60,7 +63,8 @@ def dagster_instance(locations: LakeLocations) -> DagsterInstance:
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
     if not config.exists() or any(
-        part not in config.read_text() for part in ("concurrency", "free_slots_after_run_end_seconds")
+        part not in config.read_text()
+        for part in ("concurrency", "free_slots_after_run_end_seconds", "managed_python_loggers")
     ):
         config.write_text(INSTANCE_CONFIG)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
@@ -78,6 +82,11 @@ run_monitoring:
   start_timeout_seconds: 180
   max_resume_run_attempts: 0
   free_slots_after_run_end_seconds: 60
+# Progress logged inside long steps (feature stages, boosting rounds, GraphSAGE epochs) reaches the
+# run's event log, the UI and `instarec materialize`.
+python_logs:
+  managed_python_loggers: [instarec_assets]
+  python_log_level: INFO
 concurrency:
   pools:
     granularity: op
@@ -173,6 +182,7 @@ def materialize_partition(
     partition_key: str,
     through: str = ZONE_GROUPS[-1],
     on_step: StepListener | None = None,
+    on_note: NoteListener | None = None,
 ) -> list[AssetReport]:
     """Run the landing job for one partition; raise PipelineError naming the first step failure and
     every failed check.
@@ -185,7 +195,7 @@ def materialize_partition(
     reap_dead_runs(instance, LANDING_JOB_NAME)
     run_id = str(uuid.uuid4())
     if on_step is not None:
-        instance.add_event_listener(run_id, _StepCollector(on_step))
+        instance.add_event_listener(run_id, _StepCollector(on_step, on_note))
     result = defs.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
         partition_key=partition_key,
         asset_selection=assets_through(defs, through),
@@ -227,12 +237,15 @@ def materialize_partition(
 class _StepCollector:
     """Gathers each step's materialisations and hands one StepReport on when the step succeeds."""
 
-    def __init__(self, on_step: StepListener) -> None:
+    def __init__(self, on_step: StepListener, on_note: NoteListener | None = None) -> None:
         self.on_step = on_step
+        self.on_note = on_note
         self.assets_by_step: dict[str, list[tuple[str, int | None]]] = defaultdict(list)
 
     def __call__(self, entry: EventLogEntry) -> None:
         event = entry.dagster_event
+        if event is None and entry.step_key and self.on_note and entry.level >= logging.INFO:
+            self.on_note(entry.step_key, entry.user_message)  # progress logged inside a step
         if event is None or event.step_key is None:
             return
         if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
