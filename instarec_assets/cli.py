@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -158,7 +160,12 @@ def _land_and_run(
     with StepProgress(len(steps)) as progress:
         try:
             materialize_partition(
-                defs, dagster_instance(locations), partition_key, through=through, on_step=progress.step_done
+                defs,
+                dagster_instance(locations),
+                partition_key,
+                through=through,
+                on_step=progress.step_done,
+                on_note=progress.note,
             )
         except PipelineError as error:
             raise error.about_source(target, source) from None
@@ -180,6 +187,7 @@ class StepProgress:
     def __init__(self, total: int) -> None:
         self.total = total
         self.done = 0
+        self.noted: dict[str, float] = {}
         self.bar: Progress | None = None
         if sys.stdout.isatty():
             self.bar = Progress(
@@ -196,6 +204,21 @@ class StepProgress:
         if self.bar is not None:
             self.bar.stop()
 
+    # In a pipe, a step's progress notes are printed at most this often (the last is always shown
+    # by the step's own line when it finishes).
+    NOTE_INTERVAL_SECONDS = 10.0
+
+    def note(self, step: str, message: str) -> None:
+        """Progress inside a running step: the bar's description on a terminal, an indented line
+        (throttled) otherwise."""
+        if self.bar is not None:
+            self.bar.update(self.task, description=f"{step}: {message}")
+            return
+        now = time.monotonic()
+        if now - self.noted.get(step, -self.NOTE_INTERVAL_SECONDS) >= self.NOTE_INTERVAL_SECONDS:
+            self.noted[step] = now
+            print(f"      {step}: {message}", flush=True)
+
     def step_done(self, report: StepReport) -> None:
         self.done += 1
         line = step_line(report, self.done, self.total)
@@ -207,15 +230,32 @@ class StepProgress:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from instarec_assets.pipeline.status import lake_status
+    from instarec_assets.pipeline.status import lake_report
 
     locations = LakeLocations.from_env(home=args.home)
-    statuses = lake_status(locations)
-    if not statuses:
-        print(f"the lake at {locations.home_path if not locations.is_aws else 's3'} is empty")
-        return
-    for status in statuses:
-        print(status.describe())
+    report = lake_report(locations, _active_serving_version(args.home))
+    print(report.to_json() if args.json else "\n".join(report.lines()))
+
+
+def _active_serving_version(home: str | None) -> dict | None:
+    """The serving store's active version, or None when there is no store or no version yet."""
+    try:
+        store, subject = _serving_store(home, read_only=True)
+        with about(subject):
+            active = next((record for record in store.versions() if record.active), None)
+    except Exception as error:  # status reports a missing or unreachable store; it does not fail on it
+        if error_line(error) is None:
+            raise
+        return None
+    if active is None:
+        return None
+    return {
+        "store": subject,
+        "version": active.version,
+        "batch": active.batch,
+        "model_version": active.model_version,
+        "users": active.users,
+    }
 
 
 def _serving_store(home: str | None, read_only: bool):
@@ -353,6 +393,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instarec", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"instarec {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="write synthetic Instacart-format landing folders")
@@ -380,8 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     materialize.set_defaults(handler=cmd_materialize)
 
-    status = commands.add_parser("status", help="partitions and row counts per zone")
+    status = commands.add_parser(
+        "status", help="each batch's state, the zone tables, models, warehouse and serving version"
+    )
     status.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
+    status.add_argument("--json", action="store_true", help="print the status as JSON, for scripts")
     status.set_defaults(handler=cmd_status)
 
     recommend = commands.add_parser("recommend", help="a user's top products from the serving store")
@@ -428,11 +472,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def installed_version() -> str:
+    try:
+        return metadata.version("instarec")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is currently in preview.*")
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at exit
+    except BrokenPipeError:
+        # The reader went away (`instarec status | head`): stop quietly, as other Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as error:
         line = error_line(error)
         if line is None:

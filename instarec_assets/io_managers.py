@@ -57,7 +57,8 @@ class ZoneParquetIOManager(UPathIOManager):
 
     def dump_to_path(self, context: OutputContext, obj: StagedParquet | pa.Table, path: UPath) -> None:
         if isinstance(obj, pa.Table):
-            handle, name = tempfile.mkstemp(suffix=".parquet", dir=self.scratch)
+            # Named after the run, so a killed run's file is reclaimed (completeness.reclaim_scratch).
+            handle, name = tempfile.mkstemp(prefix=f"{context.run_id}-", suffix=".parquet", dir=self.scratch)
             os.close(handle)
             pq.write_table(obj, name, compression="zstd")
             obj = StagedParquet(Path(name), obj.num_rows)
@@ -135,6 +136,8 @@ def publish(staged: Path, destination: UPath) -> None:
     if destination.protocol in ("", "file", "local"):
         target = Path(destination.path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # a killed run's, never renamed
+            stale.unlink(missing_ok=True)
         temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         shutil.move(staged, temporary)
         os.replace(temporary, target)
@@ -176,15 +179,7 @@ class ArtifactFolderIOManager(UPathIOManager):
         context.add_output_metadata({"artifacts": MetadataValue.json([item.name for item in files])})
         ordered = [item for item in files if item.name != obj.commit_file] + [obj.folder / obj.commit_file]
         if path.protocol in ("", "file", "local"):
-            target = Path(path.path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            incoming = target.with_name(f".{target.name}.{uuid.uuid4().hex}.incoming")
-            shutil.copytree(obj.folder, incoming)
-            outgoing = target.with_name(f".{target.name}.{uuid.uuid4().hex}.outgoing")
-            if target.exists():
-                os.replace(target, outgoing)
-            os.replace(incoming, target)
-            shutil.rmtree(outgoing, ignore_errors=True)
+            publish_folder(obj.folder, Path(path.path))
         else:
             for item in ordered:
                 path.fs.put_file(str(item), f"{path.path}/{item.name}")
@@ -193,6 +188,31 @@ class ArtifactFolderIOManager(UPathIOManager):
     def load_from_path(self, context: InputContext, path: UPath) -> str:
         """A local folder with the partition's files (downloaded first when the lake is on S3)."""
         return str(local_folder(path, self.scratch))
+
+
+def publish_folder(staged: Path, target: Path) -> None:
+    """Make a staged folder the partition's model folder with one rename.
+
+    The partition path is a symlink to a hidden version folder beside it; the new version is copied
+    in full, then a new link replaces the old one (`os.replace`, atomic). A run killed at any point
+    leaves the old version or the new one, never neither; leftovers of killed runs (hidden siblings
+    of the target) are removed on the next publish of the partition.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    version = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+    shutil.copytree(staged, version)
+    link = version.with_name(f"{version.name}.link")
+    os.symlink(version.name, link)
+    if target.exists() and not target.is_symlink():
+        # A folder published before versioned folders: moved aside once (not atomic, one time only).
+        os.replace(target, target.with_name(f".{target.name}.{uuid.uuid4().hex}.legacy"))
+    os.replace(link, target)
+    for sibling in target.parent.glob(f".{target.name}.*"):
+        if sibling != version:
+            if sibling.is_dir() and not sibling.is_symlink():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                sibling.unlink(missing_ok=True)
 
 
 def local_folder(path: UPath, scratch: Path) -> Path:

@@ -9,9 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb as duckdb_module
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from dagster_duckdb import DuckDBResource
+from pydantic import PrivateAttr
 
+from instarec_assets.completeness import reclaim_scratch
 from instarec_assets.compute import thread_count
 from instarec_assets.history import DEFAULT_HISTORY_WAIT, HistoryWait
 from instarec_assets.lake.duck import attach_filesystem
@@ -56,6 +58,18 @@ class LakeResource(ConfigurableResource):
             s3_timeout_s=locations.s3_timeout_s,
         )
 
+    # The staging folders this step (or in-process run) made, removed when it ends.
+    _staged: list[Path] = PrivateAttr(default_factory=list)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Reclaim the staging space that killed runs left behind, before this run stages its own."""
+        if context.instance is not None:
+            reclaim_scratch(context.instance, self.locations.scratch_dir())
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        for path in self._staged:
+            shutil.rmtree(path, ignore_errors=True)
+
     @property
     def locations(self) -> LakeLocations:
         return _locations(
@@ -76,6 +90,7 @@ class LakeResource(ConfigurableResource):
         if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True)
+        self._staged.append(path)
         return path
 
     @property

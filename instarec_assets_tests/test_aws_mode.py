@@ -59,12 +59,12 @@ def test_landing_sensor_reads_the_raw_buckets_landing_prefix(aws_locations: Lake
     with DagsterInstance.ephemeral() as instance:
 
         def evaluate():
-            context = build_sensor_context(
+            with build_sensor_context(
                 instance=instance,
                 repository_def=defs.get_repository_def(),
                 resources={"lake": defs.resources["lake"]},
-            )
-            return landing_sensor(context)
+            ) as context:
+                return landing_sensor(context)
 
         assert isinstance(evaluate(), SkipReason)
         mark_complete(aws_locations, DAY_1)

@@ -9,8 +9,11 @@ over ten seconds on a slow disk; everything else (landing, assets, lake files) i
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -169,19 +172,53 @@ def test_bad_rows_succeed_and_are_quarantined_in_the_lake(capsys, home: Path, tm
     assert '"order_id":"203"' in record
 
 
-def test_status_lists_every_table_after_a_run(capsys, home: Path, tmp_path: Path):
-    assert run_cli(capsys, "status", "--home", str(home)) == (
-        0,
-        [f"the lake at {home.resolve()} is empty"],
-        [],
-    )
+def test_status_shows_batches_tables_models_warehouse_and_serving(capsys, home: Path, tmp_path: Path):
+    status, out, err = run_cli(capsys, "status", "--home", str(home))
+    assert (status, err) == (0, [])
+    assert out[0] == f"instarec lake at {home.resolve()}"
+    assert "no landing batch yet" in out and "no table in the lake yet" in out
+    assert out[-1] == "serving: no version loaded yet"
+
     materialize(capsys, home, write_batch(tmp_path / "batch", success=False))
     status, out, err = run_cli(capsys, "status", "--home", str(home))
     assert (status, err) == (0, [])
-    listed = {(line.split()[0], line.split()[1]) for line in out}
-    assert listed == {("raw" if name.startswith("raw_") else "clean", name) for name in ASSETS}
-    orders_line = next(line for line in out if line.split()[1] == "clean_orders")
-    assert f"1 partition(s) {DAY_1}" in orders_line and f"latest {len(ORDERS):>12,} rows" in orders_line
+    assert out[2].split() == ["BATCH", "STATE", "DETAIL"]
+    # Materialised only through clean: the batch is incomplete, and says what is missing.
+    assert out[3].split()[:2] == [DAY_1, "incomplete"] and "not materialised since the landing" in out[3]
+    header = next(i for i, line in enumerate(out) if line.split()[:2] == ["ZONE", "TABLE"])
+    assert out[header].split() == ["ZONE", "TABLE", "BATCHES", "LATEST", "ROWS", "(LATEST)"]
+    rows = {line.split()[1]: line.split() for line in out[header + 1 :] if line.strip()[:3] in ("raw", "cle")}
+    assert set(rows) == set(ASSETS)
+    assert rows["clean_orders"][2:] == ["1", DAY_1, f"{len(ORDERS):,}"]
+
+    status, out, err = run_cli(capsys, "status", "--json", "--home", str(home))
+    assert (status, err) == (0, [])
+    report = json.loads("\n".join(out))
+    assert [(batch["partition"], batch["state"]) for batch in report["batches"]] == [(DAY_1, "incomplete")]
+    orders = next(table for table in report["tables"] if table["table"] == "clean_orders")
+    assert (orders["latest_partition"], orders["latest_rows"]) == (DAY_1, len(ORDERS))
+    assert report["serving"] is None
+
+
+def test_version_prints_the_installed_version(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out.startswith("instarec ")
+
+
+def test_status_into_a_closed_pipe_ends_quietly(home: Path):
+    """`instarec status | true`: the reader is gone before the first line; no error, no traceback."""
+    done = subprocess.run(
+        f"set -o pipefail; {sys.executable} -m instarec_assets.cli status --home {home} | true",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert (done.returncode, done.stderr) == (0, "")
 
 
 @pytest.mark.parametrize(

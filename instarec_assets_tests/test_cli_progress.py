@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from instarec_assets_tests.landing_fixtures import ORDERS, write_batch
 
 DAY_1 = "2025-01-06"
@@ -54,3 +56,34 @@ def test_materialize_in_a_pipe_prints_each_step_once_as_it_finishes(tmp_path: Pa
     # Lines stream: the header arrived while steps were still running, well before the last step
     # line (a buffered stdout would deliver them all at once, at exit).
     assert arrivals[-1][0] - arrivals[1][0] > 0.5, arrivals
+
+
+@pytest.mark.slow
+def test_long_steps_report_progress_inside_the_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Feature stages, boosting rounds and GraphSAGE epochs arrive as notes while their step runs,
+    through the instance's event log (the same records the UI shows)."""
+    from instarec_assets.definitions import build_definitions
+    from instarec_assets.generate import generate_dataset
+    from instarec_assets.lake.locations import LakeLocations
+    from instarec_assets.pipeline.runner import dagster_instance, land_folder, materialize_partition
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))  # dagster_instance sets its own
+    batch = generate_dataset(tmp_path / "generated", users=120, seed=4, batches=1).batches[0]
+    locations = LakeLocations(env="local", home=str(tmp_path / "home"))
+    land_folder(batch.folder, locations, batch.partition)
+    notes: list[tuple[str, str]] = []
+    steps_done: list[str] = []
+    materialize_partition(
+        build_definitions(locations),
+        dagster_instance(locations),
+        batch.partition,
+        through="models",
+        on_step=lambda report: steps_done.append(report.step),
+        on_note=lambda step, message: notes.append((step, message)),
+    )
+    stages = [message for step, message in notes if step == "curated_features_step"]
+    assert [message.split(":")[0] for message in stages] == [f"feature stage {i}/12" for i in range(1, 13)]
+    rounds = [message for step, message in notes if step == "xgboost_model" and "boosting round" in message]
+    assert rounds and re.match(r"boosting round \d+/\d+: validation logloss \d\.\d{4}$", rounds[0])
+    assert any(step == "graphsage_step" and message.startswith("epoch 1/") for step, message in notes)
+    assert {"curated_features_step", "graphsage_step", "xgboost_model"} <= set(steps_done)

@@ -62,12 +62,12 @@ def test_sensor_adds_each_new_batch_as_a_partition(defs, instance, locations: La
     landing = Path(locations.landing_uri())
     write_batch(landing / "2016-12-30")
     write_batch(landing / DAY_1)
-    context = build_sensor_context(
+    with build_sensor_context(
         instance=instance,
         repository_def=defs.get_repository_def(),
         resources={"lake": defs.resources["lake"]},
-    )
-    result = landing_sensor(context)
+    ) as context:
+        result = landing_sensor(context)
     assert [request.partition_key for request in result.run_requests] == ["2016-12-30", DAY_1]
     (added,) = result.dynamic_partitions_requests
     assert added.partitions_def_name == LANDING_BATCHES and list(added.partition_keys) == [
@@ -85,11 +85,20 @@ def test_history_reads_are_declared_with_the_all_partitions_mapping(defs):
         "clean_products",
         "clean_aisles",
         "clean_departments",
+        "quarantined_orders",
+        "quarantined_order_products",
+        "quarantined_products",
+        "quarantined_aisles",
+        "quarantined_departments",
     }
     mapping = graph.get_partition_mapping(WAREHOUSE, AssetKey("clean_orders"))
     assert type(mapping).__name__ == "AllPartitionMapping"
     assert type(graph.get_partition_mapping(WAREHOUSE, AssetKey("clean_products"))).__name__ == (
         "IdentityPartitionMapping"
+    )
+    # The warehouse's quarantine table holds every batch's quarantined rows up to its own.
+    assert type(graph.get_partition_mapping(WAREHOUSE, AssetKey("quarantined_products"))).__name__ == (
+        "AllPartitionMapping"
     )
     # A clean table deduplicated against its own past depends on the raw history it derives from.
     assert type(graph.get_partition_mapping(AssetKey("clean_orders"), AssetKey("raw_orders"))).__name__ == (

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from dagster import build_sensor_context
 
+from instarec_assets.completeness import BatchTargets, batch_states, latest_landing
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.pipeline.runner import assets_through, register_batch
-from instarec_assets.sensors import landing_sensor
+from instarec_assets.sensors import (
+    LANDING_JOB_NAME,
+    MAX_REPAIRS,
+    REPAIR_BACKOFF_SECONDS,
+    LandingCursor,
+    landing_sensor,
+)
 from instarec_assets_tests.landing_fixtures import write_batch
 
 
 def evaluate(defs, instance, cursor: str | None = None):
-    context = build_sensor_context(
+    # A context manager: the lake resource has setup and teardown (scratch reclaiming).
+    with build_sensor_context(
         instance=instance,
         repository_def=defs.get_repository_def(),
         cursor=cursor,
         resources={"lake": defs.resources["lake"]},
-    )
-    return landing_sensor(context)
+    ) as context:
+        return landing_sensor(context)
 
 
 def test_each_complete_folder_is_requested_once(defs, instance, locations: LakeLocations):
@@ -67,9 +76,11 @@ def test_sensor_targets_the_job_that_covers_every_asset(defs):
     assert {"raw_orders", "clean_orders", "clean_order_products", "clean_products"} <= planned
 
 
-def test_partition_already_materialized_from_the_cli_is_not_run_again(
+def test_a_batch_left_incomplete_is_repaired_with_backoff_then_left_failed(
     defs, instance, locations: LakeLocations
 ):
+    """A batch materialised only through clean (as a run that died after clean leaves it) is re-run
+    a bounded number of times, with growing waits; a new batch is run as before."""
     landing = Path(locations.landing_uri())
     write_batch(landing / "2025-01-06")
     register_batch(instance, "2025-01-06")
@@ -83,4 +94,41 @@ def test_partition_already_materialized_from_the_cli_is_not_run_again(
     write_batch(landing / "2025-01-13")
 
     result = evaluate(defs, instance)
-    assert [request.partition_key for request in result.run_requests] == ["2025-01-13"]
+    landing_id = latest_landing(instance, "2025-01-06")
+    assert {request.run_key: request.partition_key for request in result.run_requests} == {
+        f"landing-2025-01-06-{landing_id}-repair-1": "2025-01-06",
+        "landing-2025-01-13": "2025-01-13",
+    }
+    assert LandingCursor.parse(result.cursor).repairs["2025-01-06"][0] == 1
+
+    waiting = evaluate(defs, instance, cursor=result.cursor)
+    assert not getattr(waiting, "run_requests", None)  # within the backoff
+
+    cursor = LandingCursor.parse(result.cursor)
+    for repair in range(2, MAX_REPAIRS + 1):
+        count, _ = cursor.repairs["2025-01-06"]
+        assert count == repair - 1
+        # The wait doubles each time: just short of it, nothing; past it, the next repair.
+        cursor.repairs["2025-01-06"] = [count, time.time() - REPAIR_BACKOFF_SECONDS * 2**count + 30]
+        assert not getattr(evaluate(defs, instance, cursor=cursor.dump()), "run_requests", None)
+        cursor.repairs["2025-01-06"] = [count, time.time() - REPAIR_BACKOFF_SECONDS * 2**count - 1]
+        again = evaluate(defs, instance, cursor=cursor.dump())
+        assert [request.run_key for request in again.run_requests] == [
+            f"landing-2025-01-06-{landing_id}-repair-{repair}"
+        ]
+        cursor = LandingCursor.parse(again.cursor)
+
+    cursor.repairs["2025-01-06"][1] = 0.0  # long ago: still no more repairs after the last one
+    assert not getattr(evaluate(defs, instance, cursor=cursor.dump()), "run_requests", None)
+    [state] = batch_states(
+        instance, LANDING_JOB_NAME, ["2025-01-06"], BatchTargets.of(defs.resolve_asset_graph())
+    )
+    assert state.state == "incomplete"
+    assert "analyst_warehouse" in state.missing and "clean_orders" not in state.missing
+
+
+def test_a_cursor_from_before_repairs_is_read_as_the_folders_seen(defs, instance, locations: LakeLocations):
+    landing = Path(locations.landing_uri())
+    write_batch(landing / "2025-01-06")
+    result = evaluate(defs, instance, cursor='["2025-01-06"]')
+    assert not getattr(result, "run_requests", None)

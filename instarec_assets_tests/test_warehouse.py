@@ -7,6 +7,7 @@ which product 10 was renamed from "Banana" to "Organic Banana" (its SCD2 history
 from __future__ import annotations
 
 import hashlib
+import json
 import stat
 from pathlib import Path
 
@@ -509,3 +510,91 @@ def test_instarec_sql_on_a_corrupt_warehouse_names_the_file_and_a_rebuild_replac
     assert build_warehouse_file(path, snapshot, SALT, DAY_2).published
     status, out, err = run_sql(capsys, "SELECT count(*) AS n FROM departments", "--home", str(home))
     assert (status, err) == (0, []) and out[-1] == "(1 row)"
+
+
+# -- quarantine ---------------------------------------------------------------------------------------
+
+
+def write_quarantine(root: Path, table: str, day: str, rows: list[tuple]) -> str:
+    """A quarantine parquet file (source_file, source_row, reason, record, ingested_at) in the lake layout."""
+    year, month, dom = day.split("-")
+    path = root / f"quarantined_{table}" / f"year={year}" / f"month={month}" / f"day={dom}" / "q.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect() as conn:
+        conn.execute(
+            "CREATE TABLE q (source_file VARCHAR, source_row BIGINT, reason VARCHAR, record VARCHAR, "
+            "ingested_at TIMESTAMPTZ)"
+        )
+        for row in rows:
+            conn.execute("INSERT INTO q VALUES (?, ?, ?, ?, now())", list(row))
+        conn.execute(f"COPY q TO '{path}' (FORMAT parquet)")
+    return str(path)
+
+
+def test_quarantined_rows_of_every_batch_are_readable_with_user_ids_masked(tmp_path, snapshot):
+    lake = tmp_path / "quarantine-lake"
+    landing = "/home/someone/instarec/landing"
+    quarantine = {
+        "orders": [
+            write_quarantine(
+                lake,
+                "orders",
+                DAY_1,
+                [
+                    (
+                        f"{landing}/{DAY_1}/orders.csv",
+                        4,
+                        "order_dow: out of range 0..6: '9'",
+                        '{"order_id":"1009","user_id":"7","order_dow":"9"}',
+                    ),
+                    (
+                        f"{landing}/{DAY_1}/orders.csv",
+                        5,
+                        "user_id: not an integer: 'x31337'",
+                        '{"order_id":"1010","user_id":"x31337"}',
+                    ),
+                ],
+            ),
+            write_quarantine(
+                lake,
+                "orders",
+                DAY_2,
+                [(f"{landing}/{DAY_2}/orders.csv", 9, "too many fields", "1011,31337,prior,1,2,3,,9")],
+            ),
+        ],
+        "products": [
+            write_quarantine(
+                lake,
+                "products",
+                DAY_2,
+                [
+                    (
+                        f"{landing}/{DAY_2}/products.csv",
+                        2,
+                        "aisle_id: not an integer: 'a'",
+                        '{"product_id":"50","product_name":"Kale","aisle_id":"a","department_id":"1"}',
+                    )
+                ],
+            )
+        ],
+        "aisles": [],
+    }
+    path = warehouse_path(tmp_path / "home-quarantine")
+    summary = build_warehouse_file(path, snapshot, SALT, DAY_2, quarantine=quarantine)
+    assert summary.rows("quarantine") == 4
+    rows = query(path, "SELECT source_table, batch, source_file, source_row, reason, record FROM quarantine")
+    [(key_7,)] = query(path, "SELECT user_key FROM orders WHERE order_id = 1001")
+    assert rows[0][:5] == ("orders", DAY_1, "orders.csv", 4, "order_dow: out of range 0..6: '9'")
+    assert json.loads(rows[0][5]) == {"order_id": "1009", "user_id": key_7, "order_dow": "9"}
+    # A bad user id is masked in the reason; hashed in the record like a good one.
+    assert rows[1][4] == "user_id: not an integer: '<masked>'"
+    assert "x31337" not in rows[1][5] and json.loads(rows[1][5])["user_id"] != "x31337"
+    assert rows[2][:5] == ("orders", DAY_2, "orders.csv", 9, "too many fields")
+    assert rows[2][5] == "1011,<masked>,prior,1,2,3,,9"
+    assert rows[3][0] == "products" and json.loads(rows[3][5])["product_name"] == "Kale"
+    # No landing path (a home folder) and no raw user id reach the file.
+    content = path.read_bytes()
+    assert b"/home/someone" not in content and b"31337" not in content
+
+    no_quarantine = warehouse_path(tmp_path / "home-none")
+    assert build_warehouse_file(no_quarantine, snapshot, SALT, DAY_2).rows("quarantine") == 0

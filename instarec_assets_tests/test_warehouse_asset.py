@@ -50,7 +50,9 @@ def test_the_asset_sits_in_consumption_after_every_clean_table(defs, locations):
     node = graph.get(WAREHOUSE)
     assert node.group_name == "consumption" and node.kinds == {"duckdb"} and node.description
     assert node.partitions_def is not None
-    assert {key.to_user_string() for key in node.parent_keys} == set(CLEAN_SNAPSHOT_INS)
+    assert {key.to_user_string() for key in node.parent_keys} == set(CLEAN_SNAPSHOT_INS) | {
+        f"quarantined_{table}" for table in ("orders", "order_products", "products", "aisles", "departments")
+    }
     resource = warehouse_duckdb_resource(locations)
     assert resource.database == str(locations.home_path / "warehouse" / "analyst.duckdb")
     assert resource.connection_config["autoinstall_known_extensions"] is False
@@ -71,6 +73,7 @@ def test_materialising_a_partition_publishes_the_warehouse_with_a_salted_user_ke
     assert metadata["dagster/row_count"] == len(PRIOR_LINES) + len(TRAIN_LINES)
     assert "| `joined_order_products` | view | 11 |" in metadata["relations"]
     assert "| `orders` | table | 7 |" in metadata["relations"]
+    assert "| `quarantine` | table | 0 |" in metadata["relations"]  # a clean batch
     assert "Banana" in metadata["mart_top_products_preview"]
     assert metadata["user_key_salt"] == f"file {salt_path(locations.home_path)}"
 

@@ -9,11 +9,16 @@ from tabulate import tabulate
 from instarec_assets.assets.curated import CLEAN_SNAPSHOT_INS, clean_snapshot
 from instarec_assets.assets.metadata import history_read
 from instarec_assets.lake.locations import LakeLocations
-from instarec_assets.partitions import HISTORY_POOL, landing_batches
+from instarec_assets.partitions import HISTORY_POOL, history_input, landing_batches
 from instarec_assets.resources import LakeResource, duckdb_resource
 from instarec_assets.warehouse import WarehouseSummary, build_warehouse_file, load_salt, warehouse_path
 
 WAREHOUSE_RESOURCE_KEY = "warehouse_duckdb"
+QUARANTINED_TABLES = ("orders", "order_products", "products", "aisles", "departments")
+WAREHOUSE_INS = {
+    **CLEAN_SNAPSHOT_INS,
+    **{f"quarantined_{table}": history_input(f"quarantined_{table}") for table in QUARANTINED_TABLES},
+}
 
 
 def warehouse_duckdb_resource(locations: LakeLocations) -> DuckDBResource:
@@ -28,14 +33,15 @@ def warehouse_duckdb_resource(locations: LakeLocations) -> DuckDBResource:
     name="analyst_warehouse",
     group_name="consumption",
     kinds={"duckdb"},
-    ins=CLEAN_SNAPSHOT_INS,
+    ins=WAREHOUSE_INS,
     partitions_def=landing_batches,
     pool=HISTORY_POOL,
     description=(
         "The analysts' sandbox: INSTAREC_HOME/warehouse/analyst.duckdb, a copy of the clean zone as "
         "of the partition (aisles, departments, current products, product_history, orders, "
-        "order_products), the joined_order_products view and mart_* tables; user ids appear only "
-        "as a salted hash (user_key). Query it with `instarec sql`."
+        "order_products), the joined_order_products view, mart_* tables and the quarantined rows of "
+        "every batch (masked); user ids appear only as a salted hash (user_key). Query it with "
+        "`instarec sql`."
     ),
 )
 def analyst_warehouse(
@@ -47,6 +53,11 @@ def analyst_warehouse(
     clean_products: str,
     clean_aisles: str,
     clean_departments: str,
+    quarantined_orders: list[str],
+    quarantined_order_products: list[str],
+    quarantined_products: list[str],
+    quarantined_aisles: list[str],
+    quarantined_departments: list[str],
 ) -> MaterializeResult:
     locations = lake.locations
     salt = load_salt(locations.home_path)
@@ -62,6 +73,13 @@ def analyst_warehouse(
         as_of=context.partition_key,
         connect=connect,
         filesystem=locations.filesystem,
+        quarantine={
+            "orders": quarantined_orders,
+            "order_products": quarantined_order_products,
+            "products": quarantined_products,
+            "aisles": quarantined_aisles,
+            "departments": quarantined_departments,
+        },
     )
     return MaterializeResult(
         metadata={

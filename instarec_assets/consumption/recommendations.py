@@ -83,12 +83,14 @@ history_orders AS (
     WHERE framing = $framing
 ),
 first_purchase AS (
-    SELECT product_id, p_buyers / (SELECT orders FROM history_orders) AS rate
+    SELECT product_id, p_buyers, p_buyers / (SELECT orders FROM history_orders) AS rate
     FROM read_parquet($product_features, hive_partitioning = false)
     WHERE framing = $framing
 ),
+-- Integer sums: a parallel avg() of doubles depends on thread order in the last bits.
 aisle_first_purchase AS (
-    SELECT catalog.aisle_id, avg(first_purchase.rate) AS rate
+    SELECT catalog.aisle_id,
+           sum(first_purchase.p_buyers)::DOUBLE / count(*) / (SELECT orders FROM history_orders) AS rate
     FROM first_purchase JOIN catalog USING (product_id)
     GROUP BY catalog.aisle_id
 ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from instarec_assets.features.targets import build_roles, fill_serving_targets
 from instarec_assets.features.user import USER_FEATURES_SELECT, build_users
 from instarec_assets.features.user_product import USER_PRODUCT_SELECT, build_affinity, build_purchases
 from instarec_assets.lake.duck import StagedParquet, copy_to_parquet
+from instarec_assets.progress import Stages
+
+LOGGER = logging.getLogger(__name__)
 
 # Dropped at the end so the connection's memory goes back to the caller.
 TEMP_TABLES = (
@@ -48,23 +52,37 @@ class FeatureTables:
 
 def build_features(conn: duckdb.DuckDBPyConnection, snapshot: CleanSnapshot, scratch: Path) -> FeatureTables:
     """Every feature table for the snapshot, as temp tables in `conn`, written to `scratch`."""
+    stages = Stages(LOGGER, "feature stage", 12)
+    stages.start("snapshot")
     open_snapshot(conn, snapshot)
+    stages.start("order roles")
     build_roles(conn)
+    stages.start("purchases")
     build_purchases(conn)
+    stages.start("users")
     build_users(conn)
+    stages.start("serving targets")
     fill_serving_targets(conn)
+    stages.start("products")
     build_products(conn)
+    stages.start("user x product affinity")
     build_affinity(conn)
+    stages.start("user_product_features")
     user_product = copy_to_parquet(conn, USER_PRODUCT_SELECT, scratch / "user_product_features.parquet")
     for table in ("feat_up", "feat_user_aisle", "feat_user_department"):
         conn.execute(f"DROP TABLE {table}")
+    stages.start("user_features")
+    user_features = copy_to_parquet(conn, USER_FEATURES_SELECT, scratch / "user_features.parquet")
+    stages.start("product_features")
+    product_features = copy_to_parquet(conn, PRODUCT_FEATURES_SELECT, scratch / "product_features.parquet")
+    stages.start("training_set")
+    training_set = copy_to_parquet(conn, training_select(user_product.path), scratch / "training_set.parquet")
+    stages.start("inference_set")
     tables = FeatureTables(
-        user_features=copy_to_parquet(conn, USER_FEATURES_SELECT, scratch / "user_features.parquet"),
-        product_features=copy_to_parquet(conn, PRODUCT_FEATURES_SELECT, scratch / "product_features.parquet"),
+        user_features=user_features,
+        product_features=product_features,
         user_product_features=user_product,
-        training_set=copy_to_parquet(
-            conn, training_select(user_product.path), scratch / "training_set.parquet"
-        ),
+        training_set=training_set,
         inference_set=copy_to_parquet(
             conn, inference_select(user_product.path), scratch / "inference_set.parquet"
         ),

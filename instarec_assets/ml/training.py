@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -29,6 +30,7 @@ import xgboost as xgb
 
 from instarec_assets.compute import thread_count
 
+LOGGER = logging.getLogger(__name__)
 PREDICT_CHUNK_ROWS = 1_000_000
 MODEL_CARD_KEYS = ("features", "parameters", "metrics", "data_partition", "code_version")
 
@@ -177,6 +179,26 @@ def training_data_fingerprint(
     return digest.hexdigest()
 
 
+class RoundLog(xgb.callback.TrainingCallback):
+    """Logs the boosting round and the validation score about 20 times per fit (progress in the UI
+    and in `instarec materialize`); it reads the scores XGBoost computes anyway."""
+
+    def __init__(self, rounds: int) -> None:
+        super().__init__()
+        self.rounds = rounds
+        self.every = max(1, rounds // 20)
+
+    def after_iteration(self, model, epoch: int, evals_log) -> bool:
+        if (epoch + 1) % self.every == 0:
+            scores = ", ".join(
+                f"{data} {metric} {values[-1]:.4f}"
+                for data, metrics in evals_log.items()
+                for metric, values in metrics.items()
+            )
+            LOGGER.info("boosting round %d/%d: %s", epoch + 1, self.rounds, scores)
+        return False
+
+
 def train_reorder_model(
     features: np.ndarray,
     labels: np.ndarray,
@@ -212,6 +234,7 @@ def train_reorder_model(
         early_stopping_rounds=params.early_stopping_rounds,
         evals_result=history,
         verbose_eval=False,
+        callbacks=[RoundLog(params.num_boost_round)],
     )
     best_iteration = int(booster.best_iteration)
     best_score = float(booster.best_score)

@@ -6,6 +6,7 @@ CLI run and a sensor run produce the same lake and both show up in the Dagster U
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, EventLogEntry
 
+from instarec_assets.completeness import cli_run_tags, reap_dead_runs
 from instarec_assets.lake.locations import LakeLocations, parse_partition_key
 from instarec_assets.lake.schemas import LANDING_FILES, SUCCESS_MARKER
 from instarec_assets.partitions import HISTORY_POOL, LANDING_BATCHES
@@ -51,6 +53,8 @@ class StepReport:
 
 # Called with each step's report as soon as that step succeeds, while the run goes on.
 StepListener = Callable[[StepReport], None]
+# Called with (step, message) for each INFO record a step logs: progress inside long steps.
+NoteListener = Callable[[str, str], None]
 
 
 def dagster_instance(locations: LakeLocations) -> DagsterInstance:
@@ -58,7 +62,10 @@ def dagster_instance(locations: LakeLocations) -> DagsterInstance:
     dagster_home = locations.home_path / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
-    if not config.exists() or "concurrency" not in config.read_text():
+    if not config.exists() or any(
+        part not in config.read_text()
+        for part in ("concurrency", "free_slots_after_run_end_seconds", "managed_python_loggers", "freshness")
+    ):
         config.write_text(INSTANCE_CONFIG)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return DagsterInstance.get()
@@ -68,6 +75,21 @@ def dagster_instance(locations: LakeLocations) -> DagsterInstance:
 # lake_history pool) run one at a time across all runs, as in infra/dagster.yaml.
 INSTANCE_CONFIG = f"""telemetry:
   enabled: false
+# Runs that never start are failed after the timeout. A local run whose process died is failed by
+# the next instarec command or sensor tick (the local launchers cannot report a worker's health).
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  max_resume_run_attempts: 0
+  free_slots_after_run_end_seconds: 60
+# Progress logged inside long steps (feature stages, boosting rounds, GraphSAGE epochs) reaches the
+# run's event log, the UI and `instarec materialize`.
+python_logs:
+  managed_python_loggers: [instarec_assets]
+  python_log_level: INFO
+# The served recommendations' freshness policy (time window) shows as asset health in the UI.
+freshness:
+  enabled: true
 concurrency:
   pools:
     granularity: op
@@ -163,6 +185,7 @@ def materialize_partition(
     partition_key: str,
     through: str = ZONE_GROUPS[-1],
     on_step: StepListener | None = None,
+    on_note: NoteListener | None = None,
 ) -> list[AssetReport]:
     """Run the landing job for one partition; raise PipelineError naming the first step failure and
     every failed check.
@@ -172,13 +195,15 @@ def materialize_partition(
     each step as it finishes (live progress), from the instance's event stream for this run.
     """
     register_batch(instance, partition_key)
+    reap_dead_runs(instance, LANDING_JOB_NAME)
     run_id = str(uuid.uuid4())
     if on_step is not None:
-        instance.add_event_listener(run_id, _StepCollector(on_step))
+        instance.add_event_listener(run_id, _StepCollector(on_step, on_note))
     result = defs.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
         partition_key=partition_key,
         asset_selection=assets_through(defs, through),
         instance=instance,
+        tags=cli_run_tags(),
         raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         run_id=run_id,
@@ -215,12 +240,15 @@ def materialize_partition(
 class _StepCollector:
     """Gathers each step's materialisations and hands one StepReport on when the step succeeds."""
 
-    def __init__(self, on_step: StepListener) -> None:
+    def __init__(self, on_step: StepListener, on_note: NoteListener | None = None) -> None:
         self.on_step = on_step
+        self.on_note = on_note
         self.assets_by_step: dict[str, list[tuple[str, int | None]]] = defaultdict(list)
 
     def __call__(self, entry: EventLogEntry) -> None:
         event = entry.dagster_event
+        if event is None and entry.step_key and self.on_note and entry.level >= logging.INFO:
+            self.on_note(entry.step_key, entry.user_message)  # progress logged inside a step
         if event is None or event.step_key is None:
             return
         if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:

@@ -1,13 +1,19 @@
-"""What is in the lake: partitions and row counts per zone table, read from parquet footers."""
+"""What `instarec status` shows: each landing batch's state, the zone tables, models, warehouse and
+the serving store's active version."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.lake.schemas import ZONES
+
+MODEL_ASSETS = ("xgboost_model", "graphsage_model")
+MODEL_FILES = {"xgboost_model": "model_card.json", "graphsage_model": "graphsage_config.json"}
 
 
 @dataclass(frozen=True)
@@ -16,14 +22,90 @@ class TableStatus:
     table: str
     rows_by_partition: dict[str, int]
 
-    def describe(self) -> str:
-        keys = list(self.rows_by_partition)
-        span = keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]}"
-        latest = self.rows_by_partition[keys[-1]]
-        return (
-            f"{self.zone:<12} {self.table:<30} {len(keys):>3} partition(s) {span:<22} "
-            f"latest {latest:>12,} rows  all {sum(self.rows_by_partition.values()):>12,} rows"
+    @property
+    def latest_partition(self) -> str:
+        return list(self.rows_by_partition)[-1]
+
+    @property
+    def latest_rows(self) -> int:
+        return self.rows_by_partition[self.latest_partition]
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    asset: str
+    partition: str
+    version: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LakeReport:
+    home: str
+    batches: list[dict]
+    tables: list[TableStatus]
+    models: list[ModelStatus]
+    warehouse: str | None
+    serving: dict | None
+
+    def to_json(self) -> str:
+        payload = asdict(self)
+        payload["tables"] = [
+            {**asdict(table), "latest_partition": table.latest_partition, "latest_rows": table.latest_rows}
+            for table in self.tables
+        ]
+        return json.dumps(payload, indent=2, sort_keys=True)
+
+    def lines(self) -> list[str]:
+        out = [f"instarec lake at {self.home}", ""]
+        out += _table(
+            ("BATCH", "STATE", "DETAIL"),
+            [(batch["partition"], batch["state"], batch["detail"]) for batch in self.batches],
+            empty="no landing batch yet",
         )
+        out.append("")
+        out += _table(
+            ("ZONE", "TABLE", "BATCHES", "LATEST", "ROWS (LATEST)"),
+            [
+                (t.zone, t.table, str(len(t.rows_by_partition)), t.latest_partition, f"{t.latest_rows:,}")
+                for t in self.tables
+            ],
+            right=(2, 4),
+            empty="no table in the lake yet",
+        )
+        out.append("")
+        out += _table(
+            ("MODEL", "BATCH", "VERSION", "METRICS"),
+            [
+                (m.asset, m.partition, m.version, ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.items()))
+                for m in self.models
+            ],
+            empty="no model yet",
+        )
+        out.append("")
+        out.append(f"warehouse: {self.warehouse or 'not built yet (the analyst_warehouse asset builds it)'}")
+        if self.serving:
+            out.append(
+                f"serving: version {self.serving['version']} active (batch {self.serving['batch'] or '-'}, "
+                f"model {self.serving['model_version']}, {self.serving['users']:,} users) "
+                f"in {self.serving['store']}"
+            )
+        else:
+            out.append("serving: no version loaded yet")
+        return out
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], right=(), empty: str = "") -> list[str]:
+    if not rows:
+        return [empty]
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
+    return [
+        "  ".join(
+            cell.rjust(width) if column in right else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in (header, *rows)
+    ]
 
 
 def lake_status(locations: LakeLocations) -> list[TableStatus]:
@@ -52,3 +134,79 @@ def lake_status(locations: LakeLocations) -> list[TableStatus]:
                     rows[key] = pq.ParquetFile(stream).metadata.num_rows
             statuses.append(TableStatus(zone, table, rows))
     return statuses
+
+
+def model_status(locations: LakeLocations, partitions: list[str]) -> list[ModelStatus]:
+    """The newest stored version of each model among the batches, with its headline metrics."""
+    fs = locations.filesystem
+    models = []
+    for asset in MODEL_ASSETS:
+        for partition in sorted(partitions, reverse=True):
+            card = f"{locations.model_uri(asset, partition)}/{MODEL_FILES[asset]}"
+            if not fs.exists(card):
+                continue
+            with fs.open(card, "r") as stream:
+                content = json.load(stream)
+            models.append(ModelStatus(asset, partition, _version(content), _headline(content)))
+            break
+    return models
+
+
+def _version(card: dict) -> str:
+    return str(card.get("model_version") or card.get("version") or "-")
+
+
+def _headline(card: dict) -> dict[str, float]:
+    metrics = card.get("metrics") or {}
+    picked = {name: metrics[name] for name in ("auc", "f1") if isinstance(metrics.get(name), int | float)}
+    basket = metrics.get("basket_f1")
+    if isinstance(basket, dict) and isinstance(basket.get("model_f1"), int | float):
+        picked["basket_f1"] = basket["model_f1"]
+    return picked
+
+
+def warehouse_status(locations: LakeLocations) -> str | None:
+    from instarec_assets.warehouse.build import warehouse_path
+
+    path = Path(warehouse_path(locations.home_path))
+    return str(path) if path.exists() else None
+
+
+def batch_status(locations: LakeLocations) -> list[dict]:
+    """Each registered landing batch's state (complete / incomplete / failed / running), from the
+    instance; runs whose local process died are marked failed first."""
+    from instarec_assets.completeness import BatchTargets, batch_states, reap_dead_runs
+    from instarec_assets.definitions import build_definitions
+    from instarec_assets.partitions import LANDING_BATCHES
+    from instarec_assets.pipeline.runner import dagster_instance
+    from instarec_assets.sensors import LANDING_JOB_NAME
+
+    instance = dagster_instance(locations)  # the process's instance, as `materialize` uses it
+    if not locations.is_aws:
+        reap_dead_runs(instance, LANDING_JOB_NAME)
+    targets = BatchTargets.of(build_definitions(locations).resolve_asset_graph())
+    partitions = instance.get_dynamic_partitions(LANDING_BATCHES)
+    return [
+        {
+            "partition": state.partition,
+            "state": state.state,
+            "detail": state.detail,
+            "run_id": state.run_id,
+        }
+        for state in batch_states(instance, LANDING_JOB_NAME, partitions, targets)
+    ]
+
+
+def lake_report(locations: LakeLocations, serving: dict | None) -> LakeReport:
+    tables = lake_status(locations)
+    batches = batch_status(locations)
+    partitions = sorted({batch["partition"] for batch in batches} | {t.latest_partition for t in tables})
+    home = str(locations.home_path) if not locations.is_aws else locations.zone_uri("raw").rsplit("/", 1)[0]
+    return LakeReport(
+        home=home,
+        batches=batches,
+        tables=tables,
+        models=model_status(locations, partitions),
+        warehouse=warehouse_status(locations),
+        serving=serving,
+    )

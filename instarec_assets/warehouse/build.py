@@ -20,7 +20,7 @@ import fcntl
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +122,32 @@ RELATIONS: tuple[Relation, ...] = (
         LEFT JOIN products ON products.product_id = line.product_id
         LEFT JOIN aisles ON aisles.aisle_id = products.aisle_id
         LEFT JOIN departments ON departments.department_id = products.department_id
+        """,
+    ),
+    Relation(
+        "quarantine",
+        "table",
+        "Rows the clean step could not accept, from every batch up to the warehouse's date: the table, "
+        "batch, landing file name and row, the reason, and the row as landed, with user ids masked "
+        "(user_key in a JSON record, <masked> in a raw line or a reason's value).",
+        f"""
+        WITH landed AS (
+            SELECT *,
+                   CASE WHEN json_valid(record) THEN json_extract_string(record, '$.user_id') END
+                       AS user_id
+            FROM src_quarantine
+        )
+        SELECT source_table, batch, regexp_replace(source_file, '^.*/', '') AS source_file,
+               source_row,
+               CASE WHEN reason LIKE 'user_id%' THEN regexp_replace(reason, '''.*''$', '''<masked>''')
+                    ELSE reason END AS reason,
+               CASE WHEN source_table <> 'orders' THEN record
+                    WHEN json_valid(record) AND user_id IS NOT NULL
+                        THEN json_merge_patch(record, json_object('user_id', {USER_KEY_SQL}))::VARCHAR
+                    WHEN json_valid(record) THEN record
+                    ELSE regexp_replace(record, '^([^,]*),[^,]*', '\\1,<masked>') END AS record
+        FROM landed
+        ORDER BY source_table, batch, source_file, source_row
         """,
     ),
     # The marts aggregate the narrow tables first and add names last: at the full dataset's size
@@ -253,6 +279,7 @@ def build_warehouse(
     salt: str,
     as_of: str,
     min_orders_for_reorder_rank: int = MIN_ORDERS_FOR_REORDER_RANK,
+    quarantine: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[RelationSummary, ...]:
     """Fill an empty database (the connection's) with the warehouse's tables, views and marts.
 
@@ -271,6 +298,7 @@ def build_warehouse(
     _source_view(conn, "src_products", [snapshot.products])
     _source_view(conn, "src_aisles", [snapshot.aisles])
     _source_view(conn, "src_departments", [snapshot.departments])
+    _quarantine_view(conn, quarantine or {})
     summaries = []
     for relation in RELATIONS:
         kind = relation.kind.upper()
@@ -283,7 +311,14 @@ def build_warehouse(
     conn.execute(
         "COMMENT ON TABLE warehouse_info IS 'The partition this warehouse is a snapshot of, and when.'"
     )
-    for name in ("src_orders", "src_order_products", "src_products", "src_aisles", "src_departments"):
+    for name in (
+        "src_orders",
+        "src_order_products",
+        "src_products",
+        "src_aisles",
+        "src_departments",
+        "src_quarantine",
+    ):
         conn.execute(f"DROP VIEW {name}")
     return tuple(summaries)
 
@@ -300,6 +335,7 @@ def build_warehouse_file(
     connect: Connect | None = None,
     filesystem=None,
     min_orders_for_reorder_rank: int = MIN_ORDERS_FOR_REORDER_RANK,
+    quarantine: Mapping[str, Sequence[str]] | None = None,
 ) -> WarehouseSummary:
     """Build the warehouse into a temporary file and rename it over `db_path` unless that one is newer.
 
@@ -316,7 +352,9 @@ def build_warehouse_file(
     try:
         with (connect or _connect)(staging) as conn:
             attach_filesystem(conn, filesystem)
-            relations = build_warehouse(conn, snapshot, salt, as_of, min_orders_for_reorder_rank)
+            relations = build_warehouse(
+                conn, snapshot, salt, as_of, min_orders_for_reorder_rank, quarantine=quarantine
+            )
             preview = conn.execute(f"SELECT * FROM {PREVIEW_RELATION} LIMIT {PREVIEW_ROWS}")
             preview_columns = tuple(column[0] for column in preview.description)
             preview_rows = tuple(preview.fetchall())
@@ -366,6 +404,23 @@ def _execute(conn: duckdb.DuckDBPyConnection, sql: str, params: dict) -> None:
         conn.execute(sql, used)
     else:
         conn.execute(sql)
+
+
+def _quarantine_view(conn: duckdb.DuckDBPyConnection, quarantine: Mapping[str, Sequence[str]]) -> None:
+    """A TEMP view over every batch's quarantine files, one row per quarantined row with its table."""
+    batch_sql = r"regexp_replace(filename, '.*year=(\d+)/month=(\d+)/day=(\d+)/.*', '\1-\2-\3')"
+    selects = [
+        f"SELECT {_literal(table)} AS source_table, {batch_sql} AS batch, source_file, source_row, "
+        f"reason, record FROM read_parquet([{', '.join(_literal(uri) for uri in uris)}], "
+        "filename = true, hive_partitioning = false)"
+        for table, uris in sorted(quarantine.items())
+        if uris
+    ]
+    body = " UNION ALL ".join(selects) or (
+        "SELECT NULL::VARCHAR AS source_table, NULL::VARCHAR AS batch, NULL::VARCHAR AS source_file, "
+        "NULL::BIGINT AS source_row, NULL::VARCHAR AS reason, NULL::VARCHAR AS record WHERE false"
+    )
+    conn.execute(f"CREATE OR REPLACE TEMP VIEW src_quarantine AS {body}")
 
 
 def _source_view(
