@@ -166,6 +166,7 @@ def _land_and_run(
                 through=through,
                 on_step=progress.step_done,
                 on_note=progress.note,
+                on_warning=lambda line: print(f"warning: {line}", flush=True),
             )
         except PipelineError as error:
             raise error.about_source(target, source) from None

@@ -53,18 +53,29 @@ def test_validation_users_are_the_users_training_held_out() -> None:
 
 
 def test_beats_top_frequency_names_both_scores_and_the_noise() -> None:
-    passed, line = beats_top_frequency(_table(0.51, 0.50), PairedDifference(0.01, 0.02, 19))
-    assert passed
-    assert line == (
+    verdict = beats_top_frequency(_table(0.51, 0.50), PairedDifference(0.01, 0.02, 19))
+    assert verdict.passed and not verdict.blocks
+    assert verdict.line == (
         "served ranking NDCG@10 0.5100 beats personal top-frequency 0.5000 "
         "(difference +0.0100 +/- 0.0200 (standard error over 19 users))"
     )
-    failed, line = beats_top_frequency(_table(0.5, 0.5))
-    assert not failed  # a tie does not beat the baseline
+    tie = beats_top_frequency(_table(0.5, 0.5))
+    assert not tie.passed and tie.blocks  # a tie does not beat the baseline; no spread known: blocks
     assert (
-        line
+        tie.line
         == "served ranking NDCG@10 0.5000 does not beat personal top-frequency 0.5000 (difference +0.0000)"
     )
+
+
+def test_not_beating_top_frequency_blocks_only_beyond_two_standard_errors() -> None:
+    within = beats_top_frequency(_table(0.4996, 0.5), PairedDifference(-0.0004, 0.0219, 19))
+    assert not within.passed and not within.blocks
+    assert within.line.endswith("users)): within 2 standard errors, a warning, not a block")
+    edge = beats_top_frequency(_table(0.46, 0.5), PairedDifference(-0.04, 0.02, 50))
+    assert not edge.passed and not edge.blocks  # exactly 2 standard errors: still noise
+    worse = beats_top_frequency(_table(0.45, 0.5), PairedDifference(-0.05, 0.02, 50))
+    assert not worse.passed and worse.blocks
+    assert worse.line.endswith("users)): more than 2 standard errors worse")
 
 
 def test_comparison_with_the_previous_report_gives_changes_per_method() -> None:
@@ -123,3 +134,12 @@ def test_ranking_check_fails_as_an_error_and_blocks_downstream() -> None:
     assert evaluation.metadata["top_frequency_ndcg_at_10"].value == pytest.approx(0.5)
     materialized = {event.asset_key for event in result.get_asset_materialization_events()}
     assert materialized == {AssetKey("ranking_report")}
+
+
+def test_ranking_check_within_noise_warns_and_lets_downstream_run() -> None:
+    result = _materialize_with(_table(0.4996, 0.5), PairedDifference(-0.0004, 0.0219, 19))
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.passed is False
+    assert evaluation.severity == AssetCheckSeverity.WARN
+    materialized = {event.asset_key for event in result.get_asset_materialization_events()}
+    assert materialized == {AssetKey("ranking_report"), AssetKey("downstream")}

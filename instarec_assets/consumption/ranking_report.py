@@ -417,22 +417,44 @@ def served_ranking(
     return frame.loc[frame["rank"] <= TOP_K].reset_index(drop=True)
 
 
-def beats_top_frequency(table: pd.DataFrame, difference: PairedDifference | None = None) -> tuple[bool, str]:
-    """(passed, one line): the served ranking's NDCG@10 above personal top-frequency's. The line
-    gives the paired difference's standard error, so a verdict within noise reads as one."""
+# A served ranking this many standard errors (of the per-user paired difference) below personal
+# top-frequency is worse beyond noise: the check blocks. Closer than that it only warns.
+NOISE_STANDARD_ERRORS = 2.0
+
+
+@dataclass(frozen=True)
+class RankingVerdict:
+    """The check's verdict: `passed` when served beats top-frequency; a failure `blocks` only when
+    served is worse beyond noise (or no paired difference is known to say otherwise)."""
+
+    passed: bool
+    blocks: bool
+    line: str
+
+
+def beats_top_frequency(table: pd.DataFrame, difference: PairedDifference | None = None) -> RankingVerdict:
+    """Whether the served ranking's NDCG@10 is above personal top-frequency's, with the paired
+    difference's standard error, so a verdict within noise reads (and is treated) as one."""
     by_method = table.set_index("method")[CHECK_METRIC]
     served, baseline = float(by_method[SERVED]), float(by_method[TOP_FREQUENCY])
     passed = served > baseline
-    verb = "beats" if passed else "does not beat"
     spread = (
         f" +/- {difference.standard_error:.4f} (standard error over {difference.n_users} users)"
         if difference is not None
         else ""
     )
-    return passed, (
-        f"served ranking NDCG@10 {served:.4f} {verb} personal top-frequency {baseline:.4f} "
-        f"(difference {served - baseline:+.4f}{spread})"
+    line = (
+        f"served ranking NDCG@10 {served:.4f} {'beats' if passed else 'does not beat'} personal "
+        f"top-frequency {baseline:.4f} (difference {served - baseline:+.4f}{spread})"
     )
+    if passed:
+        return RankingVerdict(True, False, line)
+    if difference is not None and difference.mean >= -NOISE_STANDARD_ERRORS * difference.standard_error:
+        return RankingVerdict(
+            False, False, f"{line}: within {NOISE_STANDARD_ERRORS:g} standard errors, a warning, not a block"
+        )
+    beyond = f": more than {NOISE_STANDARD_ERRORS:g} standard errors worse" if difference is not None else ""
+    return RankingVerdict(False, True, line + beyond)
 
 
 def compare_with_previous(

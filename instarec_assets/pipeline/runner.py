@@ -15,7 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, EventLogEntry
+from dagster import (
+    AssetCheckSeverity,
+    AssetKey,
+    DagsterEventType,
+    DagsterInstance,
+    Definitions,
+    EventLogEntry,
+)
 
 from instarec_assets.completeness import cli_run_tags, reap_dead_runs
 from instarec_assets.lake.locations import LakeLocations, parse_partition_key
@@ -186,9 +193,11 @@ def materialize_partition(
     through: str = ZONE_GROUPS[-1],
     on_step: StepListener | None = None,
     on_note: NoteListener | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> list[AssetReport]:
     """Run the landing job for one partition; raise PipelineError naming the first step failure and
-    every failed check.
+    every failed ERROR-severity check. A failed WARN-severity check (downstream still ran) goes to
+    `on_warning`, one line each.
 
     The console logger is quiet: failures are reported once, as one line, by the caller; the full
     event log (tracebacks included) stays in the instance for the Dagster UI. `on_step` hears of
@@ -225,12 +234,18 @@ def materialize_partition(
         )
         for event in result.get_asset_materialization_events()
     ]
-    failed_checks = [
-        f"check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} failed"
-        + (f": {evaluation.description}" if evaluation.description else "")
-        for evaluation in result.get_asset_check_evaluations()
-        if not evaluation.passed
-    ]
+    failed_checks, warned_checks = [], []
+    for evaluation in result.get_asset_check_evaluations():
+        if evaluation.passed:
+            continue
+        line = f"check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} failed" + (
+            f": {evaluation.description}" if evaluation.description else ""
+        )
+        # Only an ERROR-severity failure blocks downstream assets, so only it fails the run.
+        (failed_checks if evaluation.severity == AssetCheckSeverity.ERROR else warned_checks).append(line)
+    for line in warned_checks:
+        if on_warning is not None:
+            on_warning(line)
     if failures or failed_checks or not result.success:
         # The first step failure, then every failed check (asset and check name), on one line.
         raise PipelineError("; ".join(failures[:1] + failed_checks) or "run failed")
