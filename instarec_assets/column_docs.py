@@ -110,8 +110,29 @@ TABLES: dict[str, dict[str, str]] = {
     },
     "recommendations": {
         "rank": "position in the user's list (1-10 the top list, later ranks explore items)",
-        "explore": "an explore item: a product new to this shopper, chosen by GraphSAGE embedding similarity",
+        "explore": "an explore item: a product new to this shopper, a co-purchase neighbour of what they buy",
         "model_version": "the XGBoost model version that scored the list",
+    },
+    "ranking_report": {
+        "method": "what is ranked: the served lists, XGBoost or GraphSAGE alone, or a baseline",
+        "users": "held-out users the method is scored on (a user with no list counts as all misses)",
+        **{
+            f"{metric}@{k}": f"{meaning}, top {k}, averaged over the held-out users"
+            for k in (3, 10)
+            for metric, meaning in (
+                ("precision", "share of the recommended items that are in the next order"),
+                ("recall", "share of the whole next order that is recommended"),
+                ("ndcg", "normalised discounted cumulative gain"),
+                ("hit_rate", "1 when any recommended item is in the next order"),
+            )
+        },
+        "map@10": "mean average precision of the top 10",
+        "coverage": "distinct products recommended / current catalogue",
+        "repeat_share": "share of the top-10 items the user bought before",
+        "explore_share": "share of the top-10 items that are explore items",
+        "explore_hit_rate": "users with a top-10 explore item in their next order / users shown one",
+        "batch": "the landing batch (partition) the report is for",
+        "model_version": "the XGBoost model version the served lists came from",
     },
     "similar_items": {
         "product_id": "the product the list is for",

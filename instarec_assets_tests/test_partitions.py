@@ -144,7 +144,11 @@ def test_relanding_a_batch_marks_what_read_it_stale(defs, instance, locations: L
 
     assert status("analyst_warehouse", DAY_2) == StaleStatus.FRESH
     assert status("clean_orders", DAY_2) == StaleStatus.FRESH
-    write_batch(landing / DAY_1)  # re-landed: the same batch again
+    write_batch(landing / DAY_1)  # re-landed with the same files: the raw data versions repeat
+    assert run(defs, instance, DAY_1).success
+    assert status("clean_orders", DAY_2) == StaleStatus.FRESH
+    corrected = [*ORDERS[:-1], (*ORDERS[-1][:5], 17, ORDERS[-1][6])]  # a corrected order hour
+    write_batch(landing / DAY_1, orders=corrected)  # re-landed with a change
     assert run(defs, instance, DAY_1).success
     assert status("clean_orders", DAY_2) == StaleStatus.STALE
     assert status("analyst_warehouse", DAY_2) == StaleStatus.STALE

@@ -2,7 +2,7 @@
 
 from collections.abc import Iterator
 
-from dagster import AssetExecutionContext, AssetOut, Failure, MetadataValue, Output, multi_asset
+from dagster import AssetExecutionContext, AssetOut, DataVersion, Failure, MetadataValue, Output, multi_asset
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.metadata import preview
@@ -55,6 +55,9 @@ def raw_landing_files(
         yield Output(
             landed.staged,
             output_name=name,
+            # The landed file's content is its version: re-landing a changed file marks what read it
+            # stale, re-landing the same bytes does not.
+            data_version=DataVersion(landed.sha256),
             metadata={
                 "source_file": MetadataValue.path(landed.source_file),
                 "source_sha256": MetadataValue.text(landed.sha256),

@@ -262,7 +262,7 @@ class _StepCollector:
 
     def __call__(self, entry: EventLogEntry) -> None:
         event = entry.dagster_event
-        if event is None and entry.step_key and self.on_note and entry.level >= logging.INFO:
+        if event is None and entry.step_key and self.on_note and entry.level == logging.INFO:
             self.on_note(entry.step_key, entry.user_message)  # progress logged inside a step
         if event is None or event.step_key is None:
             return

@@ -201,7 +201,11 @@ def lake_report(locations: LakeLocations, serving: dict | None) -> LakeReport:
     tables = lake_status(locations)
     batches = batch_status(locations)
     partitions = sorted({batch["partition"] for batch in batches} | {t.latest_partition for t in tables})
-    home = str(locations.home_path) if not locations.is_aws else locations.zone_uri("raw").rsplit("/", 1)[0]
+    home = (
+        ", ".join(locations.zone_uri(zone) for zone in ZONES)
+        if locations.is_aws
+        else str(locations.home_path)
+    )
     return LakeReport(
         home=home,
         batches=batches,
