@@ -1,8 +1,18 @@
 """Raw zone: each landed Instacart file, every row as it came, with lineage columns."""
 
+import warnings
 from collections.abc import Iterator
 
-from dagster import AssetExecutionContext, AssetOut, DataVersion, Failure, MetadataValue, Output, multi_asset
+from dagster import (
+    AssetExecutionContext,
+    AssetOut,
+    BetaWarning,
+    DataVersion,
+    Failure,
+    MetadataValue,
+    Output,
+    multi_asset,
+)
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.metadata import preview
@@ -52,20 +62,23 @@ def raw_landing_files(
         except LandingFileError as error:
             failures.append(str(error).strip().splitlines()[0])
             continue
-        yield Output(
-            landed.staged,
-            output_name=name,
-            # The landed file's content is its version: re-landing a changed file marks what read it
-            # stale, re-landing the same bytes does not.
-            data_version=DataVersion(landed.sha256),
-            metadata={
-                "source_file": MetadataValue.path(landed.source_file),
-                "source_sha256": MetadataValue.text(landed.sha256),
-                "source_bytes": MetadataValue.int(landed.size_bytes),
-                "source_rows": MetadataValue.int(landed.staged.row_count),
-                "unparseable_lines": MetadataValue.int(landed.rejected_lines),
-                "preview": table_preview,
-            },
-        )
+        with warnings.catch_warnings():  # data_version is a beta parameter, stable for this use
+            warnings.simplefilter("ignore", BetaWarning)
+            output = Output(
+                landed.staged,
+                output_name=name,
+                # The landed file's content is its version: re-landing a changed file marks what read it
+                # stale, re-landing the same bytes does not.
+                data_version=DataVersion(landed.sha256),
+                metadata={
+                    "source_file": MetadataValue.path(landed.source_file),
+                    "source_sha256": MetadataValue.text(landed.sha256),
+                    "source_bytes": MetadataValue.int(landed.size_bytes),
+                    "source_rows": MetadataValue.int(landed.staged.row_count),
+                    "unparseable_lines": MetadataValue.int(landed.rejected_lines),
+                    "preview": table_preview,
+                },
+            )
+        yield output
     if failures:
         raise Failure("; ".join(failures), allow_retries=False)
