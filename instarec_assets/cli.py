@@ -386,10 +386,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     for batch in summary.batches:
         print(batch.describe())
         _land_and_run(locations, batch.folder, batch.partition)
+    # Through the parser, so the commands get every option's default as they would on the command line.
+    home = ["--home", args.home] if args.home else []
     print()
-    cmd_status(argparse.Namespace(home=args.home))
+    cmd_status(build_parser().parse_args(["status", *home]))
     print()
-    cmd_recommend(argparse.Namespace(home=args.home, user_id=args.sample_user, k=3))
+    cmd_recommend(build_parser().parse_args(["recommend", str(args.sample_user), "-k", "3", *home]))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -528,3 +528,15 @@ def test_an_unexpected_exception_keeps_its_traceback(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(cli, "cmd_status", broken)
     with pytest.raises(KeyError, match="a bug, not a user error"):
         main(["status", "--home", str(home)])
+
+
+@pytest.mark.slow
+def test_demo_runs_every_batch_then_reports_status_and_a_users_top_three(capsys, tmp_path: Path):
+    """`make demo`'s command end to end: both batches, the status report, a sample user's list."""
+    home = tmp_path / "demo-home"
+    status, out, err = run_cli(capsys, "demo", "--home", str(home), "--users", "300")
+    assert status == 0, err
+    assert err == []
+    assert sum(line.startswith("running 16 steps for partition") for line in out) == 2
+    assert f"instarec lake at {home.resolve()}" in out
+    assert "Top 3 for user 1 (model xgboost-" in out[-4] and out[-1].startswith("   3. "), out[-6:]
