@@ -7,7 +7,14 @@ import hashlib
 import warnings
 from pathlib import Path
 
-from dagster import AssetSelection, AssetSpec, Definitions, PreviewWarning, define_asset_job
+from dagster import (
+    AssetSelection,
+    AssetSpec,
+    Definitions,
+    PreviewWarning,
+    define_asset_job,
+    multiprocess_executor,
+)
 
 from instarec_assets.alerts import run_failure_alert
 from instarec_assets.assets.checks import clean_checks
@@ -152,19 +159,57 @@ def _aws_kinds(spec: AssetSpec) -> AssetSpec:
     return spec.replace_attributes(kinds={AWS_KINDS.get(kind, kind) for kind in spec.kinds})
 
 
+# A run started from the UI (a job or the asset graph's Materialize) or by a sensor runs each step in a
+# child process. Spawned children import the pipeline (torch, XGBoost, DuckDB, Dagster) once per
+# step; children forked from a server that imported it once do not (bench/bench_run_paths.py). The
+# CLI runs the job in-process and needs none of this.
+STEP_EXECUTOR = multiprocess_executor.configured(
+    {"start_method": {"forkserver": {"preload_modules": ["instarec_assets.definitions"]}}},
+    name="multiprocess_preloaded",
+)
+
+# The stage jobs: what one stage rebuilds for a batch, beside the full landing job (group names).
+STAGE_JOBS = {
+    "ingest": (("raw", "clean"), "The lake's raw and clean zones for one landing batch."),
+    "features": (("curated",), "The curated features and the training and inference sets for one batch."),
+    "models": (("models",), "GraphSAGE and XGBoost for one batch (trained or kept by the retrain policy)."),
+    "serve": (
+        ("consumption",),
+        "Predictions, baskets, recommendations, similar items, the serving load and the warehouse.",
+    ),
+}
+
+
+def landing_jobs() -> list:
+    """The full landing job and one job per stage (a stage reruns only its zone for a batch)."""
+    jobs = [
+        define_asset_job(
+            LANDING_JOB_NAME,
+            selection=AssetSelection.all(),
+            partitions_def=landing_batches,
+            description="Every asset for one landing batch: raw, clean, and everything downstream.",
+        )
+    ]
+    for stage, (groups, description) in STAGE_JOBS.items():
+        jobs.append(
+            define_asset_job(
+                f"{stage}_stage",
+                selection=AssetSelection.groups(*groups),
+                partitions_def=landing_batches,
+                description=description,
+            )
+        )
+    return jobs
+
+
 def build_definitions(
     locations: LakeLocations, history_wait: HistoryWait = DEFAULT_HISTORY_WAIT
 ) -> Definitions:
-    landing_job = define_asset_job(
-        LANDING_JOB_NAME,
-        selection=AssetSelection.all(),
-        partitions_def=landing_batches,
-        description="Every asset for one landing batch: raw, clean, and everything downstream.",
-    )
     definitions = Definitions(
         assets=ASSETS,
         asset_checks=clean_checks(),
-        jobs=[landing_job],
+        jobs=landing_jobs(),
+        executor=STEP_EXECUTOR,
         sensors=[landing_sensor, run_failure_alert],
         resources=build_resources(locations, history_wait),
     )
