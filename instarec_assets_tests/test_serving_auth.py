@@ -430,3 +430,36 @@ def spec_schema(spec: dict[str, Any], response: dict[str, Any]) -> dict[str, Any
     from instarec_assets_tests.test_serving_openapi import resolve
 
     return resolve(resolve(response, spec)["content"]["application/json"]["schema"], spec)
+
+
+AUTH_VARIABLES = (
+    "INSTAREC_AUTH_ISSUER",
+    "INSTAREC_AUTH_AUDIENCE",
+    "INSTAREC_AUTH_USER_CLAIM",
+    "INSTAREC_AUTH_JWKS_URL",
+    "INSTAREC_AUTH_JWKS_FILE",
+    "INSTAREC_AUTH_JWKS_TTL_S",
+    "INSTAREC_API_KEYS_ANY_USER",
+)
+
+
+def test_readme_and_settings_table_list_the_auth_variables() -> None:
+    from instarec_assets.serving import settings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in AUTH_VARIABLES:
+        assert f"| `{name}` |" in readme, name
+        assert f"| `{name}` |" in (settings.__doc__ or ""), name
+
+
+def test_serve_creates_the_local_key_pair(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from instarec_assets.serving.server import build_parser, prepare
+
+    for name in ("INSTAREC_AUTH_JWKS_FILE", "INSTAREC_AUTH_JWKS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("INSTAREC_API_KEYS", KEY)
+    build_sqlite_store(home / SQLITE_FILE, users=2)
+    settings = prepare(build_parser().parse_args(["--port", "0", "--home", str(home)]))
+    assert settings.auth_jwks_file == str(home / "auth" / "jwks.json")
+    jwks = json.loads((home / "auth" / "jwks.json").read_text())
+    assert [key["alg"] for key in jwks["keys"]] == ["ES256"] and "d" not in jwks["keys"][0]
