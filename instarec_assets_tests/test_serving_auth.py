@@ -440,6 +440,8 @@ AUTH_VARIABLES = (
     "INSTAREC_AUTH_JWKS_FILE",
     "INSTAREC_AUTH_JWKS_TTL_S",
     "INSTAREC_API_KEYS_ANY_USER",
+    "INSTAREC_PAGE_SIGN_IN_URL",
+    "INSTAREC_PAGE_SIGN_IN_CLIENT_ID",
 )
 
 
@@ -463,3 +465,31 @@ def test_serve_creates_the_local_key_pair(home: Path, monkeypatch: pytest.Monkey
     assert settings.auth_jwks_file == str(home / "auth" / "jwks.json")
     jwks = json.loads((home / "auth" / "jwks.json").read_text())
     assert [key["alg"] for key in jwks["keys"]] == ["ES256"] and "d" not in jwks["keys"][0]
+
+
+def test_page_config_and_csp_for_an_oidc_sign_in(home: Path) -> None:
+    settings = ServingSettings.from_env(
+        {
+            "INSTAREC_HOME": str(home),
+            "INSTAREC_API_KEYS": KEY,
+            "INSTAREC_AUTH_JWKS_URL": "https://idp.example.com/pool/.well-known/jwks.json",
+            "INSTAREC_AUTH_ISSUER": "https://idp.example.com/pool",
+            "INSTAREC_AUTH_AUDIENCE": "client-1",
+            "INSTAREC_PAGE_SIGN_IN_URL": "https://shop.auth.eu-west-1.amazoncognito.com/",
+        }
+    )
+    api = ServingApi(settings, store=object(), static=True)
+    _, _, body = api.handle("GET", "/config.json", [], {}, "10.0.0.1")
+    sign_in = json.loads(body)["signIn"]
+    assert sign_in == {
+        "kind": "oidc",
+        "authorizeUrl": "https://shop.auth.eu-west-1.amazoncognito.com/oauth2/authorize",
+        "tokenUrl": "https://shop.auth.eu-west-1.amazoncognito.com/oauth2/token",
+        "clientId": "client-1",
+        "scope": "openid email",
+    }
+    _, headers, _ = api.handle("GET", "/", [], {}, "10.0.0.1")
+    csp = dict(headers)["content-security-policy"]
+    assert "connect-src 'self' https://shop.auth.eu-west-1.amazoncognito.com;" in csp
+    with pytest.raises(ServingConfigError, match="INSTAREC_PAGE_SIGN_IN_URL"):
+        ServingSettings.from_env({"INSTAREC_PAGE_SIGN_IN_URL": "javascript:alert(1)"})

@@ -517,9 +517,10 @@ class ServingApi:
 
     def _content_security_policy(self) -> str:
         connect = "'self'"
-        if self.settings.page_api_base_url:
-            parts = urlsplit(self.settings.page_api_base_url)
-            connect += f" {parts.scheme}://{parts.netloc}"
+        for url in (self.settings.page_api_base_url, self.settings.page_sign_in_url):
+            if url:  # the API elsewhere; the sign-in's token endpoint (the PKCE code exchange)
+                parts = urlsplit(url)
+                connect += f" {parts.scheme}://{parts.netloc}"
         return (
             f"default-src 'self'; connect-src {connect}; img-src 'self' data:; "
             "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
@@ -533,8 +534,17 @@ class ServingApi:
             "apiKeyRequired": self.keys is not None,
         }
         if self.verifier is not None and not self.settings.page_api_key:
-            # the page signs a shopper in with a token pasted from `instarec token USER_ID`
-            config["signIn"] = {"kind": "token", "command": "instarec token USER_ID"}
+            sign_in = self.settings.page_sign_in_url
+            if sign_in:  # authorization code + PKCE at an OIDC hosted sign-in (Cognito's layout)
+                config["signIn"] = {
+                    "kind": "oidc",
+                    "authorizeUrl": f"{sign_in}/oauth2/authorize",
+                    "tokenUrl": f"{sign_in}/oauth2/token",
+                    "clientId": self.settings.page_sign_in_client_id,
+                    "scope": "openid email",
+                }
+            else:  # the shopper pastes a token from `instarec token USER_ID`
+                config["signIn"] = {"kind": "token", "command": "instarec token USER_ID"}
         if self.settings.page_api_key and self.keys is not None:
             try:
                 key = self.keys.first_key()

@@ -27,6 +27,8 @@
 | `INSTAREC_AUTH_JWKS_URL` | shopper tokens: the issuer's JWKS URL (e.g. Cognito's `.../.well-known/jwks.json`), fetched and cached |
 | `INSTAREC_AUTH_JWKS_FILE` | shopper tokens: a JWKS file (local default `INSTAREC_HOME/auth/jwks.json`, the key pair `instarec token` signs with) |
 | `INSTAREC_AUTH_JWKS_TTL_S` | seconds the JWKS fetched from the URL is cached (default 300; an unknown `kid` refetches) |
+| `INSTAREC_PAGE_SIGN_IN_URL` | the page: an OIDC hosted sign-in base URL (Cognito domain layout: `/oauth2/authorize`, `/oauth2/token`); the page then signs in with authorization code + PKCE instead of a pasted token |
+| `INSTAREC_PAGE_SIGN_IN_CLIENT_ID` | the page: the OIDC client id for `INSTAREC_PAGE_SIGN_IN_URL` (default: `INSTAREC_AUTH_AUDIENCE`) |
 | `INSTAREC_API_KEYS_ANY_USER` | `1` (default): an API key (a service caller) may read any user's `/recommendations`; `0`: keys get 403 there |
 """
 
@@ -98,6 +100,8 @@ class ServingSettings:
     auth_jwks_file: str = ""
     auth_jwks_ttl_s: float = DEFAULT_JWKS_TTL_S
     api_keys_any_user: bool = True
+    page_sign_in_url: str = ""  # an OIDC hosted sign-in for the page (else: paste a local token)
+    page_sign_in_client_id: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:
@@ -194,7 +198,22 @@ def parse_auth(env: Mapping[str, str], *, aws: bool, home: str) -> dict[str, obj
         "auth_jwks_file": path,
         "auth_jwks_ttl_s": _positive_float(env, "INSTAREC_AUTH_JWKS_TTL_S", DEFAULT_JWKS_TTL_S),
         "api_keys_any_user": _flag(env, "INSTAREC_API_KEYS_ANY_USER", default=True),
+        **parse_page_sign_in(env),
     }
+
+
+def parse_page_sign_in(env: Mapping[str, str]) -> dict[str, str]:
+    """The page's OIDC sign-in (`/config.json` `signIn`), when configured."""
+    url = env.get("INSTAREC_PAGE_SIGN_IN_URL", "").strip().rstrip("/")
+    if url and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?", url):
+        raise ServingConfigError(
+            f"INSTAREC_PAGE_SIGN_IN_URL must be an http(s) URL like https://example.auth.us-east-1.amazoncognito.com, not {url!r}"
+        )
+    client = env.get("INSTAREC_PAGE_SIGN_IN_CLIENT_ID", "").strip()
+    if client and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", client):
+        raise ServingConfigError(f"INSTAREC_PAGE_SIGN_IN_CLIENT_ID must be a client id, not {client!r}")
+    audience = env.get("INSTAREC_AUTH_AUDIENCE", "").strip() or DEFAULT_AUTH_AUDIENCE
+    return {"page_sign_in_url": url, "page_sign_in_client_id": client or (audience if url else "")}
 
 
 def parse_rules(env: Mapping[str, str]) -> Filters:
