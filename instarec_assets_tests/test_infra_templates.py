@@ -62,6 +62,8 @@ STAR_RESOURCE_ALLOWED = {
     "athena:listengineversions",
     "athena:listworkgroups",
     "cloudformation:validatetemplate",
+    "cognito-idp:createuserpool",  # no resource type; bootstrap requires the project tag
+    "cognito-idp:describeuserpooldomain",  # no resource type
     "cloudtrail:describetrails",
     "cloudtrail:lookupevents",
     "cloudwatch:describealarms",
