@@ -26,6 +26,7 @@ from instarec_assets.backends.recommendations import ServingStoreError
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.serving.server import add_arguments as add_serve_arguments
 from instarec_assets.serving.server import cmd_serve
+from instarec_assets.serving.token_command import add_token_command
 from instarec_assets.warehouse.cli import add_sql_command
 
 if TYPE_CHECKING:
@@ -470,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="the recommendations API and web page under uvicorn")
     add_serve_arguments(serve)
     serve.set_defaults(handler=cmd_serve)
+    add_token_command(commands)
 
     add_sql_command(commands)
     return parser

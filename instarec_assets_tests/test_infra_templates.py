@@ -62,6 +62,8 @@ STAR_RESOURCE_ALLOWED = {
     "athena:listengineversions",
     "athena:listworkgroups",
     "cloudformation:validatetemplate",
+    "cognito-idp:createuserpool",  # no resource type; bootstrap requires the project tag
+    "cognito-idp:describeuserpooldomain",  # no resource type
     "cloudtrail:describetrails",
     "cloudtrail:lookupevents",
     "cloudwatch:describealarms",
@@ -451,22 +453,17 @@ def test_api_has_get_and_options_with_key_usage_plan_logs_and_tracing(
     templates: dict[str, dict[str, Any]],
 ) -> None:
     res = templates["serving"]["Resources"]
-    methods = {
-        (
-            res[r["Properties"]["ResourceId"]["Ref"]]["Properties"]["PathPart"],
-            r["Properties"]["HttpMethod"],
-        ): r["Properties"]
-        for r in res.values()
-        if r["Type"] == "AWS::ApiGateway::Method"
-    }
+    methods = _api_methods(res)
     assert set(methods) == {
         ("recommendations", "GET"),
         ("recommendations", "OPTIONS"),
+        ("me/recommendations", "GET"),
+        ("me/recommendations", "OPTIONS"),
         ("similar", "GET"),
         ("similar", "OPTIONS"),
     }
+    assert methods[("recommendations", "GET")]["ApiKeyRequired"] is True  # services: API keys
     for path, parameter in (("recommendations", "user_id"), ("similar", "product_id")):
-        assert methods[(path, "GET")]["ApiKeyRequired"] is True
         assert methods[(path, "GET")]["RequestParameters"][f"method.request.querystring.{parameter}"] is True
         assert methods[(path, "GET")]["Integration"]["Type"] == "AWS_PROXY"
         assert methods[(path, "OPTIONS")]["Integration"]["Type"] == "MOCK"
@@ -481,7 +478,7 @@ def test_api_has_get_and_options_with_key_usage_plan_logs_and_tracing(
         if r["Type"] == "AWS::Lambda::Permission"
         and r["Properties"]["Principal"] == "apigateway.amazonaws.com"
     }
-    assert invoked == {"recommendations", "similar"}
+    assert invoked == {"recommendations", "similar"}  # /me/recommendations ends in recommendations
     deployment = next(r for r in res.values() if r["Type"] == "AWS::ApiGateway::Deployment")
     assert {"GetSimilarMethod", "OptionsSimilarMethod"} <= set(deployment["DependsOn"])
     plan = res["UsagePlan"]["Properties"]
@@ -491,6 +488,93 @@ def test_api_has_get_and_options_with_key_usage_plan_logs_and_tracing(
     assert stage["TracingEnabled"] is True
     assert stage["AccessLogSetting"]["DestinationArn"]
     assert res["ApiWebAclAssociation"]["Properties"]["WebACLArn"] == {"Fn::GetAtt": ["ApiWebAcl", "Arn"]}
+
+
+def _api_methods(res: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(path below the stage, e.g. `me/recommendations`, HTTP method) -> the method's properties."""
+
+    def path(resource_id: str) -> str:
+        props = res[resource_id]["Properties"]
+        parent = props["ParentId"]
+        prefix = path(parent["Ref"]) + "/" if isinstance(parent, dict) and "Ref" in parent else ""
+        return prefix + props["PathPart"]
+
+    return {
+        (path(r["Properties"]["ResourceId"]["Ref"]), r["Properties"]["HttpMethod"]): r["Properties"]
+        for r in res.values()
+        if r["Type"] == "AWS::ApiGateway::Method"
+    }
+
+
+def test_shopper_routes_use_the_cognito_authorizer_and_services_keep_keys(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    res = templates["serving"]["Resources"]
+    methods = _api_methods(res)
+    [(authorizer_id, authorizer)] = [
+        (k, r) for k, r in res.items() if r["Type"] == "AWS::ApiGateway::Authorizer"
+    ]
+    props = authorizer["Properties"]
+    assert props["Type"] == "COGNITO_USER_POOLS"
+    assert props["IdentitySource"] == "method.request.header.Authorization"
+    assert props["ProviderARNs"] == [{"Fn::GetAtt": ["ShopperUserPool", "Arn"]}]
+    for route in ("me/recommendations", "similar"):
+        get = methods[(route, "GET")]
+        assert get["AuthorizationType"] == "COGNITO_USER_POOLS", route
+        assert get["AuthorizerId"] == {"Ref": authorizer_id}, route
+        assert get["ApiKeyRequired"] is False, route
+        allowed = methods[(route, "OPTIONS")]["Integration"]["IntegrationResponses"][0]["ResponseParameters"]
+        assert "Authorization" in allowed["method.response.header.Access-Control-Allow-Headers"], route
+    assert methods[("recommendations", "GET")]["AuthorizationType"] == "NONE"
+    assert methods[("recommendations", "GET")]["ApiKeyRequired"] is True
+    assert "user_id" not in str(methods[("me/recommendations", "GET")]["RequestParameters"])
+    # the function re-checks issuer and audience and can verify a token itself (JWKS URL)
+    env = res["RecommendationsFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["INSTAREC_AUTH_AUDIENCE"] == {"Ref": "ShopperAppClient"}
+    assert "${ShopperUserPool}" in env["INSTAREC_AUTH_ISSUER"]["Fn::Sub"]
+    assert env["INSTAREC_AUTH_JWKS_URL"]["Fn::Sub"].endswith("/.well-known/jwks.json")
+    assert env["INSTAREC_AUTH_USER_CLAIM"] == "custom:instarec_user_id"
+    unauthorized = next(
+        r
+        for r in res.values()
+        if r["Type"] == "AWS::ApiGateway::GatewayResponse"
+        and r["Properties"]["ResponseType"] == "UNAUTHORIZED"
+    )
+    assert unauthorized["Properties"]["StatusCode"] == "401"
+    redacted = res["ApiWebAclLogging"]["Properties"]["RedactedFields"]
+    assert {"SingleHeader": {"Name": "authorization"}} in redacted
+
+
+def test_shopper_pool_is_admin_provisioned_with_a_read_only_user_id_and_pkce_client(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    tpl = templates["serving"]
+    res = tpl["Resources"]
+    pool = res["ShopperUserPool"]["Properties"]
+    assert pool["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"] is True
+    [attribute] = [a for a in pool["Schema"] if a["Name"] == "instarec_user_id"]
+    assert attribute["Mutable"] is False
+    assert pool["Policies"]["PasswordPolicy"]["MinimumLength"] >= 12
+    client = res["ShopperAppClient"]["Properties"]
+    assert client["GenerateSecret"] is False  # a public client: PKCE, never a secret in the page
+    assert client["AllowedOAuthFlows"] == ["code"]  # no implicit flow
+    assert "openid" in client["AllowedOAuthScopes"]
+    assert client["CallbackURLs"] == {"Ref": "SignInCallbackUrls"}
+    assert client["LogoutURLs"] == {"Ref": "SignInLogoutUrls"}
+    assert "custom:instarec_user_id" in client["ReadAttributes"]
+    assert "custom:instarec_user_id" not in client["WriteAttributes"]  # a shopper cannot pick an id
+    assert tpl["Parameters"]["SignInCallbackUrls"]["Type"] == "CommaDelimitedList"
+    assert res["ShopperUserPoolDomain"]["Properties"]["UserPoolId"] == {"Ref": "ShopperUserPool"}
+    assert {"UserPoolId", "UserPoolClientId", "SignInDomain", "SignInCallbackUrl"} <= set(tpl["Outputs"])
+    csp = templates["frontend"]["Resources"]
+    assert "${SignInOrigin}" in json.dumps(csp)
+
+
+def test_deploy_frontend_writes_sign_in_not_an_api_key_into_config_json() -> None:
+    text = (WORKFLOWS / "deploy-frontend.yml").read_text()
+    assert "get-api-key" not in text and "apiKey:" not in text and "ApiKeyId" not in text
+    assert 'kind: "oidc"' in text and "UserPoolClientId" in text and "SignInDomain" in text
+    assert "/oauth2/authorize" in text and "/oauth2/token" in text
 
 
 def test_gateway_errors_have_the_handler_error_shape_and_cors(templates: dict[str, dict[str, Any]]) -> None:

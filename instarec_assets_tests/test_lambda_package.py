@@ -47,7 +47,15 @@ event = {
     "requestContext": {"identity": {"sourceIp": "10.0.0.1"}},
 }
 response = serving.lambda_handler(event, None)
-print(json.dumps([response["statusCode"], json.loads(response["body"])]))
+# a shopper's route: PyJWT and cryptography from the zip check the token (here refused: alg none)
+unsigned = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJjdXN0b206aW5zdGFyZWNfdXNlcl9pZCI6IjcifQ."
+me = dict(event, path="/me/recommendations", queryStringParameters=None, multiValueQueryStringParameters=None,
+          headers={"authorization": "Bearer " + unsigned}, multiValueHeaders=None)
+refused = serving.lambda_handler(me, None)
+import jwt, cryptography
+assert jwt.__file__.startswith(sys.argv[1]) and cryptography.__file__.startswith(sys.argv[1])
+print(json.dumps([response["statusCode"], json.loads(response["body"]), refused["statusCode"],
+                  json.loads(refused["body"])]))
 """
 
 
@@ -88,7 +96,10 @@ def test_zip_holds_the_handler_without_heavy_libraries_and_serves(tmp_path: Path
         assert "instarec_assets/serving/lambda_function.py" in names
         assert "instarec_assets/serving/static/index.html" in names
         tops = {name.split("/")[0] for name in names}
-        assert tops == {"instarec_assets"}, f"unexpected top-level entries in the zip: {sorted(tops)}"
+        # the package and the `serve` extra's PyJWT[crypto] (shopper tokens) with its closure
+        expected = {"instarec_assets", "jwt", "cryptography", "cffi", "pycparser"}
+        tops = {top for top in tops if not top.startswith("_cffi_backend.")}
+        assert tops == expected, f"unexpected top-level entries in the zip: {sorted(tops)}"
         assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
         unpacked = tmp_path / "unpacked"
         bundle.extractall(unpacked)
@@ -115,7 +126,11 @@ def test_zip_holds_the_handler_without_heavy_libraries_and_serves(tmp_path: Path
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    status, body = json.loads(run.stdout.strip().splitlines()[-1])
+    status, body, token_status, token_body = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (token_status, token_body) == (
+        401,
+        {"error": "invalid bearer token: algorithm none is not accepted"},
+    )
     assert status == 200, body
     assert body["user_id"] == 7 and body["model_version"] == "zip-test"
     assert [item["product_id"] for item in body["recommendations"]] == [101, 102]

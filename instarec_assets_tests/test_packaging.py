@@ -253,12 +253,12 @@ def test_the_generator_needs_no_graph_extra(tmp_path: Path) -> None:
 
 def test_lambda_bundle_takes_the_serve_extra_less_the_runtime_and_the_server() -> None:
     script = _load_lambda_requirements_script()
-    # boto3 is in the Lambda runtime and uvicorn only runs `instarec serve`: nothing left to bundle.
-    assert script.lambda_requirements(PYPROJECT) == []
+    # boto3 is in the Lambda runtime and uvicorn only runs `instarec serve`: PyJWT (shopper tokens) is left.
+    assert script.lambda_requirements(PYPROJECT) == ["PyJWT[crypto]>=2.8"]
     # A library the handler needs, added to the extra, goes into the zip with its version bound.
     grown = json.loads(json.dumps(PYPROJECT))
     grown["project"]["optional-dependencies"]["serve"].append("orjson>=3.10")
-    assert script.lambda_requirements(grown) == ["orjson>=3.10"]
+    assert script.lambda_requirements(grown) == ["PyJWT[crypto]>=2.8", "orjson>=3.10"]
     assert script.distribution_name("uvicorn[standard]>=0.30") == "uvicorn"
     assert script.distribution_name("Zope.Interface ; python_version<'4'") == "zope-interface"
 

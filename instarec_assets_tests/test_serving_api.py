@@ -385,7 +385,7 @@ def test_preflight(api: ServingApi):
     assert body == b""
     assert headers["access-control-allow-origin"] == ORIGIN
     assert headers["access-control-allow-methods"] == "GET, OPTIONS"
-    assert headers["access-control-allow-headers"] == "content-type, x-api-key"
+    assert headers["access-control-allow-headers"] == "authorization, content-type, x-api-key"
     assert headers["access-control-max-age"] == "600"
     assert headers["vary"] == "Origin"
     status, headers, body = call(api, method="OPTIONS", headers={"origin": "https://evil.example"})

@@ -122,7 +122,7 @@ def test_preflight_over_http(base_url: str):
     assert response.status == 204
     assert response.read() == b""
     assert response.getheader("access-control-allow-origin") == ORIGIN
-    assert response.getheader("access-control-allow-headers") == "content-type, x-api-key"
+    assert response.getheader("access-control-allow-headers") == "authorization, content-type, x-api-key"
     connection.close()
 
 

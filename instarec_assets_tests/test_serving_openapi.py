@@ -219,7 +219,7 @@ def test_spec_parameters_match_the_validation(spec: dict[str, Any]):
     assert parameters["user_id"]["required"] is True
     assert parameters["user_id"]["schema"]["pattern"] == "^[1-9][0-9]{0,9}$"
     assert parameters["k"]["schema"]["default"] == "3"
-    assert spec["paths"]["/recommendations"]["get"]["security"] == [{"apiKey": []}]
+    assert spec["paths"]["/recommendations"]["get"]["security"] == [{"apiKey": []}, {"bearer": []}]
 
 
 def test_spec_documents_the_filter_parameters_on_both_routes(spec: dict[str, Any]):

@@ -138,8 +138,11 @@ step_lambda() {
 
 step_serving() {
   : "${SITE_DOMAIN:?set SITE_DOMAIN (host name of the page, for CORS)}"
+  # Cognito sends a signed-in shopper back to the page (authorization code + PKCE).
   deploy_stack serving "$REGION" "LambdaCodeKey=$LAMBDA_KEY" "AllowedOrigin=https://$SITE_DOMAIN" \
-    "ConfigureApiGatewayAccount=${CONFIGURE_API_GATEWAY_ACCOUNT:-true}"
+    "ConfigureApiGatewayAccount=${CONFIGURE_API_GATEWAY_ACCOUNT:-true}" \
+    "SignInDomainPrefix=${SIGN_IN_DOMAIN_PREFIX:-}" "SignInCallbackUrls=https://$SITE_DOMAIN/" \
+    "SignInLogoutUrls=https://$SITE_DOMAIN/"
 }
 
 # The function checks X-Api-Key against the SecureString parameter; seed it with the usage plan's key.
@@ -194,7 +197,7 @@ step_frontend() {
   api_url="$(output serving ApiBaseUrl)"
   api_origin="$(echo "$api_url" | cut -d/ -f1-3)"
   deploy_stack frontend us-east-1 "DomainName=$SITE_DOMAIN" "CertificateArn=$SITE_CERTIFICATE_ARN" \
-    "ApiOrigin=$api_origin"
+    "ApiOrigin=$api_origin" "SignInOrigin=$(output serving SignInDomain)"
 }
 
 step_env() {

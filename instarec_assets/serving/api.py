@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from json.encoder import encode_basestring_ascii as encode_string
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from instarec_assets.serving.filters import (
@@ -56,12 +56,16 @@ from instarec_assets.serving.lookup import Lookup, Rows, lookup_for
 from instarec_assets.serving.ratelimit import SlidingWindowLimiter
 from instarec_assets.serving.settings import ServingSettings
 
+if TYPE_CHECKING:
+    from instarec_assets.serving.auth import TokenVerifier
+
 log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, str]]  # a list, or one of the shared tuples below (never mutated)
 Response = tuple[int, Headers, bytes]
 
 API_PATH = "/recommendations"
+ME_PATH = "/me/recommendations"  # a shopper's own list, identified by a bearer token (auth.py)
 SIMILAR_PATH = "/similar"
 DEFAULT_SIMILAR_K = 5
 MAX_USER_ID = 2_147_483_647
@@ -70,7 +74,7 @@ MAX_K = 20
 MAX_QUERY_LENGTH = 1024
 FILTER_CANDIDATES = 64  # rows read for a filtered answer: more than any stored list holds
 ALLOWED_METHODS = "GET, OPTIONS"
-ALLOWED_HEADERS = "content-type, x-api-key"
+ALLOWED_HEADERS = "authorization, content-type, x-api-key"
 PREFLIGHT_MAX_AGE = "600"
 PACKAGE_DIR = Path(__file__).resolve().parent
 STATIC_FILES = {
@@ -94,6 +98,8 @@ JSON_HEADERS: Headers = (
 API_HEADERS: Headers = (*JSON_HEADERS, ("vary", "Origin"))
 # RFC 9110 (11.6.1): a 401 names the scheme that would authenticate; here the key's header.
 WWW_AUTHENTICATE: Headers = (("www-authenticate", 'ApiKey header="x-api-key"'),)
+BEARER_CHALLENGE: Headers = (("www-authenticate", 'Bearer realm="instarec"'),)
+INVALID_TOKEN_CHALLENGE: Headers = (("www-authenticate", 'Bearer realm="instarec", error="invalid_token"'),)
 INTERNAL_ERROR_BODY = b'{"error":"internal error"}'
 
 
@@ -188,6 +194,13 @@ class ServingApi:
         self._hit = self.limiter.hit
         # the configured business rules, None when there are none (the hot path then skips filtering)
         self._rules: Filters | None = settings.rules if settings.rules else None
+        # shopper tokens: None when no JWKS is configured (bearer tokens are then refused)
+        # (auth.py loads PyJWT and cryptography: only when tokens are configured)
+        self.verifier: TokenVerifier | None = None
+        if settings.bearer_configured:
+            from instarec_assets.serving.auth import TokenVerifier
+
+            self.verifier = TokenVerifier(settings)
 
     # ------------------------------------------------------------ store
     def _default_store(self) -> Any:
@@ -238,19 +251,37 @@ class ServingApi:
         query: Iterable[tuple[str, str]] | None,
         headers: Mapping[str, str],
         client_ip: str,
+        claims: Mapping[str, Any] | None = None,
     ) -> Response:
+        """`claims`: a token's claims that API Gateway's Cognito authorizer has already verified (the
+        Lambda handler passes `requestContext.authorizer.claims`); None everywhere else."""
         try:
-            if path == API_PATH:
+            if path in (API_PATH, ME_PATH):
                 if method == "GET":
-                    return self._get_recommendations(query, headers, client_ip)
+                    return self.recommendations(
+                        query,
+                        headers.get("x-api-key"),
+                        headers.get("origin"),
+                        client_ip,
+                        authorization=headers.get("authorization"),
+                        claims=claims,
+                        me=path == ME_PATH,
+                    )
                 if method == "OPTIONS":
                     return self._preflight(headers)
                 return json_error(
-                    405, f"method {_token(method)} is not allowed on {API_PATH}", [("allow", ALLOWED_METHODS)]
+                    405, f"method {_token(method)} is not allowed on {path}", [("allow", ALLOWED_METHODS)]
                 )
             if path == SIMILAR_PATH:
                 if method == "GET":
-                    return self.similar(query, headers.get("x-api-key"), headers.get("origin"), client_ip)
+                    return self.similar(
+                        query,
+                        headers.get("x-api-key"),
+                        headers.get("origin"),
+                        client_ip,
+                        authorization=headers.get("authorization"),
+                        claims=claims,
+                    )
                 if method == "OPTIONS":
                     return self._preflight(headers)
                 return json_error(
@@ -303,11 +334,6 @@ class ServingApi:
             b"",
         )
 
-    def _get_recommendations(
-        self, query: Iterable[tuple[str, str]] | None, headers: Mapping[str, str], client_ip: str
-    ) -> Response:
-        return self.recommendations(query, headers.get("x-api-key"), headers.get("origin"), client_ip)
-
     def recommendations(
         self,
         query: Iterable[tuple[str, str]] | None,
@@ -315,9 +341,18 @@ class ServingApi:
         origin: str | None,
         client_ip: str,
         parsed: tuple[int, int] | None = None,
+        *,
+        authorization: str | None = None,
+        claims: Mapping[str, Any] | None = None,
+        me: bool = False,
     ) -> Response:
-        """`GET /recommendations`: rate limit, key, query, lookup, in that order.
+        """`GET /recommendations` (and, with `me`, `GET /me/recommendations`): rate limit, caller,
+        query, lookup, in that order.
 
+        The caller is a shopper when a bearer token (`authorization`) or authorizer `claims` come
+        with the request: the user id is then the token's, and a `user_id` parameter that differs is
+        refused 403. Otherwise it is a service with an API key, which may read any user's list unless
+        `INSTAREC_API_KEYS_ANY_USER=0`. `/me/recommendations` takes shoppers only.
         `parsed`: `(user_id, k)` when the caller has already validated the query exactly as
         `parse_query` would (the ASGI adapter's fast path for the usual query); `query` is then
         ignored. The hot path, kept flat (few calls): it runs for every API request.
@@ -333,14 +368,26 @@ class ServingApi:
                 error_body(f"too many requests; retry after {wait} seconds"),
             )
         try:
-            if self.keys is not None:
+            shopper = None
+            if me or authorization is not None or claims is not None:
+                shopper = self._shopper(authorization, claims)
+            elif self.keys is not None:
                 self._check_key(api_key)
+                if not self.settings.api_keys_any_user:
+                    raise RequestError(
+                        403,
+                        f"API keys may not read a shopper's recommendations here; use {ME_PATH} with a token",
+                    )
             if parsed is not None:
                 user_id, k = parsed
                 filters = self._rules
             else:
+                if me and query is not None:
+                    query = _with_user_id(query, shopper)
                 user_id, k, requested = parse_recommendations_query(query)
                 filters = _combined(self._rules, requested)
+            if shopper is not None and user_id != shopper:
+                raise RequestError(403, "a shopper's token reads only that shopper's own recommendations")
             lookup = self._lookup or self.lookup
             try:
                 if filters is None:
@@ -361,9 +408,17 @@ class ServingApi:
         return 200, (*API_HEADERS, *cors) if cors else API_HEADERS, render(user_id, result[0], result[1])
 
     def similar(
-        self, query: Iterable[tuple[str, str]] | None, api_key: str | None, origin: str | None, client_ip: str
+        self,
+        query: Iterable[tuple[str, str]] | None,
+        api_key: str | None,
+        origin: str | None,
+        client_ip: str,
+        *,
+        authorization: str | None = None,
+        claims: Mapping[str, Any] | None = None,
     ) -> Response:
-        """`GET /similar`: rate limit, key, query, lookup, in the order of `recommendations`."""
+        """`GET /similar`: rate limit, caller (an API key or a shopper's token: the answer is about a
+        product, not a person), query, lookup, in the order of `recommendations`."""
         cors: Headers = ()
         if origin and origin.lower() in self._allowed_origins:
             cors = (("access-control-allow-origin", origin), ("access-control-expose-headers", "Retry-After"))
@@ -375,7 +430,9 @@ class ServingApi:
                 error_body(f"too many requests; retry after {wait} seconds"),
             )
         try:
-            if self.keys is not None:
+            if authorization is not None or claims is not None:
+                self._shopper(authorization, claims)
+            elif self.keys is not None:
                 self._check_key(api_key)
             product_id, k, requested = parse_similar_query(query)
             filters = _combined(self._rules, requested)
@@ -396,6 +453,32 @@ class ServingApi:
         if result is None:
             return 404, (*API_HEADERS, *cors), error_body(f"product {product_id} has no similar items")
         return 200, (*API_HEADERS, *cors), render_similar(product_id, result[1])
+
+    def _shopper(self, authorization: str | None, claims: Mapping[str, Any] | None) -> int:
+        """The user id of the shopper making the request, or RequestError: 401 for a missing or refused
+        token, 403 for a valid one naming no user, 503 when the issuer's keys cannot be fetched."""
+        if self.verifier is None:
+            raise RequestError(
+                401, "this server accepts no bearer tokens (no issuer is configured)", BEARER_CHALLENGE
+            )
+        from instarec_assets.serving.auth import AuthError, TokensUnavailableError, bearer_token
+
+        try:
+            if claims is not None:
+                self.verifier.check_gateway_claims(claims)
+                return self.verifier.user_id(claims)
+            token = bearer_token(authorization)
+            if token is None:
+                raise RequestError(
+                    401, "missing bearer token: send it as 'Authorization: Bearer <token>'", BEARER_CHALLENGE
+                )
+            return self.verifier.user_id(self.verifier.verify(token))
+        except AuthError as error:
+            headers = INVALID_TOKEN_CHALLENGE if error.status == 401 else None
+            raise RequestError(error.status, error.message, headers) from None
+        except TokensUnavailableError as error:
+            log.error("cannot check a bearer token: %s", error)
+            raise RequestError(503, "sign-in is temporarily unavailable") from None
 
     def _check_key(self, provided: str | None) -> None:
         """RequestError 401 without a key, 403 for a wrong one, 503 when the keys cannot be read."""
@@ -434,9 +517,10 @@ class ServingApi:
 
     def _content_security_policy(self) -> str:
         connect = "'self'"
-        if self.settings.page_api_base_url:
-            parts = urlsplit(self.settings.page_api_base_url)
-            connect += f" {parts.scheme}://{parts.netloc}"
+        for url in (self.settings.page_api_base_url, self.settings.page_sign_in_url):
+            if url:  # the API elsewhere; the sign-in's token endpoint (the PKCE code exchange)
+                parts = urlsplit(url)
+                connect += f" {parts.scheme}://{parts.netloc}"
         return (
             f"default-src 'self'; connect-src {connect}; img-src 'self' data:; "
             "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
@@ -449,6 +533,18 @@ class ServingApi:
             "apiBaseUrl": self.settings.page_api_base_url,
             "apiKeyRequired": self.keys is not None,
         }
+        if self.verifier is not None and not self.settings.page_api_key:
+            sign_in = self.settings.page_sign_in_url
+            if sign_in:  # authorization code + PKCE at an OIDC hosted sign-in (Cognito's layout)
+                config["signIn"] = {
+                    "kind": "oidc",
+                    "authorizeUrl": f"{sign_in}/oauth2/authorize",
+                    "tokenUrl": f"{sign_in}/oauth2/token",
+                    "clientId": self.settings.page_sign_in_client_id,
+                    "scope": "openid email",
+                }
+            else:  # the shopper pastes a token from `instarec token USER_ID`
+                config["signIn"] = {"kind": "token", "command": "instarec token USER_ID"}
         if self.settings.page_api_key and self.keys is not None:
             try:
                 key = self.keys.first_key()
@@ -512,6 +608,16 @@ def parse_recommendations_query(query: Iterable[tuple[str, str]] | None) -> tupl
 
 
 NO_FILTERS = Filters()
+
+
+def _with_user_id(query: Iterable[tuple[str, str]], shopper: int | None) -> list[tuple[str, str]]:
+    """`/me/recommendations` query pairs with the shopper's user id added when the query has none."""
+    pairs = list(query)
+    if shopper is not None and not any(name == "user_id" for name, _ in pairs):
+        pairs.insert(0, ("user_id", str(shopper)))
+    return pairs
+
+
 _FILTER_LIST = ", ".join(FILTER_PARAMETERS)
 
 

@@ -96,8 +96,8 @@ class ServingAsgiApp:
             if scope["type"] == "lifespan":
                 await self._lifespan(receive, send)
             return
-        # Only the two request headers the handler reads; a repeated one joined with ", ".
-        api_key = origin = None
+        # Only the request headers the handler reads; a repeated one joined with ", ".
+        api_key = origin = authorization = None
         for name, value in scope["headers"]:
             if name == b"x-api-key":
                 text = value.decode("latin-1")
@@ -105,11 +105,15 @@ class ServingAsgiApp:
             elif name == b"origin":
                 text = value.decode("latin-1")
                 origin = text if origin is None else f"{origin}, {text}"
+            elif name == b"authorization":
+                text = value.decode("latin-1")
+                authorization = text if authorization is None else f"{authorization}, {text}"
         client = scope.get("client")
         client_ip = client[0] if client else ""
         inline = self._inline if self._inline is not None else self._prepare()
         raw_query = scope["query_string"]
-        valid = _VALID.fullmatch(raw_query) if inline and scope["path"] == API_PATH else None
+        fast = inline and authorization is None and scope["path"] == API_PATH
+        valid = _VALID.fullmatch(raw_query) if fast else None
         if valid is not None and scope["method"] == "GET":
             # The fast path: `GET /recommendations?user_id=N[&k=M]`, already valid but for the
             # bounds checked here, answered by the same code as every other API request
@@ -127,6 +131,8 @@ class ServingAsgiApp:
                 headers["x-api-key"] = api_key
             if origin is not None:
                 headers["origin"] = origin
+            if authorization is not None:
+                headers["authorization"] = authorization
             args = (scope["method"], scope["path"], parse_query_string(raw_query), headers, client_ip)
             if inline:
                 status, response_headers, body = self.api.handle(*args)

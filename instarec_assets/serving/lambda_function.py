@@ -3,7 +3,8 @@
 The handler is built on the first invocation of a container (settings from the environment, keys
 from SSM, the DynamoDB store in aws mode, the SQLite store under INSTAREC_HOME otherwise) and
 reused by later invocations. Routing uses the event's `resource` (a greedy `{proxy+}` resource falls
-back to `path`). The client IP is API Gateway's `requestContext.identity.sourceIp`
+back to `path`). A shopper route behind the Cognito authorizer gets the verified token's claims from
+`requestContext.authorizer.claims` (`authorizer_claims`). The client IP is API Gateway's `requestContext.identity.sourceIp`
 (never a header the client controls). Query parameters and headers are taken from the
 `multiValue...` fields when present, so repeated parameters are seen (and refused) as such. An
 event whose fields are not shaped as API Gateway sends them is answered like a bad request (400
@@ -98,6 +99,17 @@ def event_route(event: Mapping[str, Any]) -> str:
     return _text(event.get("path"), "/")
 
 
+def authorizer_claims(request_context: Any) -> Mapping[str, Any] | None:
+    """The claims API Gateway's Cognito authorizer verified (`requestContext.authorizer.claims`), or
+    None when the route has no authorizer: the handler then verifies an `Authorization: Bearer` token
+    itself, or refuses the shopper route. Only API Gateway writes `requestContext`; a client cannot."""
+    if not isinstance(request_context, Mapping):
+        return None
+    authorizer = request_context.get("authorizer")
+    claims = authorizer.get("claims") if isinstance(authorizer, Mapping) else None
+    return claims if isinstance(claims, Mapping) and claims else None
+
+
 def lambda_handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     try:
         api = get_api()
@@ -112,6 +124,7 @@ def lambda_handler(event: Mapping[str, Any], context: Any = None) -> dict[str, A
             event_query(event),
             event_headers(event),
             _text(source_ip),
+            claims=authorizer_claims(request_context),
         )
     except Exception:
         log.exception("unexpected error before the request could be handled")

@@ -106,6 +106,10 @@ def prepare(args: argparse.Namespace) -> ServingSettings:
     check_address(args.host, args.port)
     from instarec_assets.serving.api import ServingApi
 
+    if settings.auth_jwks_file and not settings.aws and not os.environ.get("INSTAREC_AUTH_JWKS_FILE"):
+        from instarec_assets.serving.auth import ensure_local_keys
+
+        ensure_local_keys(settings.home)  # the key pair `instarec token` signs shopper tokens with
     api = ServingApi(settings, static=True)  # raises ServingConfigError when no key is configured
     if api.keys is None and not is_loopback(args.host):
         raise ServingConfigError(

@@ -21,6 +21,15 @@
 | `INSTAREC_SERVING_EXCLUDE_DEPARTMENTS` | business rule: department names never served (comma-separated, as responses show them) |
 | `INSTAREC_SERVING_EXCLUDE_AISLES` | business rule: aisle names never served (comma-separated) |
 | `INSTAREC_SERVING_EXCLUDE_PRODUCTS` | business rule: product ids never served (comma-separated) |
+| `INSTAREC_AUTH_ISSUER` | shopper tokens: the expected `iss` (default `urn:instarec:local`, the local key pair's; required with a JWKS URL) |
+| `INSTAREC_AUTH_AUDIENCE` | shopper tokens: the expected `aud` (default `instarec`; on AWS the Cognito app client id) |
+| `INSTAREC_AUTH_USER_CLAIM` | shopper tokens: the claim holding the user id (default `custom:instarec_user_id`; no `sub` fallback) |
+| `INSTAREC_AUTH_JWKS_URL` | shopper tokens: the issuer's JWKS URL (e.g. Cognito's `.../.well-known/jwks.json`), fetched and cached |
+| `INSTAREC_AUTH_JWKS_FILE` | shopper tokens: a JWKS file (local default `INSTAREC_HOME/auth/jwks.json`, the key pair `instarec token` signs with) |
+| `INSTAREC_AUTH_JWKS_TTL_S` | seconds the JWKS fetched from the URL is cached (default 300; an unknown `kid` refetches) |
+| `INSTAREC_PAGE_SIGN_IN_URL` | the page: an OIDC hosted sign-in base URL (Cognito domain layout: `/oauth2/authorize`, `/oauth2/token`); the page then signs in with authorization code + PKCE instead of a pasted token |
+| `INSTAREC_PAGE_SIGN_IN_CLIENT_ID` | the page: the OIDC client id for `INSTAREC_PAGE_SIGN_IN_URL` (default: `INSTAREC_AUTH_AUDIENCE`) |
+| `INSTAREC_API_KEYS_ANY_USER` | `1` (default): an API key (a service caller) may read any user's `/recommendations`; `0`: keys get 403 there |
 """
 
 from __future__ import annotations
@@ -41,6 +50,10 @@ DEFAULT_MAX_BODY_BYTES = 1024
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_KEEP_ALIVE_S = 5.0
 DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_AUTH_ISSUER = "urn:instarec:local"
+DEFAULT_AUTH_AUDIENCE = "instarec"
+DEFAULT_AUTH_USER_CLAIM = "custom:instarec_user_id"
+DEFAULT_JWKS_TTL_S = 300.0
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -79,6 +92,16 @@ class ServingSettings:
     keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     rules: Filters = NO_RULES  # business rules applied to every response
+    # shopper bearer tokens (auth.py); neither a JWKS file nor a URL: bearer tokens are not accepted
+    auth_issuer: str = DEFAULT_AUTH_ISSUER
+    auth_audience: str = DEFAULT_AUTH_AUDIENCE
+    auth_user_claim: str = DEFAULT_AUTH_USER_CLAIM
+    auth_jwks_url: str = ""
+    auth_jwks_file: str = ""
+    auth_jwks_ttl_s: float = DEFAULT_JWKS_TTL_S
+    api_keys_any_user: bool = True
+    page_sign_in_url: str = ""  # an OIDC hosted sign-in for the page (else: paste a local token)
+    page_sign_in_client_id: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:
@@ -114,6 +137,7 @@ class ServingSettings:
             keep_alive_s=_positive_float(env, "INSTAREC_KEEP_ALIVE_S", DEFAULT_KEEP_ALIVE_S),
             max_connections=_positive_int(env, "INSTAREC_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS),
             rules=parse_rules(env),
+            **parse_auth(env, aws=aws, home=env.get("INSTAREC_HOME", "") or ".instarec"),
         )
         settings.check()
         return settings
@@ -138,6 +162,58 @@ class ServingSettings:
     @property
     def local_keys_configured(self) -> bool:
         return bool(self.api_keys or self.api_keys_file)
+
+    @property
+    def bearer_configured(self) -> bool:
+        """True when shopper bearer tokens can be verified (a JWKS file or URL is configured)."""
+        return bool(self.auth_jwks_url or self.auth_jwks_file)
+
+
+def parse_auth(env: Mapping[str, str], *, aws: bool, home: str) -> dict[str, object]:
+    """The shopper-token settings. Locally the JWKS defaults to the key pair under INSTAREC_HOME/auth/;
+    in aws mode tokens are accepted only when a JWKS URL (Cognito's) is configured."""
+    url = env.get("INSTAREC_AUTH_JWKS_URL", "").strip()
+    path = env.get("INSTAREC_AUTH_JWKS_FILE", "").strip()
+    issuer = env.get("INSTAREC_AUTH_ISSUER", "").strip()
+    if url and path:
+        raise ServingConfigError("set INSTAREC_AUTH_JWKS_URL or INSTAREC_AUTH_JWKS_FILE, not both")
+    if url and not re.fullmatch(r"https?://[^\s]+", url):
+        raise ServingConfigError(f"INSTAREC_AUTH_JWKS_URL must be an http(s) URL, not {url!r}")
+    if url and not issuer:
+        raise ServingConfigError(
+            "INSTAREC_AUTH_ISSUER must name the token issuer (iss) when INSTAREC_AUTH_JWKS_URL is set"
+        )
+    if not url and not path and not aws:
+        path = str(Path(home) / "auth" / "jwks.json")
+    claim = env.get("INSTAREC_AUTH_USER_CLAIM", "").strip() or DEFAULT_AUTH_USER_CLAIM
+    if not re.fullmatch(r"[A-Za-z0-9_:.-]{1,64}", claim):
+        raise ServingConfigError(
+            f"INSTAREC_AUTH_USER_CLAIM must be a claim name like custom:instarec_user_id, not {claim!r}"
+        )
+    return {
+        "auth_issuer": issuer or DEFAULT_AUTH_ISSUER,
+        "auth_audience": env.get("INSTAREC_AUTH_AUDIENCE", "").strip() or DEFAULT_AUTH_AUDIENCE,
+        "auth_user_claim": claim,
+        "auth_jwks_url": url,
+        "auth_jwks_file": path,
+        "auth_jwks_ttl_s": _positive_float(env, "INSTAREC_AUTH_JWKS_TTL_S", DEFAULT_JWKS_TTL_S),
+        "api_keys_any_user": _flag(env, "INSTAREC_API_KEYS_ANY_USER", default=True),
+        **parse_page_sign_in(env),
+    }
+
+
+def parse_page_sign_in(env: Mapping[str, str]) -> dict[str, str]:
+    """The page's OIDC sign-in (`/config.json` `signIn`), when configured."""
+    url = env.get("INSTAREC_PAGE_SIGN_IN_URL", "").strip().rstrip("/")
+    if url and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?", url):
+        raise ServingConfigError(
+            f"INSTAREC_PAGE_SIGN_IN_URL must be an http(s) URL like https://example.auth.us-east-1.amazoncognito.com, not {url!r}"
+        )
+    client = env.get("INSTAREC_PAGE_SIGN_IN_CLIENT_ID", "").strip()
+    if client and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", client):
+        raise ServingConfigError(f"INSTAREC_PAGE_SIGN_IN_CLIENT_ID must be a client id, not {client!r}")
+    audience = env.get("INSTAREC_AUTH_AUDIENCE", "").strip() or DEFAULT_AUTH_AUDIENCE
+    return {"page_sign_in_url": url, "page_sign_in_client_id": client or (audience if url else "")}
 
 
 def parse_rules(env: Mapping[str, str]) -> Filters:
@@ -196,8 +272,10 @@ def parse_trusted_proxies(text: str) -> tuple[str, ...]:
     return entries
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     value = env.get(name, "").strip().lower()
+    if not value:
+        return default
     if value in _TRUE:
         return True
     if value in _FALSE:
