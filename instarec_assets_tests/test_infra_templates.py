@@ -878,9 +878,13 @@ def test_glue_and_athena_over_the_clean_zone(templates: dict[str, dict[str, Any]
     assert res["CleanZoneCrawler"]["Properties"]["CrawlerSecurityConfiguration"] == {
         "Ref": "GlueSecurityConfiguration"
     }
-    workgroup = res["AnalystsWorkGroup"]["Properties"]["WorkGroupConfiguration"]
-    assert workgroup["EnforceWorkGroupConfiguration"] is True
-    assert workgroup["ResultConfiguration"]["EncryptionConfiguration"]["EncryptionOption"] == "SSE_KMS"
+    keys = {"analysts": {"Fn::GetAtt": ["AnalystKey", "Arn"]}, "engineers": _import("LakeKeyArn")}
+    for logical_id, who in (("AnalystsWorkGroup", "analysts"), ("EngineersWorkGroup", "engineers")):
+        workgroup = res[logical_id]["Properties"]["WorkGroupConfiguration"]
+        assert workgroup["EnforceWorkGroupConfiguration"] is True
+        results = workgroup["ResultConfiguration"]
+        assert results["OutputLocation"] == {"Fn::Sub": f"s3://${{AthenaResultsBucket}}/results/{who}/"}
+        assert results["EncryptionConfiguration"] == {"EncryptionOption": "SSE_KMS", "KmsKey": keys[who]}
 
 
 def _iam_statements(templates: dict[str, dict[str, Any]]) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -1006,7 +1010,7 @@ def test_people_roles_and_the_analyst_is_read_only(templates: dict[str, dict[str
             if a.startswith("s3:") and not a.startswith(("s3:Get", "s3:List"))
         ]
         if writes:  # only the Athena query results may be written
-            assert "AthenaResultsBucketArn" in text and "/results/*" in text, statement.get("Sid")
+            assert "AthenaResultsBucketArn" in text and "/results/analysts/*" in text, statement.get("Sid")
         assert not any(
             a.startswith(("dynamodb:", "sagemaker:", "ecs:", "iam:")) for a in as_list(statement["Action"])
         )
@@ -1039,7 +1043,7 @@ def test_the_analyst_reads_only_masked_tables_with_their_own_key(
             json.dumps,
             [
                 _object_arns("AnalystBucketArn"),
-                {"Fn::Sub": ["${Arn}/results/*", {"Arn": _import("AthenaResultsBucketArn")}]},
+                {"Fn::Sub": ["${Arn}/results/analysts/*", {"Arn": _import("AthenaResultsBucketArn")}]},
             ],
         )
     )
@@ -1080,11 +1084,15 @@ def test_the_analyst_reads_only_masked_tables_with_their_own_key(
     assert lake_key["Condition"] == {
         "StringNotEquals": {"kms:ViaService": {"Fn::Sub": "glue.${AWS::Region}.amazonaws.com"}}
     }
-    # The clean catalog is the engineers' and the administrator's only.
+    # The clean catalog is the engineers' and the administrator's only, queried in their own
+    # workgroup, whose results (raw ids possibly) DARole cannot read; nor can they write where it reads.
+    [workgroup] = [s for s in allowed if "athena:StartQueryExecution" in s["Action"]]
+    assert workgroup["Resource"]["Fn::Sub"].endswith(":workgroup/instarec-${EnvironmentName}-analysts")
     for role in ("DERole", "AdminRole"):
-        assert {"Ref": "CleanCatalogQueryPolicy"} in res[role]["Properties"]["ManagedPolicyArns"], role
-    clean = json.dumps(res["CleanCatalogQueryPolicy"]["Properties"]["PolicyDocument"])
-    assert "_clean" in clean and "AnalystDatabaseName" not in clean
+        assert res[role]["Properties"]["ManagedPolicyArns"] == [{"Ref": "EngineerQueryPolicy"}], role
+    engineers = json.dumps(res["EngineerQueryPolicy"]["Properties"]["PolicyDocument"])
+    assert "_clean" in engineers and "-engineers" in engineers and "/results/engineers/*" in engineers
+    assert "-analysts" not in engineers and "/results/analysts/" not in engineers
 
 
 def test_the_masked_tables_have_their_own_bucket_key_and_glue_database(
@@ -1098,12 +1106,11 @@ def test_the_masked_tables_have_their_own_bucket_key_and_glue_database(
         assert rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"] == {
             "Fn::GetAtt": ["AnalystKey", "Arn"]
         }
-    results = res["AnalystsWorkGroup"]["Properties"]["WorkGroupConfiguration"]["ResultConfiguration"]
-    assert results["EncryptionConfiguration"]["KmsKey"] == {"Fn::GetAtt": ["AnalystKey", "Arn"]}
     database = res["AnalystDatabase"]["Properties"]["DatabaseInput"]
     assert database["Name"] == {"Fn::Sub": "instarec_${EnvironmentName}_analyst"}
     assert database["LocationUri"] == {"Fn::Sub": "s3://${AnalystBucket}/"}
-    exports = {o["Export"]["Name"]["Fn::Sub"] for o in templates["analytics"]["Outputs"].values()}
+    outputs = templates["analytics"]["Outputs"].values()
+    exports = {o["Export"]["Name"]["Fn::Sub"] for o in outputs if "Export" in o}
     for name in ("AnalystBucketName", "AnalystBucketArn", "AnalystKeyArn", "AnalystDatabaseName"):
         assert f"instarec-${{EnvironmentName}}-{name}" in exports
 
