@@ -28,7 +28,7 @@ from instarec_assets.warehouse.masked import (
     masked_table_location,
     masked_table_uri,
 )
-from instarec_assets.warehouse.salt import SALT_ENV, WarehouseSaltError, load_salt_from_secret
+from instarec_assets.warehouse.salt import SALT_ENV, WarehouseSaltError, load_salt, load_salt_from_secret
 from instarec_assets_tests.aws_fixtures import REGION
 from instarec_assets_tests.landing_fixtures import ORDERS, write_batch
 
@@ -202,6 +202,16 @@ def test_a_missing_secret_or_database_is_one_line_naming_it(aws_env: str, analys
         "INSTAREC_ANALYST_DATABASE instarec_nowhere_analyst: no such Glue database (deploy the analytics stack)"
     )
     assert catalog_as_of(glue_client(REGION, aws_env), analyst["database"]) is None
+
+
+def test_in_aws_mode_the_secret_wins_and_locally_it_is_ignored(
+    aws_locations: LakeLocations, analyst: dict[str, str], monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv(SALT_ENV, "salt-from-the-environment-0123")
+    salt = load_salt(aws_locations.home_path)
+    assert salt.value == SALT and salt.source == f"Secrets Manager secret {analyst['secret_arn']}"
+    monkeypatch.setenv("INSTAREC_ENV", "local")
+    assert load_salt(aws_locations.home_path).value == "salt-from-the-environment-0123"
 
 
 def test_glue_types_of_the_warehouse_columns():
