@@ -33,16 +33,18 @@ from instarec_assets.assets.models import xgboost_model
 from instarec_assets.assets.raw import raw_landing_files
 from instarec_assets.assets.warehouse import (
     WAREHOUSE_RESOURCE_KEY,
+    analyst_masked_tables,
     analyst_warehouse,
     warehouse_duckdb_resource,
 )
 from instarec_assets.backends.serving_store import store_settings_from_env
 from instarec_assets.history import DEFAULT_HISTORY_WAIT, HistoryWait
 from instarec_assets.io_managers import LakeIOManager, ModelArtifactIOManager
-from instarec_assets.lake.locations import LakeLocations
+from instarec_assets.lake.locations import LakeConfigError, LakeLocations
 from instarec_assets.lake.schemas import ZONES
 from instarec_assets.partitions import landing_batches
 from instarec_assets.resources import (
+    AnalystCatalogResource,
     ComputeResource,
     LakeResource,
     ModelTrainingResource,
@@ -89,6 +91,9 @@ def build_resources(locations: LakeLocations, history_wait: HistoryWait = DEFAUL
             graphsage_device=settings.graphsage_device,
         ),
         "serving_store": ServingStoreResource(**store_settings_from_env(locations.home)),
+        "analyst_catalog": AnalystCatalogResource(
+            bucket=settings.analyst_bucket, database=settings.analyst_database
+        ),
         "retrain_policy": RetrainPolicyResource(
             every_batches=settings.retrain_every_batches,
             max_age_days=settings.retrain_max_age_days,
@@ -202,11 +207,21 @@ def landing_jobs() -> list:
     return jobs
 
 
+def environment_assets(locations: LakeLocations) -> list:
+    """ASSETS, plus in aws mode with INSTAREC_ANALYST_BUCKET set the analysts' masked tables on S3 and Glue."""
+    settings = Settings.from_env()
+    if not (locations.is_aws and settings.analyst_bucket):
+        return list(ASSETS)
+    if not settings.analyst_database:
+        raise LakeConfigError("INSTAREC_ANALYST_DATABASE must be set when INSTAREC_ANALYST_BUCKET is")
+    return [*ASSETS, analyst_masked_tables]
+
+
 def build_definitions(
     locations: LakeLocations, history_wait: HistoryWait = DEFAULT_HISTORY_WAIT
 ) -> Definitions:
     definitions = Definitions(
-        assets=ASSETS,
+        assets=environment_assets(locations),
         asset_checks=clean_checks(),
         jobs=landing_jobs(),
         executor=STEP_EXECUTOR,

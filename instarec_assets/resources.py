@@ -203,3 +203,10 @@ class RetrainPolicyResource(ConfigurableResource):
     @property
     def policy(self) -> RetrainPolicy:
         return RetrainPolicy(self.every_batches, self.max_age_days, self.drift_threshold)
+
+
+class AnalystCatalogResource(ConfigurableResource):
+    """Where the analysts' masked tables go in aws mode: their bucket and the Glue database over it."""
+
+    bucket: str = ""
+    database: str = ""

@@ -33,6 +33,9 @@ VARIABLES: dict[str, str] = {
     "INSTAREC_SAGEMAKER_SECURITY_GROUPS": "aws: comma-separated security groups for SageMaker jobs",
     "INSTAREC_KMS_KEY_ARN": "aws: the KMS key for SageMaker job outputs",
     "INSTAREC_WAREHOUSE_SALT": "the salt of the warehouse's user_key (else a file under INSTAREC_HOME)",
+    "INSTAREC_WAREHOUSE_SALT_SECRET": "aws: the Secrets Manager secret holding the warehouse salt (read with boto3)",
+    "INSTAREC_ANALYST_BUCKET": "aws: the bucket of the analysts' masked tables (empty: not built)",
+    "INSTAREC_ANALYST_DATABASE": "aws: the Glue database the masked tables are registered in",
     "INSTAREC_RETRAIN_EVERY_BATCHES": "refit the models after this many batches (default 4; 0 = off)",
     "INSTAREC_RETRAIN_MAX_AGE_DAYS": "refit a model this many days after its fitting batch (default 28; 0 = off)",
     "INSTAREC_RETRAIN_DRIFT_PSI": "refit when a drift measure reaches this (default 0.2; 0 = off)",
@@ -68,6 +71,9 @@ class Settings:
     sagemaker_security_groups: tuple[str, ...] = ()
     kms_key_arn: str = ""
     warehouse_salt: str | None = None
+    warehouse_salt_secret: str = ""
+    analyst_bucket: str = ""
+    analyst_database: str = ""
     retrain_every_batches: int = 4
     retrain_max_age_days: int = 28
     retrain_drift_psi: float = 0.2
@@ -104,6 +110,9 @@ class Settings:
             sagemaker_security_groups=listed("INSTAREC_SAGEMAKER_SECURITY_GROUPS"),
             kms_key_arn=text("INSTAREC_KMS_KEY_ARN"),
             warehouse_salt=env.get("INSTAREC_WAREHOUSE_SALT"),
+            warehouse_salt_secret=text("INSTAREC_WAREHOUSE_SALT_SECRET"),
+            analyst_bucket=text("INSTAREC_ANALYST_BUCKET"),
+            analyst_database=text("INSTAREC_ANALYST_DATABASE"),
             retrain_every_batches=_integer(env, "INSTAREC_RETRAIN_EVERY_BATCHES", 4, minimum=0),
             retrain_max_age_days=_integer(env, "INSTAREC_RETRAIN_MAX_AGE_DAYS", 28, minimum=0),
             retrain_drift_psi=_number(env, "INSTAREC_RETRAIN_DRIFT_PSI", 0.2),

@@ -764,16 +764,16 @@ def test_instarec_home_is_on_a_writable_volume(templates: dict[str, dict[str, An
         assert not any(default.is_relative_to(m) for m in writable), logical_id
 
 
-def test_run_tasks_share_one_warehouse_salt_from_secrets_manager(
+def test_run_tasks_read_one_warehouse_salt_from_secrets_manager_with_their_own_role(
     templates: dict[str, dict[str, Any]],
 ) -> None:
-    from instarec_assets.warehouse.salt import MIN_SALT_LENGTH, SALT_ENV
+    from instarec_assets.warehouse.salt import MIN_SALT_LENGTH, SALT_ENV, SALT_SECRET_ENV
 
     res = templates["orchestration"]["Resources"]
-    container = res["RunTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
-    assert SALT_ENV not in {e["Name"] for e in container["Environment"]}  # never a plain value
-    secrets = {s["Name"]: s["ValueFrom"] for s in container["Secrets"]}
-    assert secrets[SALT_ENV] == {"Ref": "WarehouseSaltSecret"}  # the whole SecretString
+    for logical_id in ("WebserverTaskDefinition", "DaemonTaskDefinition", "RunTaskDefinition"):
+        assert SALT_ENV not in _container_env(res[logical_id]), logical_id  # never the value itself
+    # The run task gets the secret's ARN and reads the value with boto3 (instarec_assets/warehouse/salt.py).
+    assert _container_env(res["RunTaskDefinition"])[SALT_SECRET_ENV] == {"Ref": "WarehouseSaltSecret"}
     secret = res["WarehouseSaltSecret"]
     assert secret["Type"] == "AWS::SecretsManager::Secret"
     generate = secret["Properties"]["GenerateSecretString"]
@@ -783,17 +783,16 @@ def test_run_tasks_share_one_warehouse_salt_from_secrets_manager(
         "Fn::ImportValue": {"Fn::Sub": "instarec-${EnvironmentName}-LakeKeyArn"}
     }
     assert secret["DeletionPolicy"] == "Retain"  # a new salt would change every user_key
-    # The ECS agent reads exactly the two secrets it injects, each named on its own.
-    statements = _role_statements(templates["orchestration"], "TaskExecutionRole")
-    reads = _granting(statements, "secretsmanager:GetSecretValue")
-    assert sorted(json.dumps(s["Resource"]) for s in reads) == sorted(
-        json.dumps({"Ref": name}) for name in ("DatabaseSecret", "WarehouseSaltSecret")
-    )
-    assert all(as_list(s["Action"]) == ["secretsmanager:GetSecretValue"] for s in reads)
-    for role in ("RunTaskRole", "ControlPlaneTaskRole"):
-        assert not _granting(
-            _role_statements(templates["orchestration"], role), "secretsmanager:GetSecretValue"
-        )
+    # Only the run task role reads it, named on its own; the ECS agent reads only the database secret.
+    reads = {
+        role: _granting(_role_statements(templates["orchestration"], role), "secretsmanager:GetSecretValue")
+        for role in ("RunTaskRole", "TaskExecutionRole", "ControlPlaneTaskRole")
+    }
+    assert [s["Resource"] for s in reads["RunTaskRole"]] == [{"Ref": "WarehouseSaltSecret"}]
+    assert [s["Resource"] for s in reads["TaskExecutionRole"]] == [{"Ref": "DatabaseSecret"}]
+    assert not reads["ControlPlaneTaskRole"]
+    for statements in reads.values():
+        assert all(as_list(s["Action"]) == ["secretsmanager:GetSecretValue"] for s in statements)
 
 
 def test_dagster_yaml_is_valid_instance_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -963,9 +962,13 @@ def test_glue_and_athena_over_the_clean_zone(templates: dict[str, dict[str, Any]
     assert res["CleanZoneCrawler"]["Properties"]["CrawlerSecurityConfiguration"] == {
         "Ref": "GlueSecurityConfiguration"
     }
-    workgroup = res["AnalystsWorkGroup"]["Properties"]["WorkGroupConfiguration"]
-    assert workgroup["EnforceWorkGroupConfiguration"] is True
-    assert workgroup["ResultConfiguration"]["EncryptionConfiguration"]["EncryptionOption"] == "SSE_KMS"
+    keys = {"analysts": {"Fn::GetAtt": ["AnalystKey", "Arn"]}, "engineers": _import("LakeKeyArn")}
+    for logical_id, who in (("AnalystsWorkGroup", "analysts"), ("EngineersWorkGroup", "engineers")):
+        workgroup = res[logical_id]["Properties"]["WorkGroupConfiguration"]
+        assert workgroup["EnforceWorkGroupConfiguration"] is True
+        results = workgroup["ResultConfiguration"]
+        assert results["OutputLocation"] == {"Fn::Sub": f"s3://${{AthenaResultsBucket}}/results/{who}/"}
+        assert results["EncryptionConfiguration"] == {"EncryptionOption": "SSE_KMS", "KmsKey": keys[who]}
 
 
 def _iam_statements(templates: dict[str, dict[str, Any]]) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -987,6 +990,8 @@ def test_iam_is_least_privilege(templates: dict[str, dict[str, Any]]) -> None:
     assert len(statements) > 50
     for stack, logical_id, statement in statements:
         where = f"{stack}/{logical_id}/{statement.get('Sid')}"
+        if statement["Effect"] == "Deny":  # a guard (DARole's); it grants nothing
+            continue
         assert statement["Effect"] == "Allow", where
         actions = [a.lower() for a in as_list(statement["Action"])]
         for action in actions:
@@ -1078,6 +1083,8 @@ def test_people_roles_and_the_analyst_is_read_only(templates: dict[str, dict[str
     shared = res["AnalystQueryPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert res["DARole"]["Properties"]["ManagedPolicyArns"] == [{"Ref": "AnalystQueryPolicy"}]
     for statement in analyst + shared:
+        if statement["Effect"] == "Deny":
+            continue
         text = json.dumps(statement)
         for bucket in ("RawBucketArn", "CuratedBucketArn", "ConsumptionBucketArn", "ArtifactsBucketArn"):
             assert bucket not in text, statement.get("Sid")
@@ -1087,10 +1094,131 @@ def test_people_roles_and_the_analyst_is_read_only(templates: dict[str, dict[str
             if a.startswith("s3:") and not a.startswith(("s3:Get", "s3:List"))
         ]
         if writes:  # only the Athena query results may be written
-            assert "AthenaResultsBucketArn" in text and "/results/*" in text, statement.get("Sid")
+            assert "AthenaResultsBucketArn" in text and "/results/analysts/*" in text, statement.get("Sid")
         assert not any(
             a.startswith(("dynamodb:", "sagemaker:", "ecs:", "iam:")) for a in as_list(statement["Action"])
         )
+
+
+def _import(name: str) -> dict[str, Any]:
+    return {"Fn::ImportValue": {"Fn::Sub": f"instarec-${{EnvironmentName}}-{name}"}}
+
+
+def _object_arns(name: str) -> dict[str, Any]:
+    return {"Fn::Sub": ["${Arn}/*", {"Arn": _import(name)}]}
+
+
+def test_the_analyst_reads_only_masked_tables_with_their_own_key(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    res = templates["access"]["Resources"]
+    shared = res["AnalystQueryPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    statements = [s for _, lid, s in _iam_statements(templates) if lid == "DARole"] + shared
+    allowed = [s for s in statements if s["Effect"] == "Allow"]
+    denied = [s for s in statements if s["Effect"] == "Deny"]
+    for statement in allowed:
+        text = json.dumps(statement)
+        for raw in ("CleanBucketArn", "RawBucketArn", "_clean", "quarantined", "LogsBucketArn"):
+            assert raw not in text, (statement["Sid"], raw)
+    # Objects: the masked tables and the workgroup's own query results, nothing else.
+    reads = [r for s in _granting(allowed, "s3:GetObject") for r in as_list(s["Resource"])]
+    assert sorted(map(json.dumps, reads)) == sorted(
+        map(
+            json.dumps,
+            [
+                _object_arns("AnalystBucketArn"),
+                {"Fn::Sub": ["${Arn}/results/analysts/*", {"Arn": _import("AthenaResultsBucketArn")}]},
+            ],
+        )
+    )
+    # Table definitions: the analyst database only.
+    for statement in allowed:
+        glue = [a for a in as_list(statement["Action"]) if a.startswith("glue:")]
+        if glue:
+            assert all(a.startswith("glue:Get") or a == "glue:BatchGetPartition" for a in glue)
+            for resource in as_list(statement["Resource"]):
+                text = json.dumps(resource)
+                assert text.endswith(':catalog"}') or "AnalystDatabaseName" in text, text
+    # Keys: the analysts' key through S3; the lake key only to decrypt the Glue catalog through Glue.
+    keys = {}
+    for statement in allowed:
+        kms = [a for a in as_list(statement["Action"]) if a.startswith("kms:")]
+        if kms:
+            keys[json.dumps(statement["Resource"])] = (sorted(kms), statement["Condition"]["StringEquals"])
+    assert keys == {
+        json.dumps(_import("AnalystKeyArn")): (
+            ["kms:Decrypt", "kms:GenerateDataKey"],
+            {"kms:ViaService": {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}},
+        ),
+        json.dumps(_import("LakeKeyArn")): (
+            ["kms:Decrypt"],
+            {"kms:ViaService": {"Fn::Sub": "glue.${AWS::Region}.amazonaws.com"}},
+        ),
+    }
+    # Defence in depth: explicit denies on every lake zone (quarantined_* lives in the clean bucket),
+    # the clean catalog, and the lake key anywhere but through Glue.
+    [zones] = _granting(denied, "s3:GetObject")
+    for zone in ("RawBucketArn", "CleanBucketArn", "CuratedBucketArn", "ConsumptionBucketArn"):
+        assert _import(zone) in zones["Resource"] and _object_arns(zone) in zones["Resource"], zone
+    [catalog] = _granting(denied, "glue:GetTable")
+    assert {"glue:GetTables", "glue:GetPartitions"} <= set(catalog["Action"])
+    assert all("_clean" in json.dumps(r) for r in catalog["Resource"])
+    [lake_key] = _granting(denied, "kms:Decrypt")
+    assert lake_key["Resource"] == _import("LakeKeyArn")
+    assert lake_key["Condition"] == {
+        "StringNotEquals": {"kms:ViaService": {"Fn::Sub": "glue.${AWS::Region}.amazonaws.com"}}
+    }
+    # The clean catalog is the engineers' and the administrator's only, queried in their own
+    # workgroup, whose results (raw ids possibly) DARole cannot read; nor can they write where it reads.
+    [workgroup] = [s for s in allowed if "athena:StartQueryExecution" in s["Action"]]
+    assert workgroup["Resource"]["Fn::Sub"].endswith(":workgroup/instarec-${EnvironmentName}-analysts")
+    for role in ("DERole", "AdminRole"):
+        assert res[role]["Properties"]["ManagedPolicyArns"] == [{"Ref": "EngineerQueryPolicy"}], role
+    engineers = json.dumps(res["EngineerQueryPolicy"]["Properties"]["PolicyDocument"])
+    assert "_clean" in engineers and "-engineers" in engineers and "/results/engineers/*" in engineers
+    assert "-analysts" not in engineers and "/results/analysts/" not in engineers
+
+
+def test_the_masked_tables_have_their_own_bucket_key_and_glue_database(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    res = templates["analytics"]["Resources"]
+    key = res["AnalystKey"]
+    assert key["Properties"]["EnableKeyRotation"] is True and key["DeletionPolicy"] == "Retain"
+    for bucket in ("AnalystBucket", "AthenaResultsBucket"):
+        rule = res[bucket]["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+        assert rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"] == {
+            "Fn::GetAtt": ["AnalystKey", "Arn"]
+        }
+    database = res["AnalystDatabase"]["Properties"]["DatabaseInput"]
+    assert database["Name"] == {"Fn::Sub": "instarec_${EnvironmentName}_analyst"}
+    assert database["LocationUri"] == {"Fn::Sub": "s3://${AnalystBucket}/"}
+    outputs = templates["analytics"]["Outputs"].values()
+    exports = {o["Export"]["Name"]["Fn::Sub"] for o in outputs if "Export" in o}
+    for name in ("AnalystBucketName", "AnalystBucketArn", "AnalystKeyArn", "AnalystDatabaseName"):
+        assert f"instarec-${{EnvironmentName}}-{name}" in exports
+
+
+def test_run_tasks_publish_the_masked_tables_and_register_them(templates: dict[str, dict[str, Any]]) -> None:
+    from instarec_assets.settings import VARIABLES
+
+    res = templates["orchestration"]["Resources"]
+    for logical_id in ("WebserverTaskDefinition", "DaemonTaskDefinition", "RunTaskDefinition"):
+        env = _container_env(res[logical_id])  # the same asset graph in every container
+        assert env["INSTAREC_ANALYST_BUCKET"] == _import("AnalystBucketName"), logical_id
+        assert env["INSTAREC_ANALYST_DATABASE"] == _import("AnalystDatabaseName"), logical_id
+    assert {"INSTAREC_ANALYST_BUCKET", "INSTAREC_ANALYST_DATABASE", "INSTAREC_WAREHOUSE_SALT_SECRET"} <= set(
+        VARIABLES
+    )
+    statements = _role_statements(templates["orchestration"], "RunTaskRole")
+    [writes] = [s for s in _granting(statements, "s3:PutObject") if "AnalystBucketArn" in json.dumps(s)]
+    assert writes["Resource"] == _object_arns("AnalystBucketArn")
+    [register] = _granting(statements, "glue:UpdateTable")
+    assert {"glue:GetTable", "glue:CreateTable", "glue:GetDatabase"} <= set(register["Action"])
+    assert not any("_clean" in json.dumps(r) for r in register["Resource"])
+    assert sum("AnalystDatabaseName" in json.dumps(r) for r in register["Resource"]) == 2
+    [key] = [s for s in statements if "AnalystKeyArn" in json.dumps(s)]
+    assert set(key["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey"}
 
 
 def test_cloudtrail_and_alarms(templates: dict[str, dict[str, Any]]) -> None:

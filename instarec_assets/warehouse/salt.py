@@ -1,8 +1,10 @@
-"""The secret salt behind the analysts' `user_key`: from the environment, or a 0600 file under INSTAREC_HOME.
+"""The secret salt behind the analysts' `user_key`: Secrets Manager (aws), the environment, or a 0600 file.
 
 Analysts never see raw user ids: the warehouse stores `user_key`, the first 16 hex digits of
 `sha256(salt || ':' || user_id)`. The salt is read at build time only and never written into the
-warehouse, so a copy of the database cannot be joined back to user ids by hashing guesses.
+warehouse, so a copy of the database cannot be joined back to user ids by hashing guesses. In aws
+mode the run tasks read it from a Secrets Manager secret with their own role (boto3), so every run
+hashes alike and the value is never in a task definition or a process environment.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from instarec_assets.settings import Settings
 
 SALT_ENV = "INSTAREC_WAREHOUSE_SALT"
+SALT_SECRET_ENV = "INSTAREC_WAREHOUSE_SALT_SECRET"
 SALT_FILE = Path("secrets") / "warehouse_salt"
 MIN_SALT_LENGTH = 16
 USER_KEY_HEX_DIGITS = 16
@@ -39,8 +42,14 @@ def salt_path(home: Path) -> Path:
 
 
 def load_salt(home: Path) -> WarehouseSalt:
-    """INSTAREC_WAREHOUSE_SALT if set; else INSTAREC_HOME/secrets/warehouse_salt, created on first use."""
-    from_env = Settings.from_env().warehouse_salt
+    """In aws mode the INSTAREC_WAREHOUSE_SALT_SECRET secret if set; else INSTAREC_WAREHOUSE_SALT if set;
+    else INSTAREC_HOME/secrets/warehouse_salt, created on first use."""
+    settings = Settings.from_env()
+    if settings.env == "aws" and settings.warehouse_salt_secret:
+        return load_salt_from_secret(
+            settings.warehouse_salt_secret, region=settings.region, endpoint_url=settings.endpoint_url
+        )
+    from_env = settings.warehouse_salt
     if from_env is not None:
         return WarehouseSalt(_checked(from_env.strip(), SALT_ENV), f"environment variable {SALT_ENV}")
     path = salt_path(home)
@@ -51,6 +60,25 @@ def load_salt(home: Path) -> WarehouseSalt:
     except OSError as error:
         raise WarehouseSaltError(f"{path}: cannot read the warehouse salt ({error.strerror})") from None
     return WarehouseSalt(_checked(value, str(path)), f"file {path}")
+
+
+def load_salt_from_secret(secret_id: str, region: str, endpoint_url: str = "") -> WarehouseSalt:
+    """The SecretString of a Secrets Manager secret (name or ARN), read with the caller's credentials."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    where = f"{SALT_SECRET_ENV} {secret_id}"
+    client = boto3.client("secretsmanager", region_name=region, endpoint_url=endpoint_url or None)
+    try:
+        value = client.get_secret_value(SecretId=secret_id).get("SecretString")
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "error")
+        raise WarehouseSaltError(f"{where}: cannot read the warehouse salt ({code})") from None
+    except BotoCoreError as error:
+        raise WarehouseSaltError(f"{where}: cannot read the warehouse salt ({error})") from None
+    if value is None:
+        raise WarehouseSaltError(f"{where}: the secret has no SecretString (a binary secret is not a salt)")
+    return WarehouseSalt(_checked(value.strip(), where), f"Secrets Manager secret {secret_id}")
 
 
 def user_key(user_id: int, salt: str) -> str:
