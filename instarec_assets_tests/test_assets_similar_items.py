@@ -75,6 +75,9 @@ def test_similar_items_asset_chooses_the_blend_and_reports_it(tmp_path: Path) ->
         assert result.success
         [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == SIMILAR]
     metadata = {name: value.value for name, value in event.materialization.metadata.items()}
+    columns = metadata["dagster/column_schema"].columns
+    assert {column.name for column in columns} >= {"score", "cooccurrence", "similarity", "together"}
+    assert [column.name for column in columns if not column.description] == []
     assert metadata["blend_weight"] > 0
     assert metadata["coverage@10"] > 0.9 and metadata["embedding_filled_pairs"] > 0
     report = metadata["evaluation"]

@@ -37,6 +37,7 @@ COOCCURRENCE_CANDIDATES = 100
 # Cosines are rounded so the block size of the matrix product (BLAS summation order) cannot flip a rank.
 SIMILARITY_DECIMALS = 6
 NEIGHBOUR_BLOCK_ROWS = 1024
+PAIR_CHUNK = 200_000
 
 CURRENT_PRODUCTS_SQL = """
 SELECT DISTINCT product_id::BIGINT AS product_id
@@ -231,10 +232,9 @@ def pair_similarity(table: EmbeddingTable | None, left: np.ndarray, right: np.nd
         return out
     li, ri = (np.clip(np.searchsorted(table.ids, side), 0, table.ids.size - 1) for side in (left, right))
     found = (table.ids[li] == left) & (table.ids[ri] == right)
-    for start in range(0, left.shape[0], 1_000_000):
-        part = slice(start, start + 1_000_000)
-        a, b = table.vectors[li[part]].astype(np.float64), table.vectors[ri[part]].astype(np.float64)
-        out[part] = np.einsum("ij,ij->i", a, b)
+    for start in range(0, left.shape[0], PAIR_CHUNK):
+        part = slice(start, start + PAIR_CHUNK)
+        out[part] = np.einsum("ij,ij->i", table.vectors[li[part]], table.vectors[ri[part]])
     out = np.where(found, np.clip(out, 0.0, 1.0), 0.0)
     return np.round(out, SIMILARITY_DECIMALS)
 
@@ -256,10 +256,8 @@ def blend(
     left, right = cooccurrence["product_id"], cooccurrence["similar_product_id"]
     keys = _pair_keys(left, right)
     if weight > 0 and neighbours is not None and neighbours[0].size:
-        new = _pair_keys(*neighbours)
-        keys = np.union1d(keys, new)
-    else:
-        keys = np.unique(keys)
+        keys = np.concatenate([keys, _pair_keys(*neighbours)])
+    keys = _sorted_unique(keys)
     left, right = keys >> 32, keys & 0xFFFFFFFF
     known = _pair_keys(cooccurrence["product_id"], cooccurrence["similar_product_id"])
     hit, source = np.zeros(keys.size, dtype=bool), np.zeros(keys.size, dtype=np.int64)
@@ -296,6 +294,19 @@ def blend(
         score=score[top],
         rank=rank[top],
     )
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (a sort and a shift: numpy's hash-based unique is slow on 10^6 keys)."""
+    return runs(np.sort(values))[0]
+
+
+def runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of a sorted array and how often each occurs."""
+    if sorted_values.size == 0:
+        return sorted_values, np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    return sorted_values[starts], np.diff(np.r_[starts, sorted_values.size])
 
 
 def _rank_within(groups: np.ndarray) -> np.ndarray:

@@ -35,6 +35,7 @@ from instarec_assets.consumption.similar_items import (
     current_products,
     embedding_neighbours,
     restrict,
+    runs,
 )
 from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
 from instarec_assets.lake.clean_orders import CLEAN_ORDERS_SCHEMA
@@ -126,11 +127,11 @@ def held_out_metrics(
     """(hit rate@k, recall@k, coverage@k) of ranked lists against sorted held-out pair keys."""
     keep = ranked.rank <= k
     left, right = ranked.product_id[keep], ranked.similar_product_id[keep]
-    listed = np.unique(left, return_counts=True)
+    listed = runs(left)  # ranked lists are sorted by product
     coverage = float((listed[1] >= k).sum()) / n_current if n_current else 0.0
     if held_out.size == 0:
         return 0.0, 0.0, coverage
-    anchors, truth = np.unique(held_out >> 32, return_counts=True)
+    anchors, truth = runs(held_out >> 32)  # held-out keys are sorted
     keys = (left << 32) | right
     hit = np.isin(keys, held_out, assume_unique=True)
     hits = np.bincount(np.searchsorted(anchors, left[hit]), minlength=anchors.size)
@@ -180,7 +181,7 @@ def evaluate_blends(
         )
         for weight in weights
     )
-    anchors = np.unique(held_out >> 32)
+    anchors = runs(held_out >> 32)[0]
     return BlendEvaluation(
         scores=scores,
         chosen_weight=choose_weight(scores),
