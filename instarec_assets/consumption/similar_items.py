@@ -248,23 +248,20 @@ def _pair_keys(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return (left.astype(np.int64) << 32) | right.astype(np.int64)
 
 
-def blend(
+def blend_candidates(
     cooccurrence: dict[str, np.ndarray],
-    weight: float,
-    top_k: int,
     embeddings: EmbeddingTable | None = None,
     neighbours: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> PairTable:
-    """Each product's `top_k` pairs by (1 - weight) * co-occurrence + weight * cosine: over its
-    co-occurrence pairs, plus its embedding `neighbours` when weight > 0. Ranked by score, then shared
-    baskets, then product id; pairs scoring 0 are dropped."""
-    left, right = cooccurrence["product_id"], cooccurrence["similar_product_id"]
-    keys = _pair_keys(left, right)
-    if weight > 0 and neighbours is not None and neighbours[0].size:
+    """Every pair a blend may rank: the co-occurrence pairs and the embedding `neighbours`, sorted by
+    (product_id, similar_product_id), with their co-occurrence (0 for a neighbour only) and cosine;
+    unscored. Computed once for every weight of a grid."""
+    known = _pair_keys(cooccurrence["product_id"], cooccurrence["similar_product_id"])
+    keys = known
+    if neighbours is not None and neighbours[0].size:
         keys = np.concatenate([keys, _pair_keys(*neighbours)])
     keys = _sorted_unique(keys)
     left, right = keys >> 32, keys & 0xFFFFFFFF
-    known = _pair_keys(cooccurrence["product_id"], cooccurrence["similar_product_id"])
     hit, source = np.zeros(keys.size, dtype=bool), np.zeros(keys.size, dtype=np.int64)
     if known.size:
         order = np.argsort(known, kind="stable")
@@ -275,29 +272,59 @@ def blend(
         values = cooccurrence[name][source] if known.size else np.zeros(keys.size)
         return np.where(hit, values, 0).astype(dtype)
 
-    together, cooc = looked_up("together", np.int64), looked_up("cooccurrence", np.float64)
-    lift = looked_up("lift", np.float64)
-    similarity = pair_similarity(embeddings, left, right)
-    score = np.clip((1.0 - weight) * cooc + weight * similarity, 0.0, 1.0)
-    keep = score > 0
-    left, right, together, cooc, lift, similarity, score = (
-        column[keep] for column in (left, right, together, cooc, lift, similarity, score)
-    )
-    ranked = np.lexsort((right, -together, -score, left))
-    left, right, together, cooc, lift, similarity, score = (
-        column[ranked] for column in (left, right, together, cooc, lift, similarity, score)
-    )
-    rank = _rank_within(left)
-    top = rank <= top_k
     return PairTable(
-        product_id=left[top],
-        similar_product_id=right[top],
-        together=together[top],
-        cooccurrence=cooc[top],
-        lift=lift[top],
-        similarity=similarity[top],
+        product_id=left,
+        similar_product_id=right,
+        together=looked_up("together", np.int64),
+        cooccurrence=looked_up("cooccurrence", np.float64),
+        lift=looked_up("lift", np.float64),
+        similarity=pair_similarity(embeddings, left, right),
+        score=np.zeros(keys.size),
+        rank=np.zeros(keys.size, dtype=np.int64),
+    )
+
+
+def rank_blend(candidates: PairTable, weight: float, top_k: int) -> PairTable:
+    """Each product's `top_k` candidates by (1 - weight) * co-occurrence + weight * cosine, ranked by
+    score, then shared baskets, then product id. Pairs scoring 0 are dropped, so at weight 0 no
+    embedding neighbour enters (co-occurrence alone)."""
+    score = np.clip((1.0 - weight) * candidates.cooccurrence + weight * candidates.similarity, 0.0, 1.0)
+    keep = np.flatnonzero(score > 0)
+    order = keep[
+        np.lexsort(
+            (
+                candidates.similar_product_id[keep],
+                -candidates.together[keep],
+                -score[keep],
+                candidates.product_id[keep],
+            )
+        )
+    ]
+    rank = _rank_within(candidates.product_id[order])
+    top = order[rank <= top_k]
+    return PairTable(
+        product_id=candidates.product_id[top],
+        similar_product_id=candidates.similar_product_id[top],
+        together=candidates.together[top],
+        cooccurrence=candidates.cooccurrence[top],
+        lift=candidates.lift[top],
+        similarity=candidates.similarity[top],
         score=score[top],
-        rank=rank[top],
+        rank=rank[rank <= top_k],
+    )
+
+
+def blend(
+    cooccurrence: dict[str, np.ndarray],
+    weight: float,
+    top_k: int,
+    embeddings: EmbeddingTable | None = None,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+) -> PairTable:
+    """Each product's `top_k` pairs by (1 - weight) * co-occurrence + weight * cosine: over its
+    co-occurrence pairs, plus its embedding `neighbours` when weight > 0 (see `rank_blend`)."""
+    return rank_blend(
+        blend_candidates(cooccurrence, embeddings, neighbours if weight > 0 else None), weight, top_k
     )
 
 

@@ -29,11 +29,12 @@ import pandas as pd
 from instarec_assets.consumption.similar_items import (
     MIN_SUPPORT,
     PairTable,
-    blend,
+    blend_candidates,
     check_parameters,
     cooccurrence_pairs,
     current_products,
     embedding_neighbours,
+    rank_blend,
     restrict,
     runs,
 )
@@ -173,11 +174,12 @@ def evaluate_blends(
     usable = table is not None and table.ids.size > 1
     neighbours = embedding_neighbours(table, k) if usable else None
     weights = sorted({0.0, *grid}) if usable else [0.0]
+    candidates = blend_candidates(pairs, table, neighbours)  # once for every weight
     scores = tuple(
         MethodScore(
             method_name(weight),
             float(weight),
-            *held_out_metrics(blend(pairs, weight, k, table, neighbours), held_out, current.size, k),
+            *held_out_metrics(rank_blend(candidates, weight, k), held_out, current.size, k),
         )
         for weight in weights
     )
