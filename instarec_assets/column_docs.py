@@ -137,13 +137,15 @@ TABLES: dict[str, dict[str, str]] = {
     "similar_items": {
         "product_id": "the product the list is for",
         "rank": "position in its list (1 = most similar)",
-        "similar_product_id": "a product often bought in the same basket",
+        "similar_product_id": "a product often bought in the same basket, or close in the embeddings",
         "product_name": "the similar product's name",
         "aisle": "the similar product's aisle",
         "department": "the similar product's department",
-        "score": "co-occurrence / sqrt(baskets of each): the cosine of their basket vectors",
-        "lift": "raw lift of the pair (shown beside the score; not used to rank)",
-        "together": "baskets that contained both products",
+        "score": "(1 - w) x cooccurrence + w x similarity, w chosen on held-out baskets (0: co-occurrence alone)",
+        "lift": "raw lift of the pair (shown beside the score; not used to rank; 0 without shared baskets)",
+        "together": "baskets that contained both products (0: an embedding neighbour filling the list)",
+        "cooccurrence": "together / sqrt(baskets of each): the cosine of their basket vectors",
+        "similarity": "cosine of the two products' GraphSAGE embeddings (serving framing), clipped at 0",
     },
 }
 

@@ -95,12 +95,13 @@ def test_similar_items_count_co_purchases_over_every_batch_never_the_product_its
     assert rows, "no similar items on two batches of generated baskets"
     assert duckdb.sql(
         f"SELECT count(*) FROM read_parquet('{uri}', hive_partitioning = false) "
-        "WHERE product_id = similar_product_id OR together < 3 OR rank > 20"
+        "WHERE product_id = similar_product_id OR rank > 20 OR score NOT BETWEEN 0 AND 1 "
+        "OR (together < 3 AND NOT (together = 0 AND similarity > 0))"  # an embedding neighbour's fill
     ).fetchall() == [(0,)]
-    # the strongest pair's shared baskets, recounted from both batches' clean order lines
+    # the strongest co-occurrence pair's shared baskets, recounted from both batches' clean order lines
     product, similar, together = duckdb.sql(
         f"SELECT product_id, similar_product_id, together FROM read_parquet('{uri}', hive_partitioning = false) "
-        "ORDER BY score DESC, product_id, similar_product_id LIMIT 1"
+        "ORDER BY cooccurrence DESC, product_id, similar_product_id LIMIT 1"
     ).fetchall()[0]
     recounted = duckdb.sql(
         f"SELECT count(*) FROM (SELECT order_id FROM read_parquet({lines!r}, hive_partitioning = false) "
@@ -111,7 +112,11 @@ def test_similar_items_count_co_purchases_over_every_batch_never_the_product_its
         AssetKey("similar_items")
     ).asset_materialization.metadata
     assert metadata["pairs"].value == len(rows)
-    assert metadata["history_read"].data == {"clean_order_products": list(results)}
+    assert metadata["history_read"].data == {
+        "clean_orders": list(results),
+        "clean_order_products": list(results),
+    }
+    assert 0 <= metadata["blend_weight"].value <= 1 and "| co-occurrence |" in metadata["evaluation"].value
 
 
 def test_model_is_xgboost_json_with_a_model_card_and_beats_both_baselines(pipeline):

@@ -45,12 +45,19 @@ from instarec_assets.consumption.recommendations import (
     score_feature_set,
     top_recommendations,
 )
-from instarec_assets.consumption.similar_items import MIN_SUPPORT, SIMILAR_TOP_K
+from instarec_assets.consumption.similar_items import MIN_SUPPORT, SIMILAR_TOP_K, served_summary
 from instarec_assets.consumption.similar_items import similar_items as similar_items_table
+from instarec_assets.consumption.similar_items_evaluation import EVAL_K, evaluate_blends
 from instarec_assets.consumption.submission import next_baskets
 from instarec_assets.history import registered_batches
 from instarec_assets.lake.duck import StagedParquet
-from instarec_assets.ml.graphsage import SIMILARITY_FEATURE, SimilarityLookup, explore_from_lake
+from instarec_assets.ml.graphsage import (
+    FRAMINGS,
+    SIMILARITY_FEATURE,
+    SimilarityLookup,
+    explore_from_lake,
+    load_embedding_table,
+)
 from instarec_assets.ml.metrics import png_markdown, table_markdown
 from instarec_assets.ml.ranking import PairedDifference
 from instarec_assets.ml.reorder_model import MODEL_FILE, read_model_card
@@ -297,38 +304,64 @@ SELECT (SELECT count(DISTINCT user_id) FROM shown), (SELECT count(DISTINCT produ
     kinds={"duckdb", "parquet"},
     description=(
         f"Customers who buy this also buy: the top {SIMILAR_TOP_K} current products per current product "
-        f"by co-occurrence in the history's baskets normalised by both products' basket counts, "
-        f"pairs sharing at least {MIN_SUPPORT} baskets, never the product itself."
+        f"by co-occurrence in the history's baskets normalised by both products' basket counts "
+        f"(pairs sharing at least {MIN_SUPPORT} baskets), blended with the GraphSAGE product "
+        "embeddings' cosine by the weight that wins on each user's held-out latest basket (0: "
+        "co-occurrence alone), never the product itself."
     ),
-    ins={"clean_order_products": history_input("clean_order_products")},
+    ins={
+        "clean_orders": history_input("clean_orders"),
+        "clean_order_products": history_input("clean_order_products"),
+    },
     **COMMON,
 )
 def similar_items(
     context: AssetExecutionContext,
     lake: LakeResource,
     duckdb: DuckDBResource,
+    clean_orders: list[str],
     clean_order_products: list[str],
     clean_products: str,
     clean_aisles: str,
     clean_departments: str,
+    product_embeddings: str,
 ) -> Output[StagedParquet]:
     out = lake.staging_dir(context.run_id, "similar_items") / "similar_items.parquet"
     with lake_connection(duckdb, lake) as conn:
-        staged = similar_items_table(
-            conn, clean_order_products, clean_products, clean_aisles, clean_departments, out
+        embeddings = {
+            framing: load_embedding_table(conn, product_embeddings, framing, "product_id")
+            for framing in FRAMINGS
+        }
+        evaluation = evaluate_blends(
+            conn, clean_orders, clean_order_products, clean_products, embeddings["target"]
         )
-        products, mean_score = conn.execute(
-            "SELECT count(DISTINCT product_id), avg(score) FROM read_parquet(?, hive_partitioning = false)",
-            [str(out)],
-        ).fetchall()[0]
+        context.log.info(f"similar items: blend weight {evaluation.chosen_weight} chosen on held-out baskets")
+        staged = similar_items_table(
+            conn,
+            clean_order_products,
+            clean_products,
+            clean_aisles,
+            clean_departments,
+            out,
+            embeddings=embeddings["serving"],
+            weight=evaluation.chosen_weight,
+        )
+        served = served_summary(conn, str(out), clean_products, EVAL_K)
         table_preview = preview(conn, str(out), rows=12)
     return Output(
         staged,
         metadata={
-            "products_with_similar_items": MetadataValue.int(int(products)),
+            "products_with_similar_items": MetadataValue.int(served.products),
             "pairs": MetadataValue.int(staged.row_count),
-            "mean_score": MetadataValue.float(float(mean_score or 0.0)),
-            "history_read": history_read(clean_order_products=clean_order_products),
+            "mean_score": MetadataValue.float(served.mean_score),
+            "blend_weight": MetadataValue.float(evaluation.chosen_weight),
+            f"coverage@{EVAL_K}": MetadataValue.float(served.coverage),
+            "embedding_filled_pairs": MetadataValue.int(served.filled_pairs),
+            "evaluation": MetadataValue.md(evaluation.markdown()),
+            "evaluation_detail": MetadataValue.json(evaluation.as_dict()),
+            "history_read": history_read(
+                clean_orders=clean_orders, clean_order_products=clean_order_products
+            ),
             "preview": table_preview,
         },
     )
