@@ -144,7 +144,7 @@ def test_recommendations_hold_ten_ranked_reorders_then_up_to_two_explore_items_t
     locations, _, _, latest = pipeline
     uri = locations.partition_uri("consumption", "recommendations", latest)
     per_user = duckdb.sql(
-        "SELECT user_id, count(*) FILTER (NOT explore), count(*) FILTER (explore), min(rank), max(rank), "
+        "SELECT user_id, count(*) FILTER (source = 'model'), count(*) FILTER (explore), min(rank), max(rank), "
         "count(DISTINCT rank), max(rank) FILTER (NOT explore AND rank <= 10), min(rank) FILTER (explore), "
         "bool_and(product_name IS NOT NULL), bool_and(probability BETWEEN 0 AND 1) "
         f"FROM read_parquet('{uri}', hive_partitioning = false) GROUP BY 1"
@@ -163,7 +163,8 @@ def test_recommendations_hold_ten_ranked_reorders_then_up_to_two_explore_items_t
         valid,
     ) in per_user:
         assert reorders <= 50 and explores <= 2, user
-        assert first == 1 and last == distinct == reorders + explores and named and valid, user
+        assert first == 1 and last == distinct and named and valid, user
+        assert last == reorders + explores or (reorders == 0 and last == 52), user  # 0: cold start
         if reorders and explores:
             assert first_explore == min(reorders, 10) + 1 == last_reorder + 1, user
     assert sum(row[2] for row in per_user) > len(per_user)  # explore items are the rule, not the exception
@@ -174,6 +175,34 @@ def test_recommendations_hold_ten_ranked_reorders_then_up_to_two_explore_items_t
         f"FROM read_parquet('{uri}', hive_partitioning = false) WHERE NOT explore)"
     ).fetchall()[0][0]
     assert ordered
+
+
+def test_every_user_known_to_the_lake_is_served_and_each_row_names_its_source(pipeline):
+    locations, instance, _, latest = pipeline
+    recommendations = locations.partition_uri("consumption", "recommendations", latest)
+    orders = [uri for _, uri in sorted(locations.partitions("clean", "clean_orders").items())]
+    unserved = duckdb.sql(
+        f"SELECT count(DISTINCT user_id) FROM read_parquet({orders!r}, hive_partitioning = false) "
+        f"ANTI JOIN read_parquet('{recommendations}', hive_partitioning = false) USING (user_id)"
+    ).fetchall()[0][0]
+    assert unserved == 0
+    sources = dict(
+        duckdb.sql(
+            "SELECT source, bool_and(explore = (source = 'explore')) "
+            f"FROM read_parquet('{recommendations}', hive_partitioning = false) GROUP BY 1"
+        ).fetchall()
+    )
+    assert {"model", "explore"} <= set(sources) <= {"model", "explore", "popular"}
+    assert all(sources.values())
+    metadata = instance.get_latest_materialization_event(
+        AssetKey("recommendations")
+    ).asset_materialization.metadata
+    cold = duckdb.sql(
+        "SELECT count(DISTINCT user_id) FILTER (WHERE source = 'popular'), count(DISTINCT user_id) "
+        f"FROM read_parquet('{recommendations}', hive_partitioning = false)"
+    ).fetchall()[0]
+    assert metadata["cold_start_users"].value == cold[0]
+    assert metadata["popular_tier_share"].value == cold[0] / cold[1]
 
 
 def test_explore_items_are_products_the_user_never_bought(pipeline):
