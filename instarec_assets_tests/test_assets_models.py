@@ -182,8 +182,8 @@ def test_every_user_known_to_the_lake_is_served_and_each_row_names_its_source(pi
     recommendations = locations.partition_uri("consumption", "recommendations", latest)
     orders = [uri for _, uri in sorted(locations.partitions("clean", "clean_orders").items())]
     unserved = duckdb.sql(
-        f"SELECT count(DISTINCT user_id) FROM read_parquet({orders!r}, hive_partitioning = false) "
-        f"ANTI JOIN read_parquet('{recommendations}', hive_partitioning = false) USING (user_id)"
+        f"SELECT count(DISTINCT o.user_id) FROM read_parquet({orders!r}, hive_partitioning = false) AS o "
+        f"ANTI JOIN read_parquet('{recommendations}', hive_partitioning = false) AS r USING (user_id)"
     ).fetchall()[0][0]
     assert unserved == 0
     sources = dict(
