@@ -242,3 +242,13 @@ def test_a_bad_source_is_refused_in_one_line(tmp_path: Path, change: dict, messa
     ):
         store.load(table, "model-1", batch="2025-01-06")
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize("source", ["missing", "null"])
+def test_a_missing_or_null_source_follows_the_explore_flag(tmp_path: Path, source: str):
+    table = recommendations_table([8], ranks=3)  # the last rank is an explore item
+    if source == "null":
+        table = table.append_column("source", pa.array([None, None, None], pa.string()))
+    with SqliteRecommendationStore(tmp_path / SQLITE_FILE) as store:
+        store.load(table, "model-1", batch="2025-01-06")
+        assert [item.source for item in store.top_k(8, 3).items] == ["model", "model", "explore"]

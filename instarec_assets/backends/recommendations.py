@@ -289,8 +289,8 @@ def _is_dataframe(value: Any) -> bool:
 
 
 def _normalise(table: pa.Table, model_version: str) -> pa.Table:
-    """Columns cast to ROW_SCHEMA, `explore` and `source` defaulted (source: explore or model, as the
-    explore flag says), `source` and `model_version` checked; errors name the column."""
+    """Columns cast to ROW_SCHEMA, `explore` and `source` defaulted (a missing or null source: explore
+    or model, as the explore flag says), `source` and `model_version` checked; errors name the column."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -302,12 +302,20 @@ def _normalise(table: pa.Table, model_version: str) -> pa.Table:
     columns = {}
     for schema_field in schema:
         name = schema_field.name
+        if name == "source":  # explore or model as the explore flag says, where missing or null
+            derived = pc.if_else(columns["explore"], "explore", "model").cast(pa.string())
+            if name in table.column_names:
+                try:
+                    derived = pc.coalesce(table.column(name).cast(pa.string()), derived)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+                    raise ServingStoreError(
+                        f"recommendations column source ({table.column(name).type}) cannot be read as string: {error}"
+                    ) from None
+            columns[name] = derived
+            continue
         if name not in table.column_names:
             if name == "explore":
                 columns[name] = pa.array([False] * rows, pa.bool_())
-                continue
-            if name == "source":
-                columns[name] = pc.if_else(columns["explore"], "explore", "model").cast(pa.string())
                 continue
             columns[name] = pa.array([model_version] * rows, pa.string())
             continue
