@@ -26,6 +26,7 @@ from instarec_assets.assets.consumption import RANKING_CHECK
 from instarec_assets.assets.models import beats_baselines_result
 from instarec_assets.backends.serving_store import SqliteRecommendationStore
 from instarec_assets.cli import main
+from instarec_assets.consumption.cold_start import ColdStartInputs, with_popular_tier
 from instarec_assets.consumption.ranking_report import (
     EXPLORE_METHODS,
     GRAPHSAGE,
@@ -203,6 +204,50 @@ def test_every_user_known_to_the_lake_is_served_and_each_row_names_its_source(pi
     ).fetchall()[0]
     assert metadata["cold_start_users"].value == cold[0]
     assert metadata["popular_tier_share"].value == cold[0] / cold[1]
+
+
+def test_a_new_user_landing_without_lines_would_get_the_popular_tier(pipeline, tmp_path):
+    """The generated batches hold no cold-start user, so one is added to the real clean orders: the
+    popular tier on the pipeline's own tables gives them 52 current products, warm lists unchanged."""
+    locations, _, _, latest = pipeline
+    recommendations = locations.partition_uri("consumption", "recommendations", latest)
+    orders = [uri for _, uri in sorted(locations.partitions("clean", "clean_orders").items())]
+    newcomer = tmp_path / "new_order.parquet"
+    duckdb.sql("SELECT 99999999::INTEGER AS order_id, 999999::INTEGER AS user_id").write_parquet(
+        str(newcomer)
+    )
+    inputs = ColdStartInputs(
+        orders=[*orders, str(newcomer)],
+        order_products=[
+            uri for _, uri in sorted(locations.partitions("clean", "clean_order_products").items())
+        ],
+        products=locations.partition_uri("clean", "clean_products", latest),
+        aisles=locations.partition_uri("clean", "clean_aisles", latest),
+        departments=locations.partition_uri("clean", "clean_departments", latest),
+    )
+    out = tmp_path / "with_newcomer.parquet"
+    with duckdb.connect() as conn:
+        model_version = conn.execute(
+            f"SELECT any_value(model_version) FROM read_parquet('{recommendations}')"
+        ).fetchall()[0][0]
+        with_popular_tier(conn, recommendations, inputs, model_version, out)
+    rows = duckdb.sql(
+        f"SELECT rank, product_id, source FROM read_parquet('{out}') WHERE user_id = 999999 ORDER BY rank"
+    ).fetchall()
+    assert [row[0] for row in rows] == list(range(1, 53)) and {row[2] for row in rows} == {"popular"}
+    current = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{inputs.products}') WHERE is_current "
+        f"AND product_id IN (SELECT product_id FROM read_parquet('{out}') WHERE user_id = 999999)"
+    ).fetchall()[0][0]
+    assert current == 52
+    assert (
+        duckdb.sql(
+            f"SELECT user_id, rank, product_id, probability, source FROM read_parquet('{out}') WHERE user_id <> 999999 "
+            "EXCEPT ALL SELECT user_id, rank, product_id, probability, source "
+            f"FROM read_parquet('{recommendations}', hive_partitioning = false)"
+        ).fetchall()
+        == []
+    )
 
 
 def test_explore_items_are_products_the_user_never_bought(pipeline):
