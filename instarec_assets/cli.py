@@ -282,6 +282,13 @@ def _describe_version(record) -> str:
     return f"serving version {record.version} (built from {batch}, model {record.model_version})"
 
 
+# What `instarec recommend` appends to an item that is not a scored reorder candidate, by its source.
+TIER_NOTES = {
+    "explore": "  [explore: new to this shopper]",
+    "popular": "  [popular: cold start, no history to score yet]",
+}
+
+
 def cmd_recommend(args: argparse.Namespace) -> None:
     store, subject = _serving_store(args.home, read_only=True)
     with about(subject):
@@ -297,8 +304,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     for item in result.items:
         print(
             f"  {item.rank:>2}. {item.product_name}, purchase probability {item.probability:.1%}"
-            f" (product {item.product_id}; {item.aisle}, {item.department})"
-            + ("  [explore: new to this shopper]" if item.explore else "")
+            f" (product {item.product_id}; {item.aisle}, {item.department})" + TIER_NOTES.get(item.source, "")
         )
 
 

@@ -111,6 +111,7 @@ TABLES: dict[str, dict[str, str]] = {
     "recommendations": {
         "rank": "position in the user's list (1-10 the top list, later ranks explore items)",
         "explore": "an explore item: a product new to this shopper, a co-purchase neighbour of what they buy",
+        "source": "the row's tier: model (a scored reorder candidate), explore, or popular (cold start)",
         "model_version": "the XGBoost model version that scored the list",
     },
     "ranking_report": {

@@ -26,6 +26,7 @@ from instarec_assets.assets.consumption import RANKING_CHECK
 from instarec_assets.assets.models import beats_baselines_result
 from instarec_assets.backends.serving_store import SqliteRecommendationStore
 from instarec_assets.cli import main
+from instarec_assets.consumption.cold_start import ColdStartInputs, with_popular_tier
 from instarec_assets.consumption.ranking_report import (
     EXPLORE_METHODS,
     GRAPHSAGE,
@@ -149,7 +150,7 @@ def test_recommendations_hold_ten_ranked_reorders_then_up_to_two_explore_items_t
     locations, _, _, latest = pipeline
     uri = locations.partition_uri("consumption", "recommendations", latest)
     per_user = duckdb.sql(
-        "SELECT user_id, count(*) FILTER (NOT explore), count(*) FILTER (explore), min(rank), max(rank), "
+        "SELECT user_id, count(*) FILTER (source = 'model'), count(*) FILTER (explore), min(rank), max(rank), "
         "count(DISTINCT rank), max(rank) FILTER (NOT explore AND rank <= 10), min(rank) FILTER (explore), "
         "bool_and(product_name IS NOT NULL), bool_and(probability BETWEEN 0 AND 1) "
         f"FROM read_parquet('{uri}', hive_partitioning = false) GROUP BY 1"
@@ -168,7 +169,8 @@ def test_recommendations_hold_ten_ranked_reorders_then_up_to_two_explore_items_t
         valid,
     ) in per_user:
         assert reorders <= 50 and explores <= 2, user
-        assert first == 1 and last == distinct == reorders + explores and named and valid, user
+        assert first == 1 and last == distinct and named and valid, user
+        assert last == reorders + explores or (reorders == 0 and last == 52), user  # 0: cold start
         if reorders and explores:
             assert first_explore == min(reorders, 10) + 1 == last_reorder + 1, user
     assert sum(row[2] for row in per_user) > len(per_user)  # explore items are the rule, not the exception
@@ -179,6 +181,78 @@ def test_recommendations_hold_ten_ranked_reorders_then_up_to_two_explore_items_t
         f"FROM read_parquet('{uri}', hive_partitioning = false) WHERE NOT explore)"
     ).fetchall()[0][0]
     assert ordered
+
+
+def test_every_user_known_to_the_lake_is_served_and_each_row_names_its_source(pipeline):
+    locations, instance, _, latest = pipeline
+    recommendations = locations.partition_uri("consumption", "recommendations", latest)
+    orders = [uri for _, uri in sorted(locations.partitions("clean", "clean_orders").items())]
+    unserved = duckdb.sql(
+        f"SELECT count(DISTINCT o.user_id) FROM read_parquet({orders!r}, hive_partitioning = false) AS o "
+        f"ANTI JOIN read_parquet('{recommendations}', hive_partitioning = false) AS r USING (user_id)"
+    ).fetchall()[0][0]
+    assert unserved == 0
+    sources = dict(
+        duckdb.sql(
+            "SELECT source, bool_and(explore = (source = 'explore')) "
+            f"FROM read_parquet('{recommendations}', hive_partitioning = false) GROUP BY 1"
+        ).fetchall()
+    )
+    assert {"model", "explore"} <= set(sources) <= {"model", "explore", "popular"}
+    assert all(sources.values())
+    metadata = instance.get_latest_materialization_event(
+        AssetKey("recommendations")
+    ).asset_materialization.metadata
+    cold = duckdb.sql(
+        "SELECT count(DISTINCT user_id) FILTER (WHERE source = 'popular'), count(DISTINCT user_id) "
+        f"FROM read_parquet('{recommendations}', hive_partitioning = false)"
+    ).fetchall()[0]
+    assert metadata["cold_start_users"].value == cold[0]
+    assert metadata["popular_tier_share"].value == cold[0] / cold[1]
+
+
+def test_a_new_user_landing_without_lines_would_get_the_popular_tier(pipeline, tmp_path):
+    """The generated batches hold no cold-start user, so one is added to the real clean orders: the
+    popular tier on the pipeline's own tables gives them 52 current products, warm lists unchanged."""
+    locations, _, _, latest = pipeline
+    recommendations = locations.partition_uri("consumption", "recommendations", latest)
+    orders = [uri for _, uri in sorted(locations.partitions("clean", "clean_orders").items())]
+    newcomer = tmp_path / "new_order.parquet"
+    duckdb.sql("SELECT 99999999::INTEGER AS order_id, 999999::INTEGER AS user_id").write_parquet(
+        str(newcomer)
+    )
+    inputs = ColdStartInputs(
+        orders=[*orders, str(newcomer)],
+        order_products=[
+            uri for _, uri in sorted(locations.partitions("clean", "clean_order_products").items())
+        ],
+        products=locations.partition_uri("clean", "clean_products", latest),
+        aisles=locations.partition_uri("clean", "clean_aisles", latest),
+        departments=locations.partition_uri("clean", "clean_departments", latest),
+    )
+    out = tmp_path / "with_newcomer.parquet"
+    with duckdb.connect() as conn:
+        model_version = conn.execute(
+            f"SELECT any_value(model_version) FROM read_parquet('{recommendations}')"
+        ).fetchall()[0][0]
+        with_popular_tier(conn, recommendations, inputs, model_version, out)
+    rows = duckdb.sql(
+        f"SELECT rank, product_id, source FROM read_parquet('{out}') WHERE user_id = 999999 ORDER BY rank"
+    ).fetchall()
+    assert [row[0] for row in rows] == list(range(1, 53)) and {row[2] for row in rows} == {"popular"}
+    current = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{inputs.products}') WHERE is_current "
+        f"AND product_id IN (SELECT product_id FROM read_parquet('{out}') WHERE user_id = 999999)"
+    ).fetchall()[0][0]
+    assert current == 52
+    assert (
+        duckdb.sql(
+            f"SELECT user_id, rank, product_id, probability, source FROM read_parquet('{out}') WHERE user_id <> 999999 "
+            "EXCEPT ALL SELECT user_id, rank, product_id, probability, source "
+            f"FROM read_parquet('{recommendations}', hive_partitioning = false)"
+        ).fetchall()
+        == []
+    )
 
 
 def test_explore_items_are_products_the_user_never_bought(pipeline):

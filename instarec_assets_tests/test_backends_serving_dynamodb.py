@@ -360,7 +360,7 @@ def test_load_then_top_k_returns_exact_items_by_rank(aws_env: str, store: Dynamo
         Recommendation(
             2, 13176, "Bag of Organic Bananas", "fresh fruits", "produce", 0.612345678901234, False
         ),
-        Recommendation(3, 47209, "Hass Avocado · Größe L", "fresh fruits", "produce", 0.1, True),
+        Recommendation(3, 47209, "Hass Avocado · Größe L", "fresh fruits", "produce", 0.1, True, "explore"),
     )
     assert [item.rank for item in store.top_k(7, 2).items] == [1, 2]
     assert store.top_k(8, 10) is None
@@ -386,6 +386,7 @@ def test_load_then_top_k_returns_exact_items_by_rank(aws_env: str, store: Dynamo
             "department": "produce",
             "probability": 0.25,
             "explore": False,
+            "source": "model",
         }
     ]
 

@@ -63,7 +63,9 @@ def test_load_then_top_k_returns_exact_rows_by_rank(store: SqliteRecommendationS
         Recommendation(
             2, 13176, "Bag of Organic Bananas", "fresh fruits", "produce", 0.612345678901234, False
         ),
-        Recommendation(3, 47209, "Organic Hass Avocado · Größe L", "fresh fruits", "produce", 0.1, True),
+        Recommendation(
+            3, 47209, "Organic Hass Avocado · Größe L", "fresh fruits", "produce", 0.1, True, "explore"
+        ),
     )
     assert [item.rank for item in store.top_k(7, 2).items] == [1, 2]
     assert store.top_k(9, 10).items[0].probability == 0.25
@@ -77,6 +79,7 @@ def test_load_then_top_k_returns_exact_rows_by_rank(store: SqliteRecommendationS
             "department": "produce",
             "probability": 0.7310585786300049,
             "explore": False,
+            "source": "model",
         }
     ]
     with pytest.raises(ValueError, match="k must be a positive integer"):

@@ -322,6 +322,19 @@ def test_recommend_names_the_serving_version_its_batch_and_model(capsys, home: P
     assert len(out) == 4
 
 
+def test_recommend_marks_explore_and_popular_items(capsys, home: Path):
+    # a cold-start list: the user's one explore item, then popular items
+    table = recommendations_table([5], ranks=3).drop_columns(["model_version", "explore"])
+    table = table.append_column("explore", pa.array([True, False, False]))
+    table = table.append_column("source", pa.array(["explore", "popular", "popular"]))
+    with _serving_store(home) as store:
+        store.load(table, "xgb-1", batch="2024-01-01")
+    status, out, err = run_cli(capsys, "recommend", "5", "-k", "3", "--home", str(home))
+    assert (status, err) == (0, [])
+    assert out[2].endswith("  [explore: new to this shopper]")
+    assert all(line.endswith("  [popular: cold start, no history to score yet]") for line in out[3:5])
+
+
 def test_similar_lists_the_products_similar_items_from_the_active_version(capsys, home: Path):
     with _serving_store(home) as store:
         table = recommendations_table(range(1, 4)).drop_columns(["model_version"])

@@ -107,6 +107,7 @@ def test_recommendations_default_k_is_three(api: ServingApi):
         "department",
         "probability",
         "explore",
+        "source",
     ]
     assert items[0]["product_id"] == 1_000_000_071
     assert items[0]["product_name"] == "Product 1000000071 · 1"
@@ -114,6 +115,7 @@ def test_recommendations_default_k_is_three(api: ServingApi):
     assert items[0]["department"] == "department 1"
     assert items[0]["probability"] == pytest.approx(0.5, abs=1e-5)
     assert items[0]["explore"] is False
+    assert items[0]["source"] == "model"
 
 
 @pytest.mark.parametrize(("k", "expected"), [("1", 1), ("3", 3), ("10", 10), ("20", 10)])

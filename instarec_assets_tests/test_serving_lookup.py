@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
+from instarec_assets.backends.recommendations import SOURCE_CODES
 from instarec_assets.backends.serving_store import ServingStoreError, SqliteRecommendationStore
 from instarec_assets.backends.testing import recommendations_table, tag_of
 from instarec_assets.serving.api import render
@@ -34,11 +35,27 @@ def test_lookup_matches_the_stores_top_k(tmp_path: Path):
             expected = reader.top_k(user_id, k)
             assert model_version == expected.model_version == "model-3"
             assert rows == [
-                (i.rank, i.product_id, i.product_name, i.aisle, i.department, i.probability, int(i.explore))
+                (
+                    i.rank,
+                    i.product_id,
+                    i.product_name,
+                    i.aisle,
+                    i.department,
+                    i.probability,
+                    SOURCE_CODES[i.source],
+                )
                 for i in expected.items
             ]
             assert StoreLookup(reader).lookup(user_id, k)[1] == [
-                (i.rank, i.product_id, i.product_name, i.aisle, i.department, i.probability, i.explore)
+                (
+                    i.rank,
+                    i.product_id,
+                    i.product_name,
+                    i.aisle,
+                    i.department,
+                    i.probability,
+                    SOURCE_CODES[i.source],
+                )
                 for i in expected.items
             ]
     assert lookup.lookup(30, 3) is None
@@ -123,6 +140,7 @@ RENDER_CASES = [
     ("xgb-2025-01-06\u2603", [(1, 1, 'Quote " and \\ backslash', "tab\there", "new\nline", 0.0, 1)]),
     ("m", [(2, 2**53 + 1, "\u00e9\u00e8 \U0001f34c <b>&amp;</b>", "\x00\x1f", "\u2028", 1.0, True)]),
     ("m", [(3, 7, "x", "y", "z", 1e-05, False), (4, 8, "", "", "", 0.1 + 0.2, 0)]),
+    ("m", [(1, 9, "cold", "start", "tier", 0.25, 2), (2, 10, "n", "a", "d", 0.5, 1)]),
     ("m", []),
 ]
 
@@ -141,9 +159,10 @@ def test_render_is_byte_identical_to_json_dumps(model_version: str, rows):
                     "aisle": aisle,
                     "department": department,
                     "probability": probability,
-                    "explore": bool(explore),
+                    "explore": source == 1,
+                    "source": ("model", "explore", "popular")[source],
                 }
-                for rank, product_id, name, aisle, department, probability, explore in rows
+                for rank, product_id, name, aisle, department, probability, source in rows
             ],
         },
         separators=(",", ":"),

@@ -28,6 +28,7 @@ from instarec_assets.consumption.batch_transform import (
     model_data_url,
     score_with_batch_transform,
 )
+from instarec_assets.consumption.cold_start import ColdStartInputs, with_popular_tier
 from instarec_assets.consumption.ranking_report import (
     CHECK_METRIC,
     SERVED,
@@ -207,8 +208,14 @@ def next_basket(
         "Top 10 reorder products per user for their next order, then up to 2 explore items (never "
         "bought, current: the co-purchase neighbours of what the user buys, filled from the GraphSAGE "
         "embedding neighbours), then reorder candidates 11 to 50 (what request filters draw on), "
-        "current products only, with names, aisle, department, model version."
+        "current products only, with names, aisle, department, model version. Shoppers known to the "
+        "lake without a scored candidate (cold start) get popular items instead, tilted to the "
+        "departments of a first basket; `source` says model, explore or popular per row."
     ),
+    ins={
+        "clean_orders": history_input("clean_orders"),
+        "clean_order_products": history_input("clean_order_products"),
+    },
     freshness_policy=SERVED_FRESHNESS,
     **COMMON,
 )
@@ -227,6 +234,8 @@ def recommendations(
     clean_products: str,
     clean_aisles: str,
     clean_departments: str,
+    clean_orders: list[str],
+    clean_order_products: list[str],
 ) -> Output[StagedParquet]:
     scratch = lake.staging_dir(context.run_id, "recommendations")
     out = scratch / "recommendations.parquet"
@@ -243,19 +252,29 @@ def recommendations(
             str(nearest.path),
             scratch / "explore.parquet",
         )
-        staged = top_recommendations(
+        scored = top_recommendations(
             conn,
             reorder_predictions,
             clean_products,
             clean_aisles,
             clean_departments,
             model_version,
-            out,
+            scratch / "scored.parquet",
             explore=ExploreInputs(str(explore.path), user_features, product_features),
         )
-        users, explore_rows, explore_only_users = conn.execute(
+        staged = with_popular_tier(
+            conn,
+            str(scored.path),
+            ColdStartInputs(
+                clean_orders, clean_order_products, clean_products, clean_aisles, clean_departments
+            ),
+            model_version,
+            out,
+        )
+        users, explore_rows, explore_only_users, cold_users = conn.execute(
             "SELECT count(DISTINCT user_id), count(*) FILTER (WHERE explore), "
-            "count(DISTINCT user_id) FILTER (WHERE explore AND rank = 1) "
+            "count(DISTINCT user_id) FILTER (WHERE explore AND rank = 1), "
+            "count(DISTINCT user_id) FILTER (WHERE source = 'popular') "
             "FROM read_parquet(?, hive_partitioning = false)",
             [str(out)],
         ).fetchall()[0]
@@ -272,6 +291,8 @@ def recommendations(
         staged,
         metadata={
             "users": MetadataValue.int(int(users)),
+            "cold_start_users": MetadataValue.int(int(cold_users)),
+            "popular_tier_share": MetadataValue.float(int(cold_users) / int(users) if users else 0.0),
             "explore_items": MetadataValue.int(int(explore_rows)),
             "users_with_only_explore_items": MetadataValue.int(int(explore_only_users)),
             "explore_distinct_items": MetadataValue.int(distinct_items),
@@ -283,6 +304,9 @@ def recommendations(
             ),
             "explore_sources": MetadataValue.json({str(k): int(v) for k, v in sorted(sources.items())}),
             "model_version": MetadataValue.text(model_version),
+            "history_read": history_read(
+                clean_orders=clean_orders, clean_order_products=clean_order_products
+            ),
             "preview": table_preview,
         },
     )

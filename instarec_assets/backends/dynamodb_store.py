@@ -8,11 +8,14 @@ Items:
 - one per user and loaded version: `user_id`, `version` (the load's id, `YYYYmmddTHHMMSSffffffZ-xxxxxx`),
   `model_version`, `loaded_at`, and `recommendations`: the user's list as a compact JSON string,
   `[{"rank": 1, "product_id": ..., "product_name": ..., "aisle": ..., "department": ...,
-  "probability": ..., "explore": false}, ...]` by rank. A JSON string rather than a DynamoDB list of
+  "probability": ..., "explore": false, "source": "model"}, ...]` by rank (`source`: model, explore or
+  popular, the cold-start tier; an item written before it existed reads as explore or model, as its
+  `explore` says). A JSON string rather than a DynamoDB list of
   maps: one attribute to decode in the Lambda (no per-field type descriptors, no Decimal), floats
   round-trip exactly (Python writes the shortest repr that reads back to the same double). A full
-  list (52 items: top 10, 2 explore, 40 more candidates for filtered answers) is about 9.5 KB with
-  real Instacart names (at most ~10 KB), so an eventually consistent read costs 1.5 read units
+  list (52 items: top 10, 2 explore, 40 more candidates for filtered answers, or 52 popular items)
+  is about 10.4 KB with real Instacart names (at most ~11 KB; `source` adds ~0.9 KB), so an
+  eventually consistent read costs 1.5 read units
   (a 12-item list, ~2.3 KB, cost 0.5), far below DynamoDB's 400 KB item limit
   (`LoadReport.extra["max_item_bytes"]`; measured in bench/RESULTS.md);
 - one per product and loaded version when the load was given similar items: `user_id` = minus the
@@ -379,7 +382,11 @@ class DynamoDbRecommendationStore:
             user_id=user_id,
             model_version=item["model_version"]["S"],
             version=pointer.version,
-            items=tuple(recommendation_from_item([entry[name] for name in ITEM_FIELDS]) for entry in entries),
+            # an item stored before lists named their source has no "source": derived from explore
+            items=tuple(
+                recommendation_from_item([*(entry[name] for name in ITEM_FIELDS[:-1]), entry.get("source")])
+                for entry in entries
+            ),
         )
 
     # ------------------------------------------------------------ load

@@ -1,4 +1,5 @@
-"""What a serving store holds: each user's ranked candidates (top 10, explore, up to 50) for one version.
+"""What a serving store holds: each user's ranked candidates (top 10, explore, up to 50, or the
+cold-start popular tier) for one version.
 
 Shared by the SQLite and DynamoDB stores: the row schema, the records `top_k` returns, the load
 report, version ids, and the one input path (`iter_user_lists`) that validates rows and groups
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 MAX_RANK = 52  # top 10 reorder items, up to 2 explore items, then reorder candidates 11..50
+# Where an item comes from: a scored reorder candidate, an explore item (new to the shopper), or the
+# cold-start popular tier. A row's position in this tuple is its source code, what the SQLite store
+# keeps in its `explore` column (0 and 1 are what that boolean column always held, so older tables
+# read the same) and the lookups hand the renderer.
+SOURCES = ("model", "explore", "popular")
+SOURCE_CODES = {source: code for code, source in enumerate(SOURCES)}
 DEFAULT_KEEP_VERSIONS = 3  # loaded versions a store retains, the active one among them
 BATCH_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -43,6 +50,7 @@ def row_schema() -> pa.Schema:
             pa.field("department", pa.string(), nullable=False),
             pa.field("probability", pa.float64(), nullable=False),
             pa.field("explore", pa.bool_(), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
             pa.field("model_version", pa.string(), nullable=False),
         ]
     )
@@ -56,7 +64,16 @@ def __getattr__(name: str) -> Any:
 
 REQUIRED_COLUMNS = ("user_id", "rank", "product_id", "product_name", "aisle", "department", "probability")
 # One entry of a user's list as stored: everything but user_id and model_version (kept per user/version).
-ITEM_FIELDS = ("rank", "product_id", "product_name", "aisle", "department", "probability", "explore")
+ITEM_FIELDS = (
+    "rank",
+    "product_id",
+    "product_name",
+    "aisle",
+    "department",
+    "probability",
+    "explore",
+    "source",
+)
 
 RecommendationsInput = Any  # a Table, RecordBatch, DataFrame, RecordBatchReader or an iterable of those
 
@@ -75,6 +92,7 @@ class Recommendation:
     department: str
     probability: float
     explore: bool = False
+    source: str = "model"  # one of SOURCES
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -271,7 +289,8 @@ def _is_dataframe(value: Any) -> bool:
 
 
 def _normalise(table: pa.Table, model_version: str) -> pa.Table:
-    """Columns cast to ROW_SCHEMA, `explore` defaulted, `model_version` checked; errors name the column."""
+    """Columns cast to ROW_SCHEMA, `explore` and `source` defaulted (a missing or null source: explore
+    or model, as the explore flag says), `source` and `model_version` checked; errors name the column."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -283,6 +302,17 @@ def _normalise(table: pa.Table, model_version: str) -> pa.Table:
     columns = {}
     for schema_field in schema:
         name = schema_field.name
+        if name == "source":  # explore or model as the explore flag says, where missing or null
+            derived = pc.if_else(columns["explore"], "explore", "model").cast(pa.string())
+            if name in table.column_names:
+                try:
+                    derived = pc.coalesce(table.column(name).cast(pa.string()), derived)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+                    raise ServingStoreError(
+                        f"recommendations column source ({table.column(name).type}) cannot be read as string: {error}"
+                    ) from None
+            columns[name] = derived
+            continue
         if name not in table.column_names:
             if name == "explore":
                 columns[name] = pa.array([False] * rows, pa.bool_())
@@ -308,6 +338,18 @@ def _normalise(table: pa.Table, model_version: str) -> pa.Table:
         raise ServingStoreError(
             f"recommendations column model_version holds {other_versions[0].as_py()!r}, "
             f"but the load is for model_version {model_version!r}"
+        )
+    source = result["source"]
+    bad_source = pc.filter(source, pc.invert(pc.is_in(source, pa.array(SOURCES))))
+    if len(bad_source):
+        raise ServingStoreError(
+            f"recommendations column source must be one of {', '.join(SOURCES)}; found {bad_source[0].as_py()!r}"
+        )
+    mismatch = pc.filter(source, pc.not_equal(result["explore"], pc.equal(source, "explore")))
+    if len(mismatch):
+        raise ServingStoreError(
+            f"recommendations column explore must be true exactly when source is explore; found a "
+            f"{mismatch[0].as_py()!r} row with explore = {mismatch[0].as_py() != 'explore'}"
         )
     bad_user = pc.filter(result["user_id"], pc.less_equal(result["user_id"], 0))
     if len(bad_user):
@@ -401,7 +443,14 @@ def _ranked(user_id: int, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 
 def recommendation_from_item(item: tuple[Any, ...] | list[Any]) -> Recommendation:
-    rank, product_id, product_name, aisle, department, probability, explore = item
+    rank, product_id, product_name, aisle, department, probability, explore, source = item
     return Recommendation(
-        int(rank), int(product_id), product_name, aisle, department, float(probability), bool(explore)
+        int(rank),
+        int(product_id),
+        product_name,
+        aisle,
+        department,
+        float(probability),
+        bool(explore),
+        source or ("explore" if explore else "model"),  # None: stored before items named their source
     )

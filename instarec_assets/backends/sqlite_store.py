@@ -3,7 +3,9 @@
 Layout of the file (e.g. `INSTAREC_HOME/serving/recommendations.sqlite`):
 
 - `recommendations_v<N>`: one loaded version, `PRIMARY KEY (user_id, rank) WITHOUT ROWID`, so a
-  user's list is one short range of one B-tree (a primary-key lookup);
+  user's list is one short range of one B-tree (a primary-key lookup); its `explore` INTEGER
+  column holds the item's source code, the index in `SOURCES` (0 model, 1 explore, 2 popular): the
+  0/1 of the boolean it was before the cold-start tier, so tables loaded earlier read the same;
 - `similar_v<N>`: the same version's similar items (when the load was given them),
   `PRIMARY KEY (product_id, rank) WITHOUT ROWID`; filled in the same transaction as
   `recommendations_v<N>`, so the pointer activates both and a cleanup drops both;
@@ -43,6 +45,8 @@ from typing import Any
 from instarec_assets.backends.recommendations import (
     DEFAULT_KEEP_VERSIONS,
     MAX_RANK,
+    SOURCE_CODES,
+    SOURCES,
     LoadReport,
     Recommendation,
     RecommendationsInput,
@@ -227,8 +231,10 @@ class SqliteRecommendationStore:
             model_version=model_version,
             version=version,
             items=tuple(
-                Recommendation(rank, product_id, name, aisle, department, probability, bool(explore))
-                for rank, product_id, name, aisle, department, probability, explore in rows
+                Recommendation(
+                    rank, product_id, name, aisle, department, probability, code == 1, SOURCES[code]
+                )
+                for rank, product_id, name, aisle, department, probability, code in rows
             ),
         )
 
@@ -425,8 +431,17 @@ class SqliteRecommendationStore:
             for user_id, items in lists:
                 counts["users"] += 1
                 counts["rows"] += len(items)
-                for rank, product_id, name, aisle, department, probability, explore in items:
-                    yield user_id, rank, product_id, name, aisle, department, probability, int(explore)
+                for rank, product_id, name, aisle, department, probability, _, source in items:
+                    yield (
+                        user_id,
+                        rank,
+                        product_id,
+                        name,
+                        aisle,
+                        department,
+                        probability,
+                        SOURCE_CODES[source],
+                    )
 
         def similar_rows() -> Iterator[tuple[Any, ...]]:
             for product_id, items in similar or ():

@@ -35,6 +35,8 @@ PREDICTIONS_SCHEMA = pa.schema(
 # their top `candidates` reorder candidates, so the first top_k + explore ranks are the list an
 # unfiltered answer shows and the later ranks are what a filtered answer draws on. Only products
 # current in the product dimension are ranked (a discontinued one leaves no gap in the ranks).
+# `source` names the tier of each row: 'model' or 'explore' here, 'popular' for the cold-start
+# tier `cold_start.with_popular_tier` appends.
 RECOMMENDATIONS_SQL = """
 WITH catalog AS (
     SELECT product_id, product_name, aisle_id, department_id
@@ -64,7 +66,8 @@ items AS (
 )
 SELECT items.user_id, items.rank::TINYINT AS rank, items.product_id, catalog.product_name,
        aisles.aisle, departments.department, items.probability::DOUBLE AS probability,
-       items.explore, $model_version AS model_version
+       items.explore, $model_version AS model_version,
+       CASE WHEN items.explore THEN 'explore' ELSE 'model' END AS source
 FROM items
 JOIN catalog USING (product_id)
 LEFT JOIN read_parquet($aisles, hive_partitioning = false) AS aisles USING (aisle_id)

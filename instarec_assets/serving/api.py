@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from instarec_assets.backends.recommendations import SOURCES
 from instarec_assets.serving.filters import (
     FILTER_PARAMETERS,
     FilterError,
@@ -113,10 +114,12 @@ class RequestError(Exception):
         self.headers = headers or []
 
 
-_ITEM = (
-    '{"rank":%d,"product_id":%d,"product_name":%s,"aisle":%s,"department":%s,"probability":%r,"explore":%s}'
+_ITEM = '{"rank":%d,"product_id":%d,"product_name":%s,"aisle":%s,"department":%s,"probability":%r,%s}'
+# The last two fields of an item by its source code (lookup.py): `explore` (kept for older clients)
+# and `source`, encoded once.
+_SOURCE_FIELDS = tuple(
+    f'"explore":{"true" if source == "explore" else "false"},"source":"{source}"' for source in SOURCES
 )
-_BOOLEAN = ("false", "true")
 _SHORT_STRINGS: dict[str, str] = {}  # aisles, departments, model versions: few distinct values
 _SHORT_STRINGS_MAX = 4096
 
@@ -133,9 +136,9 @@ def _encode_short(text: str) -> str:
 def render(user_id: int, model_version: str, rows: Rows) -> bytes:
     """The 200 body, byte for byte what `json.dumps(payload, separators=(",", ":"))` writes (tested),
     in about a third of its time: ints, ASCII-escaped strings, shortest-repr floats, true/false.
-    `probability` must be a float and `explore` a bool or 0/1 (as both lookups return them).
+    `probability` must be a float and `source` a source code 0/1/2 (as both lookups return them).
     """
-    get, short = _SHORT_STRINGS.get, _encode_short  # an encoded string is never empty
+    get, short, tier = _SHORT_STRINGS.get, _encode_short, _SOURCE_FIELDS  # an encoded string is never empty
     items = ",".join(
         [
             _ITEM
@@ -146,9 +149,9 @@ def render(user_id: int, model_version: str, rows: Rows) -> bytes:
                 get(aisle) or short(aisle),
                 get(department) or short(department),
                 probability,
-                _BOOLEAN[explore],
+                tier[source],
             )
-            for rank, product_id, name, aisle, department, probability, explore in rows
+            for rank, product_id, name, aisle, department, probability, source in rows
         ]
     )
     version = get(model_version) or short(model_version)

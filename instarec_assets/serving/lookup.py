@@ -1,8 +1,9 @@
 """How the API reads a user's list: `lookup(user_id, k) -> (model_version, rows) | None`.
 
-`rows` are tuples `(rank, product_id, product_name, aisle, department, probability, explore)` by
-rank (ints, strings, a float, and a bool or 0/1), the shape the JSON renderer wants, so no
-per-item objects are built on the request path.
+`rows` are tuples `(rank, product_id, product_name, aisle, department, probability, source)` by
+rank (ints, strings, a float, and the source code: the index in `SOURCES`, 0 model, 1 explore,
+2 popular; a bool reads as 0/1), the shape the JSON renderer wants, so no per-item objects are
+built on the request path. SQLite keeps the code in its `explore` column, so it is read as is.
 
 - `SqliteLookup` reads the local store's file (layout documented in `backends/sqlite_store.py`:
   a one-row `current_version` pointer naming the table `recommendations_v<N>` of the version
@@ -33,6 +34,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol
+
+from instarec_assets.backends.recommendations import SOURCE_CODES
 
 _ROW = "rank, product_id, product_name, aisle, department, probability, explore"
 _POINTER = "SELECT table_name, model_version FROM current_version WHERE id = 1"
@@ -194,7 +197,7 @@ class StoreLookup:
                 item.aisle,
                 item.department,
                 item.probability,
-                item.explore,
+                SOURCE_CODES[item.source],
             )
             for item in result.items
         ]
