@@ -30,6 +30,7 @@ from instarec_assets.assets.consumption import (
 from instarec_assets.assets.curated import curated_features_step
 from instarec_assets.assets.graph import graphsage_step
 from instarec_assets.assets.models import xgboost_model
+from instarec_assets.assets.privacy import forget_shopper
 from instarec_assets.assets.raw import raw_landing_files
 from instarec_assets.assets.warehouse import (
     WAREHOUSE_RESOURCE_KEY,
@@ -44,6 +45,7 @@ from instarec_assets.lake.schemas import ZONES
 from instarec_assets.partitions import landing_batches
 from instarec_assets.resources import (
     ComputeResource,
+    ForgetListResource,
     LakeResource,
     ModelTrainingResource,
     RetrainPolicyResource,
@@ -89,6 +91,7 @@ def build_resources(locations: LakeLocations, history_wait: HistoryWait = DEFAUL
             graphsage_device=settings.graphsage_device,
         ),
         "serving_store": ServingStoreResource(**store_settings_from_env(locations.home)),
+        "forget_list": ForgetListResource(lake=lake),
         "retrain_policy": RetrainPolicyResource(
             every_batches=settings.retrain_every_batches,
             max_age_days=settings.retrain_max_age_days,
@@ -208,7 +211,7 @@ def build_definitions(
     definitions = Definitions(
         assets=ASSETS,
         asset_checks=clean_checks(),
-        jobs=landing_jobs(),
+        jobs=[*landing_jobs(), forget_shopper],
         executor=STEP_EXECUTOR,
         sensors=[landing_sensor, run_failure_alert],
         resources=build_resources(locations, history_wait),

@@ -27,7 +27,7 @@ from instarec_assets.lake.clean_order_products import clean_order_products
 from instarec_assets.lake.clean_orders import clean_orders
 from instarec_assets.lake.locations import parse_partition_key
 from instarec_assets.partitions import HISTORY_POOL, batch_input_with_history, history_input, landing_batches
-from instarec_assets.resources import LakeResource, lake_connection
+from instarec_assets.resources import ForgetListResource, LakeResource, lake_connection
 
 ROW_ACCOUNTING_CHECK = "row_accounting"
 
@@ -115,12 +115,20 @@ def _own_history(context: AssetExecutionContext, lake: LakeResource, table: str)
     pool=HISTORY_POOL,
 )
 def clean_orders_step(
-    context: AssetExecutionContext, lake: LakeResource, duckdb: DuckDBResource, raw_orders: str
+    context: AssetExecutionContext,
+    lake: LakeResource,
+    duckdb: DuckDBResource,
+    forget_list: ForgetListResource,
+    raw_orders: str,
 ) -> Iterator:
     earlier = _own_history(context, lake, "clean_orders")
     with lake_connection(duckdb, lake) as conn:
         result = clean_orders(
-            conn, raw_orders, list(earlier.values()), lake.staging_dir(context.run_id, "clean_orders")
+            conn,
+            raw_orders,
+            list(earlier.values()),
+            lake.staging_dir(context.run_id, "clean_orders"),
+            forget_list.load(),
         )
         yield from _emit("orders", result, conn, earlier)
 

@@ -172,11 +172,11 @@ def _first_batch(conn: duckdb.DuckDBPyConnection, locations: LakeLocations, user
                 "SELECT count(*) FROM read_parquet($uri, hive_partitioning = false) "
                 "WHERE TRY_CAST(trim(CAST(user_id AS VARCHAR)) AS DOUBLE) = $user_id",
                 {"uri": uri, "user_id": user_id},
-            ).fetchone()[0]
+            ).fetchall()[0][0]
             if hit:
                 batches.append(key)
                 break
-    if not batches and conn.execute(f"SELECT count(*) FROM {FORGET_ORDERS_TABLE}").fetchone()[0]:
+    if not batches and conn.execute(f"SELECT count(*) FROM {FORGET_ORDERS_TABLE}").fetchall()[0][0]:
         return min(locations.landing_batches(), default=None)
     return min(batches, default=None)
 
@@ -206,7 +206,7 @@ def _warehouse_rows(locations: LakeLocations, key: str) -> int:
     if not path.exists():
         return 0
     with open_readonly(path) as conn:
-        return int(conn.execute("SELECT count(*) FROM orders WHERE user_key = ?", [key]).fetchone()[0])
+        return int(conn.execute("SELECT count(*) FROM orders WHERE user_key = ?", [key]).fetchall()[0][0])
 
 
 WAREHOUSE_COUNTS = ("orders", "order_products", "quarantine")
@@ -215,7 +215,7 @@ WAREHOUSE_COUNTS = ("orders", "order_products", "quarantine")
 def _warehouse_counts(locations: LakeLocations) -> dict[str, int]:
     with open_readonly(warehouse_path(locations.home_path)) as conn:
         return {
-            table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
             for table in WAREHOUSE_COUNTS
         }
 

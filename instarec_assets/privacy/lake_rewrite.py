@@ -150,7 +150,7 @@ def rewrite_parquet(
     source = "read_parquet($uri, hive_partitioning = false)"
     total, hits = conn.execute(
         f"SELECT count(*), count(*) FILTER (WHERE {where}) FROM {source}", params
-    ).fetchone()
+    ).fetchall()[0]
     if not hits:
         return None
     staged = staged_path(locations.scratch_dir(), uri.rsplit("/", 1)[-1])
