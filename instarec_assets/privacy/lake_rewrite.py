@@ -41,8 +41,10 @@ def _number(expression: str) -> str:
 
 
 IN_USER_ORDERS = f"IN (SELECT order_id FROM {FORGET_ORDERS_TABLE})"
-RECORD_USER = _number("json_extract_string(record, '$.user_id')")
-RECORD_ORDER = _number("json_extract_string(record, '$.order_id')")
+# DuckDB evaluates both branches of a CASE, so the JSON functions only ever see valid JSON.
+JSON_RECORD = "CASE WHEN json_valid(record) THEN record END"
+RECORD_USER = _number(f"json_extract_string({JSON_RECORD}, '$.user_id')")
+RECORD_ORDER = _number(f"json_extract_string({JSON_RECORD}, '$.order_id')")
 
 
 def _line_rule(line: str, table: str) -> str:
