@@ -243,6 +243,11 @@ def test_forget_removes_the_user_everywhere_and_later_landings_are_quarantined_u
         [str(home / f"lake/clean/clean_orders/{day}/clean_orders.parquet")],
     ).fetchall()[0][0]
     assert clean == 0
+    lines = conn.execute(
+        "SELECT reason, count(*) FROM read_parquet(?) GROUP BY ALL",
+        [str(home / f"lake/clean/quarantined_order_products/{day}/quarantined_order_products.parquet")],
+    ).fetchall()
+    assert lines == [("forgotten", 2)]
 
     # withdrawn: landing the batch again cleans the order
     status, out, err = run_cli(

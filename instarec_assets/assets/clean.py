@@ -12,6 +12,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetIn,
     AssetOut,
     MetadataValue,
     Output,
@@ -143,6 +144,8 @@ def clean_orders_step(
         "raw_order_products_prior": batch_input_with_history("raw_order_products_prior"),
         "raw_order_products_train": batch_input_with_history("raw_order_products_train"),
         "clean_orders": history_input("clean_orders"),
+        # this batch's quarantined orders: lines of a forgotten user's orders are quarantined too
+        "quarantined_orders": AssetIn("quarantined_orders"),
     },
     partitions_def=landing_batches,
     check_specs=_check_spec("order_products"),
@@ -156,6 +159,7 @@ def clean_order_products_step(
     raw_order_products_train: str,
     clean_orders: list[str],
     clean_products: str,
+    quarantined_orders: str,
 ) -> Iterator:
     earlier_lines = _own_history(context, lake, "clean_order_products")
     with lake_connection(duckdb, lake) as conn:
@@ -167,6 +171,7 @@ def clean_order_products_step(
             clean_products,
             list(earlier_lines.values()),
             lake.staging_dir(context.run_id, "clean_order_products"),
+            quarantined_orders,
         )
         yield from _emit("order_products", result, conn, earlier_lines)
 
