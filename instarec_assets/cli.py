@@ -388,9 +388,8 @@ def shopper_id(text: str) -> int:
 def cmd_forget(args: argparse.Namespace) -> None:
     """`instarec forget USER_ID`: run the forget_shopper job, then say what it removed and where the
     audit record is; `--withdraw` lifts an earlier request."""
-    import getpass
-
     from instarec_assets.pipeline.forget import run_forget
+    from instarec_assets.privacy.forget import os_user
 
     user_id = shopper_id(args.user_id)
     locations = LakeLocations.from_env(home=args.home)
@@ -398,7 +397,7 @@ def cmd_forget(args: argparse.Namespace) -> None:
         locations,
         user_id,
         reason=args.reason,
-        requested_by=args.requested_by or getpass.getuser(),
+        requested_by=args.requested_by or os_user(),
         withdraw=args.withdraw,
     )
     if args.withdraw:

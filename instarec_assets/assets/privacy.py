@@ -5,13 +5,12 @@ the salt from its resources and reports what was rewritten as metadata. It runs 
 `lake_history` pool, so it never rewrites a file while a landing run reads or writes the history.
 """
 
-import getpass
 from pathlib import Path
 
 from dagster import Config, MetadataValue, OpExecutionContext, Out, Output, job, op
 
 from instarec_assets.partitions import HISTORY_POOL
-from instarec_assets.privacy.forget import ForgetOutcome, forget_user, withdraw_request
+from instarec_assets.privacy.forget import ForgetOutcome, forget_user, os_user, withdraw_request
 from instarec_assets.resources import LakeResource, ServingStoreResource
 from instarec_assets.warehouse.salt import load_salt
 
@@ -42,7 +41,7 @@ def forget_shopper_op(
     """Remove the user from every zone, the landing copies, the warehouse and the serving store."""
     locations = lake.locations
     salt = load_salt(locations.home_path).value
-    requested_by = config.requested_by or getpass.getuser()
+    requested_by = config.requested_by or os_user()
     if config.withdraw:
         outcome = withdraw_request(
             locations, config.user_id, salt=salt, requested_by=requested_by, reason=config.reason

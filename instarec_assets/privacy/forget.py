@@ -14,9 +14,11 @@ data held the user's rows (fitted on a batch at or after the user's first one); 
 
 from __future__ import annotations
 
+import getpass
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import duckdb
 
@@ -57,6 +59,14 @@ RETRAIN_NOTE = (
 )
 
 
+def os_user() -> str:
+    """Who runs the command, for the audit record when no --requested-by is given."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (some containers)
+        return "unknown"
+
+
 class ForgetError(ValueError):
     """A forget or withdrawal that cannot be done: unknown user, nothing to withdraw."""
 
@@ -67,10 +77,11 @@ class ForgetOutcome:
     audit_uri: str
 
 
-class ServingStoreLike:
+class ServingStoreLike(Protocol):
     """What the procedure needs of a serving store (SQLite or DynamoDB)."""
 
-    subject: str
+    @property
+    def subject(self) -> str: ...
 
     def forget_user(self, user_id: int) -> dict[str, int]: ...
 
