@@ -42,6 +42,7 @@ class CommandError(Exception):
 # load Dagster, and a bad argument should not wait for boto3 or DuckDB to load).
 EXPECTED_ELSEWHERE = (
     ("instarec_assets.pipeline.runner", "PipelineError"),
+    ("instarec_assets.privacy.forget", "ForgetError"),
     ("instarec_assets.backends.sagemaker", "SageMakerJobError"),
     ("instarec_assets.serving.keys", "KeysUnavailableError"),
     ("duckdb", "Error"),
@@ -383,6 +384,52 @@ def cmd_submission(args: argparse.Namespace) -> None:
     print(f"wrote {rows:,} test orders from partition {partition_key} to {args.out}")
 
 
+def shopper_id(text: str) -> int:
+    """A user id given on the command line: a whole number from 1, else one error line."""
+    value = text.strip()
+    if not value.isascii() or not value.isdigit() or int(value) < 1:
+        raise CommandError(f"USER_ID must be a whole number from 1, not {text!r}")
+    return int(value)
+
+
+def cmd_forget(args: argparse.Namespace) -> None:
+    """`instarec forget USER_ID`: run the forget_shopper job, then say what it removed and where the
+    audit record is; `--withdraw` lifts an earlier request."""
+    from instarec_assets.pipeline.forget import run_forget
+    from instarec_assets.privacy.forget import os_user
+
+    user_id = shopper_id(args.user_id)
+    locations = LakeLocations.from_env(home=args.home)
+    uri, record = run_forget(
+        locations,
+        user_id,
+        reason=args.reason,
+        requested_by=args.requested_by or os_user(),
+        withdraw=args.withdraw,
+    )
+    if args.withdraw:
+        print(f"withdrew the forget request for user {user_id}: later landings of the user are cleaned again")
+        print(f"audit record: {uri}")
+        return
+    rewritten = record["rewritten"]
+    print(f"forgot user {user_id} (request {record['request_id']}, by {record['requested_by']})")
+    for item in rewritten:
+        versions = item["noncurrent_versions_deleted"]
+        print(
+            f"  {item['kind']:<16} {item['target']}: {item['rows_removed']:,} rows removed"
+            + (f", {versions} noncurrent versions deleted" if versions else "")
+        )
+    print(
+        f"removed {sum(item['rows_removed'] for item in rewritten):,} rows from {len(rewritten)} files and stores"
+    )
+    models = record["models_trained_with_user"]
+    print(
+        "models trained with this user's data (not retrained for one user; the next retrain leaves them out): "
+        + (", ".join(model["version"] for model in models) if models else "none")
+    )
+    print(f"audit record: {uri}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """Generate a small dataset, land and materialise each batch in order, then report the lake."""
     from instarec_assets.generate import generate_dataset
@@ -466,6 +513,20 @@ def build_parser() -> argparse.ArgumentParser:
     submission.add_argument("--out", required=True, help="CSV file to write (order_id,products)")
     submission.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
     submission.set_defaults(handler=cmd_submission)
+
+    forget = commands.add_parser(
+        "forget", help="remove a shopper from the lake, landing copies, warehouse and serving store"
+    )
+    forget.add_argument("user_id", metavar="USER_ID", help="the shopper's user_id")
+    forget.add_argument("--reason", default="", help="why (kept in the audit record)")
+    forget.add_argument("--requested-by", help="who asked (default: the OS user running the command)")
+    forget.add_argument(
+        "--withdraw",
+        action="store_true",
+        help="lift an earlier request: later landings of the user are cleaned again",
+    )
+    forget.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")
+    forget.set_defaults(handler=cmd_forget)
 
     demo = commands.add_parser("demo", help="generate a small dataset and run everything on it")
     demo.add_argument("--home", help="INSTAREC_HOME (default ./.instarec)")

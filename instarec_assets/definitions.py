@@ -30,6 +30,7 @@ from instarec_assets.assets.consumption import (
 from instarec_assets.assets.curated import curated_features_step
 from instarec_assets.assets.graph import graphsage_step
 from instarec_assets.assets.models import xgboost_model
+from instarec_assets.assets.privacy import forget_shopper
 from instarec_assets.assets.raw import raw_landing_files
 from instarec_assets.assets.warehouse import (
     WAREHOUSE_RESOURCE_KEY,
@@ -46,6 +47,7 @@ from instarec_assets.partitions import landing_batches
 from instarec_assets.resources import (
     AnalystCatalogResource,
     ComputeResource,
+    ForgetListResource,
     LakeResource,
     ModelTrainingResource,
     RetrainPolicyResource,
@@ -94,6 +96,7 @@ def build_resources(locations: LakeLocations, history_wait: HistoryWait = DEFAUL
         "analyst_catalog": AnalystCatalogResource(
             bucket=settings.analyst_bucket, database=settings.analyst_database
         ),
+        "forget_list": ForgetListResource(lake=lake),
         "retrain_policy": RetrainPolicyResource(
             every_batches=settings.retrain_every_batches,
             max_age_days=settings.retrain_max_age_days,
@@ -223,7 +226,7 @@ def build_definitions(
     definitions = Definitions(
         assets=environment_assets(locations),
         asset_checks=clean_checks(),
-        jobs=landing_jobs(),
+        jobs=[*landing_jobs(), forget_shopper],
         executor=STEP_EXECUTOR,
         sensors=[landing_sensor, run_failure_alert],
         resources=build_resources(locations, history_wait),

@@ -6,7 +6,6 @@ Assets hand it a finished local parquet file (or a pyarrow Table); downstream as
 partition's URI and scan it with DuckDB, so large tables never pass through pandas.
 """
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ from instarec_assets.column_docs import column_description
 from instarec_assets.history import HistoryWait, require_complete
 from instarec_assets.lake.duck import StagedParquet
 from instarec_assets.lake.locations import LakeLocations, model_relpath, partition_relpath
+from instarec_assets.lake.publish import publish
 from instarec_assets.partitions import HISTORY_INPUT, THIS_PARTITION, THROUGH_PARTITION
 from instarec_assets.resources import LakeResource
 
@@ -126,26 +126,6 @@ def parquet_metadata(path: Path, zone: str, table: str = "") -> dict[str, Metada
         "zone": MetadataValue.text(zone),
         "size_bytes": MetadataValue.int(path.stat().st_size),
     }
-
-
-def publish(staged: Path, destination: UPath) -> None:
-    """Make a staged file the partition in one step: a rename locally, one object write on S3.
-
-    Readers see the old file or the new one, never half of either; re-running replaces the file.
-    """
-    if destination.protocol in ("", "file", "local"):
-        target = Path(destination.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # a killed run's, never renamed
-            stale.unlink(missing_ok=True)
-        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        shutil.move(staged, temporary)
-        os.replace(temporary, target)
-    else:
-        destination.fs.put_file(str(staged), destination.path)
-        staged.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        staged.parent.rmdir()  # the step's staging folder, once its last file is published
 
 
 @dataclass(frozen=True)

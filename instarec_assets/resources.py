@@ -16,6 +16,7 @@ from pydantic import PrivateAttr
 from instarec_assets.completeness import reclaim_scratch
 from instarec_assets.compute import thread_count
 from instarec_assets.history import DEFAULT_HISTORY_WAIT, HistoryWait
+from instarec_assets.lake.clean_orders import ForgetList
 from instarec_assets.lake.duck import attach_filesystem
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.ml.retrain import RetrainPolicy
@@ -210,3 +211,21 @@ class AnalystCatalogResource(ConfigurableResource):
 
     bucket: str = ""
     database: str = ""
+
+
+class ForgetListResource(ConfigurableResource):
+    """The forget list the clean step reads: users whose forget request is in force (the audit log
+    under `<raw zone>/privacy/`, instarec_assets.privacy), as salted hashes with their salt."""
+
+    lake: LakeResource
+
+    def load(self) -> ForgetList:
+        """Empty when no request was ever made (the salt is then not even read)."""
+        from instarec_assets.privacy.requests import forgotten_hashes, read_records
+        from instarec_assets.warehouse.salt import load_salt
+
+        locations = self.lake.locations
+        hashes = forgotten_hashes(read_records(locations))
+        if not hashes:
+            return ForgetList()
+        return ForgetList(salt=load_salt(locations.home_path).value, user_hashes=hashes)

@@ -80,6 +80,7 @@ def test_clean_assets_depend_on_raw_and_each_other_like_the_seed_data_flow(defs)
         "raw_order_products_train",
         "clean_orders",
         "clean_products",
+        "quarantined_orders",  # this batch's: lines of a forgotten user's orders are quarantined too
     }
 
 

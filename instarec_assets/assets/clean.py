@@ -12,6 +12,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetIn,
     AssetOut,
     MetadataValue,
     Output,
@@ -27,7 +28,7 @@ from instarec_assets.lake.clean_order_products import clean_order_products
 from instarec_assets.lake.clean_orders import clean_orders
 from instarec_assets.lake.locations import parse_partition_key
 from instarec_assets.partitions import HISTORY_POOL, batch_input_with_history, history_input, landing_batches
-from instarec_assets.resources import LakeResource, lake_connection
+from instarec_assets.resources import ForgetListResource, LakeResource, lake_connection
 
 ROW_ACCOUNTING_CHECK = "row_accounting"
 
@@ -115,12 +116,20 @@ def _own_history(context: AssetExecutionContext, lake: LakeResource, table: str)
     pool=HISTORY_POOL,
 )
 def clean_orders_step(
-    context: AssetExecutionContext, lake: LakeResource, duckdb: DuckDBResource, raw_orders: str
+    context: AssetExecutionContext,
+    lake: LakeResource,
+    duckdb: DuckDBResource,
+    forget_list: ForgetListResource,
+    raw_orders: str,
 ) -> Iterator:
     earlier = _own_history(context, lake, "clean_orders")
     with lake_connection(duckdb, lake) as conn:
         result = clean_orders(
-            conn, raw_orders, list(earlier.values()), lake.staging_dir(context.run_id, "clean_orders")
+            conn,
+            raw_orders,
+            list(earlier.values()),
+            lake.staging_dir(context.run_id, "clean_orders"),
+            forget_list.load(),
         )
         yield from _emit("orders", result, conn, earlier)
 
@@ -135,6 +144,8 @@ def clean_orders_step(
         "raw_order_products_prior": batch_input_with_history("raw_order_products_prior"),
         "raw_order_products_train": batch_input_with_history("raw_order_products_train"),
         "clean_orders": history_input("clean_orders"),
+        # this batch's quarantined orders: lines of a forgotten user's orders are quarantined too
+        "quarantined_orders": AssetIn("quarantined_orders"),
     },
     partitions_def=landing_batches,
     check_specs=_check_spec("order_products"),
@@ -148,6 +159,7 @@ def clean_order_products_step(
     raw_order_products_train: str,
     clean_orders: list[str],
     clean_products: str,
+    quarantined_orders: str,
 ) -> Iterator:
     earlier_lines = _own_history(context, lake, "clean_order_products")
     with lake_connection(duckdb, lake) as conn:
@@ -159,6 +171,7 @@ def clean_order_products_step(
             clean_products,
             list(earlier_lines.values()),
             lake.staging_dir(context.run_id, "clean_order_products"),
+            quarantined_orders,
         )
         yield from _emit("order_products", result, conn, earlier_lines)
 

@@ -100,6 +100,7 @@ from instarec_assets.backends.recommendations import (
     check_batch,
     check_k,
     check_keep_versions,
+    check_user_id,
     iter_user_lists,
     new_version_id,
     recommendation_from_item,
@@ -759,6 +760,24 @@ class DynamoDbRecommendationStore:
                 for future in pending:
                     future.cancel()
                 raise
+
+    def forget_user(self, user_id: int) -> dict[str, int]:
+        """Delete every item of a user (all versions: the partition key is the user id); items
+        removed per version. One Query of the user's partition, then batched DeleteItems."""
+        check_user_id(user_id)
+        versions: list[str] = []
+        paginator = self._write_client.get_paginator("query")
+        for page in paginator.paginate(
+            TableName=self.table_name,
+            KeyConditionExpression="user_id = :user",
+            ProjectionExpression="#v",
+            ExpressionAttributeNames={"#v": "version"},
+            ExpressionAttributeValues={":user": {"N": str(user_id)}},
+            ConsistentRead=True,
+        ):
+            versions.extend(item["version"]["S"] for item in page.get("Items", []))
+        self._write(("delete", {"user_id": user_id, "version": version}) for version in versions)
+        return {version: 1 for version in versions}
 
     # ------------------------------------------------------------ inspection (tests, operations)
     def stored_versions(self) -> dict[str, int]:

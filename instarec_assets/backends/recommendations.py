@@ -210,6 +210,13 @@ def new_version_id(now: dt.datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(3)}"
 
 
+def check_user_id(user_id: int) -> int:
+    """A shopper's id: a whole number from 1 (0 and negative keys are the stores' own items)."""
+    if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id < 1:
+        raise ServingStoreError(f"user_id must be a whole number from 1, not {user_id!r}")
+    return user_id
+
+
 def check_batch(batch: str) -> str:
     """A landing batch (partition key) `YYYY-MM-DD`; as strings these sort as the dates do."""
     if isinstance(batch, str) and BATCH_PATTERN.match(batch):

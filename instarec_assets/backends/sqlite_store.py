@@ -57,6 +57,7 @@ from instarec_assets.backends.recommendations import (
     check_batch,
     check_k,
     check_keep_versions,
+    check_user_id,
     iter_user_lists,
     new_version_id,
     refuse_older_batch,
@@ -358,6 +359,43 @@ class SqliteRecommendationStore:
         finally:
             conn.close()
         return next(record for record in self.versions() if record.version == version_id)
+
+    def forget_user(self, user_id: int) -> dict[str, int]:
+        """Delete a user's rows from every version table (retained or not), in one transaction;
+        rows removed per version. `secure_delete` zeroes the freed space and a truncating
+        checkpoint moves it into the file, so the rows are gone from the bytes on disk too."""
+        if self.read_only:
+            raise ServingStoreError(f"{self.path} was opened read-only; it cannot forget a user")
+        check_user_id(user_id)
+        conn = self._connect_writer()
+        removed: dict[str, int] = {}
+        try:
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                versions = dict(conn.execute("SELECT table_name, version FROM store_versions").fetchall())
+                tables = [
+                    name
+                    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                    if TABLE_PATTERN.match(name)
+                ]
+                for table in sorted(tables, key=_table_number):
+                    count = conn.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,)).rowcount
+                    if count:
+                        version = versions.get(table, table)
+                        removed[version] = count
+                        conn.execute(
+                            "UPDATE store_versions SET users = users - 1, rows = rows - ? WHERE table_name = ?",
+                            (count, table),
+                        )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+        return removed
 
     def journal_mode(self) -> str:
         return self._reader().execute("PRAGMA journal_mode").fetchone()[0]

@@ -43,6 +43,7 @@ CHECK_LINES_SQL = """
 CREATE OR REPLACE TEMP TABLE lines_checked AS
 SELECT lines.* EXCLUDE (quarantine_reason),
        CASE
+         WHEN lines.order_id IN (SELECT order_id FROM forgotten_orders) THEN 'forgotten'
          WHEN lines.quarantine_reason IS NOT NULL THEN lines.quarantine_reason
          WHEN known_orders.order_id IS NULL
            THEN 'order_id ' || lines.order_id || ': unknown order (not in orders up to this partition)'
@@ -69,6 +70,16 @@ LEFT JOIN known_orders ON known_orders.order_id = lines.order_id
 LEFT JOIN known_products ON known_products.product_id = lines.product_id
 """
 
+# This batch's orders quarantined as `forgotten` (a user with a forget request in force, see
+# clean_orders.FORGOTTEN_SQL): their lines are quarantined for the same reason.
+FORGOTTEN_ORDERS_SQL = """
+CREATE OR REPLACE TEMP TABLE forgotten_orders AS
+SELECT DISTINCT TRY_CAST(json_extract_string(CASE WHEN json_valid(record) THEN record END, '$.order_id') AS INTEGER)
+       AS order_id
+FROM read_parquet(?, hive_partitioning = false)
+WHERE reason = 'forgotten'
+"""
+
 # Each raw table holds the rows of exactly one landed file (landing writes one `_source_file`).
 LINE_SOURCES_SQL = """
 SELECT 'prior', count(DISTINCT _source_file), any_value(_source_file) FROM raw_prior
@@ -85,8 +96,10 @@ def clean_order_products(
     products_uri: str,
     earlier_clean_uris: Sequence[str],
     scratch: Path,
+    quarantined_orders_uri: str | None = None,
 ) -> CleanResult:
-    """Clean one partition of order lines against all orders up to it and the product catalog."""
+    """Clean one partition of order lines against all orders up to it and the product catalog; lines
+    of this batch's orders quarantined as `forgotten` (`quarantined_orders_uri`) are too."""
     conn.read_parquet(raw_prior_uri, hive_partitioning=False).create_view("raw_prior", replace=True)
     conn.read_parquet(raw_train_uri, hive_partitioning=False).create_view("raw_train", replace=True)
     create_view(conn, "all_orders", order_uris, CLEAN_ORDERS_SCHEMA)
@@ -97,6 +110,10 @@ def clean_order_products(
         "CREATE OR REPLACE TEMP TABLE known_products AS SELECT DISTINCT product_id FROM read_parquet(?, hive_partitioning = false)",
         [products_uri],
     )
+    if quarantined_orders_uri is None:
+        conn.execute("CREATE OR REPLACE TEMP TABLE forgotten_orders (order_id INTEGER)")
+    else:
+        conn.execute(FORGOTTEN_ORDERS_SQL, [quarantined_orders_uri])
     create_view(conn, "earlier_lines", earlier_clean_uris, CLEAN_ORDER_PRODUCTS_SCHEMA)
     source_file = _source_file_sql(conn)
     conn.execute(

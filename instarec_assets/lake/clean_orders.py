@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -84,13 +85,36 @@ WHERE o.order_id = clash.order_id AND o.outcome = 'clean'
 """
 
 
+# Orders of a user with a forget request in force (instarec_assets.privacy): quarantined with reason
+# `forgotten` whatever else is true of them, and their record keeps the order id but not the user id.
+# The forget list holds salted hashes only; the salt is a bound parameter, never stored.
+FORGOTTEN_SQL = """
+UPDATE orders_classified
+SET outcome = 'quarantined',
+    quarantine_reason = 'forgotten',
+    _record = to_json(struct_pack(order_id := order_id, user_id := '<forgotten>'))::VARCHAR
+WHERE user_id IS NOT NULL
+  AND sha256($salt || ':' || user_id::VARCHAR) IN (SELECT user_hash FROM forgotten_users)
+"""
+
+
+@dataclass(frozen=True)
+class ForgetList:
+    """Users whose later landings are quarantined: salted sha256 hashes of their ids, and the salt."""
+
+    salt: str = field(default="", repr=False)
+    user_hashes: frozenset[str] = frozenset()
+
+
 def clean_orders(
     conn: duckdb.DuckDBPyConnection,
     raw_uri: str,
     earlier_clean_uris: Sequence[str],
     scratch: Path,
+    forget_list: ForgetList | None = None,
 ) -> CleanResult:
-    """Clean one partition of raw orders against every order stored in earlier partitions."""
+    """Clean one partition of raw orders against every order stored in earlier partitions; orders of
+    users on the forget list are quarantined with reason `forgotten`."""
     conn.read_parquet(raw_uri, hive_partitioning=False).create_view("raw_orders", replace=True)
     create_view(conn, "earlier_orders", earlier_clean_uris, CLEAN_ORDERS_SCHEMA)
     text_columns = tuple(column.name for column in ORDER_COLUMNS)
@@ -106,6 +130,12 @@ def clean_orders(
         conn, "orders_checked", "earlier_orders", ("order_id",), ORDER_CONTENT, "orders_classified"
     )
     conn.execute(USER_ORDER_NUMBER_CONFLICTS_SQL)
+    if forget_list is not None and forget_list.user_hashes:
+        conn.execute(
+            "CREATE OR REPLACE TEMP TABLE forgotten_users AS SELECT unnest($hashes::VARCHAR[]) AS user_hash",
+            {"hashes": sorted(forget_list.user_hashes)},
+        )
+        conn.execute(FORGOTTEN_SQL, {"salt": forget_list.salt})
     clean = copy_to_parquet(
         conn,
         "SELECT order_id, user_id, eval_set, order_number, order_dow, order_hour_of_day, days_since_prior_order,"

@@ -135,6 +135,11 @@ class LakeLocations:
     def partition_uri(self, zone: str, table: str, partition_key: str) -> str:
         return f"{self.zone_uri(zone)}/{partition_relpath(table, partition_key)}"
 
+    def privacy_uri(self) -> str:
+        """The forget requests' append-only audit log: the raw zone's `privacy/` prefix (on AWS the
+        Object Lock bucket, so a record, once written, cannot be changed before its retention ends)."""
+        return f"{self.zone_uri('raw')}/privacy"
+
     def models_uri(self) -> str:
         """Where model folders live: the curated zone's `models/` prefix."""
         return f"{self.zone_uri('curated')}/models"

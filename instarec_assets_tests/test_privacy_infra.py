@@ -1,0 +1,68 @@
+"""The raw bucket's Object Lock reconciled with erasure: only AdminRole and the forget role may bypass
+governance retention, and the forget role may do what `instarec forget` does in aws mode and no more."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from instarec_assets_tests.test_infra_templates import _iam_statements, as_list, templates  # noqa: F401
+
+ZONE_BUCKETS = ("RawBucketArn", "CleanBucketArn", "CuratedBucketArn", "ConsumptionBucketArn")
+
+
+def _raw_policy(stacks: dict[str, dict[str, Any]]) -> list[dict]:
+    return stacks["data-lake"]["Resources"]["RawBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+
+
+def _exempt(statement: dict) -> set[str]:
+    return {
+        arn["Fn::Sub"].rsplit("/", 1)[1] for arn in statement["Condition"]["ArnNotLike"]["aws:PrincipalArn"]
+    }
+
+
+def test_only_admin_and_the_forget_role_may_bypass_the_raw_buckets_governance_retention(
+    templates: dict[str, dict[str, Any]],  # noqa: F811
+) -> None:
+    deny = {tuple(as_list(s["Action"])): s for s in _raw_policy(templates) if s["Effect"] == "Deny"}
+    bypass = deny[("s3:BypassGovernanceRetention",)]
+    assert _exempt(bypass) == {
+        "instarec-${EnvironmentName}-AdminRole",
+        "instarec-${EnvironmentName}-cfn-exec",
+        "instarec-${EnvironmentName}-forget",
+    }
+    retention = deny[("s3:PutObjectRetention", "s3:PutBucketObjectLockConfiguration")]
+    assert "instarec-${EnvironmentName}-forget" not in _exempt(retention)
+    granting = {
+        (stack, role)
+        for stack, role, statement in _iam_statements(templates)
+        if "s3:BypassGovernanceRetention" in as_list(statement["Action"])
+    }
+    assert granting == {("access", "AdminRole"), ("access", "ForgetRole")}
+
+
+def test_forget_role_rewrites_the_zones_removes_old_versions_and_serving_items_with_mfa(
+    templates: dict[str, dict[str, Any]],  # noqa: F811
+) -> None:
+    role = templates["access"]["Resources"]["ForgetRole"]["Properties"]
+    assert role["RoleName"] == {"Fn::Sub": "instarec-${EnvironmentName}-forget"}
+    trust = role["AssumeRolePolicyDocument"]["Statement"][0]
+    assert trust["Condition"]["Bool"]["aws:MultiFactorAuthPresent"] == "true"
+    statements = {s["Sid"]: s for _, lid, s in _iam_statements(templates) if lid == "ForgetRole"}
+    objects = statements["RewriteLakeObjectsAndRemoveTheirOldVersions"]
+    assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObjectVersion", "s3:BypassGovernanceRetention"} <= set(
+        objects["Action"]
+    )
+    assert "s3:DeleteObject" not in objects["Action"]  # rewrites replace objects; nothing is deleted whole
+    text = json.dumps(objects["Resource"])
+    assert all(bucket in text for bucket in ZONE_BUCKETS)
+    assert "s3:ListBucketVersions" in statements["ListLakeObjectsAndVersions"]["Action"]
+    serving = statements["DeleteTheUsersServingItems"]
+    assert set(serving["Action"]) == {
+        "dynamodb:Query",
+        "dynamodb:GetItem",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:DeleteItem",
+    }
+    assert "RecommendationsTableArn" in json.dumps(serving["Resource"])
+    assert "warehouse-salt" in json.dumps(statements["ReadTheWarehouseSalt"]["Resource"])
