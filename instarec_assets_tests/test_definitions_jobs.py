@@ -54,7 +54,7 @@ def test_every_job_and_the_asset_graph_fork_steps_from_a_preloaded_server(defs):
 
 
 @pytest.mark.slow
-def test_ingest_stage_runs_as_a_ui_run_would_and_stops_at_the_clean_zone(home, tmp_path):
+def test_ingest_stage_runs_as_a_ui_run_would_and_stops_at_the_clean_zone(home, tmp_path, monkeypatch):
     """`dagster job execute` runs the job with its executor, as the UI's run worker does."""
     landing = write_batch(tmp_path / "landing" / "2025-01-06")
     env = {**os.environ, "INSTAREC_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
@@ -72,7 +72,7 @@ def test_ingest_stage_runs_as_a_ui_run_would_and_stops_at_the_clean_zone(home, t
     executed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert executed.returncode == 0, executed.stderr[-3000:]
 
-    os.environ["DAGSTER_HOME"] = str(home / "dagster")
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     with DagsterInstance.get() as instance:
         run = instance.get_runs(limit=1)[0]
         assert (run.job_name, run.status) == ("ingest_stage", DagsterRunStatus.SUCCESS)
