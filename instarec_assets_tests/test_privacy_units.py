@@ -4,6 +4,8 @@ job in the definitions, and the command's bad input."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -14,7 +16,6 @@ import pytest
 from instarec_assets.backends.recommendations import ServingStoreError
 from instarec_assets.backends.serving_store import SqliteRecommendationStore
 from instarec_assets.backends.testing import recommendations_table
-from instarec_assets.cli import main
 from instarec_assets.definitions import build_definitions
 from instarec_assets.lake.clean_orders import ForgetList, clean_orders
 from instarec_assets.lake.locations import LakeLocations
@@ -142,8 +143,15 @@ def test_forget_job_is_in_the_definitions_and_runs_in_the_history_pool(locations
         (["forget", "--withdraw", "12"], "user 12 has no forget request in force; nothing to withdraw"),
     ],
 )
-def test_bad_forget_input_is_one_line_and_exit_1(capsys, home: Path, argv: list[str], message: str):
-    assert main([*argv, "--home", str(home)]) == 1
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert len(captured.err.splitlines()) == 1 and captured.err.startswith(f"instarec: error: {message}")
+def test_bad_forget_input_is_one_line_and_exit_1(home: Path, argv: list[str], message: str):
+    # A child process, as a user runs it: in the suite's shared worker process an earlier test's Dagster
+    # instance state once left this run's fresh instance without its tables (`no such table: snapshots`).
+    done = subprocess.run(
+        [sys.executable, "-m", "instarec_assets.cli", *argv, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith(f"instarec: error: {message}")
