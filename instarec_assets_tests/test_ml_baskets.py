@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from instarec_assets.ml.baskets import (
@@ -126,3 +127,72 @@ def test_basket_strings_list_products_most_probable_first() -> None:
 def test_rejects_probabilities_outside_unit_interval() -> None:
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         select_baskets(np.array([1, 1]), np.array([1, 2]), np.array([0.5, 1.5]))
+
+
+def _mixture_truths(p: np.ndarray, p_none: float) -> list[tuple[set, float]]:
+    """Empty with probability p_none, else the independent model conditioned on a non-empty basket."""
+    independent = _truths(p)
+    empty = independent[0][1]  # the all-False outcome comes first
+    out = [(set(), p_none)]
+    for actual, probability in independent[1:]:
+        out.append((actual, (1.0 - p_none) * probability / (1.0 - empty)))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_given_none_probability_is_exact_for_the_mixture_and_optimal(seed: int) -> None:
+    rng = np.random.default_rng(500 + seed)
+    n = int(rng.integers(1, 7))
+    p = np.sort(rng.random(n) ** rng.choice([0.5, 1.0, 3.0]))[::-1]
+    p_none = float(rng.choice([0.0, 0.05, 0.4, 0.9, 1.0, rng.random()]))
+    truths = _mixture_truths(p, p_none)
+    without_none, with_none = expected_f1_table(p[None, :], np.array([p_none]))
+    for k in range(n + 1):
+        top = set(range(k))
+        assert with_none[0, k] == pytest.approx(_expected_f1(top | {NONE}, truths), abs=1e-12)
+        if k:
+            assert without_none[0, k] == pytest.approx(_expected_f1(top, truths), abs=1e-12)
+    best = max(
+        _expected_f1(set(subset) | ({NONE} if none else set()), truths)
+        for size in range(n + 1)
+        for subset in itertools.combinations(range(n), size)
+        for none in (False, True)
+        if subset or none
+    )
+    basket = expected_f1_basket(p, np.arange(n), p_none=p_none)
+    assert basket.expected_f1 == pytest.approx(best, abs=1e-12)
+
+
+def test_independent_none_probability_gives_back_the_default_baskets() -> None:
+    rng = np.random.default_rng(11)
+    sizes = rng.integers(1, 30, size=200)
+    orders = np.repeat(np.arange(200), sizes)
+    products = rng.integers(1, 5_000, size=orders.size)
+    p = rng.beta(0.5, 3.0, size=orders.size)
+    independent = pd.Series(1.0 - p).groupby(orders).prod().to_numpy()[orders]
+    default = select_baskets(orders, products, p)
+    given = select_baskets(orders, products, p, none_probabilities=independent)
+    assert np.allclose(given.expected_f1, default.expected_f1, atol=1e-12)
+    assert np.array_equal(given.selected, default.selected)
+    assert np.array_equal(given.include_none, default.include_none)
+
+
+def test_a_likely_empty_basket_predicts_none_and_an_unlikely_one_does_not() -> None:
+    # Two products at 0.3: independence puts P(None) at 0.49 and hedges with "None 1 2"-style picks.
+    p, ids = np.array([0.3, 0.3]), np.array([1, 2])
+    likely_empty = expected_f1_basket(p, ids, p_none=0.95)
+    never_empty = expected_f1_basket(p, ids, p_none=0.0)
+    assert likely_empty.as_kaggle() == "None"
+    assert likely_empty.expected_f1 == pytest.approx(0.95)
+    assert not never_empty.include_none
+    assert never_empty.product_ids == (1, 2)
+
+
+def test_none_probabilities_must_be_per_row_constant_per_order_and_in_range() -> None:
+    orders, products, p = np.array([1, 1, 2]), np.array([1, 2, 3]), np.array([0.2, 0.3, 0.4])
+    with pytest.raises(ValueError, match="same for every row of an order"):
+        select_baskets(orders, products, p, none_probabilities=np.array([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="aligned with the rows"):
+        select_baskets(orders, products, p, none_probabilities=np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match=r"p_none must lie in \[0, 1\]"):
+        select_baskets(orders, products, p, none_probabilities=np.array([0.1, 0.1, 1.2]))

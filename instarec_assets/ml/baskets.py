@@ -13,6 +13,12 @@ Instacart competition (after Ye et al.): the distribution of true positives amon
 forward Poisson-binomial recursion, and E[1 / (i + positives after the top k)] by a backward one.
 The recursions run vectorised over many orders at once (orders grouped by candidate count and padded
 with zero probabilities, which never change the optimum), so no Python loop runs per order.
+
+Independence makes P(None) = prod(1 - p_i), which real baskets contradict (what a shopper reorders is
+correlated). A separately estimated P(None) (`ml/none_probability.py`) enters as a mixture: the basket
+is empty with probability p_none, else drawn from the independent model conditioned on not being
+empty. That keeps every expected F1 exact under a well-defined distribution, and p_none = prod(1 - p_i)
+gives back the independent case.
 """
 
 from __future__ import annotations
@@ -83,12 +89,15 @@ def _kaggle_string(include_none: bool, product_ids) -> str:
     return " ".join(tokens)
 
 
-def expected_f1_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def expected_f1_table(
+    probabilities: np.ndarray, p_none: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact expected F1 of predicting the top k products, k = 0..n, without and with 'None'.
 
     `probabilities` is (orders, n), each row sorted descending (pad with zeros). Returns two
     (orders, n + 1) arrays. Predicting nothing at all (k = 0 without 'None') scores 0. Orders run
-    along the last axis inside, so every step works on contiguous memory."""
+    along the last axis inside, so every step works on contiguous memory. `p_none` (orders,), when
+    given, is each order's probability of an empty basket (the mixture in the module docstring)."""
     p = np.ascontiguousarray(np.asarray(probabilities, dtype=np.float64).T)
     n, m = p.shape
     q = 1.0 - p
@@ -97,7 +106,7 @@ def expected_f1_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray
     for k in range(1, n + 1):
         np.multiply(counts[k - 1, : k + 1], q[k - 1], out=counts[k, : k + 1])
         counts[k, 1 : k + 1] += counts[k - 1, :k] * p[k - 1]
-    p_none = counts[n, 0]
+    empty = counts[n, 0]  # P(no product is bought) under independence
     inverse = np.zeros((2 * n + 2, m))  # inverse[i] = E[1 / (i + positives after the top k)]
     inverse[1:] = 1.0 / np.arange(1, 2 * n + 2)[:, None]
     twice_a = 2.0 * np.arange(n + 1)[:, None]
@@ -106,15 +115,29 @@ def expected_f1_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray
     for k in range(n, -1, -1):
         weighted = counts[k, : k + 1] * twice_a[: k + 1]
         without_none[k] = np.einsum("am,am->m", weighted, inverse[k : 2 * k + 1])
-        with_none[k] = np.einsum("am,am->m", weighted, inverse[k + 1 : 2 * k + 2]) + 2.0 * p_none / (k + 2)
+        with_none[k] = np.einsum("am,am->m", weighted, inverse[k + 1 : 2 * k + 2]) + 2.0 * empty / (k + 2)
         if k > 0:
             inverse[1 : 2 * k] = q[k - 1] * inverse[1 : 2 * k] + p[k - 1] * inverse[2 : 2 * k + 1]
+    if p_none is not None:
+        given = np.asarray(p_none, dtype=np.float64).reshape(-1)
+        if given.shape != (m,):
+            raise ValueError(f"p_none must hold one probability per order ({m}), got shape {given.shape}")
+        if given.size and (np.isnan(given).any() or given.min() < 0.0 or given.max() > 1.0):
+            raise ValueError("p_none must lie in [0, 1]")
+        # E[F1 | basket not empty] under independence, then mixed with the given empty-basket mass.
+        none_hit = 2.0 / (np.arange(n + 1)[:, None] + 2.0)
+        non_empty = 1.0 - empty
+        scale = np.divide(1.0 - given, non_empty, out=np.zeros(m), where=non_empty > 1e-12)
+        without_none = without_none * scale
+        with_none = (with_none - empty * none_hit) * scale + given * none_hit
     return without_none.T, with_none.T
 
 
-def _best_choice(sorted_probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _best_choice(
+    sorted_probabilities: np.ndarray, p_none: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(k, include_none, expected F1) per row of a descending-sorted, zero-padded matrix."""
-    without_none, with_none = expected_f1_table(sorted_probabilities)
+    without_none, with_none = expected_f1_table(sorted_probabilities, p_none)
     m = sorted_probabilities.shape[0]
     rows = np.arange(m)
     k_with = with_none.argmax(axis=1)
@@ -133,14 +156,16 @@ def _best_choice(sorted_probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarr
     )
 
 
-def expected_f1_basket(probabilities: np.ndarray, product_ids: np.ndarray) -> Basket:
-    """The expected-F1-optimal basket for one order's candidates."""
+def expected_f1_basket(
+    probabilities: np.ndarray, product_ids: np.ndarray, p_none: float | None = None
+) -> Basket:
+    """The expected-F1-optimal basket for one order's candidates (`p_none`: see the module doc)."""
     p = np.asarray(probabilities, dtype=np.float64)
     ids = np.asarray(product_ids)
     if p.shape != ids.shape or p.ndim != 1:
         raise ValueError("probabilities and product_ids must be 1-d arrays of the same length")
     order = np.argsort(-p, kind="stable")
-    k, none, value = _best_choice(p[order][None, :])
+    k, none, value = _best_choice(p[order][None, :], None if p_none is None else np.array([p_none]))
     return Basket(tuple(ids[order][: int(k[0])].tolist()), bool(none[0]), float(value[0]))
 
 
@@ -153,9 +178,14 @@ def _padded_size(n: int) -> int:
 
 
 def select_baskets(
-    order_ids: np.ndarray, product_ids: np.ndarray, probabilities: np.ndarray
+    order_ids: np.ndarray,
+    product_ids: np.ndarray,
+    probabilities: np.ndarray,
+    none_probabilities: np.ndarray | None = None,
 ) -> BasketSelection:
-    """Expected-F1-optimal baskets for many orders, given one row per (order, candidate product)."""
+    """Expected-F1-optimal baskets for many orders, given one row per (order, candidate product).
+    `none_probabilities`, aligned with the rows and constant within an order, is each order's
+    probability of an empty basket; None means independence (prod(1 - p))."""
     orders = np.asarray(order_ids)
     products = np.asarray(product_ids)
     p = np.asarray(probabilities, dtype=np.float64)
@@ -168,6 +198,14 @@ def select_baskets(
     boundary = np.flatnonzero(sorted_orders[1:] != sorted_orders[:-1]) + 1
     starts = np.concatenate(([0], boundary)) if orders.size else np.zeros(0, dtype=np.int64)
     sizes = np.diff(np.append(starts, orders.size))
+    order_none = None
+    if none_probabilities is not None:
+        per_row = np.asarray(none_probabilities, dtype=np.float64)
+        if per_row.shape != orders.shape:
+            raise ValueError("none_probabilities must be aligned with the rows (one value per row)")
+        order_none = per_row[grouped][starts]
+        if not np.array_equal(np.repeat(order_none, sizes), per_row[grouped], equal_nan=True):
+            raise ValueError("none_probabilities must be the same for every row of an order")
     n_groups = starts.size
     row_order = grouped.copy()  # becomes: grouped by order, most probable first within each order
     chosen_k = np.zeros(n_groups, dtype=np.int64)
@@ -187,7 +225,7 @@ def select_baskets(
             descending = np.argsort(-matrix, axis=1, kind="stable")  # padding stays behind real zeros
             matrix = np.take_along_axis(matrix, descending, axis=1)
             row_order[source[valid]] = grouped[np.take_along_axis(source, descending, axis=1)[valid]]
-            k, none, value = _best_choice(matrix)
+            k, none, value = _best_choice(matrix, None if order_none is None else order_none[part])
             chosen_k[part], include_none[part], expected[part] = k, none, value
     rank = np.arange(orders.size) - np.repeat(starts, sizes)
     selected = np.empty(orders.size, dtype=bool)
