@@ -106,3 +106,32 @@ def test_plots_are_png_files(tmp_path: Path) -> None:
     markdown = png_markdown(paths[0], "Threshold analysis")
     assert markdown.startswith("![Threshold analysis](data:image/png;base64,iVBORw0KGgo")
     assert markdown.endswith(")")
+
+
+def test_threshold_is_chosen_on_half_the_users_and_judged_on_the_other() -> None:
+    from instarec_assets.ml.metrics import (
+        _at_threshold,
+        best_f1_threshold,
+        classification_metrics_held_out,
+        held_out_halves,
+    )
+
+    rng = np.random.default_rng(3)
+    users = np.repeat(np.arange(200), 10)
+    probabilities = rng.random(users.size)
+    labels = rng.random(users.size) < probabilities
+    choose = held_out_halves(users, seed=9)
+    assert choose.sum() == 1000  # whole users, half of them
+    assert not set(users[choose]) & set(users[~choose])
+    held_out = classification_metrics_held_out(labels, probabilities, users, seed=9)
+    threshold = best_f1_threshold(labels[choose], probabilities[choose])
+    judged = _at_threshold(labels[~choose], probabilities[~choose], threshold)
+    assert held_out.threshold == threshold
+    assert (held_out.precision, held_out.recall, held_out.f1) == (
+        judged["precision"],
+        judged["recall"],
+        judged["f1"],
+    )
+    # AUC and log loss still use every row, and the F1 on the choosing half would flatter the threshold.
+    everything = classification_metrics(labels, probabilities, threshold)
+    assert (held_out.auc, held_out.log_loss, held_out.n_rows) == (everything.auc, everything.log_loss, 2000)

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from instarec_assets.ml import reorder_model
+from instarec_assets.ml.none_probability import CALIBRATION_FILE, read_none_calibration
 from instarec_assets.ml.reorder_model import (
     HISTORY_COUNT_COLUMN,
     LAST_ORDER_COLUMN,
@@ -104,6 +105,12 @@ def test_ablation_fits_without_the_feature_and_leaves_the_data_untouched(
     # the label follows `signal`, which only the model sees: it must rank far better than counts
     assert model_row["ndcg@10"] > ranking["baseline: personal top-frequency"]["ndcg@10"] + 0.1
     assert model_row["repeat_share"] == 1.0  # every candidate is a product bought before
+    # 300 held-out users: too few to judge a P(None) calibration, so the baskets keep independence
+    none = card["evaluation"]["none_probability"]
+    assert (none["use_calibrated"], none["fit_orders"] + none["eval_orders"]) == (False, 300)
+    assert "too few validation orders" in none["reason"]
+    assert (tmp_path / "model" / CALIBRATION_FILE).exists()
+    assert read_none_calibration(tmp_path / "model") is None
     with pytest.raises(ValueError, match="cannot ablate 'missing'"):
         train_and_report(data, tmp_path / "other", "2025-01-06", params=params, ablate="missing")
 

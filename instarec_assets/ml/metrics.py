@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,30 @@ def classification_metrics(
         n_positive=int(np.count_nonzero(y)),
         **_at_threshold(y, p, threshold),
     )
+
+
+def held_out_halves(user_ids: np.ndarray, seed: int) -> np.ndarray:
+    """Row mask of a seeded half of the users (whole users): where a choice is made, the rest judge it."""
+    ids = np.asarray(user_ids)
+    users = np.unique(ids)
+    chosen = np.random.default_rng(seed).permutation(users)[: users.size // 2]
+    return np.isin(ids, chosen)
+
+
+def classification_metrics_held_out(
+    labels: np.ndarray, probabilities: np.ndarray, user_ids: np.ndarray, seed: int
+) -> ClassificationMetrics:
+    """AUC and log loss on every row; the F1-best threshold chosen on a seeded half of the users and
+    precision, recall, F1 and accuracy at it measured on the other half, so they are not flattered by
+    the choice. Fewer than 2 users (or one class in the choosing half): chosen and measured on all."""
+    y, p = _check(labels, probabilities)
+    choose = held_out_halves(user_ids, seed)
+    judge = ~choose
+    if not choose.any() or not judge.any() or not 0 < np.count_nonzero(y[choose]) < np.count_nonzero(choose):
+        return classification_metrics(y, p)
+    threshold = best_f1_threshold(y[choose], p[choose])
+    everything = classification_metrics(y, p, threshold)
+    return replace(everything, **_at_threshold(y[judge], p[judge], threshold))
 
 
 def classification_report_text(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> str:

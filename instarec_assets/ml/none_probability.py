@@ -10,7 +10,9 @@ paired difference. Otherwise (or with too few validation orders) baskets keep in
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -202,3 +204,22 @@ def choose_none_probability(
         log_loss_calibrated=_log_loss(calibration.predict(eval_features), eval_labels),
         calibration=calibration,
     )
+
+
+def write_none_choice(model_dir: Path, choice: NoneChoice) -> Path:
+    """The choice (and the calibration, used or not) beside the model, for next_basket to apply."""
+    path = Path(model_dir) / CALIBRATION_FILE
+    path.write_text(json.dumps(choice.as_dict(), indent=2, sort_keys=True, allow_nan=True))
+    return path
+
+
+def read_none_calibration(model_dir: str | Path) -> NoneCalibration | None:
+    """The calibration a model's baskets use, or None (independence; also for models trained before
+    the file existed)."""
+    path = Path(model_dir) / CALIBRATION_FILE
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if not data.get("use_calibrated") or not data.get("calibration"):
+        return None
+    return NoneCalibration.from_dict(data["calibration"])

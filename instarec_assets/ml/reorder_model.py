@@ -23,6 +23,7 @@ from instarec_assets.ml.evaluation import BasketEvaluation, compare_with_baselin
 from instarec_assets.ml.metrics import (
     ClassificationMetrics,
     classification_metrics,
+    classification_metrics_held_out,
     classification_report_text,
     feature_importance,
     plot_feature_importance,
@@ -30,6 +31,7 @@ from instarec_assets.ml.metrics import (
     plot_threshold_analysis,
     threshold_table,
 )
+from instarec_assets.ml.none_probability import choose_none_probability, write_none_choice
 from instarec_assets.ml.ranking import candidate_ranking_report
 from instarec_assets.ml.retrain import (
     RetrainDecision,
@@ -258,7 +260,9 @@ def train_and_report(
     validation_rows = model.validation_index
     validation_probabilities = predict(model.booster, data.features[validation_rows], threads=params.nthread)
     validation_labels = data.labels[validation_rows]
-    metrics = classification_metrics(validation_labels, validation_probabilities)
+    metrics = classification_metrics_held_out(
+        validation_labels, validation_probabilities, data.user_ids[validation_rows], seed
+    )
     thresholds = threshold_table(validation_labels, validation_probabilities)
     importance = feature_importance(model.booster, data.feature_names)
 
@@ -270,6 +274,10 @@ def train_and_report(
         history_counts,
         last_order,
     )
+    none_choice = choose_none_probability(
+        _candidate_frame(data, validation_rows, validation_probabilities), seed
+    )
+    write_none_choice(workdir, none_choice)
     plots = {
         "threshold_analysis": plot_threshold_analysis(thresholds, workdir, best_threshold=metrics.threshold),
         "feature_importance": plot_feature_importance(importance, workdir),
@@ -320,6 +328,8 @@ def train_and_report(
         "users": "held-out validation users, their next (target) order",
         "basket_f1": baskets.as_table().to_dict(orient="records"),
         "ranking": ranking.to_dict(orient="records"),
+        "none_probability": {k: v for k, v in none_choice.as_dict().items() if k != "calibration"},
+        "threshold": "chosen on half of the validation users; precision, recall and F1 at it on the other half",
     }
     card = build_model_card(
         model,
