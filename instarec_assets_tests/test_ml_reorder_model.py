@@ -213,7 +213,7 @@ def test_a_kept_model_that_lost_its_signal_still_fails_the_baseline_check(
     params = ReorderModelParams(num_boost_round=40, early_stopping_rounds=10, nthread=1)
     inverted = replace_rows(data, labels=(1 - data.labels).astype(np.int8))
     train_and_report(inverted, tmp_path / "inverted", "2025-01-06", params=params)
-    good = train_and_report(data, tmp_path / "good", "2025-01-06", params=params)
+    train_and_report(data, tmp_path / "good", "2025-01-06", params=params)
     kept_bad = train_or_keep(
         data,
         tmp_path / "kept-bad",

@@ -62,9 +62,9 @@ from instarec_assets.ml.ranking import (
     ranking_table,
 )
 from instarec_assets.ml.reorder_model import (
+    EVALUATION_SAMPLE,
     HISTORY_COUNT_COLUMN,
     LAST_ORDER_COLUMN,
-    EVALUATION_SAMPLE,
     MODEL_FILE,
     load_feature_rows,
     read_model_card,

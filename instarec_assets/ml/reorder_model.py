@@ -39,11 +39,11 @@ from instarec_assets.ml.retrain import (
     population_stability,
 )
 from instarec_assets.ml.training import (
+    KEPT_EVALUATION_MAX_USERS,
     ReorderModelParams,
     TrainedModel,
     build_model_card,
     code_version,
-    KEPT_EVALUATION_MAX_USERS,
     load_model,
     predict,
     sample_users,
@@ -526,7 +526,9 @@ class ReuseTrainer:
         sampled = sample_users(held_out, self.max_users, seed)
         if sampled.size < held_out.size:
             validation_mask = validation_mask & np.isin(data.user_ids, sampled)
-        self.card_extra[EVALUATION_SAMPLE] = evaluation_sample(held_out.size, sampled.size, self.max_users, seed)
+        self.card_extra[EVALUATION_SAMPLE] = evaluation_sample(
+            held_out.size, sampled.size, self.max_users, seed
+        )
         validation_rows = np.flatnonzero(validation_mask)
         return TrainedModel(
             booster=load_model(self.folder / MODEL_FILE, threads=params.nthread),
