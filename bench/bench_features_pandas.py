@@ -502,9 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             else "rows differing beyond 1e-4: " + ", ".join(f"{c} {n:,}" for c, n in differing.items()) + "."
         ),
     ]
-    if any(s.other_cpu_seconds / s.wall_seconds > 0.25 for s in stages.values()):
-        lines.append("")
-        lines.append("**Other processes competed for the CPU during this run; its wall times are inflated.**")
+    lines += bench_lake.load_footer(stages.values())
     section = "\n".join(lines) + "\n"
     (work_dir / "last_run.json").write_text(
         json.dumps(

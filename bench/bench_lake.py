@@ -354,6 +354,29 @@ def gib(nbytes: float) -> str:
     return f"{nbytes / GIB:.2f} GiB"
 
 
+def machine_table(machine: dict) -> list[str]:
+    """The machine description as a two-column markdown table (one line per entry)."""
+    return [
+        "| machine | |",
+        "|---|---|",
+        *(f"| {key.replace('_', ' ')} | {value} |" for key, value in machine.items()),
+    ]
+
+
+# A run whose other processes used more than this share of its wall time in CPU seconds was loaded.
+LOADED_SHARE = 0.25
+
+
+def load_footer(stages) -> list[str]:
+    """The warning under a results table when other processes competed for the CPU during a run
+    (`stages`: StageRun objects with other_cpu_seconds and wall_seconds); empty when none did."""
+    stages = list(stages)
+    if not any(stage.other_cpu_seconds / max(stage.wall_seconds, 1) > LOADED_SHARE for stage in stages):
+        return []
+    which = "some runs; their wall times are" if len(stages) > 1 else "this run; its wall times are"
+    return ["", f"**Other processes competed for the CPU during {which} inflated.**"]
+
+
 def verdict(ok: bool) -> str:
     return "**pass**" if ok else "**FAIL**"
 
@@ -372,9 +395,7 @@ def render_markdown(
         "",
         f"Command: `.venv/bin/python {command.strip()}`",
         "",
-        "| machine | |",
-        "|---|---|",
-        *(f"| {key.replace('_', ' ')} | {value} |" for key, value in machine.items()),
+        *machine_table(machine),
         "",
         f"Dataset: {generated.total_rows:,} rows in {generated.bytes_written / 10**6:,.0f} MB of CSV — "
         + ", ".join(f"{name} {count:,}" for name, count in generated.rows.items())
@@ -424,8 +445,7 @@ def render_markdown(
         )
         + ".",
     ]
-    if any(stage.other_cpu_seconds / stage.wall_seconds > 0.25 for stage in stages):
-        lines.append("**Other processes competed for the CPU during this run; its wall times are inflated.**")
+    lines += load_footer(stages)
     totals = step_totals(report)
     accounted = sum(totals.values()) + (report.landed_at_seconds or 0.0)
     lines += [

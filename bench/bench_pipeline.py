@@ -173,9 +173,7 @@ def render_markdown(
         "",
         f"Command: `.venv/bin/python {command.strip()}`",
         "",
-        "| machine | |",
-        "|---|---|",
-        *(f"| {key.replace('_', ' ')} | {value} |" for key, value in machine.items()),
+        *bench_lake.machine_table(machine),
         "",
         f"Dataset: {generated.total_rows:,} rows in {generated.bytes_written / 10**6:,.0f} MB of CSV — "
         + ", ".join(f"{name} {count:,}" for name, count in generated.rows.items())
@@ -200,8 +198,7 @@ def render_markdown(
         f"Other work on the machine while it ran: {stage.other_cpu_seconds:.0f} CPU s by other processes "
         f"(≈{other:.2f} of {cores} cores on average; 1-minute load {stage.load_before:.2f} at the start).",
     ]
-    if other > 0.25:
-        lines.append("**Other processes competed for the CPU during this run; its wall times are inflated.**")
+    lines += bench_lake.load_footer([stage])
     if not ok:
         first_error = (stage.stderr.strip().splitlines() or ["(no stderr)"])[-1]
         lines += ["", f"**The run failed**: `{first_error}`"]

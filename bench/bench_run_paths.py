@@ -103,9 +103,7 @@ def render(args: argparse.Namespace, machine: dict, runs: list) -> str:
         "",
         f"Command: `.venv/bin/python bench/bench_run_paths.py {' '.join(args.argv)}`",
         "",
-        "| machine | |",
-        "|---|---|",
-        *(f"| {key.replace('_', ' ')} | {value} |" for key, value in machine.items()),
+        *bench_lake.machine_table(machine),
         "",
         "| path | exit | wall | vs CLI | sum of step seconds | peak RSS (process tree) | CPU s | other CPU s |",
         "|---|---|---|---|---|---|---|---|",
@@ -125,11 +123,7 @@ def render(args: argparse.Namespace, machine: dict, runs: list) -> str:
         "sensor's landing would be); the job then skips nothing: it rebuilds raw too.",
         f"Target: a UI/sensor run within {TARGET_RATIO:.2f}x the CLI's wall time: {bench_lake.verdict(ok)}.",
     ]
-    if any(stage.other_cpu_seconds / max(stage.wall_seconds, 1) > 0.25 for _, stage, _ in runs):
-        lines += [
-            "",
-            "**Other processes competed for the CPU during some runs; their wall times are inflated.**",
-        ]
+    lines += bench_lake.load_footer(stage for _, stage, _ in runs)
     return "\n".join(lines) + "\n"
 
 

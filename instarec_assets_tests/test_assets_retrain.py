@@ -169,6 +169,21 @@ def test_the_second_batch_keeps_graphsage_and_embeds_its_new_users(lake):
     embeddings = _metadata(results[second], "user_embeddings")
     assert embeddings["retrained"] is False and embeddings["model_version"] == config_one["model_version"]
     assert embeddings["serving_users_without_training_edges"] >= new_users[0]
+    # the kept model embeds only what batch 2 changed and carries the rest from batch 1's table
+    assert embeddings["embedding_mode"] == "incremental" and embeddings["embeddings_carried_from"] == first
+    for framing in ("target", "serving"):
+        embedded, carried = embeddings[f"{framing}_users_embedded"], embeddings[f"{framing}_users_carried"]
+        assert embedded >= new_users[0] and carried > 0
+        assert embedded + carried == embeddings[f"{framing}_users"]
+        assert 0 <= embeddings[f"{framing}_carried_cosine_distance_mean"] < 1
+    carried_rows = duckdb.sql(
+        f"SELECT count(*), count(*) FILTER (WHERE a.embedding = b.embedding) "
+        f"FROM read_parquet('{users_two}') a JOIN read_parquet('{users_one}') b USING (framing, user_id) "
+        f"WHERE a.edges = b.edges"
+    ).fetchall()[0]
+    assert carried_rows[1] >= embeddings["serving_users_carried"] > 0
+    # the kept XGBoost model was evaluated on the (bounded) validation users and says which
+    assert "validation users" in _metadata(results[second], "xgboost_model")["evaluation_users"]
 
 
 def test_the_third_batch_retrains_after_two_batches(lake):
@@ -180,6 +195,7 @@ def test_the_third_batch_retrains_after_two_batches(lake):
             f"batches: 2 batches since the model was fitted on {first}"
         )
         assert metadata["model_version"].split("-", 1)[1].startswith(third)
+    assert _metadata(results[third], "user_embeddings")["embedding_mode"] == "full: model retrained"
 
 
 def test_a_drift_threshold_near_zero_retrains_naming_drift(lake):

@@ -163,3 +163,82 @@ def test_shuffled_feature_set_loads_in_the_same_order_and_trains_the_same_model(
     assert cards[0]["seed"] == 5 and cards[0]["nthread"] == 2 == reports[0].card["parameters"]["nthread"]
     assert len(cards[0]["training_data_sha256"]) == 64
     assert reports[0].metrics.auc == reports[1].metrics.auc
+
+
+def _kept():
+    from instarec_assets.ml.retrain import RetrainDecision
+
+    return RetrainDecision(
+        retrain=False, reason="kept", batches_since=1, age_days=7, drift=0.0, trained_on_batch="2025-01-06"
+    )
+
+
+def test_a_kept_model_is_evaluated_on_a_seeded_bounded_sample_of_validation_users(
+    feature_set: str, tmp_path: Path
+) -> None:
+    """Keeping a model evaluates it on at most `evaluation_max_users` validation users, drawn by the
+    split's seed (the same users twice), and the card and its evaluation say so."""
+    from instarec_assets.ml.reorder_model import EVALUATION_SAMPLE, train_or_keep
+
+    data = load_feature_rows(duckdb.connect(), feature_set, FEATURES, with_labels=True)
+    params = ReorderModelParams(num_boost_round=40, early_stopping_rounds=10, nthread=1)
+    fitted = train_and_report(data, tmp_path / "fitted", "2025-01-06", params=params)
+    assert fitted.card["data_split"]["n_validation_users"] == 300  # all of them when fitted
+    assert EVALUATION_SAMPLE not in fitted.card
+    kept = [
+        train_or_keep(
+            data,
+            tmp_path / f"kept-{run}",
+            "2025-01-13",
+            _kept(),
+            previous=tmp_path / "fitted",
+            threads=1,
+            evaluation_max_users=100,
+        )
+        for run in (1, 2)
+    ]
+    card = kept[0].card
+    assert card["data_split"]["n_validation_users"] == 100
+    assert card[EVALUATION_SAMPLE]["validation_users"] == 300
+    assert card[EVALUATION_SAMPLE]["evaluated_users"] == 100
+    assert "seeded sample of 100 of the batch's 300 validation users" in card["evaluation"]["users"]
+    assert card["metrics"] == kept[1].card["metrics"]
+    assert kept[0].baskets.model_f1 == kept[1].baskets.model_f1
+    assert (tmp_path / "kept-1" / MODEL_FILE).read_bytes() == (tmp_path / "fitted" / MODEL_FILE).read_bytes()
+
+
+def test_a_kept_model_that_lost_its_signal_still_fails_the_baseline_check(
+    feature_set: str, tmp_path: Path
+) -> None:
+    """The bounded evaluation keeps the blocking check meaningful: a kept model fitted on inverted
+    labels ranks the reorders last and does not beat the baselines on the sample."""
+    from dataclasses import replace as replace_rows
+
+    from instarec_assets.ml.reorder_model import train_or_keep
+
+    data = load_feature_rows(duckdb.connect(), feature_set, FEATURES, with_labels=True)
+    params = ReorderModelParams(num_boost_round=40, early_stopping_rounds=10, nthread=1)
+    inverted = replace_rows(data, labels=(1 - data.labels).astype(np.int8))
+    train_and_report(inverted, tmp_path / "inverted", "2025-01-06", params=params)
+    train_and_report(data, tmp_path / "good", "2025-01-06", params=params)
+    kept_bad = train_or_keep(
+        data,
+        tmp_path / "kept-bad",
+        "2025-01-13",
+        _kept(),
+        previous=tmp_path / "inverted",
+        threads=1,
+        evaluation_max_users=100,
+    )
+    kept_good = train_or_keep(
+        data,
+        tmp_path / "kept-good",
+        "2025-01-13",
+        _kept(),
+        previous=tmp_path / "good",
+        threads=1,
+        evaluation_max_users=100,
+    )
+    assert kept_bad.card["data_split"]["n_validation_users"] == 100
+    assert not kept_bad.beats_baselines
+    assert kept_good.beats_baselines

@@ -545,6 +545,7 @@ def ranking_report(
         metadata={
             "model_version": MetadataValue.text(report.model_version),
             "held_out_users": MetadataValue.int(report.n_users),
+            "evaluation_users": MetadataValue.text(report.users),
             "catalogue_size": MetadataValue.int(report.catalogue_size),
             "served_ndcg_at_10": MetadataValue.float(
                 float(report.table.set_index("method").at[SERVED, CHECK_METRIC])

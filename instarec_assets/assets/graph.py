@@ -10,6 +10,7 @@ instarec_assets.ml.graphsage.
 
 from collections.abc import Iterator
 
+import numpy as np
 from dagster import AssetExecutionContext, AssetOut, Config, MetadataValue, Output, multi_asset
 from dagster_duckdb import DuckDBResource
 
@@ -29,6 +30,7 @@ from instarec_assets.ml.graphsage import (
     train_and_report,
 )
 from instarec_assets.ml.graphsage.artifacts import write_embeddings
+from instarec_assets.ml.graphsage.incremental import PreviousEmbeddings, carried_embedding_tables
 from instarec_assets.ml.graphsage.report import HEADLINE_METRICS
 from instarec_assets.ml.metrics import png_markdown
 from instarec_assets.ml.training import code_version
@@ -49,6 +51,8 @@ class GraphSageConfig(Config):
     seed: int = _DEFAULTS.seed
     # Train a new model whatever the retrain policy says (the decision records it).
     force_retrain: bool = False
+    # With a kept model, embed every node instead of carrying the unchanged ones over.
+    embed_all: bool = False
 
     def params(self) -> GraphSageParams:
         return GraphSageParams(
@@ -180,10 +184,26 @@ def graphsage_step(
     scratch = lake.staging_dir(context.run_id, "graph_embeddings")
     with lake_connection(duckdb, lake) as conn:
         graphs = {"target": graph, "serving": build_graph(conn, snapshot, "serving")}
-        users, products, stats = embedding_tables(
-            model, encoding, graphs, training_graph, device=device, threads=compute.threads
+        carried_from = (
+            None if decision.retrain or config.embed_all else previous_embeddings(lake, conn, previous[0])
         )
-        del graphs, graph, training_graph
+        if carried_from is None:
+            users, products, stats = embedding_tables(
+                model, encoding, graphs, training_graph, device=device, threads=compute.threads
+            )
+        else:
+            users, products, stats = carried_embedding_tables(
+                model,
+                encoding,
+                graphs,
+                training_graph,
+                *carried_from,
+                batch_user_ids=batch_users(conn, clean_orders[-1]),
+                threads=compute.threads,
+                seed=int(model_config.get("params", {}).get("seed", 0)),
+            )
+        embedding_mode = _embedding_mode(decision.retrain, carried_from is not None, previous)
+        del graphs, graph, training_graph, carried_from
         staged = {
             "user_embeddings": write_embeddings([users], scratch / "user_embeddings.parquet"),
             "product_embeddings": write_embeddings([products], scratch / "product_embeddings.parquet"),
@@ -207,11 +227,73 @@ def graphsage_step(
                         for framing in FRAMINGS
                     },
                     "seconds": MetadataValue.float(sum(stats[framing]["seconds"] for framing in FRAMINGS)),
+                    **embedding_mode,
+                    **_carried_metadata(stats, level),
                     "preview": _preview(conn, staged[name]),
                 },
             )
     del model, users, products
     release_freed_memory()
+
+
+def previous_embeddings(
+    lake: LakeResource, conn, batch: str
+) -> tuple[dict[str, PreviousEmbeddings], dict[str, PreviousEmbeddings]] | None:
+    """The kept model's embeddings as the batch it was last kept or fitted in stored them (this
+    step's own earlier output, the same weights; recorded as `embeddings_carried_from`), per framing;
+    None when that batch has none."""
+    locations = lake.locations
+    uris = {
+        name: locations.partition_uri("curated", name, batch)
+        for name in ("user_embeddings", "product_embeddings")
+    }
+    if not all(locations.filesystem.exists(uri) for uri in uris.values()):
+        return None
+    found = []
+    for name, id_column in (("user_embeddings", "user_id"), ("product_embeddings", "product_id")):
+        table = conn.sql(
+            "SELECT * FROM read_parquet($uri, hive_partitioning = false)", params={"uri": uris[name]}
+        ).to_arrow_table()
+        framing = table.column("framing").to_numpy(zero_copy_only=False)
+        found.append(
+            {key: PreviousEmbeddings.from_arrow(table.filter(framing == key), id_column) for key in FRAMINGS}
+        )
+    return found[0], found[1]
+
+
+def batch_users(conn, orders_uri: str) -> np.ndarray:
+    """The users with an order in this batch (their history moved: re-embedded, not carried)."""
+    column = conn.sql(
+        "SELECT DISTINCT user_id::BIGINT AS user_id FROM read_parquet($uri, hive_partitioning = false)",
+        params={"uri": orders_uri},
+    ).fetchnumpy()["user_id"]
+    return np.asarray(column, dtype=np.int64)
+
+
+def _embedding_mode(retrained: bool, carried: bool, previous: tuple[str, object] | None) -> dict:
+    if carried:
+        mode, source = "incremental", previous[0]
+    else:
+        mode = "full: model retrained" if retrained else "full: no earlier embeddings to carry (or embed_all)"
+        source = "none"
+    return {
+        "embedding_mode": MetadataValue.text(mode),
+        "embeddings_carried_from": MetadataValue.text(source),
+    }
+
+
+def _carried_metadata(stats: dict, level: str) -> dict:
+    """Nodes embedded and carried per framing, and how far carried vectors are from a fresh embedding."""
+    if "embedded_users" not in stats[FRAMINGS[0]]:
+        return {}
+    metadata = {}
+    for framing in FRAMINGS:
+        metadata[f"{framing}_{level}_embedded"] = MetadataValue.int(int(stats[framing][f"embedded_{level}"]))
+        metadata[f"{framing}_{level}_carried"] = MetadataValue.int(int(stats[framing][f"carried_{level}"]))
+        for name in ("carried_cosine_distance_max", "carried_cosine_distance_mean"):
+            metadata[f"{framing}_{name}"] = MetadataValue.float(float(stats[framing][name]))
+        metadata[f"{framing}_exactness_sample"] = MetadataValue.int(int(stats[framing]["exactness_sample"]))
+    return metadata
 
 
 def _counts(description: dict) -> list[tuple[str, int]]:

@@ -156,6 +156,8 @@ def xgboost_model(
             "f1": MetadataValue.float(metrics.f1),
             "accuracy": MetadataValue.float(metrics.accuracy),
             "best_iteration": MetadataValue.int(report.card["best_iteration"]),
+            "evaluated_users": MetadataValue.int(report.card["data_split"]["n_validation_users"]),
+            "evaluation_users": MetadataValue.text(report.card["evaluation"]["users"]),
             "mean_f1_model": MetadataValue.float(baskets.model_f1),
             "mean_f1_last_order": MetadataValue.float(baskets.last_order_f1),
             "mean_f1_frequency": MetadataValue.float(baskets.frequency_f1),

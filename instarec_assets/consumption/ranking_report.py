@@ -62,13 +62,14 @@ from instarec_assets.ml.ranking import (
     ranking_table,
 )
 from instarec_assets.ml.reorder_model import (
+    EVALUATION_SAMPLE,
     HISTORY_COUNT_COLUMN,
     LAST_ORDER_COLUMN,
     MODEL_FILE,
     load_feature_rows,
     read_model_card,
 )
-from instarec_assets.ml.training import load_model, predict, split_users
+from instarec_assets.ml.training import load_model, predict, sample_users, split_users
 
 SERVED = "served: top 10 incl. explore"
 XGBOOST = "xgboost: reorder probability"
@@ -138,6 +139,7 @@ class RankingReport:
     model_version: str
     n_users: int
     catalogue_size: int
+    users: str  # which held-out users, in words (all, or a kept model's seeded sample)
     # per-user NDCG@10 of the served ranking minus personal top-frequency's, with its standard error
     served_vs_top_frequency: PairedDifference
 
@@ -159,11 +161,26 @@ def _json_number(value) -> float | int | None:
 
 def validation_users(user_ids: np.ndarray, card: Mapping) -> np.ndarray:
     """The users the model card held out: `split_users` over the distinct users gives the same draw
-    as over the rows, since it draws from the sorted distinct users."""
+    as over the rows, since it draws from the sorted distinct users. A kept model's card holds an
+    `evaluation_sample` (it was evaluated on a seeded sample of them): the same sample is drawn here,
+    so the report costs in proportion to the sample and judges the users the model card judged."""
     split = card.get("data_split", {})
     users = np.unique(np.asarray(user_ids))
-    _, held_out = split_users(users, float(split.get("validation_fraction", 0.1)), int(split.get("seed", 0)))
-    return users[held_out]
+    seed = int(split.get("seed", 0))
+    _, held_out = split_users(users, float(split.get("validation_fraction", 0.1)), seed)
+    held_out_users = users[held_out]
+    sample = card.get(EVALUATION_SAMPLE)
+    if sample:
+        return sample_users(held_out_users, int(sample["max_users"]), int(sample.get("seed", seed)))
+    return held_out_users
+
+
+def evaluation_users_text(card: Mapping, n_users: int) -> str:
+    """The report's users in words (the asset's metadata)."""
+    sample = card.get(EVALUATION_SAMPLE)
+    if sample:
+        return f"{sample['description']}: the model was kept, the report replays the same sample"
+    return f"all {n_users:,} validation users of the batch (the model was fitted on this batch)"
 
 
 def _ranked(frame: pd.DataFrame, score: str) -> pd.DataFrame:
@@ -316,6 +333,7 @@ def build_ranking_report(
         model_version=str(card["model_version"]),
         n_users=int(actual["user_id"].nunique()),
         catalogue_size=catalogue_size,
+        users=evaluation_users_text(card, int(held_out.size)),
         served_vs_top_frequency=paired_difference(
             ndcg_by_user(methods[SERVED], actual), ndcg_by_user(methods[TOP_FREQUENCY], actual)
         ),

@@ -41,12 +41,14 @@ from instarec_assets.ml.retrain import (
     population_stability,
 )
 from instarec_assets.ml.training import (
+    KEPT_EVALUATION_MAX_USERS,
     ReorderModelParams,
     TrainedModel,
     build_model_card,
     code_version,
     load_model,
     predict,
+    sample_users,
     save_model,
     split_users,
     train_reorder_model,
@@ -62,6 +64,8 @@ HISTORY_COUNT_COLUMN = "up_orders"
 # stays fair and costs about 2 x ABLATION_MAX_USERS users of fitting instead of a second full fit.
 ABLATION_MAX_USERS = 10_000
 LAST_ORDER_COLUMN = "up_in_last_1"
+# The card entry of a kept model saying which validation users it was evaluated on.
+EVALUATION_SAMPLE = "evaluation_sample"
 
 
 @dataclass(frozen=True)
@@ -324,8 +328,10 @@ def train_and_report(
     ranking = _ranking_report(data, validation_rows, validation_probabilities, train_rows)
     extra.setdefault("intended_use", INTENDED_USE)
     extra.setdefault("limitations", list(LIMITATIONS))
+    sample = trainer_card.get(EVALUATION_SAMPLE)
     extra["evaluation"] = {
-        "users": "held-out validation users, their next (target) order",
+        "users": "held-out validation users, their next (target) order"
+        + (f": {sample['description']} (the model was kept, not refitted)" if sample else ""),
         "basket_f1": baskets.as_table().to_dict(orient="records"),
         "ranking": ranking.to_dict(orient="records"),
         "none_probability": {k: v for k, v in none_choice.as_dict().items() if k != "calibration"},
@@ -420,8 +426,7 @@ def _fit_without(
 
 def _user_sample(data: FeatureRows, max_users: int, seed: int) -> FeatureRows:
     """The rows of `max_users` users drawn by the seed (rows keep their order: same sample, same fit)."""
-    users = np.unique(data.user_ids)
-    chosen = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
+    chosen = sample_users(data.user_ids, max_users, seed)
     rows = np.flatnonzero(np.isin(data.user_ids, chosen))
     return FeatureRows(
         features=data.features[rows],
@@ -484,18 +489,34 @@ def read_model_card(model_dir: str | Path) -> dict:
 
 # Card entries a kept model recomputes on the current batch's data; every other entry of the
 # fitting batch's card (model_version, parameters, the feature profile, SageMaker's artifact) stays.
-RECOMPUTED_CARD_KEYS = ("metrics", "data_partition", "data_split", "ablation", "retrain", "created_at")
+RECOMPUTED_CARD_KEYS = (
+    "metrics",
+    "data_partition",
+    "data_split",
+    "ablation",
+    "retrain",
+    "created_at",
+    EVALUATION_SAMPLE,
+)
 
 
 class ReuseTrainer:
     """A Trainer that fits nothing: the model of an earlier batch, with this batch's validation split.
 
     The held-out users are drawn exactly as train_reorder_model draws them (same fraction and
-    seed), so train_and_report computes the kept model's validation metrics, baskets and baseline
-    check on the current rows. `card_extra` carries the fitting batch's card over."""
+    seed), then at most `max_users` of them by the same seed (`sample_users`), so train_and_report
+    computes the kept model's validation metrics, baskets and baseline check on a bounded sample of
+    the current rows; the card's `evaluation_sample` says how many. `card_extra` carries the fitting
+    batch's card over."""
 
-    def __init__(self, folder: str | Path, card: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        card: Mapping[str, Any] | None = None,
+        max_users: int = KEPT_EVALUATION_MAX_USERS,
+    ) -> None:
         self.folder = Path(folder)
+        self.max_users = max_users
         self.previous = dict(card) if card is not None else read_model_card(self.folder)
         trained_on = trained_on_batch(self.previous)
         self.card_extra: dict[str, Any] = {
@@ -511,6 +532,13 @@ class ReuseTrainer:
         fraction = float(split.get("validation_fraction", 0.1))
         seed = int(split.get("seed", seed))
         train_mask, validation_mask = split_users(data.user_ids, fraction, seed)
+        held_out = np.unique(data.user_ids[validation_mask])
+        sampled = sample_users(held_out, self.max_users, seed)
+        if sampled.size < held_out.size:
+            validation_mask = validation_mask & np.isin(data.user_ids, sampled)
+        self.card_extra[EVALUATION_SAMPLE] = evaluation_sample(
+            held_out.size, sampled.size, self.max_users, seed
+        )
         validation_rows = np.flatnonzero(validation_mask)
         return TrainedModel(
             booster=load_model(self.folder / MODEL_FILE, threads=params.nthread),
@@ -526,6 +554,21 @@ class ReuseTrainer:
             validation_fraction=fraction,
             data_sha256=self.previous.get("reproducibility", {}).get("training_data_sha256", ""),
         )
+
+
+def evaluation_sample(validation_users: int, sampled: int, max_users: int, seed: int) -> dict[str, Any]:
+    """What a kept model's card says of the users it was evaluated on (the ranking report reads it)."""
+    return {
+        "validation_users": int(validation_users),
+        "evaluated_users": int(sampled),
+        "max_users": int(max_users),
+        "seed": int(seed),
+        "description": (
+            f"seeded sample of {sampled:,} of the batch's {validation_users:,} validation users (seed {seed})"
+            if sampled < validation_users
+            else f"all {validation_users:,} validation users of the batch"
+        ),
+    }
 
 
 def trained_on_batch(card: Mapping[str, Any]) -> str:
@@ -575,10 +618,12 @@ def train_or_keep(
     trainer: Trainer | None = None,
     ablate: str | None = None,
     threads: int = 0,
+    evaluation_max_users: int = KEPT_EVALUATION_MAX_USERS,
 ) -> ReorderModelReport:
     """train_and_report with a fresh fit (the card gains the feature profile of these rows, the
     fitting batch and the decision), or, when the decision keeps the model, the earlier booster
-    evaluated on these rows through the same report (no refit, no ablation: it is carried over)."""
+    evaluated through the same report on at most `evaluation_max_users` of this batch's validation
+    users (no refit, no ablation: it is carried over)."""
     if decision.retrain:
         return train_and_report(
             data,
@@ -599,7 +644,7 @@ def train_or_keep(
         data,
         workdir,
         data_partition,
-        trainer=ReuseTrainer(previous, previous_card),
+        trainer=ReuseTrainer(previous, previous_card, max_users=evaluation_max_users),
         threads=threads,
         card_extra={"retrain": decision.as_dict()},
     )

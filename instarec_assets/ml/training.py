@@ -115,6 +115,20 @@ def split_users(user_ids: np.ndarray, validation_fraction: float, seed: int) -> 
     return ~validation, validation
 
 
+# A kept model (the retrain policy) is evaluated on at most this many of the batch's validation users,
+# drawn by the split's seed (the ablation's sample size): its metrics and baseline check then cost in
+# proportion to the sample, not to the history. A retrained model is evaluated on every one.
+KEPT_EVALUATION_MAX_USERS = 10_000
+
+
+def sample_users(users: np.ndarray, max_users: int, seed: int) -> np.ndarray:
+    """At most `max_users` of the distinct `users`, drawn by `seed`, sorted (all of them when fewer)."""
+    users = np.unique(np.asarray(users))
+    if users.size <= max_users:
+        return users
+    return np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
+
+
 class _RowChunks(xgb.DataIter):
     """Feeds selected rows to a QuantileDMatrix chunk by chunk, so the full feature matrix is never
     copied: only one chunk of fancy-indexed rows exists at a time."""
