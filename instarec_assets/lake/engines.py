@@ -17,7 +17,6 @@ from sqlglot import exp
 
 DUCKDB = "duckdb"
 SPARK = "spark"
-ENGINES = (DUCKDB, SPARK)
 
 # Extension names a Spark job registers before it runs the SQL (see lake/spark_connection.py).
 NFC_NORMALIZE_UDF = "nfc_normalize"
@@ -27,14 +26,7 @@ _MATCHED = "__updated"
 
 
 class EngineError(ValueError):
-    """An unknown engine name, or a statement the Spark side cannot run."""
-
-
-def check_engine(engine: str) -> str:
-    """The engine name, or one clear error naming the choices."""
-    if engine not in ENGINES:
-        raise EngineError(f"engine must be one of {'/'.join(ENGINES)}, not {engine!r}")
-    return engine
+    """A statement the Spark side cannot run."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +54,9 @@ def _full_match(node: exp.Expression) -> exp.Expression:
 
 def _floor(node: exp.Expression) -> exp.Expression:
     value = node.this
-    return exp.paren(exp.Sub(this=value.copy(), expression=_call("pmod", value.copy(), exp.Literal.number(1))))
+    return exp.paren(
+        exp.Sub(this=value.copy(), expression=_call("pmod", value.copy(), exp.Literal.number(1)))
+    )
 
 
 def _to_json(node: exp.Expression) -> exp.Expression:
@@ -80,7 +74,9 @@ def _read_parquet(table: exp.Expression) -> exp.Expression:
     if not isinstance(path, exp.Literal):
         raise EngineError(f"read_parquet of {path.sql(DUCKDB)}: Spark SQL reads one literal path")
     return exp.Table(
-        this=exp.to_identifier(path.name, quoted=True), db=exp.to_identifier("parquet"), alias=table.args.get("alias")
+        this=exp.to_identifier(path.name, quoted=True),
+        db=exp.to_identifier("parquet"),
+        alias=table.args.get("alias"),
     )
 
 
@@ -144,7 +140,9 @@ def _literal(value: Any) -> exp.Expression:
     return exp.convert(value)
 
 
-def bind_parameters(statement: exp.Expression, params: Sequence[Any] | Mapping[str, Any] | None) -> exp.Expression:
+def bind_parameters(
+    statement: exp.Expression, params: Sequence[Any] | Mapping[str, Any] | None
+) -> exp.Expression:
     """`?` and `$name` placeholders replaced by literals (the values are the pipeline's own: paths,
     the forget list's hashes, its salt)."""
     if not params:

@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.functions import pandas_udf
 from sqlglot import exp
 
+from instarec_assets.lake.clean_steps import LOCAL_SPARK_MASTER
 from instarec_assets.lake.engines import (
     NFC_NORMALIZE_UDF,
     EngineError,
@@ -30,25 +31,31 @@ from instarec_assets.lake.engines import (
     update_as_select,
 )
 
-# Small shuffles: the local engine runs on a laptop's cores; EMR sets its own.
+# Files as DuckDB writes them: TIMESTAMPTZ is parquet INT64 micros adjusted to UTC (Spark's
+# default is INT96), zstd compressed.
+SPARK_CONF: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.parquet.compression.codec": "zstd",
+}
+# Small shuffles and no UI: the local engine runs on a laptop's cores; EMR sets its own.
 LOCAL_SPARK_CONF: dict[str, str] = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "4",
-    "spark.sql.session.timeZone": "UTC",
-    # DuckDB's TIMESTAMPTZ is parquet INT64 micros adjusted to UTC; Spark's default is INT96.
-    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-    "spark.sql.parquet.compression.codec": "zstd",
     "spark.driver.memory": "1g",
 }
 
 
-def local_spark_session(master: str = "local[2]") -> SparkSession:
-    """A local-mode session for tests and `--engine spark` on one machine; its Python workers are
-    this interpreter."""
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.master(master).appName("instarec-clean")
-    for key, value in LOCAL_SPARK_CONF.items():
+def spark_session(master: str | None = LOCAL_SPARK_MASTER) -> SparkSession:
+    """A local-mode session (`master`, for tests and `--engine spark` on one machine; its Python
+    workers are this interpreter), or with no master the cluster's own (spark-submit, EMR)."""
+    builder = SparkSession.builder.appName("instarec-clean")
+    if master:
+        builder = builder.master(master).config("spark.pyspark.python", sys.executable)
+        for key, value in LOCAL_SPARK_CONF.items():
+            builder = builder.config(key, value)
+    for key, value in SPARK_CONF.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
