@@ -156,7 +156,8 @@ def _clean_on_spark(context: AssetExecutionContext, request: CleanRequest) -> Cl
         raise RuntimeError(
             "the spark engine needs the spark extra: pip install 'instarec[spark]' (and Java 17)"
         )
-    invocation = PipesSubprocessClient().run(
+    # Spark's Python workers (the nfc_normalize function) run this interpreter, as the job does.
+    invocation = PipesSubprocessClient(env={"PYSPARK_PYTHON": sys.executable}).run(
         context=context,
         command=[sys.executable, "-m", "instarec_assets.spark.clean_job"],
         extras={"request": request.as_json(), "master": LOCAL_SPARK_MASTER},

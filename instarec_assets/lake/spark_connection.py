@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
@@ -48,11 +47,12 @@ LOCAL_SPARK_CONF: dict[str, str] = {
 
 
 def spark_session(master: str | None = LOCAL_SPARK_MASTER) -> SparkSession:
-    """A local-mode session (`master`, for tests and `--engine spark` on one machine; its Python
-    workers are this interpreter), or with no master the cluster's own (spark-submit, EMR)."""
+    """A local-mode session (`master`, for tests and `--engine spark` on one machine), or with no
+    master the cluster's own (spark-submit, EMR). The Python workers (nfc_normalize) run
+    PYSPARK_PYTHON, which must be an interpreter with this package: the launcher sets it."""
     builder = SparkSession.builder.appName("instarec-clean")
     if master:
-        builder = builder.master(master).config("spark.pyspark.python", sys.executable)
+        builder = builder.master(master)
         for key, value in LOCAL_SPARK_CONF.items():
             builder = builder.config(key, value)
     for key, value in SPARK_CONF.items():
