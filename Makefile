@@ -13,14 +13,15 @@ export INSTAREC_HOME
 .PHONY: install tools test lint format defs demo ui serve bench bench-serving clean
 
 # Idempotent: the stamp is rebuilt only when pyproject.toml (the packaging metadata) or setup.py changes.
-# Every extra but spark: the pipeline with GraphSAGE, aws mode (moto tests), `instarec serve`, the tools.
+# Every extra: the pipeline with GraphSAGE, aws mode (moto tests), `instarec serve`, the Spark engine's
+# parity tests (Java 17: .ci/run installs it), the tools.
 $(VENV)/.installed: setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 	# The CPU build of torch first (a local wheel where the machine has one), so that the
 	# resolver never swaps in the multi-GB CUDA build for the plain pin of the graph extra.
 	$(BIN)/pip install -q "torch==2.13.0+cpu" || $(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e '.[dev,aws,graph,serve]'
+	$(BIN)/pip install -q -e '.[dev,aws,graph,serve,spark]'
 	touch $@
 
 install: $(VENV)/.installed

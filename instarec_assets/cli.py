@@ -134,15 +134,21 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_materialize(args: argparse.Namespace) -> None:
     locations = LakeLocations.from_env(home=args.home)
+    if args.engine == "spark" and locations.is_aws:
+        raise CommandError("--engine spark runs locally only for now (EMR Serverless is not built yet)")
     source = Path(args.landing)
     from instarec_assets.pipeline.runner import default_partition
 
     partition_key = args.partition or default_partition(source, _today())
-    _land_and_run(locations, source, partition_key, args.through)
+    _land_and_run(locations, source, partition_key, args.through, args.engine)
 
 
 def _land_and_run(
-    locations: LakeLocations, source: Path, partition_key: str, through: str = "consumption"
+    locations: LakeLocations,
+    source: Path,
+    partition_key: str,
+    through: str = "consumption",
+    engine: str | None = None,
 ) -> None:
     from instarec_assets.definitions import build_definitions
     from instarec_assets.pipeline.runner import (
@@ -156,7 +162,7 @@ def _land_and_run(
 
     target = land_folder(source, locations, partition_key)
     print(f"landed {source} as partition {partition_key} at {target}", flush=True)
-    defs = build_definitions(locations)
+    defs = build_definitions(locations, engine=engine)
     steps = steps_through(defs, through)
     print(f"running {len(steps)} steps for partition {partition_key} through {through}", flush=True)
     with StepProgress(len(steps)) as progress:
@@ -477,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="consumption",
         choices=("raw", "clean", "curated", "models", "consumption"),
         help="stop after this zone (default: everything, down to the serving store)",
+    )
+    materialize.add_argument(
+        "--engine",
+        choices=("duckdb", "spark"),
+        help="engine of the clean steps (default: INSTAREC_ENGINE, else duckdb; spark needs Java 17)",
     )
     materialize.set_defaults(handler=cmd_materialize)
 

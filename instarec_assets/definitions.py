@@ -76,8 +76,11 @@ ASSETS = [
 AWS_KINDS = {"parquet": "s3", "sqlite": "dynamodb"}
 
 
-def build_resources(locations: LakeLocations, history_wait: HistoryWait = DEFAULT_HISTORY_WAIT) -> dict:
-    """The lake, DuckDB and one parquet IO manager per zone, all pointing at `locations`."""
+def build_resources(
+    locations: LakeLocations, history_wait: HistoryWait = DEFAULT_HISTORY_WAIT, engine: str | None = None
+) -> dict:
+    """The lake, DuckDB and one parquet IO manager per zone, all pointing at `locations`; `engine`
+    overrides INSTAREC_ENGINE (`instarec materialize --engine`)."""
     lake = LakeResource.from_locations(locations, history_wait)
     settings = Settings.from_env()
     default_backend = "sagemaker" if locations.is_aws else "local"
@@ -91,6 +94,7 @@ def build_resources(locations: LakeLocations, history_wait: HistoryWait = DEFAUL
         "compute": ComputeResource(
             threads=settings.threads,
             graphsage_device=settings.graphsage_device,
+            engine=engine or settings.engine,
         ),
         "serving_store": ServingStoreResource(**store_settings_from_env(locations.home)),
         "analyst_catalog": AnalystCatalogResource(
@@ -221,7 +225,7 @@ def environment_assets(locations: LakeLocations) -> list:
 
 
 def build_definitions(
-    locations: LakeLocations, history_wait: HistoryWait = DEFAULT_HISTORY_WAIT
+    locations: LakeLocations, history_wait: HistoryWait = DEFAULT_HISTORY_WAIT, engine: str | None = None
 ) -> Definitions:
     definitions = Definitions(
         assets=environment_assets(locations),
@@ -229,7 +233,7 @@ def build_definitions(
         jobs=[*landing_jobs(), forget_shopper],
         executor=STEP_EXECUTOR,
         sensors=[landing_sensor, run_failure_alert],
-        resources=build_resources(locations, history_wait),
+        resources=build_resources(locations, history_wait, engine),
     )
     specs = (lambda spec: _aws_kinds(owned_and_tagged(spec))) if locations.is_aws else owned_and_tagged
     with warnings.catch_warnings():  # map_asset_specs is a preview API: stable for what is used here

@@ -190,6 +190,8 @@ class ComputeResource(ConfigurableResource):
     threads: int = 0
     # cpu, cuda or "" (cuda when available, else cpu).
     graphsage_device: str = ""
+    # Where the clean steps run: duckdb (in process) or spark (a Pipes job, lake/spark_connection.py).
+    engine: str = "duckdb"
 
 
 class RetrainPolicyResource(ConfigurableResource):

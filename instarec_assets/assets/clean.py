@@ -4,6 +4,8 @@ Every clean asset yields a blocking `row_accounting` check: raw rows = clean + q
 duplicates for its partition, so nothing downstream runs on a partition that lost rows.
 """
 
+import importlib.util
+import sys
 from collections.abc import Iterator
 
 import duckdb
@@ -14,8 +16,10 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetOut,
+    MaterializeResult,
     MetadataValue,
     Output,
+    PipesSubprocessClient,
     multi_asset,
 )
 from dagster_duckdb import DuckDBResource
@@ -23,12 +27,16 @@ from dagster_duckdb import DuckDBResource
 from instarec_assets.assets.metadata import accounting_metadata, preview, quarantine_reasons
 from instarec_assets.history import own_earlier_partitions
 from instarec_assets.lake.accounting import CleanResult
-from instarec_assets.lake.clean_catalog import AISLES, DEPARTMENTS, Dimension, clean_dimension, clean_products
-from instarec_assets.lake.clean_order_products import clean_order_products
-from instarec_assets.lake.clean_orders import clean_orders
+from instarec_assets.lake.clean_steps import (
+    LOCAL_SPARK_MASTER,
+    SPARK_ENGINE,
+    CleanRequest,
+    result_from_json,
+    run_clean_step,
+)
 from instarec_assets.lake.locations import parse_partition_key
 from instarec_assets.partitions import HISTORY_POOL, batch_input_with_history, history_input, landing_batches
-from instarec_assets.resources import ForgetListResource, LakeResource, lake_connection
+from instarec_assets.resources import ComputeResource, ForgetListResource, LakeResource, lake_connection
 
 ROW_ACCOUNTING_CHECK = "row_accounting"
 
@@ -62,7 +70,11 @@ def _check_spec(table: str) -> list[AssetCheckSpec]:
 
 
 def _emit(
-    table: str, result: CleanResult, conn: duckdb.DuckDBPyConnection, own_history: dict[str, str]
+    table: str,
+    result: CleanResult,
+    conn: duckdb.DuckDBPyConnection,
+    own_history: dict[str, str],
+    engine: str,
 ) -> Iterator:
     """The clean table, its quarantine, and the row accounting check, with their metadata."""
     accounting = accounting_metadata(result.accounting)
@@ -70,6 +82,7 @@ def _emit(
         result.clean,
         output_name=f"clean_{table}",
         metadata={
+            "engine": engine,
             **accounting,
             "preview": preview(conn, str(result.clean.path)),
             "own_history_partitions": MetadataValue.json(sorted(own_history)),
@@ -79,6 +92,7 @@ def _emit(
         result.quarantine,
         output_name=f"quarantined_{table}",
         metadata={
+            "engine": engine,
             "reasons": quarantine_reasons(conn, str(result.quarantine.path)),
             "preview": preview(conn, str(result.quarantine.path)),
         },
@@ -107,6 +121,55 @@ def _own_history(context: AssetExecutionContext, lake: LakeResource, table: str)
     )
 
 
+def _clean(
+    context: AssetExecutionContext,
+    lake: LakeResource,
+    duckdb: DuckDBResource,
+    compute: ComputeResource,
+    table: str,
+    inputs: dict,
+    forget: ForgetListResource | None = None,
+) -> Iterator:
+    """Run one table's clean step on the configured engine and emit its outputs and check."""
+    earlier = _own_history(context, lake, f"clean_{table}")
+    forget_list = forget.load() if forget is not None else None
+    request = CleanRequest(
+        table=table,
+        partition_date=parse_partition_key(context.partition_key).isoformat(),
+        staging=str(lake.staging_dir(context.run_id, f"clean_{table}")),
+        inputs=inputs,
+        history=tuple(earlier.values()),
+        forget_salt=forget_list.salt if forget_list else "",
+        forget_hashes=tuple(sorted(forget_list.user_hashes)) if forget_list else (),
+    )
+    with lake_connection(duckdb, lake) as conn:
+        if compute.engine == SPARK_ENGINE:
+            result = _clean_on_spark(context, request)
+        else:
+            result = run_clean_step(conn, request)
+        yield from _emit(table, result, conn, earlier, compute.engine)
+
+
+def _clean_on_spark(context: AssetExecutionContext, request: CleanRequest) -> CleanResult:
+    """The same step as a Spark job (instarec_assets/spark/clean_job.py) launched through Pipes."""
+    if importlib.util.find_spec("pyspark") is None:
+        raise RuntimeError(
+            "the spark engine needs the spark extra: pip install 'instarec[spark]' (and Java 17)"
+        )
+    # Spark's Python workers (the nfc_normalize function) run this interpreter, as the job does.
+    invocation = PipesSubprocessClient(env={"PYSPARK_PYTHON": sys.executable}).run(
+        context=context,
+        command=[sys.executable, "-m", "instarec_assets.spark.clean_job"],
+        extras={"request": request.as_json(), "master": LOCAL_SPARK_MASTER},
+    )
+    for reported in invocation.get_results():
+        if isinstance(reported, MaterializeResult) and reported.asset_key.to_user_string() == (
+            f"clean_{request.table}"
+        ):
+            return result_from_json(reported.metadata["clean_result"].value)
+    raise RuntimeError(f"the Spark clean job for {request.table} reported no clean_{request.table}")
+
+
 @multi_asset(
     name="clean_orders_step",
     outs=_outs("orders", "Orders, typed and validated; each order_id stored once across all partitions."),
@@ -119,19 +182,11 @@ def clean_orders_step(
     context: AssetExecutionContext,
     lake: LakeResource,
     duckdb: DuckDBResource,
+    compute: ComputeResource,
     forget_list: ForgetListResource,
     raw_orders: str,
 ) -> Iterator:
-    earlier = _own_history(context, lake, "clean_orders")
-    with lake_connection(duckdb, lake) as conn:
-        result = clean_orders(
-            conn,
-            raw_orders,
-            list(earlier.values()),
-            lake.staging_dir(context.run_id, "clean_orders"),
-            forget_list.load(),
-        )
-        yield from _emit("orders", result, conn, earlier)
+    yield from _clean(context, lake, duckdb, compute, "orders", {"raw_orders": raw_orders}, forget_list)
 
 
 @multi_asset(
@@ -155,25 +210,21 @@ def clean_order_products_step(
     context: AssetExecutionContext,
     lake: LakeResource,
     duckdb: DuckDBResource,
+    compute: ComputeResource,
     raw_order_products_prior: str,
     raw_order_products_train: str,
     clean_orders: list[str],
     clean_products: str,
     quarantined_orders: str,
 ) -> Iterator:
-    earlier_lines = _own_history(context, lake, "clean_order_products")
-    with lake_connection(duckdb, lake) as conn:
-        result = clean_order_products(
-            conn,
-            raw_order_products_prior,
-            raw_order_products_train,
-            clean_orders,
-            clean_products,
-            list(earlier_lines.values()),
-            lake.staging_dir(context.run_id, "clean_order_products"),
-            quarantined_orders,
-        )
-        yield from _emit("order_products", result, conn, earlier_lines)
+    inputs = {
+        "raw_order_products_prior": raw_order_products_prior,
+        "raw_order_products_train": raw_order_products_train,
+        "clean_orders": list(clean_orders),
+        "clean_products": clean_products,
+        "quarantined_orders": quarantined_orders,
+    }
+    yield from _clean(context, lake, duckdb, compute, "order_products", inputs)
 
 
 @multi_asset(
@@ -190,44 +241,17 @@ def clean_products_step(
     context: AssetExecutionContext,
     lake: LakeResource,
     duckdb: DuckDBResource,
+    compute: ComputeResource,
     raw_products: str,
     clean_aisles: str,
     clean_departments: str,
 ) -> Iterator:
-    previous = _own_history(context, lake, "clean_products")
-    with lake_connection(duckdb, lake) as conn:
-        result = clean_products(
-            conn,
-            raw_products,
-            next(reversed(previous.values()), None),
-            clean_aisles,
-            clean_departments,
-            parse_partition_key(context.partition_key),
-            lake.staging_dir(context.run_id, "clean_products"),
-        )
-        yield from _emit("products", result, conn, previous)
-
-
-def _clean_dimension(
-    context: AssetExecutionContext,
-    lake: LakeResource,
-    duckdb: DuckDBResource,
-    dimension: Dimension,
-    raw_uri: str,
-) -> Iterator:
-    """Aisles and departments: the whole lookup table as of each landing date, latest name wins."""
-    table = dimension.table
-    previous = _own_history(context, lake, f"clean_{table}")
-    with lake_connection(duckdb, lake) as conn:
-        result = clean_dimension(
-            conn,
-            dimension,
-            raw_uri,
-            next(reversed(previous.values()), None),
-            parse_partition_key(context.partition_key),
-            lake.staging_dir(context.run_id, f"clean_{table}"),
-        )
-        yield from _emit(table, result, conn, previous)
+    inputs = {
+        "raw_products": raw_products,
+        "clean_aisles": clean_aisles,
+        "clean_departments": clean_departments,
+    }
+    yield from _clean(context, lake, duckdb, compute, "products", inputs)
 
 
 @multi_asset(
@@ -239,9 +263,14 @@ def _clean_dimension(
     pool=HISTORY_POOL,
 )
 def clean_aisles_step(
-    context: AssetExecutionContext, lake: LakeResource, duckdb: DuckDBResource, raw_aisles: str
+    context: AssetExecutionContext,
+    lake: LakeResource,
+    duckdb: DuckDBResource,
+    compute: ComputeResource,
+    raw_aisles: str,
 ) -> Iterator:
-    yield from _clean_dimension(context, lake, duckdb, AISLES, raw_aisles)
+    """Aisles: the whole lookup table as of each landing date, latest name wins."""
+    yield from _clean(context, lake, duckdb, compute, "aisles", {"raw_aisles": raw_aisles})
 
 
 @multi_asset(
@@ -253,9 +282,13 @@ def clean_aisles_step(
     pool=HISTORY_POOL,
 )
 def clean_departments_step(
-    context: AssetExecutionContext, lake: LakeResource, duckdb: DuckDBResource, raw_departments: str
+    context: AssetExecutionContext,
+    lake: LakeResource,
+    duckdb: DuckDBResource,
+    compute: ComputeResource,
+    raw_departments: str,
 ) -> Iterator:
-    yield from _clean_dimension(context, lake, duckdb, DEPARTMENTS, raw_departments)
+    yield from _clean(context, lake, duckdb, compute, "departments", {"raw_departments": raw_departments})
 
 
 CLEAN_STEPS = [

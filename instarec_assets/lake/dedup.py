@@ -21,6 +21,8 @@ WHERE quarantine_reason IS NULL
 WINDOW by_key AS (PARTITION BY {key} ORDER BY _source_row)
 """
 
+# Joined with ON, not USING: Spark lists USING keys first in `checked.*`, and the UNION ALL below
+# matches its two halves by position.
 CLASSIFY_SQL = """
 CREATE OR REPLACE TEMP {kind} {out} AS
 WITH compared AS (
@@ -30,8 +32,8 @@ WITH compared AS (
            hash({checked_content}) = hash({earlier_content}) AS _same_as_earlier,
            earlier.{first_key} IS NOT NULL AS _stored_before
     FROM {checked} AS checked
-    LEFT JOIN {out}_repeated AS repeated USING ({key}, {row_id})
-    LEFT JOIN {earlier} AS earlier USING ({key})
+    LEFT JOIN {out}_repeated AS repeated ON {repeated_on}
+    LEFT JOIN {earlier} AS earlier ON {earlier_on}
     WHERE checked.quarantine_reason IS NULL
 )
 SELECT * EXCLUDE (_key_rank, _same_as_first, _same_as_earlier, _stored_before),
@@ -86,11 +88,15 @@ def classify_duplicates(
             out=out_table,
             checked=checked_table,
             earlier=earlier_view,
-            key=key,
-            row_id=", ".join(row_id),
+            repeated_on=_matching("checked", "repeated", (*key_columns, *row_id)),
+            earlier_on=_matching("checked", "earlier", key_columns),
             first_key=key_columns[0],
             checked_content=", ".join(f"checked.{column}" for column in content_columns),
             earlier_content=", ".join(f"earlier.{column}" for column in content_columns),
             key_label="/".join(key_columns),
         )
     )
+
+
+def _matching(left: str, right: str, columns: tuple[str, ...]) -> str:
+    return " AND ".join(f"{left}.{column} = {right}.{column}" for column in columns)

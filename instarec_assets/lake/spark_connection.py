@@ -1,0 +1,153 @@
+"""The Spark engine: a SparkSession behind the part of DuckDB's connection API the clean steps use.
+
+The clean functions (clean_orders, clean_order_products, clean_products, clean_dimension) take a
+connection and run their DuckDB SQL on it. SparkConnection runs each statement on Spark instead,
+transpiled by lake/engines.py, so both engines execute one definition of every step. Only this
+module and the Spark job import pyspark.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import unicodedata
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.functions import pandas_udf
+from sqlglot import exp
+
+from instarec_assets.lake.clean_steps import LOCAL_SPARK_MASTER
+from instarec_assets.lake.engines import (
+    NFC_NORMALIZE_UDF,
+    EngineError,
+    parse_duckdb,
+    spark_sql,
+    update_as_select,
+)
+
+# Files as DuckDB writes them: TIMESTAMPTZ is parquet INT64 micros adjusted to UTC (Spark's
+# default is INT96), zstd compressed.
+SPARK_CONF: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.parquet.compression.codec": "zstd",
+}
+# Small shuffles and no UI: the local engine runs on a laptop's cores; EMR sets its own.
+LOCAL_SPARK_CONF: dict[str, str] = {
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.shuffle.partitions": "4",
+    "spark.driver.memory": "1g",
+}
+
+
+def spark_session(master: str | None = LOCAL_SPARK_MASTER) -> SparkSession:
+    """A local-mode session (`master`, for tests and `--engine spark` on one machine), or with no
+    master the cluster's own (spark-submit, EMR). The Python workers (nfc_normalize) run
+    PYSPARK_PYTHON, which must be an interpreter with this package: the launcher sets it."""
+    builder = SparkSession.builder.appName("instarec-clean")
+    if master:
+        builder = builder.master(master)
+        for key, value in LOCAL_SPARK_CONF.items():
+            builder = builder.config(key, value)
+    for key, value in SPARK_CONF.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _nfc(values: pd.Series) -> pd.Series:
+    return values.map(lambda value: None if value is None else unicodedata.normalize("NFC", value))
+
+
+def register_functions(spark: SparkSession) -> None:
+    """The functions the lake's SQL needs that Spark lacks (engines.SPARK_EXPRESSIONS says which)."""
+    spark.udf.register(NFC_NORMALIZE_UDF, pandas_udf(_nfc, "string"))
+
+
+class _Relation:
+    def __init__(self, spark: SparkSession, frame: DataFrame) -> None:
+        self._frame = frame
+
+    def create_view(self, name: str, replace: bool = True) -> None:
+        self._frame.createOrReplaceTempView(name)
+
+
+class _Result:
+    def __init__(self, rows: list[tuple]) -> None:
+        self._rows = rows
+
+    def fetchall(self) -> list[tuple]:
+        return self._rows
+
+
+class SparkConnection:
+    """Runs DuckDB statements on Spark: temp tables and views become temp views, UPDATEs replace
+    the view with its updated contents, COPY ... TO writes one parquet file."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+        register_functions(spark)
+
+    def read_parquet(self, uris: str | Sequence[str], hive_partitioning: bool = False) -> _Relation:
+        paths = [uris] if isinstance(uris, str) else list(uris)
+        return _Relation(self.spark, self.spark.read.parquet(*paths))
+
+    def sql(self, sql: str) -> _Relation:
+        (statement,) = parse_duckdb(sql)
+        return _Relation(self.spark, self.spark.sql(spark_sql(statement)))
+
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> _Result:
+        rows: list[tuple] = []
+        for statement in parse_duckdb(sql, params):
+            rows = self._run(statement)
+        return _Result(rows)
+
+    def _run(self, statement: exp.Expression) -> list[tuple]:
+        if isinstance(statement, exp.Create):
+            self._create(statement)
+        elif isinstance(statement, exp.Update):
+            target = statement.this.name
+            select = update_as_select(statement, self.spark.table(target).columns)
+            self.spark.sql(spark_sql(select)).localCheckpoint().createOrReplaceTempView(target)
+        elif isinstance(statement, exp.Drop):
+            self.spark.catalog.dropTempView(statement.find(exp.Table).name)
+        elif isinstance(statement, exp.Copy):
+            self._copy(statement)
+        elif isinstance(statement, exp.Query):
+            return [tuple(row) for row in self.spark.sql(spark_sql(statement)).collect()]
+        else:
+            raise EngineError(f"the Spark engine does not run {statement.key.upper()} statements")
+        return []
+
+    def _create(self, create: exp.Create) -> None:
+        if isinstance(create.this, exp.Schema):  # CREATE TABLE t (column type, ...): empty
+            table = create.this.this.name
+            columns = [
+                exp.alias_(exp.cast(exp.null(), column.args["kind"]), column.name)
+                for column in create.this.expressions
+            ]
+            frame = self.spark.sql(spark_sql(exp.select(*columns).where(exp.false())))
+        else:
+            table = create.this.name
+            frame = self.spark.sql(spark_sql(create.expression))
+        if str(create.args.get("kind", "")).upper() == "TABLE":
+            frame = frame.localCheckpoint()  # a table is computed once, as DuckDB's is
+        frame.createOrReplaceTempView(table)
+
+    def _copy(self, copy: exp.Copy) -> None:
+        """One zstd parquet file at a local path (the step's staging folder)."""
+        (target,) = copy.args["files"]
+        path = Path(target.name)
+        frame = self.spark.sql(spark_sql(copy.this.this))
+        parts = path.parent / f".{path.name}.{uuid.uuid4().hex}.spark"
+        frame.coalesce(1).write.mode("overwrite").parquet(str(parts))
+        (part,) = sorted(parts.glob("part-*.parquet"))
+        os.replace(part, path)
+        shutil.rmtree(parts, ignore_errors=True)
