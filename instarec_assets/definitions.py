@@ -215,13 +215,14 @@ def landing_jobs() -> list:
 
 
 def environment_assets(locations: LakeLocations) -> list:
-    """ASSETS, plus in aws mode with INSTAREC_ANALYST_BUCKET set the analysts' masked tables on S3 and Glue."""
+    """ASSETS; in aws mode with INSTAREC_ANALYST_BUCKET set, the analysts' masked tables on S3 and Glue
+    in place of the local warehouse file (a run task's /tmp copy would be built and lost each batch)."""
     settings = Settings.from_env()
     if not (locations.is_aws and settings.analyst_bucket):
         return list(ASSETS)
     if not settings.analyst_database:
         raise LakeConfigError("INSTAREC_ANALYST_DATABASE must be set when INSTAREC_ANALYST_BUCKET is")
-    return [*ASSETS, analyst_masked_tables]
+    return [analyst_masked_tables if asset is analyst_warehouse else asset for asset in ASSETS]
 
 
 def build_definitions(

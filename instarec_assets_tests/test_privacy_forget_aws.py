@@ -45,20 +45,28 @@ def read_rows(locations: LakeLocations, uri: str) -> list[dict]:
         return pq.read_table(stream).to_pylist()
 
 
-def test_forget_rewrites_s3_objects_deletes_noncurrent_versions_and_dynamodb_items(
-    aws_locations: LakeLocations, aws_env: str, tmp_path: Path
-):
-    s3 = boto3.client("s3", endpoint_url=aws_env, region_name=REGION)
-    raw_bucket = aws_locations.raw_bucket
-    # the raw bucket as infra/stacks creates it: versioned, governance-mode retention by default
-    s3.put_bucket_versioning(Bucket=raw_bucket, VersioningConfiguration={"Status": "Enabled"})
-    s3.put_object_lock_configuration(
-        Bucket=raw_bucket,
+@pytest.fixture
+def s3(aws_locations: LakeLocations, aws_env: str):
+    """An S3 client, with the raw bucket as infra/stacks creates it: versioned, governance-mode
+    retention by default."""
+    client = boto3.client("s3", endpoint_url=aws_env, region_name=REGION)
+    client.put_bucket_versioning(
+        Bucket=aws_locations.raw_bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
+    client.put_object_lock_configuration(
+        Bucket=aws_locations.raw_bucket,
         ObjectLockConfiguration={
             "ObjectLockEnabled": "Enabled",
             "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 30}},
         },
     )
+    return client
+
+
+def test_forget_rewrites_s3_objects_deletes_noncurrent_versions_and_dynamodb_items(
+    aws_locations: LakeLocations, aws_env: str, s3, tmp_path: Path
+):
+    raw_bucket = aws_locations.raw_bucket
     raw_orders = aws_locations.partition_uri("raw", "raw_orders", DAY)
     orders = pa.table(
         {
@@ -122,20 +130,9 @@ def test_forget_rewrites_s3_objects_deletes_noncurrent_versions_and_dynamodb_ite
         forget_user(aws_locations, USER, salt=SALT, requested_by="dpo", reason="again", store=store)
 
 
-def test_without_bypass_the_locked_noncurrent_version_cannot_be_deleted(
-    aws_locations: LakeLocations, aws_env: str
-):
+def test_without_bypass_the_locked_noncurrent_version_cannot_be_deleted(aws_locations: LakeLocations, s3):
     """The retention the forget role bypasses is real: an ordinary delete of a version is refused."""
-    s3 = boto3.client("s3", endpoint_url=aws_env, region_name=REGION)
     bucket = aws_locations.raw_bucket
-    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    s3.put_object_lock_configuration(
-        Bucket=bucket,
-        ObjectLockConfiguration={
-            "ObjectLockEnabled": "Enabled",
-            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 30}},
-        },
-    )
     first = s3.put_object(Bucket=bucket, Key="landing/x.csv", Body=b"a\n")["VersionId"]
     s3.put_object(Bucket=bucket, Key="landing/x.csv", Body=b"b\n")
     with pytest.raises(s3.exceptions.ClientError, match="AccessDenied"):

@@ -65,4 +65,47 @@ def test_forget_role_rewrites_the_zones_removes_old_versions_and_serving_items_w
         "dynamodb:DeleteItem",
     }
     assert "RecommendationsTableArn" in json.dumps(serving["Resource"])
-    assert "warehouse-salt" in json.dumps(statements["ReadTheWarehouseSalt"]["Resource"])
+
+
+def test_forget_role_reads_the_run_tasks_salt_secret_and_no_other_secret(
+    templates: dict[str, dict[str, Any]],  # noqa: F811
+) -> None:
+    """In aws mode `instarec forget` hashes the user id with the salt the run tasks use (the audit record
+    and the warehouse's user_key): the role must read that one secret, and it must be able to decrypt it."""
+    orchestration = templates["orchestration"]
+    secret = orchestration["Resources"]["WarehouseSaltSecret"]
+    exported = orchestration["Outputs"]["WarehouseSaltSecretArn"]
+    assert exported["Value"] == {"Ref": "WarehouseSaltSecret"}
+    export_name = exported["Export"]["Name"]
+    assert export_name == {"Fn::Sub": "instarec-${EnvironmentName}-WarehouseSaltSecretArn"}
+    run_tasks = orchestration["Resources"]["RunTaskRole"]["Properties"]["Policies"]
+    run_task_env = json.dumps(orchestration["Resources"]["RunTaskDefinition"])
+    assert '"INSTAREC_WAREHOUSE_SALT_SECRET", "Value": {"Ref": "WarehouseSaltSecret"}' in run_task_env
+    assert any(
+        statement.get("Resource") == {"Ref": "WarehouseSaltSecret"}
+        for policy in run_tasks
+        for statement in policy["PolicyDocument"]["Statement"]
+    )
+
+    forget = [s for _, lid, s in _iam_statements(templates) if lid == "ForgetRole"]
+    secrets = [s for s in forget if any(a.startswith("secretsmanager:") for a in as_list(s["Action"]))]
+    assert len(secrets) == 1
+    [salt] = secrets
+    assert salt["Effect"] == "Allow" and as_list(salt["Action"]) == ["secretsmanager:GetSecretValue"]
+    assert salt["Resource"] == {"Fn::ImportValue": export_name}  # that ARN: no wildcard, no other secret
+    assert "Condition" not in salt
+
+    # The secret is encrypted with the lake key; the role may use it only through Secrets Manager (and S3,
+    # DynamoDB for the rewrites), and no secrets resource policy narrows who may read it.
+    lake_key = {"Fn::ImportValue": {"Fn::Sub": "instarec-${EnvironmentName}-LakeKeyArn"}}
+    assert secret["Properties"]["KmsKeyId"] == lake_key
+    [kms] = [s for s in forget if any(a.startswith("kms:") for a in as_list(s["Action"]))]
+    assert "kms:Decrypt" in as_list(kms["Action"]) and kms["Resource"] == lake_key
+    via = kms["Condition"]["StringEquals"]["kms:ViaService"]
+    assert {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"} in via
+    assert not [
+        logical_id
+        for template in templates.values()
+        for logical_id, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::SecretsManager::ResourcePolicy"
+    ]

@@ -4,22 +4,25 @@ job in the definitions, and the command's bad input."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import importlib
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from dagster import DagsterInstance
 
 from instarec_assets.backends.recommendations import ServingStoreError
 from instarec_assets.backends.serving_store import SqliteRecommendationStore
 from instarec_assets.backends.testing import recommendations_table
+from instarec_assets.cli import main
 from instarec_assets.definitions import build_definitions
 from instarec_assets.lake.clean_orders import ForgetList, clean_orders
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.partitions import HISTORY_POOL
+from instarec_assets.pipeline import forget as pipeline_forget
+from instarec_assets.pipeline import runner
 from instarec_assets.privacy.lake_rewrite import rewrite_parquet, user_order_ids
 from instarec_assets.privacy.requests import (
     FORGET,
@@ -143,15 +146,26 @@ def test_forget_job_is_in_the_definitions_and_runs_in_the_history_pool(locations
         (["forget", "--withdraw", "12"], "user 12 has no forget request in force; nothing to withdraw"),
     ],
 )
-def test_bad_forget_input_is_one_line_and_exit_1(home: Path, argv: list[str], message: str):
-    # A child process, as a user runs it: in the suite's shared worker process an earlier test's Dagster
-    # instance state once left this run's fresh instance without its tables (`no such table: snapshots`).
-    done = subprocess.run(
-        [sys.executable, "-m", "instarec_assets.cli", *argv, "--home", str(home)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 1
-    assert done.stdout == ""
-    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith(f"instarec: error: {message}")
+def test_bad_forget_input_is_one_line_and_exit_1(
+    home: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+):
+    assert main([*argv, "--home", str(home)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1 and captured.err.startswith(f"instarec: error: {message}")
+
+
+def test_forget_opens_the_instance_of_its_own_run_not_one_patched_in_when_it_was_imported(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """The cause of a flaky `no such table: snapshots`: pipeline/forget.py once copied
+    `runner.dagster_instance` at import, so when a test that patches it (test_privacy_forget) was the
+    first to import the module, every later forget in that worker ran on that test's disposed instance."""
+    with DagsterInstance.ephemeral() as earlier_tests_instance:
+        pass
+    monkeypatch.setattr(runner, "dagster_instance", lambda locations: earlier_tests_instance)
+    importlib.reload(pipeline_forget)  # first imported while an earlier test's patch was in force
+    monkeypatch.undo()
+    assert main(["forget", "12", "--home", str(home)]) == 1
+    err = capsys.readouterr().err
+    assert "no such table" not in err and err.startswith("instarec: error: user 12 is unknown")

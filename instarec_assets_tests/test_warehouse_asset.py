@@ -19,13 +19,14 @@ from instarec_assets.sensors import LANDING_JOB_NAME
 from instarec_assets.warehouse import published_as_of, run_readonly_sql, user_key, warehouse_path
 from instarec_assets.warehouse.salt import SALT_ENV, salt_path
 from instarec_assets_tests.landing_fixtures import ORDERS, PRIOR_LINES, TRAIN_LINES, write_batch
+from instarec_assets_tests.test_warehouse_incremental import warehouse_contents
 
 DAY_1 = "2025-01-06"
 DAY_2 = "2025-01-13"
 WAREHOUSE = AssetKey("analyst_warehouse")
 
 
-def run_partition(defs: Definitions, instance, partition_key: str):
+def run_partition(defs: Definitions, instance, partition_key: str, full_rebuild: bool = False):
     """Raw, clean and the warehouse (the two-user fixture is too small for the model assets)."""
     register_batch(instance, partition_key)
     return defs.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
@@ -33,6 +34,7 @@ def run_partition(defs: Definitions, instance, partition_key: str):
         instance=instance,
         raise_on_error=False,
         asset_selection=[*assets_through(defs, "clean"), WAREHOUSE],
+        run_config={"ops": {"analyst_warehouse": {"config": {"full_rebuild": full_rebuild}}}},
     )
 
 
@@ -94,15 +96,20 @@ def test_materialising_a_partition_publishes_the_warehouse_with_a_salted_user_ke
     assert salt not in str(metadata)
 
 
-def test_a_later_partition_sees_the_rename_and_a_backfill_keeps_the_newer_warehouse(
+def test_a_later_partition_updates_the_warehouse_like_a_rebuild_and_a_backfill_keeps_it(
     defs, instance, locations, monkeypatch
 ):
     monkeypatch.setenv(SALT_ENV, "salt-from-the-environment-0123")
     landing = Path(locations.landing_uri())
     write_batch(landing / DAY_1)
     assert run_partition(defs, instance, DAY_1).success
+    assert latest_metadata(instance)["full_reason"] == "first batch"
+    # A new order of user 1 and a quarantined one, with a renamed product.
     folder = write_batch(
-        landing / DAY_2, orders=[(105, 1, "test", 5, 2, 9, "6.0")], prior_lines=[], train_lines=[]
+        landing / DAY_2,
+        orders=[(105, 1, "test", 5, 2, 9, "6.0"), (106, "u77321", "prior", 1, 2, 8, "")],
+        prior_lines=[],
+        train_lines=[],
     )
     products = (
         (folder / "products.csv")
@@ -111,6 +118,7 @@ def test_a_later_partition_sees_the_rename_and_a_backfill_keeps_the_newer_wareho
     )
     (folder / "products.csv").write_text(products)
     assert run_partition(defs, instance, DAY_2).success
+    assert latest_metadata(instance)["mode"] == "incremental"
 
     assert published_as_of(warehouse_path(locations.home_path)) == DAY_2
     assert rows(locations, "SELECT product_name FROM products WHERE product_id = 24852") == [
@@ -121,7 +129,15 @@ def test_a_later_partition_sees_the_rename_and_a_backfill_keeps_the_newer_wareho
     ) == [("Organic Banana",)]
     assert rows(locations, "SELECT count(*) FROM product_history WHERE product_id = 24852") == [(2,)]
     assert rows(locations, "SELECT count(*), count(DISTINCT user_key) FROM orders") == [(len(ORDERS) + 1, 2)]
+    assert rows(locations, "SELECT batch, reason FROM quarantine") == [
+        (DAY_2, "user_id: not a number: '<masked>'")
+    ]
     assert latest_metadata(instance)["user_key_salt"] == f"environment variable {SALT_ENV}"
+
+    updated = warehouse_contents(warehouse_path(locations.home_path))
+    assert run_partition(defs, instance, DAY_2, full_rebuild=True).success
+    assert latest_metadata(instance)["full_reason"] == "asked (full_rebuild)"
+    assert warehouse_contents(warehouse_path(locations.home_path)) == updated
 
     assert run_partition(defs, instance, DAY_1).success
     metadata = latest_metadata(instance)

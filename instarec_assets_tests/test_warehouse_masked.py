@@ -12,11 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, DagsterInstance
 
+from instarec_assets.assets.warehouse import WAREHOUSE_INS
 from instarec_assets.definitions import build_definitions
 from instarec_assets.lake.locations import LakeConfigError, LakeLocations
 from instarec_assets.pipeline.runner import assets_through, land_folder, register_batch
+from instarec_assets.privacy.forget import clean_zone_as_of
 from instarec_assets.sensors import LANDING_JOB_NAME
-from instarec_assets.warehouse import run_readonly_sql, user_key, warehouse_path
+from instarec_assets.warehouse import build_warehouse_file, run_readonly_sql, user_key, warehouse_path
 from instarec_assets.warehouse.masked import (
     AS_OF_PARAMETER,
     INFO_TABLE,
@@ -65,14 +67,14 @@ def analyst(aws_locations: LakeLocations, aws_env: str, monkeypatch: pytest.Monk
 
 
 def run_partition(locations: LakeLocations, instance, partition_key: str, folder: Path):
-    """Land a folder, then raw, clean, the local warehouse and the masked tables for its partition."""
+    """Land a folder, then raw, clean and the masked tables for its partition."""
     land_folder(folder, locations, partition_key)
     defs = build_definitions(locations)
     register_batch(instance, partition_key)
     result = defs.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
         partition_key=partition_key,
         instance=instance,
-        asset_selection=[*assets_through(defs, "clean"), WAREHOUSE, MASKED],
+        asset_selection=[*assets_through(defs, "clean"), MASKED],
     )
     assert result.success
     event = instance.get_latest_materialization_event(MASKED)
@@ -91,7 +93,7 @@ def _rows(table) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_masked_tables_equal_the_local_warehouse_hold_no_user_id_and_glue_points_at_them(
+def test_masked_tables_equal_a_local_warehouse_hold_no_user_id_and_glue_points_at_them(
     aws_locations: LakeLocations, aws_env: str, analyst: dict[str, str], tmp_path
 ):
     folder = write_batch(tmp_path / "batch", orders=[*ORDERS, BAD_ORDER])
@@ -103,7 +105,13 @@ def test_masked_tables_equal_the_local_warehouse_hold_no_user_id_and_glue_points
     assert metadata["glue_database"] == analyst["database"]
     assert SALT not in str(metadata)
 
-    local = warehouse_path(aws_locations.home_path)
+    # The same relations built into a local file from the same clean zone and salt.
+    local = warehouse_path(tmp_path / "local")
+    assert not warehouse_path(aws_locations.home_path).exists()  # built once: no /tmp copy
+    snapshot, quarantine = clean_zone_as_of(aws_locations, DAY_1)
+    build_warehouse_file(
+        local, snapshot, SALT, DAY_1, filesystem=aws_locations.filesystem, quarantine=quarantine
+    )
     for table in MASKED_TABLES:
         masked = s3_table(aws_env, masked_table_uri(analyst["bucket"], table, DAY_1))
         assert "user_id" not in masked.column_names, table
@@ -111,6 +119,7 @@ def test_masked_tables_equal_the_local_warehouse_hold_no_user_id_and_glue_points
         assert tuple(masked.column_names) == expected.columns, table
         if table == INFO_TABLE:  # built_at is each build's own clock
             assert masked.column("as_of").to_pylist()[0].isoformat() == DAY_1
+            assert masked.column("salt_check").to_pylist() == [row[-1] for row in expected.rows]
             continue
         assert _rows(masked) == sorted(expected.rows, key=repr), table
 
@@ -167,23 +176,26 @@ def test_a_later_partition_moves_the_catalog_and_a_backfill_leaves_it(
     assert catalog_as_of(glue, analyst["database"]) == DAY_2
 
 
-def test_the_masked_asset_exists_only_in_aws_mode_with_an_analyst_bucket(
+def test_the_masked_asset_replaces_the_local_warehouse_only_in_aws_mode_with_an_analyst_bucket(
     aws_locations: LakeLocations, analyst: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ):
     graph = build_definitions(aws_locations).resolve_asset_graph()
     node = graph.get(MASKED)
     assert node.group_name == "consumption" and node.kinds == {"s3", "glue"}
     assert node.partitions_def is not None
-    assert graph.get(WAREHOUSE).parent_keys == node.parent_keys
+    assert {key.to_user_string() for key in node.parent_keys} == set(WAREHOUSE_INS)
+    assert WAREHOUSE not in graph.get_all_asset_keys()  # its file would be built on /tmp and lost
 
     monkeypatch.delenv("INSTAREC_ANALYST_DATABASE")
     with pytest.raises(LakeConfigError, match="INSTAREC_ANALYST_DATABASE must be set"):
         build_definitions(aws_locations)
     monkeypatch.delenv("INSTAREC_ANALYST_BUCKET")
-    assert MASKED not in build_definitions(aws_locations).resolve_asset_graph().get_all_asset_keys()
+    keys = build_definitions(aws_locations).resolve_asset_graph().get_all_asset_keys()
+    assert MASKED not in keys and WAREHOUSE in keys
     local = LakeLocations(home=str(aws_locations.home_path))
     monkeypatch.setenv("INSTAREC_ANALYST_BUCKET", analyst["bucket"])
-    assert MASKED not in build_definitions(local).resolve_asset_graph().get_all_asset_keys()
+    keys = build_definitions(local).resolve_asset_graph().get_all_asset_keys()
+    assert MASKED not in keys and WAREHOUSE in keys
 
 
 def test_a_missing_secret_or_database_is_one_line_naming_it(aws_env: str, analyst: dict[str, str]):

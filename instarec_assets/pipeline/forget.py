@@ -13,7 +13,8 @@ from instarec_assets.assets.privacy import FORGET_JOB_NAME
 from instarec_assets.completeness import cli_run_tags
 from instarec_assets.definitions import build_definitions
 from instarec_assets.lake.locations import LakeLocations
-from instarec_assets.pipeline.runner import PipelineError, _first_line, dagster_instance
+from instarec_assets.pipeline import runner
+from instarec_assets.pipeline.runner import PipelineError, _first_line
 
 
 def run_forget(
@@ -21,8 +22,10 @@ def run_forget(
 ) -> tuple[str, dict[str, Any]]:
     """Execute the job in this process; the audit record's URI and the record. PipelineError with the
     op's first error line when it fails (unknown user, nothing to withdraw, an unreachable store)."""
+    # Looked up on the module when the job runs (as cli.py does): a copy bound at import time would keep
+    # whatever `runner.dagster_instance` was then, e.g. a test's patch returning its since-disposed instance.
+    instance = runner.dagster_instance(locations)
     defs = build_definitions(locations)
-    instance = dagster_instance(locations)
     config = {"user_id": user_id, "reason": reason, "requested_by": requested_by, "withdraw": withdraw}
     result = defs.resolve_job_def(FORGET_JOB_NAME).execute_in_process(
         run_config={

@@ -231,14 +231,9 @@ def _warehouse_counts(locations: LakeLocations) -> dict[str, int]:
         }
 
 
-def _rebuild_warehouse(locations: LakeLocations, salt: str, key: str) -> Rewrite | None:
-    """Rebuild the published warehouse from the rewritten clean zone, as of the same batch (marts
-    included, so no aggregate still counts the user); None when there is no warehouse."""
-    path = warehouse_path(locations.home_path)
-    as_of = published_as_of(path)
-    if as_of is None:
-        return None
-    before = _warehouse_counts(locations)
+def clean_zone_as_of(locations: LakeLocations, as_of: str) -> tuple[CleanSnapshot, dict[str, list[str]]]:
+    """The clean snapshot and quarantined files the warehouse of batch `as_of` is built from, listed
+    from storage (the forget job rewrites the lake outside any landing run)."""
 
     def upto(table: str) -> list[str]:
         zone = LakeLocations.zone_of(table)
@@ -258,7 +253,27 @@ def _rebuild_warehouse(locations: LakeLocations, salt: str, key: str) -> Rewrite
         table: upto(f"quarantined_{table}")
         for table in ("orders", "order_products", "products", "aisles", "departments")
     }
-    build_warehouse_file(path, snapshot, salt, as_of, filesystem=locations.filesystem, quarantine=quarantine)
+    return snapshot, quarantine
+
+
+def _rebuild_warehouse(locations: LakeLocations, salt: str, key: str) -> Rewrite | None:
+    """Rebuild the published warehouse from the rewritten clean zone, as of the same batch (marts
+    included, so no aggregate still counts the user); None when there is no warehouse."""
+    path = warehouse_path(locations.home_path)
+    as_of = published_as_of(path)
+    if as_of is None:
+        return None
+    before = _warehouse_counts(locations)
+    snapshot, quarantine = clean_zone_as_of(locations, as_of)
+    build_warehouse_file(
+        path,
+        snapshot,
+        salt,
+        as_of,
+        filesystem=locations.filesystem,
+        quarantine=quarantine,
+        full_reason="rebuilt by forget",
+    )
     after = _warehouse_counts(locations)
     removed = sum(before[table] - after[table] for table in WAREHOUSE_COUNTS)
     if _warehouse_rows(locations, key):

@@ -7,11 +7,13 @@ DuckDB file (tables, the `joined_order_products` view, marts; user ids replaced 
 
 from instarec_assets.warehouse.build import (
     RELATIONS,
+    BatchRows,
     RelationSummary,
     WarehouseSummary,
     build_warehouse,
     build_warehouse_file,
     published_as_of,
+    update_warehouse,
     warehouse_path,
 )
 from instarec_assets.warehouse.readonly import (
@@ -28,6 +30,7 @@ from instarec_assets.warehouse.salt import SALT_ENV, WarehouseSalt, WarehouseSal
 __all__ = [
     "RELATIONS",
     "SALT_ENV",
+    "BatchRows",
     "QueryRefusedError",
     "QueryResult",
     "RelationSummary",
@@ -43,6 +46,7 @@ __all__ = [
     "load_salt",
     "published_as_of",
     "run_readonly_sql",
+    "update_warehouse",
     "user_key",
     "warehouse_path",
 ]

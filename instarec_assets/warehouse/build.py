@@ -11,13 +11,22 @@ system's: nothing an analyst does reaches the lake.
 The file is built under a temporary name beside the published one and renamed over it when
 complete, so a reader never sees a half-built database. A build for a partition older than the one
 already published leaves the newer warehouse in place (a backfill never turns the clock back).
+
+After the first batch the build is an update: a copy of the previous batch's warehouse gets this
+batch's orders, lines and quarantined rows appended (they are row-wise functions of their batch),
+the catalog tables and the SCD2 dimension replaced, and the views and marts rebuilt over the
+warehouse's own tables. It falls back to a full build when the published warehouse is not the
+previous batch's, was built by other relation SQL or another salt (`warehouse_info.layout`,
+`salt_check`), or when asked.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import hashlib
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -54,6 +63,8 @@ class Relation:
     kind: str  # "table" or "view"
     comment: str
     select_sql: str
+    # Row-wise over one batch's rows: an update appends the batch's rows instead of rebuilding.
+    appends: bool = False
 
 
 USER_KEY_SQL = f"left(sha256($salt || ':' || user_id::VARCHAR), {USER_KEY_HEX_DIGITS})"
@@ -98,6 +109,7 @@ RELATIONS: tuple[Relation, ...] = (
                order_hour_of_day, days_since_prior_order
         FROM src_orders ORDER BY order_id
         """,
+        appends=True,
     ),
     Relation(
         "order_products",
@@ -107,6 +119,7 @@ RELATIONS: tuple[Relation, ...] = (
         SELECT order_id, product_id, add_to_cart_order, reordered, eval_set
         FROM src_order_products ORDER BY order_id, add_to_cart_order
         """,
+        appends=True,
     ),
     Relation(
         "joined_order_products",
@@ -149,6 +162,7 @@ RELATIONS: tuple[Relation, ...] = (
         FROM landed
         ORDER BY source_table, batch, source_file, source_row
         """,
+        appends=True,
     ),
     # The marts aggregate the narrow tables first and add names last: at the full dataset's size
     # (34M lines) that is about twice as fast as grouping the wide joined view.
@@ -239,11 +253,28 @@ RELATIONS: tuple[Relation, ...] = (
     ),
 )
 
-WAREHOUSE_INFO_SQL = """
-CREATE TABLE warehouse_info AS
+# `salt_check` is a user_key of no user: it tells an update whether the previous build used this salt,
+# and tells an analyst nothing a real user_key does not.
+WAREHOUSE_INFO_SQL = f"""
+CREATE OR REPLACE TABLE warehouse_info AS
 SELECT $as_of::DATE AS as_of, $built_at::TIMESTAMPTZ AS built_at,
-       $order_partitions::INTEGER AS order_partitions, $min_orders::INTEGER AS min_orders_for_reorder_rank
+       $order_partitions::INTEGER AS order_partitions, $min_orders::INTEGER AS min_orders_for_reorder_rank,
+       $mode::VARCHAR AS build_mode, $layout::VARCHAR AS layout,
+       {USER_KEY_SQL.replace("user_id::VARCHAR", "'salt-check'")} AS salt_check
 """
+WAREHOUSE_INFO_COMMENT = "The partition this warehouse is a snapshot of, and when and how it was built."
+
+
+def _layout_digest() -> str:
+    """12 hex digits over the relations' SQL: an update only extends a warehouse built by the same SQL."""
+    digest = hashlib.sha256()
+    for relation in RELATIONS:
+        digest.update(f"{relation.name}\0{relation.kind}\0{relation.select_sql}\0".encode())
+    digest.update(WAREHOUSE_INFO_SQL.encode())
+    return digest.hexdigest()[:12]
+
+
+LAYOUT = _layout_digest()
 
 PREVIEW_RELATION = "mart_top_products"
 PREVIEW_ROWS = 10
@@ -257,8 +288,21 @@ class RelationSummary:
 
 
 @dataclass(frozen=True)
+class BatchRows:
+    """One batch's own files, and the batch whose warehouse an update appends them to."""
+
+    previous: str
+    orders: Sequence[str]
+    order_products: Sequence[str]
+    quarantine: Mapping[str, Sequence[str]]
+
+
+@dataclass(frozen=True)
 class WarehouseSummary:
-    """What a build produced; `published` is false when a newer warehouse was kept in place."""
+    """What a build produced; `published` is false when a newer warehouse was kept in place.
+
+    `mode` is "full" or "incremental"; `full_reason` says why a build was full.
+    """
 
     path: Path
     as_of: str
@@ -268,9 +312,14 @@ class WarehouseSummary:
     preview_rows: tuple[tuple, ...] = ()
     kept_as_of: str | None = None
     seconds: float = 0.0
+    mode: str = "full"
+    full_reason: str = ""
 
     def rows(self, name: str) -> int:
         return next(relation.rows for relation in self.relations if relation.name == name)
+
+
+SOURCE_VIEWS = ("src_orders", "src_order_products", "src_products", "src_aisles", "src_departments")
 
 
 def build_warehouse(
@@ -286,41 +335,73 @@ def build_warehouse(
     The salt is bound as a parameter of the `CREATE TABLE orders AS ...` statement: DuckDB stores a
     table's rows, not the statement that made it, so the salt never reaches the file.
     """
+    _source_views(conn, snapshot, snapshot.orders, snapshot.order_products, quarantine or {})
+    return _fill(conn, snapshot, salt, as_of, min_orders_for_reorder_rank, append=False)
+
+
+def update_warehouse(
+    conn: duckdb.DuckDBPyConnection,
+    snapshot: CleanSnapshot,
+    batch: BatchRows,
+    salt: str,
+    as_of: str,
+    min_orders_for_reorder_rank: int = MIN_ORDERS_FOR_REORDER_RANK,
+) -> tuple[RelationSummary, ...]:
+    """Bring the previous batch's warehouse (the connection's) to `as_of`: append the batch's rows,
+    replace the catalog, rebuild the views and marts; the same tables a full build makes."""
+    _source_views(conn, snapshot, batch.orders, batch.order_products, batch.quarantine)
+    return _fill(conn, snapshot, salt, as_of, min_orders_for_reorder_rank, append=True)
+
+
+def _fill(
+    conn: duckdb.DuckDBPyConnection,
+    snapshot: CleanSnapshot,
+    salt: str,
+    as_of: str,
+    min_orders: int,
+    *,
+    append: bool,
+) -> tuple[RelationSummary, ...]:
     params = {
         "salt": salt,
-        "min_orders": min_orders_for_reorder_rank,
+        "min_orders": min_orders,
         "as_of": as_of,
         "built_at": dt.datetime.now(dt.UTC),
         "order_partitions": len(snapshot.orders),
+        "mode": "incremental" if append else "full",
+        "layout": LAYOUT,
     }
-    _source_view(conn, "src_orders", snapshot.orders, CLEAN_ORDERS_SCHEMA)
-    _source_view(conn, "src_order_products", snapshot.order_products, CLEAN_ORDER_PRODUCTS_SCHEMA)
-    _source_view(conn, "src_products", [snapshot.products])
-    _source_view(conn, "src_aisles", [snapshot.aisles])
-    _source_view(conn, "src_departments", [snapshot.departments])
-    _quarantine_view(conn, quarantine or {})
     summaries = []
     for relation in RELATIONS:
-        kind = relation.kind.upper()
-        statement = f"CREATE {kind} {relation.name} AS {relation.select_sql}"
-        _execute(conn, statement, params)
-        conn.execute(f"COMMENT ON {kind} {relation.name} IS {_literal(relation.comment)}")
+        if append and relation.appends:
+            _execute(conn, f"INSERT INTO {relation.name} {relation.select_sql}", params)
+        else:
+            kind = relation.kind.upper()
+            _execute(conn, f"CREATE OR REPLACE {kind} {relation.name} AS {relation.select_sql}", params)
+            conn.execute(f"COMMENT ON {kind} {relation.name} IS {_literal(relation.comment)}")
         rows = int(scalar(conn, f"SELECT count(*) FROM {relation.name}"))
         summaries.append(RelationSummary(relation.name, relation.kind, rows))
     _execute(conn, WAREHOUSE_INFO_SQL, params)
-    conn.execute(
-        "COMMENT ON TABLE warehouse_info IS 'The partition this warehouse is a snapshot of, and when.'"
-    )
-    for name in (
-        "src_orders",
-        "src_order_products",
-        "src_products",
-        "src_aisles",
-        "src_departments",
-        "src_quarantine",
-    ):
+    conn.execute(f"COMMENT ON TABLE warehouse_info IS {_literal(WAREHOUSE_INFO_COMMENT)}")
+    for name in (*SOURCE_VIEWS, "src_quarantine"):
         conn.execute(f"DROP VIEW {name}")
     return tuple(summaries)
+
+
+def _source_views(
+    conn: duckdb.DuckDBPyConnection,
+    snapshot: CleanSnapshot,
+    orders: Sequence[str],
+    order_products: Sequence[str],
+    quarantine: Mapping[str, Sequence[str]],
+) -> None:
+    """TEMP views of what the relations read: these orders, lines and quarantined rows, the catalog."""
+    _source_view(conn, "src_orders", orders, CLEAN_ORDERS_SCHEMA)
+    _source_view(conn, "src_order_products", order_products, CLEAN_ORDER_PRODUCTS_SCHEMA)
+    _source_view(conn, "src_products", [snapshot.products])
+    _source_view(conn, "src_aisles", [snapshot.aisles])
+    _source_view(conn, "src_departments", [snapshot.departments])
+    _quarantine_view(conn, quarantine)
 
 
 Connect = Callable[[Path], AbstractContextManager[duckdb.DuckDBPyConnection]]
@@ -336,9 +417,13 @@ def build_warehouse_file(
     filesystem=None,
     min_orders_for_reorder_rank: int = MIN_ORDERS_FOR_REORDER_RANK,
     quarantine: Mapping[str, Sequence[str]] | None = None,
+    batch: BatchRows | None = None,
+    full_reason: str = "",
 ) -> WarehouseSummary:
     """Build the warehouse into a temporary file and rename it over `db_path` unless that one is newer.
 
+    With `batch` (this batch's own files) the build updates a copy of the published warehouse when
+    that one is the previous batch's and compatible (see `update_blocker`), else it is full.
     `connect` opens a read-write connection to a new database file (the Dagster asset passes its
     DuckDBResource); `filesystem` is the lake's fsspec filesystem, for `s3://` snapshots.
     """
@@ -348,13 +433,25 @@ def build_warehouse_file(
     kept = published_as_of(db_path)
     if kept is not None and kept > as_of:
         return WarehouseSummary(db_path, as_of, published=False, kept_as_of=kept)
+    if not full_reason:
+        full_reason = (
+            "first batch"
+            if batch is None
+            else update_blocker(db_path, batch, salt, min_orders_for_reorder_rank) or ""
+        )
     staging = db_path.with_name(f".{db_path.name}.{uuid.uuid4().hex}.building")
     try:
+        if not full_reason:
+            shutil.copyfile(db_path, staging)
         with (connect or _connect)(staging) as conn:
             attach_filesystem(conn, filesystem)
-            relations = build_warehouse(
-                conn, snapshot, salt, as_of, min_orders_for_reorder_rank, quarantine=quarantine
-            )
+            if full_reason:
+                relations = build_warehouse(
+                    conn, snapshot, salt, as_of, min_orders_for_reorder_rank, quarantine=quarantine
+                )
+            else:
+                assert batch is not None
+                relations = update_warehouse(conn, snapshot, batch, salt, as_of, min_orders_for_reorder_rank)
             preview = conn.execute(f"SELECT * FROM {PREVIEW_RELATION} LIMIT {PREVIEW_ROWS}")
             preview_columns = tuple(column[0] for column in preview.description)
             preview_rows = tuple(preview.fetchall())
@@ -376,7 +473,40 @@ def build_warehouse_file(
         preview_columns=preview_columns,
         preview_rows=preview_rows,
         seconds=time.perf_counter() - started,
+        mode="full" if full_reason else "incremental",
+        full_reason=full_reason,
     )
+
+
+def update_blocker(db_path: Path, batch: BatchRows, salt: str, min_orders: int) -> str | None:
+    """Why the published warehouse cannot be updated with `batch` (a full build's reason), or None."""
+    if not Path(db_path).exists():
+        return "no published warehouse"
+    try:
+        with open_readonly(Path(db_path)) as conn:
+            info = conn.execute(
+                "SELECT max(as_of)::VARCHAR, any_value(layout), any_value(salt_check), "
+                "any_value(min_orders_for_reorder_rank) FROM warehouse_info"
+            ).fetchall()[0]
+    except duckdb.ConnectionException:
+        raise
+    except duckdb.Error:
+        return "the published warehouse predates incremental updates"
+    as_of, layout, salt_check, kept_min_orders = info
+    if as_of != batch.previous:
+        return f"the published warehouse is as of {as_of}, not the previous batch {batch.previous}"
+    if layout != LAYOUT:
+        return "the published warehouse was built by other relation SQL"
+    if salt_check != _salt_check(salt):
+        return "the published warehouse was built with another salt"
+    if kept_min_orders != min_orders:
+        return "the published warehouse ranks reorder rates with another minimum of orders"
+    return None
+
+
+def _salt_check(salt: str) -> str:
+    """The `warehouse_info.salt_check` a build with `salt` writes (the SQL's user_key of 'salt-check')."""
+    return hashlib.sha256(f"{salt}:salt-check".encode()).hexdigest()[:USER_KEY_HEX_DIGITS]
 
 
 def published_as_of(db_path: Path) -> str | None:
