@@ -250,7 +250,7 @@ def next_basket(
     context: AssetExecutionContext,
     lake: LakeResource,
     duckdb: DuckDBResource,
-    reorder_predictions: dict[str, str],
+    reorder_predictions: dict[str, str] | str,
     clean_orders: list[str],
 ):
     started = time.perf_counter()
@@ -516,7 +516,7 @@ def dynamodb_recommendations(
     lake: LakeResource,
     duckdb: DuckDBResource,
     serving_store: ServingStoreResource,
-    recommendations: dict[str, str],
+    recommendations: dict[str, str] | str,
     similar_items: str,
 ) -> MaterializeResult:
     started = time.perf_counter()

@@ -4,10 +4,11 @@ is instarec_assets.consumption.deltas)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any as AnyValue
 
 from dagster import (
     AllPartitionMapping,
+    Any,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
@@ -28,11 +29,15 @@ def chain_input(key: str) -> AssetIn:
     history_input, a batch without the partition is skipped: a chain reaches back only to its newest
     full partition, so batches materialised only through earlier zones do not stop it."""
     return AssetIn(
-        key=key, partition_mapping=AllPartitionMapping(), metadata={"allow_missing_partitions": True}
+        key=key,
+        partition_mapping=AllPartitionMapping(),
+        metadata={"allow_missing_partitions": True},
+        # the IO manager hands one URI, not a dict, when a single batch is registered
+        dagster_type=Any,
     )
 
 
-def latest_metadata(instance: DagsterInstance, asset: str, batch: str) -> dict[str, Any] | None:
+def latest_metadata(instance: DagsterInstance, asset: str, batch: str) -> dict[str, AnyValue] | None:
     """The metadata values of the latest materialisation of one partition of an asset; None if none."""
     records = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[batch]), limit=1
@@ -96,10 +101,12 @@ def consumption_mode(context: AssetExecutionContext) -> tuple[str, str | None]:
 
 
 def partition_chain(
-    context: AssetExecutionContext, asset: str, uris: dict[str, str]
+    context: AssetExecutionContext, asset: str, uris: dict[str, str] | str
 ) -> list[tuple[str, str]]:
     """[(batch, URI)] of `asset` from its newest full partition up to this batch's, oldest first,
-    following each delta partition's recorded `delta_base`."""
+    following each delta partition's recorded `delta_base`. `uris` is a chain_input's value."""
+    if isinstance(uris, str):
+        uris = {context.partition_key: uris}
     chain: list[tuple[str, str]] = []
     batch: str | None = context.partition_key
     while batch is not None:
