@@ -334,12 +334,14 @@ def cmd_serving_versions(args: argparse.Namespace) -> None:
     if not records:
         print(f"the {subject} holds no version yet: load recommendations first")
         return
-    rows = [("", "version", "batch", "model", "loaded at", "users", "items")]
+    rows = [("", "version", "kind", "base", "batch", "model", "loaded at", "users", "items")]
     for record in records:
         rows.append(
             (
                 "*" if record.active else "",
                 record.version,
+                record.kind,
+                record.base_version or "-",
                 record.batch or "-",
                 record.model_version,
                 record.loaded_at,
@@ -350,11 +352,11 @@ def cmd_serving_versions(args: argparse.Namespace) -> None:
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         cells = [
-            cell.rjust(width) if column >= 5 else cell.ljust(width)
+            cell.rjust(width) if column >= 7 else cell.ljust(width)
             for column, (cell, width) in enumerate(zip(row, widths, strict=True))
         ]
         print("  ".join(cells).rstrip())
-    print("* active: what readers see now")
+    print("* active: what readers see now; a delta holds only its users, the rest read through its base")
 
 
 def cmd_serving_activate(args: argparse.Namespace) -> None:

@@ -363,11 +363,32 @@ def test_serving_versions_lists_the_retained_versions_with_the_active_one_marked
         store.activate(reports[1].version)
     status, out, err = run_cli(capsys, "serving", "versions", "--home", str(home))
     assert (status, err) == (0, [])
-    assert out[0].split() == ["version", "batch", "model", "loaded", "at", "users", "items"]
-    assert out[1].split()[:4] == [reports[2].version, "2024-01-03", "xgb-3", out[1].split()[3]]
+    assert out[0].split() == ["version", "kind", "base", "batch", "model", "loaded", "at", "users", "items"]
+    assert out[1].split()[:6] == [reports[2].version, "full", "-", "2024-01-03", "xgb-3", out[1].split()[5]]
     assert out[1].split()[-2:] == ["3", "30"]
-    assert out[2].startswith("*") and out[2].split()[1:4] == [reports[1].version, "2024-01-02", "xgb-2"]
-    assert out[3:] == ["* active: what readers see now"]  # version 1 is no longer retained
+    assert out[2].startswith("*") and out[2].split()[1:6] == [
+        reports[1].version,
+        "full",
+        "-",
+        "2024-01-02",
+        "xgb-2",
+    ]
+    # version 1 is no longer retained
+    assert out[3:] == [
+        "* active: what readers see now; a delta holds only its users, the rest read through its base"
+    ]
+
+
+def test_serving_versions_shows_a_delta_and_its_base(capsys, home: Path):
+    with _serving_store(home) as store:
+        full = _load(store, 1, "2024-01-01")
+        table = recommendations_table([2], tag=2).drop_columns(["model_version"])
+        delta = store.load(table, "xgb-2", batch="2024-01-08", delta=True)
+    status, out, err = run_cli(capsys, "serving", "versions", "--home", str(home))
+    assert (status, err) == (0, [])
+    assert out[1].split()[:5] == ["*", delta.version, "delta", full.version, "2024-01-08"]
+    assert out[1].split()[-2:] == ["1", "10"]  # what the delta itself holds
+    assert out[2].split()[:4] == [full.version, "full", "-", "2024-01-01"]
 
 
 def test_serving_versions_of_an_empty_or_missing_store(capsys, home: Path):

@@ -25,10 +25,15 @@ Items:
   (20 items, about 3 KB). Written before the switch with the users' items, so the pointer
   activates both, and removed by the same cleanup;
 - the pointer: `user_id = 0`, `version = "CURRENT"`, with `current_version`, `batch`,
-  `model_version`, `previous_version`, `switched_at`, `users`, `rows`. Real user ids start at 1;
+  `model_version`, `previous_version`, `switched_at`, `users`, `rows`, `kind`, `base_version`,
+  `chain` (a list: the version and its bases, newest first, down to a full version) and
+  `similar_version` (the newest version of the chain loaded with similar items, "" none). Real
+  user ids start at 1;
 - the version registry: `user_id = 0`, `version = <a retained version's id>`, with `batch` (the
-  landing partition it was built from), `model_version`, `loaded_at`, `users`, `rows`. One Query
-  of partition 0 lists the retained versions (`versions()`) without scanning the table.
+  landing partition it was built from), `model_version`, `loaded_at`, `users`, `rows` (what the
+  version itself holds; `forget_user` lowers them), `kind` (full or delta), a delta's
+  `base_version`, and `similar` (loaded with similar items). One Query of partition 0 lists the
+  retained versions (`versions()`) without scanning the table.
 
 A load writes every item of the new version with BatchWriteItem (25 items per call, duplicate keys
 within a call collapsed to the last request), from a few threads, each through a client built
@@ -47,10 +52,12 @@ step (they read only the pointer), and of two overlapping loads the later switch
 instead of silently winning. `activate(version)` is the same kind of transaction: a
 ConditionCheck that the version's registry item still exists and the conditional pointer PutItem.
 
-Finally versions beyond the newest `keep_versions` (3 by default; the active one is always kept)
+A delta load (`delta=True`) writes only its users' items; its chain is its own id followed by
+the pointer's chain, refused past `max_delta_chain` deltas. Finally versions beyond the newest
+`keep_versions` (3 by default; the active one and every base of a kept version are always kept)
 are removed. Each one's registry item goes first, in a transaction with a ConditionCheck that the
-pointer does not name it (so a concurrent `activate` either wins and the version stays, or finds
-it gone). Then every user item whose version sorts before the new one and is not registered is
+pointer neither names it nor holds it in its chain (so a concurrent `activate` either wins and the
+version stays, or finds it gone); `activate` checks every version of the chain is registered. Then every user item whose version sorts before the new one and is not registered is
 deleted: a Scan projected to the key attributes and filtered on `version < new` and not one of
 the retained versions (the filter does not reduce the cost: a Scan consumes read units for every
 item it reads, about 0.5 RCU per 4 KB eventually consistent, i.e. roughly (retained + new items)
@@ -67,7 +74,13 @@ version is usually retained anyway) and then one GetItem of
 user is unknown), it re-reads the pointer, and if the version changed or was switched in within
 the last minute (an eventually consistent read may not see fresh items yet) it reads the item
 again with ConsistentRead. So a user present in both the old and the new version is never
-reported missing while a load runs; an unknown user costs ~2 read units instead of 0.5.
+reported missing while a load runs; an unknown user costs ~2 read units instead of 0.5. When the
+active version is a delta, the GetItem is replaced by one Query of the user's partition between
+the chain's oldest and newest version, newest first, `Limit=1` (the same ~1.5 read units for a
+list, 0.5 for an unknown user), keeping the first item whose version is in the pointer's chain (a
+version outside it, e.g. of another branch, costs one more page). For a short while after a switch
+an eventually consistent Query may still return a delta user's base list instead of the new one.
+Similar items are one GetItem of `(-product_id, similar_version)`.
 """
 
 from __future__ import annotations
@@ -90,6 +103,9 @@ from botocore.exceptions import ClientError
 
 from instarec_assets.backends.recommendations import (
     DEFAULT_KEEP_VERSIONS,
+    DEFAULT_MAX_DELTA_CHAIN,
+    DELTA,
+    FULL,
     ITEM_FIELDS,
     MAX_RANK,
     LoadReport,
@@ -100,10 +116,12 @@ from instarec_assets.backends.recommendations import (
     check_batch,
     check_k,
     check_keep_versions,
+    check_max_delta_chain,
     check_user_id,
     iter_user_lists,
     new_version_id,
     recommendation_from_item,
+    refuse_delta,
     refuse_older_batch,
     unknown_version,
 )
@@ -202,6 +220,34 @@ class Pointer:
     model_version: str
     switched_at_epoch: float
     batch: str | None = None  # None: switched in before versions recorded their batch
+    chain: tuple[str, ...] = ()  # the version and its bases, newest first; () read as (version,)
+    similar_version: str | None = None  # the version whose similar items the chain reads; None: none
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        return self.chain or (self.version,)
+
+
+def chain_of(version: str, registry: dict[str, dict[str, Any]]) -> list[str]:
+    """The version and its bases, newest first, by the registry items' `base_version` (a full
+    version, or one registered before delta versions existed, ends it)."""
+    chain = [version]
+    while registry.get(chain[-1], {}).get("kind") == DELTA:
+        base = registry[chain[-1]].get("base_version")
+        if not base or base in chain:
+            break
+        chain.append(base)
+    return chain
+
+
+def similar_version_of(chain: list[str], registry: dict[str, dict[str, Any]]) -> str | None:
+    """The newest version in `chain` loaded with similar items (a delta without them reads its
+    base's); a version registered before this was recorded is taken to hold its own."""
+    for version in chain:
+        item = registry.get(version, {})
+        if item.get("similar", item.get("kind", FULL) == FULL):
+            return version
+    return None
 
 
 class DynamoDbRecommendationStore:
@@ -220,11 +266,13 @@ class DynamoDbRecommendationStore:
         writers: int = 4,
         write_backoff: Backoff | None = None,
         keep_versions: int = DEFAULT_KEEP_VERSIONS,
+        max_delta_chain: int = DEFAULT_MAX_DELTA_CHAIN,
     ):
         if not table_name:
             raise ServingStoreError("a DynamoDB table name is required (INSTAREC_DYNAMODB_TABLE)")
         self.table_name = table_name
         self.keep_versions = check_keep_versions(keep_versions)
+        self.max_delta_chain = check_max_delta_chain(max_delta_chain)
         self.pointer_ttl_s = pointer_ttl_s
         self.writers = max(1, writers)
         self.write_backoff = write_backoff or Backoff()
@@ -292,11 +340,15 @@ class DynamoDbRecommendationStore:
         item = response.get("Item")
         pointer = None
         if item is not None:
+            version = item["current_version"]["S"]
+            similar = item.get("similar_version", {}).get("S", version)  # absent: written before deltas
             pointer = Pointer(
-                version=item["current_version"]["S"],
+                version=version,
                 model_version=item["model_version"]["S"],
                 switched_at_epoch=float(item.get("switched_at_epoch", {}).get("N", "0")),
                 batch=item.get("batch", {}).get("S"),
+                chain=tuple(entry["S"] for entry in item.get("chain", {}).get("L", [])),
+                similar_version=similar or None,
             )
         with self._pointer_lock:
             self._pointer_cache = (time.monotonic(), pointer)
@@ -333,13 +385,49 @@ class DynamoDbRecommendationStore:
         )
         return response.get("Item")
 
-    def _current_item(self, key: int) -> tuple[Pointer, dict[str, Any]] | None:
-        """The item of partition `key` in the current version (cached pointer; on a miss the
-        pointer is re-read and, after a recent switch, the item read consistently)."""
+    def _query_chain(self, key: int, chain: tuple[str, ...], consistent: bool) -> dict[str, Any] | None:
+        """The item of partition `key` of the newest version in `chain`: a Query of the partition
+        between the chain's oldest and newest version, newest first, one item a page; a page
+        holding a version outside the chain (another branch, an interrupted load) asks the next."""
+        members = set(chain)
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "user_id = :key AND #v BETWEEN :oldest AND :newest",
+            "ExpressionAttributeNames": {"#v": "version"},
+            "ExpressionAttributeValues": {
+                ":key": {"N": str(key)},
+                ":oldest": {"S": min(chain)},
+                ":newest": {"S": max(chain)},
+            },
+            "ScanIndexForward": False,
+            "Limit": 1,
+            "ConsistentRead": consistent,
+        }
+        while True:
+            response = self._client.query(**request)
+            for item in response.get("Items", []):
+                if item["version"]["S"] in members:
+                    return item
+            if "LastEvaluatedKey" not in response:
+                return None
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def _resolve(self, key: int, pointer: Pointer, similar: bool, consistent: bool) -> dict[str, Any] | None:
+        if similar:
+            version = pointer.similar_version
+            return self._get_item(key, version, consistent) if version else None
+        if len(pointer.versions) == 1:
+            return self._get_item(key, pointer.version, consistent)
+        return self._query_chain(key, pointer.versions, consistent)
+
+    def _current_item(self, key: int, similar: bool = False) -> tuple[Pointer, dict[str, Any]] | None:
+        """The item of partition `key` in the current version, or for a delta the newest of its
+        chain holding one (`similar`: the similar items the chain reads). Cached pointer; on a
+        miss the pointer is re-read and, after a recent switch, the item read consistently."""
         pointer = self._pointer()
         if pointer is None:
             return None
-        item = self._get_item(key, pointer.version, consistent=False)
+        item = self._resolve(key, pointer, similar, consistent=False)
         if item is None:
             fresh = self._read_pointer()
             if fresh is None:
@@ -348,7 +436,7 @@ class DynamoDbRecommendationStore:
             if fresh.version == pointer.version and not recent:
                 return None
             pointer = fresh
-            item = self._get_item(key, pointer.version, consistent=True)
+            item = self._resolve(key, pointer, similar, consistent=True)
             if item is None:
                 return None
         return pointer, item
@@ -359,7 +447,7 @@ class DynamoDbRecommendationStore:
         check_k(k)
         if product_id <= 0:
             return None
-        found = self._current_item(-product_id)
+        found = self._current_item(-product_id, similar=True)
         if found is None or "similar" not in found[1]:
             return None
         pointer, item = found
@@ -399,13 +487,22 @@ class DynamoDbRecommendationStore:
         batch: str,
         allow_older: bool = False,
         similar_items: SimilarItemsInput | None = None,
+        delta: bool = False,
     ) -> LoadReport:
+        """A new version (every user's list, or with `delta` only these users' on top of the
+        active chain), written, then switched in by one transaction; see the module doc."""
         batch = check_batch(batch)
         lists = iter_user_lists(recommendations, model_version)
         similar = iter_product_lists(similar_items) if similar_items is not None else iter(())
         version = new_version_id()
         previous = self._read_pointer(consistent=True)
+        if delta:
+            refuse_delta(self.subject, list(previous.versions) if previous else [], self.max_delta_chain)
         refuse_older_batch(self.subject, batch, previous.batch if previous else None, allow_older)
+        chain = (version, *previous.versions) if delta and previous else (version,)
+        similar_version = version if similar_items is not None else None
+        if delta and similar_items is None and previous is not None:
+            similar_version = previous.similar_version
         loaded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         written_users: list[int] = []
         counts = {"rows": 0, "max_item_bytes": 0, "similar_products": 0, "similar_rows": 0}
@@ -458,9 +555,18 @@ class DynamoDbRecommendationStore:
             raise ServingStoreError("no recommendations to load: the input has no rows")
         filled = time.perf_counter()
         record = VersionRecord(
-            version, batch, model_version, loaded_at, len(written_users), counts["rows"], active=True
+            version,
+            batch,
+            model_version,
+            loaded_at,
+            len(written_users),
+            counts["rows"],
+            active=True,
+            kind=DELTA if delta else FULL,
+            base_version=previous.version if delta and previous else None,
         )
-        self._switch(record, previous, [*written_users, *similar_keys])
+        pointer = Pointer(version, model_version, 0.0, batch, chain, similar_version)
+        self._switch(record, previous, [*written_users, *similar_keys], pointer, similar_items is not None)
         switched = time.perf_counter()
         removed_versions, removed_items, scanned = self._remove_beyond(version)
         cleaned = time.perf_counter()
@@ -472,6 +578,9 @@ class DynamoDbRecommendationStore:
             previous_version=previous.version if previous else None,
             users=len(written_users),
             rows=counts["rows"],
+            kind=record.kind,
+            base_version=record.base_version,
+            chain_length=len(chain),
             removed_versions=tuple(sorted(removed_versions)),
             removed_items=removed_items,
             write_seconds=filled - started,
@@ -486,8 +595,11 @@ class DynamoDbRecommendationStore:
             },
         )
 
-    def _pointer_put(self, record: VersionRecord, previous: Pointer | None) -> tuple[dict[str, Any], float]:
-        """The pointer PutItem naming `record`, conditioned on the pointer still naming `previous`."""
+    def _pointer_put(
+        self, record: VersionRecord, previous: Pointer | None, pointer: Pointer
+    ) -> tuple[dict[str, Any], float]:
+        """The pointer PutItem naming `record` (with `pointer`'s chain and similar-items version),
+        conditioned on the pointer still naming `previous`."""
         now = time.time()
         item = {
             "user_id": {"N": str(POINTER_USER_ID)},
@@ -499,9 +611,14 @@ class DynamoDbRecommendationStore:
             "switched_at_epoch": {"N": repr(now)},
             "users": {"N": str(record.users)},
             "rows": {"N": str(record.items)},
+            "kind": {"S": record.kind},
+            "chain": {"L": [{"S": version} for version in pointer.versions]},
+            "similar_version": {"S": pointer.similar_version or ""},
         }
         if record.batch is not None:
             item["batch"] = {"S": record.batch}
+        if record.base_version is not None:
+            item["base_version"] = {"S": record.base_version}
         put: dict[str, Any] = {
             "TableName": self.table_name,
             "Item": item,
@@ -512,7 +629,7 @@ class DynamoDbRecommendationStore:
             put["ExpressionAttributeValues"] = {":expected": {"S": previous.version}}
         return put, now
 
-    def _registry_item(self, record: VersionRecord) -> dict[str, Any]:
+    def _registry_item(self, record: VersionRecord, has_similar: bool) -> dict[str, Any]:
         item = {
             "user_id": {"N": str(POINTER_USER_ID)},
             "version": {"S": record.version},
@@ -520,30 +637,48 @@ class DynamoDbRecommendationStore:
             "loaded_at": {"S": record.loaded_at},
             "users": {"N": str(record.users)},
             "rows": {"N": str(record.items)},
+            "kind": {"S": record.kind},
+            "similar": {"BOOL": has_similar},
         }
         if record.batch is not None:
             item["batch"] = {"S": record.batch}
+        if record.base_version is not None:
+            item["base_version"] = {"S": record.base_version}
         return item
 
     def _registry_key(self, version: str) -> dict[str, Any]:
         return {"user_id": {"N": str(POINTER_USER_ID)}, "version": {"S": version}}
 
-    def _cache_pointer(self, record: VersionRecord, switched_at_epoch: float) -> None:
+    def _cache_pointer(self, pointer: Pointer, switched_at_epoch: float) -> None:
         with self._pointer_lock:
             self._pointer_cache = (
                 time.monotonic(),
-                Pointer(record.version, record.model_version, switched_at_epoch, record.batch),
+                Pointer(
+                    pointer.version,
+                    pointer.model_version,
+                    switched_at_epoch,
+                    pointer.batch,
+                    pointer.chain,
+                    pointer.similar_version,
+                ),
             )
 
-    def _switch(self, record: VersionRecord, previous: Pointer | None, written_users: list[int]) -> None:
+    def _switch(
+        self,
+        record: VersionRecord,
+        previous: Pointer | None,
+        written_users: list[int],
+        pointer: Pointer,
+        has_similar: bool,
+    ) -> None:
         """Move the pointer and register the version in one transaction: the only step readers
         can observe (they read the pointer alone)."""
-        put, now = self._pointer_put(record, previous)
+        put, now = self._pointer_put(record, previous, pointer)
         try:
             self._write_client.transact_write_items(
                 TransactItems=[
                     {"Put": put},
-                    {"Put": {"TableName": self.table_name, "Item": self._registry_item(record)}},
+                    {"Put": {"TableName": self.table_name, "Item": self._registry_item(record, has_similar)}},
                 ]
             )
         except ClientError as error:
@@ -555,7 +690,7 @@ class DynamoDbRecommendationStore:
                 f"another load switched {self.table_name} while version {record.version} was written "
                 f"(current version was {seen} when this load started); {record.version} was discarded"
             ) from None
-        self._cache_pointer(record, now)
+        self._cache_pointer(pointer, now)
 
     # ------------------------------------------------------------ versions
     def _registry(self) -> list[dict[str, Any]]:
@@ -586,6 +721,8 @@ class DynamoDbRecommendationStore:
                 users=int(item.get("users", 0)),
                 items=int(item.get("rows", 0)),
                 active=item["version"] == active,
+                kind=item.get("kind", FULL),
+                base_version=item.get("base_version"),
             )
             for item in items
             if item["version"] != POINTER_VERSION
@@ -622,26 +759,41 @@ class DynamoDbRecommendationStore:
             chosen.users,
             chosen.items,
             True,
+            chosen.kind,
+            chosen.base_version,
         )
-        put, now = self._pointer_put(record, previous)
-        try:
-            self._write_client.transact_write_items(
-                TransactItems=[
-                    {
-                        "ConditionCheck": {
-                            "TableName": self.table_name,
-                            "Key": self._registry_key(version_id),
-                            "ConditionExpression": "attribute_exists(version)",
-                        }
-                    },
-                    {"Put": put},
-                ]
+        registry = {item["version"]: item for item in self._registry()}
+        chain = chain_of(version_id, registry)
+        if registry.get(chain[-1], {}).get("kind") == DELTA:
+            raise ServingStoreError(
+                f"{self.subject}: version {version_id} reads through versions that are gone; load a full version"
             )
+        pointer = Pointer(
+            chosen.version,
+            chosen.model_version,
+            0.0,
+            chosen.batch,
+            tuple(chain),
+            similar_version_of(chain, registry),
+        )
+        put, now = self._pointer_put(record, previous, pointer)
+        checks = [  # every version of the chain still registered (retention keeps a kept version's bases)
+            {
+                "ConditionCheck": {
+                    "TableName": self.table_name,
+                    "Key": self._registry_key(version),
+                    "ConditionExpression": "attribute_exists(version)",
+                }
+            }
+            for version in chain
+        ]
+        try:
+            self._write_client.transact_write_items(TransactItems=[*checks, {"Put": put}])
         except ClientError as error:
             failed = _cancelled_by(error)
             if failed is None:
                 raise
-            if 0 in failed:
+            if min(failed) < len(checks):
                 raise unknown_version(
                     self.subject, version_id, [r.version for r in self.versions()]
                 ) from None
@@ -649,8 +801,19 @@ class DynamoDbRecommendationStore:
                 f"{self.subject}: another load or activate switched the active version while "
                 f"activating {version_id}; nothing was changed, try again"
             ) from None
-        self._cache_pointer(record, now)
+        self._cache_pointer(pointer, now)
         return record
+
+    def chain(self, version_id: str | None = None) -> list[str]:
+        """The versions a read of `version_id` (default: the active one, from the pointer)
+        resolves through, newest first, ending with a full version; [] when none is active."""
+        if version_id is None:
+            pointer = self._read_pointer(consistent=True)
+            return list(pointer.versions) if pointer else []
+        registry = {item["version"]: item for item in self._registry() if item["version"] != POINTER_VERSION}
+        if version_id not in registry:
+            raise unknown_version(self.subject, version_id, sorted(registry, reverse=True))
+        return chain_of(version_id, registry)
 
     def _remove_beyond(self, version: str) -> tuple[set[str], int, int]:
         """Unregister versions older than `version` beyond the newest `keep_versions` (never the
@@ -664,6 +827,9 @@ class DynamoDbRecommendationStore:
         kept = set(registered[: self.keep_versions])
         if pointer is not None:
             kept.add(pointer["current_version"])
+        registry = {item["version"]: item for item in items if item["version"] != POINTER_VERSION}
+        for version_kept in list(kept):  # a kept delta keeps its base, and the base's base ...
+            kept.update(chain_of(version_kept, registry))
         removed: set[str] = set()
         for old in registered:
             if old in kept or old >= version:
@@ -675,7 +841,8 @@ class DynamoDbRecommendationStore:
                             "ConditionCheck": {
                                 "TableName": self.table_name,
                                 "Key": self._registry_key(POINTER_VERSION),
-                                "ConditionExpression": "current_version <> :old",
+                                "ConditionExpression": "current_version <> :old AND NOT contains(#chain, :old)",
+                                "ExpressionAttributeNames": {"#chain": "chain"},
                                 "ExpressionAttributeValues": {":old": {"S": old}},
                             }
                         },
@@ -763,21 +930,48 @@ class DynamoDbRecommendationStore:
 
     def forget_user(self, user_id: int) -> dict[str, int]:
         """Delete every item of a user (all versions: the partition key is the user id); items
-        removed per version. One Query of the user's partition, then batched DeleteItems."""
+        removed per version. One Query of the user's partition, then batched DeleteItems; then
+        each version's registry item (and the pointer, for the active one) counts one user and
+        that list's rows fewer, as the SQLite store's registry does."""
         check_user_id(user_id)
-        versions: list[str] = []
+        rows: dict[str, int] = {}
         paginator = self._write_client.get_paginator("query")
         for page in paginator.paginate(
             TableName=self.table_name,
             KeyConditionExpression="user_id = :user",
-            ProjectionExpression="#v",
+            ProjectionExpression="#v, recommendations",
             ExpressionAttributeNames={"#v": "version"},
             ExpressionAttributeValues={":user": {"N": str(user_id)}},
             ConsistentRead=True,
         ):
-            versions.extend(item["version"]["S"] for item in page.get("Items", []))
-        self._write(("delete", {"user_id": user_id, "version": version}) for version in versions)
-        return {version: 1 for version in versions}
+            for item in page.get("Items", []):
+                listed = item.get("recommendations", {}).get("S")
+                rows[item["version"]["S"]] = len(json.loads(listed)) if listed else 0
+        self._write(("delete", {"user_id": user_id, "version": version}) for version in rows)
+        for version, count in rows.items():
+            self._uncount(self._registry_key(version), "attribute_exists(version)", {}, count)
+            self._uncount(
+                self._registry_key(POINTER_VERSION),
+                "current_version = :version",
+                {":version": {"S": version}},
+                count,
+            )
+        return dict.fromkeys(rows, 1)
+
+    def _uncount(self, key: dict[str, Any], condition: str, values: dict[str, Any], rows: int) -> None:
+        """One user and `rows` rows fewer on a registry item or the pointer, if `condition` holds."""
+        try:
+            self._write_client.update_item(
+                TableName=self.table_name,
+                Key=key,
+                UpdateExpression="SET #users = #users - :one, #rows = #rows - :rows",
+                ConditionExpression=f"{condition} AND attribute_exists(#users)",
+                ExpressionAttributeNames={"#users": "users", "#rows": "rows"},
+                ExpressionAttributeValues={":one": {"N": "1"}, ":rows": {"N": str(rows)}, **values},
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
 
     # ------------------------------------------------------------ inspection (tests, operations)
     def stored_versions(self) -> dict[str, int]:

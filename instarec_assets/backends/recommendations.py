@@ -32,6 +32,8 @@ MAX_RANK = 52  # top 10 reorder items, up to 2 explore items, then reorder candi
 SOURCES = ("model", "explore", "popular")
 SOURCE_CODES = {source: code for code, source in enumerate(SOURCES)}
 DEFAULT_KEEP_VERSIONS = 3  # loaded versions a store retains, the active one among them
+DEFAULT_MAX_DELTA_CHAIN = 8  # delta versions a chain may stack on its full version
+FULL, DELTA = "full", "delta"  # a version's kind: every user's list, or only some on top of a base
 BATCH_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -133,6 +135,9 @@ class LoadReport:
     cleanup_seconds: float
     batch: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    kind: str = FULL
+    base_version: str | None = None  # a delta's base: the version active when it loaded
+    chain_length: int = 1  # versions readers resolve through, this one and its bases
 
     @property
     def seconds(self) -> float:
@@ -144,6 +149,9 @@ class LoadReport:
             "version": self.version,
             "batch": self.batch,
             "model_version": self.model_version,
+            "kind": self.kind,
+            "base_version": self.base_version or "",
+            "chain_length": self.chain_length,
             "previous_version": self.previous_version or "",
             "users": self.users,
             "rows": self.rows,
@@ -158,7 +166,8 @@ class LoadReport:
 
 @dataclass(frozen=True, slots=True)
 class VersionRecord:
-    """One retained version in a store's registry; `items` counts recommendation rows."""
+    """One retained version in a store's registry; `users` and `items` (recommendation rows) count
+    what the version itself holds (a delta: only its users, the rest read through its base)."""
 
     version: str
     batch: str | None  # the landing batch (partition key) it was built from; None if loaded before batches
@@ -167,6 +176,8 @@ class VersionRecord:
     users: int
     items: int
     active: bool
+    kind: str = FULL
+    base_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,10 +192,19 @@ class RecommendationStore(Protocol):
         *,
         batch: str,
         allow_older: bool = False,
+        similar_items: Any = None,
+        delta: bool = False,
     ) -> LoadReport:
         """Write a new version built from landing `batch`, switch readers to it in one step, then
-        remove versions beyond the newest `keep_versions`. Refused (ServingStoreError) when `batch`
-        is older than the active version's batch, unless `allow_older`."""
+        remove versions beyond the newest `keep_versions` (never a base a retained delta reads
+        through). Refused (ServingStoreError) when `batch` is older than the active version's
+        batch, unless `allow_older`. `delta=True`: the version holds only the given users, the
+        others (and, when `similar_items` is None, similar items) read through the active chain."""
+        ...
+
+    def chain(self, version_id: str | None = None) -> list[str]:
+        """The versions readers resolve through, newest first (the active one's by default; [] when
+        none is active): the version, its base, ... down to the newest full version."""
         ...
 
     def versions(self) -> list[VersionRecord]:
@@ -233,6 +253,27 @@ def check_keep_versions(keep_versions: int) -> int:
     if isinstance(keep_versions, bool) or not isinstance(keep_versions, int) or keep_versions < 1:
         raise ValueError(f"keep_versions must be a positive integer, not {keep_versions!r}")
     return keep_versions
+
+
+def check_max_delta_chain(max_delta_chain: int) -> int:
+    if isinstance(max_delta_chain, bool) or not isinstance(max_delta_chain, int) or max_delta_chain < 0:
+        raise ValueError(f"max_delta_chain must be a non-negative integer, not {max_delta_chain!r}")
+    return max_delta_chain
+
+
+def refuse_delta(subject: str, active_chain: list[str], max_delta_chain: int) -> None:
+    """Raise when a delta load has no active version to build on, or would stack more deltas on
+    the chain's full version than `max_delta_chain` (each read may probe every version of it)."""
+    if not active_chain:
+        raise ServingStoreError(
+            f"{subject}: a delta load needs an active version to build on and there is none; load a full version first"
+        )
+    deltas = len(active_chain)  # the chain's deltas once this one is added: the full version drops out
+    if deltas > max_delta_chain:
+        raise ServingStoreError(
+            f"{subject}: a delta load would stack {deltas} deltas on full version {active_chain[-1]}, over "
+            f"INSTAREC_SERVING_MAX_DELTA_CHAIN={max_delta_chain}; load a full version (delta=False)"
+        )
 
 
 def refuse_older_batch(subject: str, batch: str, active_batch: str | None, allow_older: bool) -> None:

@@ -10,8 +10,14 @@ Layout of the file (e.g. `INSTAREC_HOME/serving/recommendations.sqlite`):
   `PRIMARY KEY (product_id, rank) WITHOUT ROWID`; filled in the same transaction as
   `recommendations_v<N>`, so the pointer activates both and a cleanup drops both;
 - `store_versions`: the version registry, every load (N, version id, the landing batch it was built
-  from, model_version, load time, counts, when it was removed);
-- `current_version`: a single row (`id = 1`) naming the table readers use.
+  from, model_version, load time, counts, when it was removed, `kind` full or delta, and a
+  delta's `base_id`);
+- `current_version`: a single row (`id = 1`) naming the table readers use and, as JSON, its
+  `chain`: `[[table, version, model_version], ...]` newest first (a delta's table, its base's, ...
+  down to a full version; one entry for a full version), plus the `similar_table` the chain reads
+  (the newest in the chain loaded with similar items; '' none). A read of a user is one statement
+  over the chain's tables (`chain_query`) keeping the newest version's rows; retention keeps
+  every base of a kept version.
 
 A load (1) refuses a batch older than the active version's (unless `allow_older`), (2) fills a
 new table inside one write transaction (nobody reads it yet), (3) in a second, tiny transaction
@@ -33,17 +39,22 @@ statement cache, keyed by SQL text, so the read path prepares nothing after the 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from instarec_assets.backends.recommendations import (
     DEFAULT_KEEP_VERSIONS,
+    DEFAULT_MAX_DELTA_CHAIN,
+    DELTA,
+    FULL,
     MAX_RANK,
     SOURCE_CODES,
     SOURCES,
@@ -57,9 +68,11 @@ from instarec_assets.backends.recommendations import (
     check_batch,
     check_k,
     check_keep_versions,
+    check_max_delta_chain,
     check_user_id,
     iter_user_lists,
     new_version_id,
+    refuse_delta,
     refuse_older_batch,
     unknown_version,
 )
@@ -84,7 +97,9 @@ CREATE TABLE IF NOT EXISTS store_versions (
     loaded_at TEXT,
     users INTEGER,
     rows INTEGER,
-    removed_at TEXT
+    removed_at TEXT,
+    kind TEXT,
+    base_id INTEGER
 );
 CREATE TABLE IF NOT EXISTS current_version (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -92,18 +107,28 @@ CREATE TABLE IF NOT EXISTS current_version (
     version TEXT NOT NULL,
     table_name TEXT NOT NULL,
     model_version TEXT NOT NULL,
-    switched_at TEXT NOT NULL
+    switched_at TEXT NOT NULL,
+    chain TEXT,
+    similar_table TEXT
 );
 """
-_POINTER_SQL = "SELECT version, table_name, model_version FROM current_version WHERE id = 1"
+# Columns added since a file's tables were first created (ALTER TABLE ADD COLUMN by a writer).
+_ADDED_COLUMNS = {
+    "store_versions": ("batch TEXT", "kind TEXT", "base_id INTEGER"),
+    "current_version": ("chain TEXT", "similar_table TEXT"),
+}
 _ACTIVE_SQL = (
     "SELECT c.version_id, c.version, v.batch FROM current_version c "
     "JOIN store_versions v ON v.id = c.version_id WHERE c.id = 1"
 )
 _VERSIONS_SQL = (
     "SELECT v.version, v.batch, v.model_version, v.loaded_at, v.users, v.rows, "
-    "v.id = (SELECT version_id FROM current_version WHERE id = 1) "
+    "v.id = (SELECT version_id FROM current_version WHERE id = 1), v.kind, "
+    "(SELECT b.version FROM store_versions b WHERE b.id = v.base_id) "
     "FROM store_versions v WHERE v.removed_at IS NULL AND v.loaded_at IS NOT NULL ORDER BY v.id DESC"
+)
+_CHAIN_STEP_SQL = (
+    "SELECT id, version, table_name, model_version, kind, base_id FROM store_versions WHERE id = ?"
 )
 _COLUMNS = "rank, product_id, product_name, aisle, department, probability, explore"
 _SIMILAR_COLUMNS = "rank, similar_product_id, product_name, aisle, department, score"
@@ -112,6 +137,76 @@ _SIMILAR_COLUMNS = "rank, similar_product_id, product_name, aisle, department, s
 def similar_table_for(table_name: str) -> str:
     """The similar-items table of the version whose recommendations table is `table_name`."""
     return "similar_v" + table_name.removeprefix("recommendations_v")
+
+
+@dataclass(frozen=True)
+class ChainPointer:
+    """What readers need from the pointer row: the active version, its chain's tables and model
+    versions (newest first), the similar-items table the chain reads (None: none), and the one
+    statement that reads a user's list through the chain."""
+
+    version: str
+    versions: tuple[str, ...]
+    tables: tuple[str, ...]
+    model_versions: tuple[str, ...]
+    similar_table: str | None
+    query: str
+
+
+def read_pointer(conn: sqlite3.Connection) -> ChainPointer | None:
+    """The pointer row (None before the first load). A pointer written before delta versions has
+    no chain (its version alone) and names its own similar-items table."""
+    try:
+        cursor = conn.execute("SELECT * FROM current_version WHERE id = 1")
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error):
+            return None
+        raise
+    values = cursor.fetchone()
+    if values is None:
+        return None
+    row = dict(zip((column[0] for column in cursor.description), values, strict=True))
+    chain = (
+        json.loads(row["chain"])
+        if row.get("chain")
+        else [[row["table_name"], row["version"], row["model_version"]]]
+    )
+    tables = tuple(table for table, _, _ in chain)
+    if not all(TABLE_PATTERN.match(table) for table in tables):
+        raise ServingStoreError(f"serving store pointer names tables that are not version tables: {tables}")
+    similar = row.get("similar_table")
+    if similar is None:
+        similar = similar_table_for(row["table_name"])
+    elif similar and not SIMILAR_TABLE_PATTERN.match(similar):
+        raise ServingStoreError(f"serving store pointer names {similar!r}, not a similar-items table")
+    return ChainPointer(
+        version=row["version"],
+        versions=tuple(version for _, version, _ in chain),
+        tables=tables,
+        model_versions=tuple(model_version for _, _, model_version in chain),
+        similar_table=similar or None,
+        query=chain_query(tables),
+    )
+
+
+def chain_query(tables: Sequence[str]) -> str:
+    """One statement for a user's list through a chain: each table's rows of the user, tagged
+    with the table's place in the chain (0 newest), by (place, rank), at most k (`?2`) rows. The
+    caller keeps the rows of the first place (`first_place`): the newest version holding the user.
+    Each arm is one primary-key range (the user's rows, at most MAX_RANK), merged by SQLite, so a
+    read costs one index seek per version in the chain plus the user's rows in each."""
+    if len(tables) == 1:  # a full version: one range, already in rank order
+        return f"SELECT 0, {_COLUMNS} FROM {tables[0]} WHERE user_id = ?1 ORDER BY rank LIMIT ?2"
+    arms = " UNION ALL ".join(
+        f"SELECT {place}, {_COLUMNS} FROM {table} WHERE user_id = ?1" for place, table in enumerate(tables)
+    )
+    return f"{arms} ORDER BY 1, 2 LIMIT ?2"
+
+
+def first_place(rows: list[tuple[Any, ...]]) -> tuple[int, list[tuple[Any, ...]]]:
+    """The chain place of the newest version in `rows` (from `chain_query`), and its rows without the place."""
+    place = rows[0][0]
+    return place, [row[1:] for row in rows if row[0] == place]
 
 
 def _now() -> str:
@@ -130,11 +225,13 @@ class SqliteRecommendationStore:
         read_only: bool = False,
         busy_timeout_s: float = 30.0,
         keep_versions: int = DEFAULT_KEEP_VERSIONS,
+        max_delta_chain: int = DEFAULT_MAX_DELTA_CHAIN,
     ):
         self.path = Path(path).resolve()
         self.read_only = read_only
         self.busy_timeout_s = busy_timeout_s
         self.keep_versions = check_keep_versions(keep_versions)
+        self.max_delta_chain = check_max_delta_chain(max_delta_chain)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -156,9 +253,11 @@ class SqliteRecommendationStore:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA journal_size_limit=67108864")
         conn.executescript(_SCHEMA)
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(store_versions)")}
-        if "batch" not in columns:  # a file written before versions recorded their batch
-            conn.execute("ALTER TABLE store_versions ADD COLUMN batch TEXT")
+        for table, added in _ADDED_COLUMNS.items():  # a file written before these columns existed
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for column in added:
+                if column.split()[0] not in columns:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
         return conn
 
     @property
@@ -207,30 +306,25 @@ class SqliteRecommendationStore:
 
     # ------------------------------------------------------------ reads
     def top_k(self, user_id: int, k: int = MAX_RANK) -> UserRecommendations | None:
+        """The user's list from the newest version of the active chain that holds the user (pointer
+        and rows read in one snapshot); its model_version is that version's."""
         check_k(k)
         conn = self._reader()
         conn.execute("BEGIN")
         try:
-            try:
-                pointer = conn.execute(_POINTER_SQL).fetchone()
-            except sqlite3.OperationalError as error:
-                if "no such table" in str(error):
-                    return None
-                raise
+            pointer = read_pointer(conn)
             if pointer is None:
                 return None
-            version, table, model_version = pointer
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM {table} WHERE user_id = ? ORDER BY rank LIMIT ?", (user_id, k)
-            ).fetchall()
+            rows = conn.execute(pointer.query, (user_id, k)).fetchall()
         finally:
             conn.execute("COMMIT")
         if not rows:
             return None
+        place, rows = first_place(rows)
         return UserRecommendations(
             user_id=user_id,
-            model_version=model_version,
-            version=version,
+            model_version=pointer.model_versions[place],
+            version=pointer.version,
             items=tuple(
                 Recommendation(
                     rank, product_id, name, aisle, department, probability, code == 1, SOURCES[code]
@@ -240,24 +334,20 @@ class SqliteRecommendationStore:
         )
 
     def similar(self, product_id: int, k: int = 10) -> SimilarProducts | None:
-        """The product's similar items from the current version, at most k by rank; None when the
-        version has none for it (unknown, not current, too rarely co-bought) or was loaded without."""
+        """The product's similar items from the current version (a delta loaded without similar
+        items reads its chain's), at most k by rank; None when the version has none for it
+        (unknown, not current, too rarely co-bought) or was loaded without."""
         check_k(k)
         conn = self._reader()
         conn.execute("BEGIN")
         try:
-            try:
-                pointer = conn.execute(_POINTER_SQL).fetchone()
-            except sqlite3.OperationalError as error:
-                if "no such table" in str(error):
-                    return None
-                raise
-            if pointer is None:
+            pointer = read_pointer(conn)
+            if pointer is None or pointer.similar_table is None:
                 return None
-            version, table, _ = pointer
+            version = pointer.version
             try:
                 rows = conn.execute(
-                    f"SELECT {_SIMILAR_COLUMNS} FROM {similar_table_for(table)} "
+                    f"SELECT {_SIMILAR_COLUMNS} FROM {pointer.similar_table} "
                     "WHERE product_id = ? ORDER BY rank LIMIT ?",
                     (product_id, k),
                 ).fetchall()
@@ -309,19 +399,36 @@ class SqliteRecommendationStore:
     def versions(self) -> list[VersionRecord]:
         """The retained versions (loaded, not removed), newest load first; the active one flagged."""
         conn = self._reader()
-        try:
-            rows = conn.execute(_VERSIONS_SQL).fetchall()
-        except sqlite3.OperationalError as error:
-            if "no such table" in str(error):
-                return []
-            if "no such column" not in str(error):
-                raise
-            # a file no load has written to since versions recorded their batch
-            rows = conn.execute(_VERSIONS_SQL.replace("v.batch", "NULL")).fetchall()
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(store_versions)")}
+        if not columns:
+            return []
+        sql = _VERSIONS_SQL
+        for column in ("batch", "kind", "base_id"):  # a file no load has written to since they exist
+            if column not in columns:
+                sql = sql.replace(f"v.{column}", "NULL")
         return [
-            VersionRecord(version, batch, model_version, loaded_at, users, items, bool(active))
-            for version, batch, model_version, loaded_at, users, items, active in rows
+            VersionRecord(
+                version, batch, model_version, loaded_at, users, items, bool(active), kind or FULL, base
+            )
+            for version, batch, model_version, loaded_at, users, items, active, kind, base in conn.execute(
+                sql
+            )
         ]
+
+    def chain(self, version_id: str | None = None) -> list[str]:
+        """The versions a read of `version_id` (default: the active one) resolves through, newest
+        first, ending with a full version; [] when no version is active."""
+        conn = self._reader()
+        if version_id is None:
+            pointer = read_pointer(conn)
+            return list(pointer.versions) if pointer else []
+        retained = {record.version: record for record in self.versions()}
+        if version_id not in retained:
+            raise unknown_version(self.subject, version_id, retained)
+        chain = [version_id]
+        while retained[chain[-1]].kind == DELTA and retained[chain[-1]].base_version in retained:
+            chain.append(retained[chain[-1]].base_version)
+        return chain
 
     def activate(self, version_id: str) -> VersionRecord:
         """Point readers at a retained version (a rollback, or forward again) in one transaction."""
@@ -351,7 +458,7 @@ class SqliteRecommendationStore:
                         )
                     ]
                     raise unknown_version(self.subject, version_id, retained)
-                self._point(conn, row[0], version_id, row[1], row[2])
+                self._point(conn, row[0])
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -409,7 +516,10 @@ class SqliteRecommendationStore:
         batch: str,
         allow_older: bool = False,
         similar_items: SimilarItemsInput | None = None,
+        delta: bool = False,
     ) -> LoadReport:
+        """A new version (every user's list, or with `delta` only these users' on top of the
+        active chain), filled in one transaction, switched in by a second; see the module doc."""
         if self.read_only:
             raise ServingStoreError(f"{self.path} was opened read-only; it cannot load")
         batch = check_batch(batch)
@@ -419,13 +529,16 @@ class SqliteRecommendationStore:
         conn = self._connect_writer()
         try:
             previous = conn.execute(_ACTIVE_SQL).fetchone()  # (version_id, version, batch) or None
+            base_chain = self._chain_rows(conn, previous[0]) if previous else []
+            if delta:
+                refuse_delta(self.subject, [row[1] for row in base_chain], self.max_delta_chain)
             refuse_older_batch(self.subject, batch, previous[2] if previous else None, allow_older)
             started = time.perf_counter()
             version_id, table, users, rows, similar_counts = self._fill(
-                conn, lists, version, model_version, batch, similar
+                conn, lists, version, model_version, batch, similar, previous[0] if delta else None
             )
             filled = time.perf_counter()
-            self._switch(conn, version_id, version, table, model_version, previous)
+            self._switch(conn, version_id, version, table, previous)
             switched = time.perf_counter()
             removed = self._drop_beyond(conn, version_id)
             cleaned = time.perf_counter()
@@ -439,6 +552,9 @@ class SqliteRecommendationStore:
             previous_version=previous[1] if previous else None,
             users=users,
             rows=rows,
+            kind=DELTA if delta else FULL,
+            base_version=previous[1] if delta else None,
+            chain_length=len(base_chain) + 1 if delta else 1,
             removed_versions=tuple(removed),
             removed_items=0,
             write_seconds=filled - started,
@@ -460,6 +576,7 @@ class SqliteRecommendationStore:
         model_version: str,
         batch: str,
         similar: Iterator[tuple[int, list[tuple[Any, ...]]]] | None = None,
+        base_id: int | None = None,
     ) -> tuple[int, str, int, int, tuple[int, int]]:
         """The new version's tables (recommendations and similar items), complete, in one
         transaction: all of it commits or none of it."""
@@ -491,9 +608,9 @@ class SqliteRecommendationStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             version_id = conn.execute(
-                "INSERT INTO store_versions (version, table_name, model_version, batch, started_at) "
-                "VALUES (?, '', ?, ?, ?)",
-                (version, model_version, batch, _now()),
+                "INSERT INTO store_versions (version, table_name, model_version, batch, started_at, kind, base_id) "
+                "VALUES (?, '', ?, ?, ?, ?, ?)",
+                (version, model_version, batch, _now(), FULL if base_id is None else DELTA, base_id),
             ).lastrowid
             table = f"recommendations_v{version_id}"
             conn.execute("UPDATE store_versions SET table_name = ? WHERE id = ?", (table, version_id))
@@ -543,7 +660,6 @@ class SqliteRecommendationStore:
         version_id: int,
         version: str,
         table: str,
-        model_version: str,
         previous: tuple[int, str, str | None] | None,
     ):
         """Point readers at the new table: one single-row write in its own transaction, made only
@@ -563,7 +679,7 @@ class SqliteRecommendationStore:
                     f"{version} loaded (current version was {seen} when this load started); "
                     f"{version} was discarded"
                 )
-            self._point(conn, version_id, version, table, model_version)
+            self._point(conn, version_id)
             conn.execute("COMMIT")
         except ServingStoreError:
             raise
@@ -572,14 +688,52 @@ class SqliteRecommendationStore:
             raise
 
     @staticmethod
-    def _point(conn: sqlite3.Connection, version_id: int, version: str, table: str, model_version: str):
-        """The pointer write itself (inside the caller's transaction)."""
+    def _chain_rows(conn: sqlite3.Connection, version_id: int) -> list[tuple[Any, ...]]:
+        """Registry rows `(id, version, table_name, model_version, kind, base_id)` of the version
+        and its bases, newest first, down to its full version (writer connections: migrated)."""
+        rows: list[tuple[Any, ...]] = []
+        current: int | None = version_id
+        while current is not None and all(row[0] != current for row in rows):
+            row = conn.execute(_CHAIN_STEP_SQL, (current,)).fetchone()
+            if row is None:
+                break
+            rows.append(row)
+            current = row[5] if row[4] == DELTA else None
+        return rows
+
+    def _point(self, conn: sqlite3.Connection, version_id: int):
+        """The pointer write itself (inside the caller's transaction): the version, its chain's
+        tables and model versions, and the similar-items table of the newest version in the chain
+        that was loaded with them (a full version ends the search)."""
+        chain = self._chain_rows(conn, version_id)
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = [row[1] for row in chain if row[2] not in tables]
+        if missing or (chain and chain[-1][4] == DELTA):
+            raise ServingStoreError(
+                f"{self.subject}: version {chain[0][1]} reads through versions that are gone "
+                f"({', '.join(missing) or 'its full base'}); load a full version"
+            )
+        similar = next(
+            (similar_table_for(row[2]) for row in chain if similar_table_for(row[2]) in tables), ""
+        )
         conn.execute(
-            "INSERT INTO current_version (id, version_id, version, table_name, model_version, switched_at) "
-            "VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET version_id = excluded.version_id, "
+            "INSERT INTO current_version "
+            "(id, version_id, version, table_name, model_version, switched_at, chain, similar_table) "
+            "VALUES (1, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET version_id = excluded.version_id, "
             "version = excluded.version, table_name = excluded.table_name, "
-            "model_version = excluded.model_version, switched_at = excluded.switched_at",
-            (version_id, version, table, model_version, _now()),
+            "model_version = excluded.model_version, switched_at = excluded.switched_at, "
+            "chain = excluded.chain, similar_table = excluded.similar_table",
+            (
+                version_id,
+                chain[0][1],
+                chain[0][2],
+                chain[0][3],
+                _now(),
+                json.dumps(
+                    [[table, version, model_version] for _, version, table, model_version, _, _ in chain]
+                ),
+                similar,
+            ),
         )
 
     def _drop_beyond(self, conn: sqlite3.Connection, version_id: int) -> list[str]:
@@ -598,6 +752,13 @@ class SqliteRecommendationStore:
             active = conn.execute("SELECT version_id FROM current_version WHERE id = 1").fetchone()
             if active:
                 kept.add(active[0])
+            bases = dict(conn.execute("SELECT id, base_id FROM store_versions WHERE kind = ?", (DELTA,)))
+            pending = list(kept)
+            while pending:  # a kept delta keeps its base, and the base's base ...
+                base = bases.get(pending.pop())
+                if base is not None and base not in kept:
+                    kept.add(base)
+                    pending.append(base)
             tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
             older = [
                 name

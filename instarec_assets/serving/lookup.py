@@ -16,7 +16,9 @@ built on the request path. SQLite keeps the code in its `explore` column, so it 
   cached pointer expires. A table the loader dropped (beyond those it retains) fails the next
   query with "no such table", which is retried once on the re-read pointer; a miss (an unknown
   user, or one new in the next version) re-reads the pointer too. So a newly switched version is
-  served at the latest `pointer_ttl_s` after its switch.
+  served at the latest `pointer_ttl_s` after its switch. When the active version is a delta, the
+  statement reads the user's rows from every table of its chain (`sqlite_store.chain_query`, one
+  index seek per version) and keeps the newest version's.
   `SqliteRecommendationStore.top_k` reads the pointer on every call (four statements); this
   keeps the hot path at one statement, on a connection reading the file through a memory map
   (`bench/bench_serving.py` compares the whole endpoint with a bare one-lookup server).
@@ -36,9 +38,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from instarec_assets.backends.recommendations import SOURCE_CODES
+from instarec_assets.backends.sqlite_store import first_place, read_pointer
 
-_ROW = "rank, product_id, product_name, aisle, department, probability, explore"
-_POINTER = "SELECT table_name, model_version FROM current_version WHERE id = 1"
 _SIMILAR_ROW = "rank, similar_product_id, product_name, aisle, department, score"
 MMAP_SIZE = 1 << 30  # bytes of the store file readers map (SQLite caps it at its compile-time maximum)
 
@@ -71,8 +72,8 @@ class SqliteLookup:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
-        # (read at, table, model_version, range query); table None: nothing loaded yet
-        self._pointer: tuple[float, str | None, str, str] | None = None
+        # (read at, chain tables, their model versions, the chain's query); tables None: nothing loaded
+        self._pointer: tuple[float, tuple[str, ...] | None, tuple[str, ...], str] | None = None
 
     def __repr__(self) -> str:
         return f"SqliteLookup({str(self.path)!r})"
@@ -100,20 +101,15 @@ class SqliteLookup:
         self._local.conn = conn
         return conn
 
-    def _read_pointer(self, conn: sqlite3.Connection) -> tuple[float, str | None, str, str]:
-        try:
-            row = conn.execute(_POINTER).fetchone()
-        except sqlite3.OperationalError as error:
-            if "no such table" not in str(error):
-                raise
-            row = None
+    def _read_pointer(
+        self, conn: sqlite3.Connection
+    ) -> tuple[float, tuple[str, ...] | None, tuple[str, ...], str]:
+        found = read_pointer(conn)
         now = time.monotonic()
-        if row is None:
-            pointer: tuple[float, str | None, str, str] = (now, None, "", "")
+        if found is None:
+            pointer: tuple[float, tuple[str, ...] | None, tuple[str, ...], str] = (now, None, (), "")
         else:
-            table, model_version = row
-            query = f"SELECT {_ROW} FROM {table} WHERE user_id = ? ORDER BY rank LIMIT ?"
-            pointer = (now, table, model_version, query)
+            pointer = (now, found.tables, found.model_versions, found.query)
         self._pointer = pointer
         return pointer
 
@@ -130,32 +126,30 @@ class SqliteLookup:
                     raise
                 rows = []
             if rows:
-                return pointer[2], rows
-        # a miss: re-read the pointer, and if it names another table, ask that one
+                place, rows = first_place(rows)
+                return pointer[2][place], rows
+        # a miss: re-read the pointer, and if it names another chain, ask that one
         fresh = self._read_pointer(conn)
         if fresh[1] is None or fresh[1] == pointer[1]:
             return None
         rows = conn.execute(fresh[3], (user_id, k)).fetchall()
-        return (fresh[2], rows) if rows else None
+        if not rows:
+            return None
+        place, rows = first_place(rows)
+        return fresh[2][place], rows
 
     def similar(self, product_id: int, k: int) -> tuple[str, Rows] | None:
-        """The product's similar items in the current version: pointer and list read in one
-        transaction (one snapshot), so both come from the same version."""
+        """The product's similar items in the current version (or the chain's, for a delta loaded
+        without them): pointer and list read in one transaction (one snapshot)."""
         conn = getattr(self._local, "conn", None) or self._connection()
         conn.execute("BEGIN")
         try:
-            try:
-                row = conn.execute("SELECT table_name, version FROM current_version WHERE id = 1").fetchone()
-            except sqlite3.OperationalError as error:
-                if "no such table" not in str(error):
-                    raise
+            pointer = read_pointer(conn)
+            if pointer is None or pointer.similar_table is None:
                 return None
-            if row is None:
-                return None
-            table = "similar_v" + row[0].removeprefix("recommendations_v")
             try:
                 rows = conn.execute(
-                    f"SELECT {_SIMILAR_ROW} FROM {table} WHERE product_id = ? AND similar_product_id <> ? "
+                    f"SELECT {_SIMILAR_ROW} FROM {pointer.similar_table} WHERE product_id = ? AND similar_product_id <> ? "
                     "ORDER BY rank LIMIT ?",
                     (product_id, product_id, k),
                 ).fetchall()
@@ -165,7 +159,7 @@ class SqliteLookup:
                 return None
         finally:
             conn.execute("COMMIT")
-        return (row[1], rows) if rows else None
+        return (pointer.version, rows) if rows else None
 
     def close(self) -> None:
         with self._lock:
