@@ -92,7 +92,9 @@ def build_resources(locations: LakeLocations, history_wait: HistoryWait = DEFAUL
             threads=settings.threads,
             graphsage_device=settings.graphsage_device,
         ),
-        "serving_store": ServingStoreResource(**store_settings_from_env(locations.home)),
+        "serving_store": ServingStoreResource(
+            **store_settings_from_env(locations.home), max_delta_chain=settings.serving_max_delta_chain
+        ),
         "analyst_catalog": AnalystCatalogResource(
             bucket=settings.analyst_bucket, database=settings.analyst_database
         ),

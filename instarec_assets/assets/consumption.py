@@ -39,7 +39,6 @@ from instarec_assets.consumption.batch_transform import (
 from instarec_assets.consumption.cold_start import ColdStartInputs, with_popular_tier
 from instarec_assets.consumption.deltas import (
     DELTA,
-    MAX_DELTA_CHAIN,
     ModelState,
     create_latest_rows_view,
     decide_scoring_mode,
@@ -141,6 +140,7 @@ def reorder_predictions(
     duckdb: DuckDBResource,
     training: ModelTrainingResource,
     compute: ComputeResource,
+    serving_store: ServingStoreResource,
     inference_set: str,
     affected_users: str,
     xgboost_model: str,
@@ -167,7 +167,7 @@ def reorder_predictions(
             models,
             full_rescore=config.full_rescore,
             features_rebuilt=bool(features_rebuilt),
-            max_chain=MAX_DELTA_CHAIN,
+            max_chain=serving_store.max_delta_chain,
         )
         context.log.info(f"reorder_predictions: {decision.mode} ({decision.reason})")
         users_uri = affected_users if decision.mode == DELTA else None
@@ -522,10 +522,19 @@ def dynamodb_recommendations(
     started = time.perf_counter()
     mode, base = consumption_mode(context)
     chain = partition_chain(context, "recommendations", recommendations)
+    store = serving_store.open()
+    active = store.current_info()
+    # A delta version goes on top of the active one only when that one was built from the delta's
+    # base batch; otherwise (a failed or rolled-back load, a rerun) every user's current list is loaded.
+    delta = mode == DELTA and active is not None and active.get("batch") == base
     with lake_connection(duckdb, lake) as conn:
-        # the current lists of every user: each user's newest partition of the chain
-        create_latest_rows_view(conn, "served_recommendations", [uri for _, uri in chain])
-        table = conn.sql("SELECT * FROM served_recommendations ORDER BY user_id, rank").to_arrow_table()
+        if delta:
+            sql, params = _PARTITION_ROWS_SQL, {"uri": chain[-1][1]}
+        else:
+            # the current lists of every user: each user's newest partition of the chain
+            create_latest_rows_view(conn, "served_recommendations", [uri for _, uri in chain])
+            sql, params = "SELECT * FROM served_recommendations ORDER BY user_id, rank", None
+        table = conn.sql(sql, params=params).to_arrow_table()
         partition_users = conn.execute(
             "SELECT count(DISTINCT user_id) FROM read_parquet(?, hive_partitioning = false)", [chain[-1][1]]
         ).fetchall()[0][0]
@@ -533,25 +542,39 @@ def dynamodb_recommendations(
             "SELECT * FROM read_parquet($uri, hive_partitioning = false)", params={"uri": similar_items}
         ).to_arrow_table()
     model_version = table.column("model_version")[0].as_py() if table.num_rows else "none"
-    report = serving_store.open().load(
+    report = store.load(
         table,
         model_version=model_version,
         batch=context.partition_key,
         allow_older=config.allow_older,
         similar_items=similar,
+        delta=delta,
     )
+    if delta:
+        loaded = f"a delta version: the {table.num_rows} rows of this partition's users over {base}"
+    elif mode == DELTA:
+        loaded = (
+            f"every user's current list: the active version's batch "
+            f"({active.get('batch') if active else 'none'}) is not the delta base {base}"
+        )
+    else:
+        loaded = "every user's current list"
     return MaterializeResult(
         metadata={
             "store": MetadataValue.text(serving_store.kind),
             "mode": MetadataValue.text(mode),
+            "load": MetadataValue.text(DELTA if delta else "full"),
+            "loaded": MetadataValue.text(loaded),
             "delta_base": MetadataValue.text(base or "none"),
-            "loaded": MetadataValue.text("every user's current list (the chain resolved)"),
             "recommendations_chain": MetadataValue.json([batch for batch, _ in chain]),
             "users_in_partition": MetadataValue.int(int(partition_users)),
             "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
             **{name: MetadataValue.text(str(value)) for name, value in report.as_metadata().items()},
         }
     )
+
+
+_PARTITION_ROWS_SQL = "SELECT * FROM read_parquet($uri, hive_partitioning = false) ORDER BY user_id, rank"
 
 
 RANKING_CHECK = "served_beats_top_frequency"

@@ -13,8 +13,8 @@ from instarec_assets.lake.duck import StagedParquet, copy_to_parquet
 
 FULL = "full"
 DELTA = "delta"
-# Delta partitions after a full one before the next batch is scored in full again, until settings.py
-# carries INSTAREC_SERVING_MAX_DELTA_CHAIN.
+# Delta partitions after a full one before the next batch is scored in full again (the pipeline
+# passes INSTAREC_SERVING_MAX_DELTA_CHAIN, the serving store's limit on stacked delta versions).
 MAX_DELTA_CHAIN = 8
 CHAIN_POSITION = "chain_position"
 
