@@ -87,6 +87,10 @@ TABLES: dict[str, dict[str, str]] = {
         "eval_set": "test (Kaggle test orders, target framing) or serving (the next order)",
         "label": "empty: the target order's lines are unknown",
     },
+    "affected_users": {
+        "reason": "why the batch changed the user's feature rows: new order or line, moved product, "
+        "fallback gap, or full build",
+    },
     "user_embeddings": {
         "edges": "the user's distinct products in this batch's graph",
         "training_edges": "the user's degree in the graph the model was trained on (0: embedded inductively)",

@@ -96,7 +96,9 @@ def build_resources(
             graphsage_device=settings.graphsage_device,
             engine=engine or settings.engine,
         ),
-        "serving_store": ServingStoreResource(**store_settings_from_env(locations.home)),
+        "serving_store": ServingStoreResource(
+            **store_settings_from_env(locations.home), max_delta_chain=settings.serving_max_delta_chain
+        ),
         "analyst_catalog": AnalystCatalogResource(
             bucket=settings.analyst_bucket, database=settings.analyst_database
         ),

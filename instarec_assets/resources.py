@@ -168,6 +168,9 @@ class ServingStoreResource(ConfigurableResource):
     dynamodb_table: str = ""
     region: str = "us-east-1"
     endpoint_url: str = ""
+    # Delta versions stacked on a full one (INSTAREC_SERVING_MAX_DELTA_CHAIN); reorder_predictions
+    # scores a batch in full before its chain would pass it.
+    max_delta_chain: int = 8
 
     def open(self, read_only: bool = False):
         from instarec_assets.backends.serving_store import open_store
@@ -179,6 +182,7 @@ class ServingStoreResource(ConfigurableResource):
             self.region,
             self.endpoint_url,
             read_only=read_only,
+            max_delta_chain=self.max_delta_chain,
         )
 
 

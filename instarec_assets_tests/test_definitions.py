@@ -22,6 +22,7 @@ EXPECTED_GROUPS = {
         "user_product_features",
         "training_set",
         "inference_set",
+        "affected_users",
     },
     "models": {"xgboost_model", "graphsage_model", "user_embeddings", "product_embeddings"},
     "consumption": {

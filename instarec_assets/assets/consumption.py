@@ -21,6 +21,14 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
+from instarec_assets.assets.deltas import (
+    PREDICTIONS,
+    base_history,
+    chain_input,
+    consumption_mode,
+    latest_metadata,
+    partition_chain,
+)
 from instarec_assets.assets.metadata import history_read, preview
 from instarec_assets.consumption.batch_transform import (
     BATCH_TRANSFORM,
@@ -29,6 +37,12 @@ from instarec_assets.consumption.batch_transform import (
     score_with_batch_transform,
 )
 from instarec_assets.consumption.cold_start import ColdStartInputs, with_popular_tier
+from instarec_assets.consumption.deltas import (
+    DELTA,
+    ModelState,
+    create_latest_rows_view,
+    decide_scoring_mode,
+)
 from instarec_assets.consumption.ranking_report import (
     CHECK_METRIC,
     SERVED,
@@ -81,6 +95,26 @@ class ServingLoadConfig(Config):
     allow_older: bool = False
 
 
+class PredictionsConfig(Config):
+    """Run configuration of reorder_predictions."""
+
+    # Score every user even when the models are the previous batch's (a delta batch re-scores only the
+    # users whose features changed; the others keep their scores until the next full batch).
+    full_rescore: bool = False
+
+
+def _model_state(context: AssetExecutionContext, card: dict) -> ModelState:
+    """This batch's model versions and whether each was fitted on it (GraphSAGE's from its
+    embeddings' materialisation, which reorder_predictions reads)."""
+    embeddings = latest_metadata(context.instance, "user_embeddings", context.partition_key) or {}
+    return ModelState(
+        xgboost_version=card["model_version"],
+        xgboost_retrained=bool(card.get("retrain", {}).get("retrain", True)),
+        graphsage_version=embeddings.get("model_version"),
+        graphsage_retrained=bool(embeddings.get("retrained", True)),
+    )
+
+
 COMMON = {"partitions_def": landing_batches, "group_name": "consumption", "pool": HISTORY_POOL}
 
 # What shoppers are served should follow each weekly landing batch: warn once a day late, fail after a
@@ -93,26 +127,50 @@ SERVED_FRESHNESS = FreshnessPolicy.time_window(fail_window=timedelta(days=15), w
     kinds={"xgboost", "parquet"},
     description=(
         "Reorder probability for every candidate of the inference set (test and serving rows), "
-        "scored with the model card's features (the GraphSAGE similarity joined from the embeddings)."
+        "scored with the model card's features (the GraphSAGE similarity joined from the embeddings). "
+        "Decides whether this batch is full or a delta: with the previous batch's models, only the "
+        "affected users are re-scored (`mode`, `delta_base`)."
     ),
     **COMMON,
 )
 def reorder_predictions(
     context: AssetExecutionContext,
+    config: PredictionsConfig,
     lake: LakeResource,
     duckdb: DuckDBResource,
     training: ModelTrainingResource,
     compute: ComputeResource,
+    serving_store: ServingStoreResource,
     inference_set: str,
+    affected_users: str,
     xgboost_model: str,
     user_embeddings: str,
     product_embeddings: str,
 ) -> Output[StagedParquet]:
     booster = load_model(Path(xgboost_model) / MODEL_FILE)
-    feature_names = tuple(read_model_card(xgboost_model)["features"])
+    card = read_model_card(xgboost_model)
+    feature_names = tuple(card["features"])
     out = lake.staging_dir(context.run_id, "reorder_predictions") / "reorder_predictions.parquet"
     started = time.perf_counter()
+    models = _model_state(context, card)
+    previous_batch, base, chain = base_history(context)
     with lake_connection(duckdb, lake) as conn:
+        affected_count, features_rebuilt = conn.execute(
+            "SELECT count(*), coalesce(bool_or(reason = 'full build'), false) "
+            "FROM read_parquet(?, hive_partitioning = false)",
+            [affected_users],
+        ).fetchall()[0]
+        decision = decide_scoring_mode(
+            previous_batch,
+            base,
+            chain,
+            models,
+            full_rescore=config.full_rescore,
+            features_rebuilt=bool(features_rebuilt),
+            max_chain=serving_store.max_delta_chain,
+        )
+        context.log.info(f"reorder_predictions: {decision.mode} ({decision.reason})")
+        users_uri = affected_users if decision.mode == DELTA else None
         computed = {}
         if SIMILARITY_FEATURE in feature_names:
             similarity = SimilarityLookup.from_lake(conn, user_embeddings, product_embeddings)
@@ -121,9 +179,9 @@ def reorder_predictions(
         if training.uses_sagemaker:
             transform = score_with_batch_transform(
                 training.sagemaker_client(),
-                feature_batches(conn, inference_set, feature_names, computed=computed),
+                feature_batches(conn, inference_set, feature_names, computed=computed, users_uri=users_uri),
                 feature_names,
-                model_data_url(read_model_card(xgboost_model)),
+                model_data_url(card),
                 out,
                 lake.staging_dir(context.run_id, "reorder_predictions-batch-transform"),
                 on_status=lambda status, job: context.log.info(
@@ -144,6 +202,7 @@ def reorder_predictions(
                 lambda rows: predict(booster, rows, threads=compute.threads),
                 out,
                 computed=computed,
+                users_uri=users_uri,
             )
             scoring = {"scoring": MetadataValue.text(IN_PROCESS)}
         scoring["scoring_seconds"] = MetadataValue.float(round(time.perf_counter() - started, 3))
@@ -152,10 +211,21 @@ def reorder_predictions(
             "GROUP BY ALL ORDER BY 1",
             [str(out)],
         ).fetchall()
+        users_scored = conn.execute(
+            "SELECT count(DISTINCT user_id) FROM read_parquet(?, hive_partitioning = false)", [str(out)]
+        ).fetchall()[0][0]
     return Output(
         staged,
         metadata={
-            "model_version": MetadataValue.text(read_model_card(xgboost_model)["model_version"]),
+            "mode": MetadataValue.text(decision.mode),
+            "mode_reason": MetadataValue.text(decision.reason),
+            "delta_base": MetadataValue.text(decision.base or "none"),
+            "delta_chain_length": MetadataValue.int(decision.chain_length),
+            "users": MetadataValue.int(int(users_scored)),
+            "affected_users": MetadataValue.int(int(affected_count)),
+            "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
+            "model_version": MetadataValue.text(card["model_version"]),
+            "graphsage_model_version": MetadataValue.text(models.graphsage_version or "unknown"),
             "rows_by_eval_set": MetadataValue.json({name: int(rows) for name, rows, _ in by_set}),
             "mean_probability_by_eval_set": MetadataValue.json(
                 {name: float(mean) for name, _, mean in by_set}
@@ -170,20 +240,24 @@ def reorder_predictions(
     kinds={"numpy", "parquet"},
     description=(
         "For each Kaggle test order (a user's latest clean order stored as `test`), the product set "
-        "maximising expected F1, or None; None for an order whose user has no candidates."
+        "maximising expected F1, or None; None for an order whose user has no candidates. Reads the "
+        "predictions' chain (the newest full partition, then each delta), each user's newest rows."
     ),
-    ins={"clean_orders": history_input("clean_orders")},
+    ins={"clean_orders": history_input("clean_orders"), PREDICTIONS: chain_input(PREDICTIONS)},
     **COMMON,
 )
 def next_basket(
     context: AssetExecutionContext,
     lake: LakeResource,
     duckdb: DuckDBResource,
-    reorder_predictions: str,
+    reorder_predictions: dict[str, str] | str,
     clean_orders: list[str],
 ):
+    started = time.perf_counter()
+    mode, base = consumption_mode(context)
+    chain = partition_chain(context, PREDICTIONS, reorder_predictions)
     with lake_connection(duckdb, lake) as conn:
-        result = next_baskets(conn, reorder_predictions, clean_orders)
+        result = next_baskets(conn, [uri for _, uri in chain], clean_orders)
     baskets = result.table
     include_none = baskets.column("include_none").to_numpy(zero_copy_only=False)
     sizes = baskets.column("n_products").to_numpy(zero_copy_only=False)
@@ -191,6 +265,13 @@ def next_basket(
         baskets,
         metadata={
             "orders": MetadataValue.int(baskets.num_rows),
+            # every test order, always: the baskets are whole, the predictions may be a delta
+            "mode": MetadataValue.text("full"),
+            "predictions_mode": MetadataValue.text(mode),
+            "delta_base": MetadataValue.text(base or "none"),
+            "predictions_chain": MetadataValue.json([batch for batch, _ in chain]),
+            "users": MetadataValue.int(len(set(baskets.column("user_id").to_pylist()))),
+            "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
             "orders_without_candidates": MetadataValue.int(result.without_candidates),
             "history_read": history_read(clean_orders=clean_orders),
             "scored_orders_not_test": MetadataValue.int(result.scored_not_test),
@@ -210,7 +291,8 @@ def next_basket(
         "embedding neighbours), then reorder candidates 11 to 50 (what request filters draw on), "
         "current products only, with names, aisle, department, model version. Shoppers known to the "
         "lake without a scored candidate (cold start) get popular items instead, tilted to the "
-        "departments of a first basket; `source` says model, explore or popular per row."
+        "departments of a first basket; `source` says model, explore or popular per row. In a delta "
+        "batch only the affected users' lists (the serving store keeps everyone else's)."
     ),
     ins={
         "clean_orders": history_input("clean_orders"),
@@ -224,6 +306,7 @@ def recommendations(
     lake: LakeResource,
     duckdb: DuckDBResource,
     reorder_predictions: str,
+    affected_users: str,
     xgboost_model: str,
     user_embeddings: str,
     product_embeddings: str,
@@ -237,12 +320,25 @@ def recommendations(
     clean_orders: list[str],
     clean_order_products: list[str],
 ) -> Output[StagedParquet]:
+    started = time.perf_counter()
     scratch = lake.staging_dir(context.run_id, "recommendations")
     out = scratch / "recommendations.parquet"
     model_version = read_model_card(xgboost_model)["model_version"]
+    mode, base = consumption_mode(context)
     with lake_connection(duckdb, lake) as conn:
+        # a delta batch lists only the affected users (its predictions hold only theirs)
+        user_ids = None
+        if mode == DELTA:
+            user_ids = conn.execute(
+                "SELECT user_id FROM read_parquet(?, hive_partitioning = false) ORDER BY 1", [affected_users]
+            ).fetchnumpy()["user_id"]
         nearest = explore_from_lake(
-            conn, user_embeddings, product_embeddings, user_product_features, scratch / "nearest.parquet"
+            conn,
+            user_embeddings,
+            product_embeddings,
+            user_product_features,
+            scratch / "nearest.parquet",
+            user_ids=user_ids,
         )
         explore = personal_explore_items(
             conn,
@@ -251,6 +347,7 @@ def recommendations(
             clean_products,
             str(nearest.path),
             scratch / "explore.parquet",
+            user_ids=None if user_ids is None else user_ids.tolist(),
         )
         scored = top_recommendations(
             conn,
@@ -266,7 +363,12 @@ def recommendations(
             conn,
             str(scored.path),
             ColdStartInputs(
-                clean_orders, clean_order_products, clean_products, clean_aisles, clean_departments
+                clean_orders,
+                clean_order_products,
+                clean_products,
+                clean_aisles,
+                clean_departments,
+                users=affected_users if mode == DELTA else None,
             ),
             model_version,
             out,
@@ -290,6 +392,9 @@ def recommendations(
     return Output(
         staged,
         metadata={
+            "mode": MetadataValue.text(mode),
+            "delta_base": MetadataValue.text(base or "none"),
+            "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
             "users": MetadataValue.int(int(users)),
             "cold_start_users": MetadataValue.int(int(cold_users)),
             "popular_tier_share": MetadataValue.float(int(cold_users) / int(users) if users else 0.0),
@@ -401,6 +506,7 @@ def similar_items(
     ),
     # Declared so the blocking ranking check gates the serving load; the report's data is not read.
     deps=["ranking_report"],
+    ins={"recommendations": chain_input("recommendations")},
     freshness_policy=SERVED_FRESHNESS,
     **COMMON,
 )
@@ -410,30 +516,65 @@ def dynamodb_recommendations(
     lake: LakeResource,
     duckdb: DuckDBResource,
     serving_store: ServingStoreResource,
-    recommendations: str,
+    recommendations: dict[str, str] | str,
     similar_items: str,
 ) -> MaterializeResult:
+    started = time.perf_counter()
+    mode, base = consumption_mode(context)
+    chain = partition_chain(context, "recommendations", recommendations)
+    store = serving_store.open()
+    active = store.current_info()
+    # A delta version goes on top of the active one only when that one was built from the delta's
+    # base batch; otherwise (a failed or rolled-back load, a rerun) every user's current list is loaded.
+    delta = mode == DELTA and active is not None and active.get("batch") == base
     with lake_connection(duckdb, lake) as conn:
-        table = conn.sql(
-            "SELECT * FROM read_parquet($uri, hive_partitioning = false)", params={"uri": recommendations}
-        ).to_arrow_table()
+        if delta:
+            sql, params = _PARTITION_ROWS_SQL, {"uri": chain[-1][1]}
+        else:
+            # the current lists of every user: each user's newest partition of the chain
+            create_latest_rows_view(conn, "served_recommendations", [uri for _, uri in chain])
+            sql, params = "SELECT * FROM served_recommendations ORDER BY user_id, rank", None
+        table = conn.sql(sql, params=params).to_arrow_table()
+        partition_users = conn.execute(
+            "SELECT count(DISTINCT user_id) FROM read_parquet(?, hive_partitioning = false)", [chain[-1][1]]
+        ).fetchall()[0][0]
         similar = conn.sql(
             "SELECT * FROM read_parquet($uri, hive_partitioning = false)", params={"uri": similar_items}
         ).to_arrow_table()
     model_version = table.column("model_version")[0].as_py() if table.num_rows else "none"
-    report = serving_store.open().load(
+    report = store.load(
         table,
         model_version=model_version,
         batch=context.partition_key,
         allow_older=config.allow_older,
         similar_items=similar,
+        delta=delta,
     )
+    if delta:
+        loaded = f"a delta version: the {table.num_rows} rows of this partition's users over {base}"
+    elif mode == DELTA:
+        loaded = (
+            f"every user's current list: the active version's batch "
+            f"({active.get('batch') if active else 'none'}) is not the delta base {base}"
+        )
+    else:
+        loaded = "every user's current list"
     return MaterializeResult(
         metadata={
             "store": MetadataValue.text(serving_store.kind),
+            "mode": MetadataValue.text(mode),
+            "load": MetadataValue.text(DELTA if delta else "full"),
+            "loaded": MetadataValue.text(loaded),
+            "delta_base": MetadataValue.text(base or "none"),
+            "recommendations_chain": MetadataValue.json([batch for batch, _ in chain]),
+            "users_in_partition": MetadataValue.int(int(partition_users)),
+            "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
             **{name: MetadataValue.text(str(value)) for name, value in report.as_metadata().items()},
         }
     )
+
+
+_PARTITION_ROWS_SQL = "SELECT * FROM read_parquet($uri, hive_partitioning = false) ORDER BY user_id, rank"
 
 
 RANKING_CHECK = "served_beats_top_frequency"

@@ -16,6 +16,7 @@ from instarec_assets.features import (
     feature_summary,
     update_features,
 )
+from instarec_assets.features.incremental import all_users_affected
 from instarec_assets.history import own_earlier_partitions
 from instarec_assets.partitions import HISTORY_POOL, history_input, landing_batches
 from instarec_assets.resources import LakeResource, lake_connection
@@ -38,6 +39,11 @@ FEATURE_SET_DESCRIPTIONS = {
     "training_set": "Candidates of users whose latest order is `train`, with the label and every feature.",
     "inference_set": "Candidates to score: Kaggle `test` orders and every user's next order (`serving`).",
 }
+AFFECTED_USERS_DESCRIPTION = (
+    "The users whose feature rows this batch changed, one row each with the reason (new order or line, "
+    "moved product, fallback gap; every user with `full build` on a full build): the users the "
+    "consumption assets re-score in a delta batch."
+)
 
 
 def clean_snapshot(
@@ -96,7 +102,7 @@ def _previous_features(
         name: AssetOut(
             io_manager_key="curated_io_manager", description=text, group_name="curated", kinds=CURATED_KINDS
         )
-        for name, text in FEATURE_SET_DESCRIPTIONS.items()
+        for name, text in {**FEATURE_SET_DESCRIPTIONS, "affected_users": AFFECTED_USERS_DESCRIPTION}.items()
     },
     ins=CURATED_INS,
     partitions_def=landing_batches,
@@ -123,12 +129,13 @@ def curated_features_step(
     with lake_connection(duckdb, lake) as conn:
         if previous is None:
             tables = build_features(conn, snapshot, scratch)
+            affected = all_users_affected(conn, clean_orders, scratch / "affected_users.parquet")
             update = {"mode": MetadataValue.text("full")}
         else:
             result = update_features(
                 conn, snapshot, previous, [clean_orders[-1]], [clean_order_products[-1]], scratch
             )
-            tables = result.tables
+            tables, affected = result.tables, result.affected_user_ids
             update = {
                 "mode": MetadataValue.text("incremental"),
                 "affected_users": MetadataValue.int(result.affected_users),
@@ -167,3 +174,19 @@ def curated_features_step(
                     }
                 )
             yield Output(staged, output_name=name, metadata=metadata)
+        by_reason = dict(
+            conn.execute(
+                "SELECT reason, count(*) FROM read_parquet(?, hive_partitioning = false) GROUP BY 1 ORDER BY 1",
+                [str(affected.path)],
+            ).fetchall()
+        )
+        yield Output(
+            affected,
+            output_name="affected_users",
+            metadata={
+                "mode": update["mode"],
+                "users": MetadataValue.int(affected.row_count),
+                "users_by_reason": MetadataValue.json({str(k): int(v) for k, v in by_reason.items()}),
+                "preview": preview(conn, str(affected.path)),
+            },
+        )

@@ -49,6 +49,7 @@ served AS (
 cold AS (
     SELECT DISTINCT user_id FROM cold_start_orders
     ANTI JOIN (SELECT user_id FROM served WHERE source = 'model') AS warm USING (user_id)
+    WHERE user_id IN (SELECT user_id FROM cold_start_scope)
 ),
 lines AS (
     SELECT DISTINCT l.order_id, l.product_id, catalog.department_id
@@ -132,6 +133,9 @@ class ColdStartInputs:
     products: str
     aisles: str
     departments: str
+    # A parquet file whose user_id column limits who may get the tier (a delta batch's affected
+    # users); None: every user of the orders.
+    users: str | None = None
 
 
 def with_popular_tier(
@@ -144,7 +148,7 @@ def with_popular_tier(
     prior_lines: float = PRIOR_LINES,
 ) -> StagedParquet:
     """The recommendations (with their `source` column) plus a popular tier for every user of the
-    lake's orders who has no `model` row: their rows after what they have, up to `max_rank`, current
+    lake's orders (of `inputs.users` when given) who has no `model` row: their rows after what they have, up to `max_rank`, current
     products only, never one already on their list."""
     if max_rank < 1:
         raise ValueError(f"cold start: max_rank must be at least 1, got {max_rank}")
@@ -152,6 +156,12 @@ def with_popular_tier(
         raise ValueError(f"cold start: prior_lines must be positive, got {prior_lines}")
     create_view(conn, "cold_start_orders", inputs.orders, CLEAN_ORDERS_SCHEMA)
     create_view(conn, "cold_start_lines", inputs.order_products, CLEAN_ORDER_PRODUCTS_SCHEMA)
+    scope = (
+        conn.read_parquet(inputs.users, hive_partitioning=False).project("user_id")
+        if inputs.users is not None
+        else conn.sql("SELECT DISTINCT user_id FROM cold_start_orders")
+    )
+    scope.create_view("cold_start_scope", replace=True)
     params = {
         "recommendations": recommendations_uri,
         "products": inputs.products,

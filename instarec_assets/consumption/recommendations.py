@@ -121,14 +121,21 @@ def feature_batches(
     feature_names: Sequence[str],
     batch_rows: int = SCORING_BATCH_ROWS,
     computed: Mapping[str, RowFeature] | None = None,
+    users_uri: str | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """A feature set in batches: user_id, product_id, order_id, eval_set and the model's features in
-    order; features named in `computed` (the GraphSAGE similarity) are computed from the row ids."""
+    order; features named in `computed` (the GraphSAGE similarity) are computed from the row ids.
+    With `users_uri` (a parquet file with a user_id column) only those users' rows."""
     computed = computed or {}
     columns = "".join(f', "{name}"' for name in feature_names if name not in computed)
+    params = {"uri": inference_uri}
+    where = ""
+    if users_uri is not None:
+        params["users"] = users_uri
+        where = " WHERE user_id IN (SELECT user_id FROM read_parquet($users, hive_partitioning = false))"
     reader = conn.sql(
-        f"SELECT user_id, product_id, order_id, eval_set{columns} FROM read_parquet($uri, hive_partitioning = false)",
-        params={"uri": inference_uri},
+        f"SELECT user_id, product_id, order_id, eval_set{columns} FROM read_parquet($uri, hive_partitioning = false){where}",
+        params=params,
     ).to_arrow_reader(batch_rows)
     for batch in reader:
         if not computed:
@@ -154,12 +161,14 @@ def score_feature_set(
     out_path: Path,
     batch_rows: int = SCORING_BATCH_ROWS,
     computed: Mapping[str, RowFeature] | None = None,
+    users_uri: str | None = None,
 ) -> StagedParquet:
-    """Probabilities for every row of a feature set, streamed in batches so memory stays bounded."""
+    """Probabilities for every row of a feature set (of `users_uri`'s users when given), streamed in
+    batches so memory stays bounded."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
     with pq.ParquetWriter(out_path, PREDICTIONS_SCHEMA, compression="zstd") as writer:
-        for batch in feature_batches(conn, inference_uri, feature_names, batch_rows, computed):
+        for batch in feature_batches(conn, inference_uri, feature_names, batch_rows, computed, users_uri):
             features = np.empty((batch.num_rows, len(feature_names)), dtype=np.float32)
             for position, name in enumerate(feature_names):
                 features[:, position] = batch.column(name).to_numpy(zero_copy_only=False)

@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from instarec_assets.consumption.deltas import create_latest_rows_view
 from instarec_assets.lake.clean_orders import CLEAN_ORDERS_SCHEMA
 from instarec_assets.lake.duck import create_view
 from instarec_assets.ml.baskets import NONE, select_baskets
@@ -40,11 +41,11 @@ FROM submission_orders
 QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY order_number DESC) = 1 AND eval_set = 'test'
 """
 
-# The scored `test` rows, read from the predictions once.
+# The scored `test` rows, read from the predictions (the current rows of their chain) once.
 SCORED_SQL = """
 CREATE OR REPLACE TEMP TABLE submission_scored AS
 SELECT order_id, product_id, probability
-FROM read_parquet($uri, hive_partitioning = false)
+FROM submission_predictions
 WHERE eval_set = 'test'
 """
 
@@ -80,14 +81,17 @@ class NextBaskets:
 
 
 def next_baskets(
-    conn: duckdb.DuckDBPyConnection, predictions_uri: str, clean_orders: Sequence[str]
+    conn: duckdb.DuckDBPyConnection, predictions: str | Sequence[str], clean_orders: Sequence[str]
 ) -> NextBaskets:
     """The expected-F1-optimal basket of every `test` order in `clean_orders` (the clean orders
     partitions as of the predictions' partition), in the Kaggle products format; `None` for an order
-    without candidates in `predictions_uri`."""
+    without candidates in the predictions: one partition's URI, or a chain of partitions (a full one,
+    then deltas, oldest first) whose newest rows per user are read."""
     create_view(conn, "submission_orders", clean_orders, CLEAN_ORDERS_SCHEMA)
     conn.execute(TEST_ORDERS_SQL)
-    conn.execute(SCORED_SQL, {"uri": predictions_uri})
+    chain = [str(uri) for uri in predictions] if isinstance(predictions, list | tuple) else [str(predictions)]
+    create_latest_rows_view(conn, "submission_predictions", chain, keys=("user_id",))
+    conn.execute(SCORED_SQL)
     scored_not_test = int(conn.execute(SCORED_NOT_TEST_SQL).fetchone()[0])
     rows = conn.execute(CANDIDATES_SQL).fetchnumpy()
     selection = select_baskets(rows["order_id"], rows["product_id"], rows["probability"])

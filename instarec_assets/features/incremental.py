@@ -88,8 +88,8 @@ class PreviousFeatures:
 class IncrementalResult:
     """The new feature tables and what the batch changed.
 
-    affected_user_ids: staged parquet (user_id, sorted) of every user whose rows were recomputed: the
-    only users whose user / user x product rows can differ from the previous tables (set rows of other
+    affected_user_ids: staged parquet (user_id, reason; sorted) of every user whose rows were
+    recomputed: the only users whose user / user x product rows can differ from the previous tables (set rows of other
     users differ only in the product columns of touched products). touched_product_ids likewise.
     """
 
@@ -195,6 +195,36 @@ FROM (
 )
 GROUP BY user_id
 """
+
+# Why a user was rebuilt, one reason per user (the first that applies, in this order).
+REASON_BATCH = "new order or line"
+REASON_MOVED = "moved product"
+REASON_GAP = "fallback gap"
+REASON_FULL = "full build"
+AFFECTED_IDS_SELECT = f"""
+SELECT user_id,
+       CASE WHEN batch THEN '{REASON_BATCH}' WHEN moved THEN '{REASON_MOVED}' ELSE '{REASON_GAP}' END AS reason
+FROM inc_users
+ORDER BY user_id
+"""
+# On a full build every user known to the lake (any clean order) is affected.
+FULL_BUILD_AFFECTED_SELECT = f"""
+SELECT DISTINCT user_id::INTEGER AS user_id, '{REASON_FULL}' AS reason
+FROM read_parquet($orders, hive_partitioning = false)
+ORDER BY user_id
+"""
+
+
+def all_users_affected(
+    conn: duckdb.DuckDBPyConnection, orders: Sequence[str], out_path: Path
+) -> StagedParquet:
+    """The affected users of a full build: every user of the clean orders, reason `full build`."""
+    if not orders:
+        return copy_to_parquet(
+            conn, "SELECT NULL::INTEGER AS user_id, NULL::VARCHAR AS reason WHERE false", out_path
+        )
+    return copy_to_parquet(conn, FULL_BUILD_AFFECTED_SELECT, out_path, params={"orders": list(orders)})
+
 
 # The snapshot restricted to the affected users, under the names the feature SQL reads.
 RESTRICTED_ORDERS_SQL = """
@@ -368,9 +398,7 @@ def update_features(
     inference = copy_to_parquet(conn, inference_select(user_product.path), scratch / "inference_set.parquet")
     lap("sets")
 
-    affected_ids = copy_to_parquet(
-        conn, "SELECT user_id FROM inc_users ORDER BY user_id", scratch / "affected_user_ids.parquet"
-    )
+    affected_ids = copy_to_parquet(conn, AFFECTED_IDS_SELECT, scratch / "affected_user_ids.parquet")
     product_ids = copy_to_parquet(
         conn,
         "SELECT product_id FROM inc_products ORDER BY product_id",
