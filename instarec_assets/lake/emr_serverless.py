@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from instarec_assets.settings import Settings
 
 # What the deploy uploads into the artifacts folder (infra/scripts/deploy.sh, step_spark_job).
-JOB_SCRIPT = "clean_job.py"
+JOB_SCRIPT_SOURCE = "instarec_assets/spark/clean_job.py"
+JOB_SCRIPT = JOB_SCRIPT_SOURCE.rsplit("/", 1)[1]
 ENVIRONMENT_ARCHIVE = "instarec-spark-env.tar.gz"
 # spark.archives unpacks the environment into this folder of each driver's and executor's working dir.
 ENVIRONMENT_ALIAS = "environment"
