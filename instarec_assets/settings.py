@@ -33,6 +33,12 @@ VARIABLES: dict[str, str] = {
     "INSTAREC_SAGEMAKER_SUBNETS": "aws: comma-separated subnets for SageMaker jobs",
     "INSTAREC_SAGEMAKER_SECURITY_GROUPS": "aws: comma-separated security groups for SageMaker jobs",
     "INSTAREC_KMS_KEY_ARN": "aws: the KMS key for SageMaker job outputs",
+    "INSTAREC_EMR_APPLICATION_ID": "aws: the EMR Serverless application of the Spark engine (spark stack)",
+    "INSTAREC_EMR_JOB_ROLE_ARN": "aws: the EMR Serverless job execution role",
+    "INSTAREC_EMR_ARTIFACTS_URI": "aws: s3:// folder of the Spark job script and its packed Python environment",
+    "INSTAREC_EMR_LOGS_URI": "aws: s3:// folder the Spark jobs' logs are written to",
+    "INSTAREC_EMR_LOG_GROUP": "aws: CloudWatch log group of the Spark jobs' driver output (Pipes reads it)",
+    "INSTAREC_EMR_STAGING_URI": "aws: s3:// folder the Spark jobs stage their outputs in",
     "INSTAREC_WAREHOUSE_SALT": "the salt of the warehouse's user_key (else a file under INSTAREC_HOME)",
     "INSTAREC_WAREHOUSE_SALT_SECRET": "aws: the Secrets Manager secret holding the warehouse salt (read with boto3)",
     "INSTAREC_ANALYST_BUCKET": "aws: the bucket of the analysts' masked tables (empty: not built)",
@@ -73,6 +79,12 @@ class Settings:
     sagemaker_subnets: tuple[str, ...] = ()
     sagemaker_security_groups: tuple[str, ...] = ()
     kms_key_arn: str = ""
+    emr_application_id: str = ""
+    emr_job_role_arn: str = ""
+    emr_artifacts_uri: str = ""
+    emr_logs_uri: str = ""
+    emr_log_group: str = ""
+    emr_staging_uri: str = ""
     warehouse_salt: str | None = None
     warehouse_salt_secret: str = ""
     analyst_bucket: str = ""
@@ -114,6 +126,12 @@ class Settings:
             sagemaker_subnets=listed("INSTAREC_SAGEMAKER_SUBNETS"),
             sagemaker_security_groups=listed("INSTAREC_SAGEMAKER_SECURITY_GROUPS"),
             kms_key_arn=text("INSTAREC_KMS_KEY_ARN"),
+            emr_application_id=text("INSTAREC_EMR_APPLICATION_ID"),
+            emr_job_role_arn=text("INSTAREC_EMR_JOB_ROLE_ARN"),
+            emr_artifacts_uri=text("INSTAREC_EMR_ARTIFACTS_URI").rstrip("/"),
+            emr_logs_uri=text("INSTAREC_EMR_LOGS_URI").rstrip("/"),
+            emr_log_group=text("INSTAREC_EMR_LOG_GROUP"),
+            emr_staging_uri=text("INSTAREC_EMR_STAGING_URI").rstrip("/"),
             warehouse_salt=env.get("INSTAREC_WAREHOUSE_SALT"),
             warehouse_salt_secret=text("INSTAREC_WAREHOUSE_SALT_SECRET"),
             analyst_bucket=text("INSTAREC_ANALYST_BUCKET"),

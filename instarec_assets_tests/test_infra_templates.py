@@ -36,6 +36,7 @@ EXPECTED_STACKS = {
     "data-lake",
     "network",
     "ml",
+    "spark",
     "serving",
     "analytics",
     "orchestration",
@@ -1005,6 +1006,18 @@ def test_iam_is_least_privilege(templates: dict[str, dict[str, Any]]) -> None:
             assert not broad, f"{where}: {broad} on Resource '*'"
 
 
+def _managed_policy_resource(templates: dict[str, dict[str, Any]], stack: str, arn: dict) -> dict[str, Any]:
+    """The resource a role's ManagedPolicyArns entry names: a Ref in its stack, or another stack's export."""
+    if "Ref" in arn:
+        return templates[stack]["Resources"][arn["Ref"]]
+    export = arn["Fn::ImportValue"]["Fn::Sub"]
+    for template in templates.values():
+        for output in template.get("Outputs", {}).values():
+            if output.get("Export", {}).get("Name", {}).get("Fn::Sub") == export:
+                return template["Resources"][output["Value"]["Ref"]]
+    raise AssertionError(f"{stack}: no stack exports {export}")
+
+
 def test_roles_attach_no_aws_managed_policies_unless_allowed(
     templates: dict[str, dict[str, Any]], resources: list[tuple[str, str, dict]]
 ) -> None:
@@ -1013,8 +1026,8 @@ def test_roles_attach_no_aws_managed_policies_unless_allowed(
         for arn in role["Properties"].get("ManagedPolicyArns", []):
             value = arn.get("Fn::Sub", arn) if isinstance(arn, dict) else arn
             if not (isinstance(value, str) and ":iam::aws:policy/" in value):
-                # One of the project's own AWS::IAM::ManagedPolicy resources.
-                assert templates[stack]["Resources"][arn["Ref"]]["Type"] == "AWS::IAM::ManagedPolicy"
+                # One of the project's own AWS::IAM::ManagedPolicy resources, of this stack or exported.
+                assert _managed_policy_resource(templates, stack, arn)["Type"] == "AWS::IAM::ManagedPolicy"
                 continue
             name = value.split(":iam::aws:policy/", 1)[1]
             assert AWS_MANAGED_POLICIES_ALLOWED.get((stack, logical_id)) == name, (
@@ -1315,6 +1328,7 @@ def test_deploy_infra_validates_packages_deploys_in_order() -> None:
         "data-lake",
         "network",
         "ml",
+        "spark",
         "lambda",
         "serving",
         "analytics",

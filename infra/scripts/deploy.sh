@@ -7,7 +7,8 @@
 # infra/params/example.env) and may be overridden by environment variables. Without STEPs every
 # step runs in dependency order:
 #
-#   data-lake network ml lambda serving api-key analytics image orchestration access monitoring frontend
+#   data-lake network ml spark spark-job lambda serving api-key analytics image orchestration access
+#   monitoring frontend
 #
 # Other steps: bootstrap (once, as an administrator: OIDC provider, GitHub role, CloudFormation
 # execution role), validate (cfn-lint and checkov), env (print the INSTAREC_* variables of the
@@ -127,6 +128,27 @@ step_bootstrap() {
 step_data_lake() { deploy_stack data-lake "$REGION" "RawRetentionDays=${RAW_RETENTION_DAYS:-180}"; }
 step_network() { deploy_stack network "$REGION" "VpcCidr=${VPC_CIDR:-10.40.0.0/16}"; }
 step_ml() { deploy_stack ml "$REGION"; }
+step_spark() { deploy_stack spark "$REGION"; }
+
+# The Spark engine's job script and its Python environment, under the image tag the orchestration
+# stack gives the run task (INSTAREC_EMR_ARTIFACTS_URI): a run submits the code of its own image.
+step_spark_job() {
+  local bucket prefix out
+  bucket="$(output data-lake ArtifactsBucketName)"
+  prefix="s3://$bucket/emr-serverless/jobs/$IMAGE_TAG"
+  if aws s3api head-object --bucket "$bucket" \
+      --key "emr-serverless/jobs/$IMAGE_TAG/instarec-spark-env.tar.gz" >/dev/null 2>&1; then
+    log "$prefix already uploaded"
+    return
+  fi
+  out="$ROOT/build/spark-env"
+  rm -rf "$out" && mkdir -p "$out"
+  docker run --rm --platform linux/amd64 -v "$ROOT:/src:ro" -v "$out:/out" \
+    public.ecr.aws/amazonlinux/amazonlinux:2023 /src/infra/scripts/package_spark_env.sh /out
+  log "uploading the Spark job and its environment to $prefix/"
+  aws s3 cp "$ROOT/instarec_assets/spark/clean_job.py" "$prefix/clean_job.py" --only-show-errors
+  aws s3 cp "$out/instarec-spark-env.tar.gz" "$prefix/instarec-spark-env.tar.gz" --only-show-errors
+}
 
 step_lambda() {
   local zip bucket
@@ -210,11 +232,17 @@ export INSTAREC_CURATED_BUCKET=$(output data-lake CuratedBucketName)
 export INSTAREC_CONSUMPTION_BUCKET=$(output data-lake ConsumptionBucketName)
 export INSTAREC_DYNAMODB_TABLE=$(output serving RecommendationsTableName)
 export INSTAREC_SAGEMAKER_ROLE_ARN=$(output ml SageMakerExecutionRoleArn)
+export INSTAREC_EMR_APPLICATION_ID=$(output spark SparkApplicationId)
+export INSTAREC_EMR_JOB_ROLE_ARN=$(output spark SparkJobRoleArn)
+export INSTAREC_EMR_LOG_GROUP=$(output spark SparkLogGroupName)
+export INSTAREC_EMR_ARTIFACTS_URI=s3://$(output data-lake ArtifactsBucketName)/emr-serverless/jobs/$IMAGE_TAG
+export INSTAREC_EMR_LOGS_URI=s3://$(output data-lake ArtifactsBucketName)/emr-serverless/logs
+export INSTAREC_EMR_STAGING_URI=s3://$(output data-lake CleanBucketName)/emr-staging
 export INSTAREC_API_KEY_PARAMETER=$(output serving ApiKeyParameterName)
 EOF
 }
 
-ALL_STEPS=(data-lake network ml lambda serving api-key analytics image orchestration access monitoring frontend)
+ALL_STEPS=(data-lake network ml spark spark-job lambda serving api-key analytics image orchestration access monitoring frontend)
 STEPS=("$@")
 [[ ${#STEPS[@]} -gt 0 ]] || STEPS=("${ALL_STEPS[@]}")
 
