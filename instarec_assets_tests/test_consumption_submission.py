@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -126,3 +127,30 @@ def test_submission_file_has_a_kaggle_row_for_every_test_order(conn, clean_order
     assert [line[0] for line in lines[1:]] == ["102", "202", "301"]
     assert lines[2:] == [["202", "None"], ["301", "None"]]
     assert all(token == "None" or token.isdigit() for token in lines[1][1].split(" "))
+
+
+def test_a_calibrated_none_probability_changes_the_basket_as_the_optimiser_says(
+    conn, clean_orders, predictions
+):
+    # A calibration that only looks at the candidate count, fixed at P(None) = 0.9 for this order.
+    from instarec_assets.ml.none_probability import NONE_FEATURES, NoneCalibration
+
+    sure_none = NoneCalibration(
+        features=NONE_FEATURES,
+        means=(0.0,) * 4,
+        scales=(1.0,) * 4,
+        coefficients=(0.0,) * 4,
+        intercept=float(np.log(0.9 / 0.1)),
+    )
+    rows = {
+        row["order_id"]: row
+        for row in next_baskets(conn, predictions, clean_orders, sure_none).table.to_pylist()
+    }
+    best = expected_f1_basket(list(USER_1_CANDIDATES.values()), list(USER_1_CANDIDATES), p_none=0.9)
+    assert rows[102]["products"] == best.as_kaggle()
+    assert rows[102]["expected_f1"] == pytest.approx(best.expected_f1, rel=1e-6)
+    assert rows[102]["include_none"]
+    default = {
+        row["order_id"]: row for row in next_baskets(conn, predictions, clean_orders).table.to_pylist()
+    }
+    assert default[102]["products"] != rows[102]["products"]

@@ -74,6 +74,7 @@ from instarec_assets.ml.graphsage import (
     load_embedding_table,
 )
 from instarec_assets.ml.metrics import png_markdown, table_markdown
+from instarec_assets.ml.none_probability import read_none_calibration
 from instarec_assets.ml.ranking import PairedDifference
 from instarec_assets.ml.reorder_model import MODEL_FILE, read_model_card
 from instarec_assets.ml.training import load_model, predict
@@ -251,13 +252,15 @@ def next_basket(
     lake: LakeResource,
     duckdb: DuckDBResource,
     reorder_predictions: dict[str, str] | str,
+    xgboost_model: str,
     clean_orders: list[str],
 ):
     started = time.perf_counter()
     mode, base = consumption_mode(context)
     chain = partition_chain(context, PREDICTIONS, reorder_predictions)
+    calibration = read_none_calibration(xgboost_model)
     with lake_connection(duckdb, lake) as conn:
-        result = next_baskets(conn, [uri for _, uri in chain], clean_orders)
+        result = next_baskets(conn, [uri for _, uri in chain], clean_orders, calibration)
     baskets = result.table
     include_none = baskets.column("include_none").to_numpy(zero_copy_only=False)
     sizes = baskets.column("n_products").to_numpy(zero_copy_only=False)
@@ -277,6 +280,9 @@ def next_basket(
             "scored_orders_not_test": MetadataValue.int(result.scored_not_test),
             "mean_basket_size": MetadataValue.float(float(sizes.mean()) if baskets.num_rows else 0.0),
             "share_with_none": MetadataValue.float(float(include_none.mean()) if baskets.num_rows else 0.0),
+            "none_probability": MetadataValue.text(
+                "calibrated (held-out choice, none_calibration.json)" if calibration else "independence"
+            ),
             "preview": MetadataValue.md(baskets.slice(0, 5).to_pandas().to_markdown(index=False)),
         },
     )

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pyarrow as pa
 
 from instarec_assets.consumption.deltas import create_latest_rows_view
 from instarec_assets.lake.clean_orders import CLEAN_ORDERS_SCHEMA
 from instarec_assets.lake.duck import create_view
 from instarec_assets.ml.baskets import NONE, select_baskets
+from instarec_assets.ml.none_probability import NoneCalibration, none_probabilities
 
 BASKETS_SCHEMA = pa.schema(
     [
@@ -81,12 +83,16 @@ class NextBaskets:
 
 
 def next_baskets(
-    conn: duckdb.DuckDBPyConnection, predictions: str | Sequence[str], clean_orders: Sequence[str]
+    conn: duckdb.DuckDBPyConnection,
+    predictions: str | Sequence[str],
+    clean_orders: Sequence[str],
+    none_calibration: NoneCalibration | None = None,
 ) -> NextBaskets:
     """The expected-F1-optimal basket of every `test` order in `clean_orders` (the clean orders
     partitions as of the predictions' partition), in the Kaggle products format; `None` for an order
     without candidates in the predictions: one partition's URI, or a chain of partitions (a full one,
-    then deltas, oldest first) whose newest rows per user are read."""
+    then deltas, oldest first) whose newest rows per user are read. `none_calibration` (the model's,
+    when its held-out choice kept one) gives each order's P(None); else independence."""
     create_view(conn, "submission_orders", clean_orders, CLEAN_ORDERS_SCHEMA)
     conn.execute(TEST_ORDERS_SQL)
     chain = [str(uri) for uri in predictions] if isinstance(predictions, list | tuple) else [str(predictions)]
@@ -94,7 +100,10 @@ def next_baskets(
     conn.execute(SCORED_SQL)
     scored_not_test = int(conn.execute(SCORED_NOT_TEST_SQL).fetchone()[0])
     rows = conn.execute(CANDIDATES_SQL).fetchnumpy()
-    selection = select_baskets(rows["order_id"], rows["product_id"], rows["probability"])
+    none_per_row = none_probabilities(
+        pd.DataFrame({"order_id": rows["order_id"], "probability": rows["probability"]}), none_calibration
+    )
+    selection = select_baskets(rows["order_id"], rows["product_id"], rows["probability"], none_per_row)
     strings = selection.kaggle_strings()
     order_ids = selection.order_ids.tolist()
     selected = pa.table(
