@@ -5,7 +5,8 @@ Dagster-free; the `forget_shopper` job (instarec_assets/assets/privacy.py) and `
 call `forget_user` and `withdraw_request`. The order of the work makes a failed forget safe to run
 again: the user's order ids are read from the orders tables and landing `orders.csv` files, so
 those are rewritten last, after every file that is linked to the user only by an order id; the
-warehouse is rebuilt from the rewritten clean zone and the serving store follows.
+warehouse (or, on AWS, the analysts' masked tables: analyst_tables.py) is rebuilt from the rewritten
+clean zone and the serving store follows.
 
 Models are not retrained for one user: the record names the stored model versions whose training
 data held the user's rows (fitted on a batch at or after the user's first one); the next retrain
