@@ -99,7 +99,11 @@ def test_forget_role_reads_the_run_tasks_salt_secret_and_no_other_secret(
     # DynamoDB for the rewrites), and no secrets resource policy narrows who may read it.
     lake_key = {"Fn::ImportValue": {"Fn::Sub": "instarec-${EnvironmentName}-LakeKeyArn"}}
     assert secret["Properties"]["KmsKeyId"] == lake_key
-    [kms] = [s for s in forget if any(a.startswith("kms:") for a in as_list(s["Action"]))]
+    [kms] = [
+        s
+        for s in forget
+        if any(a.startswith("kms:") for a in as_list(s["Action"])) and s["Resource"] == lake_key
+    ]
     assert "kms:Decrypt" in as_list(kms["Action"]) and kms["Resource"] == lake_key
     via = kms["Condition"]["StringEquals"]["kms:ViaService"]
     assert {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"} in via
@@ -109,3 +113,62 @@ def test_forget_role_reads_the_run_tasks_salt_secret_and_no_other_secret(
         for logical_id, resource in template["Resources"].items()
         if resource["Type"] == "AWS::SecretsManager::ResourcePolicy"
     ]
+
+
+def test_forget_role_reaches_the_analysts_masked_tables_by_their_prefixes_and_no_further(
+    templates: dict[str, dict[str, Any]],  # noqa: F811
+) -> None:
+    """`instarec forget` republishes the current masked snapshot and deletes older snapshot folders and
+    replaced versions (instarec_assets/privacy/analyst_tables.py): the analysts' bucket by the tables'
+    prefixes only, its key through S3 only, the analyst database's tables; no whole-object delete."""
+    from instarec_assets.warehouse.masked import MASKED_TABLES
+
+    statements = {s["Sid"]: s for _, lid, s in _iam_statements(templates) if lid == "ForgetRole"}
+    bucket = {"Fn::ImportValue": {"Fn::Sub": "instarec-${EnvironmentName}-AnalystBucketArn"}}
+    listing = statements["ListMaskedTablesAndVersions"]
+    assert set(as_list(listing["Action"])) == {"s3:ListBucket", "s3:ListBucketVersions"}
+    assert listing["Resource"] == bucket
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": [f"{table}/*" for table in MASKED_TABLES]}}
+
+    objects = statements["RepublishMaskedTablesAndDeleteOldSnapshots"]
+    assert set(objects["Action"]) == {
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:AbortMultipartUpload",
+        "s3:DeleteObjectVersion",
+    }
+    assert objects["Resource"] == [
+        {"Fn::Sub": [f"${{Arn}}/{table}/*", {"Arn": bucket}]} for table in MASKED_TABLES
+    ]
+
+    key = statements["AnalystKeyThroughS3"]
+    assert set(as_list(key["Action"])) == {"kms:Decrypt", "kms:GenerateDataKey"}
+    assert key["Resource"] == {"Fn::ImportValue": {"Fn::Sub": "instarec-${EnvironmentName}-AnalystKeyArn"}}
+    assert key["Condition"] == {
+        "StringEquals": {"kms:ViaService": {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}}
+    }
+
+    glue = statements["RepointMaskedTables"]
+    assert set(as_list(glue["Action"])) == {"glue:GetDatabase", "glue:GetTable", "glue:UpdateTable"}
+    resources = json.dumps(glue["Resource"])
+    assert "AnalystDatabaseName" in resources and "_clean" not in resources
+    assert [
+        r for r in glue["Resource"] if isinstance(r, dict) and "Fn::Sub" in r and "table/" in json.dumps(r)
+    ]
+
+    # Nothing else of the role names the analysts' bucket, key or database, and no statement of the role
+    # may delete a current object or create, delete or retarget anything in Glue beyond UpdateTable.
+    analyst_sids = {"ListMaskedTablesAndVersions", "RepublishMaskedTablesAndDeleteOldSnapshots"}
+    analyst_sids |= {"AnalystKeyThroughS3", "RepointMaskedTables"}
+    for sid, statement in statements.items():
+        if sid not in analyst_sids:
+            assert "Analyst" not in json.dumps(statement["Resource"]), sid
+        actions = as_list(statement["Action"])
+        assert "s3:DeleteObject" not in actions and "s3:*" not in actions, sid
+        assert not {a for a in actions if a.startswith("glue:")} - {
+            "glue:GetDatabase",
+            "glue:GetTable",
+            "glue:UpdateTable",
+        }, sid
+    via = statements["LakeKeyThroughS3DynamoDbAndSecrets"]["Condition"]["StringEquals"]["kms:ViaService"]
+    assert {"Fn::Sub": "glue.${AWS::Region}.amazonaws.com"} in via  # the Glue catalog's encryption key

@@ -9,9 +9,12 @@ from pathlib import Path
 
 from dagster import Config, MetadataValue, OpExecutionContext, Out, Output, job, op
 
+from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.partitions import HISTORY_POOL
+from instarec_assets.privacy.analyst_tables import AnalystTables
 from instarec_assets.privacy.forget import ForgetOutcome, forget_user, os_user, withdraw_request
-from instarec_assets.resources import LakeResource, ServingStoreResource
+from instarec_assets.resources import AnalystCatalogResource, LakeResource, ServingStoreResource
+from instarec_assets.warehouse.masked import glue_client
 from instarec_assets.warehouse.salt import load_salt
 
 FORGET_JOB_NAME = "forget_shopper"
@@ -37,8 +40,10 @@ def forget_shopper_op(
     config: ForgetShopperConfig,
     lake: LakeResource,
     serving_store: ServingStoreResource,
+    analyst_catalog: AnalystCatalogResource,
 ) -> Output[dict]:
-    """Remove the user from every zone, the landing copies, the warehouse and the serving store."""
+    """Remove the user from every zone, the landing copies, the warehouse (in aws mode with an
+    analysts' bucket, its masked tables on S3 and in Glue) and the serving store."""
     locations = lake.locations
     salt = load_salt(locations.home_path).value
     requested_by = config.requested_by or os_user()
@@ -55,11 +60,20 @@ def forget_shopper_op(
             requested_by=requested_by,
             reason=config.reason,
             store=serving_store.open() if exists else None,
+            analyst=_analyst_tables(locations, analyst_catalog),
             progress=context.log.info,
         )
     return Output(
         {"audit_uri": outcome.audit_uri, "record": outcome.record.to_json()}, metadata=_metadata(outcome)
     )
+
+
+def _analyst_tables(locations: LakeLocations, catalog: AnalystCatalogResource) -> AnalystTables | None:
+    """The analysts' masked tables, where the pipeline publishes them (aws mode with a bucket)."""
+    if not (locations.is_aws and catalog.bucket):
+        return None
+    glue = glue_client(locations.region, locations.endpoint_url)
+    return AnalystTables(catalog.bucket, catalog.database, glue)
 
 
 def _metadata(outcome: ForgetOutcome) -> dict[str, MetadataValue]:
@@ -91,7 +105,8 @@ def _metadata(outcome: ForgetOutcome) -> dict[str, MetadataValue]:
     name=FORGET_JOB_NAME,
     description=(
         "Forget a shopper (run config: user_id, reason, requested_by; withdraw: true lifts a request): "
-        "rewrites every lake file, landing copy, the warehouse and the serving store without them, and "
+        "rewrites every lake file, landing copy, the warehouse (or the analysts' masked tables on S3) and "
+        "the serving store without them, and "
         "appends an audit record under <raw zone>/privacy/forget_requests/. `instarec forget` runs it."
     ),
 )

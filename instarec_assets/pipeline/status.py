@@ -8,10 +8,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from dagster import AssetKey, DagsterInstance
 
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.lake.schemas import ZONES
+from instarec_assets.settings import Settings
 
+MASKED_TABLES_ASSET = "analyst_masked_tables"
 MODEL_ASSETS = ("xgboost_model", "graphsage_model")
 MODEL_FILES = {"xgboost_model": "model_card.json", "graphsage_model": "graphsage_config.json"}
 
@@ -47,6 +50,7 @@ class LakeReport:
     models: list[ModelStatus]
     warehouse: str | None
     serving: dict | None
+    masked: bool = False  # aws mode with an analysts' bucket: analyst_masked_tables, not the local file
 
     def to_json(self) -> str:
         payload = asdict(self)
@@ -83,7 +87,8 @@ class LakeReport:
             empty="no model yet",
         )
         out.append("")
-        out.append(f"warehouse: {self.warehouse or 'not built yet (the analyst_warehouse asset builds it)'}")
+        builder = "analyst_masked_tables" if self.masked else "analyst_warehouse"
+        out.append(f"warehouse: {self.warehouse or f'not built yet (the {builder} asset builds it)'}")
         if self.serving:
             out.append(
                 f"serving: version {self.serving['version']} active (batch {self.serving['batch'] or '-'}, "
@@ -165,23 +170,37 @@ def _headline(card: dict) -> dict[str, float]:
     return picked
 
 
-def warehouse_status(locations: LakeLocations) -> str | None:
+def masked_tables_in_use(locations: LakeLocations) -> bool:
+    """aws mode with INSTAREC_ANALYST_BUCKET: the pipeline builds analyst_masked_tables, no local file."""
+    return locations.is_aws and bool(Settings.from_env().analyst_bucket)
+
+
+def warehouse_status(locations: LakeLocations, instance: DagsterInstance) -> str | None:
+    """The local warehouse file; or, where the masked tables replace it, their bucket and the newest batch
+    materialised (the catalog never goes back to an older one). None when not built yet."""
     from instarec_assets.warehouse.build import warehouse_path
 
+    if masked_tables_in_use(locations):
+        settings = Settings.from_env()
+        batches = instance.get_materialized_partitions(AssetKey(MASKED_TABLES_ASSET))
+        if not batches:
+            return None
+        return (
+            f"masked tables in s3://{settings.analyst_bucket}/ (Glue database {settings.analyst_database}), "
+            f"latest batch {max(batches)}"
+        )
     path = Path(warehouse_path(locations.home_path))
     return str(path) if path.exists() else None
 
 
-def batch_status(locations: LakeLocations) -> list[dict]:
+def batch_status(locations: LakeLocations, instance: DagsterInstance) -> list[dict]:
     """Each registered landing batch's state (complete / incomplete / failed / running), from the
     instance; runs whose local process died are marked failed first."""
     from instarec_assets.completeness import BatchTargets, batch_states, reap_dead_runs
     from instarec_assets.definitions import build_definitions
     from instarec_assets.partitions import LANDING_BATCHES
-    from instarec_assets.pipeline.runner import dagster_instance
     from instarec_assets.sensors import LANDING_JOB_NAME
 
-    instance = dagster_instance(locations)  # the process's instance, as `materialize` uses it
     if not locations.is_aws:
         reap_dead_runs(instance, LANDING_JOB_NAME)
     targets = BatchTargets.of(build_definitions(locations).resolve_asset_graph())
@@ -198,8 +217,11 @@ def batch_status(locations: LakeLocations) -> list[dict]:
 
 
 def lake_report(locations: LakeLocations, serving: dict | None) -> LakeReport:
+    from instarec_assets.pipeline.runner import dagster_instance
+
     tables = lake_status(locations)
-    batches = batch_status(locations)
+    instance = dagster_instance(locations)  # the process's instance, as `materialize` uses it
+    batches = batch_status(locations, instance)
     partitions = sorted({batch["partition"] for batch in batches} | {t.latest_partition for t in tables})
     home = (
         ", ".join(locations.zone_uri(zone) for zone in ZONES)
@@ -211,6 +233,7 @@ def lake_report(locations: LakeLocations, serving: dict | None) -> LakeReport:
         batches=batches,
         tables=tables,
         models=model_status(locations, partitions),
-        warehouse=warehouse_status(locations),
+        warehouse=warehouse_status(locations, instance),
         serving=serving,
+        masked=masked_tables_in_use(locations),
     )

@@ -5,7 +5,8 @@ Dagster-free; the `forget_shopper` job (instarec_assets/assets/privacy.py) and `
 call `forget_user` and `withdraw_request`. The order of the work makes a failed forget safe to run
 again: the user's order ids are read from the orders tables and landing `orders.csv` files, so
 those are rewritten last, after every file that is linked to the user only by an order id; the
-warehouse is rebuilt from the rewritten clean zone and the serving store follows.
+warehouse (or, on AWS, the analysts' masked tables: analyst_tables.py) is rebuilt from the rewritten
+clean zone and the serving store follows.
 
 Models are not retrained for one user: the record names the stored model versions whose training
 data held the user's rows (fitted on a batch at or after the user's first one); the next retrain
@@ -22,9 +23,10 @@ from typing import Protocol
 
 import duckdb
 
-from instarec_assets.features.snapshot import CleanSnapshot
 from instarec_assets.lake.duck import attach_filesystem
 from instarec_assets.lake.locations import PARTITION_DIR_PATTERN, LakeLocations
+from instarec_assets.privacy.analyst_tables import AnalystTables, forget_in_analyst_tables, holds_user
+from instarec_assets.privacy.clean_zone import clean_zone_as_of
 from instarec_assets.privacy.lake_rewrite import (
     FORGET_ORDERS_TABLE,
     LANDING_KEYS,
@@ -99,9 +101,11 @@ def forget_user(
     requested_by: str,
     reason: str,
     store: ServingStoreLike | None = None,
+    analyst: AnalystTables | None = None,
     progress: Progress | None = None,
 ) -> ForgetOutcome:
-    """Remove the user everywhere, then append the audit record; ForgetError for an unknown user."""
+    """Remove the user everywhere (with `analyst`, the analysts' masked tables on S3 too), then append
+    the audit record; ForgetError for an unknown user."""
     say = progress or (lambda message: None)
     hashed = user_hash(user_id, salt)
     conn = duckdb.connect()
@@ -109,7 +113,10 @@ def forget_user(
     order_ids = user_order_ids(conn, locations, user_id)
     first_batch = _first_batch(conn, locations, user_id)
     in_store = store is not None and store.top_k(user_id, 1) is not None
-    in_warehouse = _warehouse_rows(locations, user_key(user_id, salt)) > 0
+    key = user_key(user_id, salt)
+    in_warehouse = _warehouse_rows(locations, key) > 0 or (
+        analyst is not None and holds_user(conn, locations, analyst, key)
+    )
     if not (order_ids or in_store or in_warehouse):
         already = hashed in forgotten_hashes(read_records(locations))
         raise ForgetError(
@@ -135,7 +142,10 @@ def forget_user(
     for uri in landing_files(locations, "orders"):
         _add(rewrites, rewrite_landing_csv(locations, uri, "user_id", {float(user_id)}), say)
     conn.close()
-    _add(rewrites, _rebuild_warehouse(locations, salt, user_key(user_id, salt)), say)
+    _add(rewrites, _rebuild_warehouse(locations, salt, key), say)
+    if analyst is not None:
+        for rewrite in forget_in_analyst_tables(locations, analyst, salt, key, say):
+            _add(rewrites, rewrite, say)
     if store is not None:
         removed = store.forget_user(user_id)
         for version, rows in sorted(removed.items()):
@@ -229,31 +239,6 @@ def _warehouse_counts(locations: LakeLocations) -> dict[str, int]:
             table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
             for table in WAREHOUSE_COUNTS
         }
-
-
-def clean_zone_as_of(locations: LakeLocations, as_of: str) -> tuple[CleanSnapshot, dict[str, list[str]]]:
-    """The clean snapshot and quarantined files the warehouse of batch `as_of` is built from, listed
-    from storage (the forget job rewrites the lake outside any landing run)."""
-
-    def upto(table: str) -> list[str]:
-        zone = LakeLocations.zone_of(table)
-        return [uri for batch, uri in locations.partitions(zone, table).items() if batch <= as_of]
-
-    def at(table: str) -> str:
-        return locations.partitions("clean", table)[as_of]
-
-    snapshot = CleanSnapshot(
-        orders=upto("clean_orders"),
-        order_products=upto("clean_order_products"),
-        products=at("clean_products"),
-        aisles=at("clean_aisles"),
-        departments=at("clean_departments"),
-    )
-    quarantine = {
-        table: upto(f"quarantined_{table}")
-        for table in ("orders", "order_products", "products", "aisles", "departments")
-    }
-    return snapshot, quarantine
 
 
 def _rebuild_warehouse(locations: LakeLocations, salt: str, key: str) -> Rewrite | None:

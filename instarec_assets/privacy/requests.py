@@ -41,7 +41,7 @@ class Rewrite:
     """One file, table or store the forget procedure changed, with the user's rows it removed."""
 
     target: str
-    kind: str  # parquet | landing csv | warehouse | serving sqlite | serving dynamodb
+    kind: str  # parquet | landing csv | warehouse | analyst table | analyst object deleted | serving ...
     rows_removed: int
     rows_kept: int | None = None
     noncurrent_versions_deleted: int = 0
