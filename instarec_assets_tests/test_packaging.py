@@ -80,7 +80,7 @@ def test_extras_hold_what_their_names_promise() -> None:
     names = {extra: {_normalise(Requirement(text).name) for text in reqs} for extra, reqs in EXTRAS.items()}
     assert names["graph"] == {"torch", "torch-geometric"}
     assert {"s3fs", "dagster-aws", "dagster-postgres"} <= names["aws"]
-    assert names["spark"] == {"pyspark"}
+    assert names["spark"] == {"pyspark", "sqlglot", "dagster-pipes"}
     assert {"pytest", "moto", "ruff", "import-linter", "dagster-dg-cli"} <= names["dev"]
     # Serving must not pull in the pipeline.
     heavy = {"dagster", "torch", "torch-geometric", "pandas", "numpy", "pyarrow", "duckdb", "xgboost-cpu"}
