@@ -21,11 +21,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from instarec_assets.ml.graphsage.artifacts import TrainingNodes, embeddings_table
+from instarec_assets.ml.graphsage.artifacts import TrainingNodes
 from instarec_assets.ml.graphsage.config import FeatureEncoding
 from instarec_assets.ml.graphsage.graph import BipartiteGraph
-from instarec_assets.ml.graphsage.inductive import seen_in
 from instarec_assets.ml.graphsage.model import GraphSageModel
+from instarec_assets.ml.graphsage.report import framing_tables
 from instarec_assets.ml.graphsage.sampling import CSR
 from instarec_assets.ml.graphsage.train import reproducible_torch
 
@@ -228,42 +228,13 @@ def carried_embedding_tables(
                 ),
             ]
         )
-        user_training = seen_in(graph.user_ids, training_nodes.user_ids, training_nodes.user_degree)
-        product_training = seen_in(
-            graph.product_ids, training_nodes.product_ids, training_nodes.product_degree
+        user_table, product_table, counts = framing_tables(
+            framing, graph, user_vectors, product_vectors, training_nodes
         )
-        user_tables.append(
-            embeddings_table(
-                framing,
-                "user_id",
-                graph.user_ids,
-                user_vectors,
-                {
-                    "edges": graph.user_degree.astype(np.int32),
-                    "training_edges": user_training.astype(np.int32),
-                },
-            )
-        )
-        product_tables.append(
-            embeddings_table(
-                framing,
-                "product_id",
-                graph.product_ids,
-                product_vectors,
-                {
-                    "aisle_id": graph.product_aisle_ids.astype(np.int32),
-                    "department_id": graph.product_department_ids.astype(np.int32),
-                    "edges": graph.product_degree.astype(np.int32),
-                    "training_edges": product_training.astype(np.int32),
-                },
-            )
-        )
+        user_tables.append(user_table)
+        product_tables.append(product_table)
         stats[framing] = {
-            "users": graph.n_users,
-            "products": graph.n_products,
-            "edges": graph.n_edges,
-            "inductive_users": int((user_training == 0).sum()),
-            "inductive_products": int((product_training == 0).sum()),
+            **counts,
             "embedded_users": int(user_changed.sum()),
             "embedded_products": int(product_changed.sum()),
             "carried_users": int((~user_changed).sum()),

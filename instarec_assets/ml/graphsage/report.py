@@ -142,45 +142,59 @@ def embedding_tables(
     for framing, graph in graphs.items():
         started = time.perf_counter()
         embedded: GraphEmbeddings = embed_graph(model, graph, encoding, device, threads=threads)
-        user_training = seen_in(graph.user_ids, training_graph.user_ids, training_graph.user_degree)
-        product_training = seen_in(
-            graph.product_ids, training_graph.product_ids, training_graph.product_degree
+        user_table, product_table, counts = framing_tables(
+            framing, graph, embedded.users, embedded.products, training_graph
         )
-        user_tables.append(
-            embeddings_table(
-                framing,
-                "user_id",
-                embedded.user_ids,
-                embedded.users,
-                {
-                    "edges": embedded.user_degree.astype(np.int32),
-                    "training_edges": user_training.astype(np.int32),
-                },
-            )
-        )
-        product_tables.append(
-            embeddings_table(
-                framing,
-                "product_id",
-                embedded.product_ids,
-                embedded.products,
-                {
-                    "aisle_id": graph.product_aisle_ids.astype(np.int32),
-                    "department_id": graph.product_department_ids.astype(np.int32),
-                    "edges": embedded.product_degree.astype(np.int32),
-                    "training_edges": product_training.astype(np.int32),
-                },
-            )
-        )
+        user_tables.append(user_table)
+        product_tables.append(product_table)
         stats[framing] = {
-            "users": graph.n_users,
-            "products": graph.n_products,
-            "edges": graph.n_edges,
-            "inductive_users": int((user_training == 0).sum()),
-            "inductive_products": int((product_training == 0).sum()),
+            **counts,
             "seconds": time.perf_counter() - started,
         }
     return pa.concat_tables(user_tables), pa.concat_tables(product_tables), stats
+
+
+def framing_tables(
+    framing: str,
+    graph: BipartiteGraph,
+    user_vectors: np.ndarray,
+    product_vectors: np.ndarray,
+    training_graph: BipartiteGraph | TrainingNodes,
+) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """One framing's user and product embedding tables (vectors aligned with the graph's ids) and
+    its node counts; `training_edges` is each node's degree in the graph the model was trained on."""
+    user_training = seen_in(graph.user_ids, training_graph.user_ids, training_graph.user_degree)
+    product_training = seen_in(graph.product_ids, training_graph.product_ids, training_graph.product_degree)
+    user_table = embeddings_table(
+        framing,
+        "user_id",
+        graph.user_ids,
+        user_vectors,
+        {
+            "edges": graph.user_degree.astype(np.int32),
+            "training_edges": user_training.astype(np.int32),
+        },
+    )
+    product_table = embeddings_table(
+        framing,
+        "product_id",
+        graph.product_ids,
+        product_vectors,
+        {
+            "aisle_id": graph.product_aisle_ids.astype(np.int32),
+            "department_id": graph.product_department_ids.astype(np.int32),
+            "edges": graph.product_degree.astype(np.int32),
+            "training_edges": product_training.astype(np.int32),
+        },
+    )
+    counts = {
+        "users": graph.n_users,
+        "products": graph.n_products,
+        "edges": graph.n_edges,
+        "inductive_users": int((user_training == 0).sum()),
+        "inductive_products": int((product_training == 0).sum()),
+    }
+    return user_table, product_table, counts
 
 
 def decide_graphsage(
