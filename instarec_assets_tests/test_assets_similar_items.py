@@ -28,6 +28,7 @@ from instarec_assets_tests.test_consumption_similar_blend import (
 
 DAY = "2025-01-06"
 SIMILAR = AssetKey("similar_items")
+COUNTS = AssetKey("similar_item_counts")
 
 
 def land(locations: LakeLocations, folder: Path) -> None:
@@ -70,7 +71,7 @@ def test_similar_items_asset_chooses_the_blend_and_reports_it(tmp_path: Path) ->
             instance=instance,
             partition_key=DAY,
             resources=build_resources(locations),
-            selection=[SIMILAR],
+            selection=[SIMILAR, COUNTS],
         )
         assert result.success
         [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == SIMILAR]

@@ -31,6 +31,7 @@ EXPECTED_GROUPS = {
         "recommendations",
         "ranking_report",
         "similar_items",
+        "similar_item_counts",
         "dynamodb_recommendations",
         "analyst_warehouse",
     },

@@ -11,6 +11,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetOut,
     AssetRecordsFilter,
     Config,
     FreshnessPolicy,
@@ -18,6 +19,7 @@ from dagster import (
     MetadataValue,
     Output,
     asset,
+    multi_asset,
 )
 from dagster_duckdb import DuckDBResource
 
@@ -60,12 +62,19 @@ from instarec_assets.consumption.recommendations import (
     score_feature_set,
     top_recommendations,
 )
-from instarec_assets.consumption.similar_items import MIN_SUPPORT, SIMILAR_TOP_K, served_summary
-from instarec_assets.consumption.similar_items import similar_items as similar_items_table
+from instarec_assets.consumption.similar_counts import current_baskets, full_counts, incremental_counts
+from instarec_assets.consumption.similar_items import (
+    MIN_SUPPORT,
+    SIMILAR_TOP_K,
+    served_summary,
+    similar_items_from_counts,
+)
 from instarec_assets.consumption.similar_items_evaluation import EVAL_K, evaluate_blends
 from instarec_assets.consumption.submission import next_baskets
 from instarec_assets.history import registered_batches
-from instarec_assets.lake.duck import StagedParquet
+from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
+from instarec_assets.lake.duck import StagedParquet, create_view
+from instarec_assets.lake.locations import PARTITION_DIR_PATTERN
 from instarec_assets.ml.graphsage import (
     FRAMINGS,
     SIMILARITY_FEATURE,
@@ -79,6 +88,7 @@ from instarec_assets.ml.ranking import PairedDifference
 from instarec_assets.ml.reorder_model import MODEL_FILE, read_model_card
 from instarec_assets.ml.training import load_model, predict
 from instarec_assets.partitions import HISTORY_POOL, history_input, landing_batches
+from instarec_assets.privacy.requests import read_records
 from instarec_assets.resources import (
     ComputeResource,
     LakeResource,
@@ -434,24 +444,115 @@ SELECT (SELECT count(DISTINCT user_id) FROM shown), (SELECT count(DISTINCT produ
 """
 
 
-@asset(
-    io_manager_key="consumption_io_manager",
-    kinds={"duckdb", "parquet"},
-    description=(
-        f"Customers who buy this also buy: the top {SIMILAR_TOP_K} current products per current product "
-        f"by co-occurrence in the history's baskets normalised by both products' basket counts "
-        f"(pairs sharing at least {MIN_SUPPORT} baskets), blended with the GraphSAGE product "
-        "embeddings' cosine by the weight that wins on each user's held-out latest basket (0: "
-        "co-occurrence alone), never the product itself."
-    ),
+class SimilarItemsConfig(Config):
+    """Run configuration of similar_items."""
+
+    # Count every basket of the history again instead of updating the previous batch's counts.
+    full_recompute: bool = False
+    # Choose the blend weight on held-out baskets even when the product embeddings' model was kept.
+    evaluate_blend: bool = False
+
+
+SIMILAR_COUNTS = "similar_item_counts"
+# A full recount once the weak pairs touched since the last full count pass this share of that
+# count's weak pairs: the incremental files stop growing, and a full count costs about one merge.
+COUNTS_REBASE_SHARE = 0.5
+
+
+def _batch_of(uri: str) -> str:
+    match = PARTITION_DIR_PATTERN.search(uri)
+    return "-".join(match.groups()) if match else ""
+
+
+def _counts_plan(
+    context: AssetExecutionContext, lake: LakeResource, config: SimilarItemsConfig, forget_records: int
+) -> tuple[str, dict | None]:
+    """(why, previous) for this batch's co-purchase counts: previous is None for a full count, else
+    the latest earlier counts partition (`batch`, `uri`, `base`, `base_uri`)."""
+    if config.full_recompute:
+        return "full: run config full_recompute", None
+    locations = lake.locations
+    earlier = locations.partitions_before("consumption", SIMILAR_COUNTS, context.partition_key)
+    if not earlier:
+        return "full: no earlier counts", None
+    batch, uri = list(earlier.items())[-1]
+    recorded = latest_metadata(context.instance, SIMILAR_COUNTS, batch) or {}
+    base = recorded.get("counts_base")
+    if base is None or base not in earlier:
+        return f"full: the counts of {batch} record no base", None
+    if recorded.get("min_support") != MIN_SUPPORT:
+        return f"full: min_support changed since {batch}", None
+    if recorded.get("forget_records") != forget_records:
+        return f"full: a forget request since the counts of {batch} (its baskets must leave the counts)", None
+    weak, base_weak = recorded.get("weak_pairs", 0), recorded.get("base_weak_pairs", 0)
+    if base != batch and weak > COUNTS_REBASE_SHARE * max(base_weak, 1):
+        return (
+            f"full: {weak:,} weak pairs touched since the full count of {base}, over "
+            f"{COUNTS_REBASE_SHARE:g} x its {base_weak:,}",
+            None,
+        )
+    base_uri = earlier.get(base, uri)
+    return f"incremental: the counts of {batch} plus the batches after it", {
+        "batch": batch,
+        "uri": uri,
+        "base": base,
+        "base_uri": base_uri,
+        "base_weak_pairs": base_weak,
+    }
+
+
+def _carried_blend(context: AssetExecutionContext, previous_batch: str | None) -> tuple[dict | None, str]:
+    """The previous similar items' blend choice when the product embeddings come from the same kept
+    GraphSAGE model (the held-out evaluation only moves when the embeddings are retrained), and why."""
+    embeddings = latest_metadata(context.instance, "product_embeddings", context.partition_key) or {}
+    version = embeddings.get("model_version")
+    if embeddings.get("retrained", True):
+        return None, f"evaluated: GraphSAGE model {version or 'unknown'} was fitted on this batch"
+    if previous_batch is None:
+        return None, "evaluated: no earlier similar items"
+    previous = latest_metadata(context.instance, "similar_items", previous_batch) or {}
+    if previous.get("graphsage_model_version") != version or "blend_weight" not in previous:
+        return None, f"evaluated: the similar items of {previous_batch} used other embeddings"
+    chosen_in = previous.get("blend_chosen_in", previous_batch)
+    return previous, f"carried: GraphSAGE model {version} kept, weight chosen in batch {chosen_in}"
+
+
+@multi_asset(
+    outs={
+        "similar_items": AssetOut(
+            io_manager_key="consumption_io_manager",
+            description=(
+                f"Customers who buy this also buy: the top {SIMILAR_TOP_K} current products per current "
+                f"product by co-occurrence in the history's baskets normalised by both products' basket "
+                f"counts (pairs sharing at least {MIN_SUPPORT} baskets), blended with the GraphSAGE "
+                "product embeddings' cosine by the weight that wins on each user's held-out latest "
+                "basket (0: co-occurrence alone; chosen again when the embeddings are retrained), "
+                "never the product itself. Ranked from similar_item_counts, not from the baskets."
+            ),
+            kinds={"duckdb", "parquet"},
+        ),
+        SIMILAR_COUNTS: AssetOut(
+            io_manager_key="consumption_io_manager",
+            description=(
+                "The history's co-purchase counts (pairs with at least "
+                f"{MIN_SUPPORT} shared baskets, the weaker pairs touched since the last full count, "
+                "each product's basket count): the previous batch's plus this batch's baskets, so a "
+                "batch costs what it brings. `mode` says full or incremental and why."
+            ),
+            kinds={"duckdb", "parquet"},
+        ),
+    },
     ins={
         "clean_orders": history_input("clean_orders"),
         "clean_order_products": history_input("clean_order_products"),
     },
-    **COMMON,
+    partitions_def=landing_batches,
+    group_name="consumption",
+    pool=HISTORY_POOL,
 )
 def similar_items(
     context: AssetExecutionContext,
+    config: SimilarItemsConfig,
     lake: LakeResource,
     duckdb: DuckDBResource,
     clean_orders: list[str],
@@ -460,43 +561,121 @@ def similar_items(
     clean_aisles: str,
     clean_departments: str,
     product_embeddings: str,
-) -> Output[StagedParquet]:
-    out = lake.staging_dir(context.run_id, "similar_items") / "similar_items.parquet"
+) -> Iterator[Output]:
+    scratch = lake.staging_dir(context.run_id, "similar_items")
+    started = time.perf_counter()
+    forget_records = len(read_records(lake.locations))
+    counts_reason, previous = _counts_plan(context, lake, config, forget_records)
     with lake_connection(duckdb, lake) as conn:
+        if previous is None:
+            counts = full_counts(
+                conn, clean_order_products, scratch / "similar_item_counts.parquet", MIN_SUPPORT
+            )
+            base, base_weak = context.partition_key, counts.weak_pairs
+        else:
+            earlier = [uri for uri in clean_order_products if _batch_of(uri) <= previous["batch"]]
+            new = [uri for uri in clean_order_products if _batch_of(uri) > previous["batch"]]
+            counts = incremental_counts(
+                conn,
+                earlier,
+                new,
+                previous["uri"],
+                previous["base_uri"],
+                scratch / "similar_item_counts.parquet",
+                MIN_SUPPORT,
+                previous_is_base=previous["base"] == previous["batch"],
+            )
+            base, base_weak = previous["base"], previous["base_weak_pairs"]
+        counts_seconds = time.perf_counter() - started
+        context.log.info(f"similar items: counts {counts_reason} ({counts_seconds:.1f}s)")
+        create_view(conn, "similar_history_lines", clean_order_products, CLEAN_ORDER_PRODUCTS_SCHEMA)
+        baskets = current_baskets(conn, "similar_history_lines", clean_products)
         embeddings = {
             framing: load_embedding_table(conn, product_embeddings, framing, "product_id")
             for framing in FRAMINGS
         }
-        evaluation = evaluate_blends(
-            conn, clean_orders, clean_order_products, clean_products, embeddings["target"]
+        carried, blend_reason = (
+            (None, "evaluated: run config evaluate_blend")
+            if config.evaluate_blend
+            else _carried_blend(context, previous["batch"] if previous else None)
         )
-        context.log.info(f"similar items: blend weight {evaluation.chosen_weight} chosen on held-out baskets")
-        staged = similar_items_table(
+        evaluation = None
+        if carried is None:
+            evaluation = evaluate_blends(
+                conn, clean_orders, clean_order_products, clean_products, embeddings["target"]
+            )
+            weight, chosen_in = evaluation.chosen_weight, context.partition_key
+            evaluation_md, evaluation_detail = evaluation.markdown(), evaluation.as_dict()
+        else:
+            weight, chosen_in = float(carried["blend_weight"]), str(carried.get("blend_chosen_in"))
+            evaluation_md, evaluation_detail = (
+                carried.get("evaluation", ""),
+                carried.get("evaluation_detail", {}),
+            )
+        context.log.info(f"similar items: blend weight {weight} ({blend_reason})")
+        out = scratch / "similar_items.parquet"
+        staged = similar_items_from_counts(
             conn,
-            clean_order_products,
+            str(counts.staged.path),
+            baskets,
             clean_products,
             clean_aisles,
             clean_departments,
             out,
             embeddings=embeddings["serving"],
-            weight=evaluation.chosen_weight,
+            weight=weight,
         )
         served = served_summary(conn, str(out), clean_products, EVAL_K)
         table_preview = preview(conn, str(out), rows=12)
-    return Output(
-        staged,
+    read = history_read(clean_orders=clean_orders, clean_order_products=clean_order_products)
+    mode = "full" if previous is None else "incremental"
+    yield Output(
+        counts.staged,
+        output_name=SIMILAR_COUNTS,
         metadata={
+            "mode": MetadataValue.text(mode),
+            "mode_reason": MetadataValue.text(counts_reason),
+            "counts_base": MetadataValue.text(base),
+            "counts_previous": MetadataValue.text(previous["batch"] if previous else "none"),
+            "min_support": MetadataValue.int(MIN_SUPPORT),
+            "forget_records": MetadataValue.int(forget_records),
+            "lines_counted": MetadataValue.int(counts.new_lines),
+            "late_lines": MetadataValue.int(counts.late_lines),
+            "delta_pairs": MetadataValue.int(counts.delta_pairs),
+            "strong_pairs": MetadataValue.int(counts.strong_pairs),
+            "weak_pairs": MetadataValue.int(counts.weak_pairs),
+            "base_weak_pairs": MetadataValue.int(int(base_weak)),
+            "seconds": MetadataValue.float(round(counts_seconds, 3)),
+            "history_read": read,
+        },
+    )
+    yield Output(
+        staged,
+        output_name="similar_items",
+        metadata={
+            "mode": MetadataValue.text(mode),
+            "mode_reason": MetadataValue.text(
+                f"co-occurrence {counts_reason}; every anchor ranked from the counts"
+            ),
             "products_with_similar_items": MetadataValue.int(served.products),
             "pairs": MetadataValue.int(staged.row_count),
             "mean_score": MetadataValue.float(served.mean_score),
-            "blend_weight": MetadataValue.float(evaluation.chosen_weight),
+            "blend_weight": MetadataValue.float(weight),
+            "blend_mode": MetadataValue.text(blend_reason),
+            "blend_chosen_in": MetadataValue.text(chosen_in),
+            "graphsage_model_version": MetadataValue.text(
+                str(
+                    (
+                        latest_metadata(context.instance, "product_embeddings", context.partition_key) or {}
+                    ).get("model_version", "unknown")
+                )
+            ),
             f"coverage@{EVAL_K}": MetadataValue.float(served.coverage),
             "embedding_filled_pairs": MetadataValue.int(served.filled_pairs),
-            "evaluation": MetadataValue.md(evaluation.markdown()),
-            "evaluation_detail": MetadataValue.json(evaluation.as_dict()),
-            "history_read": history_read(
-                clean_orders=clean_orders, clean_order_products=clean_order_products
-            ),
+            "evaluation": MetadataValue.md(evaluation_md or "_carried: no table_"),
+            "evaluation_detail": MetadataValue.json(evaluation_detail),
+            "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
+            "history_read": read,
             "preview": table_preview,
         },
     )
@@ -664,8 +843,10 @@ def ranking_report(
     clean_aisles: str,
     clean_departments: str,
     clean_order_products: list[str],
+    similar_item_counts: str,
 ) -> Iterator:
     scratch = lake.staging_dir(context.run_id, "ranking_report")
+    started = time.perf_counter()
     inputs = ReportInputs(
         training_set=training_set,
         xgboost_model=xgboost_model,
@@ -678,6 +859,7 @@ def ranking_report(
         clean_aisles=clean_aisles,
         clean_departments=clean_departments,
         clean_order_products=clean_order_products,
+        similar_item_counts=similar_item_counts,
     )
     with lake_connection(duckdb, lake) as conn:
         report = build_ranking_report(conn, inputs, scratch / "work", threads=compute.threads)
@@ -706,6 +888,13 @@ def ranking_report(
             "change_since_previous": MetadataValue.md(table_markdown(comparison)),
             "history_read": history_read(clean_order_products=clean_order_products),
             "rows_by_method": MetadataValue.json(report.rows_by_method()),
+            "mode": MetadataValue.text("incremental"),
+            "mode_reason": MetadataValue.text(
+                "recomputed on this batch's held-out users (their targets change every batch); the "
+                "explore co-purchase similarity is this batch's similar_item_counts minus the target "
+                "orders' baskets, no recount of the history's baskets"
+            ),
+            "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
         },
     )
     yield ranking_check_result(report.table, report.served_vs_top_frequency)

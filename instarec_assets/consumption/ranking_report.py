@@ -43,6 +43,8 @@ from instarec_assets.consumption.recommendations import (
     personal_explore_items,
     top_recommendations,
 )
+from instarec_assets.consumption.similar_counts import current_baskets, without_orders
+from instarec_assets.consumption.similar_items import MIN_SUPPORT, similar_items_from_counts
 from instarec_assets.consumption.similar_items import similar_items as similar_items_table
 from instarec_assets.lake.duck import StagedParquet, copy_to_parquet
 from instarec_assets.ml.graphsage import SIMILARITY_FEATURE, SimilarityLookup
@@ -128,6 +130,9 @@ class ReportInputs:
     clean_aisles: str
     clean_departments: str
     clean_order_products: Sequence[str]  # every batch up to this one (the target orders' lines)
+    # similar_items' co-purchase counts of this batch: the explore similarity is these minus the target
+    # orders' baskets (no basket self-join); None recounts the history without the target orders
+    similar_item_counts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -346,20 +351,7 @@ def held_out_explore(
     """(served explore items, GraphSAGE nearest products) of the held-out users, chosen as the
     recommendations asset chooses them but in the `target` framing: the co-purchase similarity is
     recomputed from the order lines without any target order (no next order leaks into it)."""
-    history_lines = copy_to_parquet(
-        conn,
-        HISTORY_LINES_SQL,
-        scratch / "history_lines.parquet",
-        params={"lines": list(inputs.clean_order_products), "training_set": inputs.training_set},
-    )
-    similar = similar_items_table(
-        conn,
-        [str(history_lines.path)],
-        inputs.clean_products,
-        inputs.clean_aisles,
-        inputs.clean_departments,
-        scratch / "history_similar_items.parquet",
-    )
+    similar = target_similar_items(conn, inputs, scratch)
     nearest = explore_from_lake(
         conn,
         inputs.user_embeddings,
@@ -381,6 +373,60 @@ def held_out_explore(
         user_ids=users.tolist(),
     )
     return explore, nearest
+
+
+# The target orders: every order of the training set (one per training user, the order its labels
+# come from), which the `target` framing's history leaves out.
+TARGET_ORDERS_SQL = "SELECT DISTINCT order_id FROM read_parquet($training_set, hive_partitioning = false)"
+HISTORY_VIEW_SQL = """
+CREATE OR REPLACE TEMP VIEW report_history_lines AS
+SELECT * FROM read_parquet($lines, hive_partitioning = false)
+WHERE order_id NOT IN (SELECT DISTINCT order_id FROM read_parquet($training_set, hive_partitioning = false))
+"""
+
+
+def target_similar_items(
+    conn: duckdb.DuckDBPyConnection, inputs: ReportInputs, scratch: Path
+) -> StagedParquet:
+    """The co-purchase lists of the history without any target order. From stored counts: the batch's
+    counts minus the target orders' own pairs and baskets (counts add over baskets), the same rows as
+    recounting the rest of the history (tested); without counts, the recount."""
+    if inputs.similar_item_counts is None:
+        history_lines = copy_to_parquet(
+            conn,
+            HISTORY_LINES_SQL,
+            scratch / "history_lines.parquet",
+            params={"lines": list(inputs.clean_order_products), "training_set": inputs.training_set},
+        )
+        return similar_items_table(
+            conn,
+            [str(history_lines.path)],
+            inputs.clean_products,
+            inputs.clean_aisles,
+            inputs.clean_departments,
+            scratch / "history_similar_items.parquet",
+        )
+    params = {"training_set": inputs.training_set}
+    counts = without_orders(
+        conn,
+        inputs.similar_item_counts,
+        list(inputs.clean_order_products),
+        TARGET_ORDERS_SQL,
+        params,
+        scratch / "history_counts.parquet",
+        MIN_SUPPORT,
+    )
+    conn.execute(HISTORY_VIEW_SQL, {"lines": list(inputs.clean_order_products), **params})
+    baskets = current_baskets(conn, "report_history_lines", inputs.clean_products)
+    return similar_items_from_counts(
+        conn,
+        str(counts.path),
+        baskets,
+        inputs.clean_products,
+        inputs.clean_aisles,
+        inputs.clean_departments,
+        scratch / "history_similar_items.parquet",
+    )
 
 
 def _explore_list(conn: duckdb.DuckDBPyConnection, staged: StagedParquet) -> pd.DataFrame:

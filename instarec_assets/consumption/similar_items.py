@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from instarec_assets.consumption.similar_counts import cooccurrence_from_counts
 from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
 from instarec_assets.lake.duck import StagedParquet, copy_to_parquet, create_view
 from instarec_assets.ml.graphsage.explore import EmbeddingTable
@@ -366,10 +367,50 @@ def similar_items(
     lines (every batch's clean_order_products) blended with `embeddings` (the serving framing) by
     `weight`, with current names, aisle and department. Columns: product_id, rank,
     similar_product_id, product_name, aisle, department, score, lift, together, cooccurrence,
-    similarity."""
+    similarity. The reference the stored-counts path (`similar_items_from_counts`) equals."""
     check_parameters(top_k, min_support, weight)
     create_view(conn, "similar_history_lines", order_products_uris, CLEAN_ORDER_PRODUCTS_SCHEMA)
     pairs = cooccurrence_pairs(conn, "similar_history_lines", products_uri, min_support)
+    return _ranked_and_named(
+        conn, pairs, products_uri, aisles_uri, departments_uri, out_path, top_k, embeddings, weight
+    )
+
+
+def similar_items_from_counts(
+    conn: duckdb.DuckDBPyConnection,
+    counts_uri: str,
+    baskets: float,
+    products_uri: str,
+    aisles_uri: str,
+    departments_uri: str,
+    out_path: Path,
+    top_k: int = SIMILAR_TOP_K,
+    min_support: int = MIN_SUPPORT,
+    embeddings: EmbeddingTable | None = None,
+    weight: float = 0.0,
+) -> StagedParquet:
+    """`similar_items` from stored co-purchase counts (similar_counts: strong pairs and popularity)
+    and the history's basket total, every anchor ranked without a basket self-join; the same rows."""
+    check_parameters(top_k, min_support, weight)
+    pairs = cooccurrence_from_counts(
+        conn, counts_uri, products_uri, baskets, min_support, COOCCURRENCE_CANDIDATES
+    )
+    return _ranked_and_named(
+        conn, pairs, products_uri, aisles_uri, departments_uri, out_path, top_k, embeddings, weight
+    )
+
+
+def _ranked_and_named(
+    conn: duckdb.DuckDBPyConnection,
+    pairs: dict[str, np.ndarray],
+    products_uri: str,
+    aisles_uri: str,
+    departments_uri: str,
+    out_path: Path,
+    top_k: int,
+    embeddings: EmbeddingTable | None,
+    weight: float,
+) -> StagedParquet:
     table = restrict(embeddings, current_products(conn, products_uri)) if embeddings is not None else None
     neighbours = embedding_neighbours(table, top_k) if table is not None and weight > 0 else None
     ranked = blend(pairs, weight, top_k, table, neighbours).to_arrow()

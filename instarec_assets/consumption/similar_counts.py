@@ -1,0 +1,308 @@
+"""Co-purchase counts kept between batches, so a batch's similar items cost what the batch brings.
+
+A pair's shared-basket count and a product's basket count are sums over baskets, and a basket's
+lines are clean in exactly one batch each (an (order, product) line already stored is a duplicate,
+never clean again), so counts add over batches. A late line of an earlier order (a `test` order's
+lines arrive a batch later) adds the pairs it forms with that order's earlier lines: the update
+reads the earlier lines of the orders the batch touches, nothing else of the history's baskets.
+
+One file per batch (`similar_item_counts`), rows `(kind, product_id, other_id, together)` with
+product_id < other_id for pairs:
+
+- `strong`: every pair with at least `min_support` shared baskets (cumulative): all the lists need;
+- `weak`: pairs below it. A full build stores all of them; an incremental batch only those touched
+  since that full build (its `base`), with their cumulative count: a pair's count is the batch's
+  weak row, else the base's weak row, else 0, which is how a pair crossing `min_support` is found;
+- `popularity`: each product's basket count (other_id 0), cumulative, every product ever bought.
+
+The lists are then ranked from `strong` and `popularity` for every anchor (no basket self-join), with
+the same arithmetic as the SQL over baskets, so they equal a full recompute row for row (tested). The
+basket total (lift's denominator) is one count over the history's order ids, a scan, not a join.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
+from instarec_assets.lake.duck import StagedParquet, copy_to_parquet, create_view, scalar
+
+STRONG, WEAK, POPULARITY = "strong", "weak", "popularity"
+COUNTS_SCHEMA = """
+SELECT NULL::VARCHAR AS kind, NULL::INTEGER AS product_id, NULL::INTEGER AS other_id,
+       NULL::BIGINT AS together
+WHERE false
+"""
+
+# Pairs and popularity of a set of lines: `count_lines` (order_id, product_id, new) where `new` marks the
+# lines being added; earlier lines of the same orders only pair with new ones.
+PAIR_COUNTS_SQL = """
+SELECT a.product_id, b.product_id AS other_id, count(*)::BIGINT AS together
+FROM count_lines AS a JOIN count_lines AS b
+  ON a.order_id = b.order_id AND a.product_id < b.product_id AND (a.new OR b.new)
+GROUP BY ALL
+"""
+POPULARITY_SQL = """
+SELECT product_id, count(*)::BIGINT AS baskets FROM count_lines WHERE new GROUP BY ALL
+"""
+
+FULL_COUNTS_SQL = """
+WITH pairs AS ({pairs})
+SELECT CASE WHEN together >= $min_support THEN 'strong' ELSE 'weak' END AS kind,
+       product_id::INTEGER AS product_id, other_id::INTEGER AS other_id, together
+FROM pairs
+UNION ALL
+SELECT 'popularity', product_id::INTEGER, 0, baskets FROM ({popularity})
+ORDER BY kind, product_id, other_id
+"""
+
+# The new cumulative state: the previous state's strong rows and its weak ones unless it is the base
+# itself (weak rows are kept only for pairs touched since the base), plus the delta, each touched pair
+# counted from the previous strong row, else the previous weak row, else the base's weak row.
+INCREMENTAL_COUNTS_SQL = """
+WITH delta AS ({pairs}),
+touched AS (
+    SELECT delta.product_id, delta.other_id,
+           delta.together + coalesce(strong.together, recent.together, base.together, 0) AS together
+    FROM delta
+    LEFT JOIN (SELECT * FROM previous_counts WHERE kind = 'strong') AS strong USING (product_id, other_id)
+    LEFT JOIN (SELECT * FROM previous_counts WHERE kind = 'weak') AS recent USING (product_id, other_id)
+    LEFT JOIN (SELECT * FROM base_counts WHERE kind = 'weak') AS base USING (product_id, other_id)
+),
+pairs AS (
+    SELECT product_id, other_id, together FROM previous_counts ANTI JOIN touched USING (product_id, other_id)
+    WHERE kind = 'strong' OR (kind = 'weak' AND NOT $previous_is_base)
+    UNION ALL
+    SELECT product_id, other_id, together FROM touched
+),
+popularity AS (
+    SELECT product_id, sum(together)::BIGINT AS baskets FROM (
+        SELECT product_id, together FROM previous_counts WHERE kind = 'popularity'
+        UNION ALL
+        SELECT product_id, baskets FROM ({popularity})
+    ) GROUP BY ALL
+)
+SELECT CASE WHEN together >= $min_support THEN 'strong' ELSE 'weak' END AS kind,
+       product_id::INTEGER AS product_id, other_id::INTEGER AS other_id, together::BIGINT AS together
+FROM pairs
+UNION ALL
+SELECT 'popularity', product_id::INTEGER, 0, baskets FROM popularity
+ORDER BY kind, product_id, other_id
+"""
+
+# Each current product's best co-occurrence pairs from stored counts: the same expressions and types
+# as similar_items.COOCCURRENCE_SQL over baskets, so the doubles are identical.
+COUNTS_COOCCURRENCE_SQL = """
+WITH catalog AS (
+    SELECT DISTINCT product_id FROM read_parquet($products, hive_partitioning = false) WHERE is_current
+),
+popularity AS (
+    SELECT product_id, together AS baskets FROM {counts} SEMI JOIN catalog USING (product_id)
+    WHERE kind = 'popularity' AND together > 0
+),
+strong AS (
+    SELECT product_id, other_id, together FROM {counts} WHERE kind = 'strong' AND together >= $min_support
+),
+pairs AS (
+    SELECT product_id, other_id AS similar_product_id, together FROM strong
+    UNION ALL
+    SELECT other_id, product_id, together FROM strong
+),
+scored AS (
+    SELECT pairs.product_id, pairs.similar_product_id, pairs.together,
+           pairs.together / sqrt(pa.baskets * pb.baskets) AS cooccurrence,
+           pairs.together * $baskets / (pa.baskets * pb.baskets) AS lift
+    FROM pairs
+    JOIN popularity AS pa ON pa.product_id = pairs.product_id
+    JOIN popularity AS pb ON pb.product_id = pairs.similar_product_id
+)
+SELECT product_id::BIGINT AS product_id, similar_product_id::BIGINT AS similar_product_id,
+       together::BIGINT AS together, cooccurrence::DOUBLE AS cooccurrence, lift::DOUBLE AS lift
+FROM scored
+QUALIFY row_number() OVER (
+    PARTITION BY product_id ORDER BY cooccurrence DESC, together DESC, similar_product_id
+) <= $candidates
+ORDER BY product_id, similar_product_id
+"""
+
+# Baskets holding at least one current product (lift's denominator, as the SQL over baskets counts it).
+CURRENT_BASKETS_SQL = """
+SELECT count(DISTINCT order_id)::DOUBLE FROM {lines}
+SEMI JOIN (SELECT product_id FROM read_parquet($products, hive_partitioning = false) WHERE is_current)
+USING (product_id)
+"""
+
+# The counts of a history without some orders (the report's `target` framing): the stored counts
+# minus those orders' own pairs and baskets. Only a stored strong pair can stay at min_support.
+WITHOUT_ORDERS_SQL = """
+WITH removed AS ({pairs}),
+strong AS (
+    SELECT s.product_id, s.other_id, s.together - coalesce(removed.together, 0) AS together
+    FROM (SELECT * FROM stored_counts WHERE kind = 'strong') AS s
+    LEFT JOIN removed USING (product_id, other_id)
+),
+popularity AS (
+    SELECT p.product_id, p.together - coalesce(r.baskets, 0) AS together
+    FROM (SELECT * FROM stored_counts WHERE kind = 'popularity') AS p
+    LEFT JOIN ({popularity}) AS r USING (product_id)
+)
+SELECT 'strong' AS kind, product_id, other_id, together FROM strong WHERE together >= $min_support
+UNION ALL
+SELECT 'popularity', product_id, 0, together FROM popularity WHERE together > 0
+ORDER BY kind, product_id, other_id
+"""
+
+
+@dataclass(frozen=True)
+class CountsUpdate:
+    """What a counts step did (the asset's metadata)."""
+
+    staged: StagedParquet
+    mode: str  # "full" | "incremental"
+    new_lines: int  # lines counted this time (every line on a full build)
+    late_lines: int  # of those, lines of orders with lines stored in an earlier batch
+    delta_pairs: int  # distinct pairs the new lines formed
+    strong_pairs: int
+    weak_pairs: int
+
+
+def _lines_view(conn: duckdb.DuckDBPyConnection, name: str, uris: Sequence[str]) -> None:
+    create_view(conn, name, uris, CLEAN_ORDER_PRODUCTS_SCHEMA)
+
+
+def _counted(conn: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    """(new lines, late lines: new lines of orders with earlier lines)."""
+    new, late = conn.execute(
+        "SELECT count(*) FILTER (WHERE new), "
+        "count(*) FILTER (WHERE new AND order_id IN (SELECT order_id FROM count_lines WHERE NOT new)) "
+        "FROM count_lines"
+    ).fetchall()[0]
+    return int(new), int(late)
+
+
+def _kinds(conn: duckdb.DuckDBPyConnection, path: Path) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT kind, count(*) FROM read_parquet(?, hive_partitioning = false) GROUP BY ALL", [str(path)]
+    ).fetchall()
+    return {kind: int(n) for kind, n in rows}
+
+
+def full_counts(
+    conn: duckdb.DuckDBPyConnection, history_uris: Sequence[str], out_path: Path, min_support: int
+) -> CountsUpdate:
+    """The counts of every basket of the history (every batch's clean_order_products)."""
+    _lines_view(conn, "count_history", history_uris)
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE count_lines AS "
+        "SELECT DISTINCT order_id, product_id, true AS new FROM count_history"
+    )
+    sql = FULL_COUNTS_SQL.format(pairs=PAIR_COUNTS_SQL, popularity=POPULARITY_SQL)
+    staged = copy_to_parquet(conn, sql, out_path, params={"min_support": int(min_support)})
+    new_lines = int(scalar(conn, "SELECT count(*) FROM count_lines"))
+    conn.execute("DROP TABLE count_lines")
+    kinds = _kinds(conn, out_path)
+    delta = kinds.get(STRONG, 0) + kinds.get(WEAK, 0)
+    return CountsUpdate(staged, "full", new_lines, 0, delta, kinds.get(STRONG, 0), kinds.get(WEAK, 0))
+
+
+def incremental_counts(
+    conn: duckdb.DuckDBPyConnection,
+    earlier_uris: Sequence[str],
+    new_uris: Sequence[str],
+    previous_counts_uri: str,
+    base_counts_uri: str,
+    out_path: Path,
+    min_support: int,
+    previous_is_base: bool,
+) -> CountsUpdate:
+    """The previous batch's counts plus the lines of `new_uris` (the batches after it, up to this one).
+    `earlier_uris` (the batches the previous counts cover) are read only for the orders the new lines
+    belong to. `base_counts_uri`: the full build the previous counts descend from (its weak pairs)."""
+    _lines_view(conn, "count_new", new_uris)
+    _lines_view(conn, "count_earlier", earlier_uris)
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE count_new_lines AS SELECT DISTINCT order_id, product_id FROM count_new;
+        CREATE OR REPLACE TEMP TABLE count_lines AS
+        SELECT order_id, product_id, false AS new FROM (
+            SELECT DISTINCT order_id, product_id FROM count_earlier
+            SEMI JOIN (SELECT DISTINCT order_id FROM count_new_lines) USING (order_id)
+        )
+        UNION ALL
+        SELECT order_id, product_id, true FROM count_new_lines
+        ANTI JOIN count_earlier USING (order_id, product_id);
+        DROP TABLE count_new_lines;
+        """
+    )
+    conn.read_parquet(previous_counts_uri, hive_partitioning=False).create_view(
+        "previous_counts", replace=True
+    )
+    conn.read_parquet(base_counts_uri, hive_partitioning=False).create_view("base_counts", replace=True)
+    new_lines, late_lines = _counted(conn)
+    delta_pairs = int(scalar(conn, f"SELECT count(*) FROM ({PAIR_COUNTS_SQL})"))
+    sql = INCREMENTAL_COUNTS_SQL.format(pairs=PAIR_COUNTS_SQL, popularity=POPULARITY_SQL)
+    params = {"min_support": int(min_support), "previous_is_base": bool(previous_is_base)}
+    staged = copy_to_parquet(conn, sql, out_path, params=params)
+    conn.execute("DROP TABLE count_lines")
+    kinds = _kinds(conn, out_path)
+    return CountsUpdate(
+        staged, "incremental", new_lines, late_lines, delta_pairs, kinds.get(STRONG, 0), kinds.get(WEAK, 0)
+    )
+
+
+def without_orders(
+    conn: duckdb.DuckDBPyConnection,
+    counts_uri: str,
+    history_uris: Sequence[str],
+    order_ids_sql: str,
+    params: dict,
+    out_path: Path,
+    min_support: int,
+) -> StagedParquet:
+    """The strong pairs and popularity of the history without the orders `order_ids_sql` selects (a
+    query of one `order_id` column with its `params`): the stored counts minus those orders' own."""
+    _lines_view(conn, "without_history", history_uris)
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE count_lines AS SELECT DISTINCT order_id, product_id, true AS new "
+        f"FROM without_history SEMI JOIN ({order_ids_sql}) USING (order_id)",
+        params,
+    )
+    conn.read_parquet(counts_uri, hive_partitioning=False).create_view("stored_counts", replace=True)
+    sql = WITHOUT_ORDERS_SQL.format(pairs=PAIR_COUNTS_SQL, popularity=POPULARITY_SQL)
+    staged = copy_to_parquet(conn, sql, out_path, params={"min_support": int(min_support)})
+    conn.execute("DROP TABLE count_lines")
+    return staged
+
+
+def current_baskets(conn: duckdb.DuckDBPyConnection, lines_view: str, products_uri: str) -> float:
+    """Baskets of `lines_view` (a view name of ours) holding a current product."""
+    return float(scalar(conn, CURRENT_BASKETS_SQL.format(lines=lines_view), {"products": products_uri}))
+
+
+def cooccurrence_from_counts(
+    conn: duckdb.DuckDBPyConnection,
+    counts_uri: str,
+    products_uri: str,
+    baskets: float,
+    min_support: int,
+    candidates: int,
+) -> dict[str, np.ndarray]:
+    """Each current product's `candidates` best co-occurrence pairs from a counts file, sorted by
+    (product_id, similar_product_id): what similar_items.cooccurrence_pairs gives over the baskets."""
+    conn.read_parquet(counts_uri, hive_partitioning=False).create_view("ranked_counts", replace=True)
+    found = conn.execute(
+        COUNTS_COOCCURRENCE_SQL.format(counts="ranked_counts"),
+        {
+            "products": products_uri,
+            "min_support": int(min_support),
+            "candidates": int(candidates),
+            "baskets": float(baskets),
+        },
+    ).fetchnumpy()
+    types = {"product_id": np.int64, "similar_product_id": np.int64, "together": np.int64}
+    return {name: np.asarray(values, dtype=types.get(name, np.float64)) for name, values in found.items()}
