@@ -219,3 +219,16 @@ def test_policy_is_configured_through_the_training_resource_and_settings() -> No
         SmallDataPolicy(folds=1)
     with pytest.raises(ValueError, match="default_threshold"):
         SmallDataPolicy(default_threshold=1.5)
+
+
+def test_xgboost_model_metadata_says_which_regime_ran(fitted) -> None:
+    from instarec_assets.assets.models import regime_metadata
+
+    metadata = regime_metadata(fitted.regime)
+    assert metadata["training_regime"].value == SMALL_LANDING
+    assert metadata["training_regime_reason"].value == fitted.regime["reason"]
+    assert metadata["rounds_chosen"].value == fitted.best_iteration + 1
+    assert metadata["training_users"].value == fitted.n_train_users
+    assert metadata["cv_folds"].value == 5
+    assert metadata["cv_logloss"].value == fitted.regime["cross_validation"]["cv_logloss_mean"]
+    assert regime_metadata({}) == {}  # a kept model whose card predates the regimes
