@@ -106,8 +106,14 @@ def _hadoop_path(spark: SparkSession, uri: str):
 
 
 def read_text(spark: SparkSession, uri: str) -> str:
-    """A whole small text file at a URI or path (the step's request)."""
-    return spark.read.text(uri, wholetext=True).collect()[0][0]
+    """A whole small text file at a URI or path (the step's request), through Hadoop's FileSystem:
+    Spark's readers skip files whose names start with `_`, as `_request.json` does."""
+    fs, path = _hadoop_path(spark, uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{uri} does not exist")
+    buffer = spark._jvm.java.io.ByteArrayOutputStream()
+    spark._jvm.org.apache.hadoop.io.IOUtils.copyBytes(fs.open(path), buffer, 65536, True)
+    return buffer.toString("UTF-8")
 
 
 def write_text(spark: SparkSession, uri: str, text: str) -> None:
