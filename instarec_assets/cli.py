@@ -134,8 +134,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_materialize(args: argparse.Namespace) -> None:
     locations = LakeLocations.from_env(home=args.home)
-    if args.engine == "spark" and locations.is_aws:
-        raise CommandError("--engine spark runs locally only for now (EMR Serverless is not built yet)")
     source = Path(args.landing)
     from instarec_assets.pipeline.runner import default_partition
 
@@ -487,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     materialize.add_argument(
         "--engine",
         choices=("duckdb", "spark"),
-        help="engine of the clean steps (default: INSTAREC_ENGINE, else duckdb; spark needs Java 17)",
+        help="engine of the clean steps (default: INSTAREC_ENGINE, else duckdb; spark: locally Java 17, "
+        "in aws mode EMR Serverless)",
     )
     materialize.set_defaults(handler=cmd_materialize)
 

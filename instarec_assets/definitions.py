@@ -41,12 +41,14 @@ from instarec_assets.assets.warehouse import (
 from instarec_assets.backends.serving_store import store_settings_from_env
 from instarec_assets.history import DEFAULT_HISTORY_WAIT, HistoryWait
 from instarec_assets.io_managers import LakeIOManager, ModelArtifactIOManager
+from instarec_assets.lake.emr_serverless import EmrServerlessSettings
 from instarec_assets.lake.locations import LakeConfigError, LakeLocations
 from instarec_assets.lake.schemas import ZONES
 from instarec_assets.partitions import landing_batches
 from instarec_assets.resources import (
     AnalystCatalogResource,
     ComputeResource,
+    EmrServerlessResource,
     ForgetListResource,
     LakeResource,
     ModelTrainingResource,
@@ -83,6 +85,8 @@ def build_resources(
     overrides INSTAREC_ENGINE (`instarec materialize --engine`)."""
     lake = LakeResource.from_locations(locations, history_wait)
     settings = Settings.from_env()
+    if locations.is_aws and (engine or settings.engine) == "spark":
+        EmrServerlessSettings.from_settings(settings)  # a missing INSTAREC_EMR_* fails here, named
     default_backend = "sagemaker" if locations.is_aws else "local"
     return {
         "lake": lake,
@@ -105,6 +109,16 @@ def build_resources(
         ),
         "analyst_catalog": AnalystCatalogResource(
             bucket=settings.analyst_bucket, database=settings.analyst_database
+        ),
+        "emr_serverless": EmrServerlessResource(
+            application_id=settings.emr_application_id,
+            job_role_arn=settings.emr_job_role_arn,
+            artifacts_uri=settings.emr_artifacts_uri,
+            logs_uri=settings.emr_logs_uri,
+            log_group=settings.emr_log_group,
+            staging_uri=settings.emr_staging_uri,
+            region=settings.region,
+            endpoint_url=settings.endpoint_url,
         ),
         "forget_list": ForgetListResource(lake=lake),
         "retrain_policy": RetrainPolicyResource(

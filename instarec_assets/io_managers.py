@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,8 +33,12 @@ from instarec_assets.history import HistoryWait, require_complete
 from instarec_assets.lake.duck import StagedParquet
 from instarec_assets.lake.locations import LakeLocations, model_relpath, partition_relpath
 from instarec_assets.lake.publish import publish
+from instarec_assets.lake.staging import StagedLocation, StagingUri
 from instarec_assets.partitions import HISTORY_INPUT, THIS_PARTITION, THROUGH_PARTITION
 from instarec_assets.resources import LakeResource
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
 
 
 class ZoneParquetIOManager(UPathIOManager):
@@ -67,7 +72,8 @@ class ZoneParquetIOManager(UPathIOManager):
                 f"{context.asset_key.to_user_string()}: the lake stores StagedParquet or pyarrow.Table, "
                 f"not {type(obj).__name__}"
             )
-        context.add_output_metadata(parquet_metadata(obj.path, self.zone, context.asset_key.path[-1]))
+        fs = path.fs if isinstance(obj.path, StagingUri) else None  # staged on S3 by the Spark job
+        context.add_output_metadata(parquet_metadata(obj.path, self.zone, context.asset_key.path[-1], fs))
         publish(obj.path, path)
 
     def load_from_path(self, context: InputContext, path: UPath) -> str:
@@ -112,10 +118,20 @@ class ZoneParquetIOManager(UPathIOManager):
         return [str(paths[key]) for key in keys]
 
 
-def parquet_metadata(path: Path, zone: str, table: str = "") -> dict[str, MetadataValue]:
+def parquet_metadata(
+    path: StagedLocation, zone: str, table: str = "", fs: "AbstractFileSystem | None" = None
+) -> dict[str, MetadataValue]:
     """Row count and schema from the parquet footer (each column described: column_docs.py), shown on
-    every lake asset in the UI."""
-    parquet = pq.ParquetFile(path)
+    every lake asset in the UI; a StagingUri is read through `fs` (only its footer is fetched)."""
+    if isinstance(path, StagingUri):
+        if fs is None:
+            raise ValueError(f"{path} is staged remotely: its filesystem is needed")
+        with fs.open(str(path), "rb") as handle:
+            return _parquet_metadata(pq.ParquetFile(handle), zone, table, fs.size(str(path)))
+    return _parquet_metadata(pq.ParquetFile(path), zone, table, path.stat().st_size)
+
+
+def _parquet_metadata(parquet: pq.ParquetFile, zone: str, table: str, size: int) -> dict[str, MetadataValue]:
     columns = [
         TableColumn(field.name, str(field.type), description=column_description(table, field.name))
         for field in parquet.schema_arrow
@@ -124,7 +140,7 @@ def parquet_metadata(path: Path, zone: str, table: str = "") -> dict[str, Metada
         "dagster/row_count": MetadataValue.int(parquet.metadata.num_rows),
         "dagster/column_schema": MetadataValue.table_schema(TableSchema(columns=columns)),
         "zone": MetadataValue.text(zone),
-        "size_bytes": MetadataValue.int(path.stat().st_size),
+        "size_bytes": MetadataValue.int(size),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 from collections.abc import Iterator
@@ -60,8 +61,10 @@ class LakeResource(ConfigurableResource):
             s3_timeout_s=locations.s3_timeout_s,
         )
 
-    # The staging folders this step (or in-process run) made, removed when it ends.
+    # The staging folders (and s3:// staging prefixes, the Spark job's on EMR) this step (or
+    # in-process run) made, removed when it ends.
     _staged: list[Path] = PrivateAttr(default_factory=list)
+    _staged_prefixes: list[str] = PrivateAttr(default_factory=list)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """Reclaim the staging space that killed runs left behind, before this run stages its own."""
@@ -71,6 +74,9 @@ class LakeResource(ConfigurableResource):
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         for path in self._staged:
             shutil.rmtree(path, ignore_errors=True)
+        for prefix in self._staged_prefixes:
+            with contextlib.suppress(FileNotFoundError):
+                self.locations.filesystem.rm(prefix, recursive=True)
 
     @property
     def locations(self) -> LakeLocations:
@@ -94,6 +100,15 @@ class LakeResource(ConfigurableResource):
         path.mkdir(parents=True)
         self._staged.append(path)
         return path
+
+    def staging_prefix(self, uri: str) -> str:
+        """An s3:// prefix a remote job stages one step's files in, emptied first and removed when
+        the step ends (what publishing leaves: the request and result files)."""
+        fs = self.locations.filesystem
+        if fs.exists(uri):
+            fs.rm(uri, recursive=True)
+        self._staged_prefixes.append(uri)
+        return uri
 
     @property
     def history_wait(self) -> HistoryWait:
@@ -219,6 +234,54 @@ class ComputeResource(ConfigurableResource):
     graphsage_device: str = ""
     # Where the clean steps run: duckdb (in process) or spark (a Pipes job, lake/spark_connection.py).
     engine: str = "duckdb"
+
+
+class EmrServerlessResource(ConfigurableResource):
+    """Where the Spark engine's clean job runs in aws mode: the spark stack's EMR Serverless
+    application, its job role, and the S3 folders of the job's code, logs and staged outputs
+    (INSTAREC_EMR_*; see lake/emr_serverless.py). Unused on DuckDB and in local mode."""
+
+    application_id: str = ""
+    job_role_arn: str = ""
+    artifacts_uri: str = ""
+    logs_uri: str = ""
+    log_group: str = ""
+    staging_uri: str = ""
+    region: str = "us-east-1"
+    endpoint_url: str = ""
+    # How often the client asks for the job run's state (a clean job runs for minutes).
+    poll_interval_s: float = 10.0
+
+    def settings(self):
+        """The validated settings; a missing or malformed one is named by its variable."""
+        from instarec_assets.lake.emr_serverless import EmrServerlessSettings
+
+        return EmrServerlessSettings.from_values(
+            self.application_id,
+            self.job_role_arn,
+            self.artifacts_uri,
+            self.logs_uri,
+            self.log_group,
+            self.staging_uri,
+        )
+
+    def _client(self, service: str):
+        import boto3
+
+        return boto3.client(service, region_name=self.region, endpoint_url=self.endpoint_url or None)
+
+    def emr_client(self):
+        return self._client("emr-serverless")
+
+    def pipes_client(self, emr_client):
+        """dagster-aws's client on `emr_client`, reading the driver's Pipes messages from CloudWatch."""
+        from dagster_aws.pipes import PipesCloudWatchMessageReader, PipesEMRServerlessClient
+
+        return PipesEMRServerlessClient(
+            client=emr_client,
+            message_reader=PipesCloudWatchMessageReader(client=self._client("logs")),
+            poll_interval=self.poll_interval_s,
+        )
 
 
 class RetrainPolicyResource(ConfigurableResource):

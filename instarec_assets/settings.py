@@ -48,7 +48,7 @@ VARIABLES: dict[str, str] = {
     "INSTAREC_RETRAIN_EVERY_BATCHES": "refit the models after this many batches (default 4; 0 = off)",
     "INSTAREC_RETRAIN_MAX_AGE_DAYS": "refit a model this many days after its fitting batch (default 28; 0 = off)",
     "INSTAREC_RETRAIN_DRIFT_PSI": "refit when a drift measure reaches this (default 0.2; 0 = off)",
-    "INSTAREC_ENGINE": "duckdb (default) or spark: the engine of the clean steps (spark: the spark extra and Java 17; local mode only)",
+    "INSTAREC_ENGINE": "duckdb (default) or spark: the engine of the clean steps (spark: locally the spark extra and Java 17; in aws mode EMR Serverless, INSTAREC_EMR_*)",
     "INSTAREC_ALERT_TOPIC_ARN": "aws: the SNS topic the run-failure sensor publishes to (empty: log only)",
 }
 
@@ -146,7 +146,7 @@ class Settings:
             retrain_max_age_days=_integer(env, "INSTAREC_RETRAIN_MAX_AGE_DAYS", 28, minimum=0),
             retrain_drift_psi=_number(env, "INSTAREC_RETRAIN_DRIFT_PSI", 0.2),
             alert_topic_arn=text("INSTAREC_ALERT_TOPIC_ARN"),
-            engine=_engine(text("INSTAREC_ENGINE", "duckdb").lower(), text("INSTAREC_ENV", "local")),
+            engine=_engine(text("INSTAREC_ENGINE", "duckdb").lower()),
         )
 
 
@@ -185,11 +185,7 @@ def _number(env: Mapping[str, str], name: str, default: float, *, positive: bool
     return value
 
 
-def _engine(engine: str, env: str) -> str:
+def _engine(engine: str) -> str:
     if engine not in ("duckdb", "spark"):
         raise SettingsError(f"INSTAREC_ENGINE must be duckdb or spark, not {engine!r}")
-    if engine == "spark" and env == "aws":
-        raise SettingsError(
-            "INSTAREC_ENGINE=spark runs locally only for now (EMR Serverless is not built yet)"
-        )
     return engine

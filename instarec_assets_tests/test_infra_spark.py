@@ -202,3 +202,5 @@ def test_deploy_uploads_the_job_and_environment_where_the_run_task_submits_them(
     packer = (INFRA / "scripts" / "package_spark_env.sh").read_text()
     assert f'ARCHIVE="{ENVIRONMENT_ARCHIVE}"' in packer
     assert "--python-prefix /home/hadoop/environment" in packer and "venv-pack" in packer
+    # the job's pandas UDFs (nfc_normalize, json_valid) need pandas and pyarrow in the packed Python
+    assert '("duckdb", "pandas", "pyarrow")' in packer

@@ -86,7 +86,7 @@ def test_request_runs_the_uploaded_script_in_the_packed_environment_and_logs_to_
     assert request["executionRoleArn"] == f"arn:aws:iam::{ACCOUNT}:role/instarec-test-emr-job"
     spark_submit = request["jobDriver"]["sparkSubmit"]
     assert spark_submit["entryPoint"] == f"{artifacts}/{JOB_SCRIPT}"
-    assert spark_submit["entryPointArguments"] == []  # the step travels as Pipes extras
+    assert spark_submit["entryPointArguments"] == []  # none given here; the clean step gives --staging
     conf = dict(re.findall(r"--conf (\S+?)=(\S+)", spark_submit["sparkSubmitParameters"]))
     assert conf == {
         "spark.archives": f"{artifacts}/{ENVIRONMENT_ARCHIVE}#environment",

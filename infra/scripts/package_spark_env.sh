@@ -4,7 +4,8 @@
 # built from source into a venv made with --copies, its standard library copied in, and the venv
 # packed with venv-pack for `spark.archives=<archive>#environment`. The venv holds instarec without
 # its base dependencies (the job imports only the lake logic) plus the `spark` extra less pyspark,
-# which EMR provides, and DuckDB, which the lake modules import. Runs inside the Amazon Linux 2023
+# which EMR provides, DuckDB, which the lake modules import, and pandas and pyarrow, which the
+# job's pandas UDFs (nfc_normalize, json_valid) run on in the driver and the executors. Runs inside the Amazon Linux 2023
 # container (infra/scripts/deploy.sh, step spark-job):
 #
 #   docker run --rm --platform linux/amd64 -v "$PWD:/src:ro" -v "$OUT:/out" \
@@ -37,11 +38,11 @@ import re, sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 name = lambda spec: re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0].lower()
 wanted = [s for s in project["optional-dependencies"]["spark"] if name(s) != "pyspark"]
-wanted += [s for s in project["dependencies"] if name(s) == "duckdb"]
+wanted += [s for s in project["dependencies"] if name(s) in ("duckdb", "pandas", "pyarrow")]
 print("\n".join(wanted))
 PYEOF
 "$PY" -m pip install --quiet -r /tmp/spark-requirements.txt venv-pack==0.2.0
-"$PY" -c "import duckdb, sqlglot, dagster_pipes, instarec_assets.lake.clean_steps"
+"$PY" -c "import duckdb, pandas, pyarrow, sqlglot, dagster_pipes, instarec_assets.lake.clean_steps"
 
 mkdir -p "$OUT"
 /opt/venv/bin/venv-pack -p /opt/venv -o "$OUT/$ARCHIVE" --python-prefix /home/hadoop/environment --force

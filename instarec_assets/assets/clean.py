@@ -4,8 +4,6 @@ Every clean asset yields a blocking `row_accounting` check: raw rows = clean + q
 duplicates for its partition, so nothing downstream runs on a partition that lost rows.
 """
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 
 import duckdb
@@ -16,27 +14,26 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetOut,
-    MaterializeResult,
     MetadataValue,
     Output,
-    PipesSubprocessClient,
     multi_asset,
 )
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.metadata import accounting_metadata, preview, quarantine_reasons
+from instarec_assets.assets.spark_clean import clean_on_emr, clean_on_local_spark
 from instarec_assets.history import own_earlier_partitions
 from instarec_assets.lake.accounting import CleanResult
-from instarec_assets.lake.clean_steps import (
-    LOCAL_SPARK_MASTER,
-    SPARK_ENGINE,
-    CleanRequest,
-    result_from_json,
-    run_clean_step,
-)
+from instarec_assets.lake.clean_steps import SPARK_ENGINE, CleanRequest, run_clean_step
 from instarec_assets.lake.locations import parse_partition_key
 from instarec_assets.partitions import HISTORY_POOL, batch_input_with_history, history_input, landing_batches
-from instarec_assets.resources import ComputeResource, ForgetListResource, LakeResource, lake_connection
+from instarec_assets.resources import (
+    ComputeResource,
+    EmrServerlessResource,
+    ForgetListResource,
+    LakeResource,
+    lake_connection,
+)
 
 ROW_ACCOUNTING_CHECK = "row_accounting"
 
@@ -126,48 +123,38 @@ def _clean(
     lake: LakeResource,
     duckdb: DuckDBResource,
     compute: ComputeResource,
+    emr: EmrServerlessResource,
     table: str,
     inputs: dict,
     forget: ForgetListResource | None = None,
 ) -> Iterator:
-    """Run one table's clean step on the configured engine and emit its outputs and check."""
+    """Run one table's clean step on the configured engine and emit its outputs and check. Spark in
+    aws mode is an EMR Serverless job run staging under INSTAREC_EMR_STAGING_URI; otherwise the step
+    stages in a local folder."""
     earlier = _own_history(context, lake, f"clean_{table}")
     forget_list = forget.load() if forget is not None else None
+    on_emr = compute.engine == SPARK_ENGINE and lake.locations.is_aws
+    if on_emr:
+        staging = lake.staging_prefix(emr.settings().step_staging_uri(context.run_id, table))
+    else:
+        staging = str(lake.staging_dir(context.run_id, f"clean_{table}"))
     request = CleanRequest(
         table=table,
         partition_date=parse_partition_key(context.partition_key).isoformat(),
-        staging=str(lake.staging_dir(context.run_id, f"clean_{table}")),
+        staging=staging,
         inputs=inputs,
         history=tuple(earlier.values()),
         forget_salt=forget_list.salt if forget_list else "",
         forget_hashes=tuple(sorted(forget_list.user_hashes)) if forget_list else (),
     )
     with lake_connection(duckdb, lake) as conn:
-        if compute.engine == SPARK_ENGINE:
-            result = _clean_on_spark(context, request)
+        if on_emr:
+            result = clean_on_emr(context, lake, emr, request)
+        elif compute.engine == SPARK_ENGINE:
+            result = clean_on_local_spark(context, lake, request)
         else:
             result = run_clean_step(conn, request)
         yield from _emit(table, result, conn, earlier, compute.engine)
-
-
-def _clean_on_spark(context: AssetExecutionContext, request: CleanRequest) -> CleanResult:
-    """The same step as a Spark job (instarec_assets/spark/clean_job.py) launched through Pipes."""
-    if importlib.util.find_spec("pyspark") is None:
-        raise RuntimeError(
-            "the spark engine needs the spark extra: pip install 'instarec[spark]' (and Java 17)"
-        )
-    # Spark's Python workers (the nfc_normalize function) run this interpreter, as the job does.
-    invocation = PipesSubprocessClient(env={"PYSPARK_PYTHON": sys.executable}).run(
-        context=context,
-        command=[sys.executable, "-m", "instarec_assets.spark.clean_job"],
-        extras={"request": request.as_json(), "master": LOCAL_SPARK_MASTER},
-    )
-    for reported in invocation.get_results():
-        if isinstance(reported, MaterializeResult) and reported.asset_key.to_user_string() == (
-            f"clean_{request.table}"
-        ):
-            return result_from_json(reported.metadata["clean_result"].value)
-    raise RuntimeError(f"the Spark clean job for {request.table} reported no clean_{request.table}")
 
 
 @multi_asset(
@@ -183,10 +170,13 @@ def clean_orders_step(
     lake: LakeResource,
     duckdb: DuckDBResource,
     compute: ComputeResource,
+    emr_serverless: EmrServerlessResource,
     forget_list: ForgetListResource,
     raw_orders: str,
 ) -> Iterator:
-    yield from _clean(context, lake, duckdb, compute, "orders", {"raw_orders": raw_orders}, forget_list)
+    yield from _clean(
+        context, lake, duckdb, compute, emr_serverless, "orders", {"raw_orders": raw_orders}, forget_list
+    )
 
 
 @multi_asset(
@@ -211,6 +201,7 @@ def clean_order_products_step(
     lake: LakeResource,
     duckdb: DuckDBResource,
     compute: ComputeResource,
+    emr_serverless: EmrServerlessResource,
     raw_order_products_prior: str,
     raw_order_products_train: str,
     clean_orders: list[str],
@@ -224,7 +215,7 @@ def clean_order_products_step(
         "clean_products": clean_products,
         "quarantined_orders": quarantined_orders,
     }
-    yield from _clean(context, lake, duckdb, compute, "order_products", inputs)
+    yield from _clean(context, lake, duckdb, compute, emr_serverless, "order_products", inputs)
 
 
 @multi_asset(
@@ -242,6 +233,7 @@ def clean_products_step(
     lake: LakeResource,
     duckdb: DuckDBResource,
     compute: ComputeResource,
+    emr_serverless: EmrServerlessResource,
     raw_products: str,
     clean_aisles: str,
     clean_departments: str,
@@ -251,7 +243,7 @@ def clean_products_step(
         "clean_aisles": clean_aisles,
         "clean_departments": clean_departments,
     }
-    yield from _clean(context, lake, duckdb, compute, "products", inputs)
+    yield from _clean(context, lake, duckdb, compute, emr_serverless, "products", inputs)
 
 
 @multi_asset(
@@ -267,10 +259,11 @@ def clean_aisles_step(
     lake: LakeResource,
     duckdb: DuckDBResource,
     compute: ComputeResource,
+    emr_serverless: EmrServerlessResource,
     raw_aisles: str,
 ) -> Iterator:
     """Aisles: the whole lookup table as of each landing date, latest name wins."""
-    yield from _clean(context, lake, duckdb, compute, "aisles", {"raw_aisles": raw_aisles})
+    yield from _clean(context, lake, duckdb, compute, emr_serverless, "aisles", {"raw_aisles": raw_aisles})
 
 
 @multi_asset(
@@ -286,9 +279,12 @@ def clean_departments_step(
     lake: LakeResource,
     duckdb: DuckDBResource,
     compute: ComputeResource,
+    emr_serverless: EmrServerlessResource,
     raw_departments: str,
 ) -> Iterator:
-    yield from _clean(context, lake, duckdb, compute, "departments", {"raw_departments": raw_departments})
+    yield from _clean(
+        context, lake, duckdb, compute, emr_serverless, "departments", {"raw_departments": raw_departments}
+    )
 
 
 CLEAN_STEPS = [

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from pathlib import Path
 
 import duckdb
 
@@ -19,6 +18,7 @@ from instarec_assets.lake.clean_orders import MAX_ID
 from instarec_assets.lake.dedup import classify_duplicates
 from instarec_assets.lake.duck import copy_to_parquet, create_view, scalar
 from instarec_assets.lake.quarantine import QUARANTINE_SELECT, checked_record_sql, record_json_sql
+from instarec_assets.lake.staging import StagedLocation
 from instarec_assets.lake.validation import (
     Column,
     Text,
@@ -131,7 +131,7 @@ def clean_dimension(
     raw_uri: str,
     previous_uri: str | None,
     partition_date: dt.date,
-    scratch: Path,
+    scratch: StagedLocation,
 ) -> CleanResult:
     """The dimension as of `partition_date`: the previous snapshot updated with the landed extract."""
     _prepare(conn, dimension.table, raw_uri, previous_uri, dimension.empty_sql(), current_only=False)
@@ -150,7 +150,7 @@ def clean_products(
     aisles_uri: str,
     departments_uri: str,
     partition_date: dt.date,
-    scratch: Path,
+    scratch: StagedLocation,
 ) -> CleanResult:
     """Products as SCD2 as of `partition_date`; rows with an unknown aisle or department are quarantined."""
     _prepare(conn, "products", raw_uri, previous_uri, CLEAN_PRODUCTS_SCHEMA, current_only=True)
@@ -204,7 +204,11 @@ def _classify(conn: duckdb.DuckDBPyConnection, table: str, key: str, content: tu
 
 
 def _stage(
-    conn: duckdb.DuckDBPyConnection, table: str, columns: tuple[Column, ...], snapshot_sql: str, scratch: Path
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    columns: tuple[Column, ...],
+    snapshot_sql: str,
+    scratch: StagedLocation,
 ) -> CleanResult:
     clean = copy_to_parquet(conn, snapshot_sql, scratch / f"clean_{table}.parquet")
     quarantine = copy_to_parquet(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import duckdb
 
@@ -12,6 +11,7 @@ from instarec_assets.lake.clean_orders import CLEAN_ORDERS_SCHEMA, MAX_ID
 from instarec_assets.lake.dedup import classify_duplicates
 from instarec_assets.lake.duck import copy_to_parquet, create_view, scalar
 from instarec_assets.lake.quarantine import QUARANTINE_SELECT, checked_record_sql, record_json_sql
+from instarec_assets.lake.staging import StagedLocation
 from instarec_assets.lake.validation import (
     WholeNumber,
     parsed_columns_sql,
@@ -95,7 +95,7 @@ def clean_order_products(
     order_uris: Sequence[str],
     products_uri: str,
     earlier_clean_uris: Sequence[str],
-    scratch: Path,
+    scratch: StagedLocation,
     quarantined_orders_uri: str | None = None,
 ) -> CleanResult:
     """Clean one partition of order lines against all orders up to it and the product catalog; lines

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import duckdb
 
@@ -12,6 +11,7 @@ from instarec_assets.lake.accounting import CleanResult, RowAccounting, outcome_
 from instarec_assets.lake.dedup import classify_duplicates
 from instarec_assets.lake.duck import copy_to_parquet, create_view, scalar
 from instarec_assets.lake.quarantine import QUARANTINE_SELECT, checked_record_sql, record_json_sql
+from instarec_assets.lake.staging import StagedLocation
 from instarec_assets.lake.validation import (
     Text,
     WholeNumber,
@@ -110,7 +110,7 @@ def clean_orders(
     conn: duckdb.DuckDBPyConnection,
     raw_uri: str,
     earlier_clean_uris: Sequence[str],
-    scratch: Path,
+    scratch: StagedLocation,
     forget_list: ForgetList | None = None,
 ) -> CleanResult:
     """Clean one partition of raw orders against every order stored in earlier partitions; orders of

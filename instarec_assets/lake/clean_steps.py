@@ -1,22 +1,28 @@
 """One clean step as plain data: what it reads and where it stages, run on either engine's connection.
 
-The clean assets build a CleanRequest; on DuckDB they run it in process, on Spark they hand it to
-the Pipes job (instarec_assets/spark/clean_job.py) as JSON, and the job runs the same function on a
-SparkConnection and reports the CleanResult back as JSON.
+The clean assets build a CleanRequest; on DuckDB they run it in process. On Spark they write it as
+`_request.json` into the step's staging location (a local folder, or an s3:// prefix on EMR
+Serverless) and start the Pipes job (instarec_assets/spark/clean_job.py) with that location; the
+job runs the same function on a SparkConnection, stages the two tables there and writes the
+CleanResult as `_result.json` last, which the asset reads back and publishes from.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from instarec_assets.lake.accounting import CleanResult, RowAccounting
 from instarec_assets.lake.clean_catalog import AISLES, DEPARTMENTS, clean_dimension, clean_products
 from instarec_assets.lake.clean_order_products import clean_order_products
 from instarec_assets.lake.clean_orders import ForgetList, clean_orders
 from instarec_assets.lake.duck import StagedParquet
+from instarec_assets.lake.staging import REQUEST_FILE, RESULT_FILE, staging_file, staging_location
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
 
 # The engines (ComputeResource.engine); SQLGlot and pyspark are imported only on the Spark side.
 DUCKDB_ENGINE = "duckdb"
@@ -56,7 +62,7 @@ class CleanRequest:
 
 def run_clean_step(conn, request: CleanRequest) -> CleanResult:
     """Run the request's clean function on `conn`: a DuckDB connection or a SparkConnection."""
-    inputs, scratch = request.inputs, Path(request.staging)
+    inputs, scratch = request.inputs, staging_location(request.staging)
     day = dt.date.fromisoformat(request.partition_date)
     previous = request.history[-1] if request.history else None
     if request.table == "orders":
@@ -103,8 +109,37 @@ def result_as_json(result: CleanResult) -> dict[str, Any]:
 
 def result_from_json(data: dict[str, Any]) -> CleanResult:
     return CleanResult(
-        clean=StagedParquet(Path(data["clean_path"]), int(data["clean_rows"])),
-        quarantine=StagedParquet(Path(data["quarantine_path"]), int(data["quarantine_rows"])),
+        clean=StagedParquet(staging_location(data["clean_path"]), int(data["clean_rows"])),
+        quarantine=StagedParquet(staging_location(data["quarantine_path"]), int(data["quarantine_rows"])),
         accounting=RowAccounting(**{name: int(value) for name, value in data["accounting"].items()}),
         outcome_counts={name: int(value) for name, value in data["outcome_counts"].items()},
     )
+
+
+class StagedResultMissing(RuntimeError):
+    """The job ended without leaving its result (or a table it names) in the staging location."""
+
+
+def write_request(fs: AbstractFileSystem, request: CleanRequest) -> str:
+    """`_request.json` in the request's staging location, through `fs` (local or the lake's S3); its
+    URI. It carries the inputs (a long history list), and the forget list's salt, which must not
+    travel in the job run's visible parameters."""
+    uri = staging_file(request.staging, REQUEST_FILE)
+    with fs.open(uri, "w") as handle:
+        json.dump(request.as_json(), handle)
+    return uri
+
+
+def read_result(fs: AbstractFileSystem, staging: str) -> CleanResult:
+    """The CleanResult the job wrote last into `staging`, each table it names checked to be there;
+    StagedResultMissing names what is missing."""
+    uri = staging_file(staging, RESULT_FILE)
+    fs.invalidate_cache()  # s3fs lists once and remembers; the job wrote after
+    if not fs.exists(uri):
+        raise StagedResultMissing(f"no {RESULT_FILE} at {uri}")
+    with fs.open(uri, "r") as handle:
+        result = result_from_json(json.load(handle))
+    for staged in (result.clean, result.quarantine):
+        if not fs.exists(str(staged.path)):
+            raise StagedResultMissing(f"{RESULT_FILE} names {staged.path}, which is not there")
+    return result

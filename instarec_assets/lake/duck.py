@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
+from instarec_assets.lake.staging import StagedLocation
+
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
@@ -36,17 +38,20 @@ def create_view(conn: duckdb.DuckDBPyConnection, name: str, uris: Sequence[str],
 
 @dataclass(frozen=True)
 class StagedParquet:
-    """A parquet file in local scratch space, written completely, ready to be published to the lake."""
+    """A parquet file written completely, ready to be published to the lake: in local scratch space,
+    or (the Spark job on EMR Serverless) under the staging URI."""
 
-    path: Path
+    path: StagedLocation
     row_count: int
 
 
 def copy_to_parquet(
-    conn: duckdb.DuckDBPyConnection, select_sql: str, path: Path, params: dict | None = None
+    conn: duckdb.DuckDBPyConnection, select_sql: str, path: StagedLocation, params: dict | None = None
 ) -> StagedParquet:
-    """Write a query's result (with its `$name` parameters) to one zstd parquet file; count the rows."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a query's result (with its `$name` parameters) to one zstd parquet file; count the rows.
+    `conn` may be a SparkConnection, and `path` a StagingUri (an object store has no folders)."""
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     copy_sql = f"COPY ({select_sql}) TO '{_sql_path(path)}' (FORMAT parquet, COMPRESSION zstd)"
     if params:
         conn.execute(copy_sql, params)
@@ -66,6 +71,6 @@ def scalar(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence | dict | 
     return rows[0][0] if rows else None
 
 
-def _sql_path(path: Path) -> str:
+def _sql_path(path: StagedLocation) -> str:
     """A scratch path as a SQL literal (our own generated paths; quotes doubled all the same)."""
     return str(path).replace("'", "''")

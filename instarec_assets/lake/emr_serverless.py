@@ -2,7 +2,10 @@
 
 The asset layer hands `start_job_run_request(...)` to dagster-aws's PipesEMRServerlessClient, which
 adds the Pipes context (driver environment variables) and reads the job's messages from the
-driver's stdout in CloudWatch Logs. The spark stack (infra/stacks/spark.yaml) creates the
+driver's stdout in CloudWatch Logs. The step itself (its CleanRequest, with the input URIs and the
+forget list's salt) is an object in the run's staging prefix, named by the job's one argument,
+`--staging`: a request is too long for the job run's parameters (a year of history is hundreds of
+URIs) and the salt must not show in them. The spark stack (infra/stacks/spark.yaml) creates the
 application, the job role and the log group; the deploy uploads the job script and its packed
 Python environment under INSTAREC_EMR_ARTIFACTS_URI (infra/scripts/deploy.sh, step spark-job).
 """
@@ -41,6 +44,10 @@ class EmrJobRunFailed(RuntimeError):
     """A job run ended in a failed state; the message is the one line a person reads."""
 
 
+class EmrStagedOutputMissing(RuntimeError):
+    """A job run ended SUCCESS without leaving its outputs in the staging prefix; one line."""
+
+
 @dataclass(frozen=True)
 class EmrServerlessSettings:
     """Where the clean job runs on AWS: the spark stack's outputs, as the run task receives them."""
@@ -57,13 +64,34 @@ class EmrServerlessSettings:
     def from_settings(cls, settings: Settings | None = None) -> EmrServerlessSettings:
         """The INSTAREC_EMR_* variables; a missing or non-s3:// one is named in the error."""
         settings = settings or Settings.from_env()
+        return cls.from_values(
+            settings.emr_application_id,
+            settings.emr_job_role_arn,
+            settings.emr_artifacts_uri,
+            settings.emr_logs_uri,
+            settings.emr_log_group,
+            settings.emr_staging_uri,
+        )
+
+    @classmethod
+    def from_values(
+        cls,
+        application_id: str,
+        job_role_arn: str,
+        artifacts_uri: str,
+        logs_uri: str,
+        log_group: str,
+        staging_uri: str,
+    ) -> EmrServerlessSettings:
+        """The settings as the resource holds them; a missing or non-s3:// one is named by its
+        variable."""
         values = {
-            "INSTAREC_EMR_APPLICATION_ID": settings.emr_application_id,
-            "INSTAREC_EMR_JOB_ROLE_ARN": settings.emr_job_role_arn,
-            "INSTAREC_EMR_ARTIFACTS_URI": settings.emr_artifacts_uri,
-            "INSTAREC_EMR_LOGS_URI": settings.emr_logs_uri,
-            "INSTAREC_EMR_LOG_GROUP": settings.emr_log_group,
-            "INSTAREC_EMR_STAGING_URI": settings.emr_staging_uri,
+            "INSTAREC_EMR_APPLICATION_ID": application_id.strip(),
+            "INSTAREC_EMR_JOB_ROLE_ARN": job_role_arn.strip(),
+            "INSTAREC_EMR_ARTIFACTS_URI": artifacts_uri.strip(),
+            "INSTAREC_EMR_LOGS_URI": logs_uri.strip(),
+            "INSTAREC_EMR_LOG_GROUP": log_group.strip(),
+            "INSTAREC_EMR_STAGING_URI": staging_uri.strip(),
         }
         missing = [name for name, value in values.items() if not value]
         if missing:
@@ -83,6 +111,15 @@ class EmrServerlessSettings:
     @property
     def environment_uri(self) -> str:
         return f"{self.artifacts_uri}/{ENVIRONMENT_ARCHIVE}"
+
+    def step_staging_uri(self, run_id: str, table: str) -> str:
+        """`<staging>/<run id>-clean_<table>`: one step's prefix, as a local step's staging folder."""
+        return f"{self.staging_uri}/{run_id}-clean_{table}"
+
+
+def clean_job_arguments(staging_uri: str) -> list[str]:
+    """The job's command line on EMR: its staging prefix, and no master (the cluster's own)."""
+    return ["--staging", staging_uri]
 
 
 def spark_submit_parameters(settings: EmrServerlessSettings) -> str:
@@ -116,9 +153,11 @@ def job_run_name(table: str, partition_key: str, run_id: str) -> str:
     return _NAME_UNSAFE.sub("-", name)[:256]
 
 
-def start_job_run_request(settings: EmrServerlessSettings, name: str) -> dict[str, Any]:
-    """StartJobRun parameters for the clean job. The step itself (CleanRequest) travels as Pipes
-    extras, which the client adds to the driver's environment; the script takes no arguments."""
+def start_job_run_request(
+    settings: EmrServerlessSettings, name: str, arguments: list[str] | None = None
+) -> dict[str, Any]:
+    """StartJobRun parameters for the clean job with its `arguments` (clean_job_arguments); the
+    client adds the Pipes context to the driver's environment."""
     return {
         "applicationId": settings.application_id,
         "executionRoleArn": settings.job_role_arn,
@@ -127,7 +166,7 @@ def start_job_run_request(settings: EmrServerlessSettings, name: str) -> dict[st
         "jobDriver": {
             "sparkSubmit": {
                 "entryPoint": settings.job_script_uri,
-                "entryPointArguments": [],
+                "entryPointArguments": list(arguments or []),
                 "sparkSubmitParameters": spark_submit_parameters(settings),
             }
         },
@@ -136,8 +175,9 @@ def start_job_run_request(settings: EmrServerlessSettings, name: str) -> dict[st
     }
 
 
-def failed_job_run(client: Any, application_id: str, name: str) -> str | None:
-    """One line naming the job run called `name` and its state, if it ended failed; else None."""
+def failed_job_run(client: Any, application_id: str, name: str, subject: str = "") -> str | None:
+    """One line naming the job run called `name` and its state, if it ended failed; else None.
+    `subject` (the asset, `clean_orders`) starts the line."""
     runs = []
     for page in client.get_paginator("list_job_runs").paginate(applicationId=application_id):
         runs.extend(run for run in page["jobRuns"] if run.get("name") == name)
@@ -148,18 +188,21 @@ def failed_job_run(client: Any, application_id: str, name: str) -> str | None:
         return None
     details = " ".join(str(run.get("stateDetails") or "").split())
     return (
-        f"EMR Serverless job run {run['id']} ({name}) of application {application_id} ended "
+        (f"{subject}: " if subject else "")
+        + f"EMR Serverless job run {run['id']} ({name}) of application {application_id} ended "
         f"{run['state']}" + (f": {details}" if details else "")
     )
 
 
-def run_job(submit: Callable[[dict[str, Any]], T], client: Any, request: dict[str, Any]) -> T:
+def run_job(
+    submit: Callable[[dict[str, Any]], T], client: Any, request: dict[str, Any], subject: str = ""
+) -> T:
     """`submit(request)` (PipesEMRServerlessClient.run bound to the asset's context); a job run that
     ends failed raises EmrJobRunFailed with one line, whatever the client raised."""
     try:
         return submit(request)
     except Exception:
-        line = failed_job_run(client, request["applicationId"], request["name"])
+        line = failed_job_run(client, request["applicationId"], request["name"], subject)
         if line is None:
             raise
         raise EmrJobRunFailed(line) from None

@@ -20,6 +20,7 @@ SPARK = "spark"
 
 # Extension names a Spark job registers before it runs the SQL (see lake/spark_connection.py).
 NFC_NORMALIZE_UDF = "nfc_normalize"
+JSON_VALID_UDF = "json_valid"
 
 # The column an UPDATE rewritten as a LEFT JOIN uses to tell matched rows.
 _MATCHED = "__updated"
@@ -64,10 +65,6 @@ def _to_json(node: exp.Expression) -> exp.Expression:
     return _call("to_json", *_function_args(node), options)
 
 
-def _json_valid(node: exp.Expression) -> exp.Expression:
-    return exp.Not(this=exp.Is(this=_call("try_parse_json", *_function_args(node)), expression=exp.Null()))
-
-
 def _read_parquet(table: exp.Expression) -> exp.Expression:
     """`FROM read_parquet('<one file>', ...)` (the whole table node) as `FROM parquet.`<file>``."""
     path = table.this.expressions[0]
@@ -102,9 +99,10 @@ SPARK_EXPRESSIONS: dict[str, SparkExpression] = {
         "Spark's to_json leaves out null fields unless told; DuckDB writes them as null.",
         _to_json,
     ),
-    "JSON_VALID": SparkExpression(
-        "Spark has no json_valid; try_parse_json is NULL exactly when the text is not JSON.",
-        _json_valid,
+    JSON_VALID_UDF.upper(): SparkExpression(
+        "Spark has no json_valid, and try_parse_json is Spark 4 only (EMR's emr-7.9.0 runs 3.5): the "
+        "job registers json_valid (Python's strict json parser, NaN and Infinity refused as DuckDB does).",
+        lambda node: _call(JSON_VALID_UDF, *_function_args(node)),
     ),
     "READ_PARQUET": SparkExpression(
         "A parquet file as a table is parquet.`path` in Spark SQL.",

@@ -14,16 +14,26 @@ from pathlib import Path
 
 from upath import UPath
 
+from instarec_assets.lake.staging import StagedLocation, StagingUri
+
 
 def is_local(destination: UPath) -> bool:
     return destination.protocol in ("", "file", "local")
 
 
-def publish(staged: Path, destination: UPath) -> None:
+def publish(staged: StagedLocation, destination: UPath) -> None:
     """Make a staged file the partition in one step: a rename locally, one object write on S3.
 
     Readers see the old file or the new one, never half of either; re-running replaces the file.
+    A file the Spark job staged on S3 is copied within S3 (one CopyObject, or a multipart copy
+    completed at once), not through this process, then its staged object deleted.
     """
+    if isinstance(staged, StagingUri):
+        if is_local(destination):
+            raise ValueError(f"{staged} is staged remotely; the lake at {destination} is local")
+        destination.fs.copy(str(staged), destination.path)
+        destination.fs.rm_file(str(staged))
+        return
     if is_local(destination):
         target = Path(destination.path)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -4,10 +4,17 @@ The clean functions (clean_orders, clean_order_products, clean_products, clean_d
 connection and run their DuckDB SQL on it. SparkConnection runs each statement on Spark instead,
 transpiled by lake/engines.py, so both engines execute one definition of every step. Only this
 module and the Spark job import pyspark.
+
+The same code runs on the local PySpark (4.x) and on EMR Serverless's emr-7.9.0 (Apache Spark 3.5.5),
+so it keeps to APIs both have: DataFrame reads and writes, temp views, localCheckpoint, pandas UDFs,
+and Hadoop's FileSystem (through the py4j gateway, `spark._jvm`, in both) for the one-file outputs
+at URIs. No Spark Connect, no VARIANT functions (try_parse_json is 4.0 only: see JSON_VALID in
+lake/engines.py), no 4.0 SQL syntax (SQLGlot writes CAST, not `::`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import unicodedata
@@ -23,12 +30,14 @@ from sqlglot import exp
 
 from instarec_assets.lake.clean_steps import LOCAL_SPARK_MASTER
 from instarec_assets.lake.engines import (
+    JSON_VALID_UDF,
     NFC_NORMALIZE_UDF,
     EngineError,
     parse_duckdb,
     spark_sql,
     update_as_select,
 )
+from instarec_assets.lake.staging import is_uri
 
 # Files as DuckDB writes them: TIMESTAMPTZ is parquet INT64 micros adjusted to UTC (Spark's
 # default is INT96), zstd compressed.
@@ -66,9 +75,55 @@ def _nfc(values: pd.Series) -> pd.Series:
     return values.map(lambda value: None if value is None else unicodedata.normalize("NFC", value))
 
 
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _is_json(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    try:
+        json.loads(value, parse_constant=_reject_constant)  # NaN, Infinity: Python only, not JSON
+    except ValueError:
+        return False
+    return True
+
+
+def _json_valid(values: pd.Series) -> pd.Series:
+    return values.map(_is_json).astype("boolean")
+
+
 def register_functions(spark: SparkSession) -> None:
     """The functions the lake's SQL needs that Spark lacks (engines.SPARK_EXPRESSIONS says which)."""
     spark.udf.register(NFC_NORMALIZE_UDF, pandas_udf(_nfc, "string"))
+    spark.udf.register(JSON_VALID_UDF, pandas_udf(_json_valid, "boolean"))
+
+
+def _hadoop_path(spark: SparkSession, uri: str):
+    """The Hadoop FileSystem (EMRFS for s3:// on EMR, the local one for file://) and Path of `uri`."""
+    path = spark._jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(spark._jsc.hadoopConfiguration()), path
+
+
+def read_text(spark: SparkSession, uri: str) -> str:
+    """A whole small text file at a URI or path (the step's request), through Hadoop's FileSystem:
+    Spark's readers skip files whose names start with `_`, as `_request.json` does."""
+    fs, path = _hadoop_path(spark, uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{uri} does not exist")
+    buffer = spark._jvm.java.io.ByteArrayOutputStream()
+    spark._jvm.org.apache.hadoop.io.IOUtils.copyBytes(fs.open(path), buffer, 65536, True)
+    return buffer.toString("UTF-8")
+
+
+def write_text(spark: SparkSession, uri: str, text: str) -> None:
+    """A small text file at a URI (the step's result), one object, replaced if there."""
+    fs, path = _hadoop_path(spark, uri)
+    stream = fs.create(path, True)
+    try:
+        stream.write(bytearray(text.encode()))
+    finally:
+        stream.close()
 
 
 class _Relation:
@@ -142,12 +197,29 @@ class SparkConnection:
         frame.createOrReplaceTempView(table)
 
     def _copy(self, copy: exp.Copy) -> None:
-        """One zstd parquet file at a local path (the step's staging folder)."""
+        """One zstd parquet file in the step's staging location: a local folder, or a URI."""
         (target,) = copy.args["files"]
-        path = Path(target.name)
         frame = self.spark.sql(spark_sql(copy.this.this))
+        if is_uri(target.name):
+            self._copy_to_uri(frame, target.name)
+            return
+        path = Path(target.name)
         parts = path.parent / f".{path.name}.{uuid.uuid4().hex}.spark"
         frame.coalesce(1).write.mode("overwrite").parquet(str(parts))
         (part,) = sorted(parts.glob("part-*.parquet"))
         os.replace(part, path)
         shutil.rmtree(parts, ignore_errors=True)
+
+    def _copy_to_uri(self, frame: DataFrame, uri: str) -> None:
+        """Spark writes a folder of part files; its one part is renamed to `uri` through Hadoop's
+        FileSystem (on S3 a copy and a delete, within the staging prefix)."""
+        parts = f"{uri}.{uuid.uuid4().hex}.spark"
+        frame.coalesce(1).write.mode("overwrite").parquet(parts)
+        fs, parts_path = _hadoop_path(self.spark, parts)
+        written = [status.getPath() for status in fs.listStatus(parts_path)]
+        (part,) = [path for path in written if path.getName().startswith("part-")]
+        _, target = _hadoop_path(self.spark, uri)
+        fs.delete(target, False)
+        if not fs.rename(part, target):
+            raise EngineError(f"could not move the Spark output {part.toString()} to {uri}")
+        fs.delete(parts_path, True)

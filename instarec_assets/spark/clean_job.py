@@ -1,30 +1,59 @@
-"""The clean steps on Spark, as a Dagster Pipes job: `python -m instarec_assets.spark.clean_job`.
+"""The clean steps on Spark, as a Dagster Pipes job: `clean_job.py --staging URI [--master local[2]]`.
 
-Launched by the clean assets when the engine is `spark` (PipesSubprocessClient locally). The Pipes
-extras hold a CleanRequest (lake/clean_steps.py) and the Spark master; the job runs the step's
-DuckDB SQL on Spark (lake/spark_connection.py) and reports both assets with their row counts.
+Launched by the clean assets when the engine is `spark`: through PipesSubprocessClient locally
+(`--master local[2]`, a local folder), through PipesEMRServerlessClient on EMR Serverless (no
+master: the cluster's own; an `s3://<clean bucket>/emr-staging/<run>-clean_<table>` prefix). The
+staging location holds the step's CleanRequest (`_request.json`, written by the asset: its inputs are
+the lake's URIs, s3:// in aws mode); the job runs the step's DuckDB SQL on Spark
+(lake/spark_connection.py), stages both tables there, writes the CleanResult as `_result.json` last,
+and reports both assets with their row counts through Pipes (the logs in the UI). The asset reads
+`_result.json`, not the Pipes messages: on EMR those come from CloudWatch Logs, later and not
+always whole, and the result must be exact.
+
+Runs on the local PySpark 4.x and on EMR's Spark 3.5 (emr-7.9.0): only APIs both have (see
+lake/spark_connection.py).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+from collections.abc import Sequence
+
 from dagster_pipes import PipesContext, open_dagster_pipes
 
+from instarec_assets.lake.accounting import CleanResult
 from instarec_assets.lake.clean_steps import CleanRequest, result_as_json, run_clean_step
-from instarec_assets.lake.spark_connection import SparkConnection, spark_session
+from instarec_assets.lake.spark_connection import SparkConnection, read_text, spark_session, write_text
+from instarec_assets.lake.staging import REQUEST_FILE, RESULT_FILE, staging_file
 
 
-def run(pipes: PipesContext) -> None:
-    request = CleanRequest.from_json(pipes.get_extra("request"))
-    spark = spark_session(pipes.extras.get("master"))
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="clean_job.py", description="One clean step on Spark.")
+    parser.add_argument("--staging", required=True, help="the step's staging folder or URI")
+    parser.add_argument("--master", default=None, help="a local master (local[2]); none on a cluster")
+    return parser.parse_args(argv)
+
+
+def stage_clean(spark, staging: str) -> tuple[CleanRequest, CleanResult]:
+    """Run the request staged at `staging` and stage its outputs and result there (no Pipes)."""
+    request = CleanRequest.from_json(json.loads(read_text(spark, staging_file(staging, REQUEST_FILE))))
+    if request.staging.rstrip("/") != staging.rstrip("/"):
+        raise ValueError(f"{REQUEST_FILE} at {staging} stages to {request.staging}, not there")
     result = run_clean_step(SparkConnection(spark), request)
-    report = result_as_json(result)
+    write_text(spark, staging_file(staging, RESULT_FILE), json.dumps(result_as_json(result)))
+    return request, result
+
+
+def run(pipes: PipesContext, staging: str, master: str | None) -> None:
+    request, result = stage_clean(spark_session(master), staging)
     pipes.report_asset_materialization(
         asset_key=f"clean_{request.table}",
         metadata={
             "engine": "spark",
             "row_count": result.clean.row_count,
             **result.accounting.as_dict(),
-            "clean_result": {"raw_value": report, "type": "json"},
+            "staged": str(result.clean.path),
         },
     )
     pipes.report_asset_materialization(
@@ -33,9 +62,10 @@ def run(pipes: PipesContext) -> None:
     )
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    arguments = parse_arguments(argv)
     with open_dagster_pipes() as pipes:
-        run(pipes)
+        run(pipes, arguments.staging, arguments.master)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,131 @@
+"""The Spark clean job with URI inputs and a URI staging location, as on EMR Serverless, on local disk:
+`file://` URIs stand in for `s3://` ones (no s3a:// connector is installed here, and moto runs no
+Spark), so the code that differs on EMR (the request read and the result written through Spark and
+Hadoop's FileSystem, each table renamed from Spark's part file at a URI) runs for real. Over the two
+bad-input batches the job stages the rows the DuckDB engine stages from plain paths.
+
+What this cannot show: EMRFS (s3://) behaving as Hadoop's local FileSystem does for the same calls,
+and EMR's Spark 3.5 running what PySpark 4 runs here (lake/spark_connection.py keeps to APIs both
+have; the job never sets a master on EMR).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from instarec_assets.lake.clean_steps import CleanRequest, read_result, run_clean_step, write_request
+from instarec_assets.lake.landing import ingest_landing_file
+from instarec_assets.lake.schemas import LANDING_FILES
+from instarec_assets.lake.staging import REQUEST_FILE, RESULT_FILE, StagingUri
+from instarec_assets_tests.test_engine_parity import FS, NOW, STEP_ORDER, bad_landing, rows
+
+pytest.importorskip("pyspark", reason="the spark extra is not installed")
+from instarec_assets.lake.spark_connection import spark_session
+from instarec_assets.spark.clean_job import parse_arguments, stage_clean
+
+pytestmark = pytest.mark.slow
+
+
+def _path(uri: str) -> Path:
+    assert uri.startswith("file://"), uri
+    return Path(uri.removeprefix("file://"))
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYSPARK_PYTHON", sys.executable)
+        session = spark_session()
+        yield session
+        session.stop()
+
+
+def test_job_arguments_name_the_staging_and_no_master_on_a_cluster() -> None:
+    on_emr = parse_arguments(["--staging", "s3://clean/emr-staging/r-clean_orders"])
+    assert on_emr.staging == "s3://clean/emr-staging/r-clean_orders" and on_emr.master is None
+    assert parse_arguments(["--staging", "/tmp/s", "--master", "local[2]"]).master == "local[2]"
+
+
+def test_job_with_uri_inputs_and_staging_stages_what_duckdb_stages(spark, tmp_path: Path) -> None:
+    duck = duckdb.connect()
+    history: dict[str, dict[str, list[str]]] = {"duckdb": {}, "spark": {}}
+    for folder in bad_landing(tmp_path / "landing"):
+        day = folder.name
+        raw = {
+            f"raw_{table}": str(
+                ingest_landing_file(duck, FS, str(folder), spec, tmp_path / "raw" / day, NOW).staged.path
+            )
+            for table, spec in LANDING_FILES.items()
+        }
+        done: dict[str, dict] = {"duckdb": {}, "spark": {}}
+        for table in STEP_ORDER:
+            for engine in ("duckdb", "spark"):
+                as_uri = (lambda path: f"file://{path}") if engine == "spark" else str
+                ran = done[engine]
+                inputs = {name: as_uri(uri) for name, uri in raw.items() if name.startswith(f"raw_{table}")}
+                if table == "products":
+                    inputs |= {
+                        "clean_aisles": str(ran["aisles"].clean.path),
+                        "clean_departments": str(ran["departments"].clean.path),
+                    }
+                if table == "order_products":
+                    inputs |= {
+                        "clean_orders": [*history[engine].get("orders", []), str(ran["orders"].clean.path)],
+                        "clean_products": str(ran["products"].clean.path),
+                        "quarantined_orders": str(ran["orders"].quarantine.path),
+                    }
+                staging = tmp_path / engine / day / table
+                request = CleanRequest(
+                    table=table,
+                    partition_date=day,
+                    staging=str(staging),
+                    inputs=inputs,
+                    history=tuple(history[engine].get(table, [])),
+                )
+                if engine == "duckdb":
+                    ran[table] = run_clean_step(duck, request)
+                    continue
+                staging.mkdir(parents=True)  # a local disk has folders; S3 has none to make
+                request = replace(request, staging=f"file://{staging}")
+                write_request(FS, request)
+                _, staged = stage_clean(spark, request.staging)
+                # what the asset reads back is what the job staged, at URIs in the staging location
+                assert read_result(FS, request.staging) == staged
+                assert staged.clean.path == StagingUri(f"file://{staging}/clean_{table}.parquet")
+                assert staged.quarantine.path == StagingUri(f"file://{staging}/quarantined_{table}.parquet")
+                visible = sorted(p.name for p in staging.iterdir() if not p.name.startswith("."))
+                assert visible == sorted(
+                    [REQUEST_FILE, RESULT_FILE, f"clean_{table}.parquet", f"quarantined_{table}.parquet"]
+                ), table
+                assert json.loads((staging / RESULT_FILE).read_text())["clean_rows"] == staged.clean.row_count
+                ran[table] = staged
+            on_duckdb, on_spark = done["duckdb"][table], done["spark"][table]
+            assert on_spark.accounting == on_duckdb.accounting, (day, table)
+            assert on_spark.outcome_counts == on_duckdb.outcome_counts, (day, table)
+            assert rows(duck, _path(str(on_spark.clean.path))) == rows(duck, on_duckdb.clean.path), table
+            assert rows(duck, _path(str(on_spark.quarantine.path))) == rows(duck, on_duckdb.quarantine.path)
+        for engine in ("duckdb", "spark"):
+            for table, result in done[engine].items():
+                history[engine].setdefault(table, []).append(str(result.clean.path))
+    # the second batch read its history (file:// URIs) and found duplicates of the first
+    assert done["spark"]["orders"].accounting.raw_rows > 0
+    assert history["spark"]["orders"][0].startswith("file://")
+
+
+def test_staged_request_must_name_the_staging_it_sits_in(spark, tmp_path: Path) -> None:
+    staging = tmp_path / "elsewhere"
+    staging.mkdir()
+    (tmp_path / "other").mkdir()
+    write_request(FS, CleanRequest("aisles", "2025-01-06", str(tmp_path / "other"), {"raw_aisles": "x"}))
+    (tmp_path / "other" / REQUEST_FILE).rename(staging / REQUEST_FILE)
+    with pytest.raises(
+        ValueError, match=f"{REQUEST_FILE} at file://.*elsewhere stages to .*other, not there"
+    ):
+        stage_clean(spark, f"file://{staging}")
