@@ -487,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     materialize.add_argument(
         "--engine",
         choices=("duckdb", "spark"),
-        help="engine of the clean steps (default: INSTAREC_ENGINE, else duckdb; spark needs Java 17)",
+        help="engine of the clean steps and the feature build (default: INSTAREC_ENGINE, else duckdb; "
+        "spark needs Java 17 and rebuilds the features in full each batch)",
     )
     materialize.set_defaults(handler=cmd_materialize)
 

@@ -4,8 +4,6 @@ Every clean asset yields a blocking `row_accounting` check: raw rows = clean + q
 duplicates for its partition, so nothing downstream runs on a partition that lost rows.
 """
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 
 import duckdb
@@ -16,19 +14,17 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetOut,
-    MaterializeResult,
     MetadataValue,
     Output,
-    PipesSubprocessClient,
     multi_asset,
 )
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.metadata import accounting_metadata, preview, quarantine_reasons
+from instarec_assets.assets.spark_jobs import run_spark_job
 from instarec_assets.history import own_earlier_partitions
 from instarec_assets.lake.accounting import CleanResult
 from instarec_assets.lake.clean_steps import (
-    LOCAL_SPARK_MASTER,
     SPARK_ENGINE,
     CleanRequest,
     result_from_json,
@@ -152,22 +148,11 @@ def _clean(
 
 def _clean_on_spark(context: AssetExecutionContext, request: CleanRequest) -> CleanResult:
     """The same step as a Spark job (instarec_assets/spark/clean_job.py) launched through Pipes."""
-    if importlib.util.find_spec("pyspark") is None:
-        raise RuntimeError(
-            "the spark engine needs the spark extra: pip install 'instarec[spark]' (and Java 17)"
-        )
-    # Spark's Python workers (the nfc_normalize function) run this interpreter, as the job does.
-    invocation = PipesSubprocessClient(env={"PYSPARK_PYTHON": sys.executable}).run(
-        context=context,
-        command=[sys.executable, "-m", "instarec_assets.spark.clean_job"],
-        extras={"request": request.as_json(), "master": LOCAL_SPARK_MASTER},
-    )
-    for reported in invocation.get_results():
-        if isinstance(reported, MaterializeResult) and reported.asset_key.to_user_string() == (
-            f"clean_{request.table}"
-        ):
-            return result_from_json(reported.metadata["clean_result"].value)
-    raise RuntimeError(f"the Spark clean job for {request.table} reported no clean_{request.table}")
+    reported = run_spark_job(context, "instarec_assets.spark.clean_job", {"request": request.as_json()})
+    clean = reported.get(f"clean_{request.table}")
+    if clean is None:
+        raise RuntimeError(f"the Spark clean job for {request.table} reported no clean_{request.table}")
+    return result_from_json(clean.metadata["clean_result"].value)
 
 
 @multi_asset(
