@@ -485,8 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     materialize.add_argument(
         "--engine",
         choices=("duckdb", "spark"),
-        help="engine of the clean steps (default: INSTAREC_ENGINE, else duckdb; spark: locally Java 17, "
-        "in aws mode EMR Serverless)",
+        help="engine of the clean steps and the feature build (default: INSTAREC_ENGINE, else duckdb; "
+        "spark: locally Java 17, in aws mode EMR Serverless for the clean steps; the features are rebuilt "
+        "in full each batch)",
     )
     materialize.set_defaults(handler=cmd_materialize)
 

@@ -232,7 +232,8 @@ class ComputeResource(ConfigurableResource):
     threads: int = 0
     # cpu, cuda or "" (cuda when available, else cpu).
     graphsage_device: str = ""
-    # Where the clean steps run: duckdb (in process) or spark (a Pipes job, lake/spark_connection.py).
+    # Where the clean steps and the feature build run: duckdb (in process) or spark (a Pipes job,
+    # lake/spark_connection.py; the features are then rebuilt in full each batch).
     engine: str = "duckdb"
 
 

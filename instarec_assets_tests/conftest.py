@@ -11,7 +11,11 @@ from dagster import DagsterInstance, Definitions
 from instarec_assets.definitions import build_definitions
 from instarec_assets.lake.locations import LakeLocations
 
-pytest_plugins = ["instarec_assets_tests.aws_fixtures", "instarec_assets_tests.fault_proxy"]
+pytest_plugins = [
+    "instarec_assets_tests.aws_fixtures",
+    "instarec_assets_tests.fault_proxy",
+    "instarec_assets_tests.spark_fixtures",
+]
 
 warnings.filterwarnings("ignore", message=".*is currently in preview.*")
 

@@ -1,8 +1,10 @@
-"""The Spark engine gives the DuckDB engine's clean zone: same clean rows, quarantine rows and reasons,
-SCD2 products and row accounting, over two batches (the second de-duplicated against the first).
+"""The Spark engine gives the DuckDB engine's clean zone and curated features: same clean rows,
+quarantine rows and reasons, SCD2 products and row accounting, over two batches (the second
+de-duplicated against the first), then the same feature tables built from each engine's own clean zone.
 
-Both engines run the very same clean functions (lake/clean_steps.py) on the same raw partitions:
-DuckDB in process, Spark on a local-mode SparkSession through SparkConnection (one per module).
+Both engines run the very same functions (lake/clean_steps.py, features/full_build.py) on the same
+raw partitions: DuckDB in process, Spark on the test run's one local-mode session through
+SparkConnection (the `spark_engine` fixture). Each landing is cleaned once per module.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
-import sys
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import duckdb
 import fsspec
 import pytest
 
+from instarec_assets.features.columns import FEATURE_COLUMNS
+from instarec_assets.features.full_build import FEATURE_TABLES, FeatureRequest, FullBuild, run_full_build
 from instarec_assets.generate.dataset import generate_dataset
 from instarec_assets.lake.accounting import CleanResult
 from instarec_assets.lake.clean_steps import CleanRequest, run_clean_step
@@ -27,7 +31,7 @@ from instarec_assets.lake.schemas import LANDING_FILES
 from instarec_assets_tests.landing_fixtures import CATALOG_DATA
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed")
-from instarec_assets.lake.spark_connection import SparkConnection, spark_session
+from instarec_assets.lake.spark_connection import SparkConnection
 
 pytestmark = pytest.mark.slow
 
@@ -188,23 +192,80 @@ def assert_same_clean_zone(
 
 
 @pytest.fixture(scope="module")
-def spark() -> Iterator[SparkConnection]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYSPARK_PYTHON", sys.executable)  # Spark's Python workers: this interpreter
-        session = spark_session()
-        yield SparkConnection(session)
-        session.stop()
-
-
-@pytest.fixture
 def duck() -> Iterator[duckdb.DuckDBPyConnection]:
     with duckdb.connect() as connection:
         yield connection
 
 
-def test_bad_input_cleans_the_same_on_spark_and_duckdb_over_two_batches(spark, duck, tmp_path: Path):
-    engines = Engines(tmp_path, duck, spark)
-    day_1, day_2 = (engines.clean_batch(folder) for folder in bad_landing(tmp_path / "landing"))
+Zone = tuple[Engines, list[dict[str, dict[str, CleanResult]]]]
+
+
+@pytest.fixture(scope="module")
+def bad_zone(spark_engine, duck, tmp_path_factory: pytest.TempPathFactory) -> Zone:
+    """The bad-input landing's two batches, cleaned on both engines (once for the module)."""
+    root = tmp_path_factory.mktemp("bad")
+    engines = Engines(root, duck, spark_engine)
+    return engines, [engines.clean_batch(folder) for folder in bad_landing(root / "landing")]
+
+
+@pytest.fixture(scope="module")
+def generated_zone(spark_engine, duck, tmp_path_factory: pytest.TempPathFactory) -> Zone:
+    """The generator's two batches, cleaned on both engines (once for the module)."""
+    root = tmp_path_factory.mktemp("generated")
+    engines = Engines(root, duck, spark_engine)
+    return engines, [engines.clean_batch(folder) for folder in generated_landing(root)]
+
+
+def full_builds(zone: Zone) -> dict[str, FullBuild]:
+    """The full feature build as of the last batch, on each engine from its own clean zone."""
+    engines, batches = zone
+    builds = {}
+    for engine, conn in (("duckdb", engines.duck), ("spark", engines.spark)):
+        history, last = engines.history[engine], batches[-1][engine]
+        request = FeatureRequest(
+            orders=tuple(history["orders"]),
+            order_products=tuple(history["order_products"]),
+            products=str(last["products"].clean.path),
+            aisles=str(last["aisles"].clean.path),
+            departments=str(last["departments"].clean.path),
+            staging=str(engines.root / engine / "features"),
+        )
+        builds[engine] = run_full_build(conn, request)
+    return builds
+
+
+def same_value(left, right) -> bool:
+    """Exact, but floats within 1e-9 relative (the issue's parity rule)."""
+    if isinstance(left, float) and isinstance(right, float):
+        return math.isclose(left, right, rel_tol=1e-9, abs_tol=0.0)
+    return left == right
+
+
+def assert_same_features(duck: duckdb.DuckDBPyConnection, builds: dict[str, FullBuild]) -> None:
+    """Every table: same columns and types, same row count, the same rows (sorted by their keys)."""
+    staged = {
+        engine: {name: getattr(build.tables, name) for name in FEATURE_TABLES}
+        for engine, build in builds.items()
+    }
+    for engine in staged:
+        staged[engine]["affected_users"] = builds[engine].affected
+    for name, on_duckdb in staged["duckdb"].items():
+        on_spark = staged["spark"][name]
+        assert on_spark.row_count == on_duckdb.row_count, name
+        duck_columns, duck_rows = rows(duck, on_duckdb.path)
+        spark_columns, spark_rows = rows(duck, on_spark.path)
+        assert spark_columns == duck_columns, name
+        for duck_row, spark_row in zip(duck_rows, spark_rows, strict=True):
+            differing = [
+                (column, left, right)
+                for column, left, right in zip(duck_columns, duck_row, spark_row, strict=True)
+                if not same_value(left, right)
+            ]
+            assert not differing, f"{name}: {differing} in {duck_row[:4]}"
+
+
+def test_bad_input_cleans_the_same_on_spark_and_duckdb_over_two_batches(bad_zone: Zone, duck):
+    _, (day_1, day_2) = bad_zone
     assert_same_clean_zone(duck, day_1)
     assert_same_clean_zone(duck, day_2)
     # the fixtures do reach the rules they are for, on both engines
@@ -231,9 +292,8 @@ def test_bad_input_cleans_the_same_on_spark_and_duckdb_over_two_batches(spark, d
     }
 
 
-def test_generated_landing_cleans_the_same_on_spark_and_duckdb_over_two_batches(spark, duck, tmp_path: Path):
-    engines = Engines(tmp_path, duck, spark)
-    batches = [engines.clean_batch(folder) for folder in generated_landing(tmp_path)]
+def test_generated_landing_cleans_the_same_on_spark_and_duckdb_over_two_batches(generated_zone: Zone, duck):
+    _, batches = generated_zone
     for results in batches:
         assert_same_clean_zone(duck, results)
     assert batches[0]["spark"]["order_products"].accounting.clean_rows > 500
@@ -250,3 +310,52 @@ def test_duckdb_functions_spark_lacks_are_rewritten():
     assert "XXHASH64(a, b)" in spark_sql and "ASCII(a)" in spark_sql
     assert "MAP('ignoreNullFields', 'false')" in spark_sql
     assert "FROM parquet.`/lake/t.parquet`" in spark_sql
+
+
+def test_generated_landing_builds_the_same_features_on_spark_and_duckdb(generated_zone: Zone, duck):
+    builds = full_builds(generated_zone)
+    assert_same_features(duck, builds)
+    tables = builds["spark"].tables
+    assert tables.training_set.row_count > 500 and tables.inference_set.row_count > 500
+    # the set's features are all there, and the streaks, NULL gaps and usual hours were exercised
+    columns, training = rows(duck, tables.training_set.path)
+    assert [column.split()[0] for column in columns[5:]] == list(FEATURE_COLUMNS)
+    by_name = {column.split()[0]: index for index, column in enumerate(columns)}
+    assert max(row[by_name["up_streak"]] for row in training) > 1
+    assert any(row[by_name["up_days_between_mean"]] is None for row in training)
+    assert len({row[by_name["u_usual_hour"]] for row in training}) > 3
+
+
+def test_bad_input_builds_the_same_features_on_spark_and_duckdb(bad_zone: Zone, duck):
+    builds = full_builds(bad_zone)
+    assert_same_features(duck, builds)
+    assert builds["spark"].tables.user_features.row_count > 0
+    assert builds["spark"].tables.training_set.row_count > 0
+
+
+def test_ordered_first_and_discrete_median_agree_on_ties(spark_engine: SparkConnection, duck):
+    """The two rewritten aggregates on ties and even counts: the cases a generated landing may miss."""
+    sql = """
+    SELECT g, first(d ORDER BY n DESC, d) AS usual, quantile_disc(h, 0.5) AS median
+    FROM (VALUES (1, 3, 2, 8), (1, 1, 2, 9), (1, 5, 1, 10), (1, 0, 1, 11),
+                 (2, 6, 1, 4), (2, 2, 1, 7), (3, 4, 7, 23)) AS t(g, d, n, h)
+    GROUP BY g ORDER BY g
+    """
+    expected = [(1, 1, 9), (2, 2, 4), (3, 4, 23)]
+    assert duck.execute(sql).fetchall() == expected
+    assert [tuple(int(value) for value in row) for row in spark_engine.execute(sql).fetchall()] == expected
+
+
+def test_feature_sql_spark_lacks_is_rewritten():
+    (spark_sql,) = to_spark(
+        "SELECT first(d ORDER BY n DESC, d), quantile_disc(h, 0.5), 1::UBIGINT << k "
+        "FROM read_parquet($files, hive_partitioning = false) AS f",
+        {"files": ["/lake/a.parquet", "/lake/b.parquet"]},
+    )
+    assert "MIN_BY(d, NAMED_STRUCT('k0', -(n), 'k1', d))" in spark_sql
+    assert "PERCENTILE_DISC(0.5) WITHIN GROUP (ORDER BY h" in spark_sql
+    assert "CAST(1 AS BIGINT)" in spark_sql and "UBIGINT" not in spark_sql
+    assert (
+        "(SELECT * FROM parquet.`/lake/a.parquet` UNION ALL SELECT * FROM parquet.`/lake/b.parquet`) AS f"
+        in (spark_sql)
+    )

@@ -1,5 +1,8 @@
 """Curated zone: the feature sets as of each landing batch, over every clean batch up to it; after the
-first batch, the previous batch's tables updated for the users and products the batch touched."""
+first batch, the previous batch's tables updated for the users and products the batch touched.
+
+With the Spark engine every batch is a full build, run by the Spark job (spark/features_job.py)
+through Pipes; features/full_build.py says why the incremental update stays on DuckDB."""
 
 import time
 from collections.abc import Iterator
@@ -8,20 +11,30 @@ from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, MetadataVa
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.metadata import history_read, preview, rows_by_eval_set
+from instarec_assets.assets.spark_jobs import run_spark_job
 from instarec_assets.features import (
     FEATURES,
     CleanSnapshot,
     PreviousFeatures,
-    build_features,
     feature_summary,
     update_features,
 )
-from instarec_assets.features.incremental import all_users_affected
+from instarec_assets.features.full_build import (
+    FeatureRequest,
+    FullBuild,
+    build_from_json,
+    run_full_build,
+)
 from instarec_assets.history import own_earlier_partitions
+from instarec_assets.lake.clean_steps import SPARK_ENGINE
 from instarec_assets.partitions import HISTORY_POOL, history_input, landing_batches
-from instarec_assets.resources import LakeResource, lake_connection
+from instarec_assets.resources import ComputeResource, LakeResource, lake_connection
 
 CURATED_KINDS = {"duckdb", "parquet"}
+SPARK_FULL_BUILD_REASON = (
+    "the spark engine rebuilds every feature from the whole history each batch "
+    "(the incremental update runs on duckdb only; both give the same rows)"
+)
 
 # The clean zone as of a batch: the orders and lines of every batch up to it, the catalog at it.
 CLEAN_SNAPSHOT_INS: dict[str, AssetIn] = {
@@ -96,6 +109,15 @@ def _previous_features(
     return PreviousFeatures(**uri, products=clean_products[-2])
 
 
+def _features_on_spark(context: AssetExecutionContext, request: FeatureRequest) -> FullBuild:
+    """The full build as a Spark job (instarec_assets/spark/features_job.py) launched through Pipes."""
+    reported = run_spark_job(context, "instarec_assets.spark.features_job", {"request": request.as_json()})
+    user_features = reported.get("user_features")
+    if user_features is None:
+        raise RuntimeError("the Spark features job reported no user_features")
+    return build_from_json(user_features.metadata["feature_build"].value)
+
+
 @multi_asset(
     name="curated_features_step",
     outs={
@@ -113,6 +135,7 @@ def curated_features_step(
     config: CuratedFeaturesConfig,
     lake: LakeResource,
     duckdb: DuckDBResource,
+    compute: ComputeResource,
     clean_orders: list[str],
     clean_order_products: list[str],
     clean_products: list[str],
@@ -123,20 +146,43 @@ def curated_features_step(
     snapshot = clean_snapshot(
         clean_orders, clean_order_products, clean_products[-1], clean_aisles, clean_departments
     )
-    previous = None if config.full_recompute else _previous_features(context, lake, clean_products)
+    # In aws mode the feature job is not wired to EMR Serverless yet: the step stays on DuckDB there.
+    on_spark = compute.engine == SPARK_ENGINE and not lake.locations.is_aws
+    full = config.full_recompute or on_spark
+    previous = None if full else _previous_features(context, lake, clean_products)
     scratch = lake.staging_dir(context.run_id, "curated")
+    request = FeatureRequest(
+        orders=tuple(clean_orders),
+        order_products=tuple(clean_order_products),
+        products=snapshot.products,
+        aisles=clean_aisles,
+        departments=clean_departments,
+        staging=str(scratch),
+    )
     started = time.perf_counter()
     with lake_connection(duckdb, lake) as conn:
-        if previous is None:
-            tables = build_features(conn, snapshot, scratch)
-            affected = all_users_affected(conn, clean_orders, scratch / "affected_users.parquet")
-            update = {"mode": MetadataValue.text("full")}
+        update = {"engine": MetadataValue.text(SPARK_ENGINE if on_spark else "duckdb")}
+        if compute.engine == SPARK_ENGINE and not on_spark:
+            update["engine_reason"] = MetadataValue.text(
+                "aws mode: the feature job is not wired to EMR Serverless yet, so the features ran on duckdb"
+            )
+        if on_spark:
+            build = _features_on_spark(context, request)
+            tables, affected = build.tables, build.affected
+            update |= {
+                "mode": MetadataValue.text("full"),
+                "mode_reason": MetadataValue.text(SPARK_FULL_BUILD_REASON),
+            }
+        elif previous is None:
+            build = run_full_build(conn, request)
+            tables, affected = build.tables, build.affected
+            update["mode"] = MetadataValue.text("full")
         else:
             result = update_features(
                 conn, snapshot, previous, [clean_orders[-1]], [clean_order_products[-1]], scratch
             )
             tables, affected = result.tables, result.affected_user_ids
-            update = {
+            update |= {
                 "mode": MetadataValue.text("incremental"),
                 "affected_users": MetadataValue.int(result.affected_users),
                 "touched_products": MetadataValue.int(result.touched_products),
@@ -184,6 +230,7 @@ def curated_features_step(
             affected,
             output_name="affected_users",
             metadata={
+                "engine": update["engine"],
                 "mode": update["mode"],
                 "users": MetadataValue.int(affected.row_count),
                 "users_by_reason": MetadataValue.json({str(k): int(v) for k, v in by_reason.items()}),

@@ -9,11 +9,11 @@ publishes the staged tables as it does DuckDB's. Locally the job is a PySpark su
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 from dagster import AssetExecutionContext, PipesSubprocessClient
 
+from instarec_assets.assets.spark_jobs import require_spark_extra
 from instarec_assets.lake.accounting import CleanResult
 from instarec_assets.lake.clean_steps import (
     LOCAL_SPARK_MASTER,
@@ -39,10 +39,7 @@ def clean_on_local_spark(
     context: AssetExecutionContext, lake: LakeResource, request: CleanRequest
 ) -> CleanResult:
     """The step as a local-mode PySpark job, launched through PipesSubprocessClient."""
-    if importlib.util.find_spec("pyspark") is None:
-        raise RuntimeError(
-            "the spark engine needs the spark extra: pip install 'instarec[spark]' (and Java 17)"
-        )
+    require_spark_extra()
     fs = lake.locations.filesystem
     write_request(fs, request)
     # Spark's Python workers (the nfc_normalize and json_valid functions) run this interpreter.

@@ -1,9 +1,9 @@
-"""The clean steps' DuckDB SQL as Spark SQL: SQLGlot transpiles it, with a few engine-specific rewrites.
+"""The lake's and the features' DuckDB SQL as Spark SQL: SQLGlot transpiles it, with a few rewrites.
 
-The lake's SQL is written once, for DuckDB (lake/clean_*.py, dedup.py, validation.py, quarantine.py).
-The Spark engine runs the same statements: each is parsed as DuckDB, its parameters bound as
-literals, the functions in SPARK_EXPRESSIONS rewritten, and UPDATEs turned into SELECTs (Spark's
-temp views cannot be updated), then printed as Spark SQL.
+The SQL is written once, for DuckDB (lake/clean_*.py, dedup.py, validation.py, quarantine.py, and the
+feature SQL in features/). The Spark engine runs the same statements: each is parsed as DuckDB, its
+parameters bound as literals, the functions and types in SPARK_EXPRESSIONS rewritten, and UPDATEs
+turned into SELECTs (Spark's temp views cannot be updated), then printed as Spark SQL.
 """
 
 from __future__ import annotations
@@ -65,19 +65,62 @@ def _to_json(node: exp.Expression) -> exp.Expression:
     return _call("to_json", *_function_args(node), options)
 
 
+def _parquet_table(path: exp.Expression) -> exp.Table:
+    if not isinstance(path, exp.Literal) or not path.is_string:
+        raise EngineError(f"read_parquet of {path.sql(DUCKDB)}: Spark SQL reads literal paths")
+    return exp.Table(this=exp.to_identifier(path.name, quoted=True), db=exp.to_identifier("parquet"))
+
+
 def _read_parquet(table: exp.Expression) -> exp.Expression:
-    """`FROM read_parquet('<one file>', ...)` (the whole table node) as `FROM parquet.`<file>``."""
+    """`FROM read_parquet('<file>' or ['<file>', ...], ...)` (the whole table node) as
+    `FROM parquet.`<file>`` or, for a list, the UNION ALL of the files (by position, as DuckDB reads
+    a list of files without union_by_name)."""
     path = table.this.expressions[0]
-    if not isinstance(path, exp.Literal):
-        raise EngineError(f"read_parquet of {path.sql(DUCKDB)}: Spark SQL reads one literal path")
-    return exp.Table(
-        this=exp.to_identifier(path.name, quoted=True),
-        db=exp.to_identifier("parquet"),
-        alias=table.args.get("alias"),
+    alias = table.args.get("alias")
+    if not isinstance(path, exp.Array):
+        parquet = _parquet_table(path)
+        parquet.set("alias", alias)
+        return parquet
+    files = [exp.select("*").from_(_parquet_table(item)) for item in path.expressions]
+    if not files:
+        raise EngineError("read_parquet of an empty list: there is no file to read")
+    union = files[0]
+    for select in files[1:]:
+        union = exp.union(union, select, distinct=False)
+    return exp.Subquery(this=union, alias=alias or exp.TableAlias(this=exp.to_identifier("files")))
+
+
+def _ordered_first(node: exp.Expression) -> exp.Expression:
+    """`first(x ORDER BY k1 DESC, k2)` as `min_by(x, named_struct('k0', -k1, 'k1', k2))`: the keys
+    compare as a struct, field by field; DESC keys must be numbers (negated) and never NULL."""
+    order = node.this
+    if not isinstance(order, exp.Order):
+        return node  # first(x) without ORDER BY: Spark's first, as SQLGlot writes it
+    fields: list[exp.Expression] = []
+    for index, ordered in enumerate(order.expressions):
+        key = ordered.this.copy()
+        fields += [
+            exp.Literal.string(f"k{index}"),
+            exp.Neg(this=exp.paren(key)) if ordered.args.get("desc") else key,
+        ]
+    return _call("min_by", order.this.copy(), _call("named_struct", *fields))
+
+
+def _percentile_disc(node: exp.Expression) -> exp.Expression:
+    """DuckDB's `quantile_disc(x, q)` as the standard `percentile_disc(q) WITHIN GROUP (ORDER BY x)`."""
+    return exp.WithinGroup(
+        this=_call("percentile_disc", node.expression.copy()),  # not exp.PercentileDisc: SQLGlot writes
+        # that as Spark 2's approximate percentile_approx
+        expression=exp.Order(expressions=[exp.Ordered(this=node.this.copy(), nulls_first=False)]),
     )
 
 
-# Keyed by the DuckDB function's name, upper case. Every other function transpiles as SQLGlot writes it.
+def _signed(node: exp.Expression) -> exp.Expression:
+    return exp.DataType.build("BIGINT") if node.this == exp.DataType.Type.UBIGINT else node
+
+
+# Keyed by the DuckDB function's (or type's) name, upper case, as SQLGlot parses it (quantile_disc is
+# PERCENTILE_DISC). Every other function transpiles as SQLGlot writes it.
 SPARK_EXPRESSIONS: dict[str, SparkExpression] = {
     "REGEXP_FULL_MATCH": SparkExpression(
         "Spark has no full-match function; RLIKE finds, so the pattern is anchored (\\z: no final newline).",
@@ -108,6 +151,19 @@ SPARK_EXPRESSIONS: dict[str, SparkExpression] = {
         "A parquet file as a table is parquet.`path` in Spark SQL.",
         _read_parquet,
     ),
+    "FIRST": SparkExpression(
+        "Spark's first has no ORDER BY (its pick is arbitrary); min_by over a struct of the keys is exact.",
+        _ordered_first,
+    ),
+    "PERCENTILE_DISC": SparkExpression(
+        "DuckDB's quantile_disc(x, q) is Spark's percentile_disc(q) WITHIN GROUP (ORDER BY x): same value "
+        "(the smallest whose cumulative share reaches q), other syntax.",
+        _percentile_disc,
+    ),
+    "UBIGINT": SparkExpression(
+        "Spark has no unsigned types; the feature bit masks hold 63 bits, so BIGINT holds them.",
+        _signed,
+    ),
     NFC_NORMALIZE_UDF.upper(): SparkExpression(
         "Spark has no Unicode normalisation built in: the job registers nfc_normalize (Python's unicodedata).",
         lambda node: node,
@@ -116,6 +172,8 @@ SPARK_EXPRESSIONS: dict[str, SparkExpression] = {
 
 
 def _function_name(node: exp.Expression) -> str | None:
+    if isinstance(node, exp.DataType):
+        return node.this.name
     if isinstance(node, exp.Anonymous):
         return str(node.this).upper()
     if isinstance(node, exp.Func):

@@ -1,7 +1,7 @@
-"""The Spark engine: a SparkSession behind the part of DuckDB's connection API the clean steps use.
+"""The Spark engine: a SparkSession behind the part of DuckDB's connection API the lake's steps use.
 
-The clean functions (clean_orders, clean_order_products, clean_products, clean_dimension) take a
-connection and run their DuckDB SQL on it. SparkConnection runs each statement on Spark instead,
+The clean functions (clean_orders, clean_order_products, clean_products, clean_dimension) and the
+feature build (features/build.py) take a connection and run their DuckDB SQL on it. SparkConnection runs each statement on Spark instead,
 transpiled by lake/engines.py, so both engines execute one definition of every step. Only this
 module and the Spark job import pyspark.
 
@@ -55,11 +55,11 @@ LOCAL_SPARK_CONF: dict[str, str] = {
 }
 
 
-def spark_session(master: str | None = LOCAL_SPARK_MASTER) -> SparkSession:
+def spark_session(master: str | None = LOCAL_SPARK_MASTER, app_name: str = "instarec-clean") -> SparkSession:
     """A local-mode session (`master`, for tests and `--engine spark` on one machine), or with no
     master the cluster's own (spark-submit, EMR). The Python workers (nfc_normalize) run
     PYSPARK_PYTHON, which must be an interpreter with this package: the launcher sets it."""
-    builder = SparkSession.builder.appName("instarec-clean")
+    builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
         for key, value in LOCAL_SPARK_CONF.items():
@@ -143,8 +143,8 @@ class _Result:
 
 
 class SparkConnection:
-    """Runs DuckDB statements on Spark: temp tables and views become temp views, UPDATEs replace
-    the view with its updated contents, COPY ... TO writes one parquet file."""
+    """Runs DuckDB statements on Spark: temp tables and views become temp views, UPDATEs and INSERTs
+    replace the view with its new contents, COPY ... TO writes one parquet file."""
 
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark
@@ -171,6 +171,8 @@ class SparkConnection:
             target = statement.this.name
             select = update_as_select(statement, self.spark.table(target).columns)
             self.spark.sql(spark_sql(select)).localCheckpoint().createOrReplaceTempView(target)
+        elif isinstance(statement, exp.Insert):
+            self._insert(statement)
         elif isinstance(statement, exp.Drop):
             self.spark.catalog.dropTempView(statement.find(exp.Table).name)
         elif isinstance(statement, exp.Copy):
@@ -195,6 +197,20 @@ class SparkConnection:
         if str(create.args.get("kind", "")).upper() == "TABLE":
             frame = frame.localCheckpoint()  # a table is computed once, as DuckDB's is
         frame.createOrReplaceTempView(table)
+
+    def _insert(self, insert: exp.Insert) -> None:
+        """INSERT INTO a temp table (a SELECT, no column list): the view becomes the union of its rows
+        and the new ones, each column cast to the table's type by position, as DuckDB's INSERT casts."""
+        if isinstance(insert.this, exp.Schema):
+            raise EngineError("the Spark engine inserts whole rows only (INSERT INTO t SELECT ...)")
+        target = insert.this.name
+        table = self.spark.table(target)
+        rows = self.spark.sql(spark_sql(insert.expression))
+        if len(rows.columns) != len(table.columns):
+            raise EngineError(f"INSERT INTO {target}: {len(rows.columns)} columns for {len(table.columns)}")
+        rows = rows.toDF(*table.columns)
+        typed = rows.select(*(rows[field.name].cast(field.dataType) for field in table.schema))
+        table.unionAll(typed).localCheckpoint().createOrReplaceTempView(target)
 
     def _copy(self, copy: exp.Copy) -> None:
         """One zstd parquet file in the step's staging location: a local folder, or a URI."""
