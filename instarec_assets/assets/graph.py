@@ -4,8 +4,9 @@ One step, three assets. `graphsage_model` trains on the bipartite graph of the c
 partition (target framing: the prior lines, never a training label) and stores a state dict plus a
 config JSON. The trained encoder then embeds both framings' graphs (inductively: products and users
 with no training edges get embeddings too) into `user_embeddings` and `product_embeddings` in the
-curated zone. One step, so the target graph is built once. The logic lives in
-instarec_assets.ml.graphsage.
+curated zone. One step, so the target graph is built once. Both graphs come from a state stored in
+the model folder and updated from the previous batch's (ml/graphsage/graph_state.py). The logic
+lives in instarec_assets.ml.graphsage.
 """
 
 from collections.abc import Iterator
@@ -112,8 +113,8 @@ def graphsage_step(
     clean_departments: str,
 ) -> Iterator[Output]:
     """One step: train on the target graph (or keep the earlier model, by the retrain policy), then
-    embed both framings with the encoder (the target graph is built once; the serving graph adds
-    the latest orders' lines)."""
+    embed both framings with the encoder (both graphs from one state, updated from the previous
+    model folder's; the serving graph adds the latest orders' lines)."""
     snapshot = clean_snapshot(
         clean_orders, clean_order_products, clean_products, clean_aisles, clean_departments
     )
