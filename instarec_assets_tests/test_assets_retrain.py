@@ -7,6 +7,7 @@ with a threshold near 0 (drift refits) and under a policy with every rule off pl
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -21,9 +22,11 @@ from instarec_assets.assets.graph import graphsage_step
 from instarec_assets.assets.models import xgboost_model
 from instarec_assets.assets.raw import raw_landing_files
 from instarec_assets.definitions import build_resources
+from instarec_assets.features.snapshot import CleanSnapshot
 from instarec_assets.generate import generate_dataset
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.ml.graphsage import CONFIG_FILE, STATE_DICT_FILE
+from instarec_assets.ml.graphsage.graph_state import GraphState, build_state
 from instarec_assets.ml.reorder_model import MODEL_CARD_FILE, MODEL_FILE
 from instarec_assets.partitions import landing_batches
 from instarec_assets.pipeline.runner import register_batch
@@ -212,3 +215,37 @@ def test_force_retrain_refits_when_no_rule_fires(lake):
         assert metadata["retrained"] is True and "force_retrain" in metadata["retrain_reason"]
     card = json.loads((_folder(locations, "xgboost_model", third) / MODEL_CARD_FILE).read_text())
     assert card["retrain"]["reason"] == "forced by the run config (force_retrain)"
+
+
+def test_the_graph_is_updated_from_the_previous_batchs_stored_graph(lake):
+    """Batch 1 builds the graph from the history; later batches (kept model or retrained) update the
+    state stored in the previous model folder, and every stored state equals a full build."""
+    locations, results, partitions = lake
+    first_build = _metadata(results[partitions[0]], "graphsage_model")
+    assert first_build["graph_build"] == "full"
+    assert first_build["graph_build_reason"] == "full: no earlier GraphSAGE model folder"
+    for previous, batch in itertools.pairwise(partitions):
+        metadata = _metadata(results[batch], "graphsage_model")
+        assert metadata["graph_build"] == "incremental", metadata["graph_build_reason"]
+        assert metadata["graph_build_reason"].startswith(
+            f"incremental: the graph stored in batch {previous} plus batch(es) {batch} ("
+        )
+        assert 0 < metadata["graph_users_recomputed"] < first_build["graph_users_recomputed"] + 200
+    conn = duckdb.connect()
+    for batch in partitions:
+        snapshot = CleanSnapshot(
+            orders=[
+                uri for key, uri in locations.partitions("clean", "clean_orders").items() if key <= batch
+            ],
+            order_products=[
+                uri
+                for key, uri in locations.partitions("clean", "clean_order_products").items()
+                if key <= batch
+            ],
+            products=locations.partition_uri("clean", "clean_products", batch),
+            aisles="",
+            departments="",
+        )
+        stored = GraphState.read(_folder(locations, "graphsage_model", batch))
+        full = build_state(conn, snapshot).state
+        assert stored.edges.equals(full.edges) and stored.users.equals(full.users), batch

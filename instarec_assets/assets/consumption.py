@@ -41,9 +41,11 @@ from instarec_assets.consumption.batch_transform import (
 from instarec_assets.consumption.cold_start import ColdStartInputs, with_popular_tier
 from instarec_assets.consumption.deltas import (
     DELTA,
+    SKIP,
     ModelState,
     create_latest_rows_view,
     decide_scoring_mode,
+    plan_serving_load,
 )
 from instarec_assets.consumption.ranking_report import (
     CHECK_METRIC,
@@ -709,10 +711,28 @@ def dynamodb_recommendations(
     chain = partition_chain(context, "recommendations", recommendations)
     store = serving_store.open()
     active = store.current_info()
-    # A delta version goes on top of the active one only when that one was built from the delta's
-    # base batch; otherwise (a failed or rolled-back load, a rerun) every user's current list is loaded.
-    delta = mode == DELTA and active is not None and active.get("batch") == base
     with lake_connection(duckdb, lake) as conn:
+        chain_rows = [
+            (batch, int(conn.execute(_ROW_COUNT_SQL, [uri]).fetchall()[0][0])) for batch, uri in chain
+        ]
+        plan = plan_serving_load(mode, base, active.get("batch") if active else None, chain_rows)
+        context.log.info(f"serving load: {plan.load} ({plan.line})")
+        if plan.load == SKIP:
+            return MaterializeResult(
+                metadata={
+                    "store": MetadataValue.text(serving_store.kind),
+                    "mode": MetadataValue.text(mode),
+                    "load": MetadataValue.text(SKIP),
+                    "loaded": MetadataValue.text(plan.line),
+                    "delta_base": MetadataValue.text(base or "none"),
+                    "recommendations_chain": MetadataValue.json([batch for batch, _ in chain]),
+                    "users_in_partition": MetadataValue.int(0),
+                    "active_version": MetadataValue.text(str(active.get("version"))),
+                    "active_batch": MetadataValue.text(str(active.get("batch"))),
+                    "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
+                }
+            )
+        delta = plan.load == DELTA
         if delta:
             sql, params = _PARTITION_ROWS_SQL, {"uri": chain[-1][1]}
         else:
@@ -735,15 +755,7 @@ def dynamodb_recommendations(
         similar_items=similar,
         delta=delta,
     )
-    if delta:
-        loaded = f"a delta version: the {table.num_rows} rows of this partition's users over {base}"
-    elif mode == DELTA:
-        loaded = (
-            f"every user's current list: the active version's batch "
-            f"({active.get('batch') if active else 'none'}) is not the delta base {base}"
-        )
-    else:
-        loaded = "every user's current list"
+    loaded = plan.line
     return MaterializeResult(
         metadata={
             "store": MetadataValue.text(serving_store.kind),
@@ -760,6 +772,7 @@ def dynamodb_recommendations(
 
 
 _PARTITION_ROWS_SQL = "SELECT * FROM read_parquet($uri, hive_partitioning = false) ORDER BY user_id, rank"
+_ROW_COUNT_SQL = "SELECT count(*) FROM read_parquet(?, hive_partitioning = false)"
 
 
 RANKING_CHECK = "served_beats_top_frequency"

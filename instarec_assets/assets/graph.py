@@ -4,8 +4,9 @@ One step, three assets. `graphsage_model` trains on the bipartite graph of the c
 partition (target framing: the prior lines, never a training label) and stores a state dict plus a
 config JSON. The trained encoder then embeds both framings' graphs (inductively: products and users
 with no training edges get embeddings too) into `user_embeddings` and `product_embeddings` in the
-curated zone. One step, so the target graph is built once. The logic lives in
-instarec_assets.ml.graphsage.
+curated zone. One step, so the target graph is built once. Both graphs come from a state stored in
+the model folder and updated from the previous batch's (ml/graphsage/graph_state.py). The logic
+lives in instarec_assets.ml.graphsage.
 """
 
 from collections.abc import Iterator
@@ -23,13 +24,13 @@ from instarec_assets.ml.graphsage import (
     CONFIG_FILE,
     FRAMINGS,
     GraphSageParams,
-    build_graph,
     decide_graphsage,
     embedding_tables,
     keep_graphsage,
     train_and_report,
 )
 from instarec_assets.ml.graphsage.artifacts import write_embeddings
+from instarec_assets.ml.graphsage.graph_state import state_for_batch
 from instarec_assets.ml.graphsage.incremental import PreviousEmbeddings, carried_embedding_tables
 from instarec_assets.ml.graphsage.report import HEADLINE_METRICS
 from instarec_assets.ml.metrics import png_markdown
@@ -53,6 +54,9 @@ class GraphSageConfig(Config):
     force_retrain: bool = False
     # With a kept model, embed every node instead of carrying the unchanged ones over.
     embed_all: bool = False
+    # Build the graph from the whole history instead of updating the previous batch's stored graph
+    # (the two are equal; tested). For a lake whose earlier batches were re-landed after it was stored.
+    full_graph: bool = False
 
     def params(self) -> GraphSageParams:
         return GraphSageParams(
@@ -109,16 +113,25 @@ def graphsage_step(
     clean_departments: str,
 ) -> Iterator[Output]:
     """One step: train on the target graph (or keep the earlier model, by the retrain policy), then
-    embed both framings with the encoder (the target graph is built once; the serving graph adds
-    the latest orders' lines)."""
+    embed both framings with the encoder (both graphs from one state, updated from the previous
+    model folder's; the serving graph adds the latest orders' lines)."""
     snapshot = clean_snapshot(
         clean_orders, clean_order_products, clean_products, clean_aisles, clean_departments
     )
     device = config.resolved_device(compute)
-    with lake_connection(duckdb, lake) as conn:
-        graph = build_graph(conn, snapshot, "target")
-    context.log.info(f"graph: {graph.describe()}")
     previous = previous_model(context, lake, "graphsage_model", CONFIG_FILE)
+    # Both framings' graphs from one stored state: the previous model folder's, updated with the
+    # batches after it, or built from the whole history (graph_state.py says when and why).
+    with lake_connection(duckdb, lake) as conn:
+        update, graph_reason = state_for_batch(conn, snapshot, previous, full=config.full_graph)
+        graph = update.state.graphs(conn, snapshot.products, ("target",))["target"]
+    context.log.info(f"graph ({update.seconds:.1f} s, {graph_reason}): {graph.describe()}")
+    graph_metadata = {
+        "graph_build": MetadataValue.text(update.mode),
+        "graph_build_reason": MetadataValue.text(graph_reason),
+        "graph_build_seconds": MetadataValue.float(round(update.seconds, 3)),
+        "graph_users_recomputed": MetadataValue.int(int(update.affected_users.size)),
+    }
     decision = decide_graphsage(
         graph,
         previous[1] if previous else None,
@@ -166,6 +179,7 @@ def graphsage_step(
             for name, value in model_config.get("metrics", {}).items()
             if name in HEADLINE_METRICS and value is not None
         }
+    update.state.write(model_dir)  # the next batch's graph starts from it
     model_version = model_config["model_version"]
     yield Output(
         StagedArtifacts(model_dir, commit_file=CONFIG_FILE),
@@ -173,6 +187,7 @@ def graphsage_step(
         metadata={
             "model_version": MetadataValue.text(model_version),
             **retrain_metadata,
+            **graph_metadata,
             **model_metadata,
             **{f"graph_{name}": MetadataValue.int(value) for name, value in _counts(graph.describe())},
             "config": MetadataValue.json(
@@ -183,7 +198,10 @@ def graphsage_step(
 
     scratch = lake.staging_dir(context.run_id, "graph_embeddings")
     with lake_connection(duckdb, lake) as conn:
-        graphs = {"target": graph, "serving": build_graph(conn, snapshot, "serving")}
+        graphs = {"target": graph, **update.state.graphs(conn, snapshot.products, ("serving",))}
+        changed_users = batch_users(conn, clean_orders[-1])
+        if update.mode == "incremental":  # late lines moved these users' histories too
+            changed_users = np.union1d(changed_users, update.affected_users)
         carried_from = (
             None if decision.retrain or config.embed_all else previous_embeddings(lake, conn, previous[0])
         )
@@ -198,12 +216,12 @@ def graphsage_step(
                 graphs,
                 training_graph,
                 *carried_from,
-                batch_user_ids=batch_users(conn, clean_orders[-1]),
+                batch_user_ids=changed_users,
                 threads=compute.threads,
                 seed=int(model_config.get("params", {}).get("seed", 0)),
             )
         embedding_mode = _embedding_mode(decision.retrain, carried_from is not None, previous)
-        del graphs, graph, training_graph, carried_from
+        del graphs, graph, training_graph, carried_from, update
         staged = {
             "user_embeddings": write_embeddings([users], scratch / "user_embeddings.parquet"),
             "product_embeddings": write_embeddings([products], scratch / "product_embeddings.parquet"),

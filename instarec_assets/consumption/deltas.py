@@ -131,3 +131,50 @@ def resolve_latest_rows(
     finally:
         conn.execute("DROP VIEW IF EXISTS latest_rows")
         conn.execute("DROP VIEW IF EXISTS latest_rows_chain")
+
+
+SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class ServingLoad:
+    """What the serving load of a batch does: `full`, `delta` (on top of the active version) or
+    `skip` (nothing to load: the active version stays), and the line the UI shows."""
+
+    load: str
+    line: str
+
+
+def plan_serving_load(
+    mode: str, base: str | None, active_batch: str | None, chain_rows: Sequence[tuple[str, int]]
+) -> ServingLoad:
+    """The load of this batch (`chain_rows`: its recommendations chain as (batch, rows), oldest first,
+    this batch last). A delta goes on top of the active version when that version was built from the
+    delta's base, or from an earlier batch of the chain whose later partitions are all empty (their
+    loads were skipped); an empty delta over such a version loads nothing (a store refuses a version
+    without rows, and an empty version would only lengthen every read's chain). Otherwise (a failed
+    or rolled-back load, a rerun) every user's current list is loaded."""
+    if mode != DELTA:
+        return ServingLoad(FULL, "every user's current list")
+    batches = [batch for batch, _ in chain_rows]
+    rows = chain_rows[-1][1]
+    servable = (
+        active_batch is not None
+        and active_batch in batches[:-1]
+        and all(count == 0 for _, count in chain_rows[batches.index(active_batch) + 1 : -1])
+    )
+    if not servable:
+        return ServingLoad(
+            FULL,
+            f"every user's current list: the active version's batch ({active_batch or 'none'}) is not "
+            f"the delta base {base}",
+        )
+    if rows == 0:
+        return ServingLoad(
+            SKIP,
+            f"nothing loaded: no affected users in this batch; the active version (batch {active_batch}) "
+            "stays served, with its similar items",
+        )
+    return ServingLoad(
+        DELTA, f"a delta version: the {rows} rows of this partition's users over {active_batch}"
+    )

@@ -2,6 +2,7 @@
 feature for XGBoost and explore recommendations for cold start.
 
 - graph.py      the bipartite graph from the clean zone (DuckDB), node index maps and raw features
+- graph_state.py both framings' graphs from one stored state, updated batch by batch
 - config.py     hyperparameters and the feature encoding (JSON round-trip)
 - sampling.py   CSR adjacency and fixed-size neighbour sampling in plain torch
 - model.py      SAGEConv encoder (products <-> users) and the link / frequency decoder

@@ -28,6 +28,7 @@ from instarec_assets.ml.graphsage.artifacts import (
 )
 from instarec_assets.ml.graphsage.config import FeatureEncoding, GraphSageParams
 from instarec_assets.ml.graphsage.graph import BipartiteGraph
+from instarec_assets.ml.graphsage.graph_state import STATE_FILES
 from instarec_assets.ml.graphsage.inductive import GraphEmbeddings, embed_graph, seen_in
 from instarec_assets.ml.graphsage.model import GraphSageModel
 from instarec_assets.ml.graphsage.train import TrainedGraphSage, train_graphsage
@@ -242,7 +243,8 @@ def keep_graphsage(
     the fitting batch. No weight changes: new users and products are embedded inductively."""
     workdir.mkdir(parents=True, exist_ok=True)
     for item in sorted(Path(previous).iterdir()):
-        if item.is_file() and item.name != CONFIG_FILE:
+        # the stored graph is rewritten for this batch (graph_state.py), not copied
+        if item.is_file() and item.name != CONFIG_FILE and item.name not in STATE_FILES:
             shutil.copyfile(item, workdir / item.name)
     config = json.loads(Path(previous, CONFIG_FILE).read_text())
     config["trained_on_batch"] = str(config.get("trained_on_batch") or config["data_partition"])
