@@ -16,8 +16,9 @@ from instarec_assets.features import (
     feature_summary,
     update_features,
 )
-from instarec_assets.features.incremental import all_users_affected
+from instarec_assets.features.incremental import DeltaChain, all_users_affected, delta_chain
 from instarec_assets.history import own_earlier_partitions
+from instarec_assets.lake.feature_delta import feature_source
 from instarec_assets.partitions import HISTORY_POOL, history_input, landing_batches
 from instarec_assets.resources import LakeResource, lake_connection
 
@@ -77,8 +78,8 @@ CURATED_INS: dict[str, AssetIn] = {**CLEAN_SNAPSHOT_INS, "clean_products": histo
 
 def _previous_features(
     context: AssetExecutionContext, lake: LakeResource, clean_products: list[str]
-) -> PreviousFeatures | None:
-    """The previous batch's feature tables (this step's own past), or None for the first batch."""
+) -> tuple[str, PreviousFeatures] | None:
+    """The previous batch and its feature tables (this step's own past), or None for the first batch."""
     locations = lake.locations
     earlier = own_earlier_partitions(
         "user_features",
@@ -93,7 +94,28 @@ def _previous_features(
         return None
     previous = next(reversed(earlier))
     uri = {name: locations.partition_uri("curated", name, previous) for name in FEATURE_SET_DESCRIPTIONS}
-    return PreviousFeatures(**uri, products=clean_products[-2])
+    return previous, PreviousFeatures(**uri, products=clean_products[-2])
+
+
+def _storage_metadata(chain: DeltaChain | None, max_deltas: int) -> dict[str, MetadataValue]:
+    """How this batch stored its tables: whole (a base) or as a delta on a chain of earlier files."""
+    if chain is None:
+        return {
+            "storage": MetadataValue.text("base"),
+            "storage_reason": MetadataValue.text(
+                "full build or compaction: whole tables "
+                f"(at most {max_deltas} deltas stack on a base; INSTAREC_FEATURE_MAX_DELTA_CHAIN)"
+            ),
+        }
+    return {
+        "storage": MetadataValue.text("delta"),
+        "delta_chain": MetadataValue.json([*chain.chain, chain.batch]),
+        "storage_reason": MetadataValue.text(
+            f"delta {len(chain.chain)} of at most {max_deltas} on the base of {chain.chain[0]}: the rows "
+            "of the affected users and touched products; every reader resolves the chain "
+            "(lake/feature_delta.py)"
+        ),
+    }
 
 
 @multi_asset(
@@ -126,14 +148,24 @@ def curated_features_step(
     previous = None if config.full_recompute else _previous_features(context, lake, clean_products)
     scratch = lake.staging_dir(context.run_id, "curated")
     started = time.perf_counter()
+    batch = context.partition_key
     with lake_connection(duckdb, lake) as conn:
         if previous is None:
             tables = build_features(conn, snapshot, scratch)
             affected = all_users_affected(conn, clean_orders, scratch / "affected_users.parquet")
             update = {"mode": MetadataValue.text("full")}
+            chain = None
         else:
+            previous_batch, previous_tables = previous
+            chain = delta_chain(conn, previous_tables, previous_batch, batch, lake.feature_max_delta_chain)
             result = update_features(
-                conn, snapshot, previous, [clean_orders[-1]], [clean_order_products[-1]], scratch
+                conn,
+                snapshot,
+                previous_tables,
+                [clean_orders[-1]],
+                [clean_order_products[-1]],
+                scratch,
+                delta=chain,
             )
             tables, affected = result.tables, result.affected_user_ids
             update = {
@@ -143,7 +175,18 @@ def curated_features_step(
                 "update_seconds": MetadataValue.json(result.seconds),
             }
         update["build_seconds"] = MetadataValue.float(round(time.perf_counter() - started, 2))
-        stats, correlations = feature_summary(conn, tables.training_set.path, tables.feature_columns)
+        update.update(_storage_metadata(chain, lake.feature_max_delta_chain))
+        locations = lake.locations
+
+        def locate(table: str, key: str) -> str:
+            """This batch's tables are still staged; earlier ones are in the lake."""
+            if key == batch:
+                return str(getattr(tables, table).path)
+            return locations.partition_uri("curated", table, key)
+
+        stats, correlations = feature_summary(
+            conn, tables.training_set.path, tables.feature_columns, locate=locate
+        )
         feature_list = "\n".join(f"| `{name}` | {FEATURES[name]} |" for name in tables.feature_columns)
         set_metadata = {
             "feature_count": MetadataValue.int(len(tables.feature_columns)),
@@ -151,21 +194,22 @@ def curated_features_step(
         }
         for name in FEATURE_SET_DESCRIPTIONS:
             staged = getattr(tables, name)
+            source = feature_source(conn, staged.path, locate)
             metadata = {
                 **update,
-                "preview": preview(conn, str(staged.path)),
+                "resolved_rows": MetadataValue.int(
+                    int(conn.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0])
+                ),
+                "preview": preview(conn, str(staged.path), source=source),
                 "history_read": history_read(
                     clean_orders=clean_orders, clean_order_products=clean_order_products
                 ),
             }
             if name in ("training_set", "inference_set"):
                 metadata.update(set_metadata)
-                metadata.update(rows_by_eval_set(conn, str(staged.path)))
+                metadata.update(rows_by_eval_set(conn, source))
             if name == "training_set":
-                label_rate = conn.execute(
-                    "SELECT avg(label) FROM read_parquet(?, hive_partitioning = false)",
-                    [str(staged.path)],
-                ).fetchall()[0][0]
+                label_rate = conn.execute(f"SELECT avg(label) FROM {source}").fetchall()[0][0]
                 metadata.update(
                     {
                         "summary_statistics": MetadataValue.md(stats),
