@@ -25,6 +25,7 @@ from instarec_assets.features.incremental import (
     delta_chain,
     update_features,
 )
+from instarec_assets.lake.duck import attach_filesystem
 from instarec_assets.lake.feature_delta import (
     DELTA_METADATA,
     SUPERSEDED,
@@ -67,7 +68,7 @@ def publish(tables: FeatureTables, home: Path, batch: str, products: str) -> Pre
     return PreviousFeatures(**uris, products=products)
 
 
-def resolved(uri: str, table: str, drop_user: int | None = None) -> pd.DataFrame:
+def resolved(uri: str, table: str) -> pd.DataFrame:
     with duckdb.connect() as conn:
         frame = conn.execute(f"SELECT * FROM {feature_source(conn, uri)}").df()
     return frame.sort_values(KEYS[table]).reset_index(drop=True)
@@ -219,3 +220,22 @@ def test_a_delta_outside_the_lake_layout_needs_locate(lake: DeltaLake, tmp_path:
             feature_source(conn, moved)
         locate = lake_locate(lake.uri("user_features", 2), "user_features", lake.batches[1])
         assert feature_source(conn, moved, locate).startswith("(SELECT")
+
+
+@pytest.mark.aws
+def test_a_chain_on_s3_resolves_like_on_disk(lake: DeltaLake, aws_locations: LakeLocations) -> None:
+    """The same chain in the curated bucket (moto over HTTP), read through the lake's filesystem."""
+    fs = aws_locations.filesystem
+    for batch in range(1, 5):
+        for table in TABLES:
+            fs.put_file(
+                lake.uri(table, batch), aws_locations.partition_uri("curated", table, lake.batches[batch - 1])
+            )
+    with duckdb.connect() as conn:
+        attach_filesystem(conn, fs)
+        for table in ("product_features", "training_set", "inference_set"):
+            uri = aws_locations.partition_uri("curated", table, lake.batches[3])
+            assert uri.startswith("s3://")
+            got = conn.execute(f"SELECT * FROM {feature_source(conn, uri)}").df()
+            got = got.sort_values(KEYS[table]).reset_index(drop=True)
+            pd.testing.assert_frame_equal(got, full_table(lake.full[3], table), check_exact=True, obj=table)

@@ -192,6 +192,9 @@ def curated_features_step(
             "feature_count": MetadataValue.int(len(tables.feature_columns)),
             "features": MetadataValue.md("| feature | definition |\n| --- | --- |\n" + feature_list),
         }
+        # Every table's metadata before the first output: publishing moves a staged file that the
+        # sets of a delta batch still resolve against (their product columns).
+        outputs = []
         for name in FEATURE_SET_DESCRIPTIONS:
             staged = getattr(tables, name)
             source = feature_source(conn, staged.path, locate)
@@ -217,7 +220,8 @@ def curated_features_step(
                         "label_rate": MetadataValue.float(float(label_rate or 0.0)),
                     }
                 )
-            yield Output(staged, output_name=name, metadata=metadata)
+            outputs.append(Output(staged, output_name=name, metadata=metadata))
+        yield from outputs
         by_reason = dict(
             conn.execute(
                 "SELECT reason, count(*) FROM read_parquet(?, hive_partitioning = false) GROUP BY 1 ORDER BY 1",
