@@ -25,10 +25,15 @@ every other buyer, read back from the previous user_product_features: n, first a
 as integers; cart_sum and reordered_sum are recovered as round(mean * n) from the FLOAT means, exact
 while a user's sum stays below 2^23 (a float's 24-bit significand; checked, ValueError otherwise).
 
-The sets are the full build's join (sets.py) over the merged level tables, with the target lines of
-unaffected users taken from the previous training_set's labels: no aggregate, but it reads and writes
-every set row (`seconds["sets"]`), as rewriting the merged user_product_features does
-(`seconds["level_tables"]`). Those two rewrites, not the aggregates, are most of the cost.
+Output, two ways (`delta`):
+- whole tables (a base: the first increment after a full build when deltas are off, or a compaction):
+  the sets are the full build's join (sets.py) over the merged level tables, with the target lines of
+  unaffected users taken from the previous training_set's labels; no aggregate, but it reads and
+  writes every row, and those rewrites, not the aggregates, were most of an increment's cost;
+- deltas (lake/feature_delta.py): only the affected users' rows (touched products' for
+  product_features) and their keys as tombstones; the sets' rows of the affected users only, without
+  the product columns, which the resolver joins from product_features. The previous tables are read
+  through the same resolver, so batch N+1 updates batch N's chain.
 """
 
 from __future__ import annotations
