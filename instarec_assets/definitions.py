@@ -83,8 +83,10 @@ def build_resources(
 ) -> dict:
     """The lake, DuckDB and one parquet IO manager per zone, all pointing at `locations`; `engine`
     overrides INSTAREC_ENGINE (`instarec materialize --engine`)."""
-    lake = LakeResource.from_locations(locations, history_wait)
     settings = Settings.from_env()
+    lake = LakeResource.from_locations(
+        locations, history_wait, feature_max_delta_chain=settings.feature_max_delta_chain
+    )
     if locations.is_aws and (engine or settings.engine) == "spark":
         EmrServerlessSettings.from_settings(settings)  # a missing INSTAREC_EMR_* fails here, named
     default_backend = "sagemaker" if locations.is_aws else "local"

@@ -41,12 +41,19 @@ class LakeResource(ConfigurableResource):
     history_wait_seconds: float = HistoryWait.seconds
     history_wait_retries: int = HistoryWait.retries
     history_grace_retries: int = HistoryWait.grace_retries
+    # Feature-table deltas stacked on a base (INSTAREC_FEATURE_MAX_DELTA_CHAIN); the batch after writes
+    # whole tables again (lake/feature_delta.py). 0: whole tables every batch.
+    feature_max_delta_chain: int = 8
 
     @classmethod
     def from_locations(
-        cls, locations: LakeLocations, history_wait: HistoryWait = DEFAULT_HISTORY_WAIT
+        cls,
+        locations: LakeLocations,
+        history_wait: HistoryWait = DEFAULT_HISTORY_WAIT,
+        feature_max_delta_chain: int = 8,
     ) -> LakeResource:
         return cls(
+            feature_max_delta_chain=feature_max_delta_chain,
             history_wait_seconds=history_wait.seconds,
             history_wait_retries=history_wait.retries,
             history_grace_retries=history_wait.grace_retries,

@@ -31,6 +31,7 @@ VARIABLES: dict[str, str] = {
     "INSTAREC_DYNAMODB_TABLE": "aws: the serving table",
     "INSTAREC_SERVING_KEEP_VERSIONS": "loaded serving versions kept for rollback (default 3)",
     "INSTAREC_SERVING_MAX_DELTA_CHAIN": "delta serving versions stacked on a full one before a full load is required (default 8)",
+    "INSTAREC_FEATURE_MAX_DELTA_CHAIN": "feature-table deltas stacked on a base before a batch writes whole tables again (default 8; 0: whole tables every batch)",
     "INSTAREC_SAGEMAKER_ROLE_ARN": "aws: the SageMaker execution role",
     "INSTAREC_SAGEMAKER_SUBNETS": "aws: comma-separated subnets for SageMaker jobs",
     "INSTAREC_SAGEMAKER_SECURITY_GROUPS": "aws: comma-separated security groups for SageMaker jobs",
@@ -79,6 +80,7 @@ class Settings:
     dynamodb_table: str = ""
     serving_keep_versions: int = 3
     serving_max_delta_chain: int = 8
+    feature_max_delta_chain: int = 8
     sagemaker_role_arn: str = ""
     sagemaker_subnets: tuple[str, ...] = ()
     sagemaker_security_groups: tuple[str, ...] = ()
@@ -128,6 +130,7 @@ class Settings:
             dynamodb_table=text("INSTAREC_DYNAMODB_TABLE"),
             serving_keep_versions=_integer(env, "INSTAREC_SERVING_KEEP_VERSIONS", 3, minimum=1),
             serving_max_delta_chain=_integer(env, "INSTAREC_SERVING_MAX_DELTA_CHAIN", 8, minimum=0),
+            feature_max_delta_chain=_integer(env, "INSTAREC_FEATURE_MAX_DELTA_CHAIN", 8, minimum=0),
             sagemaker_role_arn=text("INSTAREC_SAGEMAKER_ROLE_ARN"),
             sagemaker_subnets=listed("INSTAREC_SAGEMAKER_SUBNETS"),
             sagemaker_security_groups=listed("INSTAREC_SAGEMAKER_SECURITY_GROUPS"),

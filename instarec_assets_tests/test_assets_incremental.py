@@ -12,6 +12,7 @@ from dagster import AssetKey, DagsterInstance
 from instarec_assets.assets.curated import FEATURE_SET_DESCRIPTIONS
 from instarec_assets.definitions import build_definitions
 from instarec_assets.generate import generate_dataset
+from instarec_assets.lake.feature_delta import delta_info, feature_source
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.pipeline.runner import assets_through, register_batch
 from instarec_assets.sensors import LANDING_JOB_NAME
@@ -20,13 +21,15 @@ pytestmark = pytest.mark.slow
 
 
 def _tables(locations: LakeLocations, partition: str) -> dict[str, list[tuple]]:
-    return {
-        name: duckdb.sql(
-            f"SELECT * FROM read_parquet('{locations.partition_uri('curated', name, partition)}', "
-            "hive_partitioning = false) ORDER BY ALL"
-        ).fetchall()
-        for name in FEATURE_SET_DESCRIPTIONS
-    }
+    """Each feature table as stored (a base) or resolved (a delta chain), every row in order."""
+    with duckdb.connect() as conn:
+        return {
+            name: conn.sql(
+                f"SELECT * FROM {feature_source(conn, locations.partition_uri('curated', name, partition))} "
+                "ORDER BY ALL"
+            ).fetchall()
+            for name in FEATURE_SET_DESCRIPTIONS
+        }
 
 
 def test_incremental_batches_equal_a_full_recompute(tmp_path: Path):
@@ -56,9 +59,14 @@ def test_incremental_batches_equal_a_full_recompute(tmp_path: Path):
             modes.append(metadata["mode"].value)
         assert modes == ["full", "incremental", "incremental"]
         assert 0 < metadata["affected_users"].value < 180
+        assert metadata["storage"].value == "delta"
         latest = summary.batches[-1].partition
+        with duckdb.connect() as conn:
+            info = delta_info(conn, locations.partition_uri("curated", "training_set", latest))
+        assert info is not None and info.chain == tuple(batch.partition for batch in summary.batches[:2])
+        assert metadata["resolved_rows"].value > metadata["dagster/row_count"].value
         incremental = _tables(locations, latest)
 
         _, metadata = run(instance, latest, full_recompute=True)
-        assert metadata["mode"].value == "full"
+        assert metadata["mode"].value == "full" and metadata["storage"].value == "base"
         assert _tables(locations, latest) == incremental

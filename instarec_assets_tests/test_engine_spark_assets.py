@@ -12,6 +12,7 @@ from dagster import AssetKey, DagsterInstance
 from instarec_assets.assets.curated import FEATURE_SET_DESCRIPTIONS
 from instarec_assets.definitions import build_definitions
 from instarec_assets.generate import generate_dataset
+from instarec_assets.lake.feature_delta import feature_source
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.pipeline.runner import assets_through, register_batch
 from instarec_assets.sensors import LANDING_JOB_NAME
@@ -47,10 +48,12 @@ def test_clean_assets_on_spark_write_the_lake_and_show_the_engine(locations: Lak
 
 
 def _curated_tables(locations: LakeLocations, partition: str) -> dict[str, list[tuple]]:
+    """Each feature table as of `partition`, resolved whether it is stored whole or as a delta."""
+    conn = duckdb.connect()
     return {
-        name: duckdb.sql(
-            f"SELECT * FROM read_parquet('{locations.partition_uri('curated', name, partition)}', "
-            "hive_partitioning = false) ORDER BY ALL"
+        name: conn.sql(
+            f"SELECT * FROM {feature_source(conn, locations.partition_uri('curated', name, partition))} "
+            "ORDER BY ALL"
         ).fetchall()
         for name in FEATURE_SET_DESCRIPTIONS
     }
@@ -77,6 +80,7 @@ def test_features_on_spark_rebuild_the_duckdb_update_and_show_the_engine(tmp_pat
         latest = summary.batches[-1].partition
         updated = instance.get_latest_materialization_event(AssetKey("training_set")).asset_materialization
         assert (updated.metadata["mode"].value, updated.metadata["engine"].value) == ("incremental", "duckdb")
+        assert updated.metadata["storage"].value == "delta"
         expected = _curated_tables(locations, latest)
 
         curated = [AssetKey(name) for name in (*FEATURE_SET_DESCRIPTIONS, "affected_users")]

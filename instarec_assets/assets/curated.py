@@ -25,8 +25,10 @@ from instarec_assets.features.full_build import (
     build_from_json,
     run_full_build,
 )
+from instarec_assets.features.incremental import DeltaChain, delta_chain
 from instarec_assets.history import own_earlier_partitions
 from instarec_assets.lake.clean_steps import SPARK_ENGINE
+from instarec_assets.lake.feature_delta import feature_source
 from instarec_assets.partitions import HISTORY_POOL, history_input, landing_batches
 from instarec_assets.resources import ComputeResource, LakeResource, lake_connection
 
@@ -90,8 +92,8 @@ CURATED_INS: dict[str, AssetIn] = {**CLEAN_SNAPSHOT_INS, "clean_products": histo
 
 def _previous_features(
     context: AssetExecutionContext, lake: LakeResource, clean_products: list[str]
-) -> PreviousFeatures | None:
-    """The previous batch's feature tables (this step's own past), or None for the first batch."""
+) -> tuple[str, PreviousFeatures] | None:
+    """The previous batch and its feature tables (this step's own past), or None for the first batch."""
     locations = lake.locations
     earlier = own_earlier_partitions(
         "user_features",
@@ -106,7 +108,28 @@ def _previous_features(
         return None
     previous = next(reversed(earlier))
     uri = {name: locations.partition_uri("curated", name, previous) for name in FEATURE_SET_DESCRIPTIONS}
-    return PreviousFeatures(**uri, products=clean_products[-2])
+    return previous, PreviousFeatures(**uri, products=clean_products[-2])
+
+
+def _storage_metadata(chain: DeltaChain | None, max_deltas: int) -> dict[str, MetadataValue]:
+    """How this batch stored its tables: whole (a base) or as a delta on a chain of earlier files."""
+    if chain is None:
+        return {
+            "storage": MetadataValue.text("base"),
+            "storage_reason": MetadataValue.text(
+                "full build or compaction: whole tables "
+                f"(at most {max_deltas} deltas stack on a base; INSTAREC_FEATURE_MAX_DELTA_CHAIN)"
+            ),
+        }
+    return {
+        "storage": MetadataValue.text("delta"),
+        "delta_chain": MetadataValue.json([*chain.chain, chain.batch]),
+        "storage_reason": MetadataValue.text(
+            f"delta {len(chain.chain)} of at most {max_deltas} on the base of {chain.chain[0]}: the rows "
+            "of the affected users and touched products; every reader resolves the chain "
+            "(lake/feature_delta.py)"
+        ),
+    }
 
 
 def _features_on_spark(context: AssetExecutionContext, request: FeatureRequest) -> FullBuild:
@@ -160,6 +183,7 @@ def curated_features_step(
         staging=str(scratch),
     )
     started = time.perf_counter()
+    batch = context.partition_key
     with lake_connection(duckdb, lake) as conn:
         update = {"engine": MetadataValue.text(SPARK_ENGINE if on_spark else "duckdb")}
         if compute.engine == SPARK_ENGINE and not on_spark:
@@ -173,13 +197,23 @@ def curated_features_step(
                 "mode": MetadataValue.text("full"),
                 "mode_reason": MetadataValue.text(SPARK_FULL_BUILD_REASON),
             }
+            chain = None
         elif previous is None:
             build = run_full_build(conn, request)
             tables, affected = build.tables, build.affected
             update["mode"] = MetadataValue.text("full")
+            chain = None
         else:
+            previous_batch, previous_tables = previous
+            chain = delta_chain(conn, previous_tables, previous_batch, batch, lake.feature_max_delta_chain)
             result = update_features(
-                conn, snapshot, previous, [clean_orders[-1]], [clean_order_products[-1]], scratch
+                conn,
+                snapshot,
+                previous_tables,
+                [clean_orders[-1]],
+                [clean_order_products[-1]],
+                scratch,
+                delta=chain,
             )
             tables, affected = result.tables, result.affected_user_ids
             update |= {
@@ -189,29 +223,44 @@ def curated_features_step(
                 "update_seconds": MetadataValue.json(result.seconds),
             }
         update["build_seconds"] = MetadataValue.float(round(time.perf_counter() - started, 2))
-        stats, correlations = feature_summary(conn, tables.training_set.path, tables.feature_columns)
+        update.update(_storage_metadata(chain, lake.feature_max_delta_chain))
+        locations = lake.locations
+
+        def locate(table: str, key: str) -> str:
+            """This batch's tables are still staged; earlier ones are in the lake."""
+            if key == batch:
+                return str(getattr(tables, table).path)
+            return locations.partition_uri("curated", table, key)
+
+        stats, correlations = feature_summary(
+            conn, tables.training_set.path, tables.feature_columns, locate=locate
+        )
         feature_list = "\n".join(f"| `{name}` | {FEATURES[name]} |" for name in tables.feature_columns)
         set_metadata = {
             "feature_count": MetadataValue.int(len(tables.feature_columns)),
             "features": MetadataValue.md("| feature | definition |\n| --- | --- |\n" + feature_list),
         }
+        # Every table's metadata before the first output: publishing moves a staged file that the
+        # sets of a delta batch still resolve against (their product columns).
+        outputs = []
         for name in FEATURE_SET_DESCRIPTIONS:
             staged = getattr(tables, name)
+            source = feature_source(conn, staged.path, locate)
             metadata = {
                 **update,
-                "preview": preview(conn, str(staged.path)),
+                "resolved_rows": MetadataValue.int(
+                    int(conn.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0])
+                ),
+                "preview": preview(conn, str(staged.path), source=source),
                 "history_read": history_read(
                     clean_orders=clean_orders, clean_order_products=clean_order_products
                 ),
             }
             if name in ("training_set", "inference_set"):
                 metadata.update(set_metadata)
-                metadata.update(rows_by_eval_set(conn, str(staged.path)))
+                metadata.update(rows_by_eval_set(conn, source))
             if name == "training_set":
-                label_rate = conn.execute(
-                    "SELECT avg(label) FROM read_parquet(?, hive_partitioning = false)",
-                    [str(staged.path)],
-                ).fetchall()[0][0]
+                label_rate = conn.execute(f"SELECT avg(label) FROM {source}").fetchall()[0][0]
                 metadata.update(
                     {
                         "summary_statistics": MetadataValue.md(stats),
@@ -219,7 +268,8 @@ def curated_features_step(
                         "label_rate": MetadataValue.float(float(label_rate or 0.0)),
                     }
                 )
-            yield Output(staged, output_name=name, metadata=metadata)
+            outputs.append(Output(staged, output_name=name, metadata=metadata))
+        yield from outputs
         by_reason = dict(
             conn.execute(
                 "SELECT reason, count(*) FROM read_parquet(?, hive_partitioning = false) GROUP BY 1 ORDER BY 1",

@@ -11,19 +11,25 @@ from instarec_assets.lake.locations import PARTITION_DIR_PATTERN
 PREVIEW_ROWS = 5
 
 
-def preview(conn: duckdb.DuckDBPyConnection, parquet_path: str, rows: int = PREVIEW_ROWS) -> MetadataValue:
-    """The first rows of a staged file as a markdown table."""
-    frame = conn.execute(
-        "SELECT * FROM read_parquet(?, hive_partitioning = false) LIMIT ?", [parquet_path, rows]
-    ).df()
+def preview(
+    conn: duckdb.DuckDBPyConnection, parquet_path: str, rows: int = PREVIEW_ROWS, source: str | None = None
+) -> MetadataValue:
+    """The first rows of a staged file (or of a SQL table `source`, a resolved feature table) as a
+    markdown table."""
+    if source is None:
+        frame = conn.execute(
+            "SELECT * FROM read_parquet(?, hive_partitioning = false) LIMIT ?", [parquet_path, rows]
+        ).df()
+    else:
+        frame = conn.execute(f"SELECT * FROM {source} LIMIT ?", [rows]).df()
     return MetadataValue.md(frame.to_markdown(index=False) if len(frame) else "_no rows_")
 
 
-def rows_by_eval_set(conn: duckdb.DuckDBPyConnection, parquet_path: str) -> dict[str, MetadataValue]:
-    """`<eval_set>_rows` per framing of a feature set, the figures to hold against Kaggle's sizes."""
+def rows_by_eval_set(conn: duckdb.DuckDBPyConnection, source: str) -> dict[str, MetadataValue]:
+    """`<eval_set>_rows` per framing of a feature set (a SQL table: feature_delta.feature_source), the
+    figures to hold against Kaggle's sizes."""
     counts = conn.execute(
-        "SELECT eval_set, count(*) FROM read_parquet(?, hive_partitioning = false) GROUP BY eval_set ORDER BY eval_set",
-        [parquet_path],
+        f"SELECT eval_set, count(*) FROM {source} GROUP BY eval_set ORDER BY eval_set"
     ).fetchall()
     return {f"{eval_set}_rows": MetadataValue.int(rows) for eval_set, rows in counts}
 

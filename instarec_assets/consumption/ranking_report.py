@@ -47,6 +47,7 @@ from instarec_assets.consumption.similar_counts import current_baskets, without_
 from instarec_assets.consumption.similar_items import MIN_SUPPORT, similar_items_from_counts
 from instarec_assets.consumption.similar_items import similar_items as similar_items_table
 from instarec_assets.lake.duck import StagedParquet, copy_to_parquet
+from instarec_assets.lake.feature_delta import feature_source, with_feature_tables
 from instarec_assets.ml.graphsage import SIMILARITY_FEATURE, SimilarityLookup
 from instarec_assets.ml.graphsage.explore import EMBEDDINGS_SQL, EXPLORE_K, explore_from_lake
 from instarec_assets.ml.ranking import (
@@ -251,22 +252,17 @@ def build_ranking_report(
     card = read_model_card(inputs.xgboost_model)
     features = tuple(card["features"])
     all_users = (
-        conn.sql(
-            "SELECT DISTINCT user_id FROM read_parquet($uri, hive_partitioning = false) ORDER BY 1",
-            params={"uri": inputs.training_set},
-        )
+        conn.sql(f"SELECT DISTINCT user_id FROM {feature_source(conn, inputs.training_set)} ORDER BY 1")
         .to_arrow_table()
         .column("user_id")
         .to_numpy(zero_copy_only=False)
     )
     held_out = validation_users(all_users, card).astype(np.int64)
     user_list = held_out.tolist()
-    held_out_rows = copy_to_parquet(
-        conn,
-        HELD_OUT_SQL,
-        scratch / "held_out_rows.parquet",
-        params={"training_set": inputs.training_set, "users": user_list},
-    ).path
+    sql, params = with_feature_tables(
+        conn, HELD_OUT_SQL, {"training_set": inputs.training_set, "users": user_list}, "training_set"
+    )
+    held_out_rows = copy_to_parquet(conn, sql, scratch / "held_out_rows.parquet", params=params).path
     computed = {}
     if SIMILARITY_FEATURE in features:
         similarity = SimilarityLookup.from_lake(conn, inputs.user_embeddings, inputs.product_embeddings)
@@ -302,7 +298,12 @@ def build_ranking_report(
     user_ids, user_vectors = _raw_embeddings(conn, inputs.user_embeddings, "user_id", held_out)
     product_ids, product_vectors = _raw_embeddings(conn, inputs.product_embeddings, "product_id", catalog)
     training_history = conn.execute(
-        TRAINING_HISTORY_SQL, {"training_set": inputs.training_set, "users": user_list}
+        *with_feature_tables(
+            conn,
+            TRAINING_HISTORY_SQL,
+            {"training_set": inputs.training_set, "users": user_list},
+            "training_set",
+        )
     ).df()
     methods = {
         SERVED: served,
@@ -391,13 +392,10 @@ def target_similar_items(
     """The co-purchase lists of the history without any target order. From stored counts: the batch's
     counts minus the target orders' own pairs and baskets (counts add over baskets), the same rows as
     recounting the rest of the history (tested); without counts, the recount."""
+    lines = {"lines": list(inputs.clean_order_products), "training_set": inputs.training_set}
     if inputs.similar_item_counts is None:
-        history_lines = copy_to_parquet(
-            conn,
-            HISTORY_LINES_SQL,
-            scratch / "history_lines.parquet",
-            params={"lines": list(inputs.clean_order_products), "training_set": inputs.training_set},
-        )
+        sql, params = with_feature_tables(conn, HISTORY_LINES_SQL, lines, "training_set")
+        history_lines = copy_to_parquet(conn, sql, scratch / "history_lines.parquet", params=params)
         return similar_items_table(
             conn,
             [str(history_lines.path)],
@@ -406,17 +404,19 @@ def target_similar_items(
             inputs.clean_departments,
             scratch / "history_similar_items.parquet",
         )
-    params = {"training_set": inputs.training_set}
+    target_orders, params = with_feature_tables(
+        conn, TARGET_ORDERS_SQL, {"training_set": inputs.training_set}, "training_set"
+    )
     counts = without_orders(
         conn,
         inputs.similar_item_counts,
         list(inputs.clean_order_products),
-        TARGET_ORDERS_SQL,
+        target_orders,
         params,
         scratch / "history_counts.parquet",
         MIN_SUPPORT,
     )
-    conn.execute(HISTORY_VIEW_SQL, {"lines": list(inputs.clean_order_products), **params})
+    conn.execute(*with_feature_tables(conn, HISTORY_VIEW_SQL, lines, "training_set"))
     baskets = current_baskets(conn, "report_history_lines", inputs.clean_products)
     return similar_items_from_counts(
         conn,

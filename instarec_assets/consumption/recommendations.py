@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from instarec_assets.lake.duck import StagedParquet, copy_to_parquet
+from instarec_assets.lake.feature_delta import feature_source, with_feature_tables
 from instarec_assets.ml.reorder_model import RowFeature
 
 TOP_K = 10  # the head of a user's list: what an unfiltered answer shows first
@@ -128,14 +129,14 @@ def feature_batches(
     With `users_uri` (a parquet file with a user_id column) only those users' rows."""
     computed = computed or {}
     columns = "".join(f', "{name}"' for name in feature_names if name not in computed)
-    params = {"uri": inference_uri}
+    params = {}
     where = ""
     if users_uri is not None:
         params["users"] = users_uri
         where = " WHERE user_id IN (SELECT user_id FROM read_parquet($users, hive_partitioning = false))"
     reader = conn.sql(
-        f"SELECT user_id, product_id, order_id, eval_set{columns} FROM read_parquet($uri, hive_partitioning = false){where}",
-        params=params,
+        f"SELECT user_id, product_id, order_id, eval_set{columns} FROM {feature_source(conn, inference_uri)}{where}",
+        params=params or None,
     ).to_arrow_reader(batch_rows)
     for batch in reader:
         if not computed:
@@ -243,6 +244,8 @@ def top_recommendations(
         if explore is not None
         else "",
     )
+    if explore is not None:
+        sql, params = with_feature_tables(conn, sql, params, "user_features", "product_features")
     return copy_to_parquet(conn, sql, out_path, params=params)
 
 
@@ -317,6 +320,7 @@ def personal_explore_items(
     if user_ids is not None:
         params["users"] = [int(user) for user in user_ids]
         user_filter = "AND user_id IN (SELECT unnest($users))"
-    return copy_to_parquet(
-        conn, PERSONAL_EXPLORE_SQL.format(user_filter=user_filter), out_path, params=params
+    sql, params = with_feature_tables(
+        conn, PERSONAL_EXPLORE_SQL.format(user_filter=user_filter), params, "user_product_features"
     )
+    return copy_to_parquet(conn, sql, out_path, params=params)

@@ -25,23 +25,29 @@ every other buyer, read back from the previous user_product_features: n, first a
 as integers; cart_sum and reordered_sum are recovered as round(mean * n) from the FLOAT means, exact
 while a user's sum stays below 2^23 (a float's 24-bit significand; checked, ValueError otherwise).
 
-The sets are the full build's join (sets.py) over the merged level tables, with the target lines of
-unaffected users taken from the previous training_set's labels: no aggregate, but it reads and writes
-every set row (`seconds["sets"]`), as rewriting the merged user_product_features does
-(`seconds["level_tables"]`). Those two rewrites, not the aggregates, are most of the cost.
+Output, two ways (`delta`):
+- whole tables (a base: the first increment after a full build when deltas are off, or a compaction):
+  the sets are the full build's join (sets.py) over the merged level tables, with the target lines of
+  unaffected users taken from the previous training_set's labels; no aggregate, but it reads and
+  writes every row, and those rewrites, not the aggregates, were most of an increment's cost;
+- deltas (lake/feature_delta.py): only the affected users' rows (touched products' for
+  product_features) and their keys as tombstones; the sets' rows of the affected users only, without
+  the product columns, which the resolver joins from product_features. The previous tables are read
+  through the same resolver, so batch N+1 updates batch N's chain.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
 from instarec_assets.features.build import FeatureTables
-from instarec_assets.features.columns import USER_FEATURES
+from instarec_assets.features.columns import PRODUCT_FEATURES, USER_FEATURES
 from instarec_assets.features.product import build_products
 from instarec_assets.features.sets import inference_select, training_select
 from instarec_assets.features.snapshot import CleanSnapshot, open_snapshot
@@ -56,6 +62,7 @@ from instarec_assets.features.user_product import (
 from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
 from instarec_assets.lake.clean_orders import CLEAN_ORDERS_SCHEMA
 from instarec_assets.lake.duck import StagedParquet, copy_to_parquet, create_view, scalar
+from instarec_assets.lake.feature_delta import DeltaInfo, chain_after, feature_source, write_delta
 
 # A float's significand holds integers up to 2^24 exactly; below 2^23 round(float(s / n) * n) == s.
 MAX_RECOVERED_SUM = 1 << 23
@@ -82,6 +89,14 @@ class PreviousFeatures:
             inference_set=str(tables.inference_set.path),
             products=products,
         )
+
+
+@dataclass(frozen=True)
+class DeltaChain:
+    """Where this batch's deltas go: the batch and the earlier files of the chain (base first)."""
+
+    batch: str
+    chain: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,7 @@ TEMP_TABLES = (
     "inc_up_affected",
     "inc_products",
     "inc_product_merged",
+    "inc_product_rows",
     "feat_up",
     "feat_user_aisle",
     "feat_user_department",
@@ -215,6 +231,19 @@ ORDER BY user_id
 """
 
 
+def delta_chain(
+    conn: duckdb.DuckDBPyConnection,
+    previous: PreviousFeatures,
+    previous_batch: str,
+    batch: str,
+    max_deltas: int,
+) -> DeltaChain | None:
+    """Where `batch`'s delta goes on top of the previous batch's tables, or None when the chain would
+    then hold more than `max_deltas` deltas: the batch writes whole tables (compaction)."""
+    chain = chain_after(conn, previous.user_features, previous_batch)
+    return DeltaChain(batch, chain) if len(chain) <= max_deltas else None
+
+
 def all_users_affected(
     conn: duckdb.DuckDBPyConnection, orders: Sequence[str], out_path: Path
 ) -> StagedParquet:
@@ -282,7 +311,7 @@ MERGED_PRODUCT_SQL = """
 CREATE OR REPLACE TEMP TABLE inc_product_merged AS
 SELECT * FROM inc_prev_product WHERE product_id NOT IN (SELECT product_id FROM inc_products)
 UNION ALL
-SELECT * FROM feat_product
+SELECT * FROM inc_product_rows
 """
 MERGED_PRODUCT_SELECT = "SELECT * FROM feat_product ORDER BY framing, product_id"
 
@@ -327,12 +356,16 @@ def update_features(
     batch_orders: Sequence[str],
     batch_lines: Sequence[str],
     scratch: Path,
+    delta: DeltaChain | None = None,
 ) -> IncrementalResult:
     """The feature tables as of `snapshot` (history up to and including the new batch), from `previous`
-    (the tables as of the batch before) and the new batch's clean orders / lines files.
+    (the tables as of the batch before, each a base or a delta chain) and the new batch's clean orders /
+    lines files.
 
-    Staged in `scratch` like build_features, with the same rows as build_features(conn, snapshot, ...)
-    would give: the level tables ordered by their keys, the sets unordered.
+    Without `delta`, whole tables staged in `scratch` like build_features, with the same rows as
+    build_features(conn, snapshot, ...) would give (the level tables ordered by their keys, the sets
+    unordered): a base, what a compaction writes. With `delta`, each table staged as this batch's
+    delta on `delta.chain` (lake/feature_delta.py), which resolves to those same rows.
     """
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -378,25 +411,13 @@ def update_features(
     conn.execute(PURCHASES_SCHEMA_SQL)
     conn.execute(TOUCHED_PURCHASES_SQL)
     build_products(conn)
+    conn.execute("ALTER TABLE feat_product RENAME TO inc_product_rows")
     conn.execute(MERGED_PRODUCT_SQL)
-    conn.execute("DROP TABLE feat_product")
     conn.execute("ALTER TABLE inc_product_merged RENAME TO feat_product")
     lap("products")
 
-    user_features = copy_to_parquet(conn, MERGED_USER_SELECT, scratch / "user_features.parquet")
-    product_features = copy_to_parquet(conn, MERGED_PRODUCT_SELECT, scratch / "product_features.parquet")
-    user_product = copy_to_parquet(
-        conn, MERGED_USER_PRODUCT_SELECT, scratch / "user_product_features.parquet"
-    )
-    lap("level_tables")
-
-    # The sets: the full build's join over the merged level tables (no aggregate; reads every row).
-    conn.execute(SET_FRAMES_SQL, {"merged": str(user_features.path)})
-    conn.execute(SET_USERS_SQL.format(columns=", ".join(USER_FEATURES)), {"merged": str(user_features.path)})
-    conn.execute(SET_TARGET_LINES_SQL)
-    training = copy_to_parquet(conn, training_select(user_product.path), scratch / "training_set.parquet")
-    inference = copy_to_parquet(conn, inference_select(user_product.path), scratch / "inference_set.parquet")
-    lap("sets")
+    write = _write_whole if delta is None else functools.partial(_write_deltas, delta=delta)
+    tables = write(conn, scratch, lap=lap)
 
     affected_ids = copy_to_parquet(conn, AFFECTED_IDS_SELECT, scratch / "affected_user_ids.parquet")
     product_ids = copy_to_parquet(
@@ -412,13 +433,7 @@ def update_features(
     _close(conn)
     lap("finish")
     return IncrementalResult(
-        tables=FeatureTables(
-            user_features=user_features,
-            product_features=product_features,
-            user_product_features=user_product,
-            training_set=training,
-            inference_set=inference,
-        ),
+        tables=tables,
         affected_user_ids=affected_ids,
         touched_product_ids=product_ids,
         batch_users=int(counts[0]),
@@ -429,6 +444,103 @@ def update_features(
         moved_products=int(counts[4]),
         catalog_changed_products=int(counts[5]),
         seconds=seconds,
+    )
+
+
+def _write_whole(conn: duckdb.DuckDBPyConnection, scratch: Path, lap: Callable[[str], None]) -> FeatureTables:
+    """Every table whole: the previous rows of unaffected users and products merged with the new ones."""
+    user_features = copy_to_parquet(conn, MERGED_USER_SELECT, scratch / "user_features.parquet")
+    product_features = copy_to_parquet(conn, MERGED_PRODUCT_SELECT, scratch / "product_features.parquet")
+    user_product = copy_to_parquet(
+        conn, MERGED_USER_PRODUCT_SELECT, scratch / "user_product_features.parquet"
+    )
+    lap("level_tables")
+
+    # The sets: the full build's join over the merged level tables (no aggregate; reads every row).
+    conn.execute(SET_FRAMES_SQL, {"merged": str(user_features.path)})
+    conn.execute(SET_USERS_SQL.format(columns=", ".join(USER_FEATURES)), {"merged": str(user_features.path)})
+    conn.execute(SET_TARGET_LINES_SQL)
+    training = copy_to_parquet(conn, training_select(user_product.path), scratch / "training_set.parquet")
+    inference = copy_to_parquet(conn, inference_select(user_product.path), scratch / "inference_set.parquet")
+    lap("sets")
+    return FeatureTables(
+        user_features=user_features,
+        product_features=product_features,
+        user_product_features=user_product,
+        training_set=training,
+        inference_set=inference,
+    )
+
+
+# A delta's rows: only the affected users' (touched products') new rows; the tombstones are those keys.
+AFFECTED_USERS = "SELECT user_id FROM inc_users"
+DELTA_FRAMES_SQL = """
+CREATE OR REPLACE TEMP TABLE feat_frames AS
+SELECT framing, user_id, target_order_id, target_set, t_dow, t_hour, t_days_since_prior FROM inc_user_rows
+"""
+DELTA_USERS_SQL = (
+    "CREATE OR REPLACE TEMP TABLE feat_user AS SELECT framing, user_id, {columns} FROM inc_user_rows"
+)
+
+
+def _write_deltas(
+    conn: duckdb.DuckDBPyConnection, scratch: Path, lap: Callable[[str], None], delta: DeltaChain
+) -> FeatureTables:
+    """Every table as this batch's delta: the affected users' rows (touched products' for
+    product_features) and their keys as tombstones; set rows without the product columns, which the
+    resolver joins from product_features."""
+
+    def info(table: str, product_columns: tuple[str, ...] = ()) -> DeltaInfo:
+        return DeltaInfo(table, delta.batch, delta.chain, product_columns)
+
+    user_features = write_delta(
+        conn,
+        "SELECT * FROM inc_user_rows ORDER BY framing, user_id",
+        AFFECTED_USERS,
+        info("user_features"),
+        scratch / "user_features.parquet",
+    )
+    product_features = write_delta(
+        conn,
+        "SELECT * FROM inc_product_rows ORDER BY framing, product_id",
+        "SELECT product_id FROM inc_products",
+        info("product_features"),
+        scratch / "product_features.parquet",
+    )
+    user_product = write_delta(
+        conn,
+        "SELECT * FROM inc_up_rows ORDER BY framing, user_id, product_id",
+        AFFECTED_USERS,
+        info("user_product_features"),
+        scratch / "user_product_features.parquet",
+    )
+    lap("level_tables")
+
+    # The sets of the affected users only: the full build's join over their rows (the up delta's
+    # tombstones have no framing and join nothing), with the current product rows.
+    conn.execute(DELTA_FRAMES_SQL)
+    conn.execute(DELTA_USERS_SQL.format(columns=", ".join(USER_FEATURES)))
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE feat_target_lines AS SELECT order_id, product_id FROM inc_target_lines"
+    )
+    products = tuple(PRODUCT_FEATURES)
+    narrow = "SELECT * EXCLUDE ({columns}) FROM ({select})"
+    sets = {}
+    for name, select in (("training_set", training_select), ("inference_set", inference_select)):
+        sets[name] = write_delta(
+            conn,
+            narrow.format(columns=", ".join(products), select=select(user_product.path)),
+            AFFECTED_USERS,
+            info(name, products),
+            scratch / f"{name}.parquet",
+        )
+    lap("sets")
+    return FeatureTables(
+        user_features=user_features,
+        product_features=product_features,
+        user_product_features=user_product,
+        training_set=sets["training_set"],
+        inference_set=sets["inference_set"],
     )
 
 
@@ -454,7 +566,7 @@ def _open(
         ("inc_prev_up", previous.user_product_features),
         ("inc_prev_training", previous.training_set),
     ):
-        conn.read_parquet(uri, hive_partitioning=False).create_view(name, replace=True)
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {feature_source(conn, uri)}")
 
 
 def _close(conn: duckdb.DuckDBPyConnection) -> None:

@@ -9,15 +9,17 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from instarec_assets.lake.feature_delta import Locate, feature_source
+
 SAMPLE_ROWS = 200_000
 TOP_PAIRS = 10
 # Per column (feature, count, mean, std, min, max, null_share): the frame's values reach tabulate as floats.
 STATS_FORMATS = ("", ".0f", ".4g", ".4g", ".4g", ".4g", ".4f")
 
-DESCRIBE_SQL = "DESCRIBE SELECT * FROM read_parquet(?, hive_partitioning = false)"
+DESCRIBE_SQL = "DESCRIBE SELECT * FROM {source}"
 SAMPLE_SQL = """
 SELECT {columns}
-FROM read_parquet(?, hive_partitioning = false)
+FROM {source}
 USING SAMPLE reservoir({rows} ROWS) REPEATABLE (7)
 """
 
@@ -27,17 +29,21 @@ def feature_summary(
     staged_path: Path | str,
     feature_columns: Sequence[str],
     sample_rows: int = SAMPLE_ROWS,
+    locate: Locate | None = None,
 ) -> tuple[str, str]:
     """(stats, correlation) markdown tables, computed on a reservoir sample to stay cheap at full size.
 
     stats: count, mean, std, min, max and null share per feature. correlation: the Pearson correlation
     of each feature with `label` (when the file has labels), then the most correlated feature pairs.
+    A delta file is summarised as the table it resolves to (`locate`: lake/feature_delta.py).
     """
-    names = [row[0] for row in conn.execute(DESCRIBE_SQL, [str(staged_path)]).fetchall()]
+    source = feature_source(conn, staged_path, locate)
+    names = [row[0] for row in conn.execute(DESCRIBE_SQL.format(source=source)).fetchall()]
     columns = [*feature_columns, "label"] if "label" in names else list(feature_columns)
     sample = conn.execute(
-        SAMPLE_SQL.format(columns=", ".join(f'"{column}"' for column in columns), rows=int(sample_rows)),
-        [str(staged_path)],
+        SAMPLE_SQL.format(
+            columns=", ".join(f'"{column}"' for column in columns), source=source, rows=int(sample_rows)
+        )
     ).df()
     features = sample[list(feature_columns)].astype("float64")
     stats = pd.DataFrame(

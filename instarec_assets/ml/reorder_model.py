@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from instarec_assets.compute import thread_count
+from instarec_assets.lake.feature_delta import feature_source
 from instarec_assets.ml.evaluation import BasketEvaluation, compare_with_baselines, evaluate_baskets
 from instarec_assets.ml.metrics import (
     ClassificationMetrics,
@@ -102,7 +103,7 @@ def load_feature_rows(
     with_labels: bool,
     computed: Mapping[str, RowFeature] | None = None,
 ) -> FeatureRows:
-    """Read a staged or stored feature set; one float32 column at a time to keep one copy in memory.
+    """Read a staged or stored feature set (a delta resolved: lake/feature_delta.py); one float32 column at a time to keep one copy in memory.
 
     Rows come sorted by (user_id, product_id, eval_set, order_id), whatever order the file or a
     multi-threaded DuckDB scan gives them in, so the same feature set always trains the same model
@@ -115,9 +116,7 @@ def load_feature_rows(
     columns = "".join(f', "{name}"' for name in stored)
     label = ", label" if with_labels else ""
     table = conn.sql(
-        f"SELECT user_id, product_id, order_id, eval_set{label}{columns} "
-        "FROM read_parquet($uri, hive_partitioning = false)",
-        params={"uri": uri},
+        f"SELECT user_id, product_id, order_id, eval_set{label}{columns} FROM {feature_source(conn, uri)}"
     ).to_arrow_table()
     raw_ids = {
         name: table.column(name).to_numpy(zero_copy_only=False)

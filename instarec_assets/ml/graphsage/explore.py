@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from instarec_assets.lake.duck import StagedParquet
+from instarec_assets.lake.feature_delta import with_feature_tables
 from instarec_assets.ml.graphsage.graph import FRAMINGS
 
 EXPLORE_K = 2
@@ -262,9 +263,10 @@ def explore_from_lake(
         keep = np.isin(users.ids, np.asarray(user_ids, dtype=np.int64))
         users = EmbeddingTable(users.ids[keep], users.vectors[keep])
     products = load_embedding_table(conn, product_embeddings_uri, framing, "product_id")
-    bought = conn.sql(
-        BOUGHT_SQL, params={"uri": user_product_features_uri, "framing": framing}
-    ).to_arrow_table()
+    sql, params = with_feature_tables(
+        conn, BOUGHT_SQL, {"uri": user_product_features_uri, "framing": framing}, "uri"
+    )
+    bought = conn.sql(sql, params=params).to_arrow_table()
     table = explore_items(
         users,
         products,
