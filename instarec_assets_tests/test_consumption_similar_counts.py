@@ -217,3 +217,38 @@ def test_counts_without_some_orders_equal_the_lists_over_the_rest(world) -> None
     )
     pd.testing.assert_frame_equal(_frame(staged.path), _frame(reference.path))
     assert len(_frame(staged.path)) > 50
+
+
+def test_ranking_reports_target_lists_from_counts_equal_its_recount(world) -> None:
+    """ranking_report's explore similarity without the target orders: from the stored counts (through
+    a resolved training set) the same rows as recounting the history without them."""
+    from instarec_assets.consumption.ranking_report import ReportInputs, target_similar_items
+
+    conn = duckdb.connect()
+    folder: Path = world["dir"]
+    lines = world["lines"]
+    counts = full_counts(conn, lines, folder / "counts.parquet", MIN_SUPPORT)
+    targets = pa.table({"order_id": pa.array(list(range(2, 200, 5)), pa.int64())})
+    pq.write_table(targets, folder / "training_set.parquet")
+    unused = str(folder / "unused")
+    inputs = ReportInputs(
+        training_set=str(folder / "training_set.parquet"),
+        xgboost_model=unused,
+        user_embeddings=unused,
+        product_embeddings=unused,
+        user_features=unused,
+        product_features=unused,
+        user_product_features=unused,
+        clean_products=world["products"],
+        clean_aisles=world["aisles"],
+        clean_departments=world["departments"],
+        clean_order_products=lines,
+    )
+    recounted = target_similar_items(conn, inputs, folder / "recount")
+    from_counts = target_similar_items(
+        conn,
+        ReportInputs(**{**inputs.__dict__, "similar_item_counts": str(counts.staged.path)}),
+        folder / "counted",
+    )
+    assert len(_frame(recounted.path)) > 50
+    pd.testing.assert_frame_equal(_frame(from_counts.path), _frame(recounted.path))

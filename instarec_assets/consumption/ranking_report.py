@@ -379,10 +379,11 @@ def held_out_explore(
 # The target orders: every order of the training set (one per training user, the order its labels
 # come from), which the `target` framing's history leaves out.
 TARGET_ORDERS_SQL = "SELECT DISTINCT order_id FROM read_parquet($training_set, hive_partitioning = false)"
+# A view cannot be prepared: the lines and the (resolved) training set come in as views and literals.
 HISTORY_VIEW_SQL = """
 CREATE OR REPLACE TEMP VIEW report_history_lines AS
-SELECT * FROM read_parquet($lines, hive_partitioning = false)
-WHERE order_id NOT IN (SELECT DISTINCT order_id FROM read_parquet($training_set, hive_partitioning = false))
+SELECT * FROM report_all_lines
+WHERE order_id NOT IN (SELECT DISTINCT order_id FROM {training_set})
 """
 
 
@@ -416,7 +417,10 @@ def target_similar_items(
         scratch / "history_counts.parquet",
         MIN_SUPPORT,
     )
-    conn.execute(*with_feature_tables(conn, HISTORY_VIEW_SQL, lines, "training_set"))
+    conn.read_parquet(list(inputs.clean_order_products), hive_partitioning=False).create_view(
+        "report_all_lines", replace=True
+    )
+    conn.execute(HISTORY_VIEW_SQL.format(training_set=feature_source(conn, inputs.training_set)))
     baskets = current_baskets(conn, "report_history_lines", inputs.clean_products)
     return similar_items_from_counts(
         conn,
