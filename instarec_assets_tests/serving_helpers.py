@@ -2,24 +2,31 @@
 status and the JSON body), the Lambda's environment over the local SQLite store or over DynamoDB on
 the moto server, and a settable clock for the rate limiter.
 
-One copy, so that the ASGI and the Lambda paths are asked the same way in every serving test file.
+One copy, so that the ASGI and the Lambda paths are asked the same way in every serving test file,
+and the SQLite and DynamoDB stores are held to the same "never a half-loaded version" check.
 """
 
 from __future__ import annotations
 
 import json
+import random
+import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlencode
 
 import boto3
 import pytest
 
 from instarec_assets.backends.serving_store import DynamoDbRecommendationStore
+from instarec_assets.backends.testing import tag_of
 from instarec_assets.serving import lambda_function
 from instarec_assets.serving.lambda_function import lambda_handler
 from instarec_assets.serving.testing import proxy_event
@@ -27,6 +34,7 @@ from instarec_assets_tests.aws_fixtures import REGION
 
 Query = list[tuple[str, str]]  # query pairs in order, repeats kept
 Answer = tuple[int, dict]  # the status and the JSON body
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -112,3 +120,84 @@ def lambda_over_dynamodb(
         yield
     finally:
         lambda_function.reset()
+
+
+@dataclass
+class SwitchWatch:
+    """What reader threads saw while a load switched versions: per reader the (time, tag) of every
+    complete list read, and a line for every missing or mixed one."""
+
+    observations: list[list[tuple[float, int]]]
+    errors: list[str] = field(default_factory=list)
+    load_started: float = 0.0
+    load_ended: float = 0.0
+
+    def assert_old_then_new_only(self) -> None:
+        """No list missing or mixed, reads during the load, and each reader saw tag 1 then only tag 2."""
+        assert self.errors == []
+        during = [
+            tag
+            for reads in self.observations
+            for at, tag in reads
+            if self.load_started <= at <= self.load_ended
+        ]
+        assert len(during) > 10, "the readers did not overlap the load"
+        for reads in self.observations:
+            tags = [tag for _, tag in reads]
+            assert tags[0] == 1 and tags[-1] == 2  # each reader saw the old version, then the new one
+            assert set(tags[tags.index(2) :]) == {2}  # and never went back
+
+
+def read_while_loading(
+    readers: Sequence,
+    users: Sequence[int],
+    load: Callable[[], T],
+    *,
+    start_after_s: float = 0.05,
+    until: Callable[[list[list[tuple[float, int]]]], bool] | None = None,
+    end_after_s: float = 0.1,
+) -> tuple[T, SwitchWatch]:
+    """One thread per entry of `readers` reads random `users`' top 10 in a loop while `load()` runs
+    (lists of `recommendations_table`: one tag, ranks 1..10, model_version `model-<tag>`); after it,
+    reading goes on until `until(observations)` (15 s at most) and `end_after_s` more. Returns what
+    `load` returned and what the readers saw."""
+    watch = SwitchWatch(observations=[[] for _ in readers])
+    stop = threading.Event()
+    started = threading.Barrier(len(readers) + 1)
+
+    def read(slot: int) -> None:
+        rng = random.Random(slot)
+        started.wait()
+        while not stop.is_set():
+            user = rng.choice(users)
+            result = readers[slot].top_k(user, 10)
+            if result is None:
+                watch.errors.append(f"reader {slot}: user {user} missing")
+                continue
+            tags = {tag_of(item.product_id) for item in result.items}
+            ranks = [item.rank for item in result.items]
+            if len(tags) != 1 or ranks != list(range(1, 11)) or result.model_version != f"model-{min(tags)}":
+                watch.errors.append(
+                    f"reader {slot}: user {user}: tags {tags}, ranks {ranks}, {result.model_version}"
+                )
+                continue
+            watch.observations[slot].append((time.perf_counter(), tags.pop()))
+
+    threads = [threading.Thread(target=read, args=(slot,)) for slot in range(len(readers))]
+    for thread in threads:
+        thread.start()
+    try:
+        started.wait()
+        time.sleep(start_after_s)
+        watch.load_started = time.perf_counter()
+        loaded = load()
+        watch.load_ended = time.perf_counter()
+        deadline = time.monotonic() + 15
+        while until is not None and time.monotonic() < deadline and not until(watch.observations):
+            time.sleep(0.05)
+        time.sleep(end_after_s)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return loaded, watch
