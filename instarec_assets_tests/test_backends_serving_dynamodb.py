@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 import threading
 import time
 import urllib.error
@@ -27,6 +26,7 @@ from instarec_assets.backends.serving_store import (
 )
 from instarec_assets.backends.testing import recommendations_table, tag_of
 from instarec_assets_tests.aws_fixtures import REGION
+from instarec_assets_tests.serving_helpers import read_while_loading
 
 pytestmark = pytest.mark.aws
 BATCH = "2025-01-06"
@@ -434,51 +434,17 @@ def test_readers_never_see_a_half_loaded_version(aws_env: str, store: DynamoDbRe
             store.table_name, endpoint_url=aws_env, region_name=REGION, pointer_ttl_s=60
         ),
     ]
-    stop = threading.Event()
-    started = threading.Barrier(3)
-    observations: list[list[tuple[float, int]]] = [[], []]
-    errors: list[str] = []
+    report, watch = read_while_loading(
+        readers,
+        old_users,
+        lambda: store.load(recommendations_table(range(1, 1201), tag=2), "model-2", batch=BATCH),
+        start_after_s=0.1,
+        until=lambda seen: bool(seen[1]) and seen[1][-1][1] == 2,  # the caching reader moved on
+        end_after_s=0.2,
+    )
 
-    def read(slot: int) -> None:
-        rng = random.Random(slot)
-        started.wait()
-        while not stop.is_set():
-            user = rng.choice(old_users)
-            result = readers[slot].top_k(user, 10)
-            if result is None:
-                errors.append(f"reader {slot}: user {user} missing")
-                continue
-            tags = {tag_of(item.product_id) for item in result.items}
-            ranks = [item.rank for item in result.items]
-            if len(tags) != 1 or ranks != list(range(1, 11)) or result.model_version != f"model-{min(tags)}":
-                errors.append(f"reader {slot}: user {user}: tags {tags}, ranks {ranks}")
-                continue
-            observations[slot].append((time.perf_counter(), tags.pop()))
-
-    threads = [threading.Thread(target=read, args=(slot,)) for slot in range(2)]
-    for thread in threads:
-        thread.start()
-    started.wait()
-    time.sleep(0.1)
-    load_started = time.perf_counter()
-    report = store.load(recommendations_table(range(1, 1201), tag=2), "model-2", batch=BATCH)
-    load_ended = time.perf_counter()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and not (observations[1] and observations[1][-1][1] == 2):
-        time.sleep(0.05)  # until the caching reader has moved to the new version
-    time.sleep(0.2)
-    stop.set()
-    for thread in threads:
-        thread.join()
-
-    assert errors == []
     assert report.removed_items == 300
-    during = [tag for reads in observations for at, tag in reads if load_started <= at <= load_ended]
-    assert len(during) > 10, "the readers did not overlap the load"
-    for reads in observations:
-        tags = [tag for _, tag in reads]
-        assert tags[0] == 1 and tags[-1] == 2
-        assert set(tags[tags.index(2) :]) == {2}  # never back to the old version
+    watch.assert_old_then_new_only()
     assert store.stored_versions() == {report.version: 1200}
 
 

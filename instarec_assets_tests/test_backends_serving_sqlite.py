@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from instarec_assets.backends.serving_store import (
 )
 from instarec_assets.backends.testing import recommendations_table, tag_of
 from instarec_assets.serving.lookup import SqliteLookup
+from instarec_assets_tests.serving_helpers import read_while_loading
 
 BATCH = "2025-01-06"
 ROWS = [
@@ -135,50 +135,17 @@ def test_readers_never_see_a_half_loaded_version(store: SqliteRecommendationStor
     old_users = range(1, 2001)
     store.load(recommendations_table(old_users, tag=1), "model-1", batch=BATCH)
     reader = SqliteRecommendationStore(store.path, read_only=True)
-    stop = threading.Event()
-    started = threading.Barrier(4)
-    observations: list[list[tuple[float, int]]] = [[], [], []]
-    errors: list[str] = []
+    try:
+        report, watch = read_while_loading(
+            [reader] * 3,
+            old_users,
+            lambda: store.load(recommendations_table(range(1, 10001), tag=2), "model-2", batch=BATCH),
+        )
+    finally:
+        reader.close()
 
-    def read(slot: int) -> None:
-        rng = random.Random(slot)
-        started.wait()
-        while not stop.is_set():
-            user = rng.choice(old_users)
-            result = reader.top_k(user, 10)
-            if result is None:
-                errors.append(f"user {user} missing")
-                continue
-            tags = {tag_of(item.product_id) for item in result.items}
-            ranks = [item.rank for item in result.items]
-            if len(tags) != 1 or ranks != list(range(1, 11)) or result.model_version != f"model-{min(tags)}":
-                errors.append(f"user {user}: tags {tags}, ranks {ranks}, {result.model_version}")
-                continue
-            observations[slot].append((time.perf_counter(), tags.pop()))
-
-    threads = [threading.Thread(target=read, args=(slot,)) for slot in range(3)]
-    for thread in threads:
-        thread.start()
-    started.wait()
-    time.sleep(0.05)
-    load_started = time.perf_counter()
-    report = store.load(recommendations_table(range(1, 10001), tag=2), "model-2", batch=BATCH)
-    load_ended = time.perf_counter()
-    time.sleep(0.1)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    reader.close()
-
-    assert errors == []
     assert report.users == 10000
-    during = [tag for reads in observations for at, tag in reads if load_started <= at <= load_ended]
-    assert len(during) > 10, "the readers did not overlap the load"
-    for reads in observations:
-        tags = [tag for _, tag in reads]
-        assert tags[0] == 1 and tags[-1] == 2  # each reader saw the old version, then the new one
-        first_new = tags.index(2)
-        assert set(tags[first_new:]) == {2}  # and never went back
+    watch.assert_old_then_new_only()
 
 
 def test_ten_thousand_users_load_in_a_few_seconds_and_read_fast(store: SqliteRecommendationStore):

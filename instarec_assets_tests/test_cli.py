@@ -21,7 +21,6 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import DagsterInstance
 from s3fs import S3FileSystem
 
 from instarec_assets import cli
@@ -32,8 +31,9 @@ from instarec_assets.cli import error_line, main
 from instarec_assets.consumption.submission import BASKETS_SCHEMA
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.lake.schemas import ZONES
-from instarec_assets.pipeline import runner
 from instarec_assets_tests.aws_fixtures import REGION
+from instarec_assets_tests.cli_helpers import ephemeral_instance, run_cli  # noqa: F401
+from instarec_assets_tests.cli_helpers import materialize as materialize_through_clean
 from instarec_assets_tests.landing_fixtures import ORDERS, PRIOR_LINES, TRAIN_LINES, write_batch
 
 DAY_1 = "2025-01-06"
@@ -57,33 +57,8 @@ ASSETS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def ephemeral_instance(monkeypatch: pytest.MonkeyPatch, instance: DagsterInstance) -> DagsterInstance:
-    monkeypatch.setattr(runner, "dagster_instance", lambda locations: instance)
-    return instance
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], list[str]]:
-    """Exit status and the stdout and stderr lines of one `instarec` invocation."""
-    status = main(list(argv))
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.out + captured.err
-    return status, captured.out.splitlines(), captured.err.splitlines()
-
-
 def materialize(capsys, home: Path, batch: Path, partition: str = DAY_1) -> tuple[int, list[str], list[str]]:
-    return run_cli(
-        capsys,
-        "materialize",
-        "--landing",
-        str(batch),
-        "--partition",
-        partition,
-        "--home",
-        str(home),
-        "--through",
-        "clean",
-    )
+    return materialize_through_clean(capsys, home, batch, partition)
 
 
 def asset_rows(step_lines: list[str]) -> dict[str, str]:

@@ -12,31 +12,16 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from dagster import DagsterInstance
 
 from instarec_assets.backends.serving_store import SqliteRecommendationStore
-from instarec_assets.cli import main
 from instarec_assets.generate import generate_dataset
-from instarec_assets.pipeline import runner
 from instarec_assets.privacy.requests import user_hash
 from instarec_assets.warehouse.salt import load_salt, user_key
+from instarec_assets_tests.cli_helpers import ephemeral_instance, run_cli  # noqa: F401
 from instarec_assets_tests.landing_fixtures import LINES_HEADER, ORDERS_HEADER, write_catalog, write_csv
 
 USER = 7
 LATER = "2025-01-27"
-
-
-@pytest.fixture(autouse=True)
-def ephemeral_instance(monkeypatch: pytest.MonkeyPatch, instance: DagsterInstance) -> DagsterInstance:
-    monkeypatch.setattr(runner, "dagster_instance", lambda locations: instance)
-    return instance
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], list[str]]:
-    status = main(list(argv))
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.out + captured.err
-    return status, captured.out.splitlines(), captured.err.splitlines()
 
 
 def parquet_files(home: Path) -> list[Path]:

@@ -25,19 +25,12 @@ from instarec_assets.serving.keys import (
 )
 from instarec_assets.serving.ratelimit import SlidingWindowLimiter
 from instarec_assets.serving.testing import build_sqlite_store
+from instarec_assets_tests.serving_helpers import FakeClock
 
 KEY = "key-one-0123456789"
 OTHER_KEY = "key-two-abcdefghij"
 ORIGIN = "https://recs.example.com"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")

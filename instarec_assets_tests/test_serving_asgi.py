@@ -14,18 +14,11 @@ from instarec_assets.serving import ServingApi, ServingSettings
 from instarec_assets.serving.asgi import create_app, parse_query_string
 from instarec_assets.serving.ratelimit import SlidingWindowLimiter
 from instarec_assets.serving.testing import build_sqlite_store
+from instarec_assets_tests.serving_helpers import FakeClock
 
 KEY = "key-one-0123456789"
 ORIGIN = "https://recs.example.com"
 IP = "198.51.100.7"
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from instarec_assets.serving import ServingApi, ServingConfigError, ServingSetti
 from instarec_assets.serving.auth import PRIVATE_KEY_NAME, ensure_local_keys
 from instarec_assets.serving.lambda_function import lambda_handler
 from instarec_assets.serving.testing import build_sqlite_store, proxy_event, running_server
+from instarec_assets_tests.serving_helpers import lambda_over_sqlite
 
 KEY = "service-key-0123456789"
 USER = 7
@@ -217,11 +218,8 @@ def test_token_command_bad_input_is_one_line(home: Path, capsys, argv: list[str]
 def lambda_env(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     build_sqlite_store(home / SQLITE_FILE, users=20)
     ensure_local_keys(home)
-    monkeypatch.setenv("INSTAREC_API_KEYS", KEY)
-    monkeypatch.setenv("INSTAREC_RATE_LIMIT", "1000/300")
-    lambda_function.reset()
-    yield home
-    lambda_function.reset()
+    with lambda_over_sqlite(monkeypatch, KEY):
+        yield home
 
 
 def lambda_get(path: str, headers: dict[str, str], query: dict[str, str] | None = None, claims=None):

@@ -19,19 +19,12 @@ from instarec_assets.serving.keys import KeysUnavailableError, SsmKeys
 from instarec_assets.serving.lambda_function import lambda_handler
 from instarec_assets.serving.testing import proxy_event
 from instarec_assets_tests.aws_fixtures import REGION
+from instarec_assets_tests.serving_helpers import FakeClock
 
 pytestmark = pytest.mark.aws
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ORIGIN = "https://recs.example.com"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -97,7 +90,7 @@ def test_lambda_preflight_in_aws_mode(aws_serving: dict):
 
 
 def test_ssm_keys_are_cached_then_refreshed(aws_env: str, ssm, parameter: str):
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     keys = SsmKeys(parameter, ttl_s=300, region=REGION, endpoint_url=aws_env, clock=clock)
     first = keys.digests()
     assert len(first) == 2

@@ -5,30 +5,29 @@ a filtered cold-start answer still has k items; the stores refuse a bad source i
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlencode
 
 import boto3
 import pyarrow as pa
 import pytest
 
-from instarec_assets.backends.serving_store import (
-    SQLITE_FILE,
-    DynamoDbRecommendationStore,
-    ServingStoreError,
-    SqliteRecommendationStore,
-)
+from instarec_assets.backends.serving_store import SQLITE_FILE, ServingStoreError, SqliteRecommendationStore
 from instarec_assets.backends.testing import recommendations_table
-from instarec_assets.serving import ServingApi, ServingSettings, lambda_function
-from instarec_assets.serving.lambda_function import lambda_handler
-from instarec_assets.serving.testing import proxy_event, running_server
+from instarec_assets.serving import ServingApi, ServingSettings
+from instarec_assets.serving.testing import running_server
 from instarec_assets_tests.aws_fixtures import REGION
+from instarec_assets_tests.serving_helpers import (
+    Query,
+    dynamodb_store,
+    http_get,
+    lambda_get,
+    lambda_over_dynamodb,
+    lambda_over_sqlite,
+)
 
 KEY = "cold-start-key-0123456789"
+PATH = "/recommendations"
 WARM_USERS = range(1, 4)  # 12 ranks each, the last an explore item (recommendations_table)
 COLD_USER = 50  # 52 popular items, departments cycling
 DEPARTMENTS = ("produce", "dairy eggs", "bakery", "snacks")
@@ -75,43 +74,24 @@ def asgi_get(store_path: Path) -> Iterator[Get]:
     settings = ServingSettings(api_keys=(KEY,), rate_limit=10_000)
     api = ServingApi(settings, store=SqliteRecommendationStore(store_path, read_only=True), static=True)
     with running_server(api) as base_url:
-
-        def get(query: list[tuple[str, str]]) -> tuple[int, dict]:
-            request = urllib.request.Request(
-                f"{base_url}/recommendations?{urlencode(query)}", headers={"x-api-key": KEY}
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    return response.status, json.loads(response.read())
-            except urllib.error.HTTPError as error:
-                return error.code, json.loads(error.read())
-
-        yield get
+        yield lambda query: http_get(base_url, PATH, query, KEY)
 
 
-def _lambda_get(query: list[tuple[str, str]]) -> tuple[int, dict]:
-    grouped: dict[str, list[str]] = {}
-    for name, value in query:
-        grouped.setdefault(name, []).append(value)
-    event = proxy_event("GET", path="/recommendations", query=grouped, headers={"x-api-key": [KEY]})
-    response = lambda_handler(event, None)
-    return response["statusCode"], json.loads(response["body"])
+def _lambda_get(query: Query) -> tuple[int, dict]:
+    return lambda_get(PATH, query, KEY)
 
 
 @pytest.fixture
-def lambda_get(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Get]:
+def lambda_get_sqlite(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Get]:
     with SqliteRecommendationStore(home / SQLITE_FILE) as store:
         store.load(serving_table(), model_version="model-1", batch="2025-01-06")
-    monkeypatch.setenv("INSTAREC_API_KEYS", KEY)
-    monkeypatch.setenv("INSTAREC_RATE_LIMIT", "1000/300")
-    lambda_function.reset()
-    yield _lambda_get
-    lambda_function.reset()
+    with lambda_over_sqlite(monkeypatch, KEY):
+        yield _lambda_get
 
 
 @pytest.fixture(params=["asgi", "lambda"])
 def get(request) -> Get:
-    return request.getfixturevalue(f"{request.param}_get")
+    return request.getfixturevalue("asgi_get" if request.param == "asgi" else "lambda_get_sqlite")
 
 
 def test_a_cold_start_user_gets_popular_items_marked_as_such(get: Get):
@@ -149,25 +129,10 @@ def test_an_unknown_user_still_gets_404(get: Get):
 def test_lambda_serves_the_popular_tier_from_dynamodb(
     aws_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    table = f"instarec-test-cold-{uuid.uuid4().hex[:8]}"
-    store = DynamoDbRecommendationStore(table, endpoint_url=aws_env, region_name=REGION)
-    store.ensure_table()
+    store = dynamodb_store(aws_env, "cold")
     report = store.load(serving_table(), "model-1", batch="2025-01-06")
     assert report.as_metadata()["max_item_bytes"] < 400_000
-    parameter = f"/instarec/test-{uuid.uuid4().hex[:8]}/api-keys"
-    boto3.client("ssm", endpoint_url=aws_env, region_name=REGION).put_parameter(
-        Name=parameter, Type="SecureString", Value=KEY
-    )
-    for name, value in {
-        "INSTAREC_ENV": "aws",
-        "INSTAREC_HOME": str(tmp_path / "home"),
-        "INSTAREC_DYNAMODB_TABLE": table,
-        "INSTAREC_API_KEY_PARAMETER": parameter,
-        "INSTAREC_AWS_ENDPOINT_URL": aws_env,
-    }.items():
-        monkeypatch.setenv(name, value)
-    lambda_function.reset()
-    try:
+    with lambda_over_dynamodb(monkeypatch, aws_env, tmp_path / "home", store, KEY):
         status, body = _lambda_get(
             [("user_id", str(COLD_USER)), ("k", "4"), ("exclude_departments", "dairy eggs")]
         )
@@ -182,16 +147,11 @@ def test_lambda_serves_the_popular_tier_from_dynamodb(
         status, body = _lambda_get([("user_id", "1"), ("k", "12")])
         assert [item["source"] for item in body["recommendations"]][-2:] == ["model", "explore"]
         assert _lambda_get([("user_id", "999")])[0] == 404
-    finally:
-        lambda_function.reset()
 
 
 @pytest.mark.aws
 def test_a_dynamodb_item_written_before_sources_reads_as_model_or_explore(aws_env: str):
-    store = DynamoDbRecommendationStore(
-        f"instarec-test-cold-{uuid.uuid4().hex[:8]}", endpoint_url=aws_env, region_name=REGION
-    )
-    store.ensure_table()
+    store = dynamodb_store(aws_env, "cold")
     report = store.load(recommendations_table([7], ranks=2), "model-1", batch="2025-01-06")
     old = [
         {"rank": rank, "product_id": rank, "product_name": "p", "aisle": "a", "department": "d",

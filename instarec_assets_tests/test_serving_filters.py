@@ -3,28 +3,24 @@ uvicorn server and through the Lambda handler (SQLite store, and DynamoDB on the
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlencode
 
-import boto3
 import pyarrow as pa
 import pytest
 
-from instarec_assets.backends.serving_store import (
-    SQLITE_FILE,
-    DynamoDbRecommendationStore,
-    SqliteRecommendationStore,
-)
-from instarec_assets.serving import ServingApi, ServingSettings, lambda_function
-from instarec_assets.serving.lambda_function import lambda_handler
+from instarec_assets.backends.serving_store import SQLITE_FILE, SqliteRecommendationStore
+from instarec_assets.serving import ServingApi, ServingSettings
 from instarec_assets.serving.settings import ServingConfigError
-from instarec_assets.serving.testing import proxy_event, running_server
-from instarec_assets_tests.aws_fixtures import REGION
+from instarec_assets.serving.testing import running_server
+from instarec_assets_tests.serving_helpers import (
+    Query,
+    dynamodb_store,
+    http_get,
+    lambda_over_dynamodb,
+    lambda_over_sqlite,
+)
+from instarec_assets_tests.serving_helpers import lambda_get as lambda_get_with_key
 
 KEY = "filter-key-0123456789"
 DEPARTMENTS = ("produce", "dairy eggs", "snacks", "alcohol")
@@ -96,38 +92,19 @@ def asgi_get(store_path: Path) -> Iterator[Get]:
     settings = ServingSettings(api_keys=(KEY,), rate_limit=10_000)
     api = ServingApi(settings, store=SqliteRecommendationStore(store_path, read_only=True))
     with running_server(api) as base_url:
-
-        def get(path: str, query: list[tuple[str, str]]) -> tuple[int, dict]:
-            request = urllib.request.Request(
-                f"{base_url}{path}?{urlencode(query)}", headers={"x-api-key": KEY}
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    return response.status, json.loads(response.read())
-            except urllib.error.HTTPError as error:
-                return error.code, json.loads(error.read())
-
-        yield get
+        yield lambda path, query: http_get(base_url, path, query, KEY)
 
 
-def lambda_get(path: str, query: list[tuple[str, str]]) -> tuple[int, dict]:
-    grouped: dict[str, list[str]] = {}
-    for name, value in query:
-        grouped.setdefault(name, []).append(value)
-    event = proxy_event("GET", path=path, query=grouped, headers={"x-api-key": [KEY]})
-    response = lambda_handler(event, None)
-    return response["statusCode"], json.loads(response["body"])
+def lambda_get(path: str, query: Query) -> tuple[int, dict]:
+    return lambda_get_with_key(path, query, KEY)
 
 
 @pytest.fixture
 def lambda_sqlite(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Get]:
     with SqliteRecommendationStore(home / SQLITE_FILE) as store:
         load(store)
-    monkeypatch.setenv("INSTAREC_API_KEYS", KEY)
-    monkeypatch.setenv("INSTAREC_RATE_LIMIT", "1000/300")
-    lambda_function.reset()
-    yield lambda_get
-    lambda_function.reset()
+    with lambda_over_sqlite(monkeypatch, KEY):
+        yield lambda_get
 
 
 @pytest.fixture(params=["asgi", "lambda"])
@@ -210,29 +187,22 @@ def test_bad_filter_values_are_one_line_400s_naming_the_parameter(get: Get, path
 def test_configured_rules_apply_to_every_response(home: Path, monkeypatch: pytest.MonkeyPatch):
     with SqliteRecommendationStore(home / SQLITE_FILE) as store:
         load(store)
-    monkeypatch.setenv("INSTAREC_API_KEYS", KEY)
     monkeypatch.setenv("INSTAREC_SERVING_EXCLUDE_DEPARTMENTS", "alcohol")
     monkeypatch.setenv("INSTAREC_SERVING_EXCLUDE_PRODUCTS", "101")
-    lambda_function.reset()
-    try:
-        no_alcohol = ids(range(102, 113), lambda p: department_of(p) != "alcohol", 20)
+    no_alcohol = ids(range(102, 113), lambda p: department_of(p) != "alcohol", 20)
+    with lambda_over_sqlite(monkeypatch, KEY):
         assert served(lambda_get, [("k", "20")]) == no_alcohol
         assert served(lambda_get, [("k", "2"), ("exclude_departments", "produce")]) == [102, 105]
         assert similar(lambda_get, [("k", "20")]) == ids(
             range(201, 211), lambda p: department_of(p) != "alcohol", 20
         )
-    finally:
-        lambda_function.reset()
     # the ASGI fast path (`user_id=N&k=M`, no filters in the query) applies them too
     api = ServingApi(
         ServingSettings.from_env(), store=SqliteRecommendationStore(home / SQLITE_FILE, read_only=True)
     )
     with running_server(api) as base_url:
-        request = urllib.request.Request(
-            f"{base_url}/recommendations?user_id=1&k=20", headers={"x-api-key": KEY}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            body = json.loads(response.read())
+        status, body = http_get(base_url, "/recommendations", [("user_id", "1"), ("k", "20")], KEY)
+    assert status == 200, body
     assert [item["product_id"] for item in body["recommendations"]] == no_alcohol
 
 
@@ -261,27 +231,12 @@ def test_a_bad_rule_in_the_configuration_is_one_line_naming_the_variable(name: s
 
 @pytest.mark.aws
 def test_lambda_filters_over_dynamodb(aws_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    table = f"instarec-test-filters-{uuid.uuid4().hex[:8]}"
-    store = DynamoDbRecommendationStore(table, endpoint_url=aws_env, region_name=REGION)
-    store.ensure_table()
+    store = dynamodb_store(aws_env, "filters")
     load(store)
-    parameter = f"/instarec/test-{uuid.uuid4().hex[:8]}/api-keys"
-    boto3.client("ssm", endpoint_url=aws_env, region_name=REGION).put_parameter(
-        Name=parameter, Type="SecureString", Value=KEY
-    )
-    for name, value in {
-        "INSTAREC_ENV": "aws",
-        "INSTAREC_HOME": str(tmp_path / "home"),
-        "INSTAREC_DYNAMODB_TABLE": table,
-        "INSTAREC_API_KEY_PARAMETER": parameter,
-        "INSTAREC_AWS_ENDPOINT_URL": aws_env,
-        "INSTAREC_SERVING_EXCLUDE_DEPARTMENTS": "snacks",
-    }.items():
-        monkeypatch.setenv(name, value)
-    lambda_function.reset()
-    try:
+    home = tmp_path / "home"
+    with lambda_over_dynamodb(
+        monkeypatch, aws_env, home, store, KEY, INSTAREC_SERVING_EXCLUDE_DEPARTMENTS="snacks"
+    ):
         assert served(lambda_get, [("k", "4"), ("exclude_products", "101")]) == [103, 104, 105, 107]
         assert similar(lambda_get, [("include_departments", "produce,snacks")]) == [204, 208]
         assert lambda_get("/recommendations", [("user_id", "1"), ("exclude_aisles", "")])[0] == 400
-    finally:
-        lambda_function.reset()

@@ -13,6 +13,7 @@ from instarec_assets.backends.serving_store import SQLITE_FILE
 from instarec_assets.serving import lambda_function
 from instarec_assets.serving.lambda_function import lambda_handler
 from instarec_assets.serving.testing import build_sqlite_store, proxy_event
+from instarec_assets_tests.serving_helpers import lambda_over_sqlite
 
 KEY = "lambda-key-123"
 ORIGIN = "https://recs.example.com"
@@ -21,12 +22,9 @@ ORIGIN = "https://recs.example.com"
 @pytest.fixture
 def lambda_env(home: Path, monkeypatch: pytest.MonkeyPatch):
     build_sqlite_store(home / SQLITE_FILE, users=20)
-    monkeypatch.setenv("INSTAREC_API_KEYS", KEY)
     monkeypatch.setenv("INSTAREC_ALLOWED_ORIGIN", ORIGIN)
-    monkeypatch.setenv("INSTAREC_RATE_LIMIT", "1000/300")
-    lambda_function.reset()
-    yield home
-    lambda_function.reset()
+    with lambda_over_sqlite(monkeypatch, KEY):
+        yield home
 
 
 def get(user_id: str = "3", headers=None, **kwargs):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from instarec_assets.backends.recommendations import ITEM_FIELDS
 from instarec_assets.backends.serving_store import SqliteRecommendationStore
 from instarec_assets.serving import ServingApi, ServingSettings
 from instarec_assets.serving.testing import running_server
@@ -26,17 +27,7 @@ ROWS = [
     (COLD_USER, 2, 27845, "Organic Whole Milk", "milk", "dairy eggs", 0.0911, False, "popular"),
     (COLD_USER, 3, 21903, "Organic Baby Spinach", "packaged vegetables fruits", "produce", 0.0712, False, "popular"),
 ]  # fmt: skip
-NAMES = (
-    "user_id",
-    "rank",
-    "product_id",
-    "product_name",
-    "aisle",
-    "department",
-    "probability",
-    "explore",
-    "source",
-)
+NAMES = ("user_id", *ITEM_FIELDS)  # the columns of ROWS
 
 
 @pytest.fixture(scope="module")

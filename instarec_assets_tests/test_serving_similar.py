@@ -3,29 +3,26 @@ over the SQLite store and over DynamoDB on the moto server."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlencode
 
-import boto3
 import pytest
 
-from instarec_assets.backends.serving_store import (
-    SQLITE_FILE,
-    DynamoDbRecommendationStore,
-    SqliteRecommendationStore,
-)
+from instarec_assets.backends.serving_store import SQLITE_FILE, SqliteRecommendationStore
 from instarec_assets.backends.testing import TAG_SCALE, recommendations_table, similar_items_table
-from instarec_assets.serving import ServingApi, ServingSettings, lambda_function
-from instarec_assets.serving.lambda_function import lambda_handler
-from instarec_assets.serving.testing import build_sqlite_store, proxy_event, running_server
-from instarec_assets_tests.aws_fixtures import REGION
+from instarec_assets.serving import ServingApi, ServingSettings
+from instarec_assets.serving.testing import build_sqlite_store, running_server
+from instarec_assets_tests.serving_helpers import (
+    Query,
+    dynamodb_store,
+    http_get,
+    lambda_get,
+    lambda_over_dynamodb,
+    lambda_over_sqlite,
+)
 
 KEY = "similar-key-0123456789"
+PATH = "/similar"
 ORIGIN = "https://recs.example.com"
 PRODUCT = TAG_SCALE + 31  # user 3's first recommendation; build_sqlite_store(similar=True) lists 5 for it
 
@@ -56,42 +53,23 @@ def asgi_get(store_path: Path) -> Iterator[Get]:
     settings = ServingSettings(home=str(store_path.parent), api_keys=(KEY,), rate_limit=10_000)
     api = ServingApi(settings, store=SqliteRecommendationStore(store_path, read_only=True), static=True)
     with running_server(api) as base_url:
-
-        def get(query: list[tuple[str, str]], key: str | None = KEY) -> tuple[int, dict]:
-            request = urllib.request.Request(
-                f"{base_url}/similar?{urlencode(query)}", headers={"x-api-key": key} if key else {}
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    return response.status, json.loads(response.read())
-            except urllib.error.HTTPError as error:
-                return error.code, json.loads(error.read())
-
-        yield get
+        yield lambda query, key=KEY: http_get(base_url, PATH, query, key)
 
 
-def _lambda_get(query: list[tuple[str, str]], key: str | None = KEY) -> tuple[int, dict]:
-    grouped: dict[str, list[str]] = {}
-    for name, value in query:
-        grouped.setdefault(name, []).append(value)
-    headers = {"x-api-key": [key]} if key else {}
-    response = lambda_handler(proxy_event("GET", path="/similar", query=grouped, headers=headers), None)
-    return response["statusCode"], json.loads(response["body"])
+def _lambda_get(query: Query, key: str | None = KEY) -> tuple[int, dict]:
+    return lambda_get(PATH, query, key)
 
 
 @pytest.fixture
-def lambda_get(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Get]:
+def lambda_get_sqlite(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Get]:
     build_sqlite_store(home / SQLITE_FILE, users=10, similar=True)
-    monkeypatch.setenv("INSTAREC_API_KEYS", KEY)
-    monkeypatch.setenv("INSTAREC_RATE_LIMIT", "1000/300")
-    lambda_function.reset()
-    yield _lambda_get
-    lambda_function.reset()
+    with lambda_over_sqlite(monkeypatch, KEY):
+        yield _lambda_get
 
 
 @pytest.fixture(params=["asgi", "lambda"])
 def get(request) -> Get:
-    return request.getfixturevalue(f"{request.param}_get")
+    return request.getfixturevalue("asgi_get" if request.param == "asgi" else "lambda_get_sqlite")
 
 
 def test_similar_answers_the_products_similar_items_by_rank(get: Get):
@@ -138,34 +116,17 @@ def test_similar_needs_the_api_key(get: Get):
 
 @pytest.mark.aws
 def test_lambda_similar_reads_dynamodb(aws_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    table = f"instarec-test-similar-{uuid.uuid4().hex[:8]}"
-    store = DynamoDbRecommendationStore(table, endpoint_url=aws_env, region_name=REGION)
-    store.ensure_table()
-    parameter = f"/instarec/test-{uuid.uuid4().hex[:8]}/api-keys"
-    boto3.client("ssm", endpoint_url=aws_env, region_name=REGION).put_parameter(
-        Name=parameter, Type="SecureString", Value=KEY
-    )
+    store = dynamodb_store(aws_env, "similar")
     store.load(
         recommendations_table(range(1, 4), tag=2),
         "model-2",
         batch="2025-01-06",
         similar_items=similar_items_table([7, 8], tag=2),
     )
-    for name, value in {
-        "INSTAREC_ENV": "aws",
-        "INSTAREC_HOME": str(tmp_path / "home"),
-        "INSTAREC_DYNAMODB_TABLE": table,
-        "INSTAREC_API_KEY_PARAMETER": parameter,
-        "INSTAREC_AWS_ENDPOINT_URL": aws_env,
-    }.items():
-        monkeypatch.setenv(name, value)
-    lambda_function.reset()
-    try:
+    with lambda_over_dynamodb(monkeypatch, aws_env, tmp_path / "home", store, KEY):
         assert _lambda_get([("product_id", "7"), ("k", "2")]) == (
             200,
             {"product_id": 7, "similar": _expected(7, range(1, 3), tag=2)},
         )
         assert _lambda_get([("product_id", "9")]) == (404, {"error": "product 9 has no similar items"})
         assert _lambda_get([("product_id", "-7")])[0] == 400
-    finally:
-        lambda_function.reset()

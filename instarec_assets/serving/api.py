@@ -259,38 +259,24 @@ class ServingApi:
         """`claims`: a token's claims that API Gateway's Cognito authorizer has already verified (the
         Lambda handler passes `requestContext.authorizer.claims`); None everywhere else."""
         try:
-            if path in (API_PATH, ME_PATH):
+            route = _API_ROUTES.get(path)
+            if route is not None:
                 if method == "GET":
-                    return self.recommendations(
+                    endpoint, options = route
+                    return endpoint(
+                        self,
                         query,
                         headers.get("x-api-key"),
                         headers.get("origin"),
                         client_ip,
                         authorization=headers.get("authorization"),
                         claims=claims,
-                        me=path == ME_PATH,
+                        **options,
                     )
                 if method == "OPTIONS":
                     return self._preflight(headers)
                 return json_error(
                     405, f"method {_token(method)} is not allowed on {path}", [("allow", ALLOWED_METHODS)]
-                )
-            if path == SIMILAR_PATH:
-                if method == "GET":
-                    return self.similar(
-                        query,
-                        headers.get("x-api-key"),
-                        headers.get("origin"),
-                        client_ip,
-                        authorization=headers.get("authorization"),
-                        claims=claims,
-                    )
-                if method == "OPTIONS":
-                    return self._preflight(headers)
-                return json_error(
-                    405,
-                    f"method {_token(method)} is not allowed on {SIMILAR_PATH}",
-                    [("allow", ALLOWED_METHODS)],
                 )
             if self.static and (path in STATIC_FILES or path == "/config.json"):
                 if method != "GET":
@@ -556,6 +542,16 @@ class ServingApi:
             if key:
                 config["apiKey"] = key
         return 200, list(JSON_HEADERS), json.dumps(config, separators=(",", ":")).encode("utf-8")
+
+
+# The API's routes, for the ASGI server and the Lambda handler alike (both call `handle`): GET runs
+# the endpoint with the request's key, origin, bearer token and authorizer claims (and the options
+# here), OPTIONS is the CORS preflight, any other method 405.
+_API_ROUTES: dict[str, tuple[Callable[..., Response], Mapping[str, Any]]] = {
+    API_PATH: (ServingApi.recommendations, {}),
+    ME_PATH: (ServingApi.recommendations, {"me": True}),
+    SIMILAR_PATH: (ServingApi.similar, {}),
+}
 
 
 def parse_query(query: Iterable[tuple[str, str]] | None) -> tuple[int, int]:
