@@ -18,6 +18,7 @@ from instarec_assets.generate import generate_dataset
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.pipeline.runner import register_batch
 from instarec_assets.sensors import LANDING_JOB_NAME
+from instarec_assets_tests.landing_fixtures import write_small_products
 
 GRAPH_CONFIG = {"epochs": 2, "device": "cpu"}
 CONSUMPTION = ("reorder_predictions", "next_basket", "recommendations", "dynamodb_recommendations")
@@ -71,7 +72,9 @@ def lake(tmp_path_factory):
     """Three batches (full, delta, delta), the files of batch 3's delta kept aside, then batch 3
     re-scored in full, then once more with a freshly fitted XGBoost model."""
     home = tmp_path_factory.mktemp("delta-home")
-    summary = generate_dataset(home / "generated", users=200, seed=7, batches=3)
+    # A tenth of the catalog: five runs of the pipeline, each costing in proportion to the catalog.
+    products = write_small_products(home / "products.csv")
+    summary = generate_dataset(home / "generated", users=200, seed=7, batches=3, products_file=products)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("INSTAREC_HOME", str(home))
         patch.setenv("INSTAREC_ENV", "local")

@@ -14,7 +14,13 @@ from instarec_assets.lake.locations import LakeConfigError, LakeLocations
 from instarec_assets.pipeline.runner import land_folder, mark_complete, materialize_partition
 from instarec_assets.sensors import landing_sensor
 from instarec_assets_tests.aws_fixtures import REGION
-from instarec_assets_tests.landing_fixtures import ORDERS, PRIOR_LINES, TRAIN_LINES, write_batch
+from instarec_assets_tests.landing_fixtures import (
+    ORDERS,
+    PRIOR_LINES,
+    TRAIN_LINES,
+    write_batch,
+    write_small_products,
+)
 
 pytestmark = pytest.mark.aws
 DAY_1 = "2025-01-06"
@@ -92,7 +98,9 @@ def test_whole_pipeline_in_aws_mode_loads_dynamodb(
     monkeypatch.setenv("INSTAREC_TRAINING_BACKEND", "local")
     store = DynamoDbRecommendationStore(table_name, region_name=REGION, endpoint_url=aws_env)
     store.ensure_table()
-    batch = generate_dataset(tmp_path / "generated", users=150, seed=5).batches[0]
+    # A tenth of the catalog: the assertions are about where the pipeline writes, not its scale.
+    products = write_small_products(tmp_path / "products.csv")
+    batch = generate_dataset(tmp_path / "generated", users=150, seed=5, products_file=products).batches[0]
     land_folder(batch.folder, aws_locations, batch.partition)
     with DagsterInstance.ephemeral() as instance:
         reports = materialize_partition(build_definitions(aws_locations), instance, batch.partition)

@@ -20,6 +20,7 @@ from instarec_assets.generate import generate_dataset
 from instarec_assets.io_managers import publish_folder
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.sensors import landing_sensor
+from instarec_assets_tests.landing_fixtures import write_small_products
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -104,7 +105,11 @@ def wait_for(process: subprocess.Popen, condition, what: str, timeout: float = 2
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory) -> Path:
-    summary = generate_dataset(tmp_path_factory.mktemp("generated") / "data", users=250, seed=3, batches=1)
+    """A generated batch over a tenth of the catalog: five whole runs of the pipeline (an
+    uninterrupted one, three killed, the repair) cost in proportion to the catalog."""
+    folder = tmp_path_factory.mktemp("generated")
+    products = write_small_products(folder / "products.csv")
+    summary = generate_dataset(folder / "data", users=250, seed=3, batches=1, products_file=products)
     return summary.batches[0].folder
 
 
