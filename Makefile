@@ -7,6 +7,7 @@ INSTAREC_HOME ?= $(CURDIR)/.instarec
 DEMO_DATA := $(INSTAREC_HOME)/demo-data
 DEMO_USERS ?= 300
 PYTEST_ARGS ?=
+SERVE_ARGS ?=
 
 export INSTAREC_HOME
 
@@ -65,9 +66,10 @@ ui: install
 bench: install
 	$(BIN)/python bench/bench_lake.py --append-results
 
-# The recommendations API and the page on http://127.0.0.1:8080/ (set INSTAREC_API_KEYS first).
+# The recommendations API and the page on http://127.0.0.1:8080/ (set INSTAREC_API_KEYS first);
+# SERVE_ARGS passes options on, e.g. `make serve SERVE_ARGS=--page-key`.
 serve: install
-	$(BIN)/instarec serve --home $(INSTAREC_HOME)
+	$(BIN)/instarec serve --home $(INSTAREC_HOME) $(SERVE_ARGS)
 
 bench-serving: install
 	$(BIN)/python bench/bench_serving.py --append-results
