@@ -51,8 +51,9 @@ format: install
 	$(BIN)/ruff check --fix .
 
 # Load and validate the Dagster definitions as `dg` does (the dg project is [tool.dg] in pyproject.toml).
+# VIRTUAL_ENV: make does not activate .venv, and dg warns (twice) when the active venv is not the project's.
 defs: install
-	$(BIN)/dg check defs --use-active-venv
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg check defs --use-active-venv
 
 demo: install
 	$(BIN)/instarec demo --home $(INSTAREC_HOME) --users $(DEMO_USERS)
