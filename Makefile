@@ -7,6 +7,7 @@ INSTAREC_HOME ?= $(CURDIR)/.instarec
 DEMO_DATA := $(INSTAREC_HOME)/demo-data
 DEMO_USERS ?= 300
 PYTEST_ARGS ?=
+SERVE_ARGS ?=
 
 export INSTAREC_HOME
 
@@ -50,8 +51,9 @@ format: install
 	$(BIN)/ruff check --fix .
 
 # Load and validate the Dagster definitions as `dg` does (the dg project is [tool.dg] in pyproject.toml).
+# VIRTUAL_ENV: make does not activate .venv, and dg warns (twice) when the active venv is not the project's.
 defs: install
-	$(BIN)/dg check defs --use-active-venv
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg check defs --use-active-venv
 
 demo: install
 	$(BIN)/instarec demo --home $(INSTAREC_HOME) --users $(DEMO_USERS)
@@ -65,9 +67,10 @@ ui: install
 bench: install
 	$(BIN)/python bench/bench_lake.py --append-results
 
-# The recommendations API and the page on http://127.0.0.1:8080/ (set INSTAREC_API_KEYS first).
+# The recommendations API and the page on http://127.0.0.1:8080/ (set INSTAREC_API_KEYS first);
+# SERVE_ARGS passes options on, e.g. `make serve SERVE_ARGS=--page-key`.
 serve: install
-	$(BIN)/instarec serve --home $(INSTAREC_HOME)
+	$(BIN)/instarec serve --home $(INSTAREC_HOME) $(SERVE_ARGS)
 
 bench-serving: install
 	$(BIN)/python bench/bench_serving.py --append-results

@@ -18,8 +18,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from instarec_assets.backends.recommendations import ServingStoreError
@@ -135,19 +136,25 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_materialize(args: argparse.Namespace) -> None:
     locations = LakeLocations.from_env(home=args.home)
     source = Path(args.landing)
-    from instarec_assets.pipeline.runner import default_partition
+    # The bar starts before the pipeline's imports (Dagster, torch: seconds on a busy machine), so a
+    # terminal shows something at once.
+    with StepProgress() as progress:
+        progress.stage("loading the pipeline")
+        from instarec_assets.pipeline.runner import default_partition
 
-    partition_key = args.partition or default_partition(source, _today())
-    _land_and_run(locations, source, partition_key, args.through, args.engine)
+        partition_key = args.partition or default_partition(source, _today())
+        _land_and_run(locations, source, partition_key, progress, args.through, args.engine)
 
 
 def _land_and_run(
     locations: LakeLocations,
     source: Path,
     partition_key: str,
+    progress: StepProgress,
     through: str = "consumption",
     engine: str | None = None,
 ) -> None:
+    progress.stage("loading the pipeline")
     from instarec_assets.definitions import build_definitions
     from instarec_assets.pipeline.runner import (
         PipelineError,
@@ -158,24 +165,27 @@ def _land_and_run(
         steps_through,
     )
 
+    progress.stage(f"copying {source} into the landing area")
     target = land_folder(source, locations, partition_key)
-    print(f"landed {source} as partition {partition_key} at {target}", flush=True)
+    progress.line(f"landed {source} as partition {partition_key} at {target}")
+    progress.stage("building the definitions")
     defs = build_definitions(locations, engine=engine)
     steps = steps_through(defs, through)
-    print(f"running {len(steps)} steps for partition {partition_key} through {through}", flush=True)
-    with StepProgress(len(steps)) as progress:
-        try:
-            materialize_partition(
-                defs,
-                dagster_instance(locations),
-                partition_key,
-                through=through,
-                on_step=progress.step_done,
-                on_note=progress.note,
-                on_warning=lambda line: print(f"warning: {line}", flush=True),
-            )
-        except PipelineError as error:
-            raise error.about_source(target, source) from None
+    progress.start_steps(len(steps))
+    progress.line(f"running {len(steps)} steps for partition {partition_key} through {through}")
+    try:
+        materialize_partition(
+            defs,
+            dagster_instance(locations),
+            partition_key,
+            through=through,
+            on_step=progress.step_done,
+            on_note=progress.note,
+            on_start=progress.step_started,
+            on_warning=lambda line: progress.line(f"warning: {line}"),
+        )
+    except PipelineError as error:
+        raise error.about_source(target, source) from None
     mark_complete(locations, partition_key)  # only now may the landing sensor take the batch as complete
 
 
@@ -189,18 +199,44 @@ def step_line(report: StepReport, done: int, total: int) -> str:
 
 class StepProgress:
     """Live progress of a run: a line per finished step, under a rich progress bar on a terminal and
-    as plain flushed lines otherwise (logs, pipes, CI)."""
+    as plain flushed lines otherwise (logs, pipes, CI).
 
-    def __init__(self, total: int) -> None:
-        self.total = total
+    While a run goes on, Dagster captures the process's stdout for the run's compute log by pointing
+    file descriptor 1 at a file (and tailing it to the old stdout). The bar therefore writes to its own
+    duplicate of the terminal's descriptor, taken before the run: writing through fd 1, rich would see
+    a plain file, stop redrawing and print every step line onto the bar's row.
+    """
+
+    # In a pipe, a step's progress notes are printed at most this often (the last is always shown
+    # by the step's own line when it finishes).
+    NOTE_INTERVAL_SECONDS = 10.0
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self.total: int | None = None
         self.done = 0
         self.noted: dict[str, float] = {}
         self.bar: Progress | None = None
-        if sys.stdout.isatty():
-            self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+        self.terminal: TextIO | None = None
+        if self.stream.isatty():
+            self.terminal = os.fdopen(
+                os.dup(self.stream.fileno()),
+                "w",
+                encoding=self.stream.encoding or "utf-8",
+                errors="replace",
+                buffering=1,
             )
-            self.task = self.bar.add_task("steps", total=total)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(file=self.terminal),
+                refresh_per_second=2,  # the elapsed time moves once a second; spare a remote terminal
+                redirect_stdout=False,  # the run's own output stays in its compute log
+                redirect_stderr=False,
+            )
+            self.task = self.bar.add_task("starting", total=None)
 
     def __enter__(self) -> StepProgress:
         if self.bar is not None:
@@ -210,10 +246,30 @@ class StepProgress:
     def __exit__(self, *exc_info: object) -> None:
         if self.bar is not None:
             self.bar.stop()
+        if self.terminal is not None:
+            self.terminal.close()
 
-    # In a pipe, a step's progress notes are printed at most this often (the last is always shown
-    # by the step's own line when it finishes).
-    NOTE_INTERVAL_SECONDS = 10.0
+    def line(self, text: str) -> None:
+        """A line of the run's story: above the bar on a terminal, a plain flushed line otherwise."""
+        if self.bar is None:
+            print(text, file=self.stream, flush=True)
+        else:
+            self.bar.console.print(text, highlight=False, markup=False)
+
+    def stage(self, description: str) -> None:
+        """What the command is doing before the steps start (the bar's label; nothing in a pipe)."""
+        if self.bar is not None:
+            self.bar.update(self.task, description=description)
+
+    def start_steps(self, total: int) -> None:
+        self.total = total
+        if self.bar is not None:
+            self.bar.update(self.task, total=total, completed=0, description="starting the run")
+
+    def step_started(self, step: str) -> None:
+        """The step now running names the bar (nothing in a pipe: its line says when it is done)."""
+        if self.bar is not None:
+            self.bar.update(self.task, description=step)
 
     def note(self, step: str, message: str) -> None:
         """Progress inside a running step: the bar's description on a terminal, an indented line
@@ -224,16 +280,13 @@ class StepProgress:
         now = time.monotonic()
         if now - self.noted.get(step, -self.NOTE_INTERVAL_SECONDS) >= self.NOTE_INTERVAL_SECONDS:
             self.noted[step] = now
-            print(f"      {step}: {message}", flush=True)
+            print(f"      {step}: {message}", file=self.stream, flush=True)
 
     def step_done(self, report: StepReport) -> None:
         self.done += 1
-        line = step_line(report, self.done, self.total)
-        if self.bar is None:
-            print(line, flush=True)
-        else:
-            self.bar.console.print(line, highlight=False, markup=False)
-            self.bar.update(self.task, completed=self.done, description=report.step)
+        self.line(step_line(report, self.done, self.total or self.done))
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, description=f"{report.step} done")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -444,8 +497,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     data_dir = locations.home_path / "demo-data"
     summary = generate_dataset(data_dir, users=args.users, seed=args.seed, batches=args.batches)
     for batch in summary.batches:
-        print(batch.describe())
-        _land_and_run(locations, batch.folder, batch.partition)
+        print(batch.describe(), flush=True)
+        with StepProgress() as progress:
+            _land_and_run(locations, batch.folder, batch.partition, progress)
     # Through the parser, so the commands get every option's default as they would on the command line.
     home = ["--home", args.home] if args.home else []
     print()

@@ -1,9 +1,11 @@
 """Live progress of `instarec materialize`: in a pipe (not a terminal) each finished step is one plain
-line, printed while the run goes on, with its assets' rows and its seconds, once per step."""
+line, printed while the run goes on, with its assets' rows and its seconds, once per step; on a
+terminal the same lines scroll above a progress bar that shows at once and keeps redrawing."""
 
 from __future__ import annotations
 
 import os
+import pty
 import re
 import subprocess
 import sys
@@ -56,6 +58,77 @@ def test_materialize_in_a_pipe_prints_each_step_once_as_it_finishes(tmp_path: Pa
     # Lines stream: the header arrived while steps were still running, well before the last step
     # line (a buffered stdout would deliver them all at once, at exit).
     assert arrivals[-1][0] - arrivals[1][0] > 0.5, arrivals
+
+
+CSI = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])")
+
+
+def render_screen(output: str) -> list[str]:
+    """The lines a terminal shows for `output`: carriage return, line feed, erase-line and cursor-up,
+    the controls rich's live display moves with; colours and cursor hiding are ignored. The test
+    sets a width that no line reaches, so there is no wrapping to emulate."""
+    lines, row, col, at = [""], 0, 0, 0
+    while at < len(output):
+        control = CSI.match(output, at)
+        if control:
+            params, final = control.groups()
+            if final == "K":  # erase in line: 2 the whole line (rich's), else from the cursor on
+                lines[row] = "" if params == "2" else lines[row][:col]
+            elif final == "A":
+                row = max(0, row - int(params or 1))
+            at = control.end()
+            continue
+        char = output[at]
+        at += 1
+        if char == "\r":
+            col = 0
+        elif char == "\n":
+            row, col = row + 1, 0
+            if row == len(lines):
+                lines.append("")
+        elif char >= " ":
+            line = lines[row].ljust(col)
+            lines[row] = line[:col] + char + line[col + 1 :]
+            col += 1
+    return [line.rstrip() for line in lines if line.strip()]
+
+
+def test_materialize_on_a_terminal_shows_a_bar_at_once_and_each_step_on_its_own_line(tmp_path: Path):
+    """Under a pseudo-terminal: the bar shows before the pipeline has even loaded, each finished step
+    is a whole line above it (Dagster points fd 1 at the run's compute-log file while the run goes
+    on; a bar writing through fd 1 stopped redrawing and printed the step lines onto its own row),
+    and the screen ends with the six step lines and the finished bar."""
+    batch = write_batch(tmp_path / "batch", success=False)
+    command = [sys.executable, "-m", "instarec_assets.cli", "materialize", "--landing", str(batch)]
+    command += ["--partition", DAY_1, "--home", str(tmp_path / "home"), "--through", "clean"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "400", "LINES": "60", "TERM": "xterm"}
+    env.pop("NO_COLOR", None)
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(command, stdout=follower, stderr=subprocess.PIPE, env=env)
+    os.close(follower)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert process.wait(timeout=300) == 0, process.stderr.read().decode()[-2000:]
+    output = b"".join(chunks).decode()
+    assert output.index("loading the pipeline") < output.index("landed ")  # shown before the imports end
+    screen = render_screen(output)
+    assert screen[0].startswith(f"landed {batch} as partition {DAY_1}"), screen
+    assert screen[1] == f"running 6 steps for partition {DAY_1} through clean", screen
+    steps = [STEP_LINE.match(line) for line in screen[2:8]]
+    assert all(steps), screen
+    assert [(int(step[1]), int(step[2])) for step in steps] == [(i, 6) for i in range(1, 7)]
+    assert {step[3] for step in steps} == CLEAN_STEPS
+    assert len(screen) == 9 and re.search(r"━+ 6/6 \d+:\d\d:\d\d$", screen[8]), screen
+    # The bar showed the run's steps before any had finished.
+    assert re.search(r" 0/6 \d+:\d\d:\d\d", re.sub(r"\x1b\[[0-9;]*m", "", output))
 
 
 @pytest.mark.slow

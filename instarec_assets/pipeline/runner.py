@@ -194,6 +194,7 @@ def materialize_partition(
     on_step: StepListener | None = None,
     on_note: NoteListener | None = None,
     on_warning: Callable[[str], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> list[AssetReport]:
     """Run the landing job for one partition; raise PipelineError naming the first step failure and
     every failed ERROR-severity check. A failed WARN-severity check (downstream still ran) goes to
@@ -201,13 +202,14 @@ def materialize_partition(
 
     The console logger is quiet: failures are reported once, as one line, by the caller; the full
     event log (tracebacks included) stays in the instance for the Dagster UI. `on_step` hears of
-    each step as it finishes (live progress), from the instance's event stream for this run.
+    each step as it finishes (live progress), from the instance's event stream for this run;
+    `on_start` of each step as it starts, `on_note` of progress logged inside it.
     """
     register_batch(instance, partition_key)
     reap_dead_runs(instance, LANDING_JOB_NAME)
     run_id = str(uuid.uuid4())
     if on_step is not None:
-        instance.add_event_listener(run_id, _StepCollector(on_step, on_note))
+        instance.add_event_listener(run_id, _StepCollector(on_step, on_note, on_start))
     result = defs.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
         partition_key=partition_key,
         asset_selection=assets_through(defs, through),
@@ -255,9 +257,15 @@ def materialize_partition(
 class _StepCollector:
     """Gathers each step's materialisations and hands one StepReport on when the step succeeds."""
 
-    def __init__(self, on_step: StepListener, on_note: NoteListener | None = None) -> None:
+    def __init__(
+        self,
+        on_step: StepListener,
+        on_note: NoteListener | None = None,
+        on_start: Callable[[str], None] | None = None,
+    ) -> None:
         self.on_step = on_step
         self.on_note = on_note
+        self.on_start = on_start
         self.assets_by_step: dict[str, list[tuple[str, int | None]]] = defaultdict(list)
 
     def __call__(self, entry: EventLogEntry) -> None:
@@ -266,7 +274,9 @@ class _StepCollector:
             self.on_note(entry.step_key, entry.user_message)  # progress logged inside a step
         if event is None or event.step_key is None:
             return
-        if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+        if event.event_type == DagsterEventType.STEP_START and self.on_start is not None:
+            self.on_start(event.step_key)
+        elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
             materialization = event.step_materialization_data.materialization
             self.assets_by_step[event.step_key].append(
                 (materialization.asset_key.to_user_string(), _row_count(materialization.metadata))
