@@ -96,11 +96,7 @@ def build_resources(
         WAREHOUSE_RESOURCE_KEY: warehouse_duckdb_resource(locations),
         **{f"{zone}_io_manager": LakeIOManager(lake=lake, zone=zone) for zone in ZONES},
         "model_io_manager": ModelArtifactIOManager(lake=lake),
-        "training": ModelTrainingResource(
-            backend=settings.training_backend or default_backend,
-            small_landing_max_users=settings.small_landing_max_users,
-            cv_folds=settings.cv_folds,
-        ),
+        "training": ModelTrainingResource(backend=settings.training_backend or default_backend),
         "compute": ComputeResource(
             threads=settings.threads,
             graphsage_device=settings.graphsage_device,

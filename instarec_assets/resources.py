@@ -21,7 +21,6 @@ from instarec_assets.lake.clean_orders import ForgetList
 from instarec_assets.lake.duck import attach_filesystem
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.ml.retrain import RetrainPolicy
-from instarec_assets.ml.small_landing import SmallDataPolicy
 
 
 class LakeResource(ConfigurableResource):
@@ -164,26 +163,6 @@ class ModelTrainingResource(ConfigurableResource):
     then batch transform jobs)."""
 
     backend: str = "local"
-    # The small-landing regime (instarec_assets.ml.small_landing, where each default is argued): at
-    # most this many users train with rounds by grouped cross-validation (0 = never) ...
-    small_landing_max_users: int = SmallDataPolicy.max_users
-    cv_folds: int = SmallDataPolicy.folds
-    # ... and capacity limited to this many shoppers' worth of rows per leaf;
-    min_users_per_leaf: float = SmallDataPolicy.min_users_per_leaf
-    # with fewer validation users per half, the threshold is `default_threshold` and P(None) keeps
-    # independence (at any size).
-    min_users_per_half: int = SmallDataPolicy.min_users_per_half
-    default_threshold: float = SmallDataPolicy.default_threshold
-
-    @property
-    def small_data(self) -> SmallDataPolicy:
-        return SmallDataPolicy(
-            max_users=self.small_landing_max_users,
-            folds=self.cv_folds,
-            min_users_per_leaf=self.min_users_per_leaf,
-            min_users_per_half=self.min_users_per_half,
-            default_threshold=self.default_threshold,
-        )
 
     @property
     def uses_sagemaker(self) -> bool:
@@ -200,9 +179,7 @@ class ModelTrainingResource(ConfigurableResource):
     def trainer(self):
         from instarec_assets.backends.model_backend import build_trainer
 
-        return build_trainer(
-            self.backend, self.sagemaker_client() if self.uses_sagemaker else None, self.small_data
-        )
+        return build_trainer(self.backend, self.sagemaker_client() if self.uses_sagemaker else None)
 
 
 class ServingStoreResource(ConfigurableResource):

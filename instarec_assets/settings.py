@@ -25,8 +25,6 @@ VARIABLES: dict[str, str] = {
     "INSTAREC_THREADS": "threads for XGBoost, torch and DuckDB (default 0: the CPUs this process may use)",
     "INSTAREC_DUCKDB_MEMORY_LIMIT": "DuckDB's memory limit per connection (default 4GB)",
     "INSTAREC_TRAINING_BACKEND": "local or sagemaker (default: sagemaker in aws mode, else local)",
-    "INSTAREC_SMALL_LANDING_MAX_USERS": "at most this many users train XGBoost in the small-landing regime (default 10000; 0 = never)",
-    "INSTAREC_CV_FOLDS": "folds of the small-landing regime's grouped cross-validation (default 5)",
     "INSTAREC_GRAPHSAGE_DEVICE": "cpu or cuda (default: cuda when available)",
     "INSTAREC_DYNAMODB_TABLE": "aws: the serving table",
     "INSTAREC_SERVING_KEEP_VERSIONS": "loaded serving versions kept for rollback (default 3)",
@@ -74,8 +72,6 @@ class Settings:
     threads: int = 0
     duckdb_memory_limit: str = "4GB"
     training_backend: str = ""
-    small_landing_max_users: int = 10_000
-    cv_folds: int = 5
     graphsage_device: str = ""
     dynamodb_table: str = ""
     serving_keep_versions: int = 3
@@ -124,8 +120,6 @@ class Settings:
             threads=_integer(env, "INSTAREC_THREADS", 0, minimum=0),
             duckdb_memory_limit=text("INSTAREC_DUCKDB_MEMORY_LIMIT", "4GB"),
             training_backend=text("INSTAREC_TRAINING_BACKEND"),
-            small_landing_max_users=_integer(env, "INSTAREC_SMALL_LANDING_MAX_USERS", 10_000, minimum=0),
-            cv_folds=_integer(env, "INSTAREC_CV_FOLDS", 5, minimum=2),
             graphsage_device=text("INSTAREC_GRAPHSAGE_DEVICE"),
             dynamodb_table=text("INSTAREC_DYNAMODB_TABLE"),
             serving_keep_versions=_integer(env, "INSTAREC_SERVING_KEEP_VERSIONS", 3, minimum=1),
@@ -162,13 +156,7 @@ def _integer(env: Mapping[str, str], name: str, default: int, minimum: int) -> i
     except ValueError:
         value = minimum - 1
     if value < minimum:
-        kind = (
-            f"an integer of at least {minimum}"
-            if minimum > 1
-            else "a positive integer"
-            if minimum == 1
-            else "a non-negative integer"
-        )
+        kind = "a positive integer" if minimum >= 1 else "a non-negative integer"
         raise SettingsError(f"{name} must be {kind}, not {raw!r}")
     return value
 

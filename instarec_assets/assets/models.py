@@ -71,22 +71,6 @@ def beats_baselines_result(check_name: str, baskets: BasketEvaluation) -> AssetC
     )
 
 
-def regime_metadata(regime: dict) -> dict[str, MetadataValue]:
-    """Which training regime chose the rounds and why (the card's `training_regime`); a kept model
-    shows its fitting batch's, a card from before the regimes shows nothing."""
-    if not regime:
-        return {}
-    cv = regime.get("cross_validation", {})
-    return {
-        "training_regime": MetadataValue.text(regime["name"]),
-        "training_regime_reason": MetadataValue.text(regime["reason"]),
-        "rounds_chosen": MetadataValue.int(int(regime["rounds_chosen"])),
-        "training_users": MetadataValue.int(int(regime.get("train_users", 0))),
-        **({"cv_folds": MetadataValue.int(int(cv["folds"]))} if cv else {}),
-        **({"cv_logloss": MetadataValue.float(float(cv["cv_logloss_mean"]))} if cv else {}),
-    }
-
-
 @asset(
     name="xgboost_model",
     group_name="models",
@@ -155,11 +139,9 @@ def xgboost_model(
         trainer=training.trainer() if decision.retrain else None,
         ablate=SIMILARITY_FEATURE if config.compare_without_similarity else None,
         threads=compute.threads,
-        small_data=training.small_data,
     )
     metrics = report.metrics
     ablation = report.card.get("ablation")
-    regime = report.card.get("training_regime", {})
     baskets = report.baskets
     yield Output(
         StagedArtifacts(report.model_dir, commit_file=MODEL_CARD_FILE),
@@ -174,8 +156,6 @@ def xgboost_model(
             "f1": MetadataValue.float(metrics.f1),
             "accuracy": MetadataValue.float(metrics.accuracy),
             "best_iteration": MetadataValue.int(report.card["best_iteration"]),
-            **regime_metadata(regime),
-            "threshold_rule": MetadataValue.text(report.card["evaluation"]["threshold"]),
             "evaluated_users": MetadataValue.int(report.card["data_split"]["n_validation_users"]),
             "evaluation_users": MetadataValue.text(report.card["evaluation"]["users"]),
             "mean_f1_model": MetadataValue.float(baskets.model_f1),

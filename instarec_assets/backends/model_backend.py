@@ -15,7 +15,6 @@ import xgboost as xgb
 
 from instarec_assets.backends.sagemaker import SageMakerSettings, SageMakerXGBoost
 from instarec_assets.ml.reorder_model import FeatureRows, InProcessTrainer
-from instarec_assets.ml.small_landing import HOLDOUT, SmallDataPolicy
 from instarec_assets.ml.training import (
     ReorderModelParams,
     TrainedModel,
@@ -123,15 +122,6 @@ class SageMakerTrainer:
             seed=seed,
             validation_fraction=validation_fraction,
             data_sha256=data_sha256,
-            regime={
-                "name": HOLDOUT,
-                "reason": "SageMaker backend: one training job early-stopped on the held-out users "
-                "(the small-landing cross-validation runs in process only)",
-                "rounds_chosen": best_iteration + 1,
-                "users": int(np.unique(data.user_ids).size),
-                "train_users": int(np.unique(data.user_ids[train_rows]).size),
-                "validation_users": int(np.unique(data.user_ids[validation_rows]).size),
-            },
         )
 
 
@@ -155,10 +145,9 @@ def sagemaker_client() -> SageMakerXGBoost:
 
 
 def build_trainer(
-    backend: str, client: SageMakerXGBoost | None = None, small_data: SmallDataPolicy | None = None
+    backend: str, client: SageMakerXGBoost | None = None
 ) -> InProcessTrainer | SageMakerTrainer:
-    """`local` trains in this process (in the small-landing regime where `small_data` applies);
-    `sagemaker` uses `client` (default: `sagemaker_client()`)."""
+    """`local` trains in this process; `sagemaker` uses `client` (default: `sagemaker_client()`)."""
     if check_backend(backend) == "local":
-        return InProcessTrainer(small_data)
+        return InProcessTrainer()
     return SageMakerTrainer(client or sagemaker_client())

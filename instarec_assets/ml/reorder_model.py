@@ -32,11 +32,7 @@ from instarec_assets.ml.metrics import (
     plot_threshold_analysis,
     threshold_table,
 )
-from instarec_assets.ml.none_probability import (
-    MIN_ORDERS_PER_HALF,
-    choose_none_probability,
-    write_none_choice,
-)
+from instarec_assets.ml.none_probability import choose_none_probability, write_none_choice
 from instarec_assets.ml.ranking import candidate_ranking_report
 from instarec_assets.ml.retrain import (
     RetrainDecision,
@@ -45,7 +41,6 @@ from instarec_assets.ml.retrain import (
     feature_profile,
     population_stability,
 )
-from instarec_assets.ml.small_landing import SmallDataPolicy
 from instarec_assets.ml.training import (
     KEPT_EVALUATION_MAX_USERS,
     ReorderModelParams,
@@ -177,21 +172,11 @@ class Trainer(Protocol):
 
 
 class InProcessTrainer:
-    """XGBoost in this process (the local default); with `small_data`, a landing of at most its
-    `max_users` users trains in the small-landing regime (instarec_assets.ml.small_landing)."""
-
-    def __init__(self, small_data: SmallDataPolicy | None = None) -> None:
-        self.small_data = small_data
+    """XGBoost in this process (the local default)."""
 
     def train(self, data: FeatureRows, params: ReorderModelParams, seed: int, workdir: Path) -> TrainedModel:
         return train_reorder_model(
-            data.features,
-            data.labels,
-            data.user_ids,
-            data.feature_names,
-            params,
-            seed=seed,
-            small_data=self.small_data,
+            data.features, data.labels, data.user_ids, data.feature_names, params, seed=seed
         )
 
 
@@ -255,7 +240,6 @@ def train_and_report(
     ablate: str | None = None,
     threads: int = 0,
     card_extra: Mapping[str, Any] | None = None,
-    small_data: SmallDataPolicy | None = None,
 ) -> ReorderModelReport:
     """Fit, score the held-out users, compare baskets with both baselines, write model + card + plots.
 
@@ -267,16 +251,11 @@ def train_and_report(
     resolved once here and recorded in the card: model.json is bit-identical for the same rows,
     seed and thread count (see instarec_assets.ml.training). `card_extra` is added to the card
     (after the trainer's own `card_extra`).
-
-    `small_data` (the pipeline passes the resource's policy): the default trainer fits in its regime,
-    and with fewer validation users than it needs to choose on (`min_users_per_half` per half) the
-    threshold is its documented default, measured on every validation user, and P(None) keeps
-    independence. None: every choice is made on the held-out halves, whatever their size.
     """
     params = params or ReorderModelParams()
     params = replace(params, nthread=thread_count(threads or params.nthread or 0))
     workdir.mkdir(parents=True, exist_ok=True)
-    trainer = trainer or InProcessTrainer(small_data)
+    trainer = trainer or InProcessTrainer()
     if ablate is not None and ablate not in data.feature_names:
         raise ValueError(f"cannot ablate {ablate!r}: not one of the model's features")
     model = trainer.train(data, params, seed, workdir)
@@ -284,24 +263,9 @@ def train_and_report(
     validation_rows = model.validation_index
     validation_probabilities = predict(model.booster, data.features[validation_rows], threads=params.nthread)
     validation_labels = data.labels[validation_rows]
-    n_validation_users = int(np.unique(data.user_ids[validation_rows]).size)
-    if small_data is not None and small_data.too_few_to_choose(n_validation_users):
-        metrics = classification_metrics(
-            validation_labels, validation_probabilities, small_data.default_threshold
-        )
-        threshold_rule = (
-            f"default {small_data.default_threshold:g}: {n_validation_users:,} validation users, fewer "
-            f"than the {2 * small_data.min_users_per_half:,} ({small_data.min_users_per_half:,} per half) "
-            "needed to choose one on half and judge it on the other; precision, recall and F1 at it on "
-            "all of them"
-        )
-    else:
-        metrics = classification_metrics_held_out(
-            validation_labels, validation_probabilities, data.user_ids[validation_rows], seed
-        )
-        threshold_rule = (
-            "chosen on half of the validation users; precision, recall and F1 at it on the other half"
-        )
+    metrics = classification_metrics_held_out(
+        validation_labels, validation_probabilities, data.user_ids[validation_rows], seed
+    )
     thresholds = threshold_table(validation_labels, validation_probabilities)
     importance = feature_importance(model.booster, data.feature_names)
 
@@ -314,9 +278,7 @@ def train_and_report(
         last_order,
     )
     none_choice = choose_none_probability(
-        _candidate_frame(data, validation_rows, validation_probabilities),
-        seed,
-        small_data.min_users_per_half if small_data is not None else MIN_ORDERS_PER_HALF,
+        _candidate_frame(data, validation_rows, validation_probabilities), seed
     )
     write_none_choice(workdir, none_choice)
     plots = {
@@ -372,7 +334,7 @@ def train_and_report(
         "basket_f1": baskets.as_table().to_dict(orient="records"),
         "ranking": ranking.to_dict(orient="records"),
         "none_probability": {k: v for k, v in none_choice.as_dict().items() if k != "calibration"},
-        "threshold": threshold_rule,
+        "threshold": "chosen on half of the validation users; precision, recall and F1 at it on the other half",
     }
     card = build_model_card(
         model,
@@ -656,12 +618,11 @@ def train_or_keep(
     ablate: str | None = None,
     threads: int = 0,
     evaluation_max_users: int = KEPT_EVALUATION_MAX_USERS,
-    small_data: SmallDataPolicy | None = None,
 ) -> ReorderModelReport:
     """train_and_report with a fresh fit (the card gains the feature profile of these rows, the
     fitting batch and the decision), or, when the decision keeps the model, the earlier booster
     evaluated through the same report on at most `evaluation_max_users` of this batch's validation
-    users (no refit, no ablation: it is carried over). `small_data` as in train_and_report."""
+    users (no refit, no ablation: it is carried over)."""
     if decision.retrain:
         return train_and_report(
             data,
@@ -670,7 +631,6 @@ def train_or_keep(
             trainer=trainer,
             ablate=ablate,
             threads=threads,
-            small_data=small_data,
             card_extra={
                 "trained_on_batch": data_partition,
                 "feature_profile": feature_profile(data.features, data.feature_names),
@@ -685,7 +645,6 @@ def train_or_keep(
         data_partition,
         trainer=ReuseTrainer(previous, previous_card, max_users=evaluation_max_users),
         threads=threads,
-        small_data=small_data,
         card_extra={"retrain": decision.as_dict()},
     )
     # The kept model's file exactly as it was fitted (not a re-serialisation of the loaded booster).

@@ -10,10 +10,6 @@ row and column subsampling) comes from the seed; `hist` trees are deterministic 
 the count is recorded); the row order is the caller's (load_feature_rows sorts by the row key).
 The model card records the seed, the thread count and a sha256 of the training rows, and also when
 it was written (`created_at`): the card is not bit-identical between runs, model.json is.
-
-Two regimes (`training_regime` in the card): held-out early stopping, and, given a SmallDataPolicy
-and at most its `max_users` users, the small-landing regime of instarec_assets.ml.small_landing
-(rounds by grouped cross-validation over the training users, capacity limited by the data).
 """
 
 from __future__ import annotations
@@ -33,13 +29,6 @@ import numpy as np
 import xgboost as xgb
 
 from instarec_assets.compute import thread_count
-from instarec_assets.ml.small_landing import (
-    HOLDOUT,
-    SMALL_LANDING,
-    SmallDataPolicy,
-    cross_validate_rounds,
-    regularised_params,
-)
 
 LOGGER = logging.getLogger(__name__)
 PREDICT_CHUNK_ROWS = 1_000_000
@@ -106,8 +95,6 @@ class TrainedModel:
     seed: int = 0
     validation_fraction: float = 0.1
     data_sha256: str = ""  # training_data_fingerprint of the rows the model was fitted on
-    # Which regime chose the rounds and why (see the module docstring); {} when not known (a kept model).
-    regime: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_rounds_trained(self) -> int:
@@ -234,12 +221,8 @@ def train_reorder_model(
     params: ReorderModelParams | None = None,
     validation_fraction: float = 0.1,
     seed: int = 0,
-    small_data: SmallDataPolicy | None = None,
 ) -> TrainedModel:
-    """Fit binary:logistic with hist trees, early-stopped on the held-out users' logloss; or, when
-    `small_data` applies to this many users, with rounds chosen by grouped cross-validation over the
-    training users and capacity limited by them (instarec_assets.ml.small_landing). Either way the
-    same users are held out, so the report evaluates the same people.
+    """Fit binary:logistic with hist trees, early-stopped on the held-out users' logloss.
 
     `params.nthread` 0 is resolved to the usable CPUs here, so the model records the count it used."""
     params = params or ReorderModelParams()
@@ -254,61 +237,6 @@ def train_reorder_model(
     train_mask, validation_mask = split_users(user_ids, validation_fraction, seed)
     train_rows = np.flatnonzero(train_mask)
     validation_rows = np.flatnonzero(validation_mask)
-    user_ids = np.asarray(user_ids)
-    n_users = int(np.unique(user_ids).size)
-    if small_data is not None and small_data.applies(n_users):
-        fit = _fit_cross_validated(
-            features, labels, user_ids, train_rows, validation_rows, feature_names, params, seed, small_data
-        )
-    else:
-        fit = _fit_early_stopped(features, labels, train_rows, validation_rows, feature_names, params, seed)
-        fit.regime.update(_holdout_regime(n_users, small_data, fit))
-    train_users = np.unique(user_ids[train_rows])
-    validation_users = np.unique(user_ids[validation_rows])
-    fit.regime.update(
-        users=n_users, train_users=int(train_users.size), validation_users=int(validation_users.size)
-    )
-    return TrainedModel(
-        booster=fit.booster,
-        params=fit.params,
-        feature_names=tuple(feature_names),
-        best_iteration=fit.best_iteration,
-        best_score=fit.best_score,
-        validation_index=validation_rows,
-        validation_user_ids=validation_users,
-        n_train_rows=int(train_rows.size),
-        n_train_users=int(train_users.size),
-        evals_result={
-            name: {m: [float(v) for v in values] for m, values in metrics.items()}
-            for name, metrics in fit.history.items()
-        },
-        seed=seed,
-        validation_fraction=validation_fraction,
-        data_sha256=training_data_fingerprint(features, labels, user_ids, feature_names),
-        regime=fit.regime,
-    )
-
-
-@dataclass
-class _Fit:
-    booster: xgb.Booster
-    params: ReorderModelParams
-    best_iteration: int
-    best_score: float
-    history: dict
-    regime: dict[str, Any] = field(default_factory=dict)
-
-
-def _fit_early_stopped(
-    features: np.ndarray,
-    labels: np.ndarray,
-    train_rows: np.ndarray,
-    validation_rows: np.ndarray,
-    feature_names: Sequence[str],
-    params: ReorderModelParams,
-    seed: int,
-) -> _Fit:
-    """The held-out regime: early stopping on the validation users' logloss, cut at the best round."""
     dtrain = _quantile_matrix(features, labels, train_rows, feature_names, params)
     dvalid = _quantile_matrix(features, labels, validation_rows, feature_names, params, ref=dtrain)
     history: dict = {}
@@ -326,100 +254,25 @@ def _fit_early_stopped(
     best_score = float(booster.best_score)
     best = booster[: best_iteration + 1]
     best.set_attr(best_iteration=str(best_iteration), best_score=repr(best_score))
-    return _Fit(best, params, best_iteration, best_score, history)
-
-
-def _holdout_regime(n_users: int, policy: SmallDataPolicy | None, fit: _Fit) -> dict[str, Any]:
-    if policy is None:
-        reason = "no small-landing policy given: early stopping on the held-out users"
-    elif policy.max_users == 0:
-        reason = "small-landing regime turned off (max_users 0): early stopping on the held-out users"
-    else:
-        reason = (
-            f"{n_users:,} users, more than the small-landing limit of {policy.max_users:,}: "
-            "the held-out users are enough to early-stop on"
-        )
-    return {
-        "name": HOLDOUT,
-        "reason": reason,
-        "rounds_chosen": fit.best_iteration + 1,
-        "rounds_chosen_by": f"validation logloss, early stopping after {fit.params.early_stopping_rounds} rounds",
-        **({"policy": policy.as_dict()} if policy is not None else {}),
-    }
-
-
-def _fit_cross_validated(
-    features: np.ndarray,
-    labels: np.ndarray,
-    user_ids: np.ndarray,
-    train_rows: np.ndarray,
-    validation_rows: np.ndarray,
-    feature_names: Sequence[str],
-    params: ReorderModelParams,
-    seed: int,
-    policy: SmallDataPolicy,
-) -> _Fit:
-    """The small-landing regime: capacity from the training users, rounds by grouped k-fold CV over
-    them, then one fit on every training user with that many rounds. The validation users' logloss
-    is recorded each round (the learning curve) but chooses nothing. Plain DMatrix, not quantile:
-    xgboost.cv slices it per fold, and the data is small."""
-    train_users = user_ids[train_rows]
-    params, capacity = regularised_params(params, labels[train_rows], train_users, policy)
-    names = list(feature_names)
-    threads = thread_count(params.nthread or 0)
-    dtrain = xgb.DMatrix(features[train_rows], label=labels[train_rows], feature_names=names, nthread=threads)
-    booster_params = params.booster_params(seed)
-    cv = cross_validate_rounds(
-        booster_params,
-        dtrain,
-        train_users,
-        params.num_boost_round,
-        params.early_stopping_rounds,
-        policy.folds,
-        seed,
+    train_users = np.unique(np.asarray(user_ids)[train_rows])
+    return TrainedModel(
+        booster=best,
+        params=params,
+        feature_names=tuple(feature_names),
+        best_iteration=best_iteration,
+        best_score=best_score,
+        validation_index=validation_rows,
+        validation_user_ids=np.unique(np.asarray(user_ids)[validation_rows]),
+        n_train_rows=int(train_rows.size),
+        n_train_users=int(train_users.size),
+        evals_result={
+            name: {m: [float(v) for v in values] for m, values in metrics.items()}
+            for name, metrics in history.items()
+        },
+        seed=seed,
+        validation_fraction=validation_fraction,
+        data_sha256=training_data_fingerprint(features, labels, user_ids, feature_names),
     )
-    LOGGER.info(
-        "small landing: %d training users, %d-fold CV chose %d rounds (CV logloss %.4f)",
-        cv.users,
-        cv.folds,
-        cv.rounds,
-        cv.best_logloss,
-    )
-    dvalid = xgb.DMatrix(
-        features[validation_rows], label=labels[validation_rows], feature_names=names, nthread=threads
-    )
-    history: dict = {}
-    booster = xgb.train(
-        booster_params,
-        dtrain,
-        num_boost_round=cv.rounds,
-        evals=[(dvalid, "validation")],
-        evals_result=history,
-        verbose_eval=False,
-        callbacks=[RoundLog(cv.rounds)],
-    )
-    best_iteration = cv.rounds - 1
-    best_score = float(history["validation"]["logloss"][-1])
-    booster.set_attr(best_iteration=str(best_iteration), best_score=repr(best_score))
-    n_users = int(np.unique(user_ids).size)
-    n_validation_users = int(np.unique(user_ids[validation_rows]).size)
-    regime = {
-        "name": SMALL_LANDING,
-        "reason": (
-            f"{n_users:,} users, at most the small-landing limit of {policy.max_users:,}: the "
-            f"{n_validation_users:,} held-out users are too few to early-stop on, so the rounds are "
-            "chosen by cross-validation over the training users and the model is fitted on all of them"
-        ),
-        "rounds_chosen": cv.rounds,
-        "rounds_chosen_by": (
-            f"{cv.folds}-fold cross-validation over {cv.users:,} training users (folds never split a "
-            f"user): the round of the lowest mean test-fold logloss"
-        ),
-        "cross_validation": cv.as_dict(),
-        "capacity": capacity.as_dict(),
-        "policy": policy.as_dict(),
-    }
-    return _Fit(booster, params, best_iteration, best_score, history, regime)
 
 
 def predict(
@@ -518,8 +371,6 @@ def build_model_card(
         },
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    if model.regime:
-        card["training_regime"] = dict(model.regime)
     card.update(extra or {})
     return card
 
