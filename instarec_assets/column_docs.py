@@ -152,6 +152,12 @@ TABLES: dict[str, dict[str, str]] = {
         "cooccurrence": "together / sqrt(baskets of each): the cosine of their basket vectors",
         "similarity": "cosine of the two products' GraphSAGE embeddings (serving framing), clipped at 0",
     },
+    "similar_item_counts": {
+        "kind": "strong (a pair with at least the minimum support), weak (below it) or popularity (a product)",
+        "product_id": "the pair's smaller product id, or the product a popularity row counts",
+        "other_id": "the pair's larger product id (0 on a popularity row)",
+        "together": "cumulative baskets holding both products (a popularity row: baskets holding the product)",
+    },
 }
 
 

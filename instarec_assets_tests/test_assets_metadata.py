@@ -5,6 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from instarec_assets.assets.metadata import preview, rows_by_eval_set
+from instarec_assets.lake.feature_delta import feature_source
 
 
 def test_rows_by_eval_set_counts_each_framing_of_a_feature_set(tmp_path):
@@ -18,7 +19,8 @@ def test_rows_by_eval_set_counts_each_framing_of_a_feature_set(tmp_path):
         ),
         path,
     )
-    metadata = rows_by_eval_set(duckdb.connect(), str(path))
+    conn = duckdb.connect()
+    metadata = rows_by_eval_set(conn, feature_source(conn, str(path)))
     assert {name: entry.value for name, entry in metadata.items()} == {"serving_rows": 3, "test_rows": 3}
 
 

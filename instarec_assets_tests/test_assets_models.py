@@ -37,6 +37,7 @@ from instarec_assets.consumption.ranking_report import (
 )
 from instarec_assets.definitions import build_definitions
 from instarec_assets.generate import generate_dataset
+from instarec_assets.lake.feature_delta import feature_source
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.ml.evaluation import BasketEvaluation
 from instarec_assets.pipeline.runner import register_batch
@@ -280,9 +281,10 @@ def test_users_with_the_shortest_histories_get_explore_suggestions(pipeline):
     locations, _, _, latest = pipeline
     recommendations = locations.partition_uri("consumption", "recommendations", latest)
     user_features = locations.partition_uri("curated", "user_features", latest)
-    rows = duckdb.sql(
+    conn = duckdb.connect()
+    rows = conn.sql(
         "SELECT u.user_id, count(*) FILTER (WHERE r.explore) "
-        f"FROM read_parquet('{user_features}', hive_partitioning = false) AS u "
+        f"FROM {feature_source(conn, user_features)} AS u "
         f"JOIN read_parquet('{recommendations}', hive_partitioning = false) AS r USING (user_id) "
         "WHERE u.framing = 'serving' AND u.u_orders <= 4 GROUP BY 1"
     ).fetchall()
@@ -418,11 +420,13 @@ def test_submission_has_one_kaggle_row_per_test_order(pipeline, tmp_path, capsys
     submitted = [int(line.split(",")[0]) for line in lines[1:]]
     assert len(submitted) == len(set(submitted)) and set(submitted) == test_orders and test_orders
     assert all(re.fullmatch(r"\d+,(None|\d+)( (None|\d+))*", line) for line in lines[1:])
+    feature_conn = duckdb.connect()
     scored = {
         order_id
-        for (order_id,) in duckdb.execute(
-            "SELECT DISTINCT order_id FROM read_parquet(?, hive_partitioning = false) WHERE eval_set = 'test'",
-            [locations.partition_uri("curated", "inference_set", latest)],
+        for (order_id,) in feature_conn.execute(
+            "SELECT DISTINCT order_id FROM "
+            + feature_source(feature_conn, locations.partition_uri("curated", "inference_set", latest))
+            + " WHERE eval_set = 'test'"
         ).fetchall()
     }
     metadata = instance.get_latest_materialization_event(

@@ -22,6 +22,7 @@ from instarec_assets.assets.graph import graphsage_step
 from instarec_assets.assets.raw import raw_landing_files
 from instarec_assets.definitions import build_resources
 from instarec_assets.generate import generate_dataset
+from instarec_assets.lake.feature_delta import feature_source
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.ml.graphsage import (
     CONFIG_FILE,
@@ -183,8 +184,8 @@ def test_similarity_feature_and_explore_items_from_the_stored_assets(lake, tmp_p
     products_uri = locations.partition_uri("curated", "product_embeddings", latest)
     for feature_set in ("training_set", "inference_set"):
         rows = conn.sql(
-            "SELECT user_id, product_id, eval_set FROM read_parquet("
-            f"'{locations.partition_uri('curated', feature_set, latest)}')"
+            "SELECT user_id, product_id, eval_set FROM "
+            + feature_source(conn, locations.partition_uri("curated", feature_set, latest))
         ).df()
         values = similarity_for_rows(
             conn, users_uri, products_uri, rows.user_id, rows.product_id, rows.eval_set.to_numpy()

@@ -193,7 +193,9 @@ def select_baskets(
         raise ValueError("order_ids, product_ids and probabilities must be 1-d arrays of the same length")
     if p.size and (np.isnan(p).any() or p.min() < 0.0 or p.max() > 1.0):
         raise ValueError("probabilities must lie in [0, 1]")
-    grouped = np.argsort(orders, kind="stable")
+    # Grouped by order, then product: equal probabilities rank the smaller product first, whatever the
+    # rows' input order (a multi-threaded scan gives none).
+    grouped = np.lexsort((products, orders))
     sorted_orders = orders[grouped]
     boundary = np.flatnonzero(sorted_orders[1:] != sorted_orders[:-1]) + 1
     starts = np.concatenate(([0], boundary)) if orders.size else np.zeros(0, dtype=np.int64)
