@@ -204,7 +204,7 @@ def test_similarity_feature_and_explore_items_from_the_stored_assets(lake, tmp_p
     inference_uri = locations.partition_uri("curated", "inference_set", latest)
     in_sql = conn.execute(
         with_similarity_sql(
-            f"SELECT user_id, product_id, eval_set FROM read_parquet('{inference_uri}', hive_partitioning = false)"
+            "SELECT user_id, product_id, eval_set FROM " + feature_source(conn, inference_uri)
         )
         + " ORDER BY eval_set, user_id, product_id",
         {"user_embeddings": users_uri, "product_embeddings": products_uri},
@@ -215,7 +215,7 @@ def test_similarity_feature_and_explore_items_from_the_stored_assets(lake, tmp_p
     staged = explore_from_lake(conn, users_uri, products_uri, features_uri, tmp_path / "explore.parquet")
     explore = conn.sql(f"SELECT * FROM read_parquet('{staged.path}')").df()
     bought = conn.sql(
-        f"SELECT user_id, product_id FROM read_parquet('{features_uri}') WHERE framing = 'serving'"
+        "SELECT user_id, product_id FROM " + feature_source(conn, features_uri) + " WHERE framing = 'serving'"
     ).df()
     serving_users = conn.sql(f"SELECT count(*) FROM read_parquet('{users_uri}') WHERE framing = 'serving'")
     assert explore.user_id.nunique() == serving_users.fetchall()[0][0]
