@@ -54,7 +54,7 @@ def lake(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def _explore(lake: dict[str, str], tmp_path: Path, k: int = 2) -> list[tuple]:
+def _explore(lake: dict[str, str], tmp_path: Path, k: int = 2, **options) -> list[tuple]:
     staged = personal_explore_items(
         duckdb.connect(),
         lake["similar_items"],
@@ -63,6 +63,7 @@ def _explore(lake: dict[str, str], tmp_path: Path, k: int = 2) -> list[tuple]:
         lake["fallback"],
         tmp_path / "explore.parquet",
         k=k,
+        **options,
     )
     table = pq.read_table(staged.path).to_pylist()
     assert staged.row_count == len(table)
@@ -92,3 +93,25 @@ def test_k_limits_each_list_and_must_be_positive(lake, tmp_path) -> None:
     assert [row[:3] for row in _explore(lake, tmp_path, k=1)] == [(1, 1, 40), (2, 1, 10), (3, 1, 70)]
     with pytest.raises(ValueError, match="k must be at least 1"):
         _explore(lake, tmp_path, k=0)
+
+
+def test_users_in_batches_give_the_same_lists_and_leave_no_part_files(lake, tmp_path) -> None:
+    whole = _explore(lake, tmp_path)
+    assert _explore(lake, tmp_path, batch_users=1) == whole
+    assert _explore(lake, tmp_path, batch_users=2) == whole
+    assert sorted(path.name for path in tmp_path.glob("explore*")) == ["explore.parquet"]
+    with pytest.raises(ValueError, match="batch_users must be at least 1"):
+        _explore(lake, tmp_path, batch_users=0)
+
+
+def test_only_the_given_users_and_none_at_all(lake, tmp_path) -> None:
+    whole = _explore(lake, tmp_path)
+    assert _explore(lake, tmp_path, user_ids=[3, 1], batch_users=1) == [row for row in whole if row[0] != 2]
+    assert _explore(lake, tmp_path, user_ids=[]) == []
+    assert pq.read_schema(tmp_path / "explore.parquet").names == [
+        "user_id",
+        "explore_rank",
+        "product_id",
+        "similarity",
+        "explore_source",
+    ]

@@ -11,13 +11,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from instarec_assets.lake.duck import StagedParquet, copy_to_parquet
+from instarec_assets.lake.duck import StagedParquet, copy_to_parquet, scalar
 from instarec_assets.lake.feature_delta import feature_source, with_feature_tables
 from instarec_assets.ml.reorder_model import RowFeature
 
 TOP_K = 10  # the head of a user's list: what an unfiltered answer shows first
 CANDIDATES = 50  # reorder candidates stored per user, so that a filtered answer still fills k
 SCORING_BATCH_ROWS = 1_000_000
+# Users per personal-explore query: all 206,209 users of the full-size data in one query ran out of
+# DuckDB's default 4 GB (the join to similar_items fans each user x product out ~17-fold).
+EXPLORE_BATCH_USERS = 25_000
 
 PREDICTIONS_SCHEMA = pa.schema(
     [
@@ -253,11 +256,13 @@ def top_recommendations(
 # each neighbour scored by the sum of its similarity to the user's products, never a product the
 # user bought and only current products; users with fewer than k such neighbours are filled from
 # their GraphSAGE embedding neighbours (`$fallback`, explore_items' output). Ties: product id.
+# One batch of users ($users, within $first_user..$last_user so that row groups are skipped).
 PERSONAL_EXPLORE_SQL = """
 WITH history AS (
     SELECT DISTINCT user_id, product_id
     FROM read_parquet($user_product_features, hive_partitioning = false)
-    WHERE framing = $framing {user_filter}
+    WHERE framing = $framing AND user_id BETWEEN $first_user AND $last_user
+      AND user_id IN (SELECT unnest($users))
 ),
 current_products AS (
     SELECT DISTINCT product_id FROM read_parquet($products, hive_partitioning = false) WHERE is_current
@@ -273,6 +278,7 @@ candidates AS (
     UNION ALL
     SELECT user_id, product_id, 1 AS source, similarity::DOUBLE AS score
     FROM read_parquet($fallback, hive_partitioning = false)
+    WHERE user_id BETWEEN $first_user AND $last_user AND user_id IN (SELECT unnest($users))
 ),
 fresh AS (
     SELECT user_id, product_id, min(source) AS source, first(score ORDER BY source, score DESC) AS score
@@ -303,24 +309,53 @@ def personal_explore_items(
     k: int = 2,
     framing: str = "serving",
     user_ids: Sequence[int] | None = None,
+    batch_users: int = EXPLORE_BATCH_USERS,
 ) -> StagedParquet:
     """Each user's `k` explore items from their own neighbourhood (see PERSONAL_EXPLORE_SQL):
-    user_id, explore_rank, product_id, similarity, explore_source; only `user_ids` when given."""
+    user_id, explore_rank, product_id, similarity, explore_source; only `user_ids` when given.
+    Users are taken `batch_users` at a time, in id order, so memory does not grow with the users."""
     if k < 1:
         raise ValueError(f"explore items: k must be at least 1, got {k}")
+    if batch_users < 1:
+        raise ValueError(f"explore items: batch_users must be at least 1, got {batch_users}")
+    source = feature_source(conn, user_product_features_uri)
+    if user_ids is None:
+        users = conn.execute(
+            f"SELECT DISTINCT user_id FROM {source} WHERE framing = ? ORDER BY 1", [framing]
+        ).fetchnumpy()["user_id"]
+    else:
+        users = np.unique(np.asarray(user_ids, dtype=np.int64))
     params = {
         "similar_items": similar_items_uri,
-        "user_product_features": user_product_features_uri,
         "products": products_uri,
         "fallback": fallback_uri,
         "framing": framing,
         "k": int(k),
     }
-    user_filter = ""
-    if user_ids is not None:
-        params["users"] = [int(user) for user in user_ids]
-        user_filter = "AND user_id IN (SELECT unnest($users))"
-    sql, params = with_feature_tables(
-        conn, PERSONAL_EXPLORE_SQL.format(user_filter=user_filter), params, "user_product_features"
+    sql = PERSONAL_EXPLORE_SQL.replace(
+        "read_parquet($user_product_features, hive_partitioning = false)", source
     )
-    return copy_to_parquet(conn, sql, out_path, params=params)
+    batches = [users[start : start + batch_users] for start in range(0, len(users), batch_users)] or [users]
+    parts = [out_path.with_name(f"{out_path.stem}.part{index:04d}.parquet") for index in range(len(batches))]
+    for batch, part in zip(batches, parts, strict=True):
+        bounds = (int(batch[0]), int(batch[-1])) if len(batch) else (0, -1)
+        batch_params = params | {
+            "users": [int(user) for user in batch],
+            "first_user": bounds[0],
+            "last_user": bounds[1],
+        }
+        copy_to_parquet(conn, sql, part, params=batch_params)
+    if len(parts) == 1:
+        parts[0].replace(out_path)
+        return StagedParquet(
+            out_path, int(scalar(conn, "SELECT count(*) FROM read_parquet(?)", [str(out_path)]))
+        )
+    staged = copy_to_parquet(
+        conn,
+        "SELECT * FROM read_parquet($parts, hive_partitioning = false) ORDER BY user_id, explore_rank",
+        out_path,
+        params={"parts": [str(part) for part in parts]},
+    )
+    for part in parts:
+        part.unlink()
+    return staged
