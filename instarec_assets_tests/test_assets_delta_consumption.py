@@ -1,6 +1,7 @@
 """Delta batches in the consumption zone: with kept models, batches 2 and 3 re-score and re-list only
 the users whose features changed, and give those users the rows a full re-score gives; everyone else
-keeps the lists served before, next_basket still covers every test order, a new model forces full."""
+keeps the lists served before, next_basket still covers every test order, a new model forces full.
+The ranking report is carried while both models are kept and recomputed for a new one."""
 
 from __future__ import annotations
 
@@ -134,7 +135,7 @@ def lake(tmp_path_factory):
             third,
             "retrained",
             {"xgboost_model": {"config": {"force_retrain": True}}},
-            [AssetKey("xgboost_model"), *consumption],
+            [AssetKey("xgboost_model"), AssetKey("ranking_report"), *consumption],
         )
         yield locations, partitions, results, served, kept
         instance.dispose()
@@ -226,3 +227,23 @@ def test_a_retrained_model_forces_a_full_batch(lake):
     assert metadata["mode"] == "full" and metadata["mode_reason"].startswith("new XGBoost model")
     assert _metadata(results["retrained"], "recommendations")["mode"] == "full"
     assert _metadata(results["retrained"], "dynamodb_recommendations")["load"] == "full"
+
+
+@pytest.mark.slow
+def test_the_ranking_report_is_carried_while_both_models_are_kept(lake):
+    _, (first, second, third), results, _, _ = lake
+    reports = [_metadata(results[name], "ranking_report") for name in (first, second, third, "retrained")]
+    assert [report["mode"] for report in reports] == ["incremental", "carried", "carried", "incremental"]
+    assert [report["computed_in"] for report in reports] == [first, first, first, third]
+    assert reports[1]["rows_by_method"] == reports[2]["rows_by_method"] == reports[0]["rows_by_method"]
+    assert reports[1]["served_vs_top_frequency"] == reports[0]["served_vs_top_frequency"]
+    assert "carried: XGBoost" in reports[2]["mode_reason"]
+    assert reports[3]["model_version"] != reports[0]["model_version"]
+    assert reports[3]["mode_reason"].startswith("recomputed: a model was fitted on this batch")
+    checks = [
+        evaluation.passed
+        for name in (first, second)
+        for evaluation in results[name].get_asset_check_evaluations()
+        if evaluation.check_name == "served_beats_top_frequency"
+    ]
+    assert len(checks) == 2 and checks[0] == checks[1]

@@ -116,6 +116,14 @@ class PredictionsConfig(Config):
     full_rescore: bool = False
 
 
+class RankingReportConfig(Config):
+    """Run configuration of ranking_report."""
+
+    # Recompute the report on this batch's held-out users even when both models are the ones an
+    # earlier report evaluated (by default a kept model's report is carried from that batch).
+    recompute_for_kept_models: bool = False
+
+
 def _model_state(context: AssetExecutionContext, card: dict) -> ModelState:
     """This batch's model versions and whether each was fitted on it (GraphSAGE's from its
     embeddings' materialisation, which reorder_predictions reads)."""
@@ -739,22 +747,24 @@ def dynamodb_recommendations(
             # the current lists of every user: each user's newest partition of the chain
             create_latest_rows_view(conn, "served_recommendations", [uri for _, uri in chain])
             sql, params = "SELECT * FROM served_recommendations ORDER BY user_id, rank", None
-        table = conn.sql(sql, params=params).to_arrow_table()
         partition_users = conn.execute(
             "SELECT count(DISTINCT user_id) FROM read_parquet(?, hive_partitioning = false)", [chain[-1][1]]
         ).fetchall()[0][0]
         similar = conn.sql(
             "SELECT * FROM read_parquet($uri, hive_partitioning = false)", params={"uri": similar_items}
         ).to_arrow_table()
-    model_version = table.column("model_version")[0].as_py() if table.num_rows else "none"
-    report = store.load(
-        table,
-        model_version=model_version,
-        batch=context.partition_key,
-        allow_older=config.allow_older,
-        similar_items=similar,
-        delta=delta,
-    )
+        found = conn.sql(f"SELECT model_version FROM ({sql}) LIMIT 1", params=params).fetchall()
+        model_version = found[0][0] if found else "none"
+        # Streamed in batches: the store turns rows into Python tuples, and all 8.6M rows of the
+        # full-size lists at once took the serving load to 8.2 GiB (bench, 2026-12-06).
+        report = store.load(
+            conn.sql(sql, params=params).to_arrow_reader(SERVING_LOAD_BATCH_ROWS),
+            model_version=model_version,
+            batch=context.partition_key,
+            allow_older=config.allow_older,
+            similar_items=similar,
+            delta=delta,
+        )
     loaded = plan.line
     return MaterializeResult(
         metadata={
@@ -771,6 +781,7 @@ def dynamodb_recommendations(
     )
 
 
+SERVING_LOAD_BATCH_ROWS = 500_000
 _PARTITION_ROWS_SQL = "SELECT * FROM read_parquet($uri, hive_partitioning = false) ORDER BY user_id, rank"
 _ROW_COUNT_SQL = "SELECT count(*) FROM read_parquet(?, hive_partitioning = false)"
 
@@ -778,9 +789,9 @@ _ROW_COUNT_SQL = "SELECT count(*) FROM read_parquet(?, hive_partitioning = false
 RANKING_CHECK = "served_beats_top_frequency"
 
 
-def previous_ranking_report(context: AssetExecutionContext) -> tuple[str, dict, str] | None:
-    """(batch, rows by method, model version) of the latest earlier batch's ranking report, read
-    from that materialisation's metadata in the instance; None when no earlier batch has one."""
+def previous_report_record(context: AssetExecutionContext) -> tuple[str, dict[str, MetadataValue]] | None:
+    """(batch, metadata) of the latest earlier batch's ranking report materialisation; None when no
+    earlier batch has one."""
     instance = context.instance
     for batch in reversed([key for key in registered_batches(instance) if key < context.partition_key]):
         found = instance.fetch_materializations(
@@ -788,9 +799,48 @@ def previous_ranking_report(context: AssetExecutionContext) -> tuple[str, dict, 
         ).records
         metadata = found[0].asset_materialization.metadata if found else {}
         if "rows_by_method" in metadata:
-            version = metadata.get("model_version")
-            return batch, metadata["rows_by_method"].value, str(version.value) if version else "unknown"
+            return batch, dict(metadata)
     return None
+
+
+def previous_ranking_report(context: AssetExecutionContext) -> tuple[str, dict, str] | None:
+    """(batch, rows by method, model version) of the latest earlier batch's ranking report, read
+    from that materialisation's metadata in the instance; None when no earlier batch has one."""
+    found = previous_report_record(context)
+    if found is None:
+        return None
+    batch, metadata = found
+    version = metadata.get("model_version")
+    return batch, metadata["rows_by_method"].value, str(version.value) if version else "unknown"
+
+
+def carried_report(
+    context: AssetExecutionContext, models: ModelState, recompute: bool
+) -> tuple[tuple[str, dict[str, MetadataValue]] | None, str]:
+    """The earlier report to carry, when both models are the ones it evaluated (a report describes a
+    model version: re-running it for a kept model re-measures the same models on a slightly moved
+    held-out set, the increment's largest step at full size), and why; (None, why) to recompute."""
+    if recompute:
+        return None, "recomputed: recompute_for_kept_models is set"
+    if models.xgboost_retrained or models.graphsage_retrained:
+        return None, "recomputed: a model was fitted on this batch"
+    found = previous_report_record(context)
+    if found is None:
+        return None, "recomputed: no earlier report"
+    batch, metadata = found
+    versions = tuple(
+        metadata[name].value if name in metadata else None
+        for name in ("model_version", "graphsage_model_version")
+    )
+    if versions != (models.xgboost_version, models.graphsage_version):
+        return None, f"recomputed: the report of {batch} evaluated other model versions {versions}"
+    if "served_vs_top_frequency" not in metadata:
+        return None, f"recomputed: the report of {batch} recorded no paired difference for its check"
+    computed_in = metadata["computed_in"].value if "computed_in" in metadata else batch
+    return found, (
+        f"carried: XGBoost {models.xgboost_version} and GraphSAGE {models.graphsage_version} kept; "
+        f"the report computed on batch {computed_in}'s held-out users (recompute_for_kept_models recomputes)"
+    )
 
 
 def ranking_check_result(table: pd.DataFrame, difference: PairedDifference | None = None) -> AssetCheckResult:
@@ -824,7 +874,9 @@ def ranking_check_result(table: pd.DataFrame, difference: PairedDifference | Non
         "Ranking quality on held-out users' next orders (precision, recall, NDCG, hit rate @3/10, "
         "MAP@10, coverage, repeat/explore): the served lists replayed, XGBoost and GraphSAGE alone, "
         "and the personal top-frequency, last-order and popularity baselines; explore hit rate@2 and "
-        "diversity against a popular-items explore baseline; compared with the previous batch's report."
+        "diversity against a popular-items explore baseline; compared with the previous batch's report. "
+        "A batch that keeps both models carries the report of the batch that evaluated them "
+        "(recompute_for_kept_models recomputes)."
     ),
     ins={"clean_order_products": history_input("clean_order_products")},
     check_specs=[
@@ -842,6 +894,7 @@ def ranking_check_result(table: pd.DataFrame, difference: PairedDifference | Non
 )
 def ranking_report(
     context: AssetExecutionContext,
+    config: RankingReportConfig,
     lake: LakeResource,
     duckdb: DuckDBResource,
     compute: ComputeResource,
@@ -860,6 +913,31 @@ def ranking_report(
 ) -> Iterator:
     scratch = lake.staging_dir(context.run_id, "ranking_report")
     started = time.perf_counter()
+    models = _model_state(context, read_model_card(xgboost_model))
+    carried, reason = carried_report(context, models, config.recompute_for_kept_models)
+    out = scratch / "ranking_report.parquet"
+    if carried is not None:
+        batch, metadata = carried
+        with lake_connection(duckdb, lake) as conn:
+            uri = lake.locations.partition_uri("consumption", "ranking_report", batch)
+            table = conn.execute("SELECT * FROM read_parquet(?, hive_partitioning = false)", [uri]).df()
+        table.to_parquet(out, index=False)
+        difference = metadata["served_vs_top_frequency"].value
+        yield Output(
+            StagedParquet(out, len(table)),
+            metadata={
+                **metadata,
+                "computed_in": metadata.get("computed_in", MetadataValue.text(batch)),
+                "previous_report": MetadataValue.text(f"batch {batch}, model {models.xgboost_version}"),
+                "change_since_previous": MetadataValue.md("none: the same models' report, carried"),
+                "history_read": history_read(clean_order_products=clean_order_products),
+                "mode": MetadataValue.text("carried"),
+                "mode_reason": MetadataValue.text(reason),
+                "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
+            },
+        )
+        yield ranking_check_result(table, PairedDifference(**difference) if difference else None)
+        return
     inputs = ReportInputs(
         training_set=training_set,
         xgboost_model=xgboost_model,
@@ -878,19 +956,30 @@ def ranking_report(
         report = build_ranking_report(conn, inputs, scratch / "work", threads=compute.threads)
     previous = previous_ranking_report(context)
     table = report.table.assign(batch=context.partition_key, model_version=report.model_version)
-    out = scratch / "ranking_report.parquet"
     table.to_parquet(out, index=False)
     plot = plot_report(report.table, scratch)
     comparison = compare_with_previous(report.table, previous[1] if previous else None)
+    difference = report.served_vs_top_frequency
     yield Output(
         StagedParquet(out, len(table)),
         metadata={
             "model_version": MetadataValue.text(report.model_version),
+            "graphsage_model_version": MetadataValue.text(str(models.graphsage_version)),
+            "computed_in": MetadataValue.text(context.partition_key),
             "held_out_users": MetadataValue.int(report.n_users),
             "evaluation_users": MetadataValue.text(report.users),
             "catalogue_size": MetadataValue.int(report.catalogue_size),
             "served_ndcg_at_10": MetadataValue.float(
                 float(report.table.set_index("method").at[SERVED, CHECK_METRIC])
+            ),
+            "served_vs_top_frequency": MetadataValue.json(
+                {
+                    "mean": float(difference.mean),
+                    "standard_error": float(difference.standard_error),
+                    "n_users": int(difference.n_users),
+                }
+                if difference is not None
+                else {}
             ),
             "ranking": MetadataValue.md(table_markdown(report.table)),
             "explore": MetadataValue.md(table_markdown(report.explore)),
@@ -903,11 +992,11 @@ def ranking_report(
             "rows_by_method": MetadataValue.json(report.rows_by_method()),
             "mode": MetadataValue.text("incremental"),
             "mode_reason": MetadataValue.text(
-                "recomputed on this batch's held-out users (their targets change every batch); the "
+                f"{reason}, on this batch's held-out users (their targets change every batch); the "
                 "explore co-purchase similarity is this batch's similar_item_counts minus the target "
                 "orders' baskets, no recount of the history's baskets"
             ),
             "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
         },
     )
-    yield ranking_check_result(report.table, report.served_vs_top_frequency)
+    yield ranking_check_result(report.table, difference)
