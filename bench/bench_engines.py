@@ -48,6 +48,7 @@ from bench_lake import (
     load_footer,
     machine_description,
     machine_table,
+    materialize_command,
     parse_generate_output,
     reusable,
     run_stage,
@@ -80,20 +81,7 @@ def generate(instarec: list[str], env: dict[str, str], data_dir: Path, users: in
 def run_engine(instarec: list[str], env: dict[str, str], generated: Generated, home: Path, engine: str):
     """raw + clean + features for the batch on one engine, in a fresh home."""
     shutil.rmtree(home, ignore_errors=True)
-    command = [
-        *instarec,
-        "materialize",
-        "--landing",
-        generated.folder,
-        "--partition",
-        generated.partition,
-        "--home",
-        str(home),
-        "--through",
-        "curated",
-        "--engine",
-        engine,
-    ]
+    command = [*materialize_command(instarec, generated, home), "--through", "curated", "--engine", engine]
     stage = run_stage(engine, command, env)
     return stage, step_seconds_from_instance(home)
 

@@ -237,6 +237,20 @@ def reusable(data_dir: Path, users: int, seed: int) -> Generated | None:
     return generated
 
 
+def materialize_command(instarec: list[str], generated: Generated, home: Path) -> list[str]:
+    """`instarec materialize` of the generated batch into the lake at `home` (options go after it)."""
+    return [
+        *instarec,
+        "materialize",
+        "--landing",
+        generated.folder,
+        "--partition",
+        generated.partition,
+        "--home",
+        str(home),
+    ]
+
+
 @dataclass
 class PipelineReport:
     """Parsed `instarec materialize` output plus the run's step timings from the event log."""
@@ -576,17 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: raw + clean of {generated.folder} into {home}", flush=True)
     pipeline_stage = run_stage(
         "raw+clean",
-        [
-            *instarec,
-            "materialize",
-            "--landing",
-            generated.folder,
-            "--partition",
-            generated.partition,
-            "--home",
-            str(home),
-            *through_clean(instarec, env),
-        ],
+        [*materialize_command(instarec, generated, home), *through_clean(instarec, env)],
         env,
     )
     landed_at, asset_rows, asset_seconds = parse_materialize_output(pipeline_stage)

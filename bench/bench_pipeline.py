@@ -41,6 +41,7 @@ from bench_lake import (
     gib,
     instarec_command,
     machine_description,
+    materialize_command,
     parse_generate_output,
     parse_materialize_output,
     reusable,
@@ -329,16 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: whole pipeline of {generated.folder} into {home}", flush=True)
         stage = run_stage(
             "pipeline",
-            [
-                *instarec,
-                "materialize",
-                "--landing",
-                generated.folder,
-                "--partition",
-                generated.partition,
-                "--home",
-                str(home),
-            ],
+            materialize_command(instarec, generated, home),
             env,
             check=False,
         )

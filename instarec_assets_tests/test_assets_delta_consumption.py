@@ -5,6 +5,8 @@ The ranking report is carried while both models are kept and recomputed for a ne
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -29,6 +31,18 @@ KEEP_MODELS = {
     "INSTAREC_RETRAIN_MAX_AGE_DAYS": "0",
     "INSTAREC_RETRAIN_DRIFT_PSI": "0",
 }
+
+
+@contextmanager
+def local_lake_keeping_models(home: Path) -> Iterator[LakeLocations]:
+    """The environment of a local lake at `home` with every retrain rule off (KEEP_MODELS), for a
+    module's whole run of batches (the `home` fixture is per test); restored on exit."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INSTAREC_HOME", str(home))
+        patch.setenv("INSTAREC_ENV", "local")
+        for name, value in KEEP_MODELS.items():
+            patch.setenv(name, value)
+        yield LakeLocations(env="local", home=str(home))
 
 
 def test_predictions_are_a_declared_all_partitions_upstream_of_next_basket_and_the_serving_load():
@@ -76,12 +90,7 @@ def lake(tmp_path_factory):
     # A tenth of the catalog: five runs of the pipeline, each costing in proportion to the catalog.
     products = write_small_products(home / "products.csv")
     summary = generate_dataset(home / "generated", users=200, seed=7, batches=3, products_file=products)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("INSTAREC_HOME", str(home))
-        patch.setenv("INSTAREC_ENV", "local")
-        for name, value in KEEP_MODELS.items():
-            patch.setenv(name, value)
-        locations = LakeLocations(env="local", home=str(home))
+    with local_lake_keeping_models(home) as locations:
         defs = build_definitions(locations)
         job = defs.resolve_job_def(LANDING_JOB_NAME)
         instance = DagsterInstance.ephemeral()

@@ -13,16 +13,11 @@ from instarec_assets.backends.serving_store import store_from_env
 from instarec_assets.consumption.deltas import DELTA, FULL, SKIP, plan_serving_load
 from instarec_assets.definitions import build_definitions
 from instarec_assets.generate import generate_dataset
-from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.pipeline.runner import register_batch
 from instarec_assets.sensors import LANDING_JOB_NAME
+from instarec_assets_tests.test_assets_delta_consumption import local_lake_keeping_models
 
 GRAPH_CONFIG = {"epochs": 2, "device": "cpu"}
-KEEP_MODELS = {
-    "INSTAREC_RETRAIN_EVERY_BATCHES": "0",
-    "INSTAREC_RETRAIN_MAX_AGE_DAYS": "0",
-    "INSTAREC_RETRAIN_DRIFT_PSI": "0",
-}
 ORDER_FILES = ("orders.csv", "order_products__prior.csv", "order_products__train.csv")
 
 
@@ -71,12 +66,7 @@ def test_a_batch_without_affected_users_keeps_the_served_version(tmp_path):
     home = tmp_path / "home"
     summary = generate_dataset(tmp_path / "generated", users=200, seed=7, batches=3)
     _empty_order_files(summary.batches[1].folder)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("INSTAREC_HOME", str(home))
-        patch.setenv("INSTAREC_ENV", "local")
-        for name, value in KEEP_MODELS.items():
-            patch.setenv(name, value)
-        locations = LakeLocations(env="local", home=str(home))
+    with local_lake_keeping_models(home) as locations:
         job = build_definitions(locations).resolve_job_def(LANDING_JOB_NAME)
         instance = DagsterInstance.ephemeral()
         results, active = {}, {}

@@ -20,8 +20,9 @@ from instarec_assets.sensors import LANDING_JOB_NAME
 pytestmark = pytest.mark.slow
 
 
-def _tables(locations: LakeLocations, partition: str) -> dict[str, list[tuple]]:
-    """Each feature table as stored (a base) or resolved (a delta chain), every row in order."""
+def curated_tables(locations: LakeLocations, partition: str) -> dict[str, list[tuple]]:
+    """Each feature table as of `partition`, as stored (a base) or resolved (a delta chain), every row
+    in order: what two runs over the same batches must agree on."""
     with duckdb.connect() as conn:
         return {
             name: conn.sql(
@@ -65,8 +66,8 @@ def test_incremental_batches_equal_a_full_recompute(tmp_path: Path):
             info = delta_info(conn, locations.partition_uri("curated", "training_set", latest))
         assert info is not None and info.chain == tuple(batch.partition for batch in summary.batches[:2])
         assert metadata["resolved_rows"].value > metadata["dagster/row_count"].value
-        incremental = _tables(locations, latest)
+        incremental = curated_tables(locations, latest)
 
         _, metadata = run(instance, latest, full_recompute=True)
         assert metadata["mode"].value == "full" and metadata["storage"].value == "base"
-        assert _tables(locations, latest) == incremental
+        assert curated_tables(locations, latest) == incremental

@@ -12,11 +12,11 @@ from dagster import AssetKey, DagsterInstance
 from instarec_assets.assets.curated import FEATURE_SET_DESCRIPTIONS
 from instarec_assets.definitions import build_definitions
 from instarec_assets.generate import generate_dataset
-from instarec_assets.lake.feature_delta import feature_source
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.pipeline.runner import assets_through, register_batch
 from instarec_assets.sensors import LANDING_JOB_NAME
 from instarec_assets_tests.landing_fixtures import ORDERS, PRIOR_LINES, TRAIN_LINES, write_batch
+from instarec_assets_tests.test_assets_incremental import curated_tables
 from instarec_assets_tests.test_assets_lake import DAY_1, run_partition
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed")
@@ -47,18 +47,6 @@ def test_clean_assets_on_spark_write_the_lake_and_show_the_engine(locations: Lak
         )
 
 
-def _curated_tables(locations: LakeLocations, partition: str) -> dict[str, list[tuple]]:
-    """Each feature table as of `partition`, resolved whether it is stored whole or as a delta."""
-    conn = duckdb.connect()
-    return {
-        name: conn.sql(
-            f"SELECT * FROM {feature_source(conn, locations.partition_uri('curated', name, partition))} "
-            "ORDER BY ALL"
-        ).fetchall()
-        for name in FEATURE_SET_DESCRIPTIONS
-    }
-
-
 def test_features_on_spark_rebuild_the_duckdb_update_and_show_the_engine(tmp_path: Path):
     """Two batches through curated on DuckDB (the second an incremental update), then the second
     batch's feature step again with engine=spark: a full build by the Pipes job, the same tables."""
@@ -81,14 +69,14 @@ def test_features_on_spark_rebuild_the_duckdb_update_and_show_the_engine(tmp_pat
         updated = instance.get_latest_materialization_event(AssetKey("training_set")).asset_materialization
         assert (updated.metadata["mode"].value, updated.metadata["engine"].value) == ("incremental", "duckdb")
         assert updated.metadata["storage"].value == "delta"
-        expected = _curated_tables(locations, latest)
+        expected = curated_tables(locations, latest)
 
         curated = [AssetKey(name) for name in (*FEATURE_SET_DESCRIPTIONS, "affected_users")]
         result = on_spark.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
             partition_key=latest, instance=instance, asset_selection=curated
         )
         assert result.success
-        assert _curated_tables(locations, latest) == expected
+        assert curated_tables(locations, latest) == expected
         for key in curated:
             metadata = instance.get_latest_materialization_event(key).asset_materialization.metadata
             assert (metadata["engine"].value, metadata["mode"].value) == ("spark", "full"), key

@@ -23,7 +23,6 @@ from instarec_assets.features.incremental import (
     IncrementalResult,
     PreviousFeatures,
     delta_chain,
-    update_features,
 )
 from instarec_assets.lake.duck import attach_filesystem
 from instarec_assets.lake.feature_delta import (
@@ -36,7 +35,12 @@ from instarec_assets.lake.feature_delta import (
 from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.privacy.lake_rewrite import FORGET_ORDERS_TABLE, lake_parquet_files, rewrite_parquet
 from instarec_assets_tests.test_features_generated import clean_snapshots_from_landing
-from instarec_assets_tests.test_features_incremental import KEYS, assert_same_tables, read
+from instarec_assets_tests.test_features_incremental import (
+    KEYS,
+    assert_same_tables,
+    read,
+    update_last_batch,
+)
 
 USERS = 300
 TABLES = tuple(KEYS)
@@ -97,15 +101,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> DeltaLake:
             snapshot = snapshots[k - 1]
             chain = delta_chain(conn, published[-1], batches[k - 2], batches[k - 1], max_deltas=8)
             assert chain is not None and chain.chain == tuple(batches[: k - 1])
-            result = update_features(
-                conn,
-                snapshot,
-                published[-1],
-                [snapshot.orders[-1]],
-                [snapshot.order_products[-1]],
-                root / f"delta{k}",
-                delta=chain,
-            )
+            result = update_last_batch(conn, snapshot, published[-1], root / f"delta{k}", delta=chain)
             increments.append(result)
             published.append(publish(result.tables, home, batches[k - 1], snapshot.products))
     return DeltaLake(home, batches, snapshots, fulls, increments, published)
@@ -154,15 +150,7 @@ def test_compaction_writes_whole_tables(lake: DeltaLake, tmp_path: Path) -> None
         assert delta_chain(conn, previous, lake.batches[2], lake.batches[3], max_deltas=2) is None
         assert delta_chain(conn, previous, lake.batches[2], lake.batches[3], max_deltas=3) is not None
         assert delta_chain(conn, lake.previous[0], lake.batches[0], lake.batches[1], max_deltas=0) is None
-        result = update_features(
-            conn,
-            snapshot,
-            previous,
-            [snapshot.orders[-1]],
-            [snapshot.order_products[-1]],
-            tmp_path / "compacted",
-            delta=None,
-        )
+        result = update_last_batch(conn, snapshot, previous, tmp_path / "compacted", delta=None)
         assert_same_tables(result.tables, lake.full[3])
         for table in TABLES:
             staged = str(getattr(result.tables, table).path)

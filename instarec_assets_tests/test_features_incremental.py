@@ -14,7 +14,12 @@ import pandas as pd
 import pytest
 
 from instarec_assets.features import CleanSnapshot, FeatureTables, build_features
-from instarec_assets.features.incremental import IncrementalResult, PreviousFeatures, update_features
+from instarec_assets.features.incremental import (
+    DeltaChain,
+    IncrementalResult,
+    PreviousFeatures,
+    update_features,
+)
 from instarec_assets_tests.test_features_generated import clean_snapshots_from_landing
 
 USERS = 300
@@ -50,6 +55,20 @@ def full(conn: duckdb.DuckDBPyConnection, snapshot: CleanSnapshot, scratch: Path
     return build_features(conn, snapshot, scratch)
 
 
+def update_last_batch(
+    conn: duckdb.DuckDBPyConnection,
+    snapshot: CleanSnapshot,
+    previous: PreviousFeatures,
+    scratch: Path,
+    delta: DeltaChain | None = None,
+) -> IncrementalResult:
+    """update_features with the snapshot's last batch of clean orders and lines as the new batch, as
+    the curated step calls it."""
+    return update_features(
+        conn, snapshot, previous, [snapshot.orders[-1]], [snapshot.order_products[-1]], scratch, delta=delta
+    )
+
+
 @dataclass(frozen=True)
 class Chain:
     snapshots: list[CleanSnapshot]
@@ -69,14 +88,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
         previous = PreviousFeatures.from_tables(fulls[0], products=snapshots[0].products)
         for k in (2, 3):
             snapshot = snapshots[k - 1]
-            result = update_features(
-                conn,
-                snapshot,
-                previous,
-                [snapshot.orders[-1]],
-                [snapshot.order_products[-1]],
-                root / f"incremental{k}",
-            )
+            result = update_last_batch(conn, snapshot, previous, root / f"incremental{k}")
             results.append(result)
             previous = PreviousFeatures.from_tables(result.tables, products=snapshot.products)
         leftovers = conn.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()
@@ -169,12 +181,10 @@ def test_catalog_move_and_rename_in_the_increment(chain: Chain, tmp_path: Path) 
             departments=second.departments,
         )
         want = full(conn, snapshot, tmp_path / "full")
-        result = update_features(
+        result = update_last_batch(
             conn,
             snapshot,
             PreviousFeatures.from_tables(chain.full[0], products=first.products),
-            [snapshot.orders[-1]],
-            [snapshot.order_products[-1]],
             tmp_path / "incremental",
         )
     assert_same_tables(result.tables, want)

@@ -95,8 +95,35 @@ SELECT 'popularity', product_id::INTEGER, 0, baskets FROM popularity
 ORDER BY kind, product_id, other_id
 """
 
-# Each current product's best co-occurrence pairs from stored counts: the same expressions and types
-# as similar_items.COOCCURRENCE_SQL over baskets, so the doubles are identical.
+
+def ranked_cooccurrence_sql(baskets: str) -> str:
+    """The scoring and ranking both co-occurrence queries end with (over stored counts here, over
+    baskets in similar_items.COOCCURRENCE_SQL): one text, so the two paths give identical doubles.
+
+    It follows CTEs `pairs` (product_id, similar_product_id, together) and `popularity` (product_id,
+    baskets); `baskets` is the SQL of lift's basket total. Keeps each product's $candidates best pairs
+    by co-occurrence, then shared baskets, then product id.
+    """
+    return f"""scored AS (
+    SELECT pairs.product_id, pairs.similar_product_id, pairs.together,
+           pairs.together / sqrt(pa.baskets * pb.baskets) AS cooccurrence,
+           pairs.together * {baskets} / (pa.baskets * pb.baskets) AS lift
+    FROM pairs
+    JOIN popularity AS pa ON pa.product_id = pairs.product_id
+    JOIN popularity AS pb ON pb.product_id = pairs.similar_product_id
+)
+SELECT product_id::BIGINT AS product_id, similar_product_id::BIGINT AS similar_product_id,
+       together::BIGINT AS together, cooccurrence::DOUBLE AS cooccurrence, lift::DOUBLE AS lift
+FROM scored
+QUALIFY row_number() OVER (
+    PARTITION BY product_id ORDER BY cooccurrence DESC, together DESC, similar_product_id
+) <= $candidates
+ORDER BY product_id, similar_product_id
+"""
+
+
+# Each current product's best co-occurrence pairs from stored counts (`{counts}`: a view of a counts
+# file), ranked as similar_items.COOCCURRENCE_SQL ranks them over baskets; lift's basket total is $baskets.
 COUNTS_COOCCURRENCE_SQL = """
 WITH catalog AS (
     SELECT DISTINCT product_id FROM read_parquet($products, hive_partitioning = false) WHERE is_current
@@ -113,22 +140,7 @@ pairs AS (
     UNION ALL
     SELECT other_id, product_id, together FROM strong
 ),
-scored AS (
-    SELECT pairs.product_id, pairs.similar_product_id, pairs.together,
-           pairs.together / sqrt(pa.baskets * pb.baskets) AS cooccurrence,
-           pairs.together * $baskets / (pa.baskets * pb.baskets) AS lift
-    FROM pairs
-    JOIN popularity AS pa ON pa.product_id = pairs.product_id
-    JOIN popularity AS pb ON pb.product_id = pairs.similar_product_id
-)
-SELECT product_id::BIGINT AS product_id, similar_product_id::BIGINT AS similar_product_id,
-       together::BIGINT AS together, cooccurrence::DOUBLE AS cooccurrence, lift::DOUBLE AS lift
-FROM scored
-QUALIFY row_number() OVER (
-    PARTITION BY product_id ORDER BY cooccurrence DESC, together DESC, similar_product_id
-) <= $candidates
-ORDER BY product_id, similar_product_id
-"""
+""" + ranked_cooccurrence_sql("$baskets")
 
 # Baskets holding at least one current product (lift's denominator, as the SQL over baskets counts it).
 CURRENT_BASKETS_SQL = """
@@ -304,5 +316,11 @@ def cooccurrence_from_counts(
             "baskets": float(baskets),
         },
     ).fetchnumpy()
+    return cooccurrence_arrays(found)
+
+
+def cooccurrence_arrays(found: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A co-occurrence query's columns as the blend takes them (ids and counts int64, scores float64),
+    the same whether the pairs came from counts or from baskets."""
     types = {"product_id": np.int64, "similar_product_id": np.int64, "together": np.int64}
     return {name: np.asarray(values, dtype=types.get(name, np.float64)) for name, values in found.items()}

@@ -26,7 +26,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from instarec_assets.consumption.similar_counts import cooccurrence_from_counts
+from instarec_assets.consumption.similar_counts import (
+    cooccurrence_arrays,
+    cooccurrence_from_counts,
+    ranked_cooccurrence_sql,
+)
 from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
 from instarec_assets.lake.duck import StagedParquet, copy_to_parquet, create_view
 from instarec_assets.ml.graphsage.explore import EmbeddingTable
@@ -69,22 +73,7 @@ pairs AS (
     GROUP BY ALL
     HAVING count(*) >= $min_support
 ),
-scored AS (
-    SELECT pairs.product_id, pairs.similar_product_id, pairs.together,
-           pairs.together / sqrt(pa.baskets * pb.baskets) AS cooccurrence,
-           pairs.together * (SELECT n FROM baskets) / (pa.baskets * pb.baskets) AS lift
-    FROM pairs
-    JOIN popularity AS pa ON pa.product_id = pairs.product_id
-    JOIN popularity AS pb ON pb.product_id = pairs.similar_product_id
-)
-SELECT product_id::BIGINT AS product_id, similar_product_id::BIGINT AS similar_product_id,
-       together::BIGINT AS together, cooccurrence::DOUBLE AS cooccurrence, lift::DOUBLE AS lift
-FROM scored
-QUALIFY row_number() OVER (
-    PARTITION BY product_id ORDER BY cooccurrence DESC, together DESC, similar_product_id
-) <= $candidates
-ORDER BY product_id, similar_product_id
-"""
+""" + ranked_cooccurrence_sql("(SELECT n FROM baskets)")
 
 # The ranked lists with the current names, aisle and department of each similar product.
 NAMED_SQL = """
@@ -191,8 +180,7 @@ def cooccurrence_pairs(
     found = conn.execute(
         sql, {"products": products_uri, "min_support": int(min_support), "candidates": int(candidates)}
     ).fetchnumpy()
-    types = {"product_id": np.int64, "similar_product_id": np.int64, "together": np.int64}
-    return {name: np.asarray(values, dtype=types.get(name, np.float64)) for name, values in found.items()}
+    return cooccurrence_arrays(found)
 
 
 def restrict(table: EmbeddingTable, product_ids: np.ndarray) -> EmbeddingTable:
