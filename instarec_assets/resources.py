@@ -222,9 +222,9 @@ class ComputeResource(ConfigurableResource):
 
 
 class EmrServerlessResource(ConfigurableResource):
-    """Where the Spark engine's clean job runs in aws mode: the spark stack's EMR Serverless
-    application, its job role, and the S3 folders of the job's code, logs and staged outputs
-    (INSTAREC_EMR_*; see lake/emr_serverless.py). Unused on DuckDB and in local mode."""
+    """Where the Spark engine's jobs (the clean steps, the feature build) run in aws mode: the spark
+    stack's EMR Serverless application, its job role, and the S3 folders of the jobs' code, logs and
+    staged outputs (INSTAREC_EMR_*; see lake/emr_serverless.py). Unused on DuckDB and in local mode."""
 
     application_id: str = ""
     job_role_arn: str = ""
@@ -234,7 +234,7 @@ class EmrServerlessResource(ConfigurableResource):
     staging_uri: str = ""
     region: str = "us-east-1"
     endpoint_url: str = ""
-    # How often the client asks for the job run's state (a clean job runs for minutes).
+    # How often the client asks for the job run's state (a job runs for minutes).
     poll_interval_s: float = 10.0
 
     def settings(self):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from instarec_assets.lake.emr_serverless import ENVIRONMENT_ARCHIVE, JOB_SCRIPT, JOB_SCRIPT_SOURCE
+from instarec_assets.lake.emr_serverless import ENVIRONMENT_ARCHIVE, JOB_SCRIPT_SOURCES
 from instarec_assets_tests.test_infra_templates import (
     INFRA,
     STACKS,
@@ -195,7 +195,8 @@ def test_deploy_uploads_the_job_and_environment_where_the_run_task_submits_them(
     body = body[: body.index("\n}\n")]
     # Under the image tag the orchestration stack puts into INSTAREC_EMR_ARTIFACTS_URI.
     assert 'prefix="s3://$bucket/emr-serverless/jobs/$IMAGE_TAG"' in body
-    assert f'aws s3 cp "$ROOT/{JOB_SCRIPT_SOURCE}" "$prefix/{JOB_SCRIPT}"' in body
+    for source in JOB_SCRIPT_SOURCES:  # the clean job and the features job, each an entry point
+        assert f'aws s3 cp "$ROOT/{source}" "$prefix/{source.rsplit("/", 1)[1]}"' in body
     assert f'aws s3 cp "$out/{ENVIRONMENT_ARCHIVE}" "$prefix/{ENVIRONMENT_ARCHIVE}"' in body
     assert "public.ecr.aws/amazonlinux/amazonlinux:2023" in body and "package_spark_env.sh" in body
     assert "spark spark-job" in script[script.index("ALL_STEPS=") :]

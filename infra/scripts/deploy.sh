@@ -130,8 +130,9 @@ step_network() { deploy_stack network "$REGION" "VpcCidr=${VPC_CIDR:-10.40.0.0/1
 step_ml() { deploy_stack ml "$REGION"; }
 step_spark() { deploy_stack spark "$REGION"; }
 
-# The Spark engine's job script and its Python environment, under the image tag the orchestration
-# stack gives the run task (INSTAREC_EMR_ARTIFACTS_URI): a run submits the code of its own image.
+# The Spark engine's job scripts (the clean steps, the feature build) and their Python environment,
+# under the image tag the orchestration stack gives the run task (INSTAREC_EMR_ARTIFACTS_URI): a run
+# submits the code of its own image.
 step_spark_job() {
   local bucket prefix out
   bucket="$(output data-lake ArtifactsBucketName)"
@@ -145,8 +146,9 @@ step_spark_job() {
   rm -rf "$out" && mkdir -p "$out"
   docker run --rm --platform linux/amd64 -v "$ROOT:/src:ro" -v "$out:/out" \
     public.ecr.aws/amazonlinux/amazonlinux:2023 /src/infra/scripts/package_spark_env.sh /out
-  log "uploading the Spark job and its environment to $prefix/"
+  log "uploading the Spark jobs and their environment to $prefix/"
   aws s3 cp "$ROOT/instarec_assets/spark/clean_job.py" "$prefix/clean_job.py" --only-show-errors
+  aws s3 cp "$ROOT/instarec_assets/spark/features_job.py" "$prefix/features_job.py" --only-show-errors
   aws s3 cp "$out/instarec-spark-env.tar.gz" "$prefix/instarec-spark-env.tar.gz" --only-show-errors
 }
 

@@ -42,7 +42,7 @@ wanted += [s for s in project["dependencies"] if name(s) in ("duckdb", "pandas",
 print("\n".join(wanted))
 PYEOF
 "$PY" -m pip install --quiet -r /tmp/spark-requirements.txt venv-pack==0.2.0
-"$PY" -c "import duckdb, pandas, pyarrow, sqlglot, dagster_pipes, instarec_assets.lake.clean_steps"
+"$PY" -c "import duckdb, pandas, pyarrow, sqlglot, dagster_pipes, instarec_assets.lake.clean_steps, instarec_assets.features.full_build"
 
 mkdir -p "$OUT"
 /opt/venv/bin/venv-pack -p /opt/venv -o "$OUT/$ARCHIVE" --python-prefix /home/hadoop/environment --force

@@ -21,7 +21,7 @@ from dagster import (
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.metadata import accounting_metadata, preview, quarantine_reasons
-from instarec_assets.assets.spark_clean import clean_on_emr, clean_on_local_spark
+from instarec_assets.assets.spark_jobs import clean_on_spark
 from instarec_assets.history import own_earlier_partitions
 from instarec_assets.lake.accounting import CleanResult
 from instarec_assets.lake.clean_steps import SPARK_ENGINE, CleanRequest, run_clean_step
@@ -148,10 +148,8 @@ def _clean(
         forget_hashes=tuple(sorted(forget_list.user_hashes)) if forget_list else (),
     )
     with lake_connection(duckdb, lake) as conn:
-        if on_emr:
-            result = clean_on_emr(context, lake, emr, request)
-        elif compute.engine == SPARK_ENGINE:
-            result = clean_on_local_spark(context, lake, request)
+        if compute.engine == SPARK_ENGINE:
+            result = clean_on_spark(context, lake, request, emr if on_emr else None)
         else:
             result = run_clean_step(conn, request)
         yield from _emit(table, result, conn, earlier, compute.engine)

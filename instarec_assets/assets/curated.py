@@ -2,7 +2,9 @@
 first batch, the previous batch's tables updated for the users and products the batch touched.
 
 With the Spark engine every batch is a full build, run by the Spark job (spark/features_job.py)
-through Pipes; features/full_build.py says why the incremental update stays on DuckDB."""
+through Pipes: a local PySpark subprocess, or in aws mode an EMR Serverless job run staging on S3
+(assets/spark_jobs.py, as the clean steps); features/full_build.py says why the incremental update
+stays on DuckDB."""
 
 import time
 from collections.abc import Iterator
@@ -11,7 +13,7 @@ from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, MetadataVa
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.metadata import history_read, preview, rows_by_eval_set
-from instarec_assets.assets.spark_jobs import run_spark_job
+from instarec_assets.assets.spark_jobs import features_on_spark
 from instarec_assets.features import (
     FEATURES,
     CleanSnapshot,
@@ -19,18 +21,13 @@ from instarec_assets.features import (
     feature_summary,
     update_features,
 )
-from instarec_assets.features.full_build import (
-    FeatureRequest,
-    FullBuild,
-    build_from_json,
-    run_full_build,
-)
+from instarec_assets.features.full_build import FeatureRequest, run_full_build
 from instarec_assets.features.incremental import DeltaChain, delta_chain
 from instarec_assets.history import own_earlier_partitions
 from instarec_assets.lake.clean_steps import SPARK_ENGINE
 from instarec_assets.lake.feature_delta import feature_source
 from instarec_assets.partitions import HISTORY_POOL, history_input, landing_batches
-from instarec_assets.resources import ComputeResource, LakeResource, lake_connection
+from instarec_assets.resources import ComputeResource, EmrServerlessResource, LakeResource, lake_connection
 
 CURATED_KINDS = {"duckdb", "parquet"}
 SPARK_FULL_BUILD_REASON = (
@@ -132,15 +129,6 @@ def _storage_metadata(chain: DeltaChain | None, max_deltas: int) -> dict[str, Me
     }
 
 
-def _features_on_spark(context: AssetExecutionContext, request: FeatureRequest) -> FullBuild:
-    """The full build as a Spark job (instarec_assets/spark/features_job.py) launched through Pipes."""
-    reported = run_spark_job(context, "instarec_assets.spark.features_job", {"request": request.as_json()})
-    user_features = reported.get("user_features")
-    if user_features is None:
-        raise RuntimeError("the Spark features job reported no user_features")
-    return build_from_json(user_features.metadata["feature_build"].value)
-
-
 @multi_asset(
     name="curated_features_step",
     outs={
@@ -159,39 +147,42 @@ def curated_features_step(
     lake: LakeResource,
     duckdb: DuckDBResource,
     compute: ComputeResource,
+    emr_serverless: EmrServerlessResource,
     clean_orders: list[str],
     clean_order_products: list[str],
     clean_products: list[str],
     clean_aisles: str,
     clean_departments: str,
 ) -> Iterator:
-    """Updates the previous batch's tables for what this batch touched (or rebuilds them all)."""
+    """Updates the previous batch's tables for what this batch touched (or rebuilds them all). Spark
+    in aws mode is an EMR Serverless job run staging under INSTAREC_EMR_STAGING_URI; otherwise the
+    step stages in a local folder."""
     snapshot = clean_snapshot(
         clean_orders, clean_order_products, clean_products[-1], clean_aisles, clean_departments
     )
-    # In aws mode the feature job is not wired to EMR Serverless yet: the step stays on DuckDB there.
-    on_spark = compute.engine == SPARK_ENGINE and not lake.locations.is_aws
+    on_spark = compute.engine == SPARK_ENGINE
+    on_emr = on_spark and lake.locations.is_aws
     full = config.full_recompute or on_spark
     previous = None if full else _previous_features(context, lake, clean_products)
     scratch = lake.staging_dir(context.run_id, "curated")
+    if on_emr:
+        staging = lake.staging_prefix(emr_serverless.settings().staging_prefix(context.run_id, "curated"))
+    else:
+        staging = str(scratch)
     request = FeatureRequest(
         orders=tuple(clean_orders),
         order_products=tuple(clean_order_products),
         products=snapshot.products,
         aisles=clean_aisles,
         departments=clean_departments,
-        staging=str(scratch),
+        staging=staging,
     )
     started = time.perf_counter()
     batch = context.partition_key
     with lake_connection(duckdb, lake) as conn:
         update = {"engine": MetadataValue.text(SPARK_ENGINE if on_spark else "duckdb")}
-        if compute.engine == SPARK_ENGINE and not on_spark:
-            update["engine_reason"] = MetadataValue.text(
-                "aws mode: the feature job is not wired to EMR Serverless yet, so the features ran on duckdb"
-            )
         if on_spark:
-            build = _features_on_spark(context, request)
+            build = features_on_spark(context, lake, request, emr_serverless if on_emr else None)
             tables, affected = build.tables, build.affected
             update |= {
                 "mode": MetadataValue.text("full"),

@@ -1,13 +1,60 @@
-"""Launching a Spark job script (instarec_assets/spark/) locally through Dagster Pipes."""
+"""The Spark engine, Dagster side: every Spark job (the clean steps, the feature build) through one launcher.
+
+A job takes one staging location (lake/staging.py): the asset writes the job's request there as
+`_request.json`, run_staged_job starts the job on it through Dagster Pipes, and the asset reads back
+the result the job wrote there last (`_result.json`) and publishes the staged tables as it does
+DuckDB's. Locally the job is a local-mode PySpark subprocess (PipesSubprocessClient, a local
+folder); in aws mode it is an EMR Serverless job run of the uploaded script (PipesEMRServerlessClient,
+an s3:// prefix under INSTAREC_EMR_STAGING_URI, the lake's s3:// URIs as inputs), and the asset
+publishes each staged table with an S3 copy. The asset reads the result file, not the Pipes
+messages: on EMR those come from CloudWatch Logs, later and not always whole.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
-from dagster import AssetExecutionContext, MaterializeResult, PipesSubprocessClient
+from dagster import AssetExecutionContext, PipesSubprocessClient
 
-from instarec_assets.lake.clean_steps import LOCAL_SPARK_MASTER
+from instarec_assets.features.full_build import (
+    FeatureRequest,
+    FullBuild,
+    read_feature_result,
+    write_feature_request,
+)
+from instarec_assets.lake.accounting import CleanResult
+from instarec_assets.lake.clean_steps import LOCAL_SPARK_MASTER, CleanRequest, read_result, write_request
+from instarec_assets.lake.emr_serverless import (
+    FEATURES_JOB_SCRIPT,
+    JOB_SCRIPT,
+    EmrStagedOutputMissing,
+    run_job,
+    staged_job_arguments,
+    start_job_run_request,
+    step_job_run_name,
+)
+from instarec_assets.lake.staging import StagedResultMissing
+from instarec_assets.resources import EmrServerlessResource, LakeResource
+
+JOB_RUN_ID = "AWS EMR Serverless Job Run ID"  # the metadata key PipesEMRServerlessClient sets
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SparkJob:
+    """A job script of instarec_assets/spark/: run as a module locally, uploaded as `script` for EMR."""
+
+    module: str
+    script: str
+
+
+CLEAN_JOB = SparkJob("instarec_assets.spark.clean_job", JOB_SCRIPT)
+FEATURES_JOB = SparkJob("instarec_assets.spark.features_job", FEATURES_JOB_SCRIPT)
 
 
 def require_spark_extra() -> None:
@@ -18,17 +65,85 @@ def require_spark_extra() -> None:
         )
 
 
-def run_spark_job(context: AssetExecutionContext, module: str, extras: dict) -> dict[str, MaterializeResult]:
-    """Run `python -m module` on local PySpark through Pipes; the materialisations it reported, by asset."""
-    require_spark_extra()
-    # Spark's Python workers (the nfc_normalize function) run this interpreter, as the job does.
-    invocation = PipesSubprocessClient(env={"PYSPARK_PYTHON": sys.executable}).run(
-        context=context,
-        command=[sys.executable, "-m", module],
-        extras={**extras, "master": LOCAL_SPARK_MASTER},
+def run_staged_job(
+    context: AssetExecutionContext,
+    job: SparkJob,
+    staging: str,
+    read_staged: Callable[[], T],
+    subject: str,
+    step: str,
+    emr: EmrServerlessResource | None = None,
+) -> T:
+    """Run `job` on its staged request at `staging` and return what `read_staged` reads back: on local
+    PySpark, or with `emr` as an EMR Serverless job run named after `step` (`clean-orders`). A failed
+    job run, or a job that ended without staging its result, raises one line starting `subject`."""
+    if emr is None:
+        require_spark_extra()
+        # Spark's Python workers (the nfc_normalize and json_valid functions) run this interpreter.
+        PipesSubprocessClient(env={"PYSPARK_PYTHON": sys.executable}).run(
+            context=context,
+            command=[sys.executable, "-m", job.module, "--staging", staging, "--master", LOCAL_SPARK_MASTER],
+        )
+        try:
+            return read_staged()
+        except StagedResultMissing as missing:
+            raise RuntimeError(f"{subject}: the local Spark job {job.script} ended but {missing}") from None
+    settings = emr.settings()
+    name = step_job_run_name(step, context.partition_key, context.run_id)
+    client = emr.emr_client()
+    invocation = run_job(
+        lambda params: emr.pipes_client(client).run(context=context, start_job_run_params=params),
+        client,
+        start_job_run_request(settings, name, staged_job_arguments(staging), job.script),
+        subject,
     )
-    return {
-        reported.asset_key.to_user_string(): reported
-        for reported in invocation.get_results()
-        if isinstance(reported, MaterializeResult) and reported.asset_key is not None
-    }
+    try:
+        return read_staged()
+    except StagedResultMissing as missing:
+        job_run_id = invocation.metadata[JOB_RUN_ID].value
+        raise EmrStagedOutputMissing(
+            f"{subject}: EMR Serverless job run {job_run_id} ({name}) of application "
+            f"{settings.application_id} ended SUCCESS but staged no output: {missing}"
+        ) from None
+
+
+def clean_on_spark(
+    context: AssetExecutionContext,
+    lake: LakeResource,
+    request: CleanRequest,
+    emr: EmrServerlessResource | None = None,
+) -> CleanResult:
+    """One clean step as the Spark clean job (instarec_assets/spark/clean_job.py): locally, or with
+    `emr` on EMR Serverless (the request's staging is then an s3:// prefix)."""
+    fs = lake.locations.filesystem
+    write_request(fs, request)
+    return run_staged_job(
+        context,
+        CLEAN_JOB,
+        request.staging,
+        lambda: read_result(fs, request.staging),
+        subject=f"clean_{request.table}",
+        step=f"clean-{request.table}",
+        emr=emr,
+    )
+
+
+def features_on_spark(
+    context: AssetExecutionContext,
+    lake: LakeResource,
+    request: FeatureRequest,
+    emr: EmrServerlessResource | None = None,
+) -> FullBuild:
+    """The full feature build as the Spark features job (instarec_assets/spark/features_job.py):
+    locally, or with `emr` on EMR Serverless (the request's staging is then an s3:// prefix)."""
+    fs = lake.locations.filesystem
+    write_feature_request(fs, request)
+    return run_staged_job(
+        context,
+        FEATURES_JOB,
+        request.staging,
+        lambda: read_feature_result(fs, request.staging),
+        subject="curated_features_step",
+        step="features",
+        emr=emr,
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import duckdb
 
@@ -17,6 +16,7 @@ from instarec_assets.features.targets import build_roles, fill_serving_targets
 from instarec_assets.features.user import USER_FEATURES_SELECT, build_users
 from instarec_assets.features.user_product import USER_PRODUCT_SELECT, build_affinity, build_purchases
 from instarec_assets.lake.duck import StagedParquet, copy_to_parquet
+from instarec_assets.lake.staging import StagedLocation
 from instarec_assets.progress import Stages
 
 LOGGER = logging.getLogger(__name__)
@@ -50,8 +50,11 @@ class FeatureTables:
         return feature_summary(conn, staged.path, self.feature_columns)
 
 
-def build_features(conn: duckdb.DuckDBPyConnection, snapshot: CleanSnapshot, scratch: Path) -> FeatureTables:
-    """Every feature table for the snapshot, as temp tables in `conn`, written to `scratch`."""
+def build_features(
+    conn: duckdb.DuckDBPyConnection, snapshot: CleanSnapshot, scratch: StagedLocation
+) -> FeatureTables:
+    """Every feature table for the snapshot, as temp tables in `conn`, written to `scratch` (a local
+    folder, or a URI prefix when the Spark job stages on S3)."""
     stages = Stages(LOGGER, "feature stage", 12)
     stages.start("snapshot")
     open_snapshot(conn, snapshot)

@@ -16,13 +16,21 @@ one parallel scan of the history, which is what Spark is for.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from instarec_assets.features.build import FeatureTables, build_features
 from instarec_assets.features.incremental import all_users_affected
 from instarec_assets.features.snapshot import CleanSnapshot
 from instarec_assets.lake.duck import StagedParquet
+from instarec_assets.lake.staging import (
+    read_staged_result,
+    require_staged,
+    staging_location,
+    write_staged_request,
+)
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
 
 # The staged tables of a full build, as FeatureTables names them, plus the affected users.
 FEATURE_TABLES = (
@@ -38,7 +46,8 @@ AFFECTED_USERS = "affected_users"
 @dataclass(frozen=True)
 class FeatureRequest:
     """A full build as of one partition: the clean orders and lines of every batch up to it (oldest
-    first), the catalog at it, and the local folder the tables are staged in."""
+    first), the catalog at it, and where the tables are staged: a local folder, or a URI (the
+    Spark job on EMR Serverless: an s3:// prefix)."""
 
     orders: tuple[str, ...]
     order_products: tuple[str, ...]
@@ -84,21 +93,36 @@ class FullBuild:
 
 def run_full_build(conn, request: FeatureRequest) -> FullBuild:
     """Every feature table from the whole history, on `conn`: a DuckDB connection or a SparkConnection."""
-    scratch = Path(request.staging)
+    scratch = staging_location(request.staging)
     tables = build_features(conn, request.snapshot, scratch)
     affected = all_users_affected(conn, list(request.orders), scratch / f"{AFFECTED_USERS}.parquet")
     return FullBuild(tables=tables, affected=affected)
 
 
 def build_as_json(build: FullBuild) -> dict[str, dict[str, Any]]:
-    """A FullBuild as the Spark job reports it through Pipes: each table's staged path and rows."""
+    """A FullBuild as the Spark job stages it in `_result.json`: each table's staged path and rows."""
     staged = {name: getattr(build.tables, name) for name in FEATURE_TABLES} | {AFFECTED_USERS: build.affected}
     return {name: {"path": str(table.path), "rows": table.row_count} for name, table in staged.items()}
 
 
 def build_from_json(data: dict[str, dict[str, Any]]) -> FullBuild:
-    staged = {name: StagedParquet(Path(item["path"]), int(item["rows"])) for name, item in data.items()}
+    staged = {
+        name: StagedParquet(staging_location(item["path"]), int(item["rows"])) for name, item in data.items()
+    }
     return FullBuild(
         tables=FeatureTables(**{name: staged[name] for name in FEATURE_TABLES}),
         affected=staged[AFFECTED_USERS],
     )
+
+
+def write_feature_request(fs: AbstractFileSystem, request: FeatureRequest) -> str:
+    """`_request.json` in the request's staging location, through `fs` (local or the lake's S3)."""
+    return write_staged_request(fs, request.staging, request.as_json())
+
+
+def read_feature_result(fs: AbstractFileSystem, staging: str) -> FullBuild:
+    """The FullBuild the job wrote last into `staging`, each table it names checked to be there;
+    StagedResultMissing names what is missing."""
+    build = build_from_json(read_staged_result(fs, staging))
+    require_staged(fs, [getattr(build.tables, name).path for name in FEATURE_TABLES] + [build.affected.path])
+    return build

@@ -63,6 +63,7 @@ from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEM
 from instarec_assets.lake.clean_orders import CLEAN_ORDERS_SCHEMA
 from instarec_assets.lake.duck import StagedParquet, copy_to_parquet, create_view, scalar
 from instarec_assets.lake.feature_delta import DeltaInfo, chain_after, feature_source, write_delta
+from instarec_assets.lake.staging import StagedLocation
 
 # A float's significand holds integers up to 2^24 exactly; below 2^23 round(float(s / n) * n) == s.
 MAX_RECOVERED_SUM = 1 << 23
@@ -245,7 +246,7 @@ def delta_chain(
 
 
 def all_users_affected(
-    conn: duckdb.DuckDBPyConnection, orders: Sequence[str], out_path: Path
+    conn: duckdb.DuckDBPyConnection, orders: Sequence[str], out_path: StagedLocation
 ) -> StagedParquet:
     """The affected users of a full build: every user of the clean orders, reason `full build`."""
     if not orders:

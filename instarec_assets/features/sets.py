@@ -7,9 +7,8 @@ meaning and there is no ORDER BY: sorting ~20M wide rows would cost more than bu
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from instarec_assets.features.columns import FEATURE_COLUMNS
+from instarec_assets.lake.staging import StagedLocation
 
 SET_SELECT = """
 SELECT up.user_id, up.product_id, {order_id} AS order_id, {eval_set} AS eval_set, {label} AS label,
@@ -23,7 +22,7 @@ WHERE {where}
 """
 
 
-def training_select(user_product_path: Path) -> str:
+def training_select(user_product_path: StagedLocation) -> str:
     """Candidates of users whose target is `train`; label 1 when the target order holds the product."""
     return SET_SELECT.format(
         order_id="f.target_order_id",
@@ -37,7 +36,7 @@ def training_select(user_product_path: Path) -> str:
     )
 
 
-def inference_select(user_product_path: Path) -> str:
+def inference_select(user_product_path: StagedLocation) -> str:
     """`test` rows (the Kaggle submission: the target is a test order) and `serving` rows (next orders)."""
     return SET_SELECT.format(
         order_id="f.target_order_id",
@@ -50,5 +49,5 @@ def inference_select(user_product_path: Path) -> str:
     )
 
 
-def _literal(path: Path) -> str:
+def _literal(path: StagedLocation) -> str:
     return str(path).replace("'", "''")

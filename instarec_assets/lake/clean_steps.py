@@ -10,7 +10,6 @@ CleanResult as `_result.json` last, which the asset reads back and publishes fro
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,12 @@ from instarec_assets.lake.clean_catalog import AISLES, DEPARTMENTS, clean_dimens
 from instarec_assets.lake.clean_order_products import clean_order_products
 from instarec_assets.lake.clean_orders import ForgetList, clean_orders
 from instarec_assets.lake.duck import StagedParquet
-from instarec_assets.lake.staging import REQUEST_FILE, RESULT_FILE, staging_file, staging_location
+from instarec_assets.lake.staging import (
+    read_staged_result,
+    require_staged,
+    staging_location,
+    write_staged_request,
+)
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -116,30 +120,16 @@ def result_from_json(data: dict[str, Any]) -> CleanResult:
     )
 
 
-class StagedResultMissing(RuntimeError):
-    """The job ended without leaving its result (or a table it names) in the staging location."""
-
-
 def write_request(fs: AbstractFileSystem, request: CleanRequest) -> str:
     """`_request.json` in the request's staging location, through `fs` (local or the lake's S3); its
     URI. It carries the inputs (a long history list), and the forget list's salt, which must not
     travel in the job run's visible parameters."""
-    uri = staging_file(request.staging, REQUEST_FILE)
-    with fs.open(uri, "w") as handle:
-        json.dump(request.as_json(), handle)
-    return uri
+    return write_staged_request(fs, request.staging, request.as_json())
 
 
 def read_result(fs: AbstractFileSystem, staging: str) -> CleanResult:
     """The CleanResult the job wrote last into `staging`, each table it names checked to be there;
     StagedResultMissing names what is missing."""
-    uri = staging_file(staging, RESULT_FILE)
-    fs.invalidate_cache()  # s3fs lists once and remembers; the job wrote after
-    if not fs.exists(uri):
-        raise StagedResultMissing(f"no {RESULT_FILE} at {uri}")
-    with fs.open(uri, "r") as handle:
-        result = result_from_json(json.load(handle))
-    for staged in (result.clean, result.quarantine):
-        if not fs.exists(str(staged.path)):
-            raise StagedResultMissing(f"{RESULT_FILE} names {staged.path}, which is not there")
+    result = result_from_json(read_staged_result(fs, staging))
+    require_staged(fs, (result.clean.path, result.quarantine.path))
     return result

@@ -1,13 +1,15 @@
-"""The Spark clean job on EMR Serverless: the StartJobRun request and a failed run as one line.
+"""The Spark jobs on EMR Serverless (the clean steps, the feature build): the StartJobRun request
+and a failed run as one line.
 
 The asset layer hands `start_job_run_request(...)` to dagster-aws's PipesEMRServerlessClient, which
 adds the Pipes context (driver environment variables) and reads the job's messages from the
-driver's stdout in CloudWatch Logs. The step itself (its CleanRequest, with the input URIs and the
-forget list's salt) is an object in the run's staging prefix, named by the job's one argument,
-`--staging`: a request is too long for the job run's parameters (a year of history is hundreds of
-URIs) and the salt must not show in them. The spark stack (infra/stacks/spark.yaml) creates the
-application, the job role and the log group; the deploy uploads the job script and its packed
-Python environment under INSTAREC_EMR_ARTIFACTS_URI (infra/scripts/deploy.sh, step spark-job).
+driver's stdout in CloudWatch Logs. The step itself (a clean step's CleanRequest, with the input
+URIs and the forget list's salt; the feature build's FeatureRequest) is an object in the step's
+staging prefix, named by the job's one argument, `--staging`: a request is too long for the job
+run's parameters (a year of history is hundreds of URIs) and the salt must not show in them. The
+spark stack (infra/stacks/spark.yaml) creates the application, the job role and the log group; the
+deploy uploads the job scripts and their packed Python environment under INSTAREC_EMR_ARTIFACTS_URI
+(infra/scripts/deploy.sh, step spark-job).
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ from typing import Any, TypeVar
 
 from instarec_assets.settings import Settings
 
-# What the deploy uploads into the artifacts folder (infra/scripts/deploy.sh, step_spark_job).
+# What the deploy uploads into the artifacts folder (infra/scripts/deploy.sh, step_spark_job): the
+# clean job (JOB_SCRIPT) and the feature build's job, each an entry point of its own job runs.
 JOB_SCRIPT_SOURCE = "instarec_assets/spark/clean_job.py"
 JOB_SCRIPT = JOB_SCRIPT_SOURCE.rsplit("/", 1)[1]
+FEATURES_JOB_SCRIPT_SOURCE = "instarec_assets/spark/features_job.py"
+FEATURES_JOB_SCRIPT = FEATURES_JOB_SCRIPT_SOURCE.rsplit("/", 1)[1]
+JOB_SCRIPT_SOURCES = (JOB_SCRIPT_SOURCE, FEATURES_JOB_SCRIPT_SOURCE)
 ENVIRONMENT_ARCHIVE = "instarec-spark-env.tar.gz"
 # spark.archives unpacks the environment into this folder of each driver's and executor's working dir.
 ENVIRONMENT_ALIAS = "environment"
@@ -50,7 +56,7 @@ class EmrStagedOutputMissing(RuntimeError):
 
 @dataclass(frozen=True)
 class EmrServerlessSettings:
-    """Where the clean job runs on AWS: the spark stack's outputs, as the run task receives them."""
+    """Where the Spark jobs run on AWS: the spark stack's outputs, as the run task receives them."""
 
     application_id: str
     job_role_arn: str
@@ -106,19 +112,28 @@ class EmrServerlessSettings:
 
     @property
     def job_script_uri(self) -> str:
-        return f"{self.artifacts_uri}/{JOB_SCRIPT}"
+        return self.script_uri(JOB_SCRIPT)
+
+    def script_uri(self, script: str) -> str:
+        """An uploaded job script (JOB_SCRIPT, FEATURES_JOB_SCRIPT) in this deploy's artifacts."""
+        return f"{self.artifacts_uri}/{script}"
 
     @property
     def environment_uri(self) -> str:
         return f"{self.artifacts_uri}/{ENVIRONMENT_ARCHIVE}"
 
     def step_staging_uri(self, run_id: str, table: str) -> str:
-        """`<staging>/<run id>-clean_<table>`: one step's prefix, as a local step's staging folder."""
-        return f"{self.staging_uri}/{run_id}-clean_{table}"
+        """`<staging>/<run id>-clean_<table>`: one clean step's prefix."""
+        return self.staging_prefix(run_id, f"clean_{table}")
+
+    def staging_prefix(self, run_id: str, label: str) -> str:
+        """`<staging>/<run id>-<label>`: one step's prefix, named as its local staging folder is
+        (LakeResource.staging_dir: `clean_<table>`, `curated`)."""
+        return f"{self.staging_uri}/{run_id}-{label}"
 
 
-def clean_job_arguments(staging_uri: str) -> list[str]:
-    """The job's command line on EMR: its staging prefix, and no master (the cluster's own)."""
+def staged_job_arguments(staging_uri: str) -> list[str]:
+    """A job's command line on EMR: its staging prefix, and no master (the cluster's own)."""
     return ["--staging", staging_uri]
 
 
@@ -147,17 +162,26 @@ def monitoring_configuration(settings: EmrServerlessSettings) -> dict[str, Any]:
 
 
 def job_run_name(table: str, partition_key: str, run_id: str) -> str:
-    """`instarec-clean-<table>-<partition>-<run id prefix>`: names the Dagster run and step in the EMR
-    console. (boto3 fills in a fresh clientToken per call and keeps it across its own retries.)"""
-    name = f"instarec-clean-{table}-{partition_key}-{run_id[:8]}"
+    """`instarec-clean-<table>-<partition>-<run id prefix>`: a clean step's job run."""
+    return step_job_run_name(f"clean-{table}", partition_key, run_id)
+
+
+def step_job_run_name(step: str, partition_key: str, run_id: str) -> str:
+    """`instarec-<step>-<partition>-<run id prefix>` (`clean-orders`, `features`): names the Dagster
+    run and step in the EMR console. (boto3 fills in a fresh clientToken per call and keeps it across
+    its own retries.)"""
+    name = f"instarec-{step}-{partition_key}-{run_id[:8]}"
     return _NAME_UNSAFE.sub("-", name)[:256]
 
 
 def start_job_run_request(
-    settings: EmrServerlessSettings, name: str, arguments: list[str] | None = None
+    settings: EmrServerlessSettings,
+    name: str,
+    arguments: list[str] | None = None,
+    script: str = JOB_SCRIPT,
 ) -> dict[str, Any]:
-    """StartJobRun parameters for the clean job with its `arguments` (clean_job_arguments); the
-    client adds the Pipes context to the driver's environment."""
+    """StartJobRun parameters for the uploaded job `script` with its `arguments`
+    (staged_job_arguments); the client adds the Pipes context to the driver's environment."""
     return {
         "applicationId": settings.application_id,
         "executionRoleArn": settings.job_role_arn,
@@ -165,7 +189,7 @@ def start_job_run_request(
         "executionTimeoutMinutes": settings.execution_timeout_minutes,
         "jobDriver": {
             "sparkSubmit": {
-                "entryPoint": settings.job_script_uri,
+                "entryPoint": settings.script_uri(script),
                 "entryPointArguments": list(arguments or []),
                 "sparkSubmitParameters": spark_submit_parameters(settings),
             }
@@ -177,7 +201,7 @@ def start_job_run_request(
 
 def failed_job_run(client: Any, application_id: str, name: str, subject: str = "") -> str | None:
     """One line naming the job run called `name` and its state, if it ended failed; else None.
-    `subject` (the asset, `clean_orders`) starts the line."""
+    `subject` (the asset or step, `clean_orders`) starts the line."""
     runs = []
     for page in client.get_paginator("list_job_runs").paginate(applicationId=application_id):
         runs.extend(run for run in page["jobRuns"] if run.get("name") == name)

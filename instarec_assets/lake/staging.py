@@ -1,16 +1,27 @@
-"""Where a clean step stages its files: a local folder, or an object-store prefix for the Spark job.
+"""Where a step stages its files: a local folder, or an object-store prefix for the Spark job.
 
 Locally a step stages into a folder under INSTAREC_HOME (a Path). On EMR Serverless the job stages
-under INSTAREC_EMR_STAGING_URI (`s3://<clean bucket>/emr-staging/<run>-clean_<table>`), which has
+under INSTAREC_EMR_STAGING_URI (`s3://<clean bucket>/emr-staging/<run>-clean_<table>`, or
+`<run>-curated` for the feature build), which has
 no folders to make and which the job reaches through Hadoop's FileSystem (EMRFS), not pathlib:
 StagingUri joins and names like a Path and prints as its URI. A `file://` URI is the same thing on
 a local disk (what the tests use in place of s3://).
+
+Both Spark jobs (the clean steps and the feature build) take one staging location: the asset writes
+the job's request there as `_request.json`, the job stages its tables there and writes its result
+as `_result.json` last; write_staged_request and read_staged_result are those two files.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
 
 # Written by the asset before the job starts, and by the job last (its commit marker).
 REQUEST_FILE = "_request.json"
@@ -49,3 +60,34 @@ def staging_location(location: str) -> StagedLocation:
 def staging_file(staging: str, name: str) -> str:
     """The URI or path of one file in a staging location."""
     return str(staging_location(staging) / name)
+
+
+class StagedResultMissing(RuntimeError):
+    """The job ended without leaving its result (or a table it names) in the staging location."""
+
+
+def write_staged_request(fs: AbstractFileSystem, staging: str, request: dict[str, Any]) -> str:
+    """`_request.json` in `staging`, through `fs` (local or the lake's S3); its URI. A request is too
+    long (a year of history is hundreds of URIs) and may hold secrets (the forget list's salt) for
+    the job run's visible parameters."""
+    uri = staging_file(staging, REQUEST_FILE)
+    with fs.open(uri, "w") as handle:
+        json.dump(request, handle)
+    return uri
+
+
+def read_staged_result(fs: AbstractFileSystem, staging: str) -> dict[str, Any]:
+    """The `_result.json` the job wrote last into `staging`; StagedResultMissing when there is none."""
+    uri = staging_file(staging, RESULT_FILE)
+    fs.invalidate_cache()  # s3fs lists once and remembers; the job wrote after
+    if not fs.exists(uri):
+        raise StagedResultMissing(f"no {RESULT_FILE} at {uri}")
+    with fs.open(uri, "r") as handle:
+        return json.load(handle)
+
+
+def require_staged(fs: AbstractFileSystem, locations: Iterable[StagedLocation]) -> None:
+    """Each file the result names is there; StagedResultMissing names the first that is not."""
+    for location in locations:
+        if not fs.exists(str(location)):
+            raise StagedResultMissing(f"{RESULT_FILE} names {location}, which is not there")

@@ -26,13 +26,11 @@ from instarec_assets.lake.accounting import CleanResult
 from instarec_assets.lake.clean_steps import CleanRequest, result_as_json, run_clean_step
 from instarec_assets.lake.spark_connection import SparkConnection, read_text, spark_session, write_text
 from instarec_assets.lake.staging import REQUEST_FILE, RESULT_FILE, staging_file
+from instarec_assets.spark.arguments import parse_staged_arguments
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="clean_job.py", description="One clean step on Spark.")
-    parser.add_argument("--staging", required=True, help="the step's staging folder or URI")
-    parser.add_argument("--master", default=None, help="a local master (local[2]); none on a cluster")
-    return parser.parse_args(argv)
+    return parse_staged_arguments("clean_job.py", "One clean step on Spark.", argv)
 
 
 def stage_clean(spark, staging: str) -> tuple[CleanRequest, CleanResult]:

@@ -1,40 +1,62 @@
-"""The full feature build on Spark, as a Dagster Pipes job: `python -m instarec_assets.spark.features_job`.
+"""The full feature build on Spark, as a Dagster Pipes job: `features_job.py --staging URI [--master local[2]]`.
 
-Launched by curated_features_step when the engine is `spark` (PipesSubprocessClient locally). The
-Pipes extras hold a FeatureRequest (features/full_build.py) and the Spark master; the job runs the
-features' DuckDB SQL on Spark (lake/spark_connection.py) and reports each curated table with its rows.
+Launched by curated_features_step when the engine is `spark`, as the clean job is (assets/spark_jobs.py):
+through PipesSubprocessClient locally (`--master local[2]`, a local folder), through
+PipesEMRServerlessClient on EMR Serverless (no master: the cluster's own; an
+`s3://<clean bucket>/emr-staging/<run>-curated` prefix). The staging location holds the build's
+FeatureRequest (`_request.json`, written by the asset: the clean zone's URIs, s3:// in aws mode); the
+job runs the features' DuckDB SQL on Spark (lake/spark_connection.py), stages every feature table and
+the affected users there, writes their paths and rows as `_result.json` last, and reports each table
+with its rows through Pipes (the logs in the UI). The asset reads `_result.json` and publishes from it.
+
+Runs on the local PySpark 4.x and on EMR's Spark 3.5 (emr-7.9.0), as the clean job does.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
+from collections.abc import Sequence
 
 from dagster_pipes import PipesContext, open_dagster_pipes
 
 from instarec_assets.features.full_build import FeatureRequest, build_as_json, run_full_build
-from instarec_assets.lake.spark_connection import SparkConnection, spark_session
+from instarec_assets.lake.spark_connection import SparkConnection, read_text, spark_session, write_text
+from instarec_assets.lake.staging import REQUEST_FILE, RESULT_FILE, staging_file
+from instarec_assets.spark.arguments import parse_staged_arguments
 
-# The asset whose reported metadata carries the whole build (the paths the step publishes).
-RESULT_ASSET = "user_features"
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return parse_staged_arguments("features_job.py", "The full feature build on Spark.", argv)
 
 
-def run(pipes: PipesContext) -> None:
-    request = FeatureRequest.from_json(pipes.get_extra("request"))
-    spark = spark_session(pipes.extras.get("master"), app_name="instarec-features")
+def stage_features(spark, staging: str) -> dict[str, dict]:
+    """Run the request staged at `staging`, stage its tables and result there (no Pipes); the result."""
+    request = FeatureRequest.from_json(json.loads(read_text(spark, staging_file(staging, REQUEST_FILE))))
+    if request.staging.rstrip("/") != staging.rstrip("/"):
+        raise ValueError(f"{REQUEST_FILE} at {staging} stages to {request.staging}, not there")
+    report = build_as_json(run_full_build(SparkConnection(spark), request))
+    write_text(spark, staging_file(staging, RESULT_FILE), json.dumps(report))
+    return report
+
+
+def run(pipes: PipesContext, staging: str, master: str | None) -> None:
+    spark = spark_session(master, app_name="instarec-features")
     started = time.perf_counter()
-    build = run_full_build(SparkConnection(spark), request)
+    report = stage_features(spark, staging)
     seconds = round(time.perf_counter() - started, 2)
-    report = build_as_json(build)
     for name, staged in report.items():
-        metadata = {"engine": "spark", "row_count": staged["rows"], "spark_seconds": seconds}
-        if name == RESULT_ASSET:
-            metadata["feature_build"] = {"raw_value": report, "type": "json"}
-        pipes.report_asset_materialization(asset_key=name, metadata=metadata)
+        pipes.report_asset_materialization(
+            asset_key=name,
+            metadata={"engine": "spark", "row_count": staged["rows"], "spark_seconds": seconds},
+        )
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    arguments = parse_arguments(argv)
     with open_dagster_pipes() as pipes:
-        run(pipes)
+        run(pipes, arguments.staging, arguments.master)
 
 
 if __name__ == "__main__":
