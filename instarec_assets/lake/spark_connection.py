@@ -46,12 +46,14 @@ SPARK_CONF: dict[str, str] = {
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.sql.parquet.compression.codec": "zstd",
 }
-# Small shuffles and no UI: the local engine runs on a laptop's cores; EMR sets its own.
+# Small shuffles and no UI: the local engine runs on a laptop's cores; EMR sets its own. The driver
+# is the whole local engine: with 1g the 40,000-user feature build failed to broadcast a join table
+# (bench_engines.py, 2026-12-06); 4g is a ceiling on the JVM heap, not an allocation.
 LOCAL_SPARK_CONF: dict[str, str] = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "4",
-    "spark.driver.memory": "1g",
+    "spark.driver.memory": "4g",
 }
 
 
