@@ -68,8 +68,9 @@ DAY = "2025-01-06"
 LOG_GROUP = "/instarec/test/emr-serverless"
 DRIVER_ENV = re.compile(r"--conf spark\.emr-serverless\.driverEnv\.(\w+)=(\S+)")
 CLEAN_TABLES = ("aisles", "departments", "products", "orders", "order_products")
-# Each job's work, done by DuckDB on the staged request (see the module docstring).
-STAND_IN_CLEAN_DRIVER = textwrap.dedent(
+# Each job's stand-in: the shared opening (Pipes, the staging argument, the FAILED outcome), then the
+# job's work done by DuckDB on the staged request (see the module docstring).
+STAND_IN_OPENING = textwrap.dedent(
     """
     import json, os, sys, tempfile
     from dataclasses import replace
@@ -78,11 +79,11 @@ STAND_IN_CLEAN_DRIVER = textwrap.dedent(
     import duckdb
     from dagster_pipes import open_dagster_pipes
 
-    from instarec_assets.lake.clean_steps import CleanRequest, result_as_json, run_clean_step
     from instarec_assets.lake.duck import StagedParquet, attach_filesystem
     from instarec_assets.lake.locations import LakeLocations
     from instarec_assets.lake.staging import REQUEST_FILE, RESULT_FILE, StagingUri
-    from instarec_assets.spark.clean_job import parse_arguments
+    from instarec_assets.spark.JOB_MODULE import parse_arguments
+    JOB_IMPORTS
 
     staging = parse_arguments(sys.argv[1:]).staging
     fs = LakeLocations.from_env().filesystem
@@ -91,52 +92,48 @@ STAND_IN_CLEAN_DRIVER = textwrap.dedent(
             print("Traceback: the job failed", file=sys.stderr)
             sys.exit(3)
         if os.environ["STAND_IN_OUTCOME"] == "work":
-            request = CleanRequest.from_json(json.loads(fs.cat_file(f"{staging}/{REQUEST_FILE}")))
-            with duckdb.connect() as conn:
-                attach_filesystem(conn, fs)
-                done = run_clean_step(conn, replace(request, staging=tempfile.mkdtemp()))
-            tables = []
-            for local in (done.clean, done.quarantine):
-                fs.put_file(str(local.path), f"{staging}/{local.path.name}")
-                tables.append(StagedParquet(StagingUri(f"{staging}/{local.path.name}"), local.row_count))
-            staged = replace(done, clean=tables[0], quarantine=tables[1])
-            fs.pipe_file(f"{staging}/{RESULT_FILE}", json.dumps(result_as_json(staged)).encode())
-            pipes.log.info(f"staged {staged.clean.row_count} clean rows of {request.table}")
     """
 )
-STAND_IN_FEATURES_DRIVER = textwrap.dedent(
+
+
+def stand_in_driver(job_module: str, job_imports: str, work: str) -> str:
+    """A stand-in job script: the shared opening, then `work` (the body of the "work" outcome)."""
+    opening = STAND_IN_OPENING.replace("JOB_MODULE", job_module).replace("JOB_IMPORTS", job_imports)
+    return opening + textwrap.indent(textwrap.dedent(work), " " * 8)
+
+
+STAND_IN_CLEAN_DRIVER = stand_in_driver(
+    "clean_job",
+    "from instarec_assets.lake.clean_steps import CleanRequest, result_as_json, run_clean_step",
     """
-    import json, os, sys, tempfile
-    from dataclasses import replace
-    from pathlib import Path
-
-    import duckdb
-    from dagster_pipes import open_dagster_pipes
-
-    from instarec_assets.features.full_build import FeatureRequest, build_as_json, run_full_build
-    from instarec_assets.lake.duck import attach_filesystem
-    from instarec_assets.lake.locations import LakeLocations
-    from instarec_assets.lake.staging import REQUEST_FILE, RESULT_FILE
-    from instarec_assets.spark.features_job import parse_arguments
-
-    staging = parse_arguments(sys.argv[1:]).staging
-    fs = LakeLocations.from_env().filesystem
-    with open_dagster_pipes() as pipes:
-        if os.environ["STAND_IN_OUTCOME"] == "FAILED":
-            print("Traceback: the job failed", file=sys.stderr)
-            sys.exit(3)
-        if os.environ["STAND_IN_OUTCOME"] == "work":
-            request = FeatureRequest.from_json(json.loads(fs.cat_file(f"{staging}/{REQUEST_FILE}")))
-            with duckdb.connect() as conn:
-                attach_filesystem(conn, fs)
-                report = build_as_json(run_full_build(conn, replace(request, staging=tempfile.mkdtemp())))
-            for item in report.values():
-                target = f"{staging}/{Path(item['path']).name}"
-                fs.put_file(item["path"], target)
-                item["path"] = target
-            fs.pipe_file(f"{staging}/{RESULT_FILE}", json.dumps(report).encode())
-            pipes.log.info(f"staged {report['user_features']['rows']} user_features rows")
+    request = CleanRequest.from_json(json.loads(fs.cat_file(f"{staging}/{REQUEST_FILE}")))
+    with duckdb.connect() as conn:
+        attach_filesystem(conn, fs)
+        done = run_clean_step(conn, replace(request, staging=tempfile.mkdtemp()))
+    tables = []
+    for local in (done.clean, done.quarantine):
+        fs.put_file(str(local.path), f"{staging}/{local.path.name}")
+        tables.append(StagedParquet(StagingUri(f"{staging}/{local.path.name}"), local.row_count))
+    staged = replace(done, clean=tables[0], quarantine=tables[1])
+    fs.pipe_file(f"{staging}/{RESULT_FILE}", json.dumps(result_as_json(staged)).encode())
+    pipes.log.info(f"staged {staged.clean.row_count} clean rows of {request.table}")
+    """,
+)
+STAND_IN_FEATURES_DRIVER = stand_in_driver(
+    "features_job",
+    "from instarec_assets.features.full_build import FeatureRequest, build_as_json, run_full_build",
     """
+    request = FeatureRequest.from_json(json.loads(fs.cat_file(f"{staging}/{REQUEST_FILE}")))
+    with duckdb.connect() as conn:
+        attach_filesystem(conn, fs)
+        report = build_as_json(run_full_build(conn, replace(request, staging=tempfile.mkdtemp())))
+    for item in report.values():
+        target = f"{staging}/{Path(item['path']).name}"
+        fs.put_file(item["path"], target)
+        item["path"] = target
+    fs.pipe_file(f"{staging}/{RESULT_FILE}", json.dumps(report).encode())
+    pipes.log.info(f"staged {report['user_features']['rows']} user_features rows")
+    """,
 )
 STAND_IN_DRIVERS = {JOB_SCRIPT: STAND_IN_CLEAN_DRIVER, FEATURES_JOB_SCRIPT: STAND_IN_FEATURES_DRIVER}
 
