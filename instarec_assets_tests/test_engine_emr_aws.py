@@ -138,6 +138,24 @@ STAND_IN_FEATURES_DRIVER = stand_in_driver(
 STAND_IN_DRIVERS = {JOB_SCRIPT: STAND_IN_CLEAN_DRIVER, FEATURES_JOB_SCRIPT: STAND_IN_FEATURES_DRIVER}
 
 
+def assert_job_request(sent: dict, settings, script: str, staging: str, name: str, run_id: str) -> dict:
+    """Check the StartJobRun request a step sent (application, role, name, entry point and
+    arguments, the packed environment, ANSI SQL, the run in the Pipes context); the Pipes context."""
+    assert sent["applicationId"] == settings.application_id
+    assert sent["executionRoleArn"] == settings.job_role_arn
+    assert sent["name"] == name
+    submit = sent["jobDriver"]["sparkSubmit"]
+    assert submit["entryPoint"] == f"{settings.artifacts_uri}/{script}"
+    assert submit["entryPointArguments"] == ["--staging", staging]  # no --master: the cluster's own
+    conf = dict(re.findall(r"--conf (\S+?)=(\S+)", submit["sparkSubmitParameters"]))
+    assert conf["spark.archives"] == f"{settings.artifacts_uri}/{ENVIRONMENT_ARCHIVE}#environment"
+    assert conf["spark.sql.ansi.enabled"] == "true"
+    injected = decode_param(conf["spark.emr-serverless.driverEnv.DAGSTER_PIPES_CONTEXT"])
+    pipes_context = injected[PipesDefaultContextLoader.DIRECT_KEY]
+    assert pipes_context["run_id"] == run_id and pipes_context["partition_key"] == DAY
+    return pipes_context
+
+
 class PlayedJobRuns:
     """The service's side of each StartJobRun (see the module docstring)."""
 
@@ -282,18 +300,9 @@ def test_each_clean_step_is_a_job_run_on_the_application_and_publishes_from_stag
     assert set(by_table) == set(CLEAN_TABLES)
     sent, staged = by_table["orders"]
     staging = f"s3://{aws_locations.clean_bucket}/emr-staging/{run_id}-clean_orders"
-    assert sent["applicationId"] == settings.application_id
-    assert sent["executionRoleArn"] == settings.job_role_arn
-    assert sent["name"] == job_run_name("orders", DAY, run_id)
-    submit = sent["jobDriver"]["sparkSubmit"]
-    assert submit["entryPoint"] == f"{settings.artifacts_uri}/{JOB_SCRIPT}"
-    assert submit["entryPointArguments"] == ["--staging", staging]  # no --master: the cluster's own
-    conf = dict(re.findall(r"--conf (\S+?)=(\S+)", submit["sparkSubmitParameters"]))
-    assert conf["spark.archives"] == f"{settings.artifacts_uri}/{ENVIRONMENT_ARCHIVE}#environment"
-    assert conf["spark.sql.ansi.enabled"] == "true"
-    injected = decode_param(conf["spark.emr-serverless.driverEnv.DAGSTER_PIPES_CONTEXT"])
-    pipes_context = injected[PipesDefaultContextLoader.DIRECT_KEY]
-    assert pipes_context["run_id"] == run_id and pipes_context["partition_key"] == DAY
+    pipes_context = assert_job_request(
+        sent, settings, JOB_SCRIPT, staging, job_run_name("orders", DAY, run_id), run_id
+    )
     assert {"clean_orders", "quarantined_orders"} <= set(pipes_context["asset_keys"])
     assert pipes_context["extras"] == {}  # the request is in S3, not in the run's visible parameters
     assert (
@@ -421,18 +430,9 @@ def test_the_feature_build_is_a_job_run_on_the_application_and_publishes_from_st
     # one job run of the features job, with the request the step built
     [sent], [staged] = played.requests, played.staged_requests
     staging = f"s3://{aws_locations.clean_bucket}/emr-staging/{run_id}-curated"
-    assert sent["applicationId"] == settings.application_id
-    assert sent["executionRoleArn"] == settings.job_role_arn
-    assert sent["name"] == step_job_run_name("features", DAY, run_id)
-    submit = sent["jobDriver"]["sparkSubmit"]
-    assert submit["entryPoint"] == f"{settings.artifacts_uri}/{FEATURES_JOB_SCRIPT}"
-    assert submit["entryPointArguments"] == ["--staging", staging]  # no --master: the cluster's own
-    conf = dict(re.findall(r"--conf (\S+?)=(\S+)", submit["sparkSubmitParameters"]))
-    assert conf["spark.archives"] == f"{settings.artifacts_uri}/{ENVIRONMENT_ARCHIVE}#environment"
-    assert conf["spark.sql.ansi.enabled"] == "true"
-    injected = decode_param(conf["spark.emr-serverless.driverEnv.DAGSTER_PIPES_CONTEXT"])
-    pipes_context = injected[PipesDefaultContextLoader.DIRECT_KEY]
-    assert pipes_context["run_id"] == run_id and pipes_context["partition_key"] == DAY
+    pipes_context = assert_job_request(
+        sent, settings, FEATURES_JOB_SCRIPT, staging, step_job_run_name("features", DAY, run_id), run_id
+    )
     assert set(CURATED_TABLES) <= set(pipes_context["asset_keys"])
     assert pipes_context["extras"] == {}  # the request is in S3, not in the run's visible parameters
     # the staged request: the clean zone's s3:// URIs, staging under the staging prefix
