@@ -1,5 +1,6 @@
 """Consumption zone: scored candidates, Kaggle next baskets, top-10 recommendations and the serving store."""
 
+import itertools
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -753,12 +754,20 @@ def dynamodb_recommendations(
         similar = conn.sql(
             "SELECT * FROM read_parquet($uri, hive_partitioning = false)", params={"uri": similar_items}
         ).to_arrow_table()
-        found = conn.sql(f"SELECT model_version FROM ({sql}) LIMIT 1", params=params).fetchall()
-        model_version = found[0][0] if found else "none"
         # Streamed in batches: the store turns rows into Python tuples, and all 8.6M rows of the
-        # full-size lists at once took the serving load to 8.2 GiB (bench, 2026-12-06).
+        # full-size lists at once took the serving load to 8.2 GiB (bench, 2026-12-06). The model
+        # version is the first row's, read from the batches up to the first non-empty one.
+        batches = iter(conn.sql(sql, params=params).to_arrow_reader(SERVING_LOAD_BATCH_ROWS))
+        leading = []
+        for batch in batches:
+            leading.append(batch)
+            if batch.num_rows:
+                break
+        model_version = (
+            leading[-1].column("model_version")[0].as_py() if leading and leading[-1].num_rows else "none"
+        )
         report = store.load(
-            conn.sql(sql, params=params).to_arrow_reader(SERVING_LOAD_BATCH_ROWS),
+            itertools.chain(leading, batches),
             model_version=model_version,
             batch=context.partition_key,
             allow_older=config.allow_older,

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from instarec_assets.lake.duck import StagedParquet, copy_to_parquet, scalar
+from instarec_assets.lake.duck import StagedParquet, copy_to_parquet
 from instarec_assets.lake.feature_delta import feature_source, with_feature_tables
 from instarec_assets.ml.reorder_model import RowFeature
 
@@ -337,6 +337,7 @@ def personal_explore_items(
     )
     batches = [users[start : start + batch_users] for start in range(0, len(users), batch_users)] or [users]
     parts = [out_path.with_name(f"{out_path.stem}.part{index:04d}.parquet") for index in range(len(batches))]
+    staged_parts = []
     for batch, part in zip(batches, parts, strict=True):
         bounds = (int(batch[0]), int(batch[-1])) if len(batch) else (0, -1)
         batch_params = params | {
@@ -344,12 +345,10 @@ def personal_explore_items(
             "first_user": bounds[0],
             "last_user": bounds[1],
         }
-        copy_to_parquet(conn, sql, part, params=batch_params)
+        staged_parts.append(copy_to_parquet(conn, sql, part, params=batch_params))
     if len(parts) == 1:
         parts[0].replace(out_path)
-        return StagedParquet(
-            out_path, int(scalar(conn, "SELECT count(*) FROM read_parquet(?)", [str(out_path)]))
-        )
+        return StagedParquet(out_path, staged_parts[0].row_count)
     staged = copy_to_parquet(
         conn,
         "SELECT * FROM read_parquet($parts, hive_partitioning = false) ORDER BY user_id, explore_rank",
