@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -205,6 +206,59 @@ def test_a_kept_model_is_evaluated_on_a_seeded_bounded_sample_of_validation_user
     assert card["metrics"] == kept[1].card["metrics"]
     assert kept[0].baskets.model_f1 == kept[1].baskets.model_f1
     assert (tmp_path / "kept-1" / MODEL_FILE).read_bytes() == (tmp_path / "fitted" / MODEL_FILE).read_bytes()
+
+
+def test_a_kept_model_reads_only_its_sample_and_is_judged_as_on_every_row(
+    feature_set: str, tmp_path: Path
+) -> None:
+    """Reading only the kept model's sample (its validation and training users, by the split's seed)
+    gives the same card, baskets and drift as handing it the whole feature set: the increment reads
+    a bounded sample instead of the history."""
+    from instarec_assets.ml.reorder_model import (
+        EVALUATION_SAMPLE,
+        decide_reorder_model,
+        kept_evaluation_sample_from_lake,
+        train_or_keep,
+    )
+    from instarec_assets.ml.retrain import RetrainPolicy, decide
+
+    conn = duckdb.connect()
+    everything = load_feature_rows(conn, feature_set, FEATURES, with_labels=True)
+    first = decide(RetrainPolicy(), None, "2025-01-06", 0, float("nan"))
+    fitted = train_or_keep(everything, tmp_path / "fitted", "2025-01-06", first, threads=1)
+    sample = kept_evaluation_sample_from_lake(conn, feature_set, fitted.card, max_users=100)
+    assert (sample.validation_users.size, sample.training_users.size) == (100, 100)
+    assert (
+        sample.validation_total == 300 and not np.isin(sample.validation_users, sample.training_users).any()
+    )
+    rows = load_feature_rows(conn, feature_set, FEATURES, with_labels=True, users=sample.users)
+    assert np.array_equal(np.unique(rows.user_ids), sample.users)
+    assert rows.rows < everything.rows / 10
+
+    def keep(data, folder, given):
+        return train_or_keep(
+            data,
+            tmp_path / folder,
+            "2025-01-13",
+            _kept(),
+            previous=tmp_path / "fitted",
+            threads=1,
+            evaluation_max_users=100,
+            sample=given,
+        )
+
+    whole, sampled = keep(everything, "whole", None), keep(rows, "sampled", sample)
+    for key in ("metrics", "evaluation", "data_split", EVALUATION_SAMPLE):  # NaN equals NaN in JSON
+        assert json.dumps(whole.card[key], sort_keys=True) == json.dumps(sampled.card[key], sort_keys=True), (
+            key
+        )
+    assert sampled.card[EVALUATION_SAMPLE]["catalogue_products"] == np.unique(everything.product_ids).size
+    decision, _ = decide_reorder_model(
+        rows, tmp_path / "fitted", RetrainPolicy(), "2025-01-13", lambda batch: 1, sample=sample
+    )
+    assert "200 users sampled by seed" in decision.drift_detail["current_users"]
+    assert decision.drift_detail["current_rows"] == rows.rows
+    assert 0 <= decision.drift < RetrainPolicy().drift_threshold and not decision.retrain
 
 
 def test_a_kept_model_that_lost_its_signal_still_fails_the_baseline_check(

@@ -1,6 +1,7 @@
 """Models: the XGBoost reorder model, trained on the partition's training set and judged against baselines."""
 
 from collections.abc import Iterator
+from functools import partial
 
 import pandas as pd
 from dagster import (
@@ -25,7 +26,9 @@ from instarec_assets.ml.metrics import png_markdown, table_markdown
 from instarec_assets.ml.reorder_model import (
     MODEL_CARD_FILE,
     decide_reorder_model,
+    kept_evaluation_sample_from_lake,
     load_feature_rows,
+    read_model_card,
     train_or_keep,
 )
 from instarec_assets.partitions import HISTORY_POOL, landing_batches
@@ -104,26 +107,38 @@ def xgboost_model(
     product_embeddings: str,
 ) -> Iterator:
     """Fit on this batch's training set, or keep the latest earlier model (the retrain policy) and
-    evaluate it on this batch's rows; either way the same metrics, plots and blocking check."""
+    evaluate it on a seeded sample of this batch's users; either way the same metrics, plots and
+    blocking check. A kept model reads only its sample's rows (the drift is measured on them); the
+    whole training set is read only when the decision is to fit."""
+    previous = previous_model(context, lake, "xgboost_model", MODEL_CARD_FILE)
     with lake_connection(duckdb, lake) as conn:
         similarity = SimilarityLookup.from_lake(conn, user_embeddings, product_embeddings)
-        data = load_feature_rows(
+        load = partial(
+            load_feature_rows,
             conn,
             training_set,
             MODEL_FEATURES,
             with_labels=True,
             computed={SIMILARITY_FEATURE: similarity.for_rows},
         )
-        del similarity
-    previous = previous_model(context, lake, "xgboost_model", MODEL_CARD_FILE)
-    decision, previous_card = decide_reorder_model(
-        data,
-        previous[1] if previous else None,
-        retrain_policy.policy,
-        context.partition_key,
-        batches_since(context),
-        force=config.force_retrain,
-    )
+
+        sample = None
+        if previous is not None and not config.force_retrain:
+            sample = kept_evaluation_sample_from_lake(conn, training_set, read_model_card(previous[1]))
+        data = load(users=None if sample is None else sample.users)
+        decision, previous_card = decide_reorder_model(
+            data,
+            previous[1] if previous else None,
+            retrain_policy.policy,
+            context.partition_key,
+            batches_since(context),
+            force=config.force_retrain,
+            sample=sample,
+        )
+        if decision.retrain and sample is not None:
+            del data
+            data, sample = load(), None
+        del similarity, load
     context.log.info(f"retrain: {decision.retrain} ({decision.reason})")
     context.log.info(
         f"{'training' if decision.retrain else 'evaluating the kept model'} on {data.rows:,} rows x "
@@ -139,6 +154,7 @@ def xgboost_model(
         trainer=training.trainer() if decision.retrain else None,
         ablate=SIMILARITY_FEATURE if config.compare_without_similarity else None,
         threads=compute.threads,
+        sample=sample,
     )
     metrics = report.metrics
     ablation = report.card.get("ablation")

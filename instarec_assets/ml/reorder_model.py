@@ -97,6 +97,7 @@ def load_feature_rows(
     feature_names: Sequence[str],
     with_labels: bool,
     computed: Mapping[str, RowFeature] | None = None,
+    users: np.ndarray | None = None,
 ) -> FeatureRows:
     """Read a staged or stored feature set (a delta resolved: lake/feature_delta.py); one float32 column at a time to keep one copy in memory.
 
@@ -105,14 +106,23 @@ def load_feature_rows(
     (XGBoost's row subsampling and quantile sketch depend on the row order). The sort is a permutation
     applied to each column as it is copied, not an ORDER BY over the wide rows: no second copy of
     the table. Features named in `computed` are not read from the file but computed from the rows'
-    ids (after the sort, so they see the rows in their final order)."""
+    ids (after the sort, so they see the rows in their final order). With `users`, only those
+    users' rows are read (a kept model's evaluation sample)."""
     computed = computed or {}
     stored = [name for name in feature_names if name not in computed]
     columns = "".join(f', "{name}"' for name in stored)
     label = ", label" if with_labels else ""
-    table = conn.sql(
-        f"SELECT user_id, product_id, order_id, eval_set{label}{columns} FROM {feature_source(conn, uri)}"
-    ).to_arrow_table()
+    query = f"SELECT user_id, product_id, order_id, eval_set{label}{columns} FROM {feature_source(conn, uri)}"
+    if users is None:
+        table = conn.sql(query).to_arrow_table()
+    else:
+        conn.register("_selected_users", pa.table({"user_id": np.asarray(users, dtype=np.int64)}))
+        try:
+            table = conn.sql(
+                f"{query} WHERE user_id IN (SELECT user_id FROM _selected_users)"
+            ).to_arrow_table()
+        finally:
+            conn.unregister("_selected_users")
     raw_ids = {
         name: table.column(name).to_numpy(zero_copy_only=False)
         for name in ("user_id", "product_id", "order_id")
@@ -146,6 +156,22 @@ def load_feature_rows(
         eval_sets=eval_sets,
         labels=labels,
         feature_names=tuple(feature_names),
+    )
+
+
+def select_users(data: FeatureRows, users: np.ndarray) -> FeatureRows:
+    """The rows of `users` (in their order), or `data` itself when it holds no other user's rows."""
+    keep = np.isin(data.user_ids, users)
+    if keep.all():
+        return data
+    return replace(
+        data,
+        features=data.features[keep],
+        user_ids=data.user_ids[keep],
+        product_ids=data.product_ids[keep],
+        order_ids=data.order_ids[keep],
+        eval_sets=data.eval_sets[keep],
+        labels=None if data.labels is None else data.labels[keep],
     )
 
 
@@ -324,7 +350,13 @@ def train_and_report(
                 ).auc,
                 "best_iteration_without": without.best_iteration,
             }
-    ranking = _ranking_report(data, validation_rows, validation_probabilities, train_rows)
+    ranking = _ranking_report(
+        data,
+        validation_rows,
+        validation_probabilities,
+        train_rows,
+        trainer_card.get(EVALUATION_SAMPLE, {}).get("catalogue_products"),
+    )
     extra.setdefault("intended_use", INTENDED_USE)
     extra.setdefault("limitations", list(LIMITATIONS))
     sample = trainer_card.get(EVALUATION_SAMPLE)
@@ -374,9 +406,14 @@ LIMITATIONS = (
 
 
 def _ranking_report(
-    data: FeatureRows, validation_rows: np.ndarray, probabilities: np.ndarray, train_rows: np.ndarray
+    data: FeatureRows,
+    validation_rows: np.ndarray,
+    probabilities: np.ndarray,
+    train_rows: np.ndarray,
+    catalogue_products: int | None = None,
 ) -> pd.DataFrame:
-    """Ranking metrics of the held-out users' candidates ordered by probability vs the baselines."""
+    """Ranking metrics of the held-out users' candidates ordered by probability vs the baselines;
+    coverage over `catalogue_products` (default: the distinct products of `data`)."""
     names = list(data.feature_names)
     counts = data.features[:, names.index(HISTORY_COUNT_COLUMN)]
     candidates = pd.DataFrame(
@@ -396,7 +433,10 @@ def _ranking_report(
             "n_orders": counts[train_rows],
         }
     ).drop_duplicates(["user_id", "product_id"])
-    return candidate_ranking_report(candidates, training_history, int(np.unique(data.product_ids).size))
+    catalogue = (
+        catalogue_products if catalogue_products is not None else int(np.unique(data.product_ids).size)
+    )
+    return candidate_ranking_report(candidates, training_history, catalogue)
 
 
 @dataclass(frozen=True)
@@ -425,17 +465,7 @@ def _fit_without(
 
 def _user_sample(data: FeatureRows, max_users: int, seed: int) -> FeatureRows:
     """The rows of `max_users` users drawn by the seed (rows keep their order: same sample, same fit)."""
-    chosen = sample_users(data.user_ids, max_users, seed)
-    rows = np.flatnonzero(np.isin(data.user_ids, chosen))
-    return FeatureRows(
-        features=data.features[rows],
-        user_ids=data.user_ids[rows],
-        product_ids=data.product_ids[rows],
-        order_ids=data.order_ids[rows],
-        eval_sets=data.eval_sets[rows],
-        labels=data.labels[rows],
-        feature_names=data.feature_names,
-    )
+    return select_users(data, sample_users(data.user_ids, max_users, seed))
 
 
 def _sampled_ablation(
@@ -499,23 +529,79 @@ RECOMPUTED_CARD_KEYS = (
 )
 
 
-class ReuseTrainer:
-    """A Trainer that fits nothing: the model of an earlier batch, with this batch's validation split.
+@dataclass(frozen=True)
+class EvaluationSample:
+    """The users a kept model is judged on: a seeded sample of the batch's validation users (its
+    metrics, baskets and check) and as many of its training users (the baselines fitted on training
+    histories, and with both, the drift), drawn from every user of the batch's feature set by the
+    fitting split's fraction and seed, so only these users' rows need to be read."""
 
-    The held-out users are drawn exactly as train_reorder_model draws them (same fraction and
-    seed), then at most `max_users` of them by the same seed (`sample_users`), so train_and_report
-    computes the kept model's validation metrics, baskets and baseline check on a bounded sample of
-    the current rows; the card's `evaluation_sample` says how many. `card_extra` carries the fitting
-    batch's card over."""
+    validation_users: np.ndarray
+    training_users: np.ndarray
+    validation_total: int
+    catalogue_products: int
+    max_users: int
+    seed: int
+
+    @property
+    def users(self) -> np.ndarray:
+        return np.union1d(self.validation_users, self.training_users)
+
+
+def kept_evaluation_sample(
+    user_ids: np.ndarray,
+    card: Mapping[str, Any],
+    catalogue_products: int,
+    max_users: int = KEPT_EVALUATION_MAX_USERS,
+) -> EvaluationSample:
+    """The EvaluationSample of a kept model (`card`: its model card) among `user_ids` (every user of
+    the feature set; repeats are fine); `catalogue_products`: the feature set's distinct products."""
+    split = card.get("data_split", {})
+    fraction = float(split.get("validation_fraction", 0.1))
+    seed = int(split.get("seed", 0))
+    users = np.unique(np.asarray(user_ids))
+    train_mask, validation_mask = split_users(users, fraction, seed)
+    return EvaluationSample(
+        validation_users=sample_users(users[validation_mask], max_users, seed),
+        training_users=sample_users(users[train_mask], max_users, seed),
+        validation_total=int(validation_mask.sum()),
+        catalogue_products=int(catalogue_products),
+        max_users=int(max_users),
+        seed=seed,
+    )
+
+
+def kept_evaluation_sample_from_lake(
+    conn: duckdb.DuckDBPyConnection,
+    uri: str,
+    card: Mapping[str, Any],
+    max_users: int = KEPT_EVALUATION_MAX_USERS,
+) -> EvaluationSample:
+    """kept_evaluation_sample over a stored feature set, reading only its user and product ids."""
+    source = feature_source(conn, uri)
+    users = conn.execute(f"SELECT DISTINCT user_id FROM {source}").fetchnumpy()["user_id"]
+    (products,) = conn.execute(f"SELECT count(DISTINCT product_id) FROM {source}").fetchone()
+    return kept_evaluation_sample(users, card, int(products), max_users)
+
+
+class ReuseTrainer:
+    """A Trainer that fits nothing: the model of an earlier batch, judged on this batch's rows.
+
+    The rows are split by an EvaluationSample (the held-out users drawn exactly as
+    train_reorder_model draws them, then at most `max_users` of them and of the training users by
+    the same seed), so train_and_report computes the kept model's validation metrics, baskets and
+    baseline check on a bounded sample of the current rows (train_or_keep gives it only the
+    sample's users' rows); the card's `evaluation_sample` says how many.
+    `card_extra` carries the fitting batch's card over."""
 
     def __init__(
         self,
         folder: str | Path,
-        card: Mapping[str, Any] | None = None,
-        max_users: int = KEPT_EVALUATION_MAX_USERS,
+        card: Mapping[str, Any] | None,
+        sample: EvaluationSample,
     ) -> None:
         self.folder = Path(folder)
-        self.max_users = max_users
+        self.sample = sample
         self.previous = dict(card) if card is not None else read_model_card(self.folder)
         trained_on = trained_on_batch(self.previous)
         self.card_extra: dict[str, Any] = {
@@ -527,18 +613,17 @@ class ReuseTrainer:
             self.card_extra["ablation"] = {**self.previous["ablation"], "from_training_batch": trained_on}
 
     def train(self, data: FeatureRows, params: ReorderModelParams, seed: int, workdir: Path) -> TrainedModel:
-        split = self.previous.get("data_split", {})
-        fraction = float(split.get("validation_fraction", 0.1))
-        seed = int(split.get("seed", seed))
-        train_mask, validation_mask = split_users(data.user_ids, fraction, seed)
-        held_out = np.unique(data.user_ids[validation_mask])
-        sampled = sample_users(held_out, self.max_users, seed)
-        if sampled.size < held_out.size:
-            validation_mask = validation_mask & np.isin(data.user_ids, sampled)
+        sample = self.sample
+        validation_mask = np.isin(data.user_ids, sample.validation_users)
+        train_mask = ~validation_mask
         self.card_extra[EVALUATION_SAMPLE] = evaluation_sample(
-            held_out.size, sampled.size, self.max_users, seed
-        )
+            sample.validation_total, sample.validation_users.size, sample.max_users, sample.seed
+        ) | {
+            "training_users": int(sample.training_users.size),
+            "catalogue_products": sample.catalogue_products,
+        }
         validation_rows = np.flatnonzero(validation_mask)
+        split = self.previous.get("data_split", {})
         return TrainedModel(
             booster=load_model(self.folder / MODEL_FILE, threads=params.nthread),
             params=params,
@@ -548,9 +633,9 @@ class ReuseTrainer:
             validation_index=validation_rows,
             validation_user_ids=np.unique(data.user_ids[validation_rows]),
             n_train_rows=int(train_mask.sum()),
-            n_train_users=int(np.unique(data.user_ids[train_mask]).size),
-            seed=seed,
-            validation_fraction=fraction,
+            n_train_users=int(sample.training_users.size),
+            seed=sample.seed,
+            validation_fraction=float(split.get("validation_fraction", 0.1)),
             data_sha256=self.previous.get("reproducibility", {}).get("training_data_sha256", ""),
         )
 
@@ -582,10 +667,12 @@ def decide_reorder_model(
     batch: str,
     batches_since: Callable[[str], int],
     force: bool = False,
+    sample: EvaluationSample | None = None,
 ) -> tuple[RetrainDecision, dict | None]:
     """(decision, the earlier model's card) for `batch`: the drift is the largest PSI of the current
     rows against the feature profile in the earlier card; `batches_since(trained_on_batch)` counts
-    the batches after the fitting batch up to this one."""
+    the batches after the fitting batch up to this one. `sample`: the users `data` holds, when it
+    holds a kept model's evaluation sample rather than every user (the detail says so)."""
     if previous is None:
         return decide(policy, None, batch, 0, float("nan"), force=force), None
     card = read_model_card(previous)
@@ -601,6 +688,11 @@ def decide_reorder_model(
         if profile
         else (float("nan"), {"metric": "psi", "note": "the earlier card has no feature profile"})
     )
+    if sample is not None:
+        detail["current_users"] = (
+            f"{sample.users.size:,} users sampled by seed {sample.seed} "
+            f"({sample.validation_users.size:,} validation, {sample.training_users.size:,} training)"
+        )
     decision = decide(
         policy, trained_on, batch, batches_since(trained_on), drift, detail, force=force, unusable=unusable
     )
@@ -618,11 +710,14 @@ def train_or_keep(
     ablate: str | None = None,
     threads: int = 0,
     evaluation_max_users: int = KEPT_EVALUATION_MAX_USERS,
+    sample: EvaluationSample | None = None,
 ) -> ReorderModelReport:
     """train_and_report with a fresh fit (the card gains the feature profile of these rows, the
     fitting batch and the decision), or, when the decision keeps the model, the earlier booster
     evaluated through the same report on at most `evaluation_max_users` of this batch's validation
-    users (no refit, no ablation: it is carried over)."""
+    users (no refit, no ablation: it is carried over). A kept model is judged on `sample`'s users,
+    drawn from `data` when not given; `data` may then hold only those users' rows (the same result
+    as the whole feature set, at a fraction of the reading)."""
     if decision.retrain:
         return train_and_report(
             data,
@@ -639,11 +734,16 @@ def train_or_keep(
         )
     if previous is None:
         raise ValueError("a decision to keep the model needs the earlier model's folder")
+    card = dict(previous_card) if previous_card is not None else read_model_card(previous)
+    if sample is None:
+        sample = kept_evaluation_sample(
+            data.user_ids, card, int(np.unique(data.product_ids).size), evaluation_max_users
+        )
     report = train_and_report(
-        data,
+        select_users(data, sample.users),
         workdir,
         data_partition,
-        trainer=ReuseTrainer(previous, previous_card, max_users=evaluation_max_users),
+        trainer=ReuseTrainer(previous, card, sample),
         threads=threads,
         card_extra={"retrain": decision.as_dict()},
     )
