@@ -16,6 +16,7 @@ from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEM
 from instarec_assets.lake.clean_orders import CLEAN_ORDERS_SCHEMA
 from instarec_assets.lake.integrity import (
     duplicate_keys,
+    duplicate_keys_brought,
     orphan_rows,
     schema_differences,
 )
@@ -92,7 +93,10 @@ def clean_orders_key_unique(
     asset="clean_order_products",
     partitions_def=landing_batches,
     blocking=True,
-    description="(order_id, product_id) is unique; every line's order and product exist.",
+    description=(
+        "The batch's lines bring no repeated (order_id, product_id), within the batch or with a stored "
+        "line (earlier batches were checked as they landed); every line's order and product exist."
+    ),
     # Asset checks load each input for the check's own partition only (no partition mappings), so the
     # earlier batches of both tables are read from the registered batches, as the clean step does.
     additional_ins={"clean_orders": AssetIn("clean_orders"), "clean_products": AssetIn("clean_products")},
@@ -105,10 +109,10 @@ def clean_order_products_keys(
     clean_orders: str,
     clean_products: str,
 ):
-    lines = [*_earlier(context, lake, "clean_order_products"), clean_order_products]
+    earlier_lines = _earlier(context, lake, "clean_order_products")
     this_lines = [clean_order_products]
     with lake_connection(duckdb, lake) as conn:
-        duplicates = duplicate_keys(conn, lines, ["order_id", "product_id"])
+        duplicates = duplicate_keys_brought(conn, this_lines, earlier_lines, ["order_id", "product_id"])
         orders = [*_earlier(context, lake, "clean_orders"), clean_orders]
         unknown_orders = orphan_rows(conn, this_lines, "order_id", orders, "order_id")
         unknown_products = orphan_rows(conn, this_lines, "product_id", [clean_products], "product_id")

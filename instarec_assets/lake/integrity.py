@@ -44,6 +44,34 @@ def duplicate_keys(
     )
 
 
+def duplicate_keys_brought(
+    conn: duckdb.DuckDBPyConnection,
+    new_uris: Sequence[str],
+    earlier_uris: Sequence[str],
+    key_columns: Sequence[str],
+) -> int:
+    """How many key values of the new files occur more than once across new and earlier files: the
+    duplicates a batch brings, at the cost of its own rows plus a semi-join of the earlier files on the
+    first key column (instead of grouping the whole history; the earlier files were checked when they
+    landed)."""
+    if not new_uris:
+        return 0
+    if not earlier_uris:
+        return duplicate_keys(conn, new_uris, key_columns)
+    keys = ", ".join(key_columns)
+    first = key_columns[0]
+    return int(
+        scalar(
+            conn,
+            f"WITH new AS (SELECT {keys} FROM read_parquet(?, hive_partitioning = false)) "
+            f"SELECT count(*) FROM (SELECT {keys} FROM (SELECT * FROM new UNION ALL "
+            f"SELECT {keys} FROM read_parquet(?, hive_partitioning = false) "
+            f"SEMI JOIN (SELECT DISTINCT {first} FROM new) USING ({first})) GROUP BY {keys} HAVING count(*) > 1)",
+            [list(new_uris), list(earlier_uris)],
+        )
+    )
+
+
 def orphan_rows(
     conn: duckdb.DuckDBPyConnection,
     child_uris: Sequence[str],
