@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
 
@@ -221,6 +222,14 @@ def test_similarity_feature_and_explore_items_from_the_stored_assets(lake, tmp_p
     assert explore.user_id.nunique() == serving_users.fetchall()[0][0]
     assert explore.groupby("user_id").size().max() == 2
     assert not explore.merge(bought, on=["user_id", "product_id"]).shape[0]
+    # chosen users (a delta batch's) read only their own history and get exactly their full-run rows
+    chosen = np.sort(explore.user_id.unique())[::3]
+    some = explore_from_lake(
+        conn, users_uri, products_uri, features_uri, tmp_path / "some.parquet", user_ids=chosen
+    )
+    subset = conn.sql(f"SELECT * FROM read_parquet('{some.path}')").df()
+    expected = explore[explore.user_id.isin(chosen)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(subset.reset_index(drop=True), expected)
 
 
 def test_a_graph_of_the_next_batch_is_embedded_by_the_earlier_model(lake):

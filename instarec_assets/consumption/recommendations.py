@@ -324,7 +324,19 @@ def personal_explore_items(
             f"SELECT DISTINCT user_id FROM {source} WHERE framing = ? ORDER BY 1", [framing]
         ).fetchnumpy()["user_id"]
     else:
+        # Chosen users (a delta batch's) are spread over the whole id range, so every batch would scan
+        # the whole feature chain: their history is read once instead.
         users = np.unique(np.asarray(user_ids, dtype=np.int64))
+        conn.register("_explore_users", pa.table({"user_id": users}))
+        try:
+            conn.execute(
+                "CREATE OR REPLACE TEMP TABLE explore_history AS SELECT DISTINCT user_id, product_id, framing "
+                f"FROM {source} WHERE framing = ? AND user_id IN (SELECT user_id FROM _explore_users)",
+                [framing],
+            )
+        finally:
+            conn.unregister("_explore_users")
+        source = "explore_history"
     params = {
         "similar_items": similar_items_uri,
         "products": products_uri,
@@ -335,6 +347,21 @@ def personal_explore_items(
     sql = PERSONAL_EXPLORE_SQL.replace(
         "read_parquet($user_product_features, hive_partitioning = false)", source
     )
+    try:
+        return _explore_batches(conn, sql, params, users, batch_users, out_path)
+    finally:
+        conn.execute("DROP TABLE IF EXISTS explore_history")
+
+
+def _explore_batches(
+    conn: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: dict,
+    users: np.ndarray,
+    batch_users: int,
+    out_path: Path,
+) -> StagedParquet:
+    """PERSONAL_EXPLORE_SQL for `batch_users` users at a time, the parts then joined in user order."""
     batches = [users[start : start + batch_users] for start in range(0, len(users), batch_users)] or [users]
     parts = [out_path.with_name(f"{out_path.stem}.part{index:04d}.parquet") for index in range(len(batches))]
     staged_parts = []

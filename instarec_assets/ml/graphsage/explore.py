@@ -263,10 +263,18 @@ def explore_from_lake(
         keep = np.isin(users.ids, np.asarray(user_ids, dtype=np.int64))
         users = EmbeddingTable(users.ids[keep], users.vectors[keep])
     products = load_embedding_table(conn, product_embeddings_uri, framing, "product_id")
-    sql, params = with_feature_tables(
-        conn, BOUGHT_SQL, {"uri": user_product_features_uri, "framing": framing}, "uri"
-    )
-    bought = conn.sql(sql, params=params).to_arrow_table()
+    bought_sql = BOUGHT_SQL
+    if user_ids is not None:  # only the chosen users' history, not every user's
+        bought_sql += "  AND user_id IN (SELECT user_id FROM _explore_bought_users)\n"
+        conn.register("_explore_bought_users", pa.table({"user_id": users.ids}))
+    try:
+        sql, params = with_feature_tables(
+            conn, bought_sql, {"uri": user_product_features_uri, "framing": framing}, "uri"
+        )
+        bought = conn.sql(sql, params=params).to_arrow_table()
+    finally:
+        if user_ids is not None:
+            conn.unregister("_explore_bought_users")
     table = explore_items(
         users,
         products,
