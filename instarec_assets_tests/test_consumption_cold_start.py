@@ -3,6 +3,7 @@ tilted to the departments of a first basket, appended after what they have, curr
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -162,6 +163,17 @@ def test_a_filtered_answer_still_has_k_items(lake, tmp_path) -> None:
     kept = apply_filters(stored, parse_filters({"exclude_departments": "dairy"}), 10)
     assert len(kept) == 10
     assert "dairy" not in {row[4] for row in kept}
+
+
+def test_a_scope_without_cold_users_keeps_the_rows_and_reads_no_lines(lake, tmp_path) -> None:
+    """A delta batch whose users all have model rows: their lists exactly as with the history read,
+    and the order lines are not read at all (a missing lines file would fail the query otherwise)."""
+    scope = _write(tmp_path / "warm.parquet", {"user_id": pa.array(sorted(WARM_USERS), pa.int32())})
+    inputs = replace(lake["inputs"], users=scope)
+    with_lines = _run({**lake, "inputs": inputs}, tmp_path, "with_lines.parquet")
+    unread = replace(inputs, order_products=[str(tmp_path / "no-such-lines.parquet")])
+    assert _run({**lake, "inputs": unread}, tmp_path, "without.parquet") == with_lines
+    assert "popular" not in {row[6] for row in with_lines}  # the explore-only user is out of scope
 
 
 def test_reruns_give_identical_rows(lake, tmp_path) -> None:

@@ -28,11 +28,20 @@ import duckdb
 
 from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
 from instarec_assets.lake.clean_orders import CLEAN_ORDERS_SCHEMA
-from instarec_assets.lake.duck import StagedParquet, copy_to_parquet, create_view
+from instarec_assets.lake.duck import StagedParquet, copy_to_parquet, create_view, scalar
 
 MAX_RANK = 52  # what a warm user's list holds: top 10, 2 explore items, candidates 11..50
 PRIOR_LINES = 5  # pseudo-lines of the overall department mix a shopper's own lines are blended with
 POPULAR = "popular"
+
+# The users in scope known to the lake's orders without a `model` row in the recommendations ($recommendations).
+COLD_USERS_SQL = """
+SELECT DISTINCT user_id FROM cold_start_orders
+ANTI JOIN (
+    SELECT user_id FROM read_parquet($recommendations, hive_partitioning = false) WHERE source = 'model'
+) AS warm USING (user_id)
+WHERE user_id IN (SELECT user_id FROM cold_start_scope)
+"""
 
 # A candidate of a cold user is among the `depth` most popular products overall (the order of every
 # department the user has no lines in) or of a department they bought from: the top `max_rank` of
@@ -46,11 +55,7 @@ WITH catalog AS (
 served AS (
     SELECT * FROM read_parquet($recommendations, hive_partitioning = false)
 ),
-cold AS (
-    SELECT DISTINCT user_id FROM cold_start_orders
-    ANTI JOIN (SELECT user_id FROM served WHERE source = 'model') AS warm USING (user_id)
-    WHERE user_id IN (SELECT user_id FROM cold_start_scope)
-),
+cold AS ({cold}),
 lines AS (
     SELECT DISTINCT l.order_id, l.product_id, catalog.department_id
     FROM cold_start_lines AS l JOIN catalog USING (product_id)
@@ -121,7 +126,7 @@ JOIN catalog USING (product_id)
 LEFT JOIN read_parquet($aisles, hive_partitioning = false) AS aisles USING (aisle_id)
 LEFT JOIN read_parquet($departments, hive_partitioning = false) AS departments USING (department_id)
 ORDER BY user_id, rank
-""".replace("{popular}", POPULAR)
+""".replace("{popular}", POPULAR).replace("{cold}", COLD_USERS_SQL)
 
 
 @dataclass(frozen=True)
@@ -155,13 +160,19 @@ def with_popular_tier(
     if prior_lines <= 0:
         raise ValueError(f"cold start: prior_lines must be positive, got {prior_lines}")
     create_view(conn, "cold_start_orders", inputs.orders, CLEAN_ORDERS_SCHEMA)
-    create_view(conn, "cold_start_lines", inputs.order_products, CLEAN_ORDER_PRODUCTS_SCHEMA)
     scope = (
         conn.read_parquet(inputs.users, hive_partitioning=False).project("user_id")
         if inputs.users is not None
         else conn.sql("SELECT DISTINCT user_id FROM cold_start_orders")
     )
     scope.create_view("cold_start_scope", replace=True)
+    cold_users = int(
+        scalar(conn, f"SELECT count(*) FROM ({COLD_USERS_SQL})", {"recommendations": recommendations_uri})
+    )
+    # Nobody cold (a delta batch of known shoppers, usually): the same query over no lines, instead of
+    # counting every basket of the history for a tier nobody gets.
+    lines = inputs.order_products if cold_users else []
+    create_view(conn, "cold_start_lines", lines, CLEAN_ORDER_PRODUCTS_SCHEMA)
     params = {
         "recommendations": recommendations_uri,
         "products": inputs.products,
