@@ -19,7 +19,7 @@ Every step the runs executed appears in the per-stage table (the known stages gr
 step by its own name).
 
 Usage: `.venv/bin/python bench/bench_incremental.py [--users 206209] [--increment-share 0.02|weekly]
-[--append-results]`.
+[--without-retrain-due] [--append-results]`.
 """
 
 from __future__ import annotations
@@ -66,6 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", default=str(bench_lake.BENCH_DIR / "data"))
     parser.add_argument("--append-results", action="store_true")
     parser.add_argument("--duckdb-memory-limit")
+    parser.add_argument(
+        "--without-retrain-due",
+        action="store_true",
+        help="skip the third run (the increment again with a retrain due): the target needs only the first two",
+    )
     args = parser.parse_args(argv)
     if args.increment_share != "weekly":
         share = float(args.increment_share)
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         ("first load", batches[0], {}),
         ("increment, models kept", batches[1], {}),
         ("increment, retrain due", batches[1], {"INSTAREC_RETRAIN_EVERY_BATCHES": "1"}),
-    ]
+    ][: 2 if args.without_retrain_due else 3]
     for label, batch, extra_env in plan:
         print(f"bench: {label}: {batch.name}", flush=True)
         command = [*instarec, "materialize", "--landing", str(batch), "--partition", batch.name]
