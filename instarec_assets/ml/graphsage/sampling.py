@@ -30,12 +30,30 @@ class CSR:
 
     @classmethod
     def from_edges(cls, rows: np.ndarray, cols: np.ndarray, n_rows: int) -> CSR:
+        """Each row's neighbours in edge order (a stable sort by row)."""
         rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
+        cols = np.asarray(cols, dtype=np.int64)
+        order = stable_order(rows, n_rows)
         counts = np.bincount(rows, minlength=n_rows)
         ptr = np.zeros(n_rows + 1, dtype=np.int64)
         np.cumsum(counts, out=ptr[1:])
-        return cls(torch.from_numpy(ptr), torch.from_numpy(np.asarray(cols, dtype=np.int64)[order]))
+        return cls(torch.from_numpy(ptr), torch.from_numpy(cols if order is None else cols[order]))
+
+    def rows(self, nodes: np.ndarray | torch.Tensor) -> CSR:
+        """The sub-CSR of the rows `nodes` (in that order), each row's neighbours as here: equal to
+        from_edges on those rows' edges, in time proportional to their edges, not to all edges."""
+        nodes = torch.as_tensor(nodes, dtype=torch.int64)
+        starts = self.ptr[nodes]
+        counts = self.ptr[nodes + 1] - starts
+        ptr = torch.zeros(nodes.shape[0] + 1, dtype=torch.int64)
+        torch.cumsum(counts, 0, out=ptr[1:])
+        total = int(ptr[-1])
+        if nodes.shape[0] == self.n_rows and bool((nodes == torch.arange(self.n_rows)).all()):
+            return CSR(ptr, self.nbr)
+        # edge j of local row i sits at starts[i] + (j - ptr[i]) of nbr
+        index = torch.repeat_interleave(starts - ptr[:-1], counts, output_size=total)
+        index += torch.arange(total, dtype=torch.int64)
+        return CSR(ptr, self.nbr[index])
 
     @property
     def n_rows(self) -> int:
@@ -129,6 +147,17 @@ class SampledSubgraph:
             n_users,
             n_products,
         )
+
+
+def stable_order(keys: np.ndarray, n_keys: int) -> np.ndarray | None:
+    """np.argsort(keys, kind="stable") for int keys in [0, n_keys), or None when they are sorted
+    already (edges of graph_from_pairs are, by user)."""
+    if keys.size < 2 or not bool((keys[1:] < keys[:-1]).any()):
+        return None
+    if n_keys <= 1 << 16:
+        # numpy sorts 16-bit keys stably by radix sort (O(E)); int64 keys by timsort: same order, 5-10x faster
+        return np.argsort(keys.astype(np.uint16), kind="stable")
+    return np.argsort(keys, kind="stable")
 
 
 def csr_from_sorted(edge_index: torch.Tensor, n_dst: int, n_src: int) -> torch.Tensor:
