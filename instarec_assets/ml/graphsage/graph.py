@@ -272,8 +272,11 @@ def _index_of(sorted_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
         first[1:] = sorted_ids[1:] != sorted_ids[:-1]
         table = np.full(high - low + 1, -1, dtype=np.int64)
         table[sorted_ids[first] - low] = np.flatnonzero(first)
-        position = table[np.clip(values - low, 0, high - low)]
-        position[(values < low) | (values > high)] = -1
+        index = values - low
+        outside = index.view(np.uint64) > high - low  # below `low` wraps around to a large value
+        index[outside] = 0
+        position = table[index]
+        position[outside] = -1
         return position
     position = np.clip(np.searchsorted(sorted_ids, values), 0, sorted_ids.size - 1)
     return np.where(sorted_ids[position] == values, position, -1).astype(np.int64)

@@ -339,17 +339,13 @@ def _replace_users(
 
 
 def _take_rows(first: pa.Table, second: pa.Table, order: np.ndarray) -> pa.Table:
-    """Rows `order` of `first` followed by `second`, one chunk per column; columns without nulls
-    through numpy (pyarrow's take over a chunked table was ~1 s per 14M rows, numpy's ~0.1 s)."""
-    columns = []
-    for name in first.column_names:
-        a, b = first.column(name), second.column(name)
-        if a.null_count == 0 and b.null_count == 0 and pa.types.is_primitive(a.type):
-            values = np.concatenate([a.to_numpy(), b.to_numpy()])
-            columns.append(pa.array(values[order], type=a.type))
-        else:
-            combined = pa.chunked_array([*a.chunks, *b.chunks], type=a.type).combine_chunks()
-            columns.append(combined.take(pa.array(order)))
+    """Rows `order` of `first` followed by `second`, one chunk per column (a take on one
+    concatenated array per column: Table.take over the chunked columns took ~1.8 s at full size)."""
+    indices = pa.array(order)
+    columns = [
+        pa.concat_arrays([*first.column(name).chunks, *second.column(name).chunks]).take(indices)
+        for name in first.column_names
+    ]
     return pa.Table.from_arrays(columns, schema=first.schema)
 
 
