@@ -92,6 +92,11 @@ def test_csr_rows_equal_a_csr_built_from_those_rows_edges(n_rows):
     expected = CSR.from_edges(local[rows[keep]], cols[keep], picked.size)
     sub = csr.rows(picked)
     assert torch.equal(sub.ptr, expected.ptr) and torch.equal(sub.nbr, expected.nbr)
+    shuffled = rng.permutation(picked)  # any order: rows gathered by index
+    local[shuffled] = np.arange(shuffled.size)
+    expected = CSR.from_edges(local[rows[keep]], cols[keep], shuffled.size)
+    sub = csr.rows(shuffled)
+    assert torch.equal(sub.ptr, expected.ptr) and torch.equal(sub.nbr, expected.nbr)
     whole = csr.rows(np.arange(n_rows))
     assert torch.equal(whole.ptr, csr.ptr) and torch.equal(whole.nbr, csr.nbr)
     assert csr.rows(np.array([], dtype=np.int64)).nbr.numel() == 0

@@ -18,6 +18,7 @@ from instarec_assets.ml.graphsage import FRAMINGS, GraphSageModel, GraphSagePara
 from instarec_assets.ml.graphsage.graph_state import (
     GraphState,
     _replace_users,
+    _rows_of,
     build_state,
     state_for_batch,
     update_state,
@@ -250,3 +251,12 @@ def test_replacing_users_rows_merges_in_key_order_and_keeps_nulls():
     assert merged.equals(expected.sort_by([("user_id", "ascending"), ("product_id", "ascending")]))
     with pytest.raises(ValueError, match="replaced users"):
         _replace_users(stored, fresh, np.array([0, 4], dtype=np.int64))
+
+
+def test_rows_of_users_marks_exactly_their_rows():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        stored = np.sort(rng.integers(0, 30, rng.integers(0, 60)))
+        users = np.unique(rng.integers(-2, 33, rng.integers(0, 10)))
+        marked = _rows_of(pa.table({"user_id": pa.array(stored, pa.int64())}), users)
+        np.testing.assert_array_equal(marked, np.isin(stored, users))

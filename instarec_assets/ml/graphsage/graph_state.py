@@ -305,14 +305,16 @@ def update_state(
 
 
 def _rows_of(table: pa.Table, users: np.ndarray) -> np.ndarray:
-    """Bool mask of the rows of `table` (sorted by user_id) whose user is in `users` (sorted): each
-    user's rows are one slice, found by binary search, so the cost is the table's length once."""
+    """Bool mask of the rows of `table` (sorted by user_id) whose user is in `users` (sorted,
+    unique): each user's rows are one slice, found by binary search, the mask written run by run."""
     stored_users = _column(table, "user_id", np.int64)
-    starts = np.searchsorted(stored_users, users, side="left")
-    ends = np.searchsorted(stored_users, users, side="right")
-    size = stored_users.size + 1
-    inside = np.cumsum(np.bincount(starts, minlength=size) - np.bincount(ends, minlength=size))
-    return inside[:-1] > 0
+    bounds = np.empty(2 * users.size + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, stored_users.size
+    bounds[1:-1:2] = np.searchsorted(stored_users, users, side="left")
+    bounds[2:-1:2] = np.searchsorted(stored_users, users, side="right")
+    inside = np.zeros(bounds.size - 1, dtype=bool)
+    inside[1::2] = True  # runs alternate: before the first user, its rows, up to the next user, ...
+    return np.repeat(inside, np.diff(bounds))
 
 
 def _replace_users(

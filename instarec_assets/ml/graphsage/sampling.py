@@ -41,17 +41,23 @@ class CSR:
 
     def rows(self, nodes: np.ndarray | torch.Tensor) -> CSR:
         """The sub-CSR of the rows `nodes` (in that order), each row's neighbours as here: equal to
-        from_edges on those rows' edges, in time proportional to their edges, not to all edges."""
+        from_edges on those rows' edges, in one pass over the edges at most (CPU tensors)."""
         nodes = torch.as_tensor(nodes, dtype=torch.int64)
-        starts = self.ptr[nodes]
-        counts = self.ptr[nodes + 1] - starts
+        degree = self.degree()
         ptr = torch.zeros(nodes.shape[0] + 1, dtype=torch.int64)
-        torch.cumsum(counts, 0, out=ptr[1:])
+        torch.cumsum(degree[nodes], 0, out=ptr[1:])
+        if nodes.shape[0] < 2 or bool((nodes[1:] > nodes[:-1]).all()):
+            if nodes.shape[0] == self.n_rows:  # every row
+                return CSR(ptr, self.nbr)
+            # increasing rows: their edges in place, kept by a per-edge mask (np.repeat and a
+            # compress: ~5x faster than gathering them by index when the rows hold most edges)
+            selected = np.zeros(self.n_rows, dtype=bool)
+            selected[nodes.numpy()] = True
+            keep = np.repeat(selected, degree.numpy())
+            return CSR(ptr, torch.from_numpy(self.nbr.numpy()[keep]))
+        # edge j of local row i sits at self.ptr[nodes[i]] + (j - ptr[i]) of nbr
         total = int(ptr[-1])
-        if nodes.shape[0] == self.n_rows and bool((nodes == torch.arange(self.n_rows)).all()):
-            return CSR(ptr, self.nbr)
-        # edge j of local row i sits at starts[i] + (j - ptr[i]) of nbr
-        index = torch.repeat_interleave(starts - ptr[:-1], counts, output_size=total)
+        index = torch.repeat_interleave(self.ptr[nodes] - ptr[:-1], degree[nodes], output_size=total)
         index += torch.arange(total, dtype=torch.int64)
         return CSR(ptr, self.nbr[index])
 
