@@ -36,7 +36,8 @@ from instarec_assets.ml.graphsage import (
     train_graphsage,
 )
 from instarec_assets.ml.graphsage.config import FeatureEncoding
-from instarec_assets.ml.graphsage.sampling import CSR, NeighborSampler
+from instarec_assets.ml.graphsage.graph import _index_of
+from instarec_assets.ml.graphsage.sampling import CSR, NeighborSampler, stable_order
 from instarec_assets.ml.graphsage.synthetic import planted_graph
 from instarec_assets.ml.graphsage.train import GraphTensors, reproducible_torch
 
@@ -72,6 +73,44 @@ def test_csr_sampling_keeps_small_neighbourhoods_whole_and_caps_large_ones():
     assert sorted(neighbours[owner == 0].tolist()) == [10, 11]
     assert (owner == 1).sum() == 4 and set(neighbours[owner == 1].tolist()) <= set(range(20, 30))
     assert (owner == 2).sum() == 0
+
+
+@pytest.mark.parametrize("n_rows", [50, 70_000])  # 16-bit keys (radix sort) and wider ones
+def test_csr_rows_equal_a_csr_built_from_those_rows_edges(n_rows):
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, n_rows, 5_000)
+    cols = rng.integers(0, 40, 5_000)
+    np.testing.assert_array_equal(stable_order(rows, n_rows), np.argsort(rows, kind="stable"))
+    assert stable_order(np.sort(rows), n_rows) is None
+    csr = CSR.from_edges(rows, cols, n_rows)
+    reference = np.argsort(rows, kind="stable")
+    assert torch.equal(csr.nbr, torch.from_numpy(cols[reference]))
+    picked = np.sort(rng.choice(n_rows, n_rows // 3, replace=False))
+    local = np.full(n_rows, -1)
+    local[picked] = np.arange(picked.size)
+    keep = local[rows] >= 0
+    expected = CSR.from_edges(local[rows[keep]], cols[keep], picked.size)
+    sub = csr.rows(picked)
+    assert torch.equal(sub.ptr, expected.ptr) and torch.equal(sub.nbr, expected.nbr)
+    shuffled = rng.permutation(picked)  # any order: rows gathered by index
+    local[shuffled] = np.arange(shuffled.size)
+    expected = CSR.from_edges(local[rows[keep]], cols[keep], shuffled.size)
+    sub = csr.rows(shuffled)
+    assert torch.equal(sub.ptr, expected.ptr) and torch.equal(sub.nbr, expected.nbr)
+    whole = csr.rows(np.arange(n_rows))
+    assert torch.equal(whole.ptr, csr.ptr) and torch.equal(whole.nbr, csr.nbr)
+    assert csr.rows(np.array([], dtype=np.int64)).nbr.numel() == 0
+
+
+@pytest.mark.parametrize("spread", [1, 10_000_000])  # a dense lookup table and binary search
+def test_index_of_finds_the_first_position_or_minus_one(spread):
+    rng = np.random.default_rng(5)
+    ids = np.sort(rng.integers(0, 1_000, 400)) * spread  # repeats included
+    values = np.concatenate([ids, rng.integers(-5, 1_010, 2_000) * spread, [-(10**12), 10**12]])
+    position = np.clip(np.searchsorted(ids, values), 0, ids.size - 1)
+    expected = np.where(ids[position] == values, position, -1)
+    np.testing.assert_array_equal(_index_of(ids, values), expected)
+    assert (_index_of(ids[:0], values) == -1).all()
 
 
 def test_sampled_forward_with_large_fanouts_equals_full_graph_inference():

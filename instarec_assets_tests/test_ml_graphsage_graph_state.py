@@ -8,6 +8,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -16,6 +17,8 @@ from instarec_assets.lake.locations import LakeLocations, partition_relpath
 from instarec_assets.ml.graphsage import FRAMINGS, GraphSageModel, GraphSageParams, build_graph, embed_graph
 from instarec_assets.ml.graphsage.graph_state import (
     GraphState,
+    _replace_users,
+    _rows_of,
     build_state,
     state_for_batch,
     update_state,
@@ -225,3 +228,35 @@ def test_a_model_folder_without_a_stored_graph_gives_a_full_build(lake, tmp_path
     assert update.mode == "full" and reason == f"full: the model folder of batch {BATCHES[0]} stores no graph"
     assert state_for_batch(conn, snapshot, None)[1] == "full: no earlier GraphSAGE model folder"
     assert state_for_batch(conn, snapshot, (BATCHES[0], tmp_path), full=True)[0].mode == "full"
+
+
+def test_replacing_users_rows_merges_in_key_order_and_keeps_nulls():
+    stored = pa.table(
+        {
+            "user_id": pa.array([1, 1, 2, 4, 4, 7], pa.int64()),
+            "product_id": pa.array([5, 9, 1, 2, 3, 1], pa.int64()),
+            "days": pa.array([1.0, None, 2.0, 3.0, None, 4.0], pa.float32()),
+        }
+    )
+    fresh = pa.table(
+        {
+            "user_id": pa.array([0, 4, 5, 5], pa.int64()),
+            "product_id": pa.array([8, 1, 2, 6], pa.int64()),
+            "days": pa.array([None, 6.0, 7.0, 8.0], pa.float32()),
+        }
+    )
+    users = np.array([0, 2, 4, 5], dtype=np.int64)  # user 2 lost its rows
+    merged = _replace_users(stored, fresh, users)
+    expected = pa.concat_tables([stored.filter(pa.array([1, 1, 0, 0, 0, 1]).cast(pa.bool_())), fresh])
+    assert merged.equals(expected.sort_by([("user_id", "ascending"), ("product_id", "ascending")]))
+    with pytest.raises(ValueError, match="replaced users"):
+        _replace_users(stored, fresh, np.array([0, 4], dtype=np.int64))
+
+
+def test_rows_of_users_marks_exactly_their_rows():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        stored = np.sort(rng.integers(0, 30, rng.integers(0, 60)))
+        users = np.unique(rng.integers(-2, 33, rng.integers(0, 10)))
+        marked = _rows_of(pa.table({"user_id": pa.array(stored, pa.int64())}), users)
+        np.testing.assert_array_equal(marked, np.isin(stored, users))

@@ -260,9 +260,24 @@ def graph_from_pairs(
 
 
 def _index_of(sorted_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The position of each value in `sorted_ids` (its first, if repeated), -1 where absent."""
     values = np.asarray(values, dtype=np.int64)
     if sorted_ids.size == 0:
         return np.full(values.shape, -1, dtype=np.int64)
+    low, high = int(sorted_ids[0]), int(sorted_ids[-1])
+    if high - low < max(values.size, 1 << 16):
+        # a dense id -> position table: one gather per value instead of a binary search (~10x faster
+        # for the graph's ~14M edges; node ids are dense enough that the table stays small)
+        first = np.ones(sorted_ids.size, dtype=bool)
+        first[1:] = sorted_ids[1:] != sorted_ids[:-1]
+        table = np.full(high - low + 1, -1, dtype=np.int64)
+        table[sorted_ids[first] - low] = np.flatnonzero(first)
+        index = values - low
+        outside = index.view(np.uint64) > high - low  # below `low` wraps around to a large value
+        index[outside] = 0
+        position = table[index]
+        position[outside] = -1
+        return position
     position = np.clip(np.searchsorted(sorted_ids, values), 0, sorted_ids.size - 1)
     return np.where(sorted_ids[position] == values, position, -1).astype(np.int64)
 

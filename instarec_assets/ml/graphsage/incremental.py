@@ -98,22 +98,11 @@ def changed_nodes(
     return user_changed, product_changed, user_at, product_at
 
 
-def _neighbours(mask: np.ndarray, source: np.ndarray, target: np.ndarray, size: int) -> np.ndarray:
-    """Mask of the nodes reached by one hop from the nodes in `mask` along edges source -> target."""
+def _reached(adjacency: CSR, size: int) -> np.ndarray:
+    """Mask of the `size` nodes that are neighbours of some row of `adjacency`."""
     reached = np.zeros(size, dtype=bool)
-    reached[target[mask[source]]] = True
+    reached[adjacency.nbr.numpy()] = True
     return reached
-
-
-def _rows_adjacency(
-    rows: np.ndarray, edge_row: np.ndarray, edge_col: np.ndarray, n_rows: int, n_cols: int
-) -> torch.Tensor:
-    """The adjacency rows of the nodes `rows` (sorted indices) as a sparse CSR (len(rows) x n_cols),
-    each row's neighbours in the order the full graph's CSR holds them (same sums, same order)."""
-    local = np.full(n_rows, -1, dtype=np.int64)
-    local[rows] = np.arange(rows.size)
-    keep = local[edge_row] >= 0
-    return CSR.from_edges(local[edge_row[keep]], edge_col[keep], rows.size).to_sparse(n_cols)
 
 
 @torch.no_grad()
@@ -130,11 +119,21 @@ def embed_nodes(
     needs: the same function as the whole-graph embedding, on the CPU, deterministically."""
     encoder = model.encoder
     layers = encoder.num_layers
+    # Both sides' adjacency once per graph; each layer takes the rows it needs (same rows, same
+    # neighbour order as a CSR built from those rows' edges), once for finding the next layer's
+    # nodes and for aggregating.
+    user_adjacency = CSR.from_edges(graph.edge_user, graph.edge_product, graph.n_users)
+    product_adjacency = CSR.from_edges(graph.edge_product, graph.edge_user, graph.n_products)
     need_users, need_products = [users.copy()], [products.copy()]
+    user_rows, product_rows, to_user, to_product = [], [], [], []
     for _ in range(layers):
-        up, pp = need_users[0], need_products[0]
-        need_users.insert(0, up | _neighbours(pp, graph.edge_product, graph.edge_user, graph.n_users))
-        need_products.insert(0, pp | _neighbours(up, graph.edge_user, graph.edge_product, graph.n_products))
+        user_rows.insert(0, np.flatnonzero(need_users[0]))
+        product_rows.insert(0, np.flatnonzero(need_products[0]))
+        to_user.insert(0, user_adjacency.rows(user_rows[0]))
+        to_product.insert(0, product_adjacency.rows(product_rows[0]))
+        need_users.insert(0, need_users[0] | _reached(to_product[0], graph.n_users))
+        need_products.insert(0, need_products[0] | _reached(to_user[0], graph.n_products))
+    del user_adjacency, product_adjacency
     was_training = model.training
     model.eval()
     try:
@@ -144,20 +143,16 @@ def embed_nodes(
             h_user = encoder.input_users(features)
             h_product = encoder.input_products(features)
             for layer in range(layers):
-                user_rows = np.flatnonzero(need_users[layer + 1])
-                product_rows = np.flatnonzero(need_products[layer + 1])
-                to_user = _rows_adjacency(
-                    user_rows, graph.edge_user, graph.edge_product, graph.n_users, graph.n_products
-                )
-                to_product = _rows_adjacency(
-                    product_rows, graph.edge_product, graph.edge_user, graph.n_products, graph.n_users
-                )
-                new_user = encoder.to_user[layer]((h_product, h_user[user_rows]), to_user)
-                new_product = encoder.to_product[layer]((h_user, h_product[product_rows]), to_product)
+                # layer `layer` computes the nodes of need_*[layer + 1]: rows[layer]
+                rows_u, rows_p = user_rows[layer], product_rows[layer]
+                adjacency_u = to_user[layer].to_sparse(graph.n_products)
+                adjacency_p = to_product[layer].to_sparse(graph.n_users)
+                new_user = encoder.to_user[layer]((h_product, h_user[rows_u]), adjacency_u)
+                new_product = encoder.to_product[layer]((h_user, h_product[rows_p]), adjacency_p)
                 h_user = h_user.new_zeros((graph.n_users, new_user.shape[1]))
                 h_product = h_product.new_zeros((graph.n_products, new_product.shape[1]))
-                h_user[user_rows] = encoder._activate(new_user, layer)
-                h_product[product_rows] = encoder._activate(new_product, layer)
+                h_user[rows_u] = encoder._activate(new_user, layer)
+                h_product[rows_p] = encoder._activate(new_product, layer)
     finally:
         model.train(was_training)
     return (

@@ -30,12 +30,36 @@ class CSR:
 
     @classmethod
     def from_edges(cls, rows: np.ndarray, cols: np.ndarray, n_rows: int) -> CSR:
+        """Each row's neighbours in edge order (a stable sort by row)."""
         rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
+        cols = np.asarray(cols, dtype=np.int64)
+        order = stable_order(rows, n_rows)
         counts = np.bincount(rows, minlength=n_rows)
         ptr = np.zeros(n_rows + 1, dtype=np.int64)
         np.cumsum(counts, out=ptr[1:])
-        return cls(torch.from_numpy(ptr), torch.from_numpy(np.asarray(cols, dtype=np.int64)[order]))
+        return cls(torch.from_numpy(ptr), torch.from_numpy(cols if order is None else cols[order]))
+
+    def rows(self, nodes: np.ndarray | torch.Tensor) -> CSR:
+        """The sub-CSR of the rows `nodes` (in that order), each row's neighbours as here: equal to
+        from_edges on those rows' edges, in one pass over the edges at most (CPU tensors)."""
+        nodes = torch.as_tensor(nodes, dtype=torch.int64)
+        degree = self.degree()
+        ptr = torch.zeros(nodes.shape[0] + 1, dtype=torch.int64)
+        torch.cumsum(degree[nodes], 0, out=ptr[1:])
+        if nodes.shape[0] < 2 or bool((nodes[1:] > nodes[:-1]).all()):
+            if nodes.shape[0] == self.n_rows:  # every row
+                return CSR(ptr, self.nbr)
+            # increasing rows: their edges in place, kept by a per-edge mask (np.repeat and a
+            # compress: ~5x faster than gathering them by index when the rows hold most edges)
+            selected = np.zeros(self.n_rows, dtype=bool)
+            selected[nodes.numpy()] = True
+            keep = np.repeat(selected, degree.numpy())
+            return CSR(ptr, torch.from_numpy(self.nbr.numpy()[keep]))
+        # edge j of local row i sits at self.ptr[nodes[i]] + (j - ptr[i]) of nbr
+        total = int(ptr[-1])
+        index = torch.repeat_interleave(self.ptr[nodes] - ptr[:-1], degree[nodes], output_size=total)
+        index += torch.arange(total, dtype=torch.int64)
+        return CSR(ptr, self.nbr[index])
 
     @property
     def n_rows(self) -> int:
@@ -129,6 +153,17 @@ class SampledSubgraph:
             n_users,
             n_products,
         )
+
+
+def stable_order(keys: np.ndarray, n_keys: int) -> np.ndarray | None:
+    """np.argsort(keys, kind="stable") for int keys in [0, n_keys), or None when they are sorted
+    already (edges of graph_from_pairs are, by user)."""
+    if keys.size < 2 or not bool((keys[1:] < keys[:-1]).any()):
+        return None
+    if n_keys <= 1 << 16:
+        # numpy sorts 16-bit keys stably by radix sort (O(E)); int64 keys by timsort: same order, 5-10x faster
+        return np.argsort(keys.astype(np.uint16), kind="stable")
+    return np.argsort(keys, kind="stable")
 
 
 def csr_from_sorted(edge_index: torch.Tensor, n_dst: int, n_src: int) -> torch.Tensor:
