@@ -13,12 +13,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from instarec_assets.consumption.similar_counts import (
+    cooccurrence_from_counts,
     current_baskets,
     full_counts,
     incremental_counts,
     without_orders,
 )
-from instarec_assets.consumption.similar_items import similar_items, similar_items_from_counts
+from instarec_assets.consumption.similar_items import (
+    cooccurrence_pairs,
+    similar_items,
+    similar_items_from_counts,
+)
 from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
 from instarec_assets.lake.duck import create_view
 from instarec_assets_tests.test_consumption_similar_items import write_lines
@@ -252,3 +257,26 @@ def test_ranking_reports_target_lists_from_counts_equal_its_recount(world) -> No
     )
     assert len(_frame(recounted.path)) > 50
     pd.testing.assert_frame_equal(_frame(from_counts.path), _frame(recounted.path))
+
+
+@pytest.mark.parametrize("candidates", [1, 2, 5, 12])
+def test_counts_ranking_keeps_each_products_best_pairs_as_the_baskets_query(world, candidates) -> None:
+    """Fewer candidates than most products' pairs, so the score-bin pre-selection drops pairs (and
+    cuts through ties: equal baskets give equal scores): the pairs kept, their order and their doubles
+    are the window query's over the baskets."""
+    conn = duckdb.connect()
+    lines = world["lines"]
+    counts = full_counts(conn, lines, world["dir"] / "counts.parquet", MIN_SUPPORT)
+    create_view(conn, "history", lines, CLEAN_ORDER_PRODUCTS_SCHEMA)
+    baskets = current_baskets(conn, "history", world["products"])
+    expected = cooccurrence_pairs(conn, "history", world["products"], MIN_SUPPORT, candidates)
+    found = cooccurrence_from_counts(
+        conn, str(counts.staged.path), world["products"], baskets, MIN_SUPPORT, candidates
+    )
+    anchors, per_anchor = np.unique(expected["product_id"], return_counts=True)
+    assert anchors.size > 40 and per_anchor.max() == candidates
+    assert DISCONTINUED not in found["product_id"] and DISCONTINUED not in found["similar_product_id"]
+    assert found.keys() == expected.keys()
+    for name, values in expected.items():
+        assert found[name].dtype == values.dtype, name
+        np.testing.assert_array_equal(found[name], values, err_msg=name)
