@@ -18,6 +18,15 @@ product_id < other_id for pairs:
 The lists are then ranked from `strong` and `popularity` for every anchor (no basket self-join), with
 the same arithmetic as the SQL over baskets, so they equal a full recompute row for row (tested). The
 basket total (lift's denominator) is one count over the history's order ids, a scan, not a join.
+
+Why every list is ranked again on an increment rather than only the touched products' lists: the
+score divides by both products' basket counts and lift by the history's basket total, and a weekly
+batch moves the basket count of most products (37,709 of 49,538 at full size), so nearly every
+list's scores move (no row of the 2025-01-13 lists equals its 2025-01-06 row; the embedding cosines
+move too, the embeddings being inferred again over the new graph). Carrying lists would not equal a
+full rebuild; the ranking is made cheap instead (numpy, a score-bin pre-selection per product), and
+the counts update merges the batch's sorted pairs into the previous sorted rows rather than joining
+and sorting all of them again.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
 from instarec_assets.lake.duck import StagedParquet, copy_to_parquet, create_view, scalar
@@ -58,40 +68,6 @@ SELECT CASE WHEN together >= $min_support THEN 'strong' ELSE 'weak' END AS kind,
 FROM pairs
 UNION ALL
 SELECT 'popularity', product_id::INTEGER, 0, baskets FROM ({popularity})
-ORDER BY kind, product_id, other_id
-"""
-
-# The new cumulative state: the previous state's strong rows and its weak ones unless it is the base
-# itself (weak rows are kept only for pairs touched since the base), plus the delta, each touched pair
-# counted from the previous strong row, else the previous weak row, else the base's weak row.
-INCREMENTAL_COUNTS_SQL = """
-WITH delta AS ({pairs}),
-touched AS (
-    SELECT delta.product_id, delta.other_id,
-           delta.together + coalesce(strong.together, recent.together, base.together, 0) AS together
-    FROM delta
-    LEFT JOIN (SELECT * FROM previous_counts WHERE kind = 'strong') AS strong USING (product_id, other_id)
-    LEFT JOIN (SELECT * FROM previous_counts WHERE kind = 'weak') AS recent USING (product_id, other_id)
-    LEFT JOIN (SELECT * FROM base_counts WHERE kind = 'weak') AS base USING (product_id, other_id)
-),
-pairs AS (
-    SELECT product_id, other_id, together FROM previous_counts ANTI JOIN touched USING (product_id, other_id)
-    WHERE kind = 'strong' OR (kind = 'weak' AND NOT $previous_is_base)
-    UNION ALL
-    SELECT product_id, other_id, together FROM touched
-),
-popularity AS (
-    SELECT product_id, sum(together)::BIGINT AS baskets FROM (
-        SELECT product_id, together FROM previous_counts WHERE kind = 'popularity'
-        UNION ALL
-        SELECT product_id, baskets FROM ({popularity})
-    ) GROUP BY ALL
-)
-SELECT CASE WHEN together >= $min_support THEN 'strong' ELSE 'weak' END AS kind,
-       product_id::INTEGER AS product_id, other_id::INTEGER AS other_id, together::BIGINT AS together
-FROM pairs
-UNION ALL
-SELECT 'popularity', product_id::INTEGER, 0, baskets FROM popularity
 ORDER BY kind, product_id, other_id
 """
 
@@ -254,14 +230,156 @@ def incremental_counts(
     )
     conn.read_parquet(base_counts_uri, hive_partitioning=False).create_view("base_counts", replace=True)
     new_lines, late_lines = _counted(conn)
-    delta_pairs = int(scalar(conn, f"SELECT count(*) FROM ({PAIR_COUNTS_SQL})"))
-    sql = INCREMENTAL_COUNTS_SQL.format(pairs=PAIR_COUNTS_SQL, popularity=POPULARITY_SQL)
-    params = {"min_support": int(min_support), "previous_is_base": bool(previous_is_base)}
-    staged = copy_to_parquet(conn, sql, out_path, params=params)
+    delta = _pair_rows(conn, f"SELECT * FROM ({PAIR_COUNTS_SQL})")
+    added = conn.sql(POPULARITY_SQL).fetchnumpy()
     conn.execute("DROP TABLE count_lines")
-    kinds = _kinds(conn, out_path)
+    strong = _pair_rows(
+        conn, "SELECT product_id, other_id, together FROM previous_counts WHERE kind = 'strong'"
+    )
+    recent = (
+        _PairRows.empty()
+        if previous_is_base
+        else _pair_rows(
+            conn, "SELECT product_id, other_id, together FROM previous_counts WHERE kind = 'weak'"
+        )
+    )
+    # each touched pair's count so far: its previous strong row, else its previous weak row (a pair
+    # touched since the base), else the base's weak row, else 0
+    before = np.zeros(delta.keys.size, dtype=np.int64)
+    missing = np.ones(delta.keys.size, dtype=bool)
+    for rows in (strong, recent):
+        at, hit = rows.find(delta.keys)
+        hit &= missing
+        before[hit], missing[hit] = rows.together[at[hit]], False
+    if missing.any():
+        conn.register("count_missing", delta.select(missing).to_arrow())
+        try:
+            base = _pair_rows(
+                conn,
+                "SELECT product_id, other_id, together FROM base_counts "
+                "SEMI JOIN count_missing USING (product_id, other_id) WHERE kind = 'weak'",
+            )
+        finally:
+            conn.unregister("count_missing")
+        at, hit = base.find(delta.keys)
+        hit &= missing
+        before[hit] = base.together[at[hit]]
+    touched = _PairRows(delta.keys, delta.together + before)
+    crossing = touched.together >= min_support
+    kept_strong, kept_recent = strong.without(touched.keys), recent.without(touched.keys)
+    new_strong = kept_strong.merged(touched.select(crossing))
+    new_weak = kept_recent.merged(touched.select(~crossing))
+    previous_popularity = conn.sql(
+        "SELECT product_id, together FROM previous_counts WHERE kind = 'popularity'"
+    ).fetchnumpy()
+    products, baskets = _summed(
+        np.concatenate([previous_popularity["product_id"], added["product_id"]]).astype(np.int64),
+        np.concatenate([previous_popularity["together"], added["baskets"]]).astype(np.int64),
+    )
+    table = _counts_table(products, baskets, new_strong, new_weak)
+    conn.register("count_out", table)
+    try:
+        # an Arrow scan keeps its row order (DuckDB preserves insertion order): the rows are written
+        # sorted by (kind, product_id, other_id) as a full build writes them
+        staged = copy_to_parquet(
+            conn,
+            "SELECT kind::VARCHAR AS kind, product_id, other_id, together FROM count_out",
+            out_path,
+        )
+    finally:
+        conn.unregister("count_out")
     return CountsUpdate(
-        staged, "incremental", new_lines, late_lines, delta_pairs, kinds.get(STRONG, 0), kinds.get(WEAK, 0)
+        staged,
+        "incremental",
+        new_lines,
+        late_lines,
+        delta.keys.size,
+        new_strong.keys.size,
+        new_weak.keys.size,
+    )
+
+
+@dataclass(frozen=True)
+class _PairRows:
+    """Pair counts sorted by key (product_id << 32 | other_id): the merge of a counts update."""
+
+    keys: np.ndarray  # int64, strictly increasing
+    together: np.ndarray  # int64
+
+    @staticmethod
+    def empty() -> _PairRows:
+        return _PairRows(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+
+    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position, found) of each key."""
+        if self.keys.size == 0:
+            return np.zeros(keys.size, dtype=np.int64), np.zeros(keys.size, dtype=bool)
+        at = np.minimum(np.searchsorted(self.keys, keys), self.keys.size - 1)
+        return at, self.keys[at] == keys
+
+    def select(self, mask: np.ndarray) -> _PairRows:
+        return _PairRows(self.keys[mask], self.together[mask])
+
+    def without(self, keys: np.ndarray) -> _PairRows:
+        """These rows less those of `keys`."""
+        _, hit = _PairRows(keys, keys).find(self.keys)
+        return self.select(~hit) if hit.any() else self
+
+    def merged(self, other: _PairRows) -> _PairRows:
+        """The rows of both (no key in both), sorted: `other` slotted in, no sort of the whole."""
+        size = self.keys.size + other.keys.size
+        slots = np.searchsorted(self.keys, other.keys) + np.arange(other.keys.size)
+        mine = np.ones(size, dtype=bool)
+        mine[slots] = False
+        keys, together = np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64)
+        keys[slots], together[slots] = other.keys, other.together
+        keys[mine], together[mine] = self.keys, self.together
+        return _PairRows(keys, together)
+
+    def to_arrow(self) -> pa.Table:
+        return pa.table(
+            {
+                "product_id": pa.array((self.keys >> 32).astype(np.int32)),
+                "other_id": pa.array((self.keys & 0xFFFFFFFF).astype(np.int32)),
+            }
+        )
+
+
+def _pair_rows(conn: duckdb.DuckDBPyConnection, sql: str) -> _PairRows:
+    """A query's (product_id, other_id, together) rows as sorted pair keys."""
+    table = conn.sql(sql).to_arrow_table()
+    keys = (table.column("product_id").to_numpy().astype(np.int64) << 32) | table.column(
+        "other_id"
+    ).to_numpy().astype(np.int64)
+    together = table.column("together").to_numpy().astype(np.int64)
+    if keys.size > 1 and not (keys[1:] > keys[:-1]).all():
+        order = np.argsort(keys, kind="stable")
+        keys, together = keys[order], together[order]
+    return _PairRows(keys, together)
+
+
+def _summed(ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct ids and the sum of their values."""
+    order = np.argsort(ids, kind="stable")
+    ids, values = ids[order], values[order]
+    if ids.size == 0:
+        return ids, values
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    return ids[starts], np.add.reduceat(values, starts)
+
+
+def _counts_table(products: np.ndarray, baskets: np.ndarray, strong: _PairRows, weak: _PairRows) -> pa.Table:
+    """A counts file's rows in its order: popularity, strong, weak, each by (product_id, other_id)."""
+    sizes = (products.size, strong.keys.size, weak.keys.size)
+    kinds = np.repeat(np.arange(3, dtype=np.int8), sizes)
+    keys = np.concatenate([products << 32, strong.keys, weak.keys])
+    return pa.table(
+        {
+            "kind": pa.DictionaryArray.from_arrays(pa.array(kinds), pa.array([POPULARITY, STRONG, WEAK])),
+            "product_id": pa.array((keys >> 32).astype(np.int32)),
+            "other_id": pa.array((keys & 0xFFFFFFFF).astype(np.int32)),
+            "together": pa.array(np.concatenate([baskets, strong.together, weak.together])),
+        }
     )
 
 
