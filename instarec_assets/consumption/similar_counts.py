@@ -214,15 +214,16 @@ def incremental_counts(
     conn.execute(
         """
         CREATE OR REPLACE TEMP TABLE count_new_lines AS SELECT DISTINCT order_id, product_id FROM count_new;
+        CREATE OR REPLACE TEMP TABLE count_earlier_lines AS
+        SELECT DISTINCT order_id, product_id FROM count_earlier
+        SEMI JOIN (SELECT DISTINCT order_id FROM count_new_lines) USING (order_id);
         CREATE OR REPLACE TEMP TABLE count_lines AS
-        SELECT order_id, product_id, false AS new FROM (
-            SELECT DISTINCT order_id, product_id FROM count_earlier
-            SEMI JOIN (SELECT DISTINCT order_id FROM count_new_lines) USING (order_id)
-        )
+        SELECT order_id, product_id, false AS new FROM count_earlier_lines
         UNION ALL
         SELECT order_id, product_id, true FROM count_new_lines
-        ANTI JOIN count_earlier USING (order_id, product_id);
+        ANTI JOIN count_earlier_lines USING (order_id, product_id);
         DROP TABLE count_new_lines;
+        DROP TABLE count_earlier_lines;
         """
     )
     conn.read_parquet(previous_counts_uri, hive_partitioning=False).create_view(
@@ -247,10 +248,12 @@ def incremental_counts(
     # touched since the base), else the base's weak row, else 0
     before = np.zeros(delta.keys.size, dtype=np.int64)
     missing = np.ones(delta.keys.size, dtype=bool)
+    kept = []
     for rows in (strong, recent):
         at, hit = rows.find(delta.keys)
         hit &= missing
         before[hit], missing[hit] = rows.together[at[hit]], False
+        kept.append(rows.dropped(at[hit]))
     if missing.any():
         conn.register("count_missing", delta.select(missing).to_arrow())
         try:
@@ -266,9 +269,8 @@ def incremental_counts(
         before[hit] = base.together[at[hit]]
     touched = _PairRows(delta.keys, delta.together + before)
     crossing = touched.together >= min_support
-    kept_strong, kept_recent = strong.without(touched.keys), recent.without(touched.keys)
-    new_strong = kept_strong.merged(touched.select(crossing))
-    new_weak = kept_recent.merged(touched.select(~crossing))
+    new_strong = kept[0].merged(touched.select(crossing))
+    new_weak = kept[1].merged(touched.select(~crossing))
     previous_popularity = conn.sql(
         "SELECT product_id, together FROM previous_counts WHERE kind = 'popularity'"
     ).fetchnumpy()
@@ -320,10 +322,13 @@ class _PairRows:
     def select(self, mask: np.ndarray) -> _PairRows:
         return _PairRows(self.keys[mask], self.together[mask])
 
-    def without(self, keys: np.ndarray) -> _PairRows:
-        """These rows less those of `keys`."""
-        _, hit = _PairRows(keys, keys).find(self.keys)
-        return self.select(~hit) if hit.any() else self
+    def dropped(self, positions: np.ndarray) -> _PairRows:
+        """These rows less those at `positions`."""
+        if positions.size == 0:
+            return self
+        keep = np.ones(self.keys.size, dtype=bool)
+        keep[positions] = False
+        return self.select(keep)
 
     def merged(self, other: _PairRows) -> _PairRows:
         """The rows of both (no key in both), sorted: `other` slotted in, no sort of the whole."""
@@ -347,11 +352,10 @@ class _PairRows:
 
 def _pair_rows(conn: duckdb.DuckDBPyConnection, sql: str) -> _PairRows:
     """A query's (product_id, other_id, together) rows as sorted pair keys."""
-    table = conn.sql(sql).to_arrow_table()
-    keys = (table.column("product_id").to_numpy().astype(np.int64) << 32) | table.column(
-        "other_id"
-    ).to_numpy().astype(np.int64)
-    together = table.column("together").to_numpy().astype(np.int64)
+    found = conn.sql(
+        f"SELECT (product_id::BIGINT << 32) | other_id::BIGINT AS pair, together::BIGINT AS together FROM ({sql})"
+    ).fetchnumpy()
+    keys, together = np.asarray(found["pair"]), np.asarray(found["together"])
     if keys.size > 1 and not (keys[1:] > keys[:-1]).all():
         order = np.argsort(keys, kind="stable")
         keys, together = keys[order], together[order]
