@@ -17,6 +17,7 @@ from instarec_assets.consumption.similar_counts import (
     current_baskets,
     full_counts,
     incremental_counts,
+    ranked_order,
     without_orders,
 )
 from instarec_assets.consumption.similar_items import (
@@ -280,3 +281,21 @@ def test_counts_ranking_keeps_each_products_best_pairs_as_the_baskets_query(worl
     for name, values in expected.items():
         assert found[name].dtype == values.dtype, name
         np.testing.assert_array_equal(found[name], values, err_msg=name)
+
+
+@pytest.mark.parametrize("largest_id", [60, 70_000])
+def test_ranked_order_is_the_lexsort_order_with_ties(largest_id) -> None:
+    """Few distinct scores and shared-basket counts, so every tie-break is exercised; ids past 16 bits
+    take the non-radix group sort."""
+    rng = np.random.default_rng(3)
+    n = 5_000
+    groups = rng.integers(1, largest_id, n)
+    score = rng.choice([0.5, 0.25, 0.125 + 1e-12, 1.0], n)
+    together = rng.integers(3, 6, n)
+    other = rng.permutation(np.arange(n) * 7 + largest_id)
+    expected = np.lexsort((other, -together, -score, groups))
+    np.testing.assert_array_equal(ranked_order(groups, score, together, other), expected)
+    score[0] = 0.0  # outside the IEEE-bits shortcut: the plain lexsort
+    np.testing.assert_array_equal(
+        ranked_order(groups, score, together, other), np.lexsort((other, -together, -score, groups))
+    )

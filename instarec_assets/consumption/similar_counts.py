@@ -468,7 +468,7 @@ def cooccurrence_from_counts(
     cooccurrence = np.concatenate([cooccurrence[first], cooccurrence[second]])
     product = np.concatenate([product[first], product[second]])
     # ids are sorted, so positions order as the ids do
-    ranked = np.lexsort((other, -together, -cooccurrence, anchor))
+    ranked = ranked_order(anchor, cooccurrence, together, other)
     grouped = anchor[ranked]
     starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]]) if grouped.size else grouped
     rank = np.arange(grouped.size) - np.repeat(starts, np.diff(np.r_[starts, grouped.size])) + 1
@@ -481,6 +481,33 @@ def cooccurrence_from_counts(
         "cooccurrence": cooccurrence[top],
         "lift": together[top] * float(baskets) / product[top].astype(np.float64),
     }
+
+
+def ranked_order(
+    groups: np.ndarray, score: np.ndarray, together: np.ndarray, other: np.ndarray
+) -> np.ndarray:
+    """The order of np.lexsort((other, -together, -score, groups)) (by group, then score, shared
+    baskets and id, best first) as three stable argsorts, about twice as fast: shared baskets and id
+    in one int64 key, the score by its IEEE bits (monotone for positive doubles), the group last
+    (a radix sort when ids fit 16 bits)."""
+    if groups.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    fits = (
+        together.min() >= 0
+        and together.max() < 2**31
+        and other.min() >= 0
+        and other.max() < 2**32
+        and score.min() > 0
+        and np.isfinite(score).all()
+    )
+    if not fits:
+        return np.lexsort((other, -together, -score, groups))
+    second = ((np.int64(2**31) - together.astype(np.int64)) << 32) | other.astype(np.int64)
+    order = np.argsort(second, kind="stable")
+    order = order[np.argsort(-score.view(np.int64)[order], kind="stable")]
+    if groups.min() >= 0 and groups.max() < 2**16:
+        groups = groups.astype(np.uint16)
+    return order[np.argsort(groups[order], kind="stable")]
 
 
 def _positions(sorted_ids: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from instarec_assets.consumption.similar_counts import (
     cooccurrence_arrays,
     cooccurrence_from_counts,
     ranked_cooccurrence_sql,
+    ranked_order,
 )
 from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
 from instarec_assets.lake.duck import StagedParquet, copy_to_parquet, create_view
@@ -280,13 +281,11 @@ def rank_blend(candidates: PairTable, weight: float, top_k: int) -> PairTable:
     score = np.clip((1.0 - weight) * candidates.cooccurrence + weight * candidates.similarity, 0.0, 1.0)
     keep = np.flatnonzero(score > 0)
     order = keep[
-        np.lexsort(
-            (
-                candidates.similar_product_id[keep],
-                -candidates.together[keep],
-                -score[keep],
-                candidates.product_id[keep],
-            )
+        ranked_order(
+            candidates.product_id[keep],
+            score[keep],
+            candidates.together[keep],
+            candidates.similar_product_id[keep],
         )
     ]
     rank = _rank_within(candidates.product_id[order])
