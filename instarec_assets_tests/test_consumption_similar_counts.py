@@ -111,7 +111,7 @@ def _frame(path) -> pd.DataFrame:
     return pq.read_table(path).to_pandas()
 
 
-def _from_counts(conn, world, counts_uri: str, upto: int, out: Path) -> pd.DataFrame:
+def _from_counts(conn, world, counts_uri: str, upto: int, out: Path, stored=None) -> pd.DataFrame:
     create_view(conn, "history", world["lines"][: upto + 1], CLEAN_ORDER_PRODUCTS_SCHEMA)
     baskets = current_baskets(conn, "history", world["products"])
     staged = similar_items_from_counts(
@@ -123,6 +123,7 @@ def _from_counts(conn, world, counts_uri: str, upto: int, out: Path) -> pd.DataF
         world["departments"],
         out,
         min_support=MIN_SUPPORT,
+        stored=stored,
     )
     return _frame(staged.path)
 
@@ -174,6 +175,12 @@ def test_incremental_counts_give_the_full_recompute_row_for_row_over_four_batche
         )
         assert len(incremental) > 100
         pd.testing.assert_frame_equal(incremental, _frame(reference.path))
+        # ranked from the rows kept in memory rather than read back: the same
+        assert update.stored is not None and update.moved_products > 0
+        in_memory = _from_counts(
+            conn, world, str(update.staged.path), batch, folder / f"mem{batch}.parquet", update.stored
+        )
+        pd.testing.assert_frame_equal(in_memory, incremental)
         previous = update.staged.path
     assert late_seen == expected_late_lines(random_batches(5)) > 0
 

@@ -155,6 +155,18 @@ class CountsUpdate:
     delta_pairs: int  # distinct pairs the new lines formed
     strong_pairs: int
     weak_pairs: int
+    # the written popularity and strong rows, for ranking them without reading the file back
+    stored: StoredCounts | None = None
+    moved_products: int = 0  # products whose basket count the new lines changed (all on a full build)
+
+
+@dataclass(frozen=True)
+class StoredCounts:
+    """A counts file's popularity and strong rows in memory."""
+
+    products: np.ndarray  # int64, sorted
+    baskets: np.ndarray  # int64
+    strong: _PairRows
 
 
 def _lines_view(conn: duckdb.DuckDBPyConnection, name: str, uris: Sequence[str]) -> None:
@@ -193,7 +205,16 @@ def full_counts(
     conn.execute("DROP TABLE count_lines")
     kinds = _kinds(conn, out_path)
     delta = kinds.get(STRONG, 0) + kinds.get(WEAK, 0)
-    return CountsUpdate(staged, "full", new_lines, 0, delta, kinds.get(STRONG, 0), kinds.get(WEAK, 0))
+    return CountsUpdate(
+        staged,
+        "full",
+        new_lines,
+        0,
+        delta,
+        kinds.get(STRONG, 0),
+        kinds.get(WEAK, 0),
+        moved_products=kinds.get(POPULARITY, 0),
+    )
 
 
 def incremental_counts(
@@ -298,6 +319,8 @@ def incremental_counts(
         delta.keys.size,
         new_strong.keys.size,
         new_weak.keys.size,
+        stored=StoredCounts(products, baskets, new_strong),
+        moved_products=int(np.asarray(added["product_id"]).size),
     )
 
 
@@ -423,8 +446,10 @@ def cooccurrence_from_counts(
     baskets: float,
     min_support: int,
     candidates: int,
+    stored: StoredCounts | None = None,
 ) -> dict[str, np.ndarray]:
-    """Each current product's `candidates` best co-occurrence pairs from a counts file, sorted by
+    """Each current product's `candidates` best co-occurrence pairs from a counts file (or `stored`,
+    the rows just written to it, kept in memory so they are not read back), sorted by
     (product_id, similar_product_id): what similar_items.cooccurrence_pairs gives over the baskets,
     the same doubles (the same IEEE operations as `ranked_cooccurrence_sql`: together / sqrt(pa * pb),
     together * baskets / (pa * pb)) and the same order (co-occurrence, shared baskets, product id).
@@ -433,19 +458,27 @@ def cooccurrence_from_counts(
     full size): a score histogram per product first keeps the score bins that hold its best
     `candidates` (whole bins, so every tie of the last one), which leaves about `candidates` pairs per
     product to sort exactly."""
-    conn.read_parquet(counts_uri, hive_partitioning=False).create_view("ranked_counts", replace=True)
     catalog = np.asarray(conn.execute(CATALOG_SQL, {"products": products_uri}).fetchnumpy()["product_id"])
-    found = conn.execute(COUNTS_POPULARITY_SQL.format(counts="ranked_counts")).fetchnumpy()
-    known = np.asarray(found["product_id"], dtype=np.int64)
+    if stored is None:
+        conn.read_parquet(counts_uri, hive_partitioning=False).create_view("ranked_counts", replace=True)
+        found = conn.execute(COUNTS_POPULARITY_SQL.format(counts="ranked_counts")).fetchnumpy()
+        known, bought = (np.asarray(found[name], dtype=np.int64) for name in ("product_id", "baskets"))
+        strong = conn.sql(
+            COUNTS_STRONG_SQL.format(counts="ranked_counts"), params={"min_support": int(min_support)}
+        ).to_arrow_table()
+        first_ids, second_ids = (strong.column(name).to_numpy() for name in ("product_id", "other_id"))
+        together = strong.column("together").to_numpy()
+    else:
+        positive = stored.baskets > 0
+        known, bought = stored.products[positive], stored.baskets[positive]
+        enough = stored.strong.together >= min_support
+        keys, together = stored.strong.keys[enough], stored.strong.together[enough]
+        first_ids, second_ids = keys >> 32, keys & 0xFFFFFFFF
     current = np.isin(known, catalog)
     ids = known[current]
     order = np.argsort(ids)
-    ids, popularity = ids[order], np.asarray(found["baskets"], dtype=np.int64)[current][order]
-    strong = conn.sql(
-        COUNTS_STRONG_SQL.format(counts="ranked_counts"), params={"min_support": int(min_support)}
-    ).to_arrow_table()
-    left, right = (_positions(ids, strong.column(name).to_numpy()) for name in ("product_id", "other_id"))
-    together = strong.column("together").to_numpy()
+    ids, popularity = ids[order], bought[current][order]
+    left, right = _positions(ids, first_ids), _positions(ids, second_ids)
     listed = (left >= 0) & (right >= 0)
     if not listed.all():
         left, right, together = left[listed], right[listed], together[listed]

@@ -27,6 +27,7 @@ import pyarrow as pa
 import torch
 
 from instarec_assets.consumption.similar_counts import (
+    StoredCounts,
     cooccurrence_arrays,
     cooccurrence_from_counts,
     ranked_cooccurrence_sql,
@@ -375,12 +376,14 @@ def similar_items_from_counts(
     min_support: int = MIN_SUPPORT,
     embeddings: EmbeddingTable | None = None,
     weight: float = 0.0,
+    stored: StoredCounts | None = None,
 ) -> StagedParquet:
-    """`similar_items` from stored co-purchase counts (similar_counts: strong pairs and popularity)
-    and the history's basket total, every anchor ranked without a basket self-join; the same rows."""
+    """`similar_items` from stored co-purchase counts (similar_counts: strong pairs and popularity;
+    `stored`: the same rows already in memory) and the history's basket total, every anchor ranked
+    without a basket self-join; the same rows."""
     check_parameters(top_k, min_support, weight)
     pairs = cooccurrence_from_counts(
-        conn, counts_uri, products_uri, baskets, min_support, COOCCURRENCE_CANDIDATES
+        conn, counts_uri, products_uri, baskets, min_support, COOCCURRENCE_CANDIDATES, stored
     )
     return _ranked_and_named(
         conn, pairs, products_uri, aisles_uri, departments_uri, out_path, top_k, embeddings, weight
