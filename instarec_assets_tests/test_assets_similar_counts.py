@@ -114,3 +114,6 @@ def test_second_batch_updates_the_counts_and_equals_a_full_recount(tmp_path: Pat
     assert recount[COUNTS]["mode"] == "full" and "full_recompute" in recount[COUNTS]["mode_reason"]
     assert incremental.num_rows > 100 and incremental.equals(full)
     assert recount[COUNTS]["strong_pairs"] == counts["strong_pairs"]
+    # every list ranked again: the batch's products moved basket counts every list's scores divide by
+    assert 0 < counts["moved_products"] < recount[COUNTS]["moved_products"]
+    assert f"moved {counts['moved_products']:,} products' basket counts" in second[SIMILAR]["mode_reason"]

@@ -13,12 +13,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from instarec_assets.consumption.similar_counts import (
+    cooccurrence_from_counts,
     current_baskets,
     full_counts,
     incremental_counts,
+    ranked_order,
     without_orders,
 )
-from instarec_assets.consumption.similar_items import similar_items, similar_items_from_counts
+from instarec_assets.consumption.similar_items import (
+    cooccurrence_pairs,
+    similar_items,
+    similar_items_from_counts,
+)
 from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
 from instarec_assets.lake.duck import create_view
 from instarec_assets_tests.test_consumption_similar_items import write_lines
@@ -105,7 +111,7 @@ def _frame(path) -> pd.DataFrame:
     return pq.read_table(path).to_pandas()
 
 
-def _from_counts(conn, world, counts_uri: str, upto: int, out: Path) -> pd.DataFrame:
+def _from_counts(conn, world, counts_uri: str, upto: int, out: Path, stored=None) -> pd.DataFrame:
     create_view(conn, "history", world["lines"][: upto + 1], CLEAN_ORDER_PRODUCTS_SCHEMA)
     baskets = current_baskets(conn, "history", world["products"])
     staged = similar_items_from_counts(
@@ -117,6 +123,7 @@ def _from_counts(conn, world, counts_uri: str, upto: int, out: Path) -> pd.DataF
         world["departments"],
         out,
         min_support=MIN_SUPPORT,
+        stored=stored,
     )
     return _frame(staged.path)
 
@@ -168,6 +175,12 @@ def test_incremental_counts_give_the_full_recompute_row_for_row_over_four_batche
         )
         assert len(incremental) > 100
         pd.testing.assert_frame_equal(incremental, _frame(reference.path))
+        # ranked from the rows kept in memory rather than read back: the same
+        assert update.stored is not None and update.moved_products > 0
+        in_memory = _from_counts(
+            conn, world, str(update.staged.path), batch, folder / f"mem{batch}.parquet", update.stored
+        )
+        pd.testing.assert_frame_equal(in_memory, incremental)
         previous = update.staged.path
     assert late_seen == expected_late_lines(random_batches(5)) > 0
 
@@ -252,3 +265,44 @@ def test_ranking_reports_target_lists_from_counts_equal_its_recount(world) -> No
     )
     assert len(_frame(recounted.path)) > 50
     pd.testing.assert_frame_equal(_frame(from_counts.path), _frame(recounted.path))
+
+
+@pytest.mark.parametrize("candidates", [1, 2, 5, 12])
+def test_counts_ranking_keeps_each_products_best_pairs_as_the_baskets_query(world, candidates) -> None:
+    """Fewer candidates than most products' pairs, so the score-bin pre-selection drops pairs (and
+    cuts through ties: equal baskets give equal scores): the pairs kept, their order and their doubles
+    are the window query's over the baskets."""
+    conn = duckdb.connect()
+    lines = world["lines"]
+    counts = full_counts(conn, lines, world["dir"] / "counts.parquet", MIN_SUPPORT)
+    create_view(conn, "history", lines, CLEAN_ORDER_PRODUCTS_SCHEMA)
+    baskets = current_baskets(conn, "history", world["products"])
+    expected = cooccurrence_pairs(conn, "history", world["products"], MIN_SUPPORT, candidates)
+    found = cooccurrence_from_counts(
+        conn, str(counts.staged.path), world["products"], baskets, MIN_SUPPORT, candidates
+    )
+    anchors, per_anchor = np.unique(expected["product_id"], return_counts=True)
+    assert anchors.size > 40 and per_anchor.max() == candidates
+    assert DISCONTINUED not in found["product_id"] and DISCONTINUED not in found["similar_product_id"]
+    assert found.keys() == expected.keys()
+    for name, values in expected.items():
+        assert found[name].dtype == values.dtype, name
+        np.testing.assert_array_equal(found[name], values, err_msg=name)
+
+
+@pytest.mark.parametrize("largest_id", [60, 70_000])
+def test_ranked_order_is_the_lexsort_order_with_ties(largest_id) -> None:
+    """Few distinct scores and shared-basket counts, so every tie-break is exercised; ids past 16 bits
+    take the non-radix group sort."""
+    rng = np.random.default_rng(3)
+    n = 5_000
+    groups = rng.integers(1, largest_id, n)
+    score = rng.choice([0.5, 0.25, 0.125 + 1e-12, 1.0], n)
+    together = rng.integers(3, 6, n)
+    other = rng.permutation(np.arange(n) * 7 + largest_id)
+    expected = np.lexsort((other, -together, -score, groups))
+    np.testing.assert_array_equal(ranked_order(groups, score, together, other), expected)
+    score[0] = 0.0  # outside the IEEE-bits shortcut: the plain lexsort
+    np.testing.assert_array_equal(
+        ranked_order(groups, score, together, other), np.lexsort((other, -together, -score, groups))
+    )

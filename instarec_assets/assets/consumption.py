@@ -635,6 +635,7 @@ def similar_items(
             out,
             embeddings=embeddings["serving"],
             weight=weight,
+            stored=counts.stored,
         )
         served = served_summary(conn, str(out), clean_products, EVAL_K)
         table_preview = preview(conn, str(out), rows=12)
@@ -655,6 +656,7 @@ def similar_items(
             "delta_pairs": MetadataValue.int(counts.delta_pairs),
             "strong_pairs": MetadataValue.int(counts.strong_pairs),
             "weak_pairs": MetadataValue.int(counts.weak_pairs),
+            "moved_products": MetadataValue.int(counts.moved_products),
             "base_weak_pairs": MetadataValue.int(int(base_weak)),
             "seconds": MetadataValue.float(round(counts_seconds, 3)),
             "history_read": read,
@@ -666,7 +668,13 @@ def similar_items(
         metadata={
             "mode": MetadataValue.text(mode),
             "mode_reason": MetadataValue.text(
-                f"co-occurrence {counts_reason}; every anchor ranked from the counts"
+                f"co-occurrence {counts_reason}; every anchor ranked again from the counts"
+                + (
+                    f" (the batch moved {counts.moved_products:,} products' basket counts, which the "
+                    "scores divide by, and lift's basket total: no list can be carried)"
+                    if previous is not None
+                    else ""
+                )
             ),
             "products_with_similar_items": MetadataValue.int(served.products),
             "pairs": MetadataValue.int(staged.row_count),

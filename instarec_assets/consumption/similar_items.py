@@ -27,9 +27,11 @@ import pyarrow as pa
 import torch
 
 from instarec_assets.consumption.similar_counts import (
+    StoredCounts,
     cooccurrence_arrays,
     cooccurrence_from_counts,
     ranked_cooccurrence_sql,
+    ranked_order,
 )
 from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
 from instarec_assets.lake.duck import StagedParquet, copy_to_parquet, create_view
@@ -280,13 +282,11 @@ def rank_blend(candidates: PairTable, weight: float, top_k: int) -> PairTable:
     score = np.clip((1.0 - weight) * candidates.cooccurrence + weight * candidates.similarity, 0.0, 1.0)
     keep = np.flatnonzero(score > 0)
     order = keep[
-        np.lexsort(
-            (
-                candidates.similar_product_id[keep],
-                -candidates.together[keep],
-                -score[keep],
-                candidates.product_id[keep],
-            )
+        ranked_order(
+            candidates.product_id[keep],
+            score[keep],
+            candidates.together[keep],
+            candidates.similar_product_id[keep],
         )
     ]
     rank = _rank_within(candidates.product_id[order])
@@ -376,12 +376,14 @@ def similar_items_from_counts(
     min_support: int = MIN_SUPPORT,
     embeddings: EmbeddingTable | None = None,
     weight: float = 0.0,
+    stored: StoredCounts | None = None,
 ) -> StagedParquet:
-    """`similar_items` from stored co-purchase counts (similar_counts: strong pairs and popularity)
-    and the history's basket total, every anchor ranked without a basket self-join; the same rows."""
+    """`similar_items` from stored co-purchase counts (similar_counts: strong pairs and popularity;
+    `stored`: the same rows already in memory) and the history's basket total, every anchor ranked
+    without a basket self-join; the same rows."""
     check_parameters(top_k, min_support, weight)
     pairs = cooccurrence_from_counts(
-        conn, counts_uri, products_uri, baskets, min_support, COOCCURRENCE_CANDIDATES
+        conn, counts_uri, products_uri, baskets, min_support, COOCCURRENCE_CANDIDATES, stored
     )
     return _ranked_and_named(
         conn, pairs, products_uri, aisles_uri, departments_uri, out_path, top_k, embeddings, weight
