@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from instarec_assets.lake.duck import StagedParquet, copy_to_parquet
+from instarec_assets.lake.duck import StagedParquet, copy_to_parquet, user_id_table
 from instarec_assets.lake.feature_delta import feature_source, with_feature_tables
 from instarec_assets.ml.reorder_model import RowFeature
 
@@ -327,15 +327,12 @@ def personal_explore_items(
         # Chosen users (a delta batch's) are spread over the whole id range, so every batch would scan
         # the whole feature chain: their history is read once instead.
         users = np.unique(np.asarray(user_ids, dtype=np.int64))
-        conn.register("_explore_users", pa.table({"user_id": users}))
-        try:
+        with user_id_table(conn, "_explore_users", users) as chosen:
             conn.execute(
                 "CREATE OR REPLACE TEMP TABLE explore_history AS SELECT DISTINCT user_id, product_id, framing "
-                f"FROM {source} WHERE framing = ? AND user_id IN (SELECT user_id FROM _explore_users)",
+                f"FROM {source} WHERE framing = ? AND user_id IN (SELECT user_id FROM {chosen})",
                 [framing],
             )
-        finally:
-            conn.unregister("_explore_users")
         source = "explore_history"
     params = {
         "similar_items": similar_items_uri,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 
 from instarec_assets.lake.staging import StagedLocation
 
@@ -19,6 +22,19 @@ DUCKDB_SETTINGS: dict[str, str | bool | int] = {
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
 }
+
+
+@contextmanager
+def user_id_table(
+    conn: duckdb.DuckDBPyConnection, name: str, user_ids: Sequence[int] | np.ndarray
+) -> Iterator[str]:
+    """`user_ids` as a one-column (`user_id` BIGINT) table `name` for the queries inside the block, e.g.
+    `WHERE user_id IN (SELECT user_id FROM name)`: a semi-join instead of a list literal."""
+    conn.register(name, pa.table({"user_id": np.asarray(user_ids, dtype=np.int64)}))
+    try:
+        yield name
+    finally:
+        conn.unregister(name)
 
 
 def attach_filesystem(conn: duckdb.DuckDBPyConnection, fs: AbstractFileSystem | None) -> None:

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from instarec_assets.compute import thread_count
+from instarec_assets.lake.duck import user_id_table
 from instarec_assets.lake.feature_delta import feature_source
 from instarec_assets.ml.evaluation import BasketEvaluation, compare_with_baselines, evaluate_baskets
 from instarec_assets.ml.metrics import (
@@ -116,13 +117,8 @@ def load_feature_rows(
     if users is None:
         table = conn.sql(query).to_arrow_table()
     else:
-        conn.register("_selected_users", pa.table({"user_id": np.asarray(users, dtype=np.int64)}))
-        try:
-            table = conn.sql(
-                f"{query} WHERE user_id IN (SELECT user_id FROM _selected_users)"
-            ).to_arrow_table()
-        finally:
-            conn.unregister("_selected_users")
+        with user_id_table(conn, "_selected_users", users) as selected:
+            table = conn.sql(f"{query} WHERE user_id IN (SELECT user_id FROM {selected})").to_arrow_table()
     raw_ids = {
         name: table.column(name).to_numpy(zero_copy_only=False)
         for name in ("user_id", "product_id", "order_id")

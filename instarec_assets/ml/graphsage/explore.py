@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from instarec_assets.lake.duck import StagedParquet
+from instarec_assets.lake.duck import StagedParquet, user_id_table
 from instarec_assets.lake.feature_delta import with_feature_tables
 from instarec_assets.ml.graphsage.graph import FRAMINGS
 
@@ -263,18 +264,16 @@ def explore_from_lake(
         keep = np.isin(users.ids, np.asarray(user_ids, dtype=np.int64))
         users = EmbeddingTable(users.ids[keep], users.vectors[keep])
     products = load_embedding_table(conn, product_embeddings_uri, framing, "product_id")
-    bought_sql = BOUGHT_SQL
-    if user_ids is not None:  # only the chosen users' history, not every user's
-        bought_sql += "  AND user_id IN (SELECT user_id FROM _explore_bought_users)\n"
-        conn.register("_explore_bought_users", pa.table({"user_id": users.ids}))
-    try:
+    # Only the chosen users' history, not every user's, when users are chosen.
+    chosen = nullcontext() if user_ids is None else user_id_table(conn, "_explore_bought_users", users.ids)
+    with chosen as table_name:
+        bought_sql = BOUGHT_SQL
+        if table_name is not None:
+            bought_sql += f"  AND user_id IN (SELECT user_id FROM {table_name})\n"
         sql, params = with_feature_tables(
             conn, bought_sql, {"uri": user_product_features_uri, "framing": framing}, "uri"
         )
         bought = conn.sql(sql, params=params).to_arrow_table()
-    finally:
-        if user_ids is not None:
-            conn.unregister("_explore_bought_users")
     table = explore_items(
         users,
         products,
