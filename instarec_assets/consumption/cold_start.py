@@ -55,7 +55,7 @@ WITH catalog AS (
 served AS (
     SELECT * FROM read_parquet($recommendations, hive_partitioning = false)
 ),
-cold AS ({cold}),
+cold AS (SELECT user_id FROM cold_start_cold),
 lines AS (
     SELECT DISTINCT l.order_id, l.product_id, catalog.department_id
     FROM cold_start_lines AS l JOIN catalog USING (product_id)
@@ -126,7 +126,7 @@ JOIN catalog USING (product_id)
 LEFT JOIN read_parquet($aisles, hive_partitioning = false) AS aisles USING (aisle_id)
 LEFT JOIN read_parquet($departments, hive_partitioning = false) AS departments USING (department_id)
 ORDER BY user_id, rank
-""".replace("{popular}", POPULAR).replace("{cold}", COLD_USERS_SQL)
+""".replace("{popular}", POPULAR)
 
 
 @dataclass(frozen=True)
@@ -166,9 +166,11 @@ def with_popular_tier(
         else conn.sql("SELECT DISTINCT user_id FROM cold_start_orders")
     )
     scope.create_view("cold_start_scope", replace=True)
-    cold_users = int(
-        scalar(conn, f"SELECT count(*) FROM ({COLD_USERS_SQL})", {"recommendations": recommendations_uri})
+    conn.execute(
+        f"CREATE OR REPLACE TEMP TABLE cold_start_cold AS {COLD_USERS_SQL}",
+        {"recommendations": recommendations_uri},
     )
+    cold_users = int(scalar(conn, "SELECT count(*) FROM cold_start_cold"))
     # Nobody cold (a delta batch of known shoppers, usually): the same query over no lines, instead of
     # counting every basket of the history for a tier nobody gets.
     lines = inputs.order_products if cold_users else []
