@@ -304,16 +304,22 @@ def test_model_card_records_validation_f1_with_and_without_the_graph_similarity(
         f"day={day}",
     )
     card = json.loads((model_dir / "model_card.json").read_text())
-    assert card["features"][-1] == "gs_similarity"
     ablation = card["ablation"]
     assert ablation["feature"] == "gs_similarity"
-    assert ablation["validation_mean_f1_with"] == card["metrics"]["basket_f1"]["model_f1"]
+    # the served model has the similarity exactly when it measurably raised the held-out F1
+    in_model = "gs_similarity" in card["features"]
+    assert ablation["in_model"] == in_model == ablation["kept"]
+    assert ablation["kept"] == (ablation["f1_gain"] > 2 * ablation["f1_gain_standard_error"])
+    if in_model:  # the "with" fit is the served one (the ablation fits every user of a small batch)
+        assert ablation["validation_mean_f1_with"] == card["metrics"]["basket_f1"]["model_f1"]
     assert 0 < ablation["validation_mean_f1_without"] < 1
     assert ablation["validation_mean_f1_without"] != ablation["validation_mean_f1_with"]
     metadata = instance.get_latest_materialization_event(
         AssetKey("xgboost_model")
     ).asset_materialization.metadata
     assert metadata["mean_f1_without_similarity"].value == ablation["validation_mean_f1_without"]
+    assert metadata["similarity_in_model"].value == in_model
+    assert metadata["similarity_decision"].value == ablation["decision"]
     ranking = {row["method"]: row for row in card["evaluation"]["ranking"]}
     assert set(ranking) >= {"model: reorder probability", "baseline: personal top-frequency"}
     personal_ndcg = ranking["baseline: personal top-frequency"]["ndcg@10"]

@@ -85,6 +85,10 @@ def test_ablation_fits_without_the_feature_and_leaves_the_data_untouched(
     report = train_and_report(data, tmp_path / "model", "2025-01-06", params=params, ablate="signal")
     ablation = report.card["ablation"]
     assert ablation["feature"] == "signal"
+    # the label follows `signal`: it earns its place, and the served model is the "with" fit
+    assert ablation["kept"] and ablation["in_model"] and ablation["decision"].startswith("kept: F1 gain +")
+    assert ablation["f1_gain"] > 2 * ablation["f1_gain_standard_error"] > 0
+    assert report.card["features"] == list(FEATURES)
     assert ablation["validation_mean_f1_with"] == report.baskets.model_f1
     assert ablation["validation_auc_with"] > ablation["validation_auc_without"] + 0.1
     np.testing.assert_array_equal(data.features, before)
@@ -114,6 +118,44 @@ def test_ablation_fits_without_the_feature_and_leaves_the_data_untouched(
     assert read_none_calibration(tmp_path / "model") is None
     with pytest.raises(ValueError, match="cannot ablate 'missing'"):
         train_and_report(data, tmp_path / "other", "2025-01-06", params=params, ablate="missing")
+
+
+def test_a_feature_that_only_ties_is_left_out_of_the_served_model(feature_set: str, tmp_path: Path) -> None:
+    """`noise` carries nothing: the served model is fitted without it, and is the very model fitted
+    on a feature set that never had it (same bytes, same training-data fingerprint)."""
+    data = load_feature_rows(duckdb.connect(), feature_set, FEATURES, with_labels=True)
+    params = ReorderModelParams(num_boost_round=60, early_stopping_rounds=10, nthread=1)
+    report = train_and_report(data, tmp_path / "model", "2025-01-06", params=params, ablate="noise")
+    ablation = report.card["ablation"]
+    assert not ablation["kept"] and not ablation["in_model"]
+    assert ablation["f1_gain"] <= 2 * ablation["f1_gain_standard_error"]
+    assert (
+        ablation["decision"].startswith("left out: F1 gain") and "does without noise" in ablation["decision"]
+    )
+    assert ablation["validation_orders"] == report.card["data_split"]["n_validation_users"]
+    assert report.card["features"] == list(FEATURES[:-1])
+    assert data.feature_names == FEATURES  # the caller's rows are untouched
+
+    direct = load_feature_rows(duckdb.connect(), feature_set, FEATURES[:-1], with_labels=True)
+    plain = train_and_report(direct, tmp_path / "plain", "2025-01-06", params=params)
+    assert (tmp_path / "model" / MODEL_FILE).read_bytes() == (tmp_path / "plain" / MODEL_FILE).read_bytes()
+    assert (
+        report.card["reproducibility"]["training_data_sha256"]
+        == plain.card["reproducibility"]["training_data_sha256"]
+    )
+
+    kept = train_and_report(
+        data, tmp_path / "kept", "2025-01-06", params=params, ablate="noise", keep_ablated=True
+    )
+    assert kept.card["features"] == list(FEATURES) and kept.card["ablation"]["in_model"]
+    assert not kept.card["ablation"]["kept"]
+
+
+def test_without_feature_drops_a_middle_column_too(feature_set: str) -> None:
+    data = load_feature_rows(duckdb.connect(), feature_set, FEATURES, with_labels=True)
+    fewer = reorder_model.without_feature(data, "signal")
+    assert fewer.feature_names == (HISTORY_COUNT_COLUMN, LAST_ORDER_COLUMN, "noise")
+    np.testing.assert_array_equal(fewer.features, data.features[:, [0, 1, 3]])
 
 
 def test_ablation_with_many_users_fits_both_models_on_a_user_sample(

@@ -21,7 +21,12 @@ import pyarrow as pa
 from instarec_assets.compute import thread_count
 from instarec_assets.lake.duck import user_id_table
 from instarec_assets.lake.feature_delta import feature_source
-from instarec_assets.ml.evaluation import BasketEvaluation, compare_with_baselines, evaluate_baskets
+from instarec_assets.ml.evaluation import (
+    BasketEvaluation,
+    compare_with_baselines,
+    evaluate_baskets,
+    model_order_f1,
+)
 from instarec_assets.ml.metrics import (
     ClassificationMetrics,
     classification_metrics,
@@ -34,7 +39,7 @@ from instarec_assets.ml.metrics import (
     threshold_table,
 )
 from instarec_assets.ml.none_probability import choose_none_probability, write_none_choice
-from instarec_assets.ml.ranking import candidate_ranking_report
+from instarec_assets.ml.ranking import candidate_ranking_report, paired_difference
 from instarec_assets.ml.retrain import (
     RetrainDecision,
     RetrainPolicy,
@@ -65,6 +70,9 @@ HISTORY_COUNT_COLUMN = "up_orders"
 # users, both the with- and the without-feature model are refitted on that sample, so the comparison
 # stays fair and costs about 2 x ABLATION_MAX_USERS users of fitting instead of a second full fit.
 ABLATION_MAX_USERS = 10_000
+# A feature earns its place in the served model when its per-order F1 gain on the ablation's
+# held-out orders is above this many standard errors (paired by order): a tie leaves it out.
+ABLATION_MIN_Z = 2.0
 LAST_ORDER_COLUMN = "up_in_last_1"
 # The card entry of a kept model saying which validation users it was evaluated on.
 EVALUATION_SAMPLE = "evaluation_sample"
@@ -262,11 +270,13 @@ def train_and_report(
     ablate: str | None = None,
     threads: int = 0,
     card_extra: Mapping[str, Any] | None = None,
+    keep_ablated: bool = False,
 ) -> ReorderModelReport:
     """Fit, score the held-out users, compare baskets with both baselines, write model + card + plots.
 
-    With `ablate`, a second model is fitted without that feature (same parameters, seed and held-out
-    users) and the card records both validation scores, so a feature's worth is measured, not assumed.
+    With `ablate`, the feature must earn its place first: a model with and one without it are fitted
+    on the same users (measure_ablation), and the served model keeps the feature only when it is
+    measurably better (or `keep_ablated`); the card records both scores and the decision.
 
     XGBoost trains and predicts on `threads` threads; 0 takes `params.nthread`, and when that is 0
     too, every CPU this process may use (instarec_assets.compute.usable_cpus). The count is
@@ -280,6 +290,11 @@ def train_and_report(
     trainer = trainer or InProcessTrainer()
     if ablate is not None and ablate not in data.feature_names:
         raise ValueError(f"cannot ablate {ablate!r}: not one of the model's features")
+    ablation = None
+    if ablate is not None:
+        ablation = measure_ablation(data, ablate, trainer, params, seed, workdir)
+        if not ablation["kept"] and not keep_ablated:
+            data = without_feature(data, ablate)
     model = trainer.train(data, params, seed, workdir)
     trainer_card = dict(getattr(trainer, "card_extra", {}))
     validation_rows = model.validation_index
@@ -317,35 +332,8 @@ def train_and_report(
         **trainer_card,
         **(card_extra or {}),
     }
-    if ablate is not None:
-        ablation_dir = workdir.with_name(f"{workdir.name}-without-{ablate}")
-        n_users = int(np.unique(data.user_ids).size)
-        if n_users > ABLATION_MAX_USERS:
-            extra["ablation"] = _sampled_ablation(data, ablate, trainer, params, seed, ablation_dir, n_users)
-        else:
-            without = _fit_without(data, ablate, trainer, params, seed, ablation_dir)
-            if not np.array_equal(without.validation_index, validation_rows):
-                raise RuntimeError(
-                    "the ablated model held out different users: the comparison would be unfair"
-                )
-            without_baskets = evaluate_baskets(
-                _candidate_frame(data, validation_rows, without.probabilities),
-                _candidate_frame(data, train_rows),
-                history_counts,
-                last_order,
-            )
-            extra["ablation"] = {
-                "feature": ablate,
-                "users": "all",
-                "n_users": n_users,
-                "validation_mean_f1_with": baskets.model_f1,
-                "validation_mean_f1_without": without_baskets.model_f1,
-                "validation_auc_with": metrics.auc,
-                "validation_auc_without": classification_metrics(
-                    validation_labels, without.probabilities
-                ).auc,
-                "best_iteration_without": without.best_iteration,
-            }
+    if ablation is not None:
+        extra["ablation"] = ablation | {"in_model": ablate in data.feature_names}
     ranking = _ranking_report(
         data,
         validation_rows,
@@ -464,43 +452,68 @@ def _user_sample(data: FeatureRows, max_users: int, seed: int) -> FeatureRows:
     return select_users(data, sample_users(data.user_ids, max_users, seed))
 
 
-def _sampled_ablation(
+def without_feature(data: FeatureRows, feature: str) -> FeatureRows:
+    """`data` without one feature column. The last column is dropped as a view (no copy of a matrix
+    that is 1.2 GB at full size); another column costs a copy."""
+    position = data.feature_names.index(feature)
+    names = data.feature_names[:position] + data.feature_names[position + 1 :]
+    if position == len(data.feature_names) - 1:
+        features = data.features[:, :position]
+    else:
+        features = np.delete(data.features, position, axis=1)
+    return replace(data, features=features, feature_names=names)
+
+
+def measure_ablation(
     data: FeatureRows,
     feature: str,
     trainer: Trainer,
     params: ReorderModelParams,
     seed: int,
     workdir: Path,
-    n_users: int,
 ) -> dict[str, Any]:
-    """With and without `feature`, both fitted and scored on the same ABLATION_MAX_USERS-user sample
-    (same held-out users within it): the served model is not compared with a smaller one."""
-    sample = _user_sample(data, ABLATION_MAX_USERS, seed)
-    with_model = trainer.train(sample, params, seed, workdir.with_name(f"{workdir.name}-with"))
+    """With and without `feature`, both fitted and scored on the same users: every user up to
+    ABLATION_MAX_USERS, else a seeded sample of that many (same held-out users within it). The
+    feature is `kept` when the per-order F1 gain on the held-out orders is above ABLATION_MIN_Z
+    standard errors: a feature that only ties stays out of the served model."""
+    n_users = int(np.unique(data.user_ids).size)
+    sample = _user_sample(data, ABLATION_MAX_USERS, seed) if n_users > ABLATION_MAX_USERS else data
+    with_model = trainer.train(sample, params, seed, workdir.with_name(f"{workdir.name}-with-{feature}"))
     validation_rows = with_model.validation_index
     with_probabilities = predict(with_model.booster, sample.features[validation_rows], threads=params.nthread)
-    without = _fit_without(sample, feature, trainer, params, seed, workdir)
+    without = _fit_without(
+        sample, feature, trainer, params, seed, workdir.with_name(f"{workdir.name}-without-{feature}")
+    )
     if not np.array_equal(without.validation_index, validation_rows):
         raise RuntimeError("the ablated model held out different users: the comparison would be unfair")
-    train_rows = np.setdiff1d(np.arange(sample.rows), validation_rows, assume_unique=True)
-    history_counts, last_order = _baseline_inputs(sample)
-    training_frame = _candidate_frame(sample, train_rows)
-    scores = {
-        name: evaluate_baskets(
-            _candidate_frame(sample, validation_rows, probabilities),
-            training_frame,
-            history_counts,
-            last_order,
-        ).model_f1
+    f1 = {
+        name: model_order_f1(_candidate_frame(sample, validation_rows, probabilities))[0]
         for name, probabilities in (("with", with_probabilities), ("without", without.probabilities))
     }
+    gain = paired_difference(f1["with"], f1["without"])
+    kept = bool(gain.n_users > 1 and gain.mean > ABLATION_MIN_Z * gain.standard_error)
     labels = sample.labels[validation_rows]
+    users = (
+        f"sample of {ABLATION_MAX_USERS} of {n_users} users (seed {seed}); both models fitted on it"
+        if sample is not data
+        else f"all {n_users} users; both models fitted on them"
+    )
     return {
         "feature": feature,
-        "users": f"sample of {ABLATION_MAX_USERS} of {n_users} users (seed {seed}); both models fitted on it",
-        "n_users": ABLATION_MAX_USERS,
-        "validation_mean_f1_with": scores["with"],
-        "validation_mean_f1_without": scores["without"],
+        "users": users,
+        "n_users": min(n_users, ABLATION_MAX_USERS),
+        "validation_orders": gain.n_users,
+        "validation_mean_f1_with": float(f1["with"].mean()),
+        "validation_mean_f1_without": float(f1["without"].mean()),
+        "f1_gain": gain.mean,
+        "f1_gain_standard_error": gain.standard_error,
+        "kept": kept,
+        "decision": (
+            f"kept: F1 gain {gain.mean:+.4f} +/- {gain.standard_error:.4f} is above {ABLATION_MIN_Z:g} standard errors"
+            if kept
+            else f"left out: F1 gain {gain.mean:+.4f} +/- {gain.standard_error:.4f} is not above "
+            f"{ABLATION_MIN_Z:g} standard errors, so the served model does without {feature}"
+        ),
         "validation_auc_with": classification_metrics(labels, with_probabilities).auc,
         "validation_auc_without": classification_metrics(labels, without.probabilities).auc,
         "best_iteration_with": int(with_model.best_iteration),
@@ -707,6 +720,7 @@ def train_or_keep(
     threads: int = 0,
     evaluation_max_users: int = KEPT_EVALUATION_MAX_USERS,
     sample: EvaluationSample | None = None,
+    keep_ablated: bool = False,
 ) -> ReorderModelReport:
     """train_and_report with a fresh fit (the card gains the feature profile of these rows, the
     fitting batch and the decision), or, when the decision keeps the model, the earlier booster
@@ -722,6 +736,7 @@ def train_or_keep(
             trainer=trainer,
             ablate=ablate,
             threads=threads,
+            keep_ablated=keep_ablated,
             card_extra={
                 "trained_on_batch": data_partition,
                 "feature_profile": feature_profile(data.features, data.feature_names),

@@ -181,11 +181,14 @@ def training_data_fingerprint(
     """sha256 over the training rows in their order: feature names, shape, the float32 feature matrix,
     the labels (float32) and the user ids (int64, they decide the held-out users). Two fits with the
     same fingerprint, seed and thread count give the same model.json. Hashes the arrays' buffers in
-    place (no copy when `features` is already C-contiguous float32)."""
+    place (no copy when `features` is already C-contiguous float32; a strided view, such as the
+    matrix without its last column, is hashed a block of rows at a time, the same bytes in order)."""
     digest = hashlib.sha256()
     digest.update(json.dumps([list(feature_names), list(np.shape(features))]).encode())
+    for start in range(0, max(len(features), 1), PREDICT_CHUNK_ROWS):
+        block = np.ascontiguousarray(features[start : start + PREDICT_CHUNK_ROWS], dtype=np.float32)
+        digest.update(memoryview(block).cast("B"))
     for array in (
-        np.ascontiguousarray(features, dtype=np.float32),
         np.ascontiguousarray(labels, dtype=np.float32),
         np.ascontiguousarray(user_ids, dtype=np.int64),
     ):
