@@ -4,9 +4,11 @@ Reads a home where `ranking_report` has run (e.g. the full-size increment bench'
 the report's held-out explore inputs exactly as `ranking_report` does (the held-out validation
 users of the batch's model card, their `target`-framing history, the co-purchase lists without any
 target order, the whole target order as the truth) and scores each user's new-to-them products
-with several co-purchase scorings, the popular-items baseline and GraphSAGE's nearest products.
-The served method is the first row; the others are the usual candidates for a popularity-aware or
-more personal explore slot. Nothing here changes what is served: it measures the trade-off.
+with several co-purchase scorings (the first is the served one), then the served lists themselves as
+the report computes them (the same scoring, filled from GraphSAGE for users with fewer than 2
+co-purchase neighbours), the popular-items baseline and GraphSAGE's nearest products. The other
+scorings are the usual candidates for a popularity-aware or more personal explore slot. Nothing
+here changes what is served: it measures the trade-off.
 
     .venv/bin/python bench/bench_explore_scoring.py --home /tmp/bench-inc-full/incremental_home \
         --partition 2025-01-13 --append-results
@@ -27,12 +29,13 @@ from bench_lake import append_results, machine_description, machine_table
 from instarec_assets.consumption.ranking_report import (
     TRAINING_HISTORY_SQL,
     ReportInputs,
+    held_out_explore,
     target_similar_items,
     validation_users,
 )
 from instarec_assets.lake.feature_delta import feature_source, with_feature_tables
 from instarec_assets.lake.locations import LakeLocations
-from instarec_assets.ml.graphsage.explore import EXPLORE_K, explore_from_lake
+from instarec_assets.ml.graphsage.explore import EXPLORE_K
 from instarec_assets.ml.ranking import explore_metrics, popular_explore_baseline
 from instarec_assets.ml.reorder_model import read_model_card
 
@@ -40,7 +43,7 @@ from instarec_assets.ml.reorder_model import read_model_card
 # whose co-purchase list (top 20 by cosine) holds j. h = the user x product history row of i,
 # s = the list row (score = cosine, together = shared baskets), pi = i's product features.
 METHODS = (
-    ("served: sum of cosine", "sum(s.score)", "true", "what recommendations serve"),
+    ("sum of cosine (the served scoring)", "sum(s.score)", "true", "what recommendations rank by"),
     ("sum of cosine x times bought", "sum(s.score * h.up_orders)", "true", "anchors weighted by habit"),
     (
         "row-normalised cosine x times bought",
@@ -153,20 +156,17 @@ def prepare(
     popular = popular_explore_baseline(
         training_history.loc[training_history["product_id"].isin(current)], history, held_out, EXPLORE_K
     )
-    nearest = explore_from_lake(
-        conn,
-        inputs.user_embeddings,
-        inputs.product_embeddings,
-        inputs.user_product_features,
-        scratch / "nearest.parquet",
-        framing="target",
-        user_ids=held_out,
+    served, nearest = held_out_explore(conn, inputs, held_out, scratch / "report")
+    served_lists, nearest_lists = (
+        conn.execute(
+            "SELECT user_id, product_id, explore_rank::INTEGER AS rank "
+            "FROM read_parquet(?, hive_partitioning = false)",
+            [str(staged.path)],
+        ).df()
+        for staged in (served, nearest)
     )
-    nearest_lists = conn.execute(
-        "SELECT user_id, product_id, explore_rank::INTEGER AS rank FROM read_parquet(?, hive_partitioning = false)",
-        [str(nearest.path)],
-    ).df()
     baselines = [
+        ("served, as the ranking report runs it", served_lists, "the same query with the GraphSAGE fill"),
         ("baseline: most popular never bought", popular, "what the check compares with"),
         ("graphsage nearest products", nearest_lists, "the fallback for short histories"),
     ]
