@@ -111,7 +111,9 @@ def report_inputs(locations: LakeLocations, partition: str) -> ReportInputs:
 def prepare(
     conn: duckdb.DuckDBPyConnection, inputs: ReportInputs, scratch: Path
 ) -> tuple[pd.DataFrame, list]:
-    """The report's held-out users, their truth, history and lists as bench_* tables; (truth, rows)."""
+    """The report's held-out users, their history and co-purchase lists as bench_* tables; returns
+    their truth (user_id, product_id of the target orders) and the fixed lists to compare with
+    (name, lists, why): the served lists, the popular baseline, GraphSAGE's nearest products."""
     training = feature_source(conn, inputs.training_set)
     users = conn.sql(f"SELECT DISTINCT user_id FROM {training} ORDER BY 1").fetchnumpy()["user_id"]
     held_out = validation_users(users, read_model_card(inputs.xgboost_model)).astype(np.int64)

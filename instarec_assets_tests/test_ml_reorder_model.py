@@ -25,6 +25,17 @@ from instarec_assets.ml.training import ReorderModelParams, split_users
 FEATURES = (HISTORY_COUNT_COLUMN, LAST_ORDER_COLUMN, "signal", "noise")
 
 
+class CountingTrainer(reorder_model.InProcessTrainer):
+    """The in-process trainer, counting its fits (how much fitting an ablation costs)."""
+
+    def __init__(self) -> None:
+        self.fits = 0
+
+    def train(self, *args, **kwargs):
+        self.fits += 1
+        return super().train(*args, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def feature_set(tmp_path_factory) -> str:
     """3,000 users x 8 candidates; the label follows `signal` (and a bit of up_orders)."""
@@ -82,10 +93,15 @@ def test_ablation_fits_without_the_feature_and_leaves_the_data_untouched(
     data = load_feature_rows(duckdb.connect(), feature_set, FEATURES, with_labels=True)
     before = data.features.copy()
     params = ReorderModelParams(num_boost_round=60, early_stopping_rounds=10, nthread=1)
-    report = train_and_report(data, tmp_path / "model", "2025-01-06", params=params, ablate="signal")
+    trainer = CountingTrainer()
+    report = train_and_report(
+        data, tmp_path / "model", "2025-01-06", trainer=trainer, params=params, ablate="signal"
+    )
     ablation = report.card["ablation"]
     assert ablation["feature"] == "signal"
-    # the label follows `signal`: it earns its place, and the served model is the "with" fit
+    # the label follows `signal`: it earns its place, and the served model is the "with" fit (of
+    # every user here, so it is not fitted a third time)
+    assert trainer.fits == 2
     assert ablation["kept"] and ablation["in_model"] and ablation["decision"].startswith("kept: F1 gain +")
     assert ablation["f1_gain"] > 2 * ablation["f1_gain_standard_error"] > 0
     assert report.card["features"] == list(FEATURES)
@@ -125,9 +141,13 @@ def test_a_feature_that_only_ties_is_left_out_of_the_served_model(feature_set: s
     on a feature set that never had it (same bytes, same training-data fingerprint)."""
     data = load_feature_rows(duckdb.connect(), feature_set, FEATURES, with_labels=True)
     params = ReorderModelParams(num_boost_round=60, early_stopping_rounds=10, nthread=1)
-    report = train_and_report(data, tmp_path / "model", "2025-01-06", params=params, ablate="noise")
+    trainer = CountingTrainer()
+    report = train_and_report(
+        data, tmp_path / "model", "2025-01-06", trainer=trainer, params=params, ablate="noise"
+    )
     ablation = report.card["ablation"]
     assert not ablation["kept"] and not ablation["in_model"]
+    assert trainer.fits == 3  # with, without (a constant column), then the served fit without it
     assert ablation["f1_gain"] <= 2 * ablation["f1_gain_standard_error"]
     assert (
         ablation["decision"].startswith("left out: F1 gain") and "does without noise" in ablation["decision"]
@@ -166,8 +186,12 @@ def test_ablation_with_many_users_fits_both_models_on_a_user_sample(
     monkeypatch.setattr(reorder_model, "ABLATION_MAX_USERS", 1_000)
     data = load_feature_rows(duckdb.connect(), feature_set, FEATURES, with_labels=True)
     params = ReorderModelParams(num_boost_round=60, early_stopping_rounds=10, nthread=1)
-    report = train_and_report(data, tmp_path / "model", "2025-01-06", params=params, ablate="signal")
+    trainer = CountingTrainer()
+    report = train_and_report(
+        data, tmp_path / "model", "2025-01-06", trainer=trainer, params=params, ablate="signal"
+    )
     ablation = report.card["ablation"]
+    assert trainer.fits == 3  # with and without on the sample, then the served fit on every user
     assert ablation["n_users"] == 1_000
     assert ablation["users"] == "sample of 1000 of 3000 users (seed 0); both models fitted on it"
     assert ablation["validation_auc_with"] > ablation["validation_auc_without"] + 0.1

@@ -291,12 +291,16 @@ def train_and_report(
     if ablate is not None and ablate not in data.feature_names:
         raise ValueError(f"cannot ablate {ablate!r}: not one of the model's features")
     ablation = None
+    served_fit = None
     if ablate is not None:
         ablation = measure_ablation(data, ablate, trainer, params, seed, workdir)
-        if not ablation["kept"] and not keep_ablated:
+        if not ablation.entry["kept"] and not keep_ablated:
             data = without_feature(data, ablate)
-    model = trainer.train(data, params, seed, workdir)
-    trainer_card = dict(getattr(trainer, "card_extra", {}))
+        else:
+            served_fit = ablation.whole_fit  # the "with" fit of these very rows, when not a sample
+    if served_fit is None:
+        served_fit = (trainer.train(data, params, seed, workdir), dict(getattr(trainer, "card_extra", {})))
+    model, trainer_card = served_fit
     validation_rows = model.validation_index
     validation_probabilities = predict(model.booster, data.features[validation_rows], threads=params.nthread)
     validation_labels = data.labels[validation_rows]
@@ -333,7 +337,7 @@ def train_and_report(
         **(card_extra or {}),
     }
     if ablation is not None:
-        extra["ablation"] = ablation | {"in_model": ablate in data.feature_names}
+        extra["ablation"] = ablation.entry | {"in_model": ablate in data.feature_names}
     ranking = _ranking_report(
         data,
         validation_rows,
@@ -464,6 +468,16 @@ def without_feature(data: FeatureRows, feature: str) -> FeatureRows:
     return replace(data, features=features, feature_names=names)
 
 
+@dataclass(frozen=True)
+class Ablation:
+    """measure_ablation's result: the card's `ablation` entry, and the with-feature fit with its
+    trainer's card entries when it was fitted on every row (then it is the served model if the feature
+    stays: the same rows, parameters and seed would fit it again); None when fitted on a sample."""
+
+    entry: dict[str, Any]
+    whole_fit: tuple[TrainedModel, dict[str, Any]] | None
+
+
 def measure_ablation(
     data: FeatureRows,
     feature: str,
@@ -471,7 +485,7 @@ def measure_ablation(
     params: ReorderModelParams,
     seed: int,
     workdir: Path,
-) -> dict[str, Any]:
+) -> Ablation:
     """With and without `feature`, both fitted and scored on the same users: every user up to
     ABLATION_MAX_USERS, else a seeded sample of that many (same held-out users within it). The
     feature is `kept` when the per-order F1 gain on the held-out orders is above ABLATION_MIN_Z
@@ -479,6 +493,7 @@ def measure_ablation(
     n_users = int(np.unique(data.user_ids).size)
     sample = _user_sample(data, ABLATION_MAX_USERS, seed) if n_users > ABLATION_MAX_USERS else data
     with_model = trainer.train(sample, params, seed, workdir.with_name(f"{workdir.name}-with-{feature}"))
+    with_card = dict(getattr(trainer, "card_extra", {}))
     validation_rows = with_model.validation_index
     with_probabilities = predict(with_model.booster, sample.features[validation_rows], threads=params.nthread)
     without = _fit_without(
@@ -498,7 +513,7 @@ def measure_ablation(
         if sample is not data
         else f"all {n_users} users; both models fitted on them"
     )
-    return {
+    entry = {
         "feature": feature,
         "users": users,
         "n_users": min(n_users, ABLATION_MAX_USERS),
@@ -519,6 +534,7 @@ def measure_ablation(
         "best_iteration_with": int(with_model.best_iteration),
         "best_iteration_without": without.best_iteration,
     }
+    return Ablation(entry, (with_model, with_card) if sample is data else None)
 
 
 def read_model_card(model_dir: str | Path) -> dict:
