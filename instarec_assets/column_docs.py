@@ -35,8 +35,9 @@ SHARED: dict[str, str] = {
     "_ingested_at": "when the row was ingested into the raw zone (UTC)",
     "_parse_error": "why the CSV reader could not split the line (empty for a well-formed record)",
     "_raw_line": "the line as landed, kept when it could not be parsed",
-    "framing": "'target' (history before each user's target order: training and Kaggle test rows) "
-    "or 'serving' (every order, for the next basket)",
+    "framing": "'target' (history before each user's target order: training and Kaggle test rows), "
+    "'serving' (every order, for the next basket) or, in the feature tables, 'earlier' (history before "
+    "the order preceding the target: extra training targets)",
     "rank": "position in the list (1 = first)",
     "probability": "predicted probability that the user buys the product in the next order",
     **FEATURES,
@@ -74,13 +75,14 @@ TABLES: dict[str, dict[str, str]] = {
         for table in ("orders", "order_products", "products", "aisles", "departments")
     },
     "user_features": {
-        "target_order_id": "the order being predicted (target framing); empty for serving",
-        "target_set": "eval_set of the target order (train or test; serving for the next order)",
+        "target_order_id": "the order being predicted (target and earlier framings); empty for serving",
+        "target_set": "eval_set of the target order (train or test; empty for serving, the next order)",
     },
     "product_features": {},
     "user_product_features": {},
     "training_set": {
-        "eval_set": "train: the target order of a user whose last order is in order_products__train",
+        "eval_set": "train: the user's last order, when its lines are known; train_earlier: the order "
+        "before it, an extra training target for a short history (never used to validate)",
         "label": "1 when the product is in the user's target order, else 0",
     },
     "inference_set": {

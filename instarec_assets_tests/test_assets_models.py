@@ -143,6 +143,10 @@ def test_model_is_xgboost_json_with_a_model_card_and_beats_both_baselines(pipeli
         "![threshold_analysis](data:image/png;base64,"
     )
     assert metadata["mean_f1_model"].value > metadata["mean_f1_last_order"].value
+    # short histories' earlier orders trained the model too (never validated it)
+    targets = card["training_targets"]
+    assert targets["earlier_orders"] > 0 and targets["earlier_rows"] > targets["earlier_orders"]
+    assert metadata["earlier_target_rows"].value == targets["earlier_rows"]
 
 
 def test_recommendations_hold_ten_ranked_reorders_then_up_to_two_explore_items_then_40_more(pipeline):
@@ -514,6 +518,11 @@ def test_ranking_report_scores_every_method_and_compares_with_the_previous_batch
     assert by_method.at[XGBOOST, "explore_share"] == 0.0
     assert by_method.at[TOP_FREQUENCY, "explore_share"] == 0.0
     assert by_method.at[GRAPHSAGE, "explore_share"] > 0.0
+    # the report judges the users the model card judged (their last orders, never the extra earlier
+    # targets the training set also holds; its truth is the whole order, so the scores differ)
+    card = json.loads(Path(locations.model_uri("xgboost_model", latest), "model_card.json").read_text())
+    (model_row,) = [r for r in card["evaluation"]["ranking"] if r["method"] == "model: reorder probability"]
+    assert by_method.at[XGBOOST, "users"] == model_row["users"]
     materialization = instance.get_latest_materialization_event(AssetKey("ranking_report"))
     metadata = materialization.asset_materialization.metadata
     assert metadata["previous_report"].value.startswith(f"batch {first}, model xgboost-{first}")

@@ -234,15 +234,24 @@ def test_counts_without_some_orders_equal_the_lists_over_the_rest(world) -> None
 
 def test_ranking_reports_target_lists_from_counts_equal_its_recount(world) -> None:
     """ranking_report's explore similarity without the target orders: from the stored counts (through
-    a resolved training set) the same rows as recounting the history without them."""
+    a resolved training set) the same rows as recounting the history without them. The training
+    set's extra, earlier targets (`train_earlier`) are history for the report, not targets."""
     from instarec_assets.consumption.ranking_report import ReportInputs, target_similar_items
 
     conn = duckdb.connect()
     folder: Path = world["dir"]
     lines = world["lines"]
     counts = full_counts(conn, lines, folder / "counts.parquet", MIN_SUPPORT)
-    targets = pa.table({"order_id": pa.array(list(range(2, 200, 5)), pa.int64())})
+    last_orders = list(range(2, 200, 5))
+    earlier_orders = [order for order in range(3, 200, 7) if order not in last_orders]
+    targets = pa.table(
+        {
+            "order_id": pa.array(last_orders + earlier_orders, pa.int64()),
+            "eval_set": ["train"] * len(last_orders) + ["train_earlier"] * len(earlier_orders),
+        }
+    )
     pq.write_table(targets, folder / "training_set.parquet")
+    pq.write_table(targets.slice(0, len(last_orders)), folder / "last_orders.parquet")
     unused = str(folder / "unused")
     inputs = ReportInputs(
         training_set=str(folder / "training_set.parquet"),
@@ -265,6 +274,12 @@ def test_ranking_reports_target_lists_from_counts_equal_its_recount(world) -> No
     )
     assert len(_frame(recounted.path)) > 50
     pd.testing.assert_frame_equal(_frame(from_counts.path), _frame(recounted.path))
+    last_only = target_similar_items(
+        conn,
+        ReportInputs(**{**inputs.__dict__, "training_set": str(folder / "last_orders.parquet")}),
+        folder / "last_only",
+    )
+    pd.testing.assert_frame_equal(_frame(last_only.path), _frame(recounted.path))
 
 
 @pytest.mark.parametrize("candidates", [1, 2, 5, 12])

@@ -8,6 +8,9 @@ user 2: batch 1 lands 20, 21 and 22 as `test`; batch 2 lands 23, 24 (train) and 
 user 3 (batch 1): 30, 31 history, 32 a test target.
 user 4: 41 landed as `test` in batch 1 and its lines never arrive; 42 and 43 (train) in batch 2.
 user 5 (batch 2): a single train order, so no history for training, one order of history for serving.
+
+The earlier framing (extra training targets) takes each user's order before the target order as its
+target: 13 for user 1, 23 for user 2, 31 for user 3 (its last order is a test order), 42 for user 4.
 """
 
 from __future__ import annotations
@@ -197,8 +200,20 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> FeatureTables:
 
 
 @pytest.fixture(scope="module")
-def training(tables: FeatureTables) -> pd.DataFrame:
+def training_set(tables: FeatureTables) -> pd.DataFrame:
     return read(tables.training_set.path)
+
+
+@pytest.fixture(scope="module")
+def training(training_set: pd.DataFrame) -> pd.DataFrame:
+    """The target framing's rows: the user's last order is the target."""
+    return training_set[training_set.eval_set == "train"].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def earlier(training_set: pd.DataFrame) -> pd.DataFrame:
+    """The earlier framing's rows: the order before the last is the target."""
+    return training_set[training_set.eval_set == "train_earlier"].reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +262,42 @@ def test_hand_computed_features_of_user_1(training: pd.DataFrame) -> None:
     assert pd.isna(e.up_days_between_mean)
 
 
+def test_earlier_targets_are_the_order_before_the_last(earlier: pd.DataFrame) -> None:
+    labels = {
+        (u, p, o): int(label)
+        for u, p, o, label in zip(
+            earlier.user_id, earlier.product_id, earlier.order_id, earlier.label, strict=True
+        )
+    }
+    assert labels == {
+        (1, 1, 13): 1, (1, 2, 13): 1, (1, 3, 13): 1, (1, 5, 13): 0,
+        (2, 1, 23): 1, (2, 6, 23): 0, (2, 3, 23): 0,
+        (3, 5, 31): 1,
+        (4, 6, 42): 1,
+    }  # fmt: skip
+    # User 1 as of order 13: history 10, 11, 12 (gaps 5, 7), target on dow 3, hour 11, gap 3.
+    a = row(earlier, 1, 1)
+    assert (a.t_dow, a.t_hour, a.t_days_since_prior) == (3, 11, 3)
+    assert (a.u_orders, a.u_items, a.u_distinct_products, a.u_days_span) == (3, 6, 4, 12)
+    assert (a.up_orders, a.up_first_order, a.up_last_order, a.up_orders_since_last) == (2, 1, 2, 1)
+    assert (a.up_streak, a.up_in_last_1, a.up_in_last_3) == (0, 0, 2)
+    assert a.up_days_since_last == 12 - 5 + 3
+    # Product statistics over every user's earlier history: A in 10, 11 (user 1) and 20, 21 (user 2).
+    assert (a.p_orders, a.p_buyers) == (4, 2)
+    # User 3's last order is a test order: the order before it is still a labelled target.
+    assert row(earlier, 3, 5).u_orders == 1
+
+
+def test_earlier_targets_only_for_short_histories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every user gets the earlier framing's level rows; training rows only up to the history limit."""
+    monkeypatch.setattr("instarec_assets.features.sets.EARLIER_TARGET_MAX_HISTORY", 2)
+    limited = build(tmp_path)
+    rows = read(limited.training_set.path).query("eval_set == 'train_earlier'")
+    assert set(rows.user_id) == {3, 4}  # users 1 and 2 have 3 history orders before their earlier target
+    users = read(limited.user_features.path).query("framing == 'earlier'")
+    assert set(users.user_id) == {1, 2, 3, 4}
+
+
 def test_product_statistics_come_from_history_lines_only(tables: FeatureTables) -> None:
     products = read(tables.product_features.path)
     target = products[products.framing == "target"].set_index("product_id")
@@ -269,10 +320,14 @@ def test_target_detection_across_batches(tmp_path: Path) -> None:
     test_rows = read(first.inference_set.path).query("eval_set == 'test' and user_id == 2")
     assert set(test_rows.product_id) == {1, 6}
     assert set(test_rows.order_id) == {22}
-    assert read(first.training_set.path).query("user_id == 2").empty
+    first_training = read(first.training_set.path).query("user_id == 2")
+    assert set(first_training.eval_set) == {"train_earlier"}  # order 21, before the test order 22
+    assert set(first_training.order_id) == {21}
 
     second = build(tmp_path / "second", batches=2)
-    train_rows = read(second.training_set.path).query("user_id == 2").set_index("product_id")
+    train_rows = (
+        read(second.training_set.path).query("user_id == 2 and eval_set == 'train'").set_index("product_id")
+    )
     assert set(train_rows.order_id) == {24}
     assert dict(train_rows.label) == {1: 0, 3: 1, 6: 1}  # C is a candidate thanks to 22's late lines
     assert train_rows.loc[3, "up_last_order"] == 3
@@ -289,10 +344,13 @@ def test_history_order_whose_lines_never_arrived(training: pd.DataFrame) -> None
     assert row(training, 4, 2).label == 1
 
 
-def test_candidates_are_history_products_only(training: pd.DataFrame, inference: pd.DataFrame) -> None:
+def test_candidates_are_history_products_only(
+    training: pd.DataFrame, earlier: pd.DataFrame, inference: pd.DataFrame
+) -> None:
     history = {(1, 1), (1, 2), (1, 3), (1, 5), (2, 1), (2, 6), (2, 3), (4, 6), (4, 2)}
     assert set(zip(training.user_id, training.product_id, strict=True)) == history
     assert set(training.eval_set) == {"train"}
+    assert set(zip(earlier.user_id, earlier.product_id, strict=True)) <= history | {(3, 5)}
     test_rows = inference[inference.eval_set == "test"]
     assert set(zip(test_rows.user_id, test_rows.product_id, strict=True)) == {(3, 5), (3, 2)}
     assert 4 not in set(training.product_id) | set(test_rows.product_id)
@@ -324,7 +382,7 @@ def test_no_leakage_from_target_order_contents(
     changed[2] = [line for line in changed[2] if line[:2] != (24, 3)] + [(24, 5, 2, 0, "train")]
     changed[2] = [*changed[2], (43, 6, 2, 1, "train"), (43, 1, 3, 0, "train")]
     other = build(tmp_path, lines=changed)
-    other_training = read(other.training_set.path)
+    other_training = read(other.training_set.path).query("eval_set == 'train'")
     keys = ["user_id", "product_id"]
     before = training.sort_values(keys).reset_index(drop=True)
     after = other_training.sort_values(keys).reset_index(drop=True)
@@ -386,7 +444,7 @@ def test_feature_columns_and_documented_nulls(
 def test_row_counts_match_files(
     tables: FeatureTables, training: pd.DataFrame, inference: pd.DataFrame
 ) -> None:
-    assert tables.training_set.row_count == len(training) == 9
+    assert tables.training_set.row_count == len(training) + 9 == 18
     assert tables.inference_set.row_count == len(inference)
     users = read(tables.user_features.path)
     assert set(users.query("framing == 'target'").user_id) == {1, 2, 3, 4}

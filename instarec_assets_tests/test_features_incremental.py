@@ -27,7 +27,7 @@ KEYS = {
     "user_features": ["framing", "user_id"],
     "product_features": ["framing", "product_id"],
     "user_product_features": ["framing", "user_id", "product_id"],
-    "training_set": ["user_id", "product_id"],
+    "training_set": ["eval_set", "user_id", "product_id"],
     "inference_set": ["eval_set", "user_id", "product_id"],
 }
 LEVELS = ("user_features", "product_features", "user_product_features")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -134,6 +135,59 @@ def test_ablation_fits_without_the_feature_and_leaves_the_data_untouched(
     assert read_none_calibration(tmp_path / "model") is None
     with pytest.raises(ValueError, match="cannot ablate 'missing'"):
         train_and_report(data, tmp_path / "other", "2025-01-06", params=params, ablate="missing")
+
+
+class RecordingTrainer(reorder_model.InProcessTrainer):
+    """The in-process trainer, keeping the rows and the model of its last fit."""
+
+    def train(self, data, *args, **kwargs):
+        self.data = data
+        self.model = super().train(data, *args, **kwargs)
+        return self.model
+
+
+def test_earlier_targets_train_but_never_validate(feature_set: str, tmp_path: Path) -> None:
+    """Every third `train` user gains an earlier target (its 8 candidates again, eval_set
+    train_earlier, other labels). They add training rows only: the held-out orders, the baselines and
+    the ranking report's baseline rows are those of the same rows without them, and a held-out
+    user's earlier rows are not trained on."""
+    stored = pq.read_table(feature_set).to_pandas()
+    earlier = stored[(stored.eval_set == "train") & (stored.user_id % 3 == 0)].copy()
+    earlier["eval_set"] = "train_earlier"
+    earlier["order_id"] = earlier.order_id - 1
+    earlier["label"] = np.random.default_rng(1).integers(0, 2, size=len(earlier)).astype(np.int8)
+    path = tmp_path / "with_earlier.parquet"
+    pq.write_table(pa.Table.from_pandas(pd.concat([stored, earlier]), preserve_index=False), path)
+    params = ReorderModelParams(num_boost_round=30, early_stopping_rounds=5, nthread=1)
+    conn = duckdb.connect()
+    with_earlier = load_feature_rows(conn, str(path), FEATURES, with_labels=True)
+    assert (~with_earlier.validates).sum() == len(earlier)
+    trainer = RecordingTrainer()
+    report = train_and_report(with_earlier, tmp_path / "with", "2025-01-06", trainer=trainer, params=params)
+    plain = train_and_report(
+        load_feature_rows(conn, feature_set, FEATURES, with_labels=True),
+        tmp_path / "plain",
+        "2025-01-06",
+        params=params,
+    )
+    model = trainer.model
+    assert "train_earlier" not in set(with_earlier.eval_sets[model.validation_index])
+    held_out = np.isin(with_earlier.user_ids, model.validation_user_ids)
+    held_out_earlier = int((held_out & ~with_earlier.validates).sum())
+    assert held_out_earlier > 0
+    assert model.n_train_rows == int((~held_out).sum())  # their earlier rows are in neither part
+    assert report.card["data_split"]["n_validation_users"] == plain.card["data_split"]["n_validation_users"]
+    assert report.baskets.n_orders == plain.baskets.n_orders
+    assert report.baskets.last_order_f1 == plain.baskets.last_order_f1
+    assert report.baskets.frequency_f1 == plain.baskets.frequency_f1
+    rows = {r["method"]: r for r in report.card["evaluation"]["ranking"]}
+    plain_rows = {r["method"]: r for r in plain.card["evaluation"]["ranking"]}
+    for method in ("baseline: personal top-frequency", "baseline: last order", "baseline: global popularity"):
+        assert pd.Series(rows[method]).equals(pd.Series(plain_rows[method]))  # NaN equals NaN here
+    targets = reorder_model.training_targets(with_earlier)
+    assert (targets["earlier_rows"], targets["earlier_orders"]) == (len(earlier), len(earlier) // 8)
+    assert targets["target_rows"] == with_earlier.rows - len(earlier)
+    assert with_earlier.without_earlier_targets().rows == targets["target_rows"]
 
 
 def test_a_feature_that_only_ties_is_left_out_of_the_served_model(feature_set: str, tmp_path: Path) -> None:

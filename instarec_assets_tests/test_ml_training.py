@@ -86,6 +86,27 @@ def test_split_users_is_deterministic_and_whole() -> None:
         split_users(user_ids, 1.0, seed=0)
 
 
+def test_rows_that_may_not_validate_leave_a_held_out_user_out_of_both_masks() -> None:
+    """A held-out user's extra (earlier) targets neither validate nor train; the users drawn are the
+    same as without the mask."""
+    user_ids = np.repeat(np.arange(200), 4)
+    validates = np.tile([True, True, False, False], 200)
+    train, validation = split_users(user_ids, 0.1, seed=3, validates=validates)
+    plain_train, plain_validation = split_users(user_ids, 0.1, seed=3)
+    np.testing.assert_array_equal(train, plain_train)
+    np.testing.assert_array_equal(validation, plain_validation & validates)
+    held_out = set(user_ids[plain_validation].tolist())
+    neither = ~train & ~validation
+    assert set(user_ids[neither].tolist()) == held_out and not validates[neither].any()
+    assert neither.sum() == 2 * len(held_out) == 40
+    # users with only such rows (a last order still without lines) always train, and never shift the draw
+    more_users = np.concatenate([user_ids, np.repeat(np.arange(200, 260), 2)])
+    more_validates = np.concatenate([validates, np.zeros(120, dtype=bool)])
+    more_train, more_validation = split_users(more_users, 0.1, seed=3, validates=more_validates)
+    np.testing.assert_array_equal(more_validation[: user_ids.size], validation)
+    assert more_train[user_ids.size :].all()
+
+
 def test_early_stopping_stops_before_max_rounds_on_noise() -> None:
     x, labels, user_ids = _problem(signal=False, users=1000, seed=1)
     model = train_reorder_model(x, labels, user_ids, FEATURES, FAST, seed=1)

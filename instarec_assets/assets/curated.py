@@ -48,7 +48,8 @@ FEATURE_SET_DESCRIPTIONS = {
     "user_features": "Per-user features (orders, basket size, reorder ratio, days between orders, habits).",
     "product_features": "Per-product features (popularity, reorder probability, cart position, rebuyers).",
     "user_product_features": "User x product features (times bought, recency, streaks, aisle affinity).",
-    "training_set": "Candidates of users whose latest order is `train`, with the label and every feature.",
+    "training_set": "Candidates of users whose latest order is `train` (eval_set `train`), and of short "
+    "histories' order before it (`train_earlier`, extra training targets), with the label and every feature.",
     "inference_set": "Candidates to score: Kaggle `test` orders and every user's next order (`serving`).",
 }
 AFFECTED_USERS_DESCRIPTION = (

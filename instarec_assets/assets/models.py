@@ -56,6 +56,9 @@ class XGBoostModelConfig(Config):
     always_keep_similarity: bool = False
     # Fit a new model whatever the retrain policy says (the decision records it).
     force_retrain: bool = False
+    # Train on the extra, earlier targets of short histories too (training_set's `train_earlier`
+    # rows, features/targets.py); off: each user's last order alone, as before.
+    earlier_targets: bool = True
 
 
 def kept_model_features(card: dict) -> tuple[str, ...]:
@@ -139,6 +142,8 @@ def xgboost_model(
             sample = kept_evaluation_sample_from_lake(conn, training_set, earlier_card)
             features = kept_model_features(earlier_card)
         data = load(feature_names=features, users=None if sample is None else sample.users)
+        if not config.earlier_targets:
+            data = data.without_earlier_targets()
         decision, previous_card = decide_reorder_model(
             data,
             previous[1] if previous else None,
@@ -152,6 +157,8 @@ def xgboost_model(
             del data
             # A fit measures the similarity afresh, whether or not the earlier model used it.
             data, sample = load(feature_names=MODEL_FEATURES), None
+            if not config.earlier_targets:
+                data = data.without_earlier_targets()
         del similarity, load
     context.log.info(f"retrain: {decision.retrain} ({decision.reason})")
     context.log.info(
@@ -188,6 +195,14 @@ def xgboost_model(
             "accuracy": MetadataValue.float(metrics.accuracy),
             "best_iteration": MetadataValue.int(report.card["best_iteration"]),
             "evaluated_users": MetadataValue.int(report.card["data_split"]["n_validation_users"]),
+            **(
+                {
+                    "earlier_target_rows": MetadataValue.int(targets["earlier_rows"]),
+                    "earlier_target_orders": MetadataValue.int(targets["earlier_orders"]),
+                }
+                if (targets := report.card.get("training_targets"))
+                else {}
+            ),
             "evaluation_users": MetadataValue.text(report.card["evaluation"]["users"]),
             "mean_f1_model": MetadataValue.float(baskets.model_f1),
             "mean_f1_last_order": MetadataValue.float(baskets.last_order_f1),

@@ -68,7 +68,7 @@ class SageMakerTrainer:
 
     def train(self, data: FeatureRows, params: ReorderModelParams, seed: int, workdir: Path) -> TrainedModel:
         validation_fraction = 0.1
-        train_mask, validation_mask = split_users(data.user_ids, validation_fraction, seed)
+        train_mask, validation_mask = split_users(data.user_ids, validation_fraction, seed, data.validates)
         train_rows, validation_rows = np.flatnonzero(train_mask), np.flatnonzero(validation_mask)
         result = self.client.run_training_job(
             train=_labelled_table(data, train_rows),

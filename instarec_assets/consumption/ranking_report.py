@@ -89,14 +89,16 @@ EXPLORE_NEAREST = "explore: graphsage nearest products"
 EXPLORE_POPULAR = "explore baseline: most popular never bought"
 EXPLORE_METHODS = (EXPLORE_PERSONAL, EXPLORE_NEAREST, EXPLORE_POPULAR)
 
+# The report reads each user's last order only (eval_set `train`): `train_earlier` rows are extra
+# training targets of an earlier order (features/targets.py), never evaluated.
 HELD_OUT_SQL = """
 SELECT * FROM read_parquet($training_set, hive_partitioning = false)
-WHERE user_id IN (SELECT unnest($users))
+WHERE eval_set = 'train' AND user_id IN (SELECT unnest($users))
 """
 TRAINING_HISTORY_SQL = f"""
 SELECT DISTINCT user_id, product_id, "{HISTORY_COUNT_COLUMN}" AS n_orders
 FROM read_parquet($training_set, hive_partitioning = false)
-WHERE user_id NOT IN (SELECT unnest($users))
+WHERE eval_set = 'train' AND user_id NOT IN (SELECT unnest($users))
 """
 # Every product of each held-out user's target order (the truth), from the clean order lines.
 NEXT_ORDER_SQL = """
@@ -108,7 +110,9 @@ ORDER BY 1, 2
 # The order lines of every order but the users' target orders: the history the `target` framing sees.
 HISTORY_LINES_SQL = """
 SELECT * FROM read_parquet($lines, hive_partitioning = false)
-WHERE order_id NOT IN (SELECT DISTINCT order_id FROM read_parquet($training_set, hive_partitioning = false))
+WHERE order_id NOT IN (
+    SELECT DISTINCT order_id FROM read_parquet($training_set, hive_partitioning = false) WHERE eval_set = 'train'
+)
 """
 CATALOG_SQL = """
 SELECT DISTINCT product_id FROM read_parquet($products, hive_partitioning = false)
@@ -252,7 +256,10 @@ def build_ranking_report(
     card = read_model_card(inputs.xgboost_model)
     features = tuple(card["features"])
     all_users = (
-        conn.sql(f"SELECT DISTINCT user_id FROM {feature_source(conn, inputs.training_set)} ORDER BY 1")
+        conn.sql(
+            f"SELECT DISTINCT user_id FROM {feature_source(conn, inputs.training_set)} "
+            "WHERE eval_set = 'train' ORDER BY 1"
+        )
         .to_arrow_table()
         .column("user_id")
         .to_numpy(zero_copy_only=False)
@@ -378,12 +385,12 @@ def held_out_explore(
 
 # The target orders: every order of the training set (one per training user, the order its labels
 # come from), which the `target` framing's history leaves out.
-TARGET_ORDERS_SQL = "SELECT DISTINCT order_id FROM read_parquet($training_set, hive_partitioning = false)"
+TARGET_ORDERS_SQL = "SELECT DISTINCT order_id FROM read_parquet($training_set, hive_partitioning = false) WHERE eval_set = 'train'"
 # A view cannot be prepared: the lines and the (resolved) training set come in as views and literals.
 HISTORY_VIEW_SQL = """
 CREATE OR REPLACE TEMP VIEW report_history_lines AS
 SELECT * FROM report_all_lines
-WHERE order_id NOT IN (SELECT DISTINCT order_id FROM {training_set})
+WHERE order_id NOT IN (SELECT DISTINCT order_id FROM {training_set} WHERE eval_set = 'train')
 """
 
 

@@ -35,7 +35,7 @@ TEMP_TABLES = (
 
 @dataclass(frozen=True)
 class FeatureTables:
-    """Staged feature tables. The level tables carry a `framing` column ('target' | 'serving')."""
+    """Staged feature tables. The level tables carry a `framing` column ('target' | 'serving' | 'earlier')."""
 
     user_features: StagedParquet
     product_features: StagedParquet

@@ -8,6 +8,7 @@ meaning and there is no ORDER BY: sorting ~20M wide rows would cost more than bu
 from __future__ import annotations
 
 from instarec_assets.features.columns import FEATURE_COLUMNS
+from instarec_assets.features.targets import EARLIER_EVAL_SET, EARLIER_TARGET_MAX_HISTORY
 from instarec_assets.lake.staging import StagedLocation
 
 SET_SELECT = """
@@ -23,16 +24,19 @@ WHERE {where}
 
 
 def training_select(user_product_path: StagedLocation) -> str:
-    """Candidates of users whose target is `train`; label 1 when the target order holds the product."""
+    """Candidates of users whose target is `train` (eval_set `train`), and of the earlier framing for
+    users with a short history (eval_set `train_earlier`); label 1 when the target order holds the
+    product."""
     return SET_SELECT.format(
         order_id="f.target_order_id",
-        eval_set="'train'",
+        eval_set=f"CASE up.framing WHEN 'earlier' THEN '{EARLIER_EVAL_SET}' ELSE 'train' END",
         label="(t.product_id IS NOT NULL)::TINYINT",
         features=", ".join(FEATURE_COLUMNS),
         user_product_path=_literal(user_product_path),
         label_join="LEFT JOIN feat_target_lines AS t ON t.order_id = f.target_order_id"
         " AND t.product_id = up.product_id",
-        where="up.framing = 'target' AND f.target_set = 'train'",
+        where="(up.framing = 'target' AND f.target_set = 'train')"
+        f" OR (up.framing = 'earlier' AND u.u_orders <= {EARLIER_TARGET_MAX_HISTORY})",
     )
 
 

@@ -1,4 +1,4 @@
-"""Roles of orders: per user, the target order and the history before it, in two framings.
+"""Roles of orders: per user, the target order and the history before it, in three framings.
 
 The stored eval_set is not trusted (a user's orders arrive over several batches): the order with the
 highest order_number is the target, `train` when its lines are known and `test` otherwise.
@@ -9,6 +9,10 @@ highest order_number is the target, `train` when its lines are known and `test` 
   lines are known; the future order's row is unknown, so `fill_serving_targets` puts the user's
   usual values there (most frequent dow, median hour, mean days between orders rounded, or the mean
   gap over all users when the user has a single history order).
+- framing `earlier` (extra training targets): the target is the order before the target framing's
+  target (when it has lines), the history every order before that. Every such user gets the framing,
+  so its product features aggregate the same population as the other framings'; only users with at
+  most EARLIER_TARGET_MAX_HISTORY history orders add training rows (features/sets.py).
 
 A history order whose lines never arrived (an old `test` order) still counts as an order, with no lines.
 """
@@ -17,7 +21,13 @@ from __future__ import annotations
 
 import duckdb
 
-FRAMINGS = ("target", "serving")
+FRAMINGS = ("target", "serving", "earlier")
+# training_set's eval_set of the earlier framing's rows: they train the model, never validate it.
+EARLIER_EVAL_SET = "train_earlier"
+# Short histories gain most from a second target (their one target order is a noisy label) and cost
+# least. At full size a limit of 10 added 47% training rows and doubled the fit for no measurable
+# F1 (bench/RESULTS.md); 5 keeps the shortest histories at about a fifth more rows.
+EARLIER_TARGET_MAX_HISTORY = 5
 
 # seq renumbers each user's orders 1..n (robust to gaps in order_number); cum_days is the running sum
 # of days_since_prior_order, so the days between two orders are a difference of cum_days.
@@ -59,6 +69,12 @@ SELECT 'serving' AS framing, user_id,
        NULL::TINYINT AS t_dow, NULL::TINYINT AS t_hour, NULL::TINYINT AS t_days_since_prior
 FROM feat_orders
 WHERE seq = last_seq AND (n_lines > 0 OR seq > 1)
+UNION ALL
+SELECT 'earlier' AS framing, user_id, (seq - 1)::SMALLINT AS hist_orders,
+       order_id AS target_order_id, 'train' AS target_set,
+       order_dow AS t_dow, order_hour_of_day AS t_hour, days_since_prior_order AS t_days_since_prior
+FROM feat_orders
+WHERE seq = last_seq - 1 AND seq > 1 AND n_lines > 0
 """
 
 # orders_back: 0 for the latest history order, 1 for the one before, ...
@@ -70,12 +86,13 @@ FROM feat_orders AS o
 JOIN feat_frames AS f ON f.user_id = o.user_id AND o.seq <= f.hist_orders
 """
 
-# The lines of the train target orders: only the label reads them.
+# The lines of the train target orders (both labelled framings): only the label reads them.
 TARGET_LINES_SQL = """
 CREATE OR REPLACE TEMP TABLE feat_target_lines AS
 SELECT l.order_id, l.product_id
 FROM feat_clean_lines AS l
-JOIN feat_frames AS f ON f.framing = 'target' AND f.target_set = 'train' AND f.target_order_id = l.order_id
+JOIN feat_frames AS f
+  ON f.framing IN ('target', 'earlier') AND f.target_set = 'train' AND f.target_order_id = l.order_id
 """
 
 # The fallback gap is global: the mean over every order of every user (`all_orders`), so an incremental

@@ -52,8 +52,11 @@ TABLE_KEYS: dict[str, str] = {
     "inference_set": "user_id",
 }
 SET_TABLES = ("training_set", "inference_set")
-# A set row's product_features framing: `test` and `train` rows are the target framing's.
-SET_FRAMING = "CASE r.eval_set WHEN 'serving' THEN 'serving' ELSE 'target' END"
+# A set row's product_features framing: `test` and `train` rows are the target framing's,
+# `train_earlier` rows (features/targets.py) the earlier framing's.
+SET_FRAMING = (
+    "CASE r.eval_set WHEN 'serving' THEN 'serving' WHEN 'train_earlier' THEN 'earlier' ELSE 'target' END"
+)
 
 # (table, batch) -> the URI of that table's file of that batch.
 Locate = Callable[[str, str], str]

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from instarec_assets.compute import thread_count
+from instarec_assets.features.targets import EARLIER_EVAL_SET, EARLIER_TARGET_MAX_HISTORY
 from instarec_assets.lake.duck import user_id_table
 from instarec_assets.lake.feature_delta import feature_source
 from instarec_assets.ml.evaluation import (
@@ -94,6 +95,18 @@ class FeatureRows:
     def rows(self) -> int:
         return int(self.features.shape[0])
 
+    @property
+    def validates(self) -> np.ndarray:
+        """Rows that may validate a model: all but the extra, earlier targets (they only train)."""
+        return self.eval_sets != EARLIER_EVAL_SET
+
+    def without_earlier_targets(self) -> FeatureRows:
+        """These rows less the extra, earlier targets (`self` when there are none)."""
+        keep = self.validates
+        if keep.all():
+            return self
+        return _take_rows(self, keep)
+
 
 # Computes a feature that is not stored in the feature set (the GraphSAGE similarity) from the row ids:
 # (user_ids, product_ids, eval_sets) -> one float per row.
@@ -168,6 +181,10 @@ def select_users(data: FeatureRows, users: np.ndarray) -> FeatureRows:
     keep = np.isin(data.user_ids, users)
     if keep.all():
         return data
+    return _take_rows(data, keep)
+
+
+def _take_rows(data: FeatureRows, keep: np.ndarray) -> FeatureRows:
     return replace(
         data,
         features=data.features[keep],
@@ -206,7 +223,13 @@ class InProcessTrainer:
 
     def train(self, data: FeatureRows, params: ReorderModelParams, seed: int, workdir: Path) -> TrainedModel:
         return train_reorder_model(
-            data.features, data.labels, data.user_ids, data.feature_names, params, seed=seed
+            data.features,
+            data.labels,
+            data.user_ids,
+            data.feature_names,
+            params,
+            seed=seed,
+            validates=data.validates,
         )
 
 
@@ -244,19 +267,17 @@ def _candidate_frame(
     return frame
 
 
-def _baseline_inputs(data: FeatureRows) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """History counts and last-order products, read back from the candidate features themselves."""
+def _baseline_inputs(data: FeatureRows, rows: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """History counts and last-order products, read back from the candidate features themselves
+    (`rows`: one framing's, so each (user, product) appears once)."""
     names = list(data.feature_names)
-    counts = data.features[:, names.index(HISTORY_COUNT_COLUMN)]
-    in_last = data.features[:, names.index(LAST_ORDER_COLUMN)] > 0
+    counts = data.features[rows, names.index(HISTORY_COUNT_COLUMN)]
+    in_last = data.features[rows, names.index(LAST_ORDER_COLUMN)] > 0
+    user_ids, product_ids = data.user_ids[rows], data.product_ids[rows]
     history_counts = pd.DataFrame(
-        {
-            "user_id": data.user_ids,
-            "product_id": data.product_ids,
-            "n_orders_with_product": counts.astype(np.int32),
-        }
+        {"user_id": user_ids, "product_id": product_ids, "n_orders_with_product": counts.astype(np.int32)}
     )
-    last_order = pd.DataFrame({"user_id": data.user_ids[in_last], "product_id": data.product_ids[in_last]})
+    last_order = pd.DataFrame({"user_id": user_ids[in_last], "product_id": product_ids[in_last]})
     return history_counts, last_order
 
 
@@ -310,8 +331,10 @@ def train_and_report(
     thresholds = threshold_table(validation_labels, validation_probabilities)
     importance = feature_importance(model.booster, data.feature_names)
 
-    train_rows = np.setdiff1d(np.arange(data.rows), validation_rows, assume_unique=True)
-    history_counts, last_order = _baseline_inputs(data)
+    # The baselines and the report read each user's target framing only (not the earlier targets).
+    target_rows = np.flatnonzero(data.validates)
+    train_rows = np.setdiff1d(target_rows, validation_rows, assume_unique=True)
+    history_counts, last_order = _baseline_inputs(data, target_rows)
     baskets = evaluate_baskets(
         _candidate_frame(data, validation_rows, validation_probabilities),
         _candidate_frame(data, train_rows),
@@ -580,7 +603,8 @@ def kept_evaluation_sample(
     max_users: int = KEPT_EVALUATION_MAX_USERS,
 ) -> EvaluationSample:
     """The EvaluationSample of a kept model (`card`: its model card) among `user_ids` (every user of
-    the feature set; repeats are fine); `catalogue_products`: the feature set's distinct products."""
+    the feature set's rows that may validate, see split_users; repeats are fine);
+    `catalogue_products`: the feature set's distinct products."""
     split = card.get("data_split", {})
     fraction = float(split.get("validation_fraction", 0.1))
     seed = int(split.get("seed", 0))
@@ -604,7 +628,9 @@ def kept_evaluation_sample_from_lake(
 ) -> EvaluationSample:
     """kept_evaluation_sample over a stored feature set, reading only its user and product ids."""
     source = feature_source(conn, uri)
-    users = conn.execute(f"SELECT DISTINCT user_id FROM {source}").fetchnumpy()["user_id"]
+    users = conn.execute(
+        f"SELECT DISTINCT user_id FROM {source} WHERE eval_set <> '{EARLIER_EVAL_SET}'"
+    ).fetchnumpy()["user_id"]
     (products,) = conn.execute(f"SELECT count(DISTINCT product_id) FROM {source}").fetchone()
     return kept_evaluation_sample(users, card, int(products), max_users)
 
@@ -639,8 +665,9 @@ class ReuseTrainer:
 
     def train(self, data: FeatureRows, params: ReorderModelParams, seed: int, workdir: Path) -> TrainedModel:
         sample = self.sample
-        validation_mask = np.isin(data.user_ids, sample.validation_users)
-        train_mask = ~validation_mask
+        held_out = np.isin(data.user_ids, sample.validation_users)
+        validation_mask = held_out & data.validates
+        train_mask = ~held_out
         self.card_extra[EVALUATION_SAMPLE] = evaluation_sample(
             sample.validation_total, sample.validation_users.size, sample.max_users, sample.seed
         ) | {
@@ -724,6 +751,25 @@ def decide_reorder_model(
     return decision, card
 
 
+def training_targets(data: FeatureRows) -> dict[str, Any]:
+    """What the model card says of the target orders the rows come from: each user's last order,
+    and the extra, earlier targets (features/targets.py) that train but never validate."""
+    earlier = ~data.validates
+    return {
+        "target_orders": int(np.unique(data.order_ids[~earlier]).size),
+        "target_rows": int((~earlier).sum()),
+        "earlier_orders": int(np.unique(data.order_ids[earlier]).size),
+        "earlier_rows": int(earlier.sum()),
+        "earlier_max_history_orders": EARLIER_TARGET_MAX_HISTORY,
+        "description": (
+            "each user's last order with its lines is the target; users with at most "
+            f"{EARLIER_TARGET_MAX_HISTORY} orders before the order preceding it add that order as a second "
+            "target, with the history before it (training rows only: validation, the threshold and the "
+            "evaluation use the last orders alone)"
+        ),
+    }
+
+
 def train_or_keep(
     data: FeatureRows,
     workdir: Path,
@@ -756,6 +802,7 @@ def train_or_keep(
             card_extra={
                 "trained_on_batch": data_partition,
                 "feature_profile": feature_profile(data.features, data.feature_names),
+                "training_targets": training_targets(data),
                 "retrain": decision.as_dict(),
             },
         )
@@ -764,7 +811,7 @@ def train_or_keep(
     card = dict(previous_card) if previous_card is not None else read_model_card(previous)
     if sample is None:
         sample = kept_evaluation_sample(
-            data.user_ids, card, int(np.unique(data.product_ids).size), evaluation_max_users
+            data.user_ids[data.validates], card, int(np.unique(data.product_ids).size), evaluation_max_users
         )
     report = train_and_report(
         select_users(data, sample.users),

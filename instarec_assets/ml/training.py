@@ -101,18 +101,26 @@ class TrainedModel:
         return len(self.evals_result.get("validation", {}).get("logloss", []))
 
 
-def split_users(user_ids: np.ndarray, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row masks (train, validation) holding out a random `validation_fraction` of users whole."""
+def split_users(
+    user_ids: np.ndarray, validation_fraction: float, seed: int, validates: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row masks (train, validation) holding out a random `validation_fraction` of users whole.
+
+    `validates` (a row mask; default every row) says which rows may validate: the held-out users are
+    drawn among the users with such rows, so adding rows that only train (extra, earlier targets)
+    never changes who is held out; a held-out user's other rows are in neither mask, so no held-out
+    user trains the model."""
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-    users, inverse = np.unique(np.asarray(user_ids), return_inverse=True)
+    user_ids = np.asarray(user_ids)
+    validates = np.ones(user_ids.shape[0], dtype=bool) if validates is None else np.asarray(validates, bool)
+    users = np.unique(user_ids[validates])
     if users.size < 2:
         raise ValueError(f"need at least 2 users to hold some out for validation, got {users.size}")
     n_validation = min(users.size - 1, max(1, round(validation_fraction * users.size)))
-    held_out = np.zeros(users.size, dtype=bool)
-    held_out[np.random.default_rng(seed).choice(users.size, size=n_validation, replace=False)] = True
-    validation = held_out[inverse.reshape(-1)]
-    return ~validation, validation
+    held_out_users = users[np.random.default_rng(seed).choice(users.size, size=n_validation, replace=False)]
+    held_out_rows = np.isin(user_ids, held_out_users)
+    return ~held_out_rows, held_out_rows & validates
 
 
 # A kept model (the retrain policy) is evaluated on at most this many of the batch's validation users,
@@ -224,8 +232,10 @@ def train_reorder_model(
     params: ReorderModelParams | None = None,
     validation_fraction: float = 0.1,
     seed: int = 0,
+    validates: np.ndarray | None = None,
 ) -> TrainedModel:
-    """Fit binary:logistic with hist trees, early-stopped on the held-out users' logloss.
+    """Fit binary:logistic with hist trees, early-stopped on the held-out users' logloss
+    (`validates`: the rows that may validate, see split_users).
 
     `params.nthread` 0 is resolved to the usable CPUs here, so the model records the count it used."""
     params = params or ReorderModelParams()
@@ -237,7 +247,7 @@ def train_reorder_model(
         raise ValueError("features, labels and user_ids must have the same number of rows")
     if np.isnan(labels).any() or not np.isin(labels, (0.0, 1.0)).all():
         raise ValueError("labels must be 0 or 1 (inference rows with a NULL label cannot be trained on)")
-    train_mask, validation_mask = split_users(user_ids, validation_fraction, seed)
+    train_mask, validation_mask = split_users(user_ids, validation_fraction, seed, validates)
     train_rows = np.flatnonzero(train_mask)
     validation_rows = np.flatnonzero(validation_mask)
     dtrain = _quantile_matrix(features, labels, train_rows, feature_names, params)

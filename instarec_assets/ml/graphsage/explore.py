@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from instarec_assets.features.targets import EARLIER_EVAL_SET
 from instarec_assets.lake.duck import StagedParquet, user_id_table
 from instarec_assets.lake.feature_delta import with_feature_tables
 from instarec_assets.ml.graphsage.graph import FRAMINGS
@@ -168,8 +169,13 @@ def load_embedding_table(
 
 def framing_of(eval_sets: np.ndarray) -> np.ndarray:
     """The embeddings framing each feature-set row reads: `serving` rows the serving graph, `train`
-    and `test` rows (history before the target order) the target graph, so no label leaks in."""
-    return np.where(np.asarray(eval_sets).astype(str) == "serving", "serving", "target")
+    and `test` rows (history before the target order) the target graph, so no label leaks in.
+    `train_earlier` rows read `earlier`, which has no graph: the target graph holds their target
+    order's lines, so their similarity is missing (NaN) rather than leaked."""
+    eval_sets = np.asarray(eval_sets).astype(str)
+    return np.select(
+        [eval_sets == "serving", eval_sets == EARLIER_EVAL_SET], ["serving", "earlier"], default="target"
+    )
 
 
 @dataclass
@@ -227,16 +233,16 @@ SIMILARITY_SQL = """
 SELECT s.*, list_cosine_similarity(ue.embedding, pe.embedding)::FLOAT AS {column}
 FROM ({rows}) AS s
 LEFT JOIN read_parquet($user_embeddings, hive_partitioning = false) AS ue
-  ON ue.user_id = s.user_id AND ue.framing = CASE s.eval_set WHEN 'serving' THEN 'serving' ELSE 'target' END
+  ON ue.user_id = s.user_id AND ue.framing = {framing}
 LEFT JOIN read_parquet($product_embeddings, hive_partitioning = false) AS pe
-  ON pe.product_id = s.product_id
- AND pe.framing = CASE s.eval_set WHEN 'serving' THEN 'serving' ELSE 'target' END
+  ON pe.product_id = s.product_id AND pe.framing = {framing}
 """
 
 
 def with_similarity_sql(rows_sql: str, column: str = "gs_similarity") -> str:
     """`rows_sql` plus the similarity column (see SIMILARITY_SQL); row order is not kept."""
-    return SIMILARITY_SQL.format(rows=rows_sql, column=column)
+    framing = f"CASE s.eval_set WHEN 'serving' THEN 'serving' WHEN '{EARLIER_EVAL_SET}' THEN 'earlier' ELSE 'target' END"
+    return SIMILARITY_SQL.format(rows=rows_sql, column=column, framing=framing)
 
 
 BOUGHT_SQL = """
