@@ -475,8 +475,9 @@ def _fit_without(
 
 
 def _user_sample(data: FeatureRows, max_users: int, seed: int) -> FeatureRows:
-    """The rows of `max_users` users drawn by the seed (rows keep their order: same sample, same fit)."""
-    return select_users(data, sample_users(data.user_ids, max_users, seed))
+    """The rows of `max_users` users drawn by the seed among the users with a last-order target (the
+    ones a fit can hold out), with all their rows (rows keep their order: same sample, same fit)."""
+    return select_users(data, sample_users(data.user_ids[data.validates], max_users, seed))
 
 
 def without_feature(data: FeatureRows, feature: str) -> FeatureRows:
@@ -513,7 +514,7 @@ def measure_ablation(
     ABLATION_MAX_USERS, else a seeded sample of that many (same held-out users within it). The
     feature is `kept` when the per-order F1 gain on the held-out orders is above ABLATION_MIN_Z
     standard errors: a feature that only ties stays out of the served model."""
-    n_users = int(np.unique(data.user_ids).size)
+    n_users = int(np.unique(data.user_ids[data.validates]).size)
     sample = _user_sample(data, ABLATION_MAX_USERS, seed) if n_users > ABLATION_MAX_USERS else data
     with_model = trainer.train(sample, params, seed, workdir.with_name(f"{workdir.name}-with-{feature}"))
     with_card = dict(getattr(trainer, "card_extra", {}))
