@@ -18,6 +18,7 @@ import argparse
 import json
 import resource
 import time
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -28,22 +29,19 @@ from instarec_assets.lake.locations import LakeLocations
 from instarec_assets.ml.evaluation import model_order_f1
 from instarec_assets.ml.metrics import classification_metrics
 from instarec_assets.ml.ranking import paired_difference
-from instarec_assets.ml.reorder_model import FeatureRows, load_feature_rows, training_targets
-from instarec_assets.ml.training import ReorderModelParams, predict, train_reorder_model
+from instarec_assets.ml.reorder_model import (
+    FeatureRows,
+    InProcessTrainer,
+    load_feature_rows,
+    training_targets,
+)
+from instarec_assets.ml.training import ReorderModelParams, predict
 
 
 def fit_and_score(data: FeatureRows, params: ReorderModelParams, seed: int) -> tuple[dict, pd.Series]:
     """One fit; its summary and the per-order F1 of its held-out orders (indexed by order_id)."""
     started = time.perf_counter()
-    model = train_reorder_model(
-        data.features,
-        data.labels,
-        data.user_ids,
-        data.feature_names,
-        params,
-        seed=seed,
-        validates=data.validates,
-    )
+    model = InProcessTrainer().train(data, params, seed, workdir=Path("unused"))  # writes nothing
     seconds = time.perf_counter() - started
     rows = model.validation_index
     probabilities = predict(model.booster, data.features[rows], threads=params.nthread)
