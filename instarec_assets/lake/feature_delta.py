@@ -52,11 +52,17 @@ TABLE_KEYS: dict[str, str] = {
     "inference_set": "user_id",
 }
 SET_TABLES = ("training_set", "inference_set")
-# A set row's product_features framing: `test` and `train` rows are the target framing's,
-# `train_earlier` rows (features/targets.py) the earlier framing's.
-SET_FRAMING = (
-    "CASE r.eval_set WHEN 'serving' THEN 'serving' WHEN 'train_earlier' THEN 'earlier' ELSE 'target' END"
-)
+
+
+def set_framing(alias: str) -> str:
+    """SQL: the framing of a feature-set row (`alias`: the set's table alias) whose level rows
+    (product_features, embeddings) it reads: `test` and `train` rows the target framing's,
+    `train_earlier` rows (features/targets.py) the earlier framing's, `serving` rows the serving one's."""
+    return (
+        f"CASE {alias}.eval_set WHEN 'serving' THEN 'serving' WHEN 'train_earlier' THEN 'earlier' "
+        "ELSE 'target' END"
+    )
+
 
 # (table, batch) -> the URI of that table's file of that batch.
 Locate = Callable[[str, str], str]
@@ -150,7 +156,9 @@ def feature_source(conn: duckdb.DuckDBPyConnection, uri: str | Path, locate: Loc
     product_columns = set(info.product_columns)
     if product_columns:
         products = feature_source(conn, locate("product_features", info.batch), locate)
-        product_join = f" JOIN {products} AS p ON p.framing = {SET_FRAMING} AND p.product_id = r.product_id"
+        product_join = (
+            f" JOIN {products} AS p ON p.framing = {set_framing('r')} AND p.product_id = r.product_id"
+        )
     select = ", ".join(f'p."{name}"' if name in product_columns else f'r."{name}"' for name in columns)
     return (
         f"(SELECT {select} FROM ({rows}) AS r"

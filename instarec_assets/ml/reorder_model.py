@@ -6,6 +6,7 @@ pluggable (`Trainer`): in-process XGBoost locally, or a SageMaker training job i
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -95,7 +96,7 @@ class FeatureRows:
     def rows(self) -> int:
         return int(self.features.shape[0])
 
-    @property
+    @functools.cached_property  # once per row set: an object-array compare over every row
     def validates(self) -> np.ndarray:
         """Rows that may validate a model: all but the extra, earlier targets (they only train)."""
         return self.eval_sets != EARLIER_EVAL_SET

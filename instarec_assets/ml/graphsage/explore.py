@@ -22,7 +22,7 @@ import torch
 
 from instarec_assets.features.targets import EARLIER_EVAL_SET
 from instarec_assets.lake.duck import StagedParquet, user_id_table
-from instarec_assets.lake.feature_delta import with_feature_tables
+from instarec_assets.lake.feature_delta import set_framing, with_feature_tables
 from instarec_assets.ml.graphsage.graph import FRAMINGS
 
 EXPLORE_K = 2
@@ -241,8 +241,7 @@ LEFT JOIN read_parquet($product_embeddings, hive_partitioning = false) AS pe
 
 def with_similarity_sql(rows_sql: str, column: str = "gs_similarity") -> str:
     """`rows_sql` plus the similarity column (see SIMILARITY_SQL); row order is not kept."""
-    framing = f"CASE s.eval_set WHEN 'serving' THEN 'serving' WHEN '{EARLIER_EVAL_SET}' THEN 'earlier' ELSE 'target' END"
-    return SIMILARITY_SQL.format(rows=rows_sql, column=column, framing=framing)
+    return SIMILARITY_SQL.format(rows=rows_sql, column=column, framing=set_framing("s"))
 
 
 BOUGHT_SQL = """
