@@ -44,6 +44,21 @@ def test_graphsage_ranks_by_the_link_score_dot_product_ties_to_the_smaller_produ
     assert ranked.values.tolist() == [[7, 30, 1], [7, 10, 2], [8, 20, 1], [8, 10, 2]]
 
 
+def test_graphsage_ranking_equals_a_full_stable_sort_with_ties_and_nans() -> None:
+    rng = np.random.default_rng(3)
+    users = np.arange(100, 137)
+    products = rng.permutation(np.arange(1000, 1060))
+    user_vectors = rng.integers(0, 2, (users.size, 3)).astype(np.float32)
+    product_vectors = rng.integers(0, 3, (products.size, 3)).astype(np.float32)  # many equal scores
+    user_vectors[5] = np.nan  # scores NaN: ranked last, as the full sort ranks them
+    ranked = graphsage_ranking(users, user_vectors, products, product_vectors, k=7, chunk_users=8)
+    order = np.argsort(products, kind="stable")
+    scores = user_vectors @ product_vectors[order].T
+    expected = np.argsort(-np.where(np.isnan(scores), -np.inf, scores), axis=1, kind="stable")[:, :7]
+    assert ranked["product_id"].to_numpy().tolist() == products[order][expected].reshape(-1).tolist()
+    assert ranked["rank"].tolist() == list(range(1, 8)) * users.size
+
+
 def test_validation_users_are_the_users_training_held_out() -> None:
     rows = np.repeat(np.array([5, 3, 9, 1, 12, 40, 41, 42, 43, 44]), 3)
     card = {"data_split": {"validation_fraction": 0.3, "seed": 7}}

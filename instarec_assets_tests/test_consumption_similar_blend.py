@@ -16,7 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from instarec_assets.consumption.similar_counts import full_counts
 from instarec_assets.consumption.similar_items import (
+    MIN_SUPPORT,
     blend,
     embedding_neighbours,
     pair_similarity,
@@ -134,9 +136,22 @@ def random_embeddings(seed: int = 2) -> EmbeddingTable:
     return EmbeddingTable.from_vectors(ids, rng.normal(size=(ids.size, 16)))
 
 
-def evaluate(lake: dict, embeddings: EmbeddingTable | None):
+def evaluate(lake: dict, embeddings: EmbeddingTable | None, counts_in: Path | None = None):
+    """evaluate_blends by a recount of the earlier orders, or (counts_in) from the whole history's
+    counts written there, as the similar_items asset calls it."""
     with duckdb.connect() as conn:
-        return evaluate_blends(conn, lake["orders"], lake["lines"], lake["products"], embeddings)
+        if counts_in is None:
+            return evaluate_blends(conn, lake["orders"], lake["lines"], lake["products"], embeddings)
+        counts = full_counts(conn, lake["lines"], counts_in / "counts.parquet", MIN_SUPPORT)
+        return evaluate_blends(
+            conn,
+            lake["orders"],
+            lake["lines"],
+            lake["products"],
+            embeddings,
+            counts_uri=str(counts.staged.path),
+            work_dir=counts_in / "work",
+        )
 
 
 def served(lake: dict, out: Path, embeddings: EmbeddingTable | None, weight: float, **kwargs) -> list[dict]:
@@ -197,11 +212,12 @@ def test_without_embeddings_only_co_occurrence_is_evaluated(thin_lake: dict) -> 
     assert evaluation.chosen_weight == 0.0 and not evaluation.embeddings
 
 
-def test_held_out_latest_baskets_never_feed_the_co_occurrence(tmp_path: Path) -> None:
+@pytest.mark.parametrize("from_counts", [False, True], ids=["recount", "from_counts"])
+def test_held_out_latest_baskets_never_feed_the_co_occurrence(tmp_path: Path, from_counts: bool) -> None:
     # products 1 and 2 are bought together only in each shopper's latest order
     users = {user: [[3, 4], [3, 4], [3, 4], [1, 2]] for user in (1, 2, 3)}
     lake = write_lake(tmp_path / "split", users)
-    evaluation = evaluate(lake, None)
+    evaluation = evaluate(lake, None, tmp_path / "counts" if from_counts else None)
     [co_occurrence] = evaluation.scores
     assert evaluation.held_out_orders == 3 and evaluation.anchors == 2 and evaluation.cold_anchors == 2
     assert co_occurrence.hit_rate == 0.0 and co_occurrence.recall == 0.0
@@ -213,6 +229,25 @@ def test_held_out_latest_baskets_never_feed_the_co_occurrence(tmp_path: Path) ->
         (3, 4),
         (4, 3),
     }
+
+
+@pytest.mark.parametrize("embeddings", [clustered_embeddings, random_embeddings, lambda: None])
+@pytest.mark.parametrize("fit_orders", [2, 10])
+def test_evaluation_from_the_history_counts_equals_the_recount(
+    tmp_path: Path, embeddings, fit_orders
+) -> None:
+    users = baskets_by_user(fit_orders=fit_orders, users_per_group=3, seed=20 + fit_orders)
+    lake = write_lake(tmp_path / "lake", users)
+    recounted = evaluate(lake, embeddings())
+    assert evaluate(lake, embeddings(), tmp_path / "counts") == recounted
+    assert recounted.anchors > 0 and recounted.scores[0].recall > 0
+
+
+def test_evaluation_from_counts_needs_a_work_dir(thin_lake: dict) -> None:
+    with duckdb.connect() as conn, pytest.raises(ValueError, match="counts_uri needs a work_dir"):
+        evaluate_blends(
+            conn, thin_lake["orders"], thin_lake["lines"], thin_lake["products"], None, counts_uri="x"
+        )
 
 
 def test_blend_serves_neighbours_for_cold_products_never_self_nor_discontinued(

@@ -613,7 +613,13 @@ def similar_items(
         evaluation = None
         if carried is None:
             evaluation = evaluate_blends(
-                conn, clean_orders, clean_order_products, clean_products, embeddings["target"]
+                conn,
+                clean_orders,
+                clean_order_products,
+                clean_products,
+                embeddings["target"],
+                counts_uri=str(counts.staged.path),
+                work_dir=scratch / "blend_evaluation",
             )
             weight, chosen_in = evaluation.chosen_weight, context.partition_key
             evaluation_md, evaluation_detail = evaluation.markdown(), evaluation.as_dict()

@@ -199,6 +199,20 @@ def _ranked(frame: pd.DataFrame, score: str) -> pd.DataFrame:
     return ranked.loc[ranked["rank"] <= MAP_K, ["user_id", "product_id", "rank"]].reset_index(drop=True)
 
 
+def _top_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's `k` column indices by descending score, ties to the smaller index: the columns
+    scoring at least the row's k-th largest score (np.partition), then only those sorted (a full
+    sort of every row's 50,000 products took 77 of the report's 120 s at full size)."""
+    if np.isnan(scores).any():
+        scores = np.where(np.isnan(scores), -np.inf, scores)
+    threshold = np.partition(scores, -k, axis=1)[:, -k]
+    rows, columns = np.nonzero(scores >= threshold[:, None])
+    order = np.lexsort((columns, -scores[rows, columns], rows))
+    rows, columns = rows[order], columns[order]
+    position = np.arange(rows.size) - np.searchsorted(rows, rows)
+    return columns[position < k].reshape(scores.shape[0], k)
+
+
 def graphsage_ranking(
     user_ids: np.ndarray,
     user_vectors: np.ndarray,
@@ -216,8 +230,7 @@ def graphsage_ranking(
     frames = []
     for first in range(0, user_ids.size, chunk_users):
         scores = user_vectors[first : first + chunk_users] @ product_vectors.T
-        # stable sort of the negated scores: equal scores keep product-id order
-        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best = _top_columns(scores, k)
         frames.append(
             pd.DataFrame(
                 {
