@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from instarec_assets.consumption.recommendations import personal_explore_items
+from instarec_assets.consumption.recommendations import EmbeddingFallback, personal_explore_items
+from instarec_assets.ml.graphsage.explore import explore_from_lake
 
 
 def _write(path: Path, columns: dict[str, list]) -> str:
@@ -115,3 +117,88 @@ def test_only_the_given_users_and_none_at_all(lake, tmp_path) -> None:
         "similarity",
         "explore_source",
     ]
+
+
+def _random_lake(folder: Path, seed: int = 5) -> dict[str, str]:
+    """40 users with 1-8 bought products of 60 (every third discontinued), sparse co-purchase lists
+    (many users get fewer than 2 co-purchase items) and random embeddings in both framings."""
+    rng = np.random.default_rng(seed)
+    products = np.arange(1, 61)
+    users, bought = [], []
+    for user in range(1, 41):
+        picked = rng.choice(products, size=rng.integers(1, 9), replace=False)
+        users += [user] * picked.size
+        bought += picked.tolist()
+    anchors = rng.choice(products, size=25, replace=False)
+    similar = [
+        (int(a), int(b), float(rng.random())) for a in anchors for b in rng.choice(products, 3) if a != b
+    ]
+    vectors = rng.normal(size=(100, 8)).astype(np.float32)
+
+    def embeddings(path: Path, id_column: str, ids: np.ndarray) -> str:
+        rows = [
+            (framing, int(i), vectors[(i * 7 + offset) % 100].tolist())
+            for offset, framing in enumerate(("target", "serving"))
+            for i in ids
+        ]
+        return _write(
+            path,
+            {
+                "framing": [r[0] for r in rows],
+                id_column: [r[1] for r in rows],
+                "embedding": [r[2] for r in rows],
+            },
+        )
+
+    return {
+        "user_product_features": _write(
+            folder / "upf.parquet",
+            {"framing": ["serving"] * len(users), "user_id": users, "product_id": bought},
+        ),
+        "products": _write(
+            folder / "products.parquet",
+            {"product_id": products.tolist(), "is_current": [int(p) % 3 != 0 for p in products]},
+        ),
+        "similar_items": _write(
+            folder / "similar.parquet",
+            {
+                "product_id": [r[0] for r in similar],
+                "similar_product_id": [r[1] for r in similar],
+                "score": [r[2] for r in similar],
+            },
+        ),
+        "user_embeddings": embeddings(folder / "users.parquet", "user_id", np.arange(1, 41)),
+        "product_embeddings": embeddings(folder / "products_emb.parquet", "product_id", products),
+    }
+
+
+@pytest.mark.parametrize("user_ids", [None, [3, 7, 8, 21, 22, 39]])
+def test_fallback_for_only_the_short_users_equals_the_fallback_for_everyone(tmp_path, user_ids) -> None:
+    world = _random_lake(tmp_path)
+    conn = duckdb.connect()
+    nearest = explore_from_lake(
+        conn,
+        world["user_embeddings"],
+        world["product_embeddings"],
+        world["user_product_features"],
+        tmp_path / "nearest.parquet",
+    )
+    inputs = (world["similar_items"], world["user_product_features"], world["products"])
+    everyone = personal_explore_items(
+        conn, *inputs, str(nearest.path), tmp_path / "everyone" / "explore.parquet", user_ids=user_ids
+    )
+    (tmp_path / "short").mkdir()
+    short = personal_explore_items(
+        conn,
+        *inputs,
+        EmbeddingFallback(world["user_embeddings"], world["product_embeddings"]),
+        tmp_path / "short" / "explore.parquet",
+        user_ids=user_ids,
+        batch_users=7,
+    )
+    expected = pq.read_table(everyone.path)
+    assert pq.read_table(short.path).to_pylist() == expected.to_pylist()
+    assert short.row_count == expected.num_rows
+    sources = expected.column("explore_source").to_pylist()
+    assert "co-purchase" in sources and "graphsage" in sources  # both paths were exercised
+    assert sorted(path.name for path in (tmp_path / "short").iterdir()) == ["explore.parquet"]

@@ -59,6 +59,7 @@ from instarec_assets.consumption.ranking_report import (
     plot_report,
 )
 from instarec_assets.consumption.recommendations import (
+    EmbeddingFallback,
     ExploreInputs,
     feature_batches,
     personal_explore_items,
@@ -82,7 +83,6 @@ from instarec_assets.ml.graphsage import (
     FRAMINGS,
     SIMILARITY_FEATURE,
     SimilarityLookup,
-    explore_from_lake,
     load_embedding_table,
 )
 from instarec_assets.ml.metrics import png_markdown, table_markdown
@@ -359,20 +359,12 @@ def recommendations(
             user_ids = conn.execute(
                 "SELECT user_id FROM read_parquet(?, hive_partitioning = false) ORDER BY 1", [affected_users]
             ).fetchnumpy()["user_id"]
-        nearest = explore_from_lake(
-            conn,
-            user_embeddings,
-            product_embeddings,
-            user_product_features,
-            scratch / "nearest.parquet",
-            user_ids=user_ids,
-        )
         explore = personal_explore_items(
             conn,
             similar_items,
             user_product_features,
             clean_products,
-            str(nearest.path),
+            EmbeddingFallback(user_embeddings, product_embeddings),
             scratch / "explore.parquet",
             user_ids=None if user_ids is None else user_ids.tolist(),
         )

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from instarec_assets.lake.duck import StagedParquet, copy_to_parquet, user_id_table
 from instarec_assets.lake.feature_delta import feature_source, with_feature_tables
+from instarec_assets.ml.graphsage.explore import EXPLORE_SCHEMA, explore_from_lake
 from instarec_assets.ml.reorder_model import RowFeature
 
 TOP_K = 10  # the head of a user's list: what an unfiltered answer shows first
@@ -257,6 +258,8 @@ def top_recommendations(
 # user bought and only current products; users with fewer than k such neighbours are filled from
 # their GraphSAGE embedding neighbours (`$fallback`, explore_items' output). Ties: product id.
 # One batch of users ($users, within $first_user..$last_user so that row groups are skipped).
+# Each user's k best by min_by(.., k), a top-k per group: a window sorting every candidate (22M rows
+# per 25,000 users at full size) took a third of the query.
 PERSONAL_EXPLORE_SQL = """
 WITH history AS (
     SELECT DISTINCT user_id, product_id
@@ -273,30 +276,44 @@ neighbours AS (
     JOIN read_parquet($similar_items, hive_partitioning = false) AS pairs USING (product_id)
     GROUP BY ALL
 ),
+fallback AS (
+    SELECT user_id, product_id, max(similarity)::DOUBLE AS score
+    FROM read_parquet($fallback, hive_partitioning = false)
+    WHERE user_id BETWEEN $first_user AND $last_user AND user_id IN (SELECT unnest($users))
+    GROUP BY ALL
+),
 candidates AS (
     SELECT user_id, product_id, 0 AS source, score FROM neighbours
     UNION ALL
-    SELECT user_id, product_id, 1 AS source, similarity::DOUBLE AS score
-    FROM read_parquet($fallback, hive_partitioning = false)
-    WHERE user_id BETWEEN $first_user AND $last_user AND user_id IN (SELECT unnest($users))
+    SELECT user_id, product_id, 1 AS source, score FROM fallback ANTI JOIN neighbours USING (user_id, product_id)
 ),
-fresh AS (
-    SELECT user_id, product_id, min(source) AS source, first(score ORDER BY source, score DESC) AS score
+best AS (
+    SELECT user_id,
+           min_by({'source': source, 'score': score, 'product_id': product_id},
+                  {'source': source, 'order': -score, 'product_id': product_id}, $k) AS top
     FROM candidates
     SEMI JOIN current_products USING (product_id)
     ANTI JOIN history USING (user_id, product_id)
-    GROUP BY ALL
+    GROUP BY user_id
 ),
 ranked AS (
-    SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY source, score DESC, product_id) AS position
-    FROM fresh
-    QUALIFY position <= $k
+    SELECT user_id, unnest(top) AS item, unnest(range(1, len(top) + 1)) AS position FROM best
 )
-SELECT user_id::INTEGER AS user_id, position::TINYINT AS explore_rank, product_id::INTEGER AS product_id,
-       score::FLOAT AS similarity, CASE source WHEN 0 THEN 'co-purchase' ELSE 'graphsage' END AS explore_source
+SELECT user_id::INTEGER AS user_id, position::TINYINT AS explore_rank, item.product_id::INTEGER AS product_id,
+       item.score::FLOAT AS similarity,
+       CASE item.source WHEN 0 THEN 'co-purchase' ELSE 'graphsage' END AS explore_source
 FROM ranked
 ORDER BY user_id, explore_rank
 """
+
+
+@dataclass(frozen=True)
+class EmbeddingFallback:
+    """The GraphSAGE embeddings (user_embeddings, product_embeddings URIs) whose nearest products
+    fill a user's explore items when their co-purchase neighbourhood has too few."""
+
+    user_embeddings: str
+    product_embeddings: str
 
 
 def personal_explore_items(
@@ -304,7 +321,7 @@ def personal_explore_items(
     similar_items_uri: str,
     user_product_features_uri: str,
     products_uri: str,
-    fallback_uri: str,
+    fallback: str | EmbeddingFallback,
     out_path: Path,
     k: int = 2,
     framing: str = "serving",
@@ -313,7 +330,9 @@ def personal_explore_items(
 ) -> StagedParquet:
     """Each user's `k` explore items from their own neighbourhood (see PERSONAL_EXPLORE_SQL):
     user_id, explore_rank, product_id, similarity, explore_source; only `user_ids` when given.
-    Users are taken `batch_users` at a time, in id order, so memory does not grow with the users."""
+    Users are taken `batch_users` at a time, in id order, so memory does not grow with the users.
+    `fallback` is explore_items' output for these users, or the embeddings to compute it from for
+    only the users it can reach (fewer than k co-purchase items: the co-purchase ones rank first)."""
     if k < 1:
         raise ValueError(f"explore items: k must be at least 1, got {k}")
     if batch_users < 1:
@@ -334,20 +353,70 @@ def personal_explore_items(
                 [framing],
             )
         source = "explore_history"
-    params = {
-        "similar_items": similar_items_uri,
-        "products": products_uri,
-        "fallback": fallback_uri,
-        "framing": framing,
-        "k": int(k),
-    }
+    params = {"similar_items": similar_items_uri, "products": products_uri, "framing": framing, "k": int(k)}
     sql = PERSONAL_EXPLORE_SQL.replace(
         "read_parquet($user_product_features, hive_partitioning = false)", source
     )
     try:
-        return _explore_batches(conn, sql, params, users, batch_users, out_path)
+        if isinstance(fallback, str):
+            return _explore_batches(conn, sql, params | {"fallback": fallback}, users, batch_users, out_path)
+        return _explore_filled_where_short(
+            conn, sql, params, users, batch_users, out_path, fallback, user_product_features_uri
+        )
     finally:
         conn.execute("DROP TABLE IF EXISTS explore_history")
+
+
+def _explore_filled_where_short(
+    conn: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: dict,
+    users: np.ndarray,
+    batch_users: int,
+    out_path: Path,
+    fallback: EmbeddingFallback,
+    user_product_features_uri: str,
+) -> StagedParquet:
+    """Co-purchase items for every user, then again with the GraphSAGE fallback for only the users
+    left short: the same rows as a fallback computed for everyone (tested), which embedded all
+    206,209 users at full size to fill a few."""
+    beside = out_path.with_name
+    no_fallback = beside(f"{out_path.stem}.no_fallback.parquet")
+    pq.write_table(EXPLORE_SCHEMA.empty_table(), no_fallback)
+    co_purchase = beside(f"{out_path.stem}.co_purchase.parquet")
+    _explore_batches(conn, sql, params | {"fallback": str(no_fallback)}, users, batch_users, co_purchase)
+    filled = conn.execute(
+        "SELECT user_id FROM read_parquet(?, hive_partitioning = false) GROUP BY 1 HAVING count(*) >= ?",
+        [str(co_purchase), params["k"]],
+    ).fetchnumpy()["user_id"]
+    short = np.setdiff1d(users, np.asarray(filled, dtype=np.int64))
+    nearest = explore_from_lake(
+        conn,
+        fallback.user_embeddings,
+        fallback.product_embeddings,
+        user_product_features_uri,
+        beside(f"{out_path.stem}.nearest.parquet"),
+        framing=params["framing"],
+        user_ids=short,
+    )
+    refilled = beside(f"{out_path.stem}.refilled.parquet")
+    _explore_batches(conn, sql, params | {"fallback": str(nearest.path)}, short, batch_users, refilled)
+    staged = copy_to_parquet(
+        conn,
+        "SELECT * FROM read_parquet($co_purchase, hive_partitioning = false) "
+        "SEMI JOIN (SELECT unnest($filled) AS user_id) USING (user_id) "
+        "UNION ALL SELECT * FROM read_parquet($refilled, hive_partitioning = false) "
+        "ORDER BY user_id, explore_rank",
+        out_path,
+        params={
+            "co_purchase": str(co_purchase),
+            "refilled": str(refilled),
+            "filled": [int(user) for user in filled],
+        },
+    )
+    for path in (no_fallback, co_purchase, nearest.path, refilled):
+        path.unlink()
+    return staged
 
 
 def _explore_batches(
