@@ -378,8 +378,8 @@ def _explore_filled_where_short(
     user_product_features_uri: str,
 ) -> StagedParquet:
     """Co-purchase items for every user, then again with the GraphSAGE fallback for only the users
-    left short: the same rows as a fallback computed for everyone (tested), which embedded all
-    206,209 users at full size to fill a few."""
+    left short: the same rows as a fallback computed for everyone (tested), which took 39 s at full
+    size, where no user was short."""
     beside = out_path.with_name
     no_fallback = beside(f"{out_path.stem}.no_fallback.parquet")
     pq.write_table(EXPLORE_SCHEMA.empty_table(), no_fallback)
