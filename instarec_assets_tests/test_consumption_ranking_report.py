@@ -57,6 +57,8 @@ def test_graphsage_ranking_equals_a_full_stable_sort_with_ties_and_nans() -> Non
     expected = np.argsort(-np.where(np.isnan(scores), -np.inf, scores), axis=1, kind="stable")[:, :7]
     assert ranked["product_id"].to_numpy().tolist() == products[order][expected].reshape(-1).tolist()
     assert ranked["rank"].tolist() == list(range(1, 8)) * users.size
+    no_products = graphsage_ranking(users, user_vectors, products[:0], product_vectors[:0])
+    assert no_products.empty
 
 
 def test_validation_users_are_the_users_training_held_out() -> None:

@@ -203,6 +203,8 @@ def _top_columns(scores: np.ndarray, k: int) -> np.ndarray:
     """Each row's `k` column indices by descending score, ties to the smaller index: the columns
     scoring at least the row's k-th largest score (np.partition), then only those sorted (a full
     sort of every row's 50,000 products took 77 of the report's 120 s at full size)."""
+    if k == 0:
+        return np.zeros((scores.shape[0], 0), dtype=np.int64)
     if np.isnan(scores).any():
         scores = np.where(np.isnan(scores), -np.inf, scores)
     threshold = np.partition(scores, -k, axis=1)[:, -k]
