@@ -357,11 +357,15 @@ def personal_explore_items(
     sql = PERSONAL_EXPLORE_SQL.replace(
         "read_parquet($user_product_features, hive_partitioning = false)", source
     )
+
+    def explore(fallback_uri: str, chosen: np.ndarray, path: Path) -> StagedParquet:
+        return _explore_batches(conn, sql, params | {"fallback": fallback_uri}, chosen, batch_users, path)
+
     try:
         if isinstance(fallback, str):
-            return _explore_batches(conn, sql, params | {"fallback": fallback}, users, batch_users, out_path)
+            return explore(fallback, users, out_path)
         return _explore_filled_where_short(
-            conn, sql, params, users, batch_users, out_path, fallback, user_product_features_uri
+            conn, explore, users, out_path, fallback, user_product_features_uri, k, framing
         )
     finally:
         conn.execute("DROP TABLE IF EXISTS explore_history")
@@ -369,13 +373,13 @@ def personal_explore_items(
 
 def _explore_filled_where_short(
     conn: duckdb.DuckDBPyConnection,
-    sql: str,
-    params: dict,
+    explore: Callable[[str, np.ndarray, Path], StagedParquet],
     users: np.ndarray,
-    batch_users: int,
     out_path: Path,
     fallback: EmbeddingFallback,
     user_product_features_uri: str,
+    k: int,
+    framing: str,
 ) -> StagedParquet:
     """Co-purchase items for every user, then again with the GraphSAGE fallback for only the users
     left short: the same rows as a fallback computed for everyone (tested), which took 39 s at full
@@ -384,10 +388,10 @@ def _explore_filled_where_short(
     no_fallback = beside(f"{out_path.stem}.no_fallback.parquet")
     pq.write_table(EXPLORE_SCHEMA.empty_table(), no_fallback)
     co_purchase = beside(f"{out_path.stem}.co_purchase.parquet")
-    _explore_batches(conn, sql, params | {"fallback": str(no_fallback)}, users, batch_users, co_purchase)
+    explore(str(no_fallback), users, co_purchase)
     filled = conn.execute(
         "SELECT user_id FROM read_parquet(?, hive_partitioning = false) GROUP BY 1 HAVING count(*) >= ?",
-        [str(co_purchase), params["k"]],
+        [str(co_purchase), k],
     ).fetchnumpy()["user_id"]
     short = np.setdiff1d(users, np.asarray(filled, dtype=np.int64))
     nearest = explore_from_lake(
@@ -396,11 +400,11 @@ def _explore_filled_where_short(
         fallback.product_embeddings,
         user_product_features_uri,
         beside(f"{out_path.stem}.nearest.parquet"),
-        framing=params["framing"],
+        framing=framing,
         user_ids=short,
     )
     refilled = beside(f"{out_path.stem}.refilled.parquet")
-    _explore_batches(conn, sql, params | {"fallback": str(nearest.path)}, short, batch_users, refilled)
+    explore(str(nearest.path), short, refilled)
     staged = copy_to_parquet(
         conn,
         "SELECT * FROM read_parquet($co_purchase, hive_partitioning = false) "
