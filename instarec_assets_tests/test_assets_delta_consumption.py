@@ -16,9 +16,11 @@ from dagster import AllPartitionMapping, AssetKey, DagsterInstance
 from instarec_assets.assets.consumption import dynamodb_recommendations, next_basket
 from instarec_assets.backends.serving_store import store_from_env
 from instarec_assets.consumption.deltas import resolve_latest_rows
+from instarec_assets.consumption.submission import next_baskets
 from instarec_assets.definitions import build_definitions
 from instarec_assets.generate import generate_dataset
 from instarec_assets.lake.locations import LakeLocations
+from instarec_assets.ml.none_probability import read_none_calibration
 from instarec_assets.pipeline.runner import register_batch
 from instarec_assets.sensors import LANDING_JOB_NAME
 from instarec_assets_tests.landing_fixtures import write_small_products
@@ -133,6 +135,13 @@ def lake(tmp_path_factory):
             )
             for table in ("reorder_predictions", "recommendations")
         }
+        # every test order selected again over batch 3's chain, what its carried baskets must equal
+        kept["reselected"] = next_baskets(
+            duckdb.connect(),
+            [locations.partition_uri("consumption", "reorder_predictions", key) for key in partitions],
+            [locations.partition_uri("clean", "clean_orders", key) for key in partitions],
+            read_none_calibration(_metadata(results[third], "xgboost_model")["path"]),
+        ).table
         consumption = [AssetKey(name) for name in CONSUMPTION]
         run(third, "full", {"reorder_predictions": {"config": {"full_rescore": True}}}, consumption)
         served["full"] = _served(home)
@@ -223,6 +232,19 @@ def test_next_basket_covers_every_test_order_and_matches_the_full_rescore_for_af
     assert [(row[0],) for row in kept["next_basket"]] == test_orders
     metadata = _metadata(results[partitions[-1]], "next_basket")
     assert metadata["predictions_chain"] == partitions and metadata["predictions_mode"] == "delta"
+    # batches 2 and 3 carry the baskets before them and select again only for their users
+    assert [_metadata(results[key], "next_basket")["selection"] for key in partitions] == [
+        "every test order",
+        "carried",
+        "carried",
+    ]
+    assert 0 < metadata["carried_orders"] < metadata["orders"]
+    assert kept["reselected"].to_pylist() == [
+        dict(zip(("order_id", "user_id", "products", "n_products", "include_none", "expected_f1"), row))
+        for row in kept["next_basket"]
+    ]
+    assert _metadata(results["full"], "next_basket")["selection"] == "every test order"
+    assert _metadata(results["retrained"], "next_basket")["selection"] == "every test order"
     affected = {row[0] for row in kept["affected_users"]}
     assert [row for row in kept["next_basket"] if row[1] in affected] == [
         row for row in kept["full"]["next_basket"] if row[1] in affected

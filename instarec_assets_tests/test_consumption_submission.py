@@ -13,7 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from instarec_assets.consumption.recommendations import PREDICTIONS_SCHEMA
-from instarec_assets.consumption.submission import BASKETS_SCHEMA, next_baskets, write_submission
+from instarec_assets.consumption.submission import (
+    BASKETS_SCHEMA,
+    carried_baskets,
+    next_baskets,
+    recomputed_users,
+    write_submission,
+)
 from instarec_assets.lake.clean_orders import CLEAN_ORDERS_SCHEMA
 from instarec_assets.ml.baskets import expected_f1_basket
 
@@ -154,3 +160,42 @@ def test_a_calibrated_none_probability_changes_the_basket_as_the_optimiser_says(
         row["order_id"]: row for row in next_baskets(conn, predictions, clean_orders).table.to_pylist()
     }
     assert default[102]["products"] != rows[102]["products"]
+
+
+def test_carried_baskets_equal_a_selection_of_every_test_order(conn, clean_orders, tmp_path):
+    """Batch 2 carries batch 1's baskets and selects again only for users with an order in batch 2 or
+    re-scored rows: the result is row for row what selecting every test order over the chain gives."""
+    day_1 = write_orders(
+        conn,
+        tmp_path / "orders-day1-more.parquet",
+        [*DAY_1_ORDERS, (701, 7, "test", 1, 1, 9, None), (801, 8, "test", 1, 1, 9, None)],
+    )
+    base = write_predictions(
+        tmp_path / "predictions-1.parquet",
+        [
+            (4, 41, 401, "test", 0.8),
+            (7, 71, 701, "test", 0.6),
+            (7, 72, 701, "test", 0.3),
+            (8, 81, 801, "test", 0.4),
+        ],
+    )
+    previous = tmp_path / "baskets-1.parquet"
+    pq.write_table(next_baskets(conn, [base], [day_1]).table, previous)
+    # user 8 has no order in batch 2 but is re-scored (a moved product, say); user 1 orders and is
+    # scored; user 4's test order becomes history; users 3 and 7 are untouched
+    delta = write_predictions(
+        tmp_path / "predictions-2.parquet",
+        [(1, product, 102, "test", p) for product, p in USER_1_CANDIDATES.items()]
+        + [(8, 81, 801, "test", 0.05), (8, 82, 801, "test", 0.95)],
+    )
+    chain, orders = [base, delta], [day_1, clean_orders[1]]
+
+    assert recomputed_users(conn, orders[-1], delta) == 6  # users 1, 2, 4, 5, 6, 8
+    carried = carried_baskets(conn, str(previous), chain, orders)
+    selected = next_baskets(conn, chain, orders)
+
+    assert carried.table.equals(selected.table)
+    assert carried.carried_orders == 2 and carried.recomputed_users == 6
+    assert carried.without_candidates == selected.without_candidates == 2  # users 2 and 3
+    rows = {row["user_id"]: row for row in carried.table.to_pylist()}
+    assert 4 not in rows and rows[8]["products"] == "82"  # not batch 1's "81"

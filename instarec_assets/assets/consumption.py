@@ -25,8 +25,11 @@ from dagster import (
 from dagster_duckdb import DuckDBResource
 
 from instarec_assets.assets.deltas import (
+    NEXT_BASKET,
     PREDICTIONS,
+    BasketCarry,
     base_history,
+    basket_carry,
     chain_input,
     consumption_mode,
     latest_metadata,
@@ -74,7 +77,7 @@ from instarec_assets.consumption.similar_items import (
     similar_items_from_counts,
 )
 from instarec_assets.consumption.similar_items_evaluation import EVAL_K, evaluate_blends
-from instarec_assets.consumption.submission import next_baskets
+from instarec_assets.consumption.submission import carried_baskets, next_baskets, recomputed_users
 from instarec_assets.history import registered_batches
 from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
 from instarec_assets.lake.duck import StagedParquet, create_view
@@ -86,7 +89,7 @@ from instarec_assets.ml.graphsage import (
     load_embedding_table,
 )
 from instarec_assets.ml.metrics import png_markdown, table_markdown
-from instarec_assets.ml.none_probability import read_none_calibration
+from instarec_assets.ml.none_probability import calibration_fingerprint, read_none_calibration
 from instarec_assets.ml.ranking import PairedDifference
 from instarec_assets.ml.reorder_model import MODEL_FILE, read_model_card
 from instarec_assets.ml.training import load_model, predict
@@ -280,8 +283,25 @@ def next_basket(
     mode, base = consumption_mode(context)
     chain = partition_chain(context, PREDICTIONS, reorder_predictions)
     calibration = read_none_calibration(xgboost_model)
+    fingerprint = calibration_fingerprint(calibration)
+    locations = lake.locations
+    carry = basket_carry(
+        context.instance,
+        chain,
+        fingerprint,
+        lambda key: locations.partition_uri("consumption", NEXT_BASKET, key),
+        locations.filesystem.exists,
+    )
+    uris = [uri for _, uri in chain]
+    own_orders = PARTITION_DIR_PATTERN.search(clean_orders[-1]) if clean_orders else None
+    if own_orders is None or "-".join(own_orders.groups()) != context.partition_key:
+        carry = BasketCarry(None, None, "this batch stores no clean orders of its own")
     with lake_connection(duckdb, lake) as conn:
-        result = next_baskets(conn, [uri for _, uri in chain], clean_orders, calibration)
+        if carry.previous is None:
+            result = next_baskets(conn, uris, clean_orders, calibration)
+        else:
+            recomputed_users(conn, clean_orders[-1], uris[-1])
+            result = carried_baskets(conn, carry.uri, uris, clean_orders, calibration)
     baskets = result.table
     include_none = baskets.column("include_none").to_numpy(zero_copy_only=False)
     sizes = baskets.column("n_products").to_numpy(zero_copy_only=False)
@@ -291,13 +311,21 @@ def next_basket(
             "orders": MetadataValue.int(baskets.num_rows),
             # every test order, always: the baskets are whole, the predictions may be a delta
             "mode": MetadataValue.text("full"),
+            "selection": MetadataValue.text("carried" if carry.previous else "every test order"),
+            "selection_reason": MetadataValue.text(carry.reason),
+            "carried_orders": MetadataValue.int(result.carried_orders),
+            "recomputed_users": MetadataValue.int(
+                result.recomputed_users if result.recomputed_users is not None else baskets.num_rows
+            ),
             "predictions_mode": MetadataValue.text(mode),
             "delta_base": MetadataValue.text(base or "none"),
             "predictions_chain": MetadataValue.json([batch for batch, _ in chain]),
+            "none_probability_fingerprint": MetadataValue.text(fingerprint),
             "users": MetadataValue.int(len(set(baskets.column("user_id").to_pylist()))),
             "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
             "orders_without_candidates": MetadataValue.int(result.without_candidates),
             "history_read": history_read(clean_orders=clean_orders),
+            # of the orders selected in this run (a carried batch's others were counted before)
             "scored_orders_not_test": MetadataValue.int(result.scored_not_test),
             "mean_basket_size": MetadataValue.float(float(sizes.mean()) if baskets.num_rows else 0.0),
             "share_with_none": MetadataValue.float(float(include_none.mean()) if baskets.num_rows else 0.0),

@@ -4,6 +4,8 @@ is instarec_assets.consumption.deltas)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any as AnyValue
 
 from dagster import (
@@ -21,6 +23,7 @@ from instarec_assets.consumption.deltas import DELTA, FULL, PartitionRecord
 from instarec_assets.history import registered_batches
 
 PREDICTIONS = "reorder_predictions"
+NEXT_BASKET = "next_basket"
 
 
 def chain_input(key: str) -> AssetIn:
@@ -121,3 +124,66 @@ def partition_chain(
         base = metadata.get("delta_base")
         batch = str(base) if metadata.get("mode") == DELTA and base and base != "none" else None
     return chain
+
+
+@dataclass(frozen=True)
+class BasketCarry:
+    """Whether next_basket carries the previous batch's baskets (`previous` and its `uri`) or selects
+    every test order again (`previous` None), and why."""
+
+    previous: str | None
+    uri: str | None
+    reason: str
+
+
+def basket_carry(
+    instance: DagsterInstance,
+    chain: list[tuple[str, str]],
+    none_fingerprint: str,
+    uri_of: Callable[[str], str],
+    exists: Callable[[str], bool],
+) -> BasketCarry:
+    """next_basket's own previous partition can be carried when it was selected from this chain less
+    its newest partition, with the same P(None) calibration, and nothing it read (the chain's
+    predictions, the clean orders up to its batch) was materialised again after it."""
+
+    def full(reason: str) -> BasketCarry:
+        return BasketCarry(None, None, reason)
+
+    if len(chain) < 2:
+        return full("the predictions are a full partition: every test order is selected")
+    previous = chain[-2][0]
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(NEXT_BASKET), asset_partitions=[previous]), limit=1
+    ).records
+    if not records:
+        return full(f"batch {previous} has no baskets to carry")
+    record = records[0]
+    metadata = {name: value.value for name, value in record.asset_materialization.metadata.items()}
+    if metadata.get("predictions_chain") != [batch for batch, _ in chain[:-1]]:
+        return full(f"the baskets of {previous} were selected from another predictions chain")
+    if metadata.get("none_probability_fingerprint") != none_fingerprint:
+        return full(f"the P(None) calibration differs from the one the baskets of {previous} used")
+    read_by_previous = (
+        (PREDICTIONS, [batch for batch, _ in chain[:-1]]),
+        ("clean_orders", [key for key in registered_batches(instance) if key <= previous]),
+    )
+    for asset, partitions in read_by_previous:
+        later = instance.fetch_materializations(
+            AssetRecordsFilter(
+                asset_key=AssetKey(asset), asset_partitions=partitions, after_storage_id=record.storage_id
+            ),
+            limit=1,
+        ).records
+        if later:
+            return full(
+                f"{asset} of {later[0].partition_key} was materialised after the baskets of {previous}"
+            )
+    uri = uri_of(previous)
+    if not exists(uri):
+        return full(f"the baskets of {previous} are not stored")
+    return BasketCarry(
+        previous,
+        uri,
+        f"carried from {previous}: only users with an order in this batch or re-scored rows are selected again",
+    )

@@ -40,6 +40,7 @@ TEST_ORDERS_SQL = """
 CREATE OR REPLACE TEMP TABLE submission_test_orders AS
 SELECT order_id, user_id
 FROM submission_orders
+{only_users}
 QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY order_number DESC) = 1 AND eval_set = 'test'
 """
 
@@ -48,7 +49,7 @@ SCORED_SQL = """
 CREATE OR REPLACE TEMP TABLE submission_scored AS
 SELECT order_id, product_id, probability
 FROM submission_predictions
-WHERE eval_set = 'test'
+WHERE eval_set = 'test' {and_only_users}
 """
 
 CANDIDATES_SQL = """
@@ -73,6 +74,35 @@ ORDER BY t.order_id
 """
 
 
+# A carried batch recomputes the baskets of these users only: an order in the batch (a new `test`
+# order, or one that became history) or rows in the newest predictions partition (re-scored). Every
+# other user's test order and current prediction rows are those the previous batch's baskets used.
+RECOMPUTED_USERS_SQL = """
+CREATE OR REPLACE TEMP TABLE submission_users AS
+SELECT user_id FROM read_parquet($batch_orders, hive_partitioning = false)
+UNION
+SELECT user_id FROM read_parquet($newest_predictions, hive_partitioning = false)
+"""
+RECOMPUTED_USERS = "submission_users"
+ONLY_USERS = "user_id IN (SELECT user_id FROM submission_users)"
+
+# The previous batch's rows of every other user, then the recomputed ones.
+CARRIED_SQL = """
+SELECT * FROM read_parquet($previous, hive_partitioning = false)
+WHERE user_id NOT IN (SELECT user_id FROM submission_users)
+UNION ALL
+SELECT * FROM submission_fresh
+ORDER BY order_id
+"""
+# An order without candidates is stored as `None` with expected F1 1: a scored order reaches 1 only
+# when every candidate's probability is 0, which a logistic output never is.
+WITHOUT_CANDIDATES_SQL = f"""
+SELECT count(*) FROM read_parquet($previous, hive_partitioning = false)
+WHERE user_id NOT IN (SELECT user_id FROM submission_users)
+  AND products = '{NONE}' AND expected_f1 = 1.0
+"""
+
+
 @dataclass(frozen=True)
 class NextBaskets:
     """One row per `test` order (BASKETS_SCHEMA, by order_id), and what the metadata reports."""
@@ -80,6 +110,8 @@ class NextBaskets:
     table: pa.Table
     without_candidates: int
     scored_not_test: int
+    carried_orders: int = 0
+    recomputed_users: int | None = None
 
 
 def next_baskets(
@@ -87,17 +119,19 @@ def next_baskets(
     predictions: str | Sequence[str],
     clean_orders: Sequence[str],
     none_calibration: NoneCalibration | None = None,
+    only_recomputed_users: bool = False,
 ) -> NextBaskets:
     """The expected-F1-optimal basket of every `test` order in `clean_orders` (the clean orders
     partitions as of the predictions' partition), in the Kaggle products format; `None` for an order
     without candidates in the predictions: one partition's URI, or a chain of partitions (a full one,
     then deltas, oldest first) whose newest rows per user are read. `none_calibration` (the model's,
-    when its held-out choice kept one) gives each order's P(None); else independence."""
+    when its held-out choice kept one) gives each order's P(None); else independence.
+    `only_recomputed_users`: the orders of the users in `submission_users` (recomputed_users) only."""
     create_view(conn, "submission_orders", clean_orders, CLEAN_ORDERS_SCHEMA)
-    conn.execute(TEST_ORDERS_SQL)
+    conn.execute(TEST_ORDERS_SQL.format(only_users=f"WHERE {ONLY_USERS}" if only_recomputed_users else ""))
     chain = [str(uri) for uri in predictions] if isinstance(predictions, list | tuple) else [str(predictions)]
     create_latest_rows_view(conn, "submission_predictions", chain, keys=("user_id",))
-    conn.execute(SCORED_SQL)
+    conn.execute(SCORED_SQL.format(and_only_users=f"AND {ONLY_USERS}" if only_recomputed_users else ""))
     scored_not_test = int(conn.execute(SCORED_NOT_TEST_SQL).fetchone()[0])
     rows = conn.execute(CANDIDATES_SQL).fetchnumpy()
     none_per_row = none_probabilities(
@@ -123,6 +157,42 @@ def next_baskets(
     # every selected order is a test order (CANDIDATES_SQL keeps only those), so the rest had none
     return NextBaskets(
         table, without_candidates=table.num_rows - len(order_ids), scored_not_test=scored_not_test
+    )
+
+
+def recomputed_users(conn: duckdb.DuckDBPyConnection, batch_orders: str, newest_predictions: str) -> int:
+    """Fills `submission_users` with the users whose baskets a carried batch recomputes; their count."""
+    conn.execute(
+        RECOMPUTED_USERS_SQL, {"batch_orders": batch_orders, "newest_predictions": newest_predictions}
+    )
+    return int(conn.execute(f"SELECT count(*) FROM {RECOMPUTED_USERS}").fetchall()[0][0])
+
+
+def carried_baskets(
+    conn: duckdb.DuckDBPyConnection,
+    previous: str,
+    predictions: Sequence[str],
+    clean_orders: Sequence[str],
+    none_calibration: NoneCalibration | None = None,
+) -> NextBaskets:
+    """The baskets next_baskets gives for the chain `predictions`, from the previous batch's baskets
+    (`previous`, built from the same chain less its newest partition, the same clean orders less this
+    batch's and the same calibration): only the recomputed users' orders are selected again.
+    Call recomputed_users first."""
+    fresh = next_baskets(conn, predictions, clean_orders, none_calibration, only_recomputed_users=True)
+    conn.register("submission_fresh", fresh.table)
+    try:
+        table = conn.sql(CARRIED_SQL, params={"previous": previous}).to_arrow_table().cast(BASKETS_SCHEMA)
+        carried_without = int(conn.execute(WITHOUT_CANDIDATES_SQL, {"previous": previous}).fetchall()[0][0])
+    finally:
+        conn.unregister("submission_fresh")
+    users = int(conn.execute(f"SELECT count(*) FROM {RECOMPUTED_USERS}").fetchall()[0][0])
+    return NextBaskets(
+        table,
+        without_candidates=fresh.without_candidates + carried_without,
+        scored_not_test=fresh.scored_not_test,
+        carried_orders=table.num_rows - fresh.table.num_rows,
+        recomputed_users=users,
     )
 
 

@@ -10,6 +10,7 @@ paired difference. Otherwise (or with too few validation orders) baskets keep in
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -223,3 +224,11 @@ def read_none_calibration(model_dir: str | Path) -> NoneCalibration | None:
     if not data.get("use_calibrated") or not data.get("calibration"):
         return None
     return NoneCalibration.from_dict(data["calibration"])
+
+
+def calibration_fingerprint(calibration: NoneCalibration | None) -> str:
+    """Which P(None) baskets were selected with: `independence`, or a digest of the calibration."""
+    if calibration is None:
+        return "independence"
+    text = json.dumps(calibration.as_dict(), sort_keys=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
