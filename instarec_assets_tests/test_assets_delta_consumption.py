@@ -240,7 +240,13 @@ def test_next_basket_covers_every_test_order_and_matches_the_full_rescore_for_af
     ]
     assert 0 < metadata["carried_orders"] < metadata["orders"]
     assert kept["reselected"].to_pylist() == [
-        dict(zip(("order_id", "user_id", "products", "n_products", "include_none", "expected_f1"), row))
+        dict(
+            zip(
+                ("order_id", "user_id", "products", "n_products", "include_none", "expected_f1"),
+                row,
+                strict=True,
+            )
+        )
         for row in kept["next_basket"]
     ]
     assert _metadata(results["full"], "next_basket")["selection"] == "every test order"

@@ -10,11 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 
 from instarec_assets.features import CleanSnapshot, FeatureTables, build_features
 from instarec_assets.features.incremental import (
+    ADDITIVE,
+    MAX_RECOVERED_SUM,
+    REAGGREGATED,
     DeltaChain,
     IncrementalResult,
     PreviousFeatures,
@@ -99,7 +103,45 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
 @pytest.mark.parametrize("batch", [2, 3])
 def test_incremental_equals_full_build(chain: Chain, batch: int) -> None:
     """Batch 2 from the full batch-1 tables, batch 3 from the incremental batch-2 tables."""
+    assert chain.incremental[batch - 2].product_update == ADDITIVE
     assert_same_tables(chain.incremental[batch - 2].tables, chain.full[batch - 1])
+
+
+def test_re_aggregating_the_touched_products_gives_the_same_tables(chain: Chain, tmp_path: Path) -> None:
+    """The path taken when a previous product sum is too large to recover: every buyer's rows."""
+    snapshot = chain.snapshots[1]
+    previous = PreviousFeatures.from_tables(chain.full[0], products=chain.snapshots[0].products)
+    with duckdb.connect() as conn:
+        result = update_features(
+            conn,
+            snapshot,
+            previous,
+            [snapshot.orders[-1]],
+            [snapshot.order_products[-1]],
+            tmp_path,
+            additive=False,
+        )
+    assert result.product_update == REAGGREGATED
+    assert_same_tables(result.tables, chain.full[1])
+
+
+def test_a_sum_below_two_to_the_23_is_recovered_exactly_from_its_float_ratio() -> None:
+    """What the additive update relies on: round(float32(s / n) * n) == s for s < 2^23, whatever n
+    (the float's relative error 2^-24 times s stays below 1/2); not so far above it."""
+    rng = np.random.default_rng(0)
+    sums = rng.integers(1, MAX_RECOVERED_SUM, 2_000_000)
+    counts = np.concatenate(
+        [
+            np.maximum(1, (sums[:1_000_000] * rng.random(1_000_000)).astype(np.int64)),
+            rng.integers(1, 1 << 31, 1_000_000),
+        ]
+    )
+    ratios = (sums / counts).astype(np.float32)
+    assert np.array_equal(np.round(ratios.astype(np.float64) * counts).astype(np.int64), sums)
+    big = rng.integers(1 << 30, 1 << 31, 100_000)
+    big_counts = np.maximum(1, (big * rng.random(big.size)).astype(np.int64))
+    recovered = np.round((big / big_counts).astype(np.float32).astype(np.float64) * big_counts)
+    assert not np.array_equal(recovered.astype(np.int64), big)
 
 
 def _differing(before: Path, after: Path, column: str) -> set[int]:

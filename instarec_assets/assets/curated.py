@@ -212,6 +212,7 @@ def curated_features_step(
                 "mode": MetadataValue.text("incremental"),
                 "affected_users": MetadataValue.int(result.affected_users),
                 "touched_products": MetadataValue.int(result.touched_products),
+                "product_update": MetadataValue.text(result.product_update),
                 "update_seconds": MetadataValue.json(result.seconds),
             }
         update["build_seconds"] = MetadataValue.float(round(time.perf_counter() - started, 2))

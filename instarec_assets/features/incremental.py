@@ -13,17 +13,22 @@ Affected users (user and user x product rows recomputed):
   the mean days_since_prior_order over every order of every user (targets.SERVING_TARGETS_SQL), which
   every batch moves; when its rounded value changes, each of them (and their up_days_since_last) changes.
 
-Touched products (product rows re-aggregated over all their buyers):
+Touched products (product rows updated):
 - products whose per-user contribution (n, first/last seq, cart and reordered sums) changed for an
   affected user: the batch's lines, but also e.g. the previous train target's lines, which become
   history when the user orders again although they are not in the batch;
 - products whose current aisle or department differs from the previous p_aisle_id / p_department_id;
 - with `previous.products`: every product whose current catalog row changed (renames, new products).
 
-A touched product's row sums the recomputed contributions of affected users and the contributions of
-every other buyer, read back from the previous user_product_features: n, first and last seq are stored
-as integers; cart_sum and reordered_sum are recovered as round(mean * n) from the FLOAT means, exact
-while a user's sum stays below 2^23 (a float's 24-bit significand; checked, ValueError otherwise).
+Every product feature is a ratio of sums over buyers (purchases, buyers, rebuyers, reordered, cart
+sum, orders spanned; repeat purchases = purchases - buyers), so a touched product's sums are its
+previous row's, recovered from the stored ratios, less the affected users' old contributions plus
+their new ones (`additive`): the other buyers' rows are never read. The previous user x product
+rows give n, first and last seq as integers; cart_sum and reordered_sum are recovered as
+round(mean * n) from the FLOAT means, and the product sums likewise from the product ratios, exact
+while a sum stays below 2^23 (a float's 24-bit significand: the error of float(s / n) * n is below
+s * 2^-24). Where a previous sum is that large, the touched products are re-aggregated over every
+buyer's recovered contribution instead (`re-aggregated`; ValueError if a user's sum is too large).
 
 Output, two ways (`delta`):
 - whole tables (a base: the first increment after a full build when deltas are off, or a compaction):
@@ -100,6 +105,11 @@ class DeltaChain:
     chain: tuple[str, ...]
 
 
+# How a batch's touched products were updated (IncrementalResult.product_update).
+ADDITIVE = "additive"
+REAGGREGATED = "re-aggregated"
+
+
 @dataclass(frozen=True)
 class IncrementalResult:
     """The new feature tables and what the batch changed.
@@ -119,6 +129,7 @@ class IncrementalResult:
     touched_products: int
     moved_products: int
     catalog_changed_products: int
+    product_update: str
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -131,6 +142,8 @@ TEMP_TABLES = (
     "inc_up_rows",
     "inc_target_lines",
     "inc_up_affected",
+    "inc_up_old",
+    "inc_product_old_sums",
     "inc_products",
     "inc_product_merged",
     "inc_product_rows",
@@ -278,12 +291,21 @@ FROM inc_prev_up
 """
 CONTRIBUTION = "framing, user_id, product_id, n, first_seq, last_seq, cart_sum, reordered_sum"
 
+# The affected users' previous contributions (recovered sums), read once: what the touched products'
+# test compares and what the additive product update subtracts.
+OLD_CONTRIBUTIONS_SQL = f"""
+CREATE OR REPLACE TEMP TABLE inc_up_old AS
+SELECT * FROM ({RECOVERED}) WHERE user_id IN (SELECT user_id FROM inc_users)
+"""
+OLD_RECOVERY_CHECK_SQL = f"""
+SELECT count(*) FROM inc_up_old WHERE cart_exact >= {MAX_RECOVERED_SUM} OR abs(cart_exact - cart_sum) > 0.25
+"""
+
 # Products whose contribution from an affected user appeared, disappeared or changed.
-TOUCHED_PRODUCTS_SQL = f"""
+TOUCHED_PRODUCTS_SQL = """
 CREATE OR REPLACE TEMP TABLE inc_products AS
-WITH old AS (SELECT * FROM ({RECOVERED}) WHERE user_id IN (SELECT user_id FROM inc_users))
 SELECT product_id
-FROM old FULL JOIN inc_up_affected AS new USING (framing, user_id, product_id)
+FROM inc_up_old AS old FULL JOIN inc_up_affected AS new USING (framing, user_id, product_id)
 WHERE old.n IS DISTINCT FROM new.n
    OR old.first_seq IS DISTINCT FROM new.first_seq
    OR old.last_seq IS DISTINCT FROM new.last_seq
@@ -293,7 +315,67 @@ UNION SELECT product_id FROM inc_moved
 UNION SELECT product_id FROM inc_catalog_changed
 """
 
-# feat_up for the touched products only, over every buyer: the columns PRODUCT_SQL reads.
+# The additive update: a touched product's sums are its previous row's, recovered from the stored
+# ratios (exact below 2^23, as the user x product sums), less the affected users' old contributions,
+# plus their new ones. Every other buyer's rows are never read.
+PREVIOUS_PRODUCT_SUMS_SQL = """
+CREATE OR REPLACE TEMP TABLE inc_product_old_sums AS
+SELECT framing, product_id,
+       p_orders::BIGINT AS purchases,
+       p_buyers::BIGINT AS buyers,
+       p_reorder_prob::DOUBLE * p_buyers AS rebuyers,
+       p_reorder_ratio::DOUBLE * p_orders AS reordered,
+       p_cart_mean::DOUBLE * p_orders AS cart_sum,
+       coalesce(p_orders_between_mean::DOUBLE * (p_orders - p_buyers), 0) AS orders_spanned
+FROM inc_prev_product
+WHERE product_id IN (SELECT product_id FROM inc_products)
+"""
+PREVIOUS_PRODUCT_CHECK_SQL = f"""
+SELECT count(*) FROM inc_product_old_sums
+WHERE greatest(rebuyers, reordered, cart_sum, orders_spanned) >= {MAX_RECOVERED_SUM}
+"""
+ADDITIVE_PRODUCT_SQL = """
+CREATE OR REPLACE TEMP TABLE inc_product_rows AS
+WITH contributions AS (
+    SELECT framing, product_id, purchases, buyers, round(rebuyers)::BIGINT AS rebuyers,
+           round(reordered)::BIGINT AS reordered, round(cart_sum)::BIGINT AS cart_sum,
+           round(orders_spanned)::BIGINT AS orders_spanned
+    FROM inc_product_old_sums
+    UNION ALL
+    SELECT framing, product_id, sign * n, sign, sign * (n > 1)::INTEGER, sign * reordered_sum,
+           sign * cart_sum, sign * CASE WHEN n > 1 THEN last_seq - first_seq ELSE 0 END
+    FROM (
+        SELECT framing, product_id, n, first_seq, last_seq, cart_sum, reordered_sum, -1 AS sign FROM inc_up_old
+        UNION ALL
+        SELECT framing, product_id, n, first_seq, last_seq, cart_sum, reordered_sum, 1 FROM inc_up_affected
+    )
+    WHERE product_id IN (SELECT product_id FROM inc_products)
+),
+p AS (
+    SELECT framing, product_id, sum(purchases) AS purchases, sum(buyers) AS buyers,
+           sum(rebuyers) AS rebuyers, sum(reordered) AS reordered, sum(cart_sum) AS cart_sum,
+           sum(orders_spanned) AS orders_spanned
+    FROM contributions
+    GROUP BY framing, product_id
+    HAVING sum(buyers) > 0
+)
+SELECT p.framing, p.product_id,
+       p.purchases::INTEGER AS p_orders,
+       p.buyers::INTEGER AS p_buyers,
+       (p.rebuyers / p.buyers)::FLOAT AS p_reorder_prob,
+       (p.reordered / p.purchases)::FLOAT AS p_reorder_ratio,
+       (p.purchases / p.buyers)::FLOAT AS p_purchases_per_buyer,
+       (p.cart_sum / p.purchases)::FLOAT AS p_cart_mean,
+       CASE WHEN p.rebuyers > 0 THEN (p.orders_spanned / (p.purchases - p.buyers))::FLOAT END
+           AS p_orders_between_mean,
+       c.aisle_id AS p_aisle_id,
+       c.department_id AS p_department_id
+FROM p
+LEFT JOIN feat_catalog AS c USING (product_id)
+"""
+
+# The re-aggregation, when a previous sum is too large to recover: feat_up for the touched products
+# only, over every buyer: the columns PRODUCT_SQL reads.
 TOUCHED_PURCHASES_SQL = f"""
 INSERT INTO feat_up (framing, user_id, product_id, n, first_seq, last_seq, cart_sum, reordered_sum)
 SELECT {CONTRIBUTION} FROM inc_up_affected WHERE product_id IN (SELECT product_id FROM inc_products)
@@ -307,7 +389,6 @@ SELECT count(*) FROM ({RECOVERED})
 WHERE product_id IN (SELECT product_id FROM inc_products)
   AND (cart_exact >= {MAX_RECOVERED_SUM} OR abs(cart_exact - cart_sum) > 0.25)
 """
-
 MERGED_PRODUCT_SQL = """
 CREATE OR REPLACE TEMP TABLE inc_product_merged AS
 SELECT * FROM inc_prev_product WHERE product_id NOT IN (SELECT product_id FROM inc_products)
@@ -358,6 +439,7 @@ def update_features(
     batch_lines: Sequence[str],
     scratch: Path,
     delta: DeltaChain | None = None,
+    additive: bool = True,
 ) -> IncrementalResult:
     """The feature tables as of `snapshot` (history up to and including the new batch), from `previous`
     (the tables as of the batch before, each a base or a delta chain) and the new batch's clean orders /
@@ -405,15 +487,24 @@ def update_features(
         conn.execute(f"DROP TABLE {table}")
     lap("users")
 
-    # Touched products: re-aggregated over every buyer.
+    # Touched products: their previous sums updated by the affected users' change, or (a previous
+    # sum too large to recover exactly) re-aggregated over every buyer.
+    conn.execute(OLD_CONTRIBUTIONS_SQL)
     conn.execute(TOUCHED_PRODUCTS_SQL)
-    if bad := scalar(conn, RECOVERY_CHECK_SQL):
-        raise ValueError(f"{bad} previous user x product cart sums cannot be recovered exactly")
-    conn.execute(PURCHASES_SCHEMA_SQL)
-    conn.execute(TOUCHED_PURCHASES_SQL)
-    build_products(conn)
-    conn.execute("ALTER TABLE feat_product RENAME TO inc_product_rows")
+    conn.execute(PREVIOUS_PRODUCT_SUMS_SQL)
+    if not scalar(conn, OLD_RECOVERY_CHECK_SQL) and not scalar(conn, PREVIOUS_PRODUCT_CHECK_SQL) and additive:
+        conn.execute(ADDITIVE_PRODUCT_SQL)
+        product_update = ADDITIVE
+    else:
+        if bad := scalar(conn, RECOVERY_CHECK_SQL):
+            raise ValueError(f"{bad} previous user x product cart sums cannot be recovered exactly")
+        conn.execute(PURCHASES_SCHEMA_SQL)
+        conn.execute(TOUCHED_PURCHASES_SQL)
+        build_products(conn)
+        conn.execute("ALTER TABLE feat_product RENAME TO inc_product_rows")
+        product_update = REAGGREGATED
     conn.execute(MERGED_PRODUCT_SQL)
+    conn.execute("DROP TABLE IF EXISTS feat_product")
     conn.execute("ALTER TABLE inc_product_merged RENAME TO feat_product")
     lap("products")
 
@@ -444,6 +535,7 @@ def update_features(
         touched_products=product_ids.row_count,
         moved_products=int(counts[4]),
         catalog_changed_products=int(counts[5]),
+        product_update=product_update,
         seconds=seconds,
     )
 
