@@ -463,6 +463,27 @@ def test_feature_summary_markdown(tables: FeatureTables) -> None:
     assert "pearson_with_label" not in inference_correlation and "feature_a" in inference_correlation
 
 
+def test_feature_summary_sample_is_the_same_whatever_the_row_order(
+    tables: FeatureTables, tmp_path: Path
+) -> None:
+    """The sample is chosen by a hash of each row's key: a reordered copy gives the same tables, and
+    about the asked number of rows are summarised."""
+    shuffled = tmp_path / "shuffled.parquet"
+    with duckdb.connect() as conn:
+        conn.execute(
+            f"COPY (SELECT * FROM read_parquet('{tables.inference_set.path}') ORDER BY hash(product_id), user_id DESC) "
+            f"TO '{shuffled}' (FORMAT parquet)"
+        )
+        total = conn.execute(f"SELECT count(*) FROM read_parquet('{shuffled}')").fetchall()[0][0]
+        rows = total // 3
+        original = feature_summary(conn, tables.inference_set.path, FEATURE_COLUMNS, sample_rows=rows)
+        reordered = feature_summary(conn, shuffled, FEATURE_COLUMNS, sample_rows=rows)
+        whole = feature_summary(conn, shuffled, FEATURE_COLUMNS, sample_rows=total)
+    assert original == reordered and original != whole
+    counted = [float(line.split("|")[2]) for line in original[0].splitlines()[2:]]
+    assert 0.5 * rows < max(counted) < 1.5 * rows, (max(counted), rows)
+
+
 def test_empty_snapshot(tmp_path: Path) -> None:
     """No orders yet: every table is written, empty."""
     lake = write_snapshot(tmp_path / "lake", batches=1)

@@ -17,11 +17,14 @@ TOP_PAIRS = 10
 STATS_FORMATS = ("", ".0f", ".4g", ".4g", ".4g", ".4g", ".4f")
 
 DESCRIBE_SQL = "DESCRIBE SELECT * FROM {source}"
-SAMPLE_SQL = """
-SELECT {columns}
-FROM {source}
-USING SAMPLE reservoir({rows} ROWS) REPEATABLE (7)
-"""
+# A row is sampled when the hash of its key falls in the first rows/total of the hash range: the
+# same rows whatever the file's order or DuckDB's threads, chosen without carrying every row's
+# columns through a reservoir (3.4 s for the resolved full-size training set; this: 1.3 s), in key
+# order so that the sums behind the statistics add up the same way.
+SAMPLE_SQL = "SELECT {columns} FROM {source} {where} ORDER BY user_id, product_id, eval_set"
+SAMPLE_WHERE = "WHERE hash(user_id, product_id, eval_set) < {threshold}::UBIGINT"
+COUNT_SQL = "SELECT count(*) FROM {source}"
+HASH_RANGE = 1 << 64
 
 
 def feature_summary(
@@ -31,7 +34,8 @@ def feature_summary(
     sample_rows: int = SAMPLE_ROWS,
     locate: Locate | None = None,
 ) -> tuple[str, str]:
-    """(stats, correlation) markdown tables, computed on a reservoir sample to stay cheap at full size.
+    """(stats, correlation) markdown tables, computed on a sample of about `sample_rows` rows (by a
+    hash of the row's key) to stay cheap at full size.
 
     stats: count, mean, std, min, max and null share per feature. correlation: the Pearson correlation
     of each feature with `label` (when the file has labels), then the most correlated feature pairs.
@@ -40,10 +44,12 @@ def feature_summary(
     source = feature_source(conn, staged_path, locate)
     names = [row[0] for row in conn.execute(DESCRIBE_SQL.format(source=source)).fetchall()]
     columns = [*feature_columns, "label"] if "label" in names else list(feature_columns)
+    total = int(conn.execute(COUNT_SQL.format(source=source)).fetchall()[0][0])
+    where = (
+        "" if total <= sample_rows else SAMPLE_WHERE.format(threshold=HASH_RANGE * int(sample_rows) // total)
+    )
     sample = conn.execute(
-        SAMPLE_SQL.format(
-            columns=", ".join(f'"{column}"' for column in columns), source=source, rows=int(sample_rows)
-        )
+        SAMPLE_SQL.format(columns=", ".join(f'"{column}"' for column in columns), source=source, where=where)
     ).df()
     features = sample[list(feature_columns)].astype("float64")
     stats = pd.DataFrame(
