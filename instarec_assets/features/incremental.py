@@ -53,7 +53,7 @@ import duckdb
 
 from instarec_assets.features.build import FeatureTables
 from instarec_assets.features.columns import PRODUCT_FEATURES, USER_FEATURES
-from instarec_assets.features.product import build_products
+from instarec_assets.features.product import PRODUCT_ROW_SELECT, build_products
 from instarec_assets.features.sets import inference_select, training_select
 from instarec_assets.features.snapshot import CleanSnapshot, open_snapshot
 from instarec_assets.features.targets import build_roles, fill_serving_targets
@@ -334,7 +334,7 @@ PREVIOUS_PRODUCT_CHECK_SQL = f"""
 SELECT count(*) FROM inc_product_old_sums
 WHERE greatest(rebuyers, reordered, cart_sum, orders_spanned) >= {MAX_RECOVERED_SUM}
 """
-ADDITIVE_PRODUCT_SQL = """
+ADDITIVE_PRODUCT_SQL = f"""
 CREATE OR REPLACE TEMP TABLE inc_product_rows AS
 WITH contributions AS (
     SELECT framing, product_id, purchases, buyers, round(rebuyers)::BIGINT AS rebuyers,
@@ -354,25 +354,13 @@ WITH contributions AS (
 p AS (
     SELECT framing, product_id, sum(purchases) AS purchases, sum(buyers) AS buyers,
            sum(rebuyers) AS rebuyers, sum(reordered) AS reordered, sum(cart_sum) AS cart_sum,
-           sum(orders_spanned) AS orders_spanned
+           CASE WHEN sum(rebuyers) > 0 THEN sum(orders_spanned) END AS orders_spanned,
+           CASE WHEN sum(rebuyers) > 0 THEN sum(purchases) - sum(buyers) END AS repeat_purchases
     FROM contributions
     GROUP BY framing, product_id
     HAVING sum(buyers) > 0
 )
-SELECT p.framing, p.product_id,
-       p.purchases::INTEGER AS p_orders,
-       p.buyers::INTEGER AS p_buyers,
-       (p.rebuyers / p.buyers)::FLOAT AS p_reorder_prob,
-       (p.reordered / p.purchases)::FLOAT AS p_reorder_ratio,
-       (p.purchases / p.buyers)::FLOAT AS p_purchases_per_buyer,
-       (p.cart_sum / p.purchases)::FLOAT AS p_cart_mean,
-       CASE WHEN p.rebuyers > 0 THEN (p.orders_spanned / (p.purchases - p.buyers))::FLOAT END
-           AS p_orders_between_mean,
-       c.aisle_id AS p_aisle_id,
-       c.department_id AS p_department_id
-FROM p
-LEFT JOIN feat_catalog AS c USING (product_id)
-"""
+{PRODUCT_ROW_SELECT.format(sums="p")}"""
 
 # The re-aggregation, when a previous sum is too large to recover: feat_up for the touched products
 # only, over every buyer: the columns PRODUCT_SQL reads.

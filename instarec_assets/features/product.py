@@ -4,7 +4,25 @@ from __future__ import annotations
 
 import duckdb
 
-PRODUCT_SQL = """
+# A product's row from its sums over buyers (`p`: framing, product_id, purchases, buyers, rebuyers,
+# reordered, cart_sum, orders_spanned, repeat_purchases; the last two NULL without rebuyers): the full
+# build's and the incremental update's (features/incremental.py).
+PRODUCT_ROW_SELECT = """
+SELECT p.framing, p.product_id,
+       p.purchases::INTEGER AS p_orders,
+       p.buyers::INTEGER AS p_buyers,
+       (p.rebuyers / p.buyers)::FLOAT AS p_reorder_prob,
+       (p.reordered / p.purchases)::FLOAT AS p_reorder_ratio,
+       (p.purchases / p.buyers)::FLOAT AS p_purchases_per_buyer,
+       (p.cart_sum / p.purchases)::FLOAT AS p_cart_mean,
+       (p.orders_spanned / p.repeat_purchases)::FLOAT AS p_orders_between_mean,
+       c.aisle_id AS p_aisle_id,
+       c.department_id AS p_department_id
+FROM {sums} AS p
+LEFT JOIN feat_catalog AS c USING (product_id)
+"""
+
+PRODUCT_SQL = f"""
 CREATE OR REPLACE TEMP TABLE feat_product AS
 WITH per_product AS (
     SELECT framing, product_id,
@@ -18,19 +36,7 @@ WITH per_product AS (
     FROM feat_up
     GROUP BY framing, product_id
 )
-SELECT p.framing, p.product_id,
-       p.purchases::INTEGER AS p_orders,
-       p.buyers::INTEGER AS p_buyers,
-       (p.rebuyers / p.buyers)::FLOAT AS p_reorder_prob,
-       (p.reordered / p.purchases)::FLOAT AS p_reorder_ratio,
-       (p.purchases / p.buyers)::FLOAT AS p_purchases_per_buyer,
-       (p.cart_sum / p.purchases)::FLOAT AS p_cart_mean,
-       (p.orders_spanned / p.repeat_purchases)::FLOAT AS p_orders_between_mean,
-       c.aisle_id AS p_aisle_id,
-       c.department_id AS p_department_id
-FROM per_product AS p
-LEFT JOIN feat_catalog AS c USING (product_id)
-"""
+{PRODUCT_ROW_SELECT.format(sums="per_product")}"""
 
 PRODUCT_FEATURES_SELECT = "SELECT * FROM feat_product ORDER BY framing, product_id"
 
