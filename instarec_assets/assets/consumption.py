@@ -77,7 +77,7 @@ from instarec_assets.consumption.similar_items import (
     similar_items_from_counts,
 )
 from instarec_assets.consumption.similar_items_evaluation import EVAL_K, evaluate_blends
-from instarec_assets.consumption.submission import carried_baskets, next_baskets, recomputed_users
+from instarec_assets.consumption.submission import carried_baskets, next_baskets
 from instarec_assets.history import registered_batches
 from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
 from instarec_assets.lake.duck import StagedParquet, create_view
@@ -285,22 +285,21 @@ def next_basket(
     calibration = read_none_calibration(xgboost_model)
     fingerprint = calibration_fingerprint(calibration)
     locations = lake.locations
-    carry = basket_carry(
-        context.instance,
-        chain,
-        fingerprint,
-        lambda key: locations.partition_uri("consumption", NEXT_BASKET, key),
-        locations.filesystem.exists,
-    )
-    uris = [uri for _, uri in chain]
-    own_orders = PARTITION_DIR_PATTERN.search(clean_orders[-1]) if clean_orders else None
-    if own_orders is None or "-".join(own_orders.groups()) != context.partition_key:
+    if not clean_orders or _batch_of(clean_orders[-1]) != context.partition_key:
         carry = BasketCarry(None, None, "this batch stores no clean orders of its own")
+    else:
+        carry = basket_carry(
+            context.instance,
+            chain,
+            fingerprint,
+            lambda key: locations.partition_uri("consumption", NEXT_BASKET, key),
+            locations.filesystem.exists,
+        )
+    uris = [uri for _, uri in chain]
     with lake_connection(duckdb, lake) as conn:
         if carry.previous is None:
             result = next_baskets(conn, uris, clean_orders, calibration)
         else:
-            recomputed_users(conn, clean_orders[-1], uris[-1])
             result = carried_baskets(conn, carry.uri, uris, clean_orders, calibration)
     baskets = result.table
     include_none = baskets.column("include_none").to_numpy(zero_copy_only=False)
@@ -314,9 +313,7 @@ def next_basket(
             "selection": MetadataValue.text("carried" if carry.previous else "every test order"),
             "selection_reason": MetadataValue.text(carry.reason),
             "carried_orders": MetadataValue.int(result.carried_orders),
-            "recomputed_users": MetadataValue.int(
-                result.recomputed_users if result.recomputed_users is not None else baskets.num_rows
-            ),
+            "recomputed_users": MetadataValue.int(result.recomputed_users),
             "predictions_mode": MetadataValue.text(mode),
             "delta_base": MetadataValue.text(base or "none"),
             "predictions_chain": MetadataValue.json([batch for batch, _ in chain]),

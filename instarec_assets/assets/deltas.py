@@ -153,6 +153,7 @@ def basket_carry(
     if len(chain) < 2:
         return full("the predictions are a full partition: every test order is selected")
     previous = chain[-2][0]
+    previous_chain = [batch for batch, _ in chain[:-1]]
     records = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey(NEXT_BASKET), asset_partitions=[previous]), limit=1
     ).records
@@ -160,12 +161,12 @@ def basket_carry(
         return full(f"batch {previous} has no baskets to carry")
     record = records[0]
     metadata = {name: value.value for name, value in record.asset_materialization.metadata.items()}
-    if metadata.get("predictions_chain") != [batch for batch, _ in chain[:-1]]:
+    if metadata.get("predictions_chain") != previous_chain:
         return full(f"the baskets of {previous} were selected from another predictions chain")
     if metadata.get("none_probability_fingerprint") != none_fingerprint:
         return full(f"the P(None) calibration differs from the one the baskets of {previous} used")
     read_by_previous = (
-        (PREDICTIONS, [batch for batch, _ in chain[:-1]]),
+        (PREDICTIONS, previous_chain),
         ("clean_orders", [key for key in registered_batches(instance) if key <= previous]),
     )
     for asset, partitions in read_by_previous:

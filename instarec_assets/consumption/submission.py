@@ -110,8 +110,9 @@ class NextBaskets:
     table: pa.Table
     without_candidates: int
     scored_not_test: int
+    # users whose baskets this selection computed (one test order each, unless carried)
+    recomputed_users: int
     carried_orders: int = 0
-    recomputed_users: int | None = None
 
 
 def next_baskets(
@@ -156,7 +157,10 @@ def next_baskets(
         conn.unregister("submission_selected")
     # every selected order is a test order (CANDIDATES_SQL keeps only those), so the rest had none
     return NextBaskets(
-        table, without_candidates=table.num_rows - len(order_ids), scored_not_test=scored_not_test
+        table,
+        without_candidates=table.num_rows - len(order_ids),
+        scored_not_test=scored_not_test,
+        recomputed_users=table.num_rows,
     )
 
 
@@ -177,8 +181,9 @@ def carried_baskets(
 ) -> NextBaskets:
     """The baskets next_baskets gives for the chain `predictions`, from the previous batch's baskets
     (`previous`, built from the same chain less its newest partition, the same clean orders less this
-    batch's and the same calibration): only the recomputed users' orders are selected again.
-    Call recomputed_users first."""
+    batch's and the same calibration): only the orders of recomputed_users (this batch's clean
+    orders are the last of `clean_orders`) are selected again."""
+    users = recomputed_users(conn, clean_orders[-1], predictions[-1])
     fresh = next_baskets(conn, predictions, clean_orders, none_calibration, only_recomputed_users=True)
     conn.register("submission_fresh", fresh.table)
     try:
@@ -186,7 +191,6 @@ def carried_baskets(
         carried_without = int(conn.execute(WITHOUT_CANDIDATES_SQL, {"previous": previous}).fetchall()[0][0])
     finally:
         conn.unregister("submission_fresh")
-    users = int(conn.execute(f"SELECT count(*) FROM {RECOMPUTED_USERS}").fetchall()[0][0])
     return NextBaskets(
         table,
         without_candidates=fresh.without_candidates + carried_without,

@@ -297,9 +297,9 @@ OLD_CONTRIBUTIONS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE inc_up_old AS
 SELECT * FROM ({RECOVERED}) WHERE user_id IN (SELECT user_id FROM inc_users)
 """
-OLD_RECOVERY_CHECK_SQL = f"""
-SELECT count(*) FROM inc_up_old WHERE cart_exact >= {MAX_RECOVERED_SUM} OR abs(cart_exact - cart_sum) > 0.25
-"""
+# A recovered row whose cart sum is not provably exact.
+UNRECOVERABLE = f"(cart_exact >= {MAX_RECOVERED_SUM} OR abs(cart_exact - cart_sum) > 0.25)"
+OLD_RECOVERY_CHECK_SQL = f"SELECT count(*) FROM inc_up_old WHERE {UNRECOVERABLE}"
 
 # Products whose contribution from an affected user appeared, disappeared or changed.
 TOUCHED_PRODUCTS_SQL = """
@@ -375,7 +375,7 @@ WHERE product_id IN (SELECT product_id FROM inc_products)
 RECOVERY_CHECK_SQL = f"""
 SELECT count(*) FROM ({RECOVERED})
 WHERE product_id IN (SELECT product_id FROM inc_products)
-  AND (cart_exact >= {MAX_RECOVERED_SUM} OR abs(cart_exact - cart_sum) > 0.25)
+  AND {UNRECOVERABLE}
 """
 MERGED_PRODUCT_SQL = """
 CREATE OR REPLACE TEMP TABLE inc_product_merged AS
@@ -479,8 +479,9 @@ def update_features(
     # sum too large to recover exactly) re-aggregated over every buyer.
     conn.execute(OLD_CONTRIBUTIONS_SQL)
     conn.execute(TOUCHED_PRODUCTS_SQL)
-    conn.execute(PREVIOUS_PRODUCT_SUMS_SQL)
-    if not scalar(conn, OLD_RECOVERY_CHECK_SQL) and not scalar(conn, PREVIOUS_PRODUCT_CHECK_SQL) and additive:
+    if additive:
+        conn.execute(PREVIOUS_PRODUCT_SUMS_SQL)
+    if additive and not scalar(conn, OLD_RECOVERY_CHECK_SQL) and not scalar(conn, PREVIOUS_PRODUCT_CHECK_SQL):
         conn.execute(ADDITIVE_PRODUCT_SQL)
         product_update = ADDITIVE
     else:
@@ -492,7 +493,6 @@ def update_features(
         conn.execute("ALTER TABLE feat_product RENAME TO inc_product_rows")
         product_update = REAGGREGATED
     conn.execute(MERGED_PRODUCT_SQL)
-    conn.execute("DROP TABLE IF EXISTS feat_product")
     conn.execute("ALTER TABLE inc_product_merged RENAME TO feat_product")
     lap("products")
 
