@@ -3,11 +3,15 @@ and an update falls back to a full build when the published warehouse cannot be 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
 import pytest
 
+from instarec_assets.features.snapshot import CleanSnapshot
+from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
+from instarec_assets.lake.clean_orders import CLEAN_ORDERS_SCHEMA
 from instarec_assets.warehouse import (
     RELATIONS,
     BatchRows,
@@ -15,8 +19,17 @@ from instarec_assets.warehouse import (
     published_as_of,
     warehouse_path,
 )
+from instarec_assets.warehouse.build import RelationSummary
 from instarec_assets.warehouse.readonly import open_readonly
-from instarec_assets_tests.test_warehouse import DAY_1, DAY_2, SALT, write_clean_zone, write_quarantine
+from instarec_assets_tests.test_warehouse import (
+    DAY_1,
+    DAY_2,
+    PRODUCTS,
+    SALT,
+    _write,
+    write_clean_zone,
+    write_quarantine,
+)
 
 # Each build's own: when and how it was built.
 BUILD_COLUMNS = ("built_at", "build_mode")
@@ -144,3 +157,89 @@ def test_a_batch_without_orders_or_lines_appends_nothing_of_them(tmp_path: Path,
     assert summary.mode == "incremental"
     assert summary.rows("orders") == (3 if missing == "orders" else 5)
     assert summary.rows("order_products") == (6 if missing == "order_products" else 8)
+
+
+DAY_3 = "2025-01-20"
+# The third batch: prior lines for the test order 1005 landed in DAY_2 (user 8 buys 30 for the first
+# time and 10 again), one more line for 1002 (an order whose other lines are in DAY_1), and a new
+# user's new order 1006.
+DAY_3_ORDERS = [(1006, 9, "prior", 1, 5, 9, None)]
+DAY_3_LINES = [
+    (1005, 30, 1, 0, "prior"),
+    (1005, 10, 2, 1, "prior"),
+    (1002, 40, 4, 0, "prior"),
+    (1006, 40, 1, 0, "prior"),
+    (1006, 20, 2, 0, "prior"),
+]
+
+
+def third_batch(clean: Path, yogurt_department: int) -> tuple[CleanSnapshot, BatchRows]:
+    """The clean zone as of DAY_3 (Greek Yogurt, bought in orders the batch does not touch, in
+    `yogurt_department` from then on) and its batch."""
+    second = write_clean_zone(clean, (DAY_1, DAY_2))
+
+    def where(table: str) -> Path:
+        return clean / table / "year=2025" / "month=01" / "day=20" / f"{table}.parquet"
+
+    products = [row for row in PRODUCTS if row[-1]]
+    if yogurt_department != 2:
+        products = [row for row in products if row[0] != 20] + [
+            (20, "Greek Yogurt", 2, 2, DAY_1, DAY_3, False),
+            (20, "Greek Yogurt", 2, yogurt_department, DAY_3, None, True),
+        ]
+    with duckdb.connect() as conn:
+        orders = _write(conn, where("clean_orders"), CLEAN_ORDERS_SCHEMA, DAY_3_ORDERS)
+        lines = _write(conn, where("clean_order_products"), CLEAN_ORDER_PRODUCTS_SCHEMA, DAY_3_LINES)
+        catalog = _write(
+            conn,
+            where("clean_products"),
+            f"FROM read_parquet('{second.products}', hive_partitioning = false) WHERE false",
+            products,
+        )
+    third = replace(
+        second,
+        orders=[*second.orders, orders],
+        order_products=[*second.order_products, lines],
+        products=catalog,
+    )
+    return third, BatchRows(DAY_2, [orders], [lines], {})
+
+
+@pytest.mark.parametrize("yogurt_department", [2, 3], ids=["catalog kept", "a product moved department"])
+def test_marts_updated_from_the_touched_orders_equal_a_rebuild(tmp_path: Path, yogurt_department: int):
+    clean = tmp_path / "lake" / "clean"
+    second = write_clean_zone(clean, (DAY_1, DAY_2))
+    third, batch = third_batch(clean, yogurt_department)
+    updated = warehouse_path(tmp_path / "updated")
+    build_warehouse_file(updated, second, SALT, DAY_2, min_orders_for_reorder_rank=1)
+    summary = build_warehouse_file(updated, third, SALT, DAY_3, batch=batch, min_orders_for_reorder_rank=1)
+    assert summary.mode == "incremental"
+    built = {relation.name: relation.built for relation in summary.relations}
+    assert built["orders"] == built["order_products"] == "appended" and built["products"] == "rebuilt"
+    assert built["mart_top_products"] == "updated"
+    moved = yogurt_department != 2
+    assert built["mart_reorder_rate_by_department_hour"] == ("rebuilt" if moved else "updated")
+
+    rebuilt = warehouse_path(tmp_path / "rebuilt")
+    full = build_warehouse_file(rebuilt, third, SALT, DAY_3, min_orders_for_reorder_rank=1)
+    assert summary.relations == tuple(
+        RelationSummary(r.name, r.kind, r.rows, built[r.name]) for r in full.relations
+    )
+    incremental, expected = warehouse_contents(updated), warehouse_contents(rebuilt)
+    for name in expected:
+        assert incremental[name] == expected[name], name
+    with open_readonly(updated) as conn:
+        # 10: users 7 and 8 (8's second order adds no buyer); 30: 7, then 8's first; 40: 7 (a late
+        # line of 1002) and 9
+        assert conn.execute(
+            "SELECT product_id, orders, users FROM mart_top_products ORDER BY product_id"
+        ).fetchall() == [(10, 5, 2), (20, 4, 2), (30, 2, 2), (40, 2, 2)]
+        assert conn.execute("SELECT count(*) FROM joined_order_products").fetchall() == [
+            (summary.rows("joined_order_products"),)
+        ]
+        # order 1002 gained a line: its basket is 4 now, and no order has 3
+        assert conn.execute("SELECT basket_size, orders FROM mart_basket_size_distribution").fetchall() == [
+            (1, 1),
+            (2, 4),
+            (4, 1),
+        ]

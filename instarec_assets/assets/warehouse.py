@@ -220,11 +220,13 @@ def _metadata(summary: WarehouseSummary, salt_source: str) -> dict[str, Metadata
             f"the published warehouse is as of {summary.kept_as_of}, newer than {summary.as_of}: kept it"
         )
         return metadata
-    relations = "\n".join(f"| `{r.name}` | {r.kind} | {r.rows:,} |" for r in summary.relations)
+    relations = "\n".join(f"| `{r.name}` | {r.kind} | {r.rows:,} | {r.built} |" for r in summary.relations)
     metadata.update(
         {
             "dagster/row_count": MetadataValue.int(summary.rows("joined_order_products")),
-            "relations": MetadataValue.md("| name | kind | rows |\n| --- | --- | ---: |\n" + relations),
+            "relations": MetadataValue.md(
+                "| name | kind | rows | built |\n| --- | --- | ---: | --- |\n" + relations
+            ),
             "mart_top_products_preview": MetadataValue.md(
                 tabulate(summary.preview_rows, headers=summary.preview_columns, tablefmt="github")
                 if summary.preview_rows
