@@ -216,7 +216,8 @@ def test_marts_updated_from_the_touched_orders_equal_a_rebuild(tmp_path: Path, y
     assert summary.mode == "incremental"
     built = {relation.name: relation.built for relation in summary.relations}
     assert built["orders"] == built["order_products"] == "appended" and built["products"] == "rebuilt"
-    assert built["mart_top_products"] == "updated"
+    assert built["mart_top_products"] == built["mart_reorder_rate_by_hour"] == "updated"
+    assert built["mart_basket_size_distribution"] == "updated"
     moved = yogurt_department != 2
     assert built["mart_reorder_rate_by_department_hour"] == ("rebuilt" if moved else "updated")
 

@@ -298,6 +298,19 @@ RELATIONS: tuple[Relation, ...] = (
         FROM per_order JOIN orders ON orders.order_id = per_order.order_id
         GROUP BY orders.order_hour_of_day ORDER BY orders.order_hour_of_day
         """,
+        update_sql="""
+        WITH change AS (
+            SELECT order_hour_of_day, sum(sign) AS order_lines, sum(sign) FILTER (WHERE reordered = 1) AS reorders,
+                   count(DISTINCT order_id) FILTER (WHERE sign = 1)
+                     - count(DISTINCT order_id) FILTER (WHERE sign = -1) AS orders
+            FROM touched_lines GROUP BY ALL
+            UNION ALL
+            SELECT order_hour_of_day, order_lines, reorders, orders FROM mart_reorder_rate_by_hour
+        )
+        SELECT order_hour_of_day, sum(order_lines)::BIGINT AS order_lines, sum(reorders)::BIGINT AS reorders,
+               sum(reorders) / sum(order_lines) AS reorder_rate, sum(orders)::BIGINT AS orders
+        FROM change GROUP BY ALL HAVING sum(orders) > 0 ORDER BY order_hour_of_day
+        """,
     ),
     Relation(
         "mart_basket_size_distribution",
@@ -307,6 +320,27 @@ RELATIONS: tuple[Relation, ...] = (
         WITH baskets AS (SELECT order_id, count(*) AS basket_size FROM order_products GROUP BY order_id)
         SELECT basket_size, count(*) AS orders, count(*) / sum(count(*)) OVER () AS share_of_orders
         FROM baskets GROUP BY basket_size ORDER BY basket_size
+        """,
+        # Every line counts here, joined to its order or not: the touched orders' sizes before and after.
+        update_sql="""
+        WITH before AS (SELECT order_id, count(*) AS basket_size FROM touched_old_lines GROUP BY order_id),
+        after AS (
+            SELECT order_id, count(*) AS basket_size
+            FROM (SELECT order_id FROM touched_old_lines UNION ALL SELECT order_id FROM src_order_products)
+            GROUP BY order_id
+        ),
+        change AS (
+            SELECT basket_size, -count(*) AS orders FROM before GROUP BY ALL
+            UNION ALL
+            SELECT basket_size, count(*) FROM after GROUP BY ALL
+            UNION ALL
+            SELECT basket_size, orders FROM mart_basket_size_distribution
+        ),
+        baskets AS (
+            SELECT basket_size, sum(orders)::BIGINT AS orders FROM change GROUP BY ALL HAVING sum(orders) > 0
+        )
+        SELECT basket_size, orders, orders / sum(orders) OVER () AS share_of_orders
+        FROM baskets ORDER BY basket_size
         """,
     ),
 )
