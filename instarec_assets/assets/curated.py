@@ -241,9 +241,6 @@ def curated_features_step(
             source = feature_source(conn, staged.path, locate)
             metadata = {
                 **update,
-                "resolved_rows": MetadataValue.int(
-                    int(conn.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0])
-                ),
                 "preview": preview(conn, str(staged.path), source=source),
                 "history_read": history_read(
                     clean_orders=clean_orders, clean_order_products=clean_order_products
@@ -251,14 +248,16 @@ def curated_features_step(
             }
             if name in ("training_set", "inference_set"):
                 metadata.update(set_metadata)
-                metadata.update(rows_by_eval_set(conn, source))
+                metadata.update(rows_by_eval_set(conn, source, label_rate=name == "training_set"))
+            else:
+                metadata["resolved_rows"] = MetadataValue.int(
+                    int(conn.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0])
+                )
             if name == "training_set":
-                label_rate = conn.execute(f"SELECT avg(label) FROM {source}").fetchall()[0][0]
                 metadata.update(
                     {
                         "summary_statistics": MetadataValue.md(stats),
                         "correlations": MetadataValue.md(correlations),
-                        "label_rate": MetadataValue.float(float(label_rate or 0.0)),
                     }
                 )
             outputs.append(Output(staged, output_name=name, metadata=metadata))

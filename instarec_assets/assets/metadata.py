@@ -25,13 +25,22 @@ def preview(
     return MetadataValue.md(frame.to_markdown(index=False) if len(frame) else "_no rows_")
 
 
-def rows_by_eval_set(conn: duckdb.DuckDBPyConnection, source: str) -> dict[str, MetadataValue]:
+def rows_by_eval_set(
+    conn: duckdb.DuckDBPyConnection, source: str, label_rate: bool = False
+) -> dict[str, MetadataValue]:
     """`<eval_set>_rows` per framing of a feature set (a SQL table: feature_delta.feature_source), the
-    figures to hold against Kaggle's sizes."""
+    figures to hold against Kaggle's sizes, and `resolved_rows`; with `label_rate`, the share of
+    labelled rows that are 1. One pass: a delta's resolved set is a join."""
+    label = "sum(label)::BIGINT, count(label)" if label_rate else "0, 0"
     counts = conn.execute(
-        f"SELECT eval_set, count(*) FROM {source} GROUP BY eval_set ORDER BY eval_set"
+        f"SELECT eval_set, count(*), {label} FROM {source} GROUP BY eval_set ORDER BY eval_set"
     ).fetchall()
-    return {f"{eval_set}_rows": MetadataValue.int(rows) for eval_set, rows in counts}
+    metadata = {f"{eval_set}_rows": MetadataValue.int(rows) for eval_set, rows, _, _ in counts}
+    metadata["resolved_rows"] = MetadataValue.int(sum(rows for _, rows, _, _ in counts))
+    if label_rate:
+        ones, labelled = sum(row[2] or 0 for row in counts), sum(row[3] for row in counts)
+        metadata["label_rate"] = MetadataValue.float(ones / labelled if labelled else 0.0)
+    return metadata
 
 
 def accounting_metadata(accounting: RowAccounting) -> dict[str, MetadataValue]:
