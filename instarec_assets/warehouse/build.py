@@ -14,8 +14,9 @@ already published leaves the newer warehouse in place (a backfill never turns th
 
 After the first batch the build is an update: a copy of the previous batch's warehouse gets this
 batch's orders, lines and quarantined rows appended (they are row-wise functions of their batch),
-the catalog tables and the SCD2 dimension replaced, and the views and marts rebuilt over the
-warehouse's own tables. It falls back to a full build when the published warehouse is not the
+the catalog tables and the SCD2 dimension replaced, the view redefined, and the marts brought up to
+date from the lines of the orders the batch touches (see TOUCHED_BEFORE_SQL), not re-aggregated
+over every line. It falls back to a full build when the published warehouse is not the
 previous batch's, was built by other relation SQL or another salt (`warehouse_info.layout`,
 `salt_check`), or when asked.
 """
