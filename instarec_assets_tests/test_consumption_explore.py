@@ -202,3 +202,29 @@ def test_fallback_for_only_the_short_users_equals_the_fallback_for_everyone(tmp_
     sources = expected.column("explore_source").to_pylist()
     assert "co-purchase" in sources and "graphsage" in sources  # both paths were exercised
     assert sorted(path.name for path in (tmp_path / "short").iterdir()) == ["explore.parquet"]
+
+
+def test_equal_sums_rank_by_product_id(tmp_path) -> None:
+    # user 1 bought 1 and 2: 5 and 7 score 0.5 from 1, 6 scores 0.25 + 0.25 from both (exact sums)
+    lake = {
+        "user_product_features": _write(
+            tmp_path / "upf.parquet", {"framing": ["serving"] * 2, "user_id": [1, 1], "product_id": [1, 2]}
+        ),
+        "products": _write(
+            tmp_path / "products.parquet", {"product_id": [1, 2, 5, 6, 7], "is_current": [True] * 5}
+        ),
+        "similar_items": _write(
+            tmp_path / "similar.parquet",
+            {"product_id": [1, 1, 1, 2], "similar_product_id": [7, 5, 6, 6], "score": [0.5, 0.5, 0.25, 0.25]},
+        ),
+        "fallback": _write(
+            tmp_path / "fallback.parquet",
+            {"user_id": [1], "explore_rank": [1], "product_id": [7], "similarity": [0.9]},
+        ),
+    }
+    assert [row[:4] for row in _explore(lake, tmp_path, k=3)] == [
+        (1, 1, 5, 0.5),
+        (1, 2, 6, 0.5),
+        (1, 3, 7, 0.5),
+    ]
+    assert [row[2] for row in _explore(lake, tmp_path, k=2)] == [5, 6]
