@@ -367,7 +367,9 @@ def _explore_batch(
         "first_user": int(users[0]),
         "last_user": int(users[-1]),
     }
-    history = conn.execute(HISTORY_SQL.format(source=source), {"framing": framing} | bounds).fetchnumpy()
+    history = conn.execute(
+        HISTORY_SQL.replace("{source}", source), {"framing": framing} | bounds
+    ).fetchnumpy()
     history_rows = np.searchsorted(users, np.asarray(history["user_id"], dtype=np.int64))
     history_products = np.asarray(history["product_id"], dtype=np.int64)
     at, known = neighbourhoods.index_of(history_products)
