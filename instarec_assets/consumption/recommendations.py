@@ -321,8 +321,8 @@ class _Neighbourhoods:
 
 def _top_k_per_row(indptr: np.ndarray, columns: np.ndarray, scores: np.ndarray, k: int) -> list[np.ndarray]:
     """The positions of each row's `k` best entries of a CSR matrix (by score, then lowest column;
-    -inf entries never), one array per rank: k passes over the entries instead of sorting them."""
-    scores = scores.copy()
+    -inf entries never), one array per rank: k passes over the entries instead of sorting them.
+    Each picked entry of `scores` is overwritten with -inf."""
     starts = indptr[:-1][np.diff(indptr) > 0]
     lengths = np.diff(np.r_[starts, scores.size])
     ranks = []
@@ -382,8 +382,7 @@ def _explore_batch(
     sums = bought @ neighbourhoods.scores
     sums = (sums - sums.multiply(bought)).tocsr()
     sums.eliminate_zeros()
-    scores = sums.data.copy()
-    scores[~neighbourhoods.current[sums.indices]] = -np.inf
+    scores = np.where(neighbourhoods.current[sums.indices], sums.data, -np.inf)
     ranks = _top_k_per_row(sums.indptr, sums.indices, scores, k)
     top = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
     top_rows = np.searchsorted(sums.indptr, top, side="right") - 1
