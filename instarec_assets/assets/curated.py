@@ -225,9 +225,6 @@ def curated_features_step(
                 return str(getattr(tables, table).path)
             return locations.partition_uri("curated", table, key)
 
-        stats, correlations = feature_summary(
-            conn, tables.training_set.path, tables.feature_columns, locate=locate
-        )
         feature_list = "\n".join(f"| `{name}` | {FEATURES[name]} |" for name in tables.feature_columns)
         set_metadata = {
             "feature_count": MetadataValue.int(len(tables.feature_columns)),
@@ -254,6 +251,13 @@ def curated_features_step(
                     int(conn.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0])
                 )
             if name == "training_set":
+                stats, correlations = feature_summary(
+                    conn,
+                    staged.path,
+                    tables.feature_columns,
+                    locate=locate,
+                    total_rows=metadata["resolved_rows"].value,
+                )
                 metadata.update(
                     {
                         "summary_statistics": MetadataValue.md(stats),

@@ -315,8 +315,7 @@ class _Neighbourhoods:
 
     def index_of(self, product_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Positions of `product_ids` in the index, and the mask of those that are in it."""
-        at = np.minimum(np.searchsorted(self.ids, product_ids), max(self.ids.size - 1, 0))
-        return at, _sorted_contains(self.ids, product_ids)
+        return _find(self.ids, product_ids)
 
 
 def _top_k_per_row(indptr: np.ndarray, columns: np.ndarray, scores: np.ndarray, k: int) -> list[np.ndarray]:
@@ -342,12 +341,13 @@ def _top_k_per_row(indptr: np.ndarray, columns: np.ndarray, scores: np.ndarray, 
     return ranks
 
 
-def _sorted_contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Which `keys` are in `sorted_keys` (ascending)."""
+def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of `keys` is (or would be) in `sorted_keys` (ascending, clamped to a valid index),
+    and which of them are there."""
     if sorted_keys.size == 0:
-        return np.zeros(keys.size, dtype=bool)
+        return np.zeros(keys.size, dtype=np.int64), np.zeros(keys.size, dtype=bool)
     at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
-    return sorted_keys[at] == keys
+    return at, sorted_keys[at] == keys
 
 
 def _explore_batch(
@@ -406,7 +406,7 @@ def _explore_batch(
         fill_keys = fill_rows[usable] * width + fill_at[usable]
         history_keys = np.sort(history_rows[known] * width + at[known])
         taken_keys = np.sort(top_rows * width + top_columns)
-        usable[usable] = ~_sorted_contains(history_keys, fill_keys) & ~_sorted_contains(taken_keys, fill_keys)
+        usable[usable] = ~_find(history_keys, fill_keys)[1] & ~_find(taken_keys, fill_keys)[1]
     fill_rows, fill_products, fill_scores = fill_rows[usable], fill_products[usable], fill_scores[usable]
     order = np.lexsort((fill_products, -fill_scores, fill_rows))
     fill_rows, fill_products, fill_scores = fill_rows[order], fill_products[order], fill_scores[order]

@@ -33,18 +33,24 @@ def feature_summary(
     feature_columns: Sequence[str],
     sample_rows: int = SAMPLE_ROWS,
     locate: Locate | None = None,
+    total_rows: int | None = None,
 ) -> tuple[str, str]:
     """(stats, correlation) markdown tables, computed on a sample of about `sample_rows` rows (by a
     hash of the row's key) to stay cheap at full size.
 
     stats: count, mean, std, min, max and null share per feature. correlation: the Pearson correlation
     of each feature with `label` (when the file has labels), then the most correlated feature pairs.
-    A delta file is summarised as the table it resolves to (`locate`: lake/feature_delta.py).
+    A delta file is summarised as the table it resolves to (`locate`: lake/feature_delta.py);
+    `total_rows` is its row count when the caller has it (counting a resolved delta is a join).
     """
     source = feature_source(conn, staged_path, locate)
     names = [row[0] for row in conn.execute(DESCRIBE_SQL.format(source=source)).fetchall()]
     columns = [*feature_columns, "label"] if "label" in names else list(feature_columns)
-    total = int(conn.execute(COUNT_SQL.format(source=source)).fetchall()[0][0])
+    total = (
+        int(conn.execute(COUNT_SQL.format(source=source)).fetchall()[0][0])
+        if total_rows is None
+        else total_rows
+    )
     where = (
         "" if total <= sample_rows else SAMPLE_WHERE.format(threshold=HASH_RANGE * int(sample_rows) // total)
     )
