@@ -86,10 +86,14 @@ SELECT user_id FROM read_parquet($newest_predictions, hive_partitioning = false)
 RECOMPUTED_USERS = "submission_users"
 ONLY_USERS = "user_id IN (SELECT user_id FROM submission_users)"
 
-# The previous batch's rows of every other user, then the recomputed ones.
-CARRIED_SQL = """
+# The previous batch's rows of every other user (read once), then with the recomputed ones.
+CARRIED_ROWS_SQL = """
+CREATE OR REPLACE TEMP TABLE submission_carried AS
 SELECT * FROM read_parquet($previous, hive_partitioning = false)
 WHERE user_id NOT IN (SELECT user_id FROM submission_users)
+"""
+CARRIED_SQL = """
+SELECT * FROM submission_carried
 UNION ALL
 SELECT * FROM submission_fresh
 ORDER BY order_id
@@ -97,9 +101,7 @@ ORDER BY order_id
 # An order without candidates is stored as `None` with expected F1 1: a scored order reaches 1 only
 # when every candidate's probability is 0, which a logistic output never is.
 WITHOUT_CANDIDATES_SQL = f"""
-SELECT count(*) FROM read_parquet($previous, hive_partitioning = false)
-WHERE user_id NOT IN (SELECT user_id FROM submission_users)
-  AND products = '{NONE}' AND expected_f1 = 1.0
+SELECT count(*) FROM submission_carried WHERE products = '{NONE}' AND expected_f1 = 1.0
 """
 
 
@@ -185,12 +187,14 @@ def carried_baskets(
     orders are the last of `clean_orders`) are selected again."""
     users = recomputed_users(conn, clean_orders[-1], predictions[-1])
     fresh = next_baskets(conn, predictions, clean_orders, none_calibration, only_recomputed_users=True)
+    conn.execute(CARRIED_ROWS_SQL, {"previous": previous})
+    carried_without = int(conn.execute(WITHOUT_CANDIDATES_SQL).fetchall()[0][0])
     conn.register("submission_fresh", fresh.table)
     try:
-        table = conn.sql(CARRIED_SQL, params={"previous": previous}).to_arrow_table().cast(BASKETS_SCHEMA)
-        carried_without = int(conn.execute(WITHOUT_CANDIDATES_SQL, {"previous": previous}).fetchall()[0][0])
+        table = conn.sql(CARRIED_SQL).to_arrow_table().cast(BASKETS_SCHEMA)
     finally:
         conn.unregister("submission_fresh")
+        conn.execute("DROP TABLE submission_carried")
     return NextBaskets(
         table,
         without_candidates=fresh.without_candidates + carried_without,
