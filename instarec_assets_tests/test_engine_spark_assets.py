@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, DagsterInstance, build_asset_context
 
 from instarec_assets.assets.curated import FEATURE_SET_DESCRIPTIONS
+from instarec_assets.assets.spark_jobs import JVM_LOG_FILE, forward_jvm_log, require_local_spark
 from instarec_assets.definitions import build_definitions
 from instarec_assets.generate import generate_dataset
 from instarec_assets.lake.locations import LakeLocations
@@ -24,7 +27,7 @@ pytest.importorskip("pyspark", reason="the spark extra is not installed")
 pytestmark = pytest.mark.slow
 
 
-def test_clean_assets_on_spark_write_the_lake_and_show_the_engine(locations: LakeLocations):
+def test_clean_assets_on_spark_write_the_lake_and_show_the_engine(locations: LakeLocations, capfd):
     write_batch(Path(locations.landing_partition_uri(DAY_1)))
     defs = build_definitions(locations, engine="spark")
     with DagsterInstance.ephemeral() as instance:
@@ -45,6 +48,53 @@ def test_clean_assets_on_spark_write_the_lake_and_show_the_engine(locations: Lak
         assert orders.metadata["row_accounting"].value == (
             f"raw {len(ORDERS)} = clean {len(ORDERS)} + quarantined 0 + duplicates 0"
         )
+    # The five jobs' JVMs wrote their console to their log files, not to this terminal.
+    out, err = capfd.readouterr()
+    assert "log4j" not in out + err and "jdk.incubator" not in out + err
+
+
+def test_a_local_jvm_writes_its_console_to_the_log_file_and_python_keeps_its_own(tmp_path: Path):
+    log = tmp_path / "jvm.log"
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from instarec_assets.lake.spark_connection import spark_session\n"
+        "spark = spark_session('local[1]', app_name='console', jvm_log=Path(sys.argv[1]))\n"
+        "print('python stdout', flush=True); print('python stderr', file=sys.stderr, flush=True)\n"
+        "spark.stop()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(log)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "python stdout" in done.stdout and "python stderr" in done.stderr
+    assert "log4j" not in done.stdout + done.stderr
+    assert "log4j" in log.read_text()
+
+
+def test_a_failed_local_job_leaves_its_jvm_output_in_the_run_log(tmp_path: Path, capfd):
+    log = tmp_path / JVM_LOG_FILE
+    log.write_text("Using Spark's default log4j profile\nERROR Executor: task 0 failed\n")
+    with build_asset_context() as context:
+        forward_jvm_log(context, log, failed=True)
+    err = capfd.readouterr().err
+    assert "WARNING" in err and "ERROR Executor: task 0 failed" in err
+    assert not log.exists()
+    log.write_text("Using Spark's default log4j profile\n")
+    with build_asset_context() as context:
+        forward_jvm_log(context, log, failed=False)
+    assert "log4j" not in capfd.readouterr().err and not log.exists()
+
+
+def test_the_spark_engine_without_java_is_one_line_naming_the_package(tmp_path: Path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("JAVA_HOME", str(empty))
+    with pytest.raises(RuntimeError, match=f"JAVA_HOME={empty} has no bin/java.*openjdk-17-jre-headless"):
+        require_local_spark()
+    monkeypatch.delenv("JAVA_HOME")
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(RuntimeError, match="no java on PATH and no JAVA_HOME"):
+        require_local_spark()
 
 
 def test_features_on_spark_rebuild_the_duckdb_update_and_show_the_engine(tmp_path: Path):

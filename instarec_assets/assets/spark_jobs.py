@@ -13,9 +13,12 @@ messages: on EMR those come from CloudWatch Logs, later and not always whole.
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from dagster import AssetExecutionContext, PipesSubprocessClient
@@ -41,6 +44,8 @@ from instarec_assets.lake.staging import StagedResultMissing
 from instarec_assets.resources import EmrServerlessResource, LakeResource
 
 JOB_RUN_ID = "AWS EMR Serverless Job Run ID"  # the metadata key PipesEMRServerlessClient sets
+# In a local job's staging folder: the JVM's console, forwarded to the run's log when the job ends.
+JVM_LOG_FILE = "_spark_console.log"
 
 T = TypeVar("T")
 
@@ -57,12 +62,31 @@ CLEAN_JOB = SparkJob("instarec_assets.spark.clean_job", JOB_SCRIPT)
 FEATURES_JOB = SparkJob("instarec_assets.spark.features_job", FEATURES_JOB_SCRIPT)
 
 
-def require_spark_extra() -> None:
-    """One line, not an ImportError from inside the job, when the spark extra is missing."""
+def require_local_spark() -> None:
+    """One line, not an ImportError or a Java gateway error from inside the job, when the spark extra
+    or the Java runtime is missing (spark-class looks for JAVA_HOME's java, then java on PATH)."""
     if importlib.util.find_spec("pyspark") is None:
         raise RuntimeError(
             "the spark engine needs the spark extra: pip install 'instarec[spark]' (and Java 17)"
         )
+    java_home = os.environ.get("JAVA_HOME")
+    if not (Path(java_home, "bin", "java").is_file() if java_home else shutil.which("java")):
+        where = f"JAVA_HOME={java_home} has no bin/java" if java_home else "no java on PATH and no JAVA_HOME"
+        raise RuntimeError(
+            f"the spark engine needs a Java 17 runtime ({where}): on Debian, apt-get install "
+            "openjdk-17-jre-headless"
+        )
+
+
+def forward_jvm_log(context: AssetExecutionContext, log: Path, failed: bool) -> None:
+    """The local JVM's console (Spark's log4j lines), kept off the terminal: into the run's log as a
+    warning after a job that failed; after one that succeeded it holds only start-up notices."""
+    if not log.exists():
+        return
+    text = log.read_text(errors="replace").strip()
+    log.unlink()
+    if failed and text:
+        context.log.warning(f"local Spark JVM output:\n{text}")
 
 
 def run_staged_job(
@@ -78,12 +102,21 @@ def run_staged_job(
     PySpark, or with `emr` as an EMR Serverless job run named after `step` (`clean-orders`). A failed
     job run, or a job that ended without staging its result, raises one line starting `subject`."""
     if emr is None:
-        require_spark_extra()
-        # Spark's Python workers (the nfc_normalize and json_valid functions) run this interpreter.
-        PipesSubprocessClient(env={"PYSPARK_PYTHON": sys.executable}).run(
-            context=context,
-            command=[sys.executable, "-m", job.module, "--staging", staging, "--master", LOCAL_SPARK_MASTER],
-        )
+        require_local_spark()
+        jvm_log = Path(staging) / JVM_LOG_FILE
+        failed = True
+        try:
+            # Spark's Python workers (the nfc_normalize and json_valid functions) run this interpreter.
+            PipesSubprocessClient(env={"PYSPARK_PYTHON": sys.executable}).run(
+                context=context,
+                command=[
+                    *(sys.executable, "-m", job.module, "--staging", staging),
+                    *("--master", LOCAL_SPARK_MASTER, "--jvm-log", str(jvm_log)),
+                ],
+            )
+            failed = False
+        finally:
+            forward_jvm_log(context, jvm_log, failed)
         try:
             return read_staged()
         except StagedResultMissing as missing:

@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import unicodedata
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +59,32 @@ LOCAL_SPARK_CONF: dict[str, str] = {
 }
 
 
-def spark_session(master: str | None = LOCAL_SPARK_MASTER, app_name: str = "instarec-clean") -> SparkSession:
+@contextmanager
+def _console_to(log: Path) -> Iterator[None]:
+    """Points this process's stdout and stderr at `log` while the block runs: the JVM that pyspark
+    starts inherits them, so its console (log4j, the JDK's warnings) goes to the file for good."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    try:
+        with log.open("ab") as out:
+            os.dup2(out.fileno(), 1)
+            os.dup2(out.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def spark_session(
+    master: str | None = LOCAL_SPARK_MASTER, app_name: str = "instarec-clean", jvm_log: Path | None = None
+) -> SparkSession:
     """A local-mode session (`master`, for tests and `--engine spark` on one machine), or with no
     master the cluster's own (spark-submit, EMR). The Python workers (nfc_normalize) run
-    PYSPARK_PYTHON, which must be an interpreter with this package: the launcher sets it."""
+    PYSPARK_PYTHON, which must be an interpreter with this package: the launcher sets it.
+    `jvm_log`: where a JVM started here writes its console (else this process's stdout/stderr)."""
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
@@ -68,7 +92,8 @@ def spark_session(master: str | None = LOCAL_SPARK_MASTER, app_name: str = "inst
             builder = builder.config(key, value)
     for key, value in SPARK_CONF.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    with _console_to(jvm_log) if jvm_log is not None else nullcontext():
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

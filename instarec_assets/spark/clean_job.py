@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from dagster_pipes import PipesContext, open_dagster_pipes
 
@@ -43,8 +44,8 @@ def stage_clean(spark, staging: str) -> tuple[CleanRequest, CleanResult]:
     return request, result
 
 
-def run(pipes: PipesContext, staging: str, master: str | None) -> None:
-    request, result = stage_clean(spark_session(master), staging)
+def run(pipes: PipesContext, staging: str, master: str | None, jvm_log: Path | None = None) -> None:
+    request, result = stage_clean(spark_session(master, jvm_log=jvm_log), staging)
     pipes.report_asset_materialization(
         asset_key=f"clean_{request.table}",
         metadata={
@@ -63,7 +64,7 @@ def run(pipes: PipesContext, staging: str, master: str | None) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = parse_arguments(argv)
     with open_dagster_pipes() as pipes:
-        run(pipes, arguments.staging, arguments.master)
+        run(pipes, arguments.staging, arguments.master, arguments.jvm_log)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from dagster_pipes import PipesContext, open_dagster_pipes
 
@@ -41,8 +42,8 @@ def stage_features(spark, staging: str) -> dict[str, dict]:
     return report
 
 
-def run(pipes: PipesContext, staging: str, master: str | None) -> None:
-    spark = spark_session(master, app_name="instarec-features")
+def run(pipes: PipesContext, staging: str, master: str | None, jvm_log: Path | None = None) -> None:
+    spark = spark_session(master, app_name="instarec-features", jvm_log=jvm_log)
     started = time.perf_counter()
     report = stage_features(spark, staging)
     seconds = round(time.perf_counter() - started, 2)
@@ -56,7 +57,7 @@ def run(pipes: PipesContext, staging: str, master: str | None) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = parse_arguments(argv)
     with open_dagster_pipes() as pipes:
-        run(pipes, arguments.staging, arguments.master)
+        run(pipes, arguments.staging, arguments.master, arguments.jvm_log)
 
 
 if __name__ == "__main__":
