@@ -540,8 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         choices=("duckdb", "spark"),
         help="engine of the clean steps and the feature build (default: INSTAREC_ENGINE, else duckdb; "
-        "spark: locally Java 17, in aws mode EMR Serverless for the clean steps; the features are rebuilt "
-        "in full each batch)",
+        "spark: locally the spark extra and Java 17, in aws mode EMR Serverless job runs; the features "
+        "are rebuilt in full each batch)",
     )
     materialize.set_defaults(handler=cmd_materialize)
 

@@ -8,8 +8,10 @@ ships without the pipeline.)
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 # variable -> what it sets; the README's "Settings" table is this list.
 VARIABLES: dict[str, str] = {
@@ -47,7 +49,7 @@ VARIABLES: dict[str, str] = {
     "INSTAREC_RETRAIN_EVERY_BATCHES": "refit the models after this many batches (default 4; 0 = off)",
     "INSTAREC_RETRAIN_MAX_AGE_DAYS": "refit a model this many days after its fitting batch (default 28; 0 = off)",
     "INSTAREC_RETRAIN_DRIFT_PSI": "refit when a drift measure reaches this (default 0.2; 0 = off)",
-    "INSTAREC_ENGINE": "duckdb (default) or spark: the engine of the clean steps (spark: locally the spark extra and Java 17; in aws mode EMR Serverless, INSTAREC_EMR_*)",
+    "INSTAREC_ENGINE": "duckdb (default) or spark: the engine of the clean steps and the feature build (spark: locally the spark extra and Java 17; in aws mode EMR Serverless, INSTAREC_EMR_*)",
     "INSTAREC_ALERT_TOPIC_ARN": "aws: the SNS topic the run-failure sensor publishes to (empty: log only)",
 }
 
@@ -180,3 +182,13 @@ def _engine(engine: str) -> str:
     if engine not in ("duckdb", "spark"):
         raise SettingsError(f"INSTAREC_ENGINE must be duckdb or spark, not {engine!r}")
     return engine
+
+
+def missing_java(environ: Mapping[str, str] | None = None) -> str | None:
+    """Why Spark's launcher (spark-class: JAVA_HOME's bin/java, else java on PATH) would find no
+    Java runtime, or None when it finds one."""
+    env = os.environ if environ is None else environ
+    java_home = env.get("JAVA_HOME")
+    if java_home:
+        return None if Path(java_home, "bin", "java").is_file() else f"JAVA_HOME={java_home} has no bin/java"
+    return None if shutil.which("java", path=env.get("PATH")) else "no java on PATH and no JAVA_HOME"

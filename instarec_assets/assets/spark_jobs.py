@@ -13,8 +13,6 @@ messages: on EMR those come from CloudWatch Logs, later and not always whole.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from instarec_assets.lake.emr_serverless import (
 )
 from instarec_assets.lake.staging import StagedResultMissing
 from instarec_assets.resources import EmrServerlessResource, LakeResource
+from instarec_assets.settings import missing_java
 
 JOB_RUN_ID = "AWS EMR Serverless Job Run ID"  # the metadata key PipesEMRServerlessClient sets
 # In a local job's staging folder: the JVM's console, forwarded to the run's log when the job ends.
@@ -69,11 +68,9 @@ def require_local_spark() -> None:
         raise RuntimeError(
             "the spark engine needs the spark extra: pip install 'instarec[spark]' (and Java 17)"
         )
-    java_home = os.environ.get("JAVA_HOME")
-    if not (Path(java_home, "bin", "java").is_file() if java_home else shutil.which("java")):
-        where = f"JAVA_HOME={java_home} has no bin/java" if java_home else "no java on PATH and no JAVA_HOME"
+    if (missing := missing_java()) is not None:
         raise RuntimeError(
-            f"the spark engine needs a Java 17 runtime ({where}): on Debian, apt-get install "
+            f"the spark engine needs a Java 17 runtime ({missing}): on Debian, apt-get install "
             "openjdk-17-jre-headless"
         )
 
