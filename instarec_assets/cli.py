@@ -315,6 +315,8 @@ def _active_serving_version(home: str | None) -> dict | None:
         "batch": active.batch,
         "model_version": active.model_version,
         "users": active.users,
+        "kind": active.kind,
+        "base_version": active.base_version,
     }
 
 

@@ -364,6 +364,12 @@ def test_serving_versions_shows_a_delta_and_its_base(capsys, home: Path):
     assert out[1].split()[:5] == ["*", delta.version, "delta", full.version, "2024-01-08"]
     assert out[1].split()[-2:] == ["1", "10"]  # what the delta itself holds
     assert out[2].split()[:4] == [full.version, "full", "-", "2024-01-01"]
+    status, out, err = run_cli(capsys, "status", "--home", str(home))
+    assert (status, err) == (0, [])
+    assert out[-1].startswith(
+        f"serving: version {delta.version} active (batch 2024-01-08, model xgb-2, 1 user updated over "
+        f"{full.version}) in "
+    )
 
 
 def test_serving_versions_of_an_empty_or_missing_store(capsys, home: Path):

@@ -90,10 +90,14 @@ class LakeReport:
         builder = "analyst_masked_tables" if self.masked else "analyst_warehouse"
         out.append(f"warehouse: {self.warehouse or f'not built yet (the {builder} asset builds it)'}")
         if self.serving:
+            serving = self.serving
+            # a delta holds only its batch's users; every other user reads through its base
+            users = f"{serving['users']:,} user{'' if serving['users'] == 1 else 's'}"
+            if serving.get("kind") == "delta" and serving.get("base_version"):
+                users += f" updated over {serving['base_version']}"
             out.append(
-                f"serving: version {self.serving['version']} active (batch {self.serving['batch'] or '-'}, "
-                f"model {self.serving['model_version']}, {self.serving['users']:,} users) "
-                f"in {self.serving['store']}"
+                f"serving: version {serving['version']} active (batch {serving['batch'] or '-'}, "
+                f"model {serving['model_version']}, {users}) in {serving['store']}"
             )
         else:
             out.append("serving: no version loaded yet")
