@@ -7,10 +7,13 @@ SparkConnection (lake/spark_connection.py), which runs the very feature SQL of f
 lake/engines.py, and reports the staged files back as JSON.
 
 The Spark engine runs this full build every batch. The incremental update (features/incremental.py)
-stays on DuckDB for now: it is being reworked to write deltas, and sharing it with Spark waits until
-that settles. The full build gives the same rows as the update (test_incremental_equals_full_build),
-so switching engines changes the cost of a batch, never its features; on a cluster the full build is
-one parallel scan of the history, which is what Spark is for.
+stays on DuckDB: its output is feature deltas whose parquet footer names their chain (DuckDB's COPY
+... KV_METADATA, lake/feature_delta.py), which Spark's parquet writer cannot set, and it renames
+temp tables between statements (ALTER TABLE ... RENAME), which SparkConnection does not translate.
+Sharing it needs a chain record Spark can write (a sidecar file beside each delta, say). The full
+build gives the same rows as the update (test_incremental_equals_full_build), so switching engines
+changes the cost of a batch, never its features; on a cluster the full build is one parallel scan of
+the history, which is what Spark is for.
 """
 
 from __future__ import annotations
