@@ -8,7 +8,7 @@ lake/engines.py, and reports the staged files back as JSON.
 
 The Spark engine runs this full build every batch. The incremental update (features/incremental.py)
 stays on DuckDB: its output is feature deltas whose parquet footer names their chain (DuckDB's COPY
-... KV_METADATA, lake/feature_delta.py), which Spark's parquet writer cannot set, and it renames
+... KV_METADATA, lake/feature_delta.py), for which Spark's parquet writer has no option, and it renames
 temp tables between statements (ALTER TABLE ... RENAME), which SparkConnection does not translate.
 Sharing it needs a chain record Spark can write (a sidecar file beside each delta, say). The full
 build gives the same rows as the update (test_incremental_equals_full_build), so switching engines
