@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 import fsspec
+import pyarrow.parquet as pq
 import pytest
 
 from instarec_assets.features.columns import FEATURE_COLUMNS
@@ -25,6 +26,7 @@ from instarec_assets.features.full_build import FEATURE_TABLES, FeatureRequest, 
 from instarec_assets.generate.dataset import generate_dataset
 from instarec_assets.lake.accounting import CleanResult
 from instarec_assets.lake.clean_steps import CleanRequest, run_clean_step
+from instarec_assets.lake.duck import copy_to_parquet
 from instarec_assets.lake.engines import to_spark
 from instarec_assets.lake.landing import ingest_landing_file
 from instarec_assets.lake.schemas import LANDING_FILES
@@ -359,3 +361,35 @@ def test_feature_sql_spark_lacks_is_rewritten():
         "(SELECT * FROM parquet.`/lake/a.parquet` UNION ALL SELECT * FROM parquet.`/lake/b.parquet`) AS f"
         in (spark_sql)
     )
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["path", "file-uri"])
+def test_a_table_written_in_parallel_parts_is_one_file_in_order(
+    spark_engine: SparkConnection, duck, tmp_path: Path, as_uri: bool
+):
+    """The last stage stays parallel (four sorted parts here) and the lake still gets one file:
+    the parts' row groups in task order, so the ORDER BY holds, with no .crc or part left over."""
+    spark = spark_engine.spark
+    spark.range(20_000).selectExpr("id", "id % 7 AS g", "CAST(id AS STRING) AS s").createOrReplaceTempView(
+        "merge_source"
+    )
+    folder = tmp_path / "a staging folder"
+    folder.mkdir()
+    target = f"file://{folder}/t.parquet" if as_uri else str(folder / "t.parquet")
+    # Without adaptive coalescing the sort's four shuffle partitions stay four tasks, four parts.
+    spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")
+    try:
+        staged = copy_to_parquet(
+            spark_engine, "SELECT g, id, s FROM merge_source ORDER BY g DESC, id", target
+        )
+    finally:
+        spark.conf.unset("spark.sql.adaptive.coalescePartitions.enabled")
+    assert staged.row_count == 20_000
+    assert sorted(path.name for path in folder.iterdir()) == ["t.parquet"]
+    written = pq.ParquetFile(folder / "t.parquet")
+    assert written.metadata.num_row_groups == 4
+    assert b"org.apache.spark.version" in written.metadata.metadata
+    expected = duck.execute(
+        "SELECT id % 7 AS g, id, id::VARCHAR AS s FROM range(20000) AS r(id) ORDER BY g DESC, id"
+    ).fetchall()
+    assert duck.execute(f"SELECT * FROM read_parquet('{folder}/t.parquet')").fetchall() == expected

@@ -1,8 +1,8 @@
 """The Spark jobs (the clean steps, the feature build) with URI inputs and a URI staging location, as
 on EMR Serverless, on local disk: `file://` URIs stand in for `s3://` ones (no s3a:// connector is
 installed here, and moto runs no Spark), so the code that differs on EMR (the request read and the
-result written through Spark and Hadoop's FileSystem, each table renamed from Spark's part file at a
-URI) runs for real. Over the two bad-input batches each job stages the rows the DuckDB engine stages
+result written through Spark and Hadoop's FileSystem, each table's part files joined into one file
+at a URI) runs for real. Over the two bad-input batches each job stages the rows the DuckDB engine stages
 from plain paths.
 
 What this cannot show: EMRFS (s3://) behaving as Hadoop's local FileSystem does for the same calls,

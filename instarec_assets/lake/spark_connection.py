@@ -7,8 +7,8 @@ module and the Spark job import pyspark.
 
 The same code runs on the local PySpark (4.x) and on EMR Serverless's emr-7.9.0 (Apache Spark 3.5.5),
 so it keeps to APIs both have: DataFrame reads and writes, temp views, localCheckpoint, pandas UDFs,
-and Hadoop's FileSystem (through the py4j gateway, `spark._jvm`, in both) for the one-file outputs
-at URIs. No Spark Connect, no VARIANT functions (try_parse_json is 4.0 only: see JSON_VALID in
+and, through the py4j gateway (`spark._jvm`), Hadoop's FileSystem and parquet-mr's ParquetFileWriter
+(1.13 on EMR 7.9, 1.17 here) for the one-file outputs. No Spark Connect, no VARIANT functions (try_parse_json is 4.0 only: see JSON_VALID in
 lake/engines.py), no 4.0 SQL syntax (SQLGlot writes CAST, not `::`).
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import unicodedata
 import uuid
@@ -240,29 +239,75 @@ class SparkConnection:
         table.unionAll(typed).localCheckpoint().createOrReplaceTempView(target)
 
     def _copy(self, copy: exp.Copy) -> None:
-        """One zstd parquet file in the step's staging location: a local folder, or a URI."""
+        """One zstd parquet file at the step's staging location (a local path, or a URI): Spark
+        writes the table's part files in parallel, then merge_parts joins them into that file."""
         (target,) = copy.args["files"]
         frame = self.spark.sql(spark_sql(copy.this.this))
-        if is_uri(target.name):
-            self._copy_to_uri(frame, target.name)
-            return
-        path = Path(target.name)
-        parts = path.parent / f".{path.name}.{uuid.uuid4().hex}.spark"
-        frame.coalesce(1).write.mode("overwrite").parquet(str(parts))
-        (part,) = sorted(parts.glob("part-*.parquet"))
-        os.replace(part, path)
-        shutil.rmtree(parts, ignore_errors=True)
+        uri = target.name if is_uri(target.name) else f"file://{Path(target.name).absolute()}"
+        folder, _, name = uri.rpartition("/")
+        parts = f"{folder}/.{name}.{uuid.uuid4().hex}.spark"
+        frame.write.mode("overwrite").parquet(parts)
+        merge_parts(self.spark, parts, uri)
 
-    def _copy_to_uri(self, frame: DataFrame, uri: str) -> None:
-        """Spark writes a folder of part files; its one part is renamed to `uri` through Hadoop's
-        FileSystem (on S3 a copy and a delete, within the staging prefix)."""
-        parts = f"{uri}.{uuid.uuid4().hex}.spark"
-        frame.coalesce(1).write.mode("overwrite").parquet(parts)
-        fs, parts_path = _hadoop_path(self.spark, parts)
-        written = [status.getPath() for status in fs.listStatus(parts_path)]
-        (part,) = [path for path in written if path.getName().startswith("part-")]
-        _, target = _hadoop_path(self.spark, uri)
-        fs.delete(target, False)
-        if not fs.rename(part, target):
-            raise EngineError(f"could not move the Spark output {part.toString()} to {uri}")
-        fs.delete(parts_path, True)
+
+# Row groups are copied as Spark wrote them (128 MiB each by default), never padded to a block size.
+_MERGE_ROW_GROUP_BYTES = 128 * 1024 * 1024
+
+
+def _part_index(path) -> int:
+    """Spark's task number in a part file's name (part-00012-<uuid>-c000.zstd.parquet)."""
+    return int(path.getName().split("-")[1])
+
+
+def merge_parts(spark: SparkSession, parts: str, target: str) -> None:
+    """Spark's part files in the folder `parts`, joined in task order into one parquet file at
+    `target` (so a sorted frame stays sorted), and the folder removed. One part is renamed (on S3 a
+    server-side copy). More are joined by parquet-mr's ParquetFileWriter.appendFile, which copies
+    each row group's bytes without decoding them: the lake keeps one file per table and batch while
+    the stages before the write stay parallel (coalesce(1) would have narrowed them to one task)."""
+    jvm = spark._jvm
+    conf = spark._jsc.hadoopConfiguration()
+    fs, parts_path = _hadoop_path(spark, parts)
+    written = sorted(
+        (
+            status.getPath()
+            for status in fs.listStatus(parts_path)
+            if status.getPath().getName().startswith("part-")
+        ),
+        key=_part_index,
+    )
+    if not written:
+        raise EngineError(f"Spark wrote no part file for {target}")
+    _, target_path = _hadoop_path(spark, target)
+    fs.delete(target_path, False)
+    if len(written) == 1:
+        if not fs.rename(written[0], target_path):
+            raise EngineError(f"could not move the Spark output {written[0].toString()} to {target}")
+    else:
+        hadoop = jvm.org.apache.parquet.hadoop
+        input_file = hadoop.util.HadoopInputFile
+        reader = hadoop.ParquetFileReader.open(input_file.fromPath(written[0], conf))
+        try:
+            file_metadata = reader.getFooter().getFileMetaData()
+        finally:
+            reader.close()
+        # Hadoop's local FileSystem would write a .crc file beside a local target; its raw one does not.
+        out_conf = jvm.org.apache.hadoop.conf.Configuration(conf)
+        out_conf.set("fs.file.impl", "org.apache.hadoop.fs.RawLocalFileSystem")
+        out_conf.setBoolean("fs.file.impl.disable.cache", True)
+        writer = hadoop.ParquetFileWriter(
+            hadoop.util.HadoopOutputFile.fromPath(target_path, out_conf),
+            file_metadata.getSchema(),
+            getattr(hadoop, "ParquetFileWriter$Mode").OVERWRITE,
+            _MERGE_ROW_GROUP_BYTES,
+            0,
+        )
+        try:
+            writer.start()
+            for part in written:
+                writer.appendFile(input_file.fromPath(part, conf))
+            writer.end(jvm.java.util.HashMap(file_metadata.getKeyValueMetaData()))
+        except Exception:
+            fs.delete(target_path, False)
+            raise
+    fs.delete(parts_path, True)
