@@ -13,8 +13,6 @@ have; the job never sets a master on EMR).
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,7 +44,6 @@ from instarec_assets_tests.test_engine_parity import (
 )
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed")
-from instarec_assets.lake.spark_connection import spark_session
 from instarec_assets.spark import features_job
 from instarec_assets.spark.clean_job import parse_arguments, stage_clean
 
@@ -59,12 +56,10 @@ def _path(uri: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def spark() -> Iterator:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYSPARK_PYTHON", sys.executable)
-        session = spark_session()
-        yield session
-        session.stop()
+def spark(spark_engine):
+    """The test run's one local session (spark_fixtures.py): a module's own would be the same
+    session (getOrCreate), and stopping it would stop it for every later engine test."""
+    return spark_engine.spark
 
 
 def test_job_arguments_name_the_staging_and_no_master_on_a_cluster() -> None:
