@@ -456,6 +456,7 @@ def test_the_feature_build_is_a_job_run_on_the_application_and_publishes_from_st
         "aisles": clean["clean_aisles"],
         "departments": clean["clean_departments"],
         "staging": staging,
+        "previous": None,  # the first batch: a full build
     }
 
     # published into the curated bucket with one object per table, the staging prefix emptied

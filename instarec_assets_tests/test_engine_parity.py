@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from instarec_assets.features.columns import FEATURE_COLUMNS
-from instarec_assets.features.full_build import FEATURE_TABLES, FeatureRequest, FullBuild, run_full_build
+from instarec_assets.features.full_build import FEATURE_TABLES, FeatureRequest, FeatureBuild, run_full_build
 from instarec_assets.generate.dataset import generate_dataset
 from instarec_assets.lake.accounting import CleanResult
 from instarec_assets.lake.clean_steps import CleanRequest, run_clean_step
@@ -218,7 +218,7 @@ def generated_zone(spark_engine, duck, tmp_path_factory: pytest.TempPathFactory)
     return engines, [engines.clean_batch(folder) for folder in generated_landing(root)]
 
 
-def full_builds(zone: Zone) -> dict[str, FullBuild]:
+def full_builds(zone: Zone) -> dict[str, FeatureBuild]:
     """The full feature build as of the last batch, on each engine from its own clean zone."""
     engines, batches = zone
     builds = {}
@@ -243,7 +243,7 @@ def same_value(left, right) -> bool:
     return left == right
 
 
-def assert_same_features(duck: duckdb.DuckDBPyConnection, builds: dict[str, FullBuild]) -> None:
+def assert_same_features(duck: duckdb.DuckDBPyConnection, builds: dict[str, FeatureBuild]) -> None:
     """Every table: same columns and types, same row count, the same rows (sorted by their keys)."""
     staged = {
         engine: {name: getattr(build.tables, name) for name in FEATURE_TABLES}

@@ -97,13 +97,21 @@ def test_the_spark_engine_without_java_is_one_line_naming_the_package(tmp_path: 
         require_local_spark()
 
 
-def test_features_on_spark_rebuild_the_duckdb_update_and_show_the_engine(tmp_path: Path):
-    """Two batches through curated on DuckDB (the second an incremental update), then the second
-    batch's feature step again with engine=spark: a full build by the Pipes job, the same tables."""
-    summary = generate_dataset(tmp_path / "generated", users=60, seed=5, batches=2)
+def test_features_on_spark_update_a_whole_batch_and_rebuild_after_a_delta(tmp_path: Path):
+    """Three batches through curated on DuckDB (the second and third stored as deltas). Then with
+    engine=spark: batch 3 again, whose previous batch is a delta, is a full build by the Pipes job;
+    batch 2 again, whose previous batch is whole, is an incremental update by the job. Both give
+    the tables DuckDB gave, and say which they were."""
+    summary = generate_dataset(tmp_path / "generated", users=60, seed=5, batches=3)
     locations = LakeLocations(env="local", home=str(tmp_path / "home"))
     on_duckdb, on_spark = build_definitions(locations), build_definitions(locations, engine="spark")
+    curated = [AssetKey(name) for name in (*FEATURE_SET_DESCRIPTIONS, "affected_users")]
+
+    def latest(key: AssetKey):
+        return instance.get_latest_materialization_event(key).asset_materialization
+
     with DagsterInstance.ephemeral() as instance:
+        expected = {}
         for batch in summary.batches:
             target = Path(locations.landing_partition_uri(batch.partition))
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -115,23 +123,31 @@ def test_features_on_spark_rebuild_the_duckdb_update_and_show_the_engine(tmp_pat
                 asset_selection=assets_through(on_duckdb, "curated"),
             )
             assert result.success
-        latest = summary.batches[-1].partition
-        updated = instance.get_latest_materialization_event(AssetKey("training_set")).asset_materialization
+            expected[batch.partition] = curated_tables(locations, batch.partition)
+        updated = latest(AssetKey("training_set"))
         assert (updated.metadata["mode"].value, updated.metadata["engine"].value) == ("incremental", "duckdb")
         assert updated.metadata["storage"].value == "delta"
-        expected = curated_tables(locations, latest)
+        second, third = (batch.partition for batch in summary.batches[1:])
 
-        curated = [AssetKey(name) for name in (*FEATURE_SET_DESCRIPTIONS, "affected_users")]
-        result = on_spark.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
-            partition_key=latest, instance=instance, asset_selection=curated
-        )
-        assert result.success
-        assert curated_tables(locations, latest) == expected
-        for key in curated:
-            metadata = instance.get_latest_materialization_event(key).asset_materialization.metadata
-            assert (metadata["engine"].value, metadata["mode"].value) == ("spark", "full"), key
-        training = instance.get_latest_materialization_event(AssetKey("training_set")).asset_materialization
-        assert "incremental update runs on duckdb only" in training.metadata["mode_reason"].value
-        assert training.metadata["label_rate"].value > 0
-        affected = instance.get_latest_materialization_event(AssetKey("affected_users")).asset_materialization
-        assert affected.metadata["users_by_reason"].value == {"full build": affected.metadata["users"].value}
+        for partition, mode in ((third, "full"), (second, "incremental")):
+            result = on_spark.resolve_job_def(LANDING_JOB_NAME).execute_in_process(
+                partition_key=partition, instance=instance, asset_selection=curated
+            )
+            assert result.success
+            assert curated_tables(locations, partition) == expected[partition], partition
+            for key in curated:
+                metadata = latest(key).metadata
+                assert (metadata["engine"].value, metadata["mode"].value) == ("spark", mode), (partition, key)
+            training = latest(AssetKey("training_set"))
+            assert training.metadata["storage"].value == "base"
+            assert "spark engine writes whole tables" in training.metadata["storage_reason"].value
+            assert training.metadata["label_rate"].value > 0
+            by_reason = latest(AssetKey("affected_users")).metadata["users_by_reason"].value
+            if mode == "full":
+                assert (
+                    "feature deltas (written by the duckdb engine)" in training.metadata["mode_reason"].value
+                )
+                assert set(by_reason) == {"full build"}
+            else:
+                assert training.metadata["affected_users"].value == sum(by_reason.values()) > 0
+                assert "full build" not in by_reason

@@ -23,7 +23,7 @@ from instarec_assets.features.build import FeatureTables
 from instarec_assets.features.full_build import (
     FEATURE_TABLES,
     FeatureRequest,
-    FullBuild,
+    FeatureBuild,
     build_as_json,
     read_feature_result,
     run_full_build,
@@ -215,7 +215,7 @@ def test_features_job_with_uri_inputs_and_staging_stages_what_duckdb_builds(spar
         [REQUEST_FILE, RESULT_FILE, "affected_users.parquet", *(f"{name}.parquet" for name in FEATURE_TABLES)]
     )
     assert json.loads((staging / RESULT_FILE).read_text())["training_set"]["rows"] > 0
-    on_spark = FullBuild(
+    on_spark = FeatureBuild(
         tables=FeatureTables(**{name: _on_disk(getattr(staged.tables, name)) for name in FEATURE_TABLES}),
         affected=_on_disk(staged.affected),
     )

@@ -1,13 +1,14 @@
 """Curated zone: the feature sets as of each landing batch, over every clean batch up to it; after the
 first batch, the previous batch's tables updated for the users and products the batch touched.
 
-With the Spark engine every batch is a full build, run by the Spark job (spark/features_job.py)
-through Pipes: a local PySpark subprocess, or in aws mode an EMR Serverless job run staging on S3
-(assets/spark_jobs.py, as the clean steps); features/full_build.py says why the incremental update
-stays on DuckDB."""
+With the Spark engine the build or update is run by the Spark job (spark/features_job.py) through
+Pipes: a local PySpark subprocess, or in aws mode an EMR Serverless job run staging on S3
+(assets/spark_jobs.py, as the clean steps). Spark writes whole tables, never deltas, and after a
+batch stored as deltas (by the DuckDB engine) rebuilds in full; features/full_build.py says why."""
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, MetadataValue, Output, multi_asset
 from dagster_duckdb import DuckDBResource
@@ -22,7 +23,7 @@ from instarec_assets.features import (
     update_features,
 )
 from instarec_assets.features.full_build import FeatureRequest, run_full_build
-from instarec_assets.features.incremental import DeltaChain, delta_chain
+from instarec_assets.features.incremental import DeltaChain, delta_chain, first_delta
 from instarec_assets.history import own_earlier_partitions
 from instarec_assets.lake.clean_steps import SPARK_ENGINE
 from instarec_assets.lake.feature_delta import feature_source
@@ -30,9 +31,9 @@ from instarec_assets.partitions import HISTORY_POOL, history_input, landing_batc
 from instarec_assets.resources import ComputeResource, EmrServerlessResource, LakeResource, lake_connection
 
 CURATED_KINDS = {"duckdb", "parquet"}
-SPARK_FULL_BUILD_REASON = (
-    "the spark engine rebuilds every feature from the whole history each batch "
-    "(the incremental update runs on duckdb only; both give the same rows)"
+SPARK_AFTER_DELTA_REASON = (
+    "the previous batch's tables are feature deltas (written by the duckdb engine), which the spark "
+    "engine cannot resolve: it rebuilt every table from the whole history (the same rows)"
 )
 
 # The clean zone as of a batch: the orders and lines of every batch up to it, the catalog at it.
@@ -109,16 +110,16 @@ def _previous_features(
     return previous, PreviousFeatures(**uri, products=clean_products[-2])
 
 
-def _storage_metadata(chain: DeltaChain | None, max_deltas: int) -> dict[str, MetadataValue]:
+def _storage_metadata(chain: DeltaChain | None, max_deltas: int, on_spark: bool) -> dict[str, MetadataValue]:
     """How this batch stored its tables: whole (a base) or as a delta on a chain of earlier files."""
     if chain is None:
-        return {
-            "storage": MetadataValue.text("base"),
-            "storage_reason": MetadataValue.text(
-                "full build or compaction: whole tables "
-                f"(at most {max_deltas} deltas stack on a base; INSTAREC_FEATURE_MAX_DELTA_CHAIN)"
-            ),
-        }
+        reason = (
+            "the spark engine writes whole tables (no feature deltas: features/full_build.py)"
+            if on_spark
+            else "full build or compaction: whole tables "
+            f"(at most {max_deltas} deltas stack on a base; INSTAREC_FEATURE_MAX_DELTA_CHAIN)"
+        )
+        return {"storage": MetadataValue.text("base"), "storage_reason": MetadataValue.text(reason)}
     return {
         "storage": MetadataValue.text("delta"),
         "delta_chain": MetadataValue.json([*chain.chain, chain.batch]),
@@ -163,8 +164,7 @@ def curated_features_step(
     )
     on_spark = compute.engine == SPARK_ENGINE
     on_emr = on_spark and lake.locations.is_aws
-    full = config.full_recompute or on_spark
-    previous = None if full else _previous_features(context, lake, clean_products)
+    previous = None if config.full_recompute else _previous_features(context, lake, clean_products)
     scratch = lake.staging_dir(context.run_id, "curated")
     if on_emr:
         staging = lake.staging_prefix(emr_serverless.settings().staging_prefix(context.run_id, "curated"))
@@ -183,12 +183,23 @@ def curated_features_step(
     with lake_connection(duckdb, lake) as conn:
         update = {"engine": MetadataValue.text(SPARK_ENGINE if on_spark else "duckdb")}
         if on_spark:
+            after_delta = previous is not None and first_delta(conn, previous[1]) is not None
+            if previous is not None and not after_delta:
+                request = replace(request, previous=previous[1])
             build = features_on_spark(context, lake, request, emr_serverless if on_emr else None)
             tables, affected = build.tables, build.affected
-            update |= {
-                "mode": MetadataValue.text("full"),
-                "mode_reason": MetadataValue.text(SPARK_FULL_BUILD_REASON),
-            }
+            if build.update is None:
+                update["mode"] = MetadataValue.text("full")
+                if after_delta:
+                    update["mode_reason"] = MetadataValue.text(SPARK_AFTER_DELTA_REASON)
+            else:
+                update |= {
+                    "mode": MetadataValue.text("incremental"),
+                    "affected_users": MetadataValue.int(build.update["affected_users"]),
+                    "touched_products": MetadataValue.int(build.update["touched_products"]),
+                    "product_update": MetadataValue.text(build.update["product_update"]),
+                    "update_seconds": MetadataValue.json(build.update["seconds"]),
+                }
             chain = None
         elif previous is None:
             build = run_full_build(conn, request)
@@ -216,7 +227,7 @@ def curated_features_step(
                 "update_seconds": MetadataValue.json(result.seconds),
             }
         update["build_seconds"] = MetadataValue.float(round(time.perf_counter() - started, 2))
-        update.update(_storage_metadata(chain, lake.feature_max_delta_chain))
+        update.update(_storage_metadata(chain, lake.feature_max_delta_chain, on_spark))
         locations = lake.locations
 
         def locate(table: str, key: str) -> str:

@@ -22,8 +22,8 @@ from typing import TypeVar
 from dagster import AssetExecutionContext, PipesSubprocessClient
 
 from instarec_assets.features.full_build import (
+    FeatureBuild,
     FeatureRequest,
-    FullBuild,
     read_feature_result,
     write_feature_request,
 )
@@ -163,8 +163,8 @@ def features_on_spark(
     lake: LakeResource,
     request: FeatureRequest,
     emr: EmrServerlessResource | None = None,
-) -> FullBuild:
-    """The full feature build as the Spark features job (instarec_assets/spark/features_job.py):
+) -> FeatureBuild:
+    """The feature build or update as the Spark features job (instarec_assets/spark/features_job.py):
     locally, or with `emr` on EMR Serverless (the request's staging is then an s3:// prefix)."""
     fs = lake.locations.filesystem
     write_feature_request(fs, request)

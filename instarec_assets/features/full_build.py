@@ -1,28 +1,27 @@
-"""One full feature build as plain data, run on either engine's connection.
+"""One feature build as plain data, run on either engine's connection.
 
 The curated step builds a FeatureRequest. On DuckDB it runs it in process (when there is no previous
 batch to update, or a full recompute is asked for); on Spark it hands it to the Pipes job
-(instarec_assets/spark/features_job.py) as JSON, and the job runs the same `run_full_build` on a
+(instarec_assets/spark/features_job.py) as JSON, and the job runs the same `run_feature_request` on a
 SparkConnection (lake/spark_connection.py), which runs the very feature SQL of features/ transpiled by
 lake/engines.py, and reports the staged files back as JSON.
 
-The Spark engine runs this full build every batch. The incremental update (features/incremental.py)
-stays on DuckDB: its output is feature deltas whose parquet footer names their chain (DuckDB's COPY
-... KV_METADATA, lake/feature_delta.py), for which Spark's parquet writer has no option, and it renames
-temp tables between statements (ALTER TABLE ... RENAME), which SparkConnection does not translate.
-Sharing it needs a chain record Spark can write (a sidecar file beside each delta, say). The full
-build gives the same rows as the update (test_incremental_equals_full_build), so switching engines
-changes the cost of a batch, never its features; on a cluster the full build is one parallel scan of
-the history, which is what Spark is for.
+A request with `previous` (the batch before's tables) is the incremental update
+(features/incremental.py) instead of a full build. On Spark it writes whole tables (a base each
+batch), never deltas: a delta names its chain in the parquet footer (DuckDB's COPY ... KV_METADATA,
+lake/feature_delta.py), which Spark's writer has no option for, and resolving a chain needs
+DuckDB's UNION ALL BY NAME. So Spark updates a previous batch stored whole (its own output, or a
+DuckDB base) and rebuilds in full after a DuckDB delta. Every way gives the same rows
+(test_incremental_equals_full_build; on Spark, test_engine_spark_incremental.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from instarec_assets.features.build import FeatureTables, build_features
-from instarec_assets.features.incremental import all_users_affected
+from instarec_assets.features.incremental import PreviousFeatures, all_users_affected, update_features
 from instarec_assets.features.snapshot import CleanSnapshot
 from instarec_assets.lake.duck import StagedParquet
 from instarec_assets.lake.staging import (
@@ -44,13 +43,16 @@ FEATURE_TABLES = (
     "inference_set",
 )
 AFFECTED_USERS = "affected_users"
+# The result's key for what an update (not a full build) reports.
+UPDATE = "update"
 
 
 @dataclass(frozen=True)
 class FeatureRequest:
-    """A full build as of one partition: the clean orders and lines of every batch up to it (oldest
-    first), the catalog at it, and where the tables are staged: a local folder, or a URI (the
-    Spark job on EMR Serverless: an s3:// prefix)."""
+    """The feature tables as of one partition: the clean orders and lines of every batch up to it
+    (oldest first; the last is this batch's), the catalog at it, and where the tables are staged: a
+    local folder, or a URI (the Spark job on EMR Serverless: an s3:// prefix). With `previous`, the
+    batch before's whole tables are updated; without, everything is built from the history."""
 
     orders: tuple[str, ...]
     order_products: tuple[str, ...]
@@ -58,6 +60,7 @@ class FeatureRequest:
     aisles: str
     departments: str
     staging: str
+    previous: PreviousFeatures | None = None
 
     @property
     def snapshot(self) -> CleanSnapshot:
@@ -77,44 +80,88 @@ class FeatureRequest:
             "aisles": self.aisles,
             "departments": self.departments,
             "staging": self.staging,
+            "previous": asdict(self.previous) if self.previous is not None else None,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FeatureRequest:
+        previous = data.get("previous")
         return cls(
-            **{**data, "orders": tuple(data["orders"]), "order_products": tuple(data["order_products"])}
+            **{
+                **data,
+                "orders": tuple(data["orders"]),
+                "order_products": tuple(data["order_products"]),
+                "previous": PreviousFeatures(**previous) if previous is not None else None,
+            }
         )
 
 
 @dataclass(frozen=True)
-class FullBuild:
-    """The staged feature tables and the affected users (every user: `full build`)."""
+class FeatureBuild:
+    """The staged feature tables and the affected users (every user, `full build`, on a full build).
+    `update`: None for a full build; for an update, what update_features reports (affected_users,
+    touched_products, product_update, seconds)."""
 
     tables: FeatureTables
     affected: StagedParquet
+    update: dict[str, Any] | None = None
 
 
-def run_full_build(conn, request: FeatureRequest) -> FullBuild:
+def run_full_build(conn, request: FeatureRequest) -> FeatureBuild:
     """Every feature table from the whole history, on `conn`: a DuckDB connection or a SparkConnection."""
     scratch = staging_location(request.staging)
     tables = build_features(conn, request.snapshot, scratch)
     affected = all_users_affected(conn, list(request.orders), scratch / f"{AFFECTED_USERS}.parquet")
-    return FullBuild(tables=tables, affected=affected)
+    return FeatureBuild(tables=tables, affected=affected)
 
 
-def build_as_json(build: FullBuild) -> dict[str, dict[str, Any]]:
-    """A FullBuild as the Spark job stages it in `_result.json`: each table's staged path and rows."""
+def run_feature_request(conn, request: FeatureRequest) -> FeatureBuild:
+    """The request on `conn`: the incremental update of `request.previous` (whole tables), or a full
+    build without one."""
+    if request.previous is None:
+        return run_full_build(conn, request)
+    snapshot = request.snapshot
+    result = update_features(
+        conn,
+        snapshot,
+        request.previous,
+        [snapshot.orders[-1]],
+        [snapshot.order_products[-1]],
+        staging_location(request.staging),
+    )
+    return FeatureBuild(
+        tables=result.tables,
+        affected=result.affected_user_ids,
+        update={
+            "affected_users": result.affected_users,
+            "touched_products": result.touched_products,
+            "product_update": result.product_update,
+            "seconds": result.seconds,
+        },
+    )
+
+
+def build_as_json(build: FeatureBuild) -> dict[str, Any]:
+    """A FeatureBuild as the Spark job stages it in `_result.json`: each table's staged path and rows,
+    and `update` when it was one."""
     staged = {name: getattr(build.tables, name) for name in FEATURE_TABLES} | {AFFECTED_USERS: build.affected}
-    return {name: {"path": str(table.path), "rows": table.row_count} for name, table in staged.items()}
-
-
-def build_from_json(data: dict[str, dict[str, Any]]) -> FullBuild:
-    staged = {
-        name: StagedParquet(staging_location(item["path"]), int(item["rows"])) for name, item in data.items()
+    result: dict[str, Any] = {
+        name: {"path": str(table.path), "rows": table.row_count} for name, table in staged.items()
     }
-    return FullBuild(
+    if build.update is not None:
+        result[UPDATE] = build.update
+    return result
+
+
+def build_from_json(data: dict[str, Any]) -> FeatureBuild:
+    staged = {
+        name: StagedParquet(staging_location(data[name]["path"]), int(data[name]["rows"]))
+        for name in (*FEATURE_TABLES, AFFECTED_USERS)
+    }
+    return FeatureBuild(
         tables=FeatureTables(**{name: staged[name] for name in FEATURE_TABLES}),
         affected=staged[AFFECTED_USERS],
+        update=data.get(UPDATE),
     )
 
 
@@ -123,8 +170,8 @@ def write_feature_request(fs: AbstractFileSystem, request: FeatureRequest) -> st
     return write_staged_request(fs, request.staging, request.as_json())
 
 
-def read_feature_result(fs: AbstractFileSystem, staging: str) -> FullBuild:
-    """The FullBuild the job wrote last into `staging`, each table it names checked to be there;
+def read_feature_result(fs: AbstractFileSystem, staging: str) -> FeatureBuild:
+    """The FeatureBuild the job wrote last into `staging`, each table it names checked to be there;
     StagedResultMissing names what is missing."""
     build = build_from_json(read_staged_result(fs, staging))
     require_staged(fs, [getattr(build.tables, name).path for name in FEATURE_TABLES] + [build.affected.path])

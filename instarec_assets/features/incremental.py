@@ -67,7 +67,7 @@ from instarec_assets.features.user_product import (
 from instarec_assets.lake.clean_order_products import CLEAN_ORDER_PRODUCTS_SCHEMA
 from instarec_assets.lake.clean_orders import CLEAN_ORDERS_SCHEMA
 from instarec_assets.lake.duck import StagedParquet, copy_to_parquet, create_view, scalar
-from instarec_assets.lake.feature_delta import DeltaInfo, chain_after, feature_source, write_delta
+from instarec_assets.lake.feature_delta import DeltaInfo, chain_after, delta_info, feature_source, write_delta
 from instarec_assets.lake.staging import StagedLocation
 
 # A float's significand holds integers up to 2^24 exactly; below 2^23 round(float(s / n) * n) == s.
@@ -84,6 +84,11 @@ class PreviousFeatures:
     training_set: str
     inference_set: str
     products: str | None = None
+
+    @property
+    def read_by_update(self) -> tuple[str, ...]:
+        """The tables update_features reads (the inference set it does not)."""
+        return (self.user_features, self.product_features, self.user_product_features, self.training_set)
 
     @classmethod
     def from_tables(cls, tables: FeatureTables, products: str | None = None) -> PreviousFeatures:
@@ -243,6 +248,11 @@ SELECT DISTINCT user_id::INTEGER AS user_id, '{REASON_FULL}' AS reason
 FROM read_parquet($orders, hive_partitioning = false)
 ORDER BY user_id
 """
+
+
+def first_delta(conn: duckdb.DuckDBPyConnection, previous: PreviousFeatures) -> str | None:
+    """The first previous table the update reads that is stored as a feature delta, or None."""
+    return next((uri for uri in previous.read_by_update if delta_info(conn, uri) is not None), None)
 
 
 def delta_chain(
@@ -425,7 +435,7 @@ def update_features(
     previous: PreviousFeatures,
     batch_orders: Sequence[str],
     batch_lines: Sequence[str],
-    scratch: Path,
+    scratch: StagedLocation,
     delta: DeltaChain | None = None,
     additive: bool = True,
 ) -> IncrementalResult:
@@ -447,7 +457,8 @@ def update_features(
         seconds[step] = round(now - clock, 3)
         clock = now
 
-    scratch.mkdir(parents=True, exist_ok=True)
+    if isinstance(scratch, Path):  # a StagingUri (the Spark job on EMR) has no folders to make
+        scratch.mkdir(parents=True, exist_ok=True)
     _open(conn, snapshot, previous, batch_orders, batch_lines)
     conn.execute(BATCH_USERS_SQL)
     conn.execute(MOVED_SQL)
@@ -528,7 +539,9 @@ def update_features(
     )
 
 
-def _write_whole(conn: duckdb.DuckDBPyConnection, scratch: Path, lap: Callable[[str], None]) -> FeatureTables:
+def _write_whole(
+    conn: duckdb.DuckDBPyConnection, scratch: StagedLocation, lap: Callable[[str], None]
+) -> FeatureTables:
     """Every table whole: the previous rows of unaffected users and products merged with the new ones."""
     user_features = copy_to_parquet(conn, MERGED_USER_SELECT, scratch / "user_features.parquet")
     product_features = copy_to_parquet(conn, MERGED_PRODUCT_SELECT, scratch / "product_features.parquet")
@@ -641,11 +654,10 @@ def _open(
     create_view(conn, "inc_all_lines", snapshot.order_products, CLEAN_ORDER_PRODUCTS_SCHEMA)
     create_view(conn, "inc_batch_orders", batch_orders, CLEAN_ORDERS_SCHEMA)
     create_view(conn, "inc_batch_lines", batch_lines, CLEAN_ORDER_PRODUCTS_SCHEMA)
-    for name, uri in (
-        ("inc_prev_user", previous.user_features),
-        ("inc_prev_product", previous.product_features),
-        ("inc_prev_up", previous.user_product_features),
-        ("inc_prev_training", previous.training_set),
+    for name, uri in zip(
+        ("inc_prev_user", "inc_prev_product", "inc_prev_up", "inc_prev_training"),
+        previous.read_by_update,
+        strict=True,
     ):
         conn.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {feature_source(conn, uri)}")
 

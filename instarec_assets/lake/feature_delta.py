@@ -95,12 +95,17 @@ class DeltaInfo:
 
 
 def delta_info(conn: duckdb.DuckDBPyConnection, uri: str) -> DeltaInfo | None:
-    """The file's delta footer, or None for a base (or any plain parquet file)."""
-    value = scalar(
-        conn,
-        "SELECT decode(value) FROM parquet_kv_metadata(?) WHERE decode(key) = ?",
-        [str(uri), DELTA_METADATA],
-    )
+    """The file's delta footer, or None for a base (or any plain parquet file). A connection that
+    reads footers itself (SparkConnection) is asked directly."""
+    read_footer = getattr(conn, "parquet_kv_metadata", None)
+    if read_footer is not None:
+        value = read_footer(str(uri)).get(DELTA_METADATA)
+    else:
+        value = scalar(
+            conn,
+            "SELECT decode(value) FROM parquet_kv_metadata(?) WHERE decode(key) = ?",
+            [str(uri), DELTA_METADATA],
+        )
     if value is None:
         return None
     data = json.loads(value)
