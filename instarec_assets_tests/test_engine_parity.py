@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from instarec_assets.features.columns import FEATURE_COLUMNS
-from instarec_assets.features.full_build import FEATURE_TABLES, FeatureRequest, FeatureBuild, run_full_build
+from instarec_assets.features.full_build import FEATURE_TABLES, FeatureBuild, FeatureRequest, run_full_build
 from instarec_assets.generate.dataset import generate_dataset
 from instarec_assets.lake.accounting import CleanResult
 from instarec_assets.lake.clean_steps import CleanRequest, run_clean_step

@@ -13,7 +13,7 @@ have; the job never sets a master on EMR).
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import duckdb
@@ -22,13 +22,15 @@ import pytest
 from instarec_assets.features.build import FeatureTables
 from instarec_assets.features.full_build import (
     FEATURE_TABLES,
-    FeatureRequest,
     FeatureBuild,
+    FeatureRequest,
     build_as_json,
     read_feature_result,
+    run_feature_request,
     run_full_build,
     write_feature_request,
 )
+from instarec_assets.features.incremental import PreviousFeatures
 from instarec_assets.lake.clean_steps import CleanRequest, read_result, run_clean_step, write_request
 from instarec_assets.lake.duck import StagedParquet
 from instarec_assets.lake.landing import ingest_landing_file
@@ -234,3 +236,34 @@ def test_features_request_must_name_the_staging_it_sits_in(spark, tmp_path: Path
         ValueError, match=f"{REQUEST_FILE} at file://.*elsewhere stages to .*other, not there"
     ):
         features_job.stage_features(spark, f"file://{staging}")
+
+
+def test_features_job_updates_the_previous_batch_at_uris_as_duckdb_does(spark, tmp_path: Path) -> None:
+    """The update request (batch 1's whole tables as `previous`) at file:// URIs: the job stages the
+    tables and affected users DuckDB's update of the same request from plain paths gives."""
+    duck = duckdb.connect()
+    history = _clean_zone_on_duckdb(duck, tmp_path)
+    first = {name: paths[:1] for name, paths in history.items()}
+    batch_1 = run_full_build(duck, _feature_request(first, str(tmp_path / "duckdb1"), str))
+    previous = PreviousFeatures.from_tables(batch_1.tables, products=history["products"][0])
+    on_duckdb = run_feature_request(
+        duck, replace(_feature_request(history, str(tmp_path / "duckdb2"), str), previous=previous)
+    )
+
+    staging = tmp_path / "spark"
+    staging.mkdir()
+    as_uri = lambda path: f"file://{path}"  # noqa: E731
+    at_uris = PreviousFeatures(**{name: as_uri(uri) for name, uri in asdict(previous).items()})
+    request = replace(_feature_request(history, f"file://{staging}", as_uri), previous=at_uris)
+    write_feature_request(FS, request)
+    report = features_job.stage_features(spark, request.staging)
+
+    staged = read_feature_result(FS, request.staging)
+    assert staged.update == report["update"]
+    assert staged.update["affected_users"] == on_duckdb.update["affected_users"] > 0
+    assert staged.tables.training_set.path == StagingUri(f"file://{staging}/training_set.parquet")
+    on_spark = FeatureBuild(
+        tables=FeatureTables(**{name: _on_disk(getattr(staged.tables, name)) for name in FEATURE_TABLES}),
+        affected=_on_disk(staged.affected),
+    )
+    assert_same_features(duck, {"duckdb": on_duckdb, "spark": on_spark})

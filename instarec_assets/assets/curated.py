@@ -110,6 +110,17 @@ def _previous_features(
     return previous, PreviousFeatures(**uri, products=clean_products[-2])
 
 
+def _incremental_metadata(summary: dict) -> dict[str, MetadataValue]:
+    """An update's metadata, from IncrementalResult.summary() (in process, or the Spark job's JSON)."""
+    return {
+        "mode": MetadataValue.text("incremental"),
+        "affected_users": MetadataValue.int(summary["affected_users"]),
+        "touched_products": MetadataValue.int(summary["touched_products"]),
+        "product_update": MetadataValue.text(summary["product_update"]),
+        "update_seconds": MetadataValue.json(summary["seconds"]),
+    }
+
+
 def _storage_metadata(chain: DeltaChain | None, max_deltas: int, on_spark: bool) -> dict[str, MetadataValue]:
     """How this batch stored its tables: whole (a base) or as a delta on a chain of earlier files."""
     if chain is None:
@@ -193,13 +204,7 @@ def curated_features_step(
                 if after_delta:
                     update["mode_reason"] = MetadataValue.text(SPARK_AFTER_DELTA_REASON)
             else:
-                update |= {
-                    "mode": MetadataValue.text("incremental"),
-                    "affected_users": MetadataValue.int(build.update["affected_users"]),
-                    "touched_products": MetadataValue.int(build.update["touched_products"]),
-                    "product_update": MetadataValue.text(build.update["product_update"]),
-                    "update_seconds": MetadataValue.json(build.update["seconds"]),
-                }
+                update |= _incremental_metadata(build.update)
             chain = None
         elif previous is None:
             build = run_full_build(conn, request)
@@ -219,13 +224,7 @@ def curated_features_step(
                 delta=chain,
             )
             tables, affected = result.tables, result.affected_user_ids
-            update |= {
-                "mode": MetadataValue.text("incremental"),
-                "affected_users": MetadataValue.int(result.affected_users),
-                "touched_products": MetadataValue.int(result.touched_products),
-                "product_update": MetadataValue.text(result.product_update),
-                "update_seconds": MetadataValue.json(result.seconds),
-            }
+            update |= _incremental_metadata(result.summary())
         update["build_seconds"] = MetadataValue.float(round(time.perf_counter() - started, 2))
         update.update(_storage_metadata(chain, lake.feature_max_delta_chain, on_spark))
         locations = lake.locations

@@ -99,8 +99,7 @@ class FeatureRequest:
 @dataclass(frozen=True)
 class FeatureBuild:
     """The staged feature tables and the affected users (every user, `full build`, on a full build).
-    `update`: None for a full build; for an update, what update_features reports (affected_users,
-    touched_products, product_update, seconds)."""
+    `update`: None for a full build; for an update, IncrementalResult.summary()."""
 
     tables: FeatureTables
     affected: StagedParquet
@@ -129,16 +128,7 @@ def run_feature_request(conn, request: FeatureRequest) -> FeatureBuild:
         [snapshot.order_products[-1]],
         staging_location(request.staging),
     )
-    return FeatureBuild(
-        tables=result.tables,
-        affected=result.affected_user_ids,
-        update={
-            "affected_users": result.affected_users,
-            "touched_products": result.touched_products,
-            "product_update": result.product_update,
-            "seconds": result.seconds,
-        },
-    )
+    return FeatureBuild(tables=result.tables, affected=result.affected_user_ids, update=result.summary())
 
 
 def build_as_json(build: FeatureBuild) -> dict[str, Any]:

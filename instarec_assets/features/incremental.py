@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -136,6 +137,15 @@ class IncrementalResult:
     catalog_changed_products: int
     product_update: str
     seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """What the curated step shows of an update (and the Spark job reports as JSON)."""
+        return {
+            "affected_users": self.affected_users,
+            "touched_products": self.touched_products,
+            "product_update": self.product_update,
+            "seconds": self.seconds,
+        }
 
 
 TEMP_TABLES = (
