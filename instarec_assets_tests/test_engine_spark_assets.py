@@ -48,6 +48,12 @@ def test_clean_assets_on_spark_write_the_lake_and_show_the_engine(locations: Lak
         assert orders.metadata["row_accounting"].value == (
             f"raw {len(ORDERS)} = clean {len(ORDERS)} + quarantined 0 + duplicates 0"
         )
+        # each job's own summary line, sent through Pipes, is in the run's log
+        messages = [record.user_message for record in instance.all_logs(result.run_id)]
+        assert any(
+            message.startswith(f"staged {len(ORDERS)} clean and 0 quarantined rows of orders: raw ")
+            for message in messages
+        ), messages
     # The five jobs' JVMs wrote their console to their log files, not to this terminal.
     out, err = capfd.readouterr()
     assert "log4j" not in out + err and "jdk.incubator" not in out + err

@@ -23,7 +23,7 @@ from dagster_duckdb import DuckDBResource
 from instarec_assets.assets.metadata import accounting_metadata, preview, quarantine_reasons
 from instarec_assets.assets.spark_jobs import clean_on_spark
 from instarec_assets.history import own_earlier_partitions
-from instarec_assets.lake.accounting import CleanResult
+from instarec_assets.lake.accounting import ROW_ACCOUNTING_CHECK, CleanResult
 from instarec_assets.lake.clean_steps import SPARK_ENGINE, CleanRequest, run_clean_step
 from instarec_assets.lake.locations import parse_partition_key
 from instarec_assets.partitions import HISTORY_POOL, batch_input_with_history, history_input, landing_batches
@@ -34,9 +34,6 @@ from instarec_assets.resources import (
     LakeResource,
     lake_connection,
 )
-
-ROW_ACCOUNTING_CHECK = "row_accounting"
-
 
 CLEAN_KINDS = {"duckdb", "parquet"}
 

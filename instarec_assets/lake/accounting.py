@@ -8,6 +8,9 @@ import duckdb
 
 from instarec_assets.lake.duck import StagedParquet
 
+# The blocking asset check of every clean table (assets/clean.py; the Spark clean job reports it too).
+ROW_ACCOUNTING_CHECK = "row_accounting"
+
 
 @dataclass(frozen=True)
 class RowAccounting:

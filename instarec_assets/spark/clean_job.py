@@ -6,8 +6,9 @@ master: the cluster's own; an `s3://<clean bucket>/emr-staging/<run>-clean_<tabl
 staging location holds the step's CleanRequest (`_request.json`, written by the asset: its inputs are
 the lake's URIs, s3:// in aws mode); the job runs the step's DuckDB SQL on Spark
 (lake/spark_connection.py), stages both tables there, writes the CleanResult as `_result.json` last,
-and reports both assets with their row counts through Pipes (the logs in the UI). The asset reads
-`_result.json`, not the Pipes messages: on EMR those come from CloudWatch Logs, later and not
+and reports both assets with their row counts and the row accounting check through Pipes, plus a
+summary line in the run's log. The asset records its materialisations and check from
+`_result.json`, not from the Pipes messages: on EMR those come from CloudWatch Logs, later and not
 always whole, and the result must be exact.
 
 Runs on the local PySpark 4.x and on EMR's Spark 3.5 (emr-7.9.0): only APIs both have (see
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from dagster_pipes import PipesContext, open_dagster_pipes
 
-from instarec_assets.lake.accounting import CleanResult
+from instarec_assets.lake.accounting import ROW_ACCOUNTING_CHECK, CleanResult
 from instarec_assets.lake.clean_steps import CleanRequest, result_as_json, run_clean_step
 from instarec_assets.lake.spark_connection import SparkConnection, read_text, spark_session, write_text
 from instarec_assets.lake.staging import REQUEST_FILE, RESULT_FILE, staging_file
@@ -58,6 +59,16 @@ def run(pipes: PipesContext, staging: str, master: str | None, jvm_log: Path | N
     pipes.report_asset_materialization(
         asset_key=f"quarantined_{request.table}",
         metadata={"engine": "spark", "row_count": result.quarantine.row_count},
+    )
+    pipes.report_asset_check(
+        check_name=ROW_ACCOUNTING_CHECK,
+        passed=result.accounting.balanced,
+        asset_key=f"clean_{request.table}",
+        metadata=result.accounting.as_dict(),
+    )
+    pipes.log.info(
+        f"staged {result.clean.row_count:,} clean and {result.quarantine.row_count:,} quarantined rows of "
+        f"{request.table}: {result.accounting.describe()}"
     )
 
 

@@ -8,7 +8,9 @@ FeatureRequest (`_request.json`, written by the asset: the clean zone's URIs, s3
 the previous batch's whole tables when it is an update); the job runs the features' DuckDB SQL
 (the full build or the incremental update) on Spark (lake/spark_connection.py), stages every feature table and
 the affected users there, writes their paths and rows as `_result.json` last, and reports each table
-with its rows through Pipes (the logs in the UI). The asset reads `_result.json` and publishes from it.
+with its rows through Pipes, plus a summary line in the run's log. The asset records
+`_result.json`, not the Pipes messages (as the clean job: they may arrive late on EMR), and
+publishes from it.
 
 Runs on the local PySpark 4.x and on EMR's Spark 3.5 (emr-7.9.0), as the clean job does.
 """
@@ -60,6 +62,10 @@ def run(pipes: PipesContext, staging: str, master: str | None, jvm_log: Path | N
     report = stage_features(spark, staging)
     seconds = round(time.perf_counter() - started, 2)
     mode = "incremental" if UPDATE in report else "full"
+    pipes.log.info(
+        f"{mode} feature build on spark in {seconds} s: "
+        + ", ".join(f"{name} {report[name]['rows']:,} rows" for name in (*FEATURE_TABLES, AFFECTED_USERS))
+    )
     for name in (*FEATURE_TABLES, AFFECTED_USERS):
         pipes.report_asset_materialization(
             asset_key=name,
