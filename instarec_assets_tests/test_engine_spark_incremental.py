@@ -20,11 +20,11 @@ import pytest
 
 from instarec_assets.features import FeatureTables, build_features
 from instarec_assets.features.full_build import FeatureBuild, FeatureRequest, run_feature_request
-from instarec_assets.features.incremental import DeltaChain, PreviousFeatures, update_features
+from instarec_assets.features.incremental import DeltaChain, PreviousFeatures
 from instarec_assets.features.snapshot import CleanSnapshot
 from instarec_assets.lake.staging import REQUEST_FILE
 from instarec_assets_tests.test_features_generated import clean_snapshots_from_landing
-from instarec_assets_tests.test_features_incremental import assert_same_tables
+from instarec_assets_tests.test_features_incremental import assert_same_tables, update_last_batch
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed")
 from instarec_assets.spark.features_job import stage_features
@@ -40,18 +40,6 @@ class Runs:
     duck_full: list[FeatureTables]
     duck_affected: list[pd.DataFrame]  # DuckDB's own update, batches 2 and 3
     spark: list[FeatureBuild]  # batches 2 and 3
-
-
-def request(snapshot: CleanSnapshot, staging: Path, previous: PreviousFeatures | None) -> FeatureRequest:
-    return FeatureRequest(
-        orders=tuple(snapshot.orders),
-        order_products=tuple(snapshot.order_products),
-        products=snapshot.products,
-        aisles=snapshot.aisles,
-        departments=snapshot.departments,
-        staging=str(staging),
-        previous=previous,
-    )
 
 
 def affected(path: Path | str) -> pd.DataFrame:
@@ -73,20 +61,15 @@ def runs(spark_engine, tmp_path_factory: pytest.TempPathFactory) -> Runs:
         for k in (2, 3):
             previous = PreviousFeatures.from_tables(duck_full[k - 2], products=snapshots[k - 2].products)
             snapshot = snapshots[k - 1]
-            result = update_features(
-                conn,
-                snapshot,
-                previous,
-                [snapshot.orders[-1]],
-                [snapshot.order_products[-1]],
-                root / f"duck{k}",
-            )
+            result = update_last_batch(conn, snapshot, previous, root / f"duck{k}")
             duck_affected.append(affected(result.affected_user_ids.path))
     spark = []
     tables = duck_full[0]
     for k in (2, 3):
         previous = PreviousFeatures.from_tables(tables, products=snapshots[k - 2].products)
-        build = run_feature_request(spark_engine, request(snapshots[k - 1], root / f"spark{k}", previous))
+        build = run_feature_request(
+            spark_engine, FeatureRequest.from_snapshot(snapshots[k - 1], str(root / f"spark{k}"), previous)
+        )
         spark.append(build)
         tables = build.tables
     return Runs(snapshots, duck_full, duck_affected, spark)
@@ -107,19 +90,13 @@ def test_spark_job_refuses_a_previous_batch_stored_as_deltas(
     snapshots = runs.snapshots
     previous = PreviousFeatures.from_tables(runs.duck_full[0], products=snapshots[0].products)
     with duckdb.connect() as conn:
-        delta = update_features(
-            conn,
-            snapshots[1],
-            previous,
-            [snapshots[1].orders[-1]],
-            [snapshots[1].order_products[-1]],
-            tmp_path / "delta",
-            delta=DeltaChain("2025-01-13", ("2025-01-06",)),
+        delta = update_last_batch(
+            conn, snapshots[1], previous, tmp_path / "delta", delta=DeltaChain("2025-01-13", ("2025-01-06",))
         )
     staging = tmp_path / "staging"
     staging.mkdir()
-    on_delta = request(
-        snapshots[2], staging, PreviousFeatures.from_tables(delta.tables, products=snapshots[1].products)
+    on_delta = FeatureRequest.from_snapshot(
+        snapshots[2], str(staging), PreviousFeatures.from_tables(delta.tables, products=snapshots[1].products)
     )
     with fsspec.filesystem("file").open(str(staging / REQUEST_FILE), "w") as handle:
         json.dump(on_delta.as_json(), handle)

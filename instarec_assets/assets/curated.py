@@ -8,7 +8,6 @@ batch stored as deltas (by the DuckDB engine) rebuilds in full; features/full_bu
 
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 
 from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, MetadataValue, Output, multi_asset
 from dagster_duckdb import DuckDBResource
@@ -181,14 +180,7 @@ def curated_features_step(
         staging = lake.staging_prefix(emr_serverless.settings().staging_prefix(context.run_id, "curated"))
     else:
         staging = str(scratch)
-    request = FeatureRequest(
-        orders=tuple(clean_orders),
-        order_products=tuple(clean_order_products),
-        products=snapshot.products,
-        aisles=clean_aisles,
-        departments=clean_departments,
-        staging=staging,
-    )
+    request = FeatureRequest.from_snapshot(snapshot, staging)
     started = time.perf_counter()
     batch = context.partition_key
     with lake_connection(duckdb, lake) as conn:
@@ -196,7 +188,7 @@ def curated_features_step(
         if on_spark:
             after_delta = previous is not None and first_delta(conn, previous[1]) is not None
             if previous is not None and not after_delta:
-                request = replace(request, previous=previous[1])
+                request = FeatureRequest.from_snapshot(snapshot, staging, previous=previous[1])
             build = features_on_spark(context, lake, request, emr_serverless if on_emr else None)
             tables, affected = build.tables, build.affected
             if build.update is None:

@@ -62,6 +62,20 @@ class FeatureRequest:
     staging: str
     previous: PreviousFeatures | None = None
 
+    @classmethod
+    def from_snapshot(
+        cls, snapshot: CleanSnapshot, staging: str, previous: PreviousFeatures | None = None
+    ) -> FeatureRequest:
+        return cls(
+            orders=tuple(snapshot.orders),
+            order_products=tuple(snapshot.order_products),
+            products=snapshot.products,
+            aisles=snapshot.aisles,
+            departments=snapshot.departments,
+            staging=staging,
+            previous=previous,
+        )
+
     @property
     def snapshot(self) -> CleanSnapshot:
         return CleanSnapshot(
