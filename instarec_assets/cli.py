@@ -543,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("duckdb", "spark"),
         help="engine of the clean steps and the feature build (default: INSTAREC_ENGINE, else duckdb; "
         "spark: locally the spark extra and Java 17, in aws mode EMR Serverless job runs; the features "
-        "are rebuilt in full each batch)",
+        "are updated per batch and written whole)",
     )
     materialize.set_defaults(handler=cmd_materialize)
 

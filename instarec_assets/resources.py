@@ -217,7 +217,7 @@ class ComputeResource(ConfigurableResource):
     # cpu, cuda or "" (cuda when available, else cpu).
     graphsage_device: str = ""
     # Where the clean steps and the feature build run: duckdb (in process) or spark (a Pipes job,
-    # lake/spark_connection.py; the features are then rebuilt in full each batch).
+    # lake/spark_connection.py; the feature tables are then written whole each batch, never as deltas).
     engine: str = "duckdb"
 
 
