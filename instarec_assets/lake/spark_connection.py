@@ -7,9 +7,10 @@ module and the Spark job import pyspark.
 
 The same code runs on the local PySpark (4.x) and on EMR Serverless's emr-7.9.0 (Apache Spark 3.5.5),
 so it keeps to APIs both have: DataFrame reads and writes, temp views, localCheckpoint, pandas UDFs,
-and, through the py4j gateway (`spark._jvm`), Hadoop's FileSystem and parquet-mr's ParquetFileWriter
-(1.13 on EMR 7.9, 1.17 here) for the one-file outputs. No Spark Connect, no VARIANT functions (try_parse_json is 4.0 only: see JSON_VALID in
-lake/engines.py), no 4.0 SQL syntax (SQLGlot writes CAST, not `::`).
+and, through the py4j gateway (`spark._jvm`), Hadoop's FileSystem and parquet-mr (1.13 on EMR 7.9,
+1.17 here) for the one-file outputs and footer reads. No Spark Connect, no VARIANT functions
+(try_parse_json is 4.0 only: see JSON_VALID in lake/engines.py), no 4.0 SQL syntax (SQLGlot writes
+CAST, not `::`).
 """
 
 from __future__ import annotations
@@ -125,6 +126,11 @@ def register_functions(spark: SparkSession) -> None:
     """The functions the lake's SQL needs that Spark lacks (engines.SPARK_EXPRESSIONS says which)."""
     spark.udf.register(NFC_NORMALIZE_UDF, pandas_udf(_nfc, "string"))
     spark.udf.register(JSON_VALID_UDF, pandas_udf(_json_valid, "boolean"))
+
+
+def _as_uri(location: str) -> str:
+    """A URI as is, a local path as its file:// URI (Hadoop's FileSystem takes either spelled so)."""
+    return location if is_uri(location) else f"file://{Path(location).absolute()}"
 
 
 def _hadoop_path(spark: SparkSession, uri: str):
@@ -256,8 +262,7 @@ class SparkConnection:
     def parquet_kv_metadata(self, uri: str) -> dict[str, str]:
         """A parquet file's footer key-value metadata (DuckDB's parquet_kv_metadata, which Spark SQL
         lacks), read by parquet-mr."""
-        location = uri if is_uri(uri) else f"file://{Path(uri).absolute()}"
-        _, path = _hadoop_path(self.spark, location)
+        _, path = _hadoop_path(self.spark, _as_uri(uri))
         hadoop = self.spark._jvm.org.apache.parquet.hadoop
         conf = self.spark._jsc.hadoopConfiguration()
         reader = hadoop.ParquetFileReader.open(hadoop.util.HadoopInputFile.fromPath(path, conf))
@@ -285,7 +290,7 @@ class SparkConnection:
         writes the table's part files in parallel, then merge_parts joins them into that file."""
         (target,) = copy.args["files"]
         frame = self.spark.sql(spark_sql(copy.this.this))
-        uri = target.name if is_uri(target.name) else f"file://{Path(target.name).absolute()}"
+        uri = _as_uri(target.name)
         folder, _, name = uri.rpartition("/")
         parts = f"{folder}/.{name}.{uuid.uuid4().hex}.spark"
         frame.write.mode("overwrite").parquet(parts)
