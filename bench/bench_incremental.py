@@ -15,11 +15,16 @@ Each run's wall time, CPU and peak RSS come from bench_lake's `run_stage`, per-s
 event log (bench_pipeline's `run_details`). Target (issue 10): the increment lands and is served in at most
 10% of the first load's wall time measured in the same run.
 
+`--scaling 0.005,0.01,0.02,0.04` replaces runs 2 and 3: after the first load, the kept increment cut to each
+share, each on a fresh copy of the first load's INSTAREC_HOME, and a least-squares line through (affected
+users, wall): its intercept is the cost an increment pays whatever it brings (process start, Dagster, the
+steps whose work follows the catalogue or a fixed sample), its slope the cost per affected user.
+
 Every step the runs executed appears in the per-stage table (the known stages grouped, any other
 step by its own name).
 
 Usage: `.venv/bin/python bench/bench_incremental.py [--users 206209] [--increment-share 0.02|weekly]
-[--without-retrain-due] [--append-results]`.
+[--without-retrain-due | --scaling SHARES] [--append-results]`.
 """
 
 from __future__ import annotations
@@ -71,7 +76,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="skip the third run (the increment again with a retrain due): the target needs only the first two",
     )
+    parser.add_argument(
+        "--scaling",
+        metavar="SHARES",
+        help="comma-separated increment shares, e.g. 0.005,0.01,0.02,0.04: after the first load, the kept "
+        "increment at each share on a copy of the first load's home, and the fixed cost and cost per affected "
+        "user fitted through them (instead of runs 2 and 3)",
+    )
     args = parser.parse_args(argv)
+    if args.scaling is not None:
+        try:
+            args.scaling = sorted({float(part) for part in args.scaling.split(",") if part.strip()})
+        except ValueError:
+            parser.error(f"--scaling must be comma-separated numbers, got {args.scaling}")
+        if len(args.scaling) < 2 or not all(0 < share <= 1 for share in args.scaling):
+            parser.error(f"--scaling needs at least two shares in (0, 1], got {args.scaling}")
     if args.increment_share != "weekly":
         share = float(args.increment_share)
         if not 0 < share <= 1:
@@ -100,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     increment.update(count_increment(batches[0], batches[1]))
     if home.exists():
         shutil.rmtree(home)
+    if args.scaling is not None:
+        return run_scaling(args, batches, data_dir, work_dir, home, env, instarec)
 
     runs = []
     plan = [
@@ -130,6 +151,76 @@ def main(argv: list[str] | None = None) -> int:
 
 
 ORDER_FILES = ("order_products__prior.csv", "order_products__train.csv")
+
+
+def run_scaling(
+    args: argparse.Namespace,
+    batches: list[Path],
+    data_dir: Path,
+    work_dir: Path,
+    home: Path,
+    env: dict[str, str],
+    instarec: list[str],
+) -> int:
+    """The first load, then the kept increment at each of `args.scaling`'s shares on a fresh copy of the
+    first load's home; the runs and the fitted line rendered (and appended with --append-results)."""
+    generated = sorted(path for path in data_dir.iterdir() if path.is_dir())
+    first_home = work_dir / "incremental_home_first_load"
+    command = [*instarec, "materialize", "--landing", str(batches[0]), "--partition", batches[0].name]
+    print(f"bench: first load: {batches[0].name}", flush=True)
+    first = run_stage("first load", [*command, "--home", str(home)], env, check=False)
+    runs = [("first load", batches[0].name, first, run_details(home))]
+    increments = []
+    if first.returncode == 0:
+        if first_home.exists():
+            shutil.rmtree(first_home)
+        home.rename(first_home)
+        for share in args.scaling:
+            cut_dir = work_dir / f"incremental_data_{args.users}_{args.seed}_share{share:g}"
+            increment = cut_increment(generated[0], generated[1], cut_dir, share, args.seed)
+            increment.update(count_increment(cut_dir / generated[0].name, cut_dir / generated[1].name))
+            if home.exists():
+                shutil.rmtree(home)
+            shutil.copytree(first_home, home, symlinks=True)
+            os.sync()  # the copy's write-back would otherwise compete with the timed run
+            label = f"kept increment, share {share:g}"
+            print(f"bench: {label}", flush=True)
+            batch = cut_dir / generated[1].name
+            command = [*instarec, "materialize", "--landing", str(batch), "--partition", batch.name]
+            stage = run_stage(label, [*command, "--home", str(home)], env, check=False)
+            runs.append((label, batch.name, stage, run_details(home)))
+            increments.append(increment | {"affected_users": affected_users(home)})
+            if stage.returncode != 0:
+                sys.stderr.write(stage.stderr[-4000:])
+                break
+    section = render_scaling(args, machine_description(), runs, increments)
+    print(section)
+    if args.append_results:
+        append_results(section)
+    return 0 if all(stage.returncode == 0 for _, _, stage, _ in runs) else 1
+
+
+def affected_users(home: Path) -> int | None:
+    """The latest `affected_users` materialisation's user count under `home` (None without one)."""
+    from dagster import AssetKey, DagsterInstance
+
+    os.environ["DAGSTER_HOME"] = str(home / "dagster")
+    with DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(AssetKey("affected_users"))
+        if event is None or event.asset_materialization is None:
+            return None
+        users = event.asset_materialization.metadata.get("users")
+        return int(users.value) if users is not None else None
+
+
+def fit_fixed_and_per_user(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares (intercept, slope) of wall seconds against affected users."""
+    users = np.array([point[0] for point in points], dtype=np.float64)
+    seconds = np.array([point[1] for point in points], dtype=np.float64)
+    if users.size < 2 or np.ptp(users) == 0:
+        raise ValueError("the fit needs at least two different affected-user counts")
+    slope, intercept = np.polyfit(users, seconds, 1)
+    return float(intercept), float(slope)
 
 
 def cut_increment(first: Path, increment: Path, out: Path, share: float, seed: int) -> dict:
@@ -232,6 +323,60 @@ def render(args: argparse.Namespace, machine: dict, runs: list, increment: dict 
             f"Increment: {increment['orders']:,} orders of {increment['users']:,} users ({100 * share:.1f}% of the "
             f"first load's {increment['first_orders']:,} orders) with {increment['lines']:,} order lines; {cut}.",
         ]
+    lines += load_footer(stage for _, _, stage, _ in runs)
+    return "\n".join(lines) + "\n"
+
+
+def render_scaling(args: argparse.Namespace, machine: dict, runs: list, increments: list[dict]) -> str:
+    """The scaling runs as a RESULTS section: each run, the fitted line, and the per-step seconds."""
+    first = runs[0][2]
+    lines = [
+        f"## {machine['date']} — kept increment at several sizes against the first load, "
+        f"{args.users:,} users, seed {args.seed}",
+        "",
+        f"Command: `.venv/bin/python bench/bench_incremental.py {' '.join(args.argv)}`",
+        "",
+        *machine_table(machine),
+        "",
+        "| run | orders | share of first load's orders | affected users | exit | wall | share of first load "
+        "| peak RSS | CPU s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for index, (label, _, stage, _) in enumerate(runs):
+        increment = increments[index - 1] if index else None
+        orders = f"{increment['orders']:,}" if increment else ""
+        order_share = (
+            f"{100 * increment['orders'] / max(increment['first_orders'], 1):.2f} %" if increment else ""
+        )
+        users = increment.get("affected_users") if increment else None
+        share = stage.wall_seconds / first.wall_seconds if first.wall_seconds else 0.0
+        lines.append(
+            f"| {label} | {orders} | {order_share} | {'' if users is None else f'{users:,}'} "
+            f"| {stage.returncode} | {stage.wall_seconds:.1f} s | {100 * share:.1f} % | {gib(stage.peak_bytes)} "
+            f"| {stage.user_seconds + stage.system_seconds:.0f} |"
+        )
+    points = [
+        (float(increment["affected_users"]), stage.wall_seconds)
+        for increment, (_, _, stage, _) in zip(increments, runs[1:], strict=False)
+        if stage.returncode == 0 and increment.get("affected_users") is not None
+    ]
+    if len({users for users, _ in points}) >= 2 and first.wall_seconds:
+        fixed, per_user = fit_fixed_and_per_user(points)
+        line = (
+            f"Least-squares line through the kept increments: wall = {fixed:.1f} s + {1000 * per_user:.2f} ms "
+            f"per affected user. The fixed part is {100 * fixed / first.wall_seconds:.1f} % of the first load"
+        )
+        if per_user > 0:
+            room = max(TARGET_SHARE * first.wall_seconds - fixed, 0.0) / per_user
+            line += f"; within the target ({100 * TARGET_SHARE:.0f} %) fit {room:,.0f} affected users."
+        else:
+            line += (
+                "; the slope is not positive: these sizes do not separate the per-user cost from the noise."
+            )
+        lines += ["", line]
+    lines += ["", "| stage | " + " | ".join(label for label, *_ in runs) + " |", "|---|" + "---|" * len(runs)]
+    for label, seconds in stage_rows(runs):
+        lines.append(f"| {label} | " + " | ".join(f"{value:.1f}" for value in seconds) + " |")
     lines += load_footer(stage for _, _, stage, _ in runs)
     return "\n".join(lines) + "\n"
 
