@@ -374,9 +374,18 @@ def render_scaling(args: argparse.Namespace, machine: dict, runs: list, incremen
                 "; the slope is not positive: these sizes do not separate the per-user cost from the noise."
             )
         lines += ["", line]
-    lines += ["", "| stage | " + " | ".join(label for label, *_ in runs) + " |", "|---|" + "---|" * len(runs)]
-    for label, seconds in stage_rows(runs):
-        lines.append(f"| {label} | " + " | ".join(f"{value:.1f}" for value in seconds) + " |")
+    fitted = len({users for users, _ in points}) >= 2 and len(points) == len(runs) - 1
+    header = " | ".join(label for label, *_ in runs) + (" | fixed s | ms per affected user" if fitted else "")
+    lines += ["", f"| stage | {header} |", "|---|" + "---|" * (len(runs) + 2 * fitted)]
+    outside = [stage.wall_seconds - sum(details["steps"].values()) for _, _, stage, details in runs]
+    for label, seconds in [*stage_rows(runs), ("outside the steps (start-up, landing, Dagster)", outside)]:
+        row = " | ".join(f"{value:.1f}" for value in seconds)
+        if fitted:  # the same line through each stage's seconds: which stages the fixed part is in
+            fixed, per_user = fit_fixed_and_per_user(
+                [(users, value) for (users, _), value in zip(points, seconds[1:], strict=True)]
+            )
+            row += f" | {fixed:.1f} | {1000 * per_user:.3f}"
+        lines.append(f"| {label} | {row} |")
     lines += load_footer(stage for _, _, stage, _ in runs)
     return "\n".join(lines) + "\n"
 
