@@ -19,9 +19,8 @@ from instarec_assets.features import (
     CleanSnapshot,
     PreviousFeatures,
     feature_summary,
-    update_features,
 )
-from instarec_assets.features.full_build import FeatureRequest, run_full_build
+from instarec_assets.features.full_build import FeatureRequest, run_feature_request
 from instarec_assets.features.incremental import DeltaChain, delta_chain, first_delta
 from instarec_assets.history import own_earlier_partitions
 from instarec_assets.lake.clean_steps import SPARK_ENGINE
@@ -180,43 +179,29 @@ def curated_features_step(
         staging = lake.staging_prefix(emr_serverless.settings().staging_prefix(context.run_id, "curated"))
     else:
         staging = str(scratch)
-    request = FeatureRequest.from_snapshot(snapshot, staging)
     started = time.perf_counter()
     batch = context.partition_key
     with lake_connection(duckdb, lake) as conn:
         update = {"engine": MetadataValue.text(SPARK_ENGINE if on_spark else "duckdb")}
+        # Spark updates a previous batch stored whole; after a DuckDB delta it rebuilds (full_build.py).
+        after_delta = on_spark and previous is not None and first_delta(conn, previous[1]) is not None
+        request = FeatureRequest.from_snapshot(
+            snapshot, staging, previous=None if previous is None or after_delta else previous[1]
+        )
+        chain = None
         if on_spark:
-            after_delta = previous is not None and first_delta(conn, previous[1]) is not None
-            if previous is not None and not after_delta:
-                request = FeatureRequest.from_snapshot(snapshot, staging, previous=previous[1])
             build = features_on_spark(context, lake, request, emr_serverless if on_emr else None)
-            tables, affected = build.tables, build.affected
-            if build.update is None:
-                update["mode"] = MetadataValue.text("full")
-                if after_delta:
-                    update["mode_reason"] = MetadataValue.text(SPARK_AFTER_DELTA_REASON)
-            else:
-                update |= _incremental_metadata(build.update)
-            chain = None
-        elif previous is None:
-            build = run_full_build(conn, request)
-            tables, affected = build.tables, build.affected
-            update["mode"] = MetadataValue.text("full")
-            chain = None
         else:
-            previous_batch, previous_tables = previous
-            chain = delta_chain(conn, previous_tables, previous_batch, batch, lake.feature_max_delta_chain)
-            result = update_features(
-                conn,
-                snapshot,
-                previous_tables,
-                [clean_orders[-1]],
-                [clean_order_products[-1]],
-                scratch,
-                delta=chain,
-            )
-            tables, affected = result.tables, result.affected_user_ids
-            update |= _incremental_metadata(result.summary())
+            if previous is not None:
+                chain = delta_chain(conn, previous[1], previous[0], batch, lake.feature_max_delta_chain)
+            build = run_feature_request(conn, request, delta=chain)
+        tables, affected = build.tables, build.affected
+        if build.update is None:
+            update["mode"] = MetadataValue.text("full")
+            if after_delta:
+                update["mode_reason"] = MetadataValue.text(SPARK_AFTER_DELTA_REASON)
+        else:
+            update |= _incremental_metadata(build.update)
         update["build_seconds"] = MetadataValue.float(round(time.perf_counter() - started, 2))
         update.update(_storage_metadata(chain, lake.feature_max_delta_chain, on_spark))
         locations = lake.locations

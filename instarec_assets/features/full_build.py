@@ -21,7 +21,12 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from instarec_assets.features.build import FeatureTables, build_features
-from instarec_assets.features.incremental import PreviousFeatures, all_users_affected, update_features
+from instarec_assets.features.incremental import (
+    DeltaChain,
+    PreviousFeatures,
+    all_users_affected,
+    update_features,
+)
 from instarec_assets.features.snapshot import CleanSnapshot
 from instarec_assets.lake.duck import StagedParquet
 from instarec_assets.lake.staging import (
@@ -43,6 +48,8 @@ FEATURE_TABLES = (
     "inference_set",
 )
 AFFECTED_USERS = "affected_users"
+# Everything a build stages, as `_result.json` names it.
+STAGED_TABLES = (*FEATURE_TABLES, AFFECTED_USERS)
 # The result's key for what an update (not a full build) reports.
 UPDATE = "update"
 
@@ -128,9 +135,9 @@ def run_full_build(conn, request: FeatureRequest) -> FeatureBuild:
     return FeatureBuild(tables=tables, affected=affected)
 
 
-def run_feature_request(conn, request: FeatureRequest) -> FeatureBuild:
-    """The request on `conn`: the incremental update of `request.previous` (whole tables), or a full
-    build without one."""
+def run_feature_request(conn, request: FeatureRequest, delta: DeltaChain | None = None) -> FeatureBuild:
+    """The request on `conn`: the incremental update of `request.previous` (whole tables, or with
+    `delta` this batch's deltas on that chain: DuckDB only), or a full build without one."""
     if request.previous is None:
         return run_full_build(conn, request)
     snapshot = request.snapshot
@@ -141,6 +148,7 @@ def run_feature_request(conn, request: FeatureRequest) -> FeatureBuild:
         [snapshot.orders[-1]],
         [snapshot.order_products[-1]],
         staging_location(request.staging),
+        delta=delta,
     )
     return FeatureBuild(tables=result.tables, affected=result.affected_user_ids, update=result.summary())
 
@@ -160,7 +168,7 @@ def build_as_json(build: FeatureBuild) -> dict[str, Any]:
 def build_from_json(data: dict[str, Any]) -> FeatureBuild:
     staged = {
         name: StagedParquet(staging_location(data[name]["path"]), int(data[name]["rows"]))
-        for name in (*FEATURE_TABLES, AFFECTED_USERS)
+        for name in STAGED_TABLES
     }
     return FeatureBuild(
         tables=FeatureTables(**{name: staged[name] for name in FEATURE_TABLES}),

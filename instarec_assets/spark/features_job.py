@@ -26,8 +26,7 @@ from pathlib import Path
 from dagster_pipes import PipesContext, open_dagster_pipes
 
 from instarec_assets.features.full_build import (
-    AFFECTED_USERS,
-    FEATURE_TABLES,
+    STAGED_TABLES,
     UPDATE,
     FeatureRequest,
     build_as_json,
@@ -64,9 +63,9 @@ def run(pipes: PipesContext, staging: str, master: str | None, jvm_log: Path | N
     mode = "incremental" if UPDATE in report else "full"
     pipes.log.info(
         f"{mode} feature build on spark in {seconds} s: "
-        + ", ".join(f"{name} {report[name]['rows']:,} rows" for name in (*FEATURE_TABLES, AFFECTED_USERS))
+        + ", ".join(f"{name} {report[name]['rows']:,} rows" for name in STAGED_TABLES)
     )
-    for name in (*FEATURE_TABLES, AFFECTED_USERS):
+    for name in STAGED_TABLES:
         pipes.report_asset_materialization(
             asset_key=name,
             metadata={
