@@ -182,7 +182,7 @@ def run_scaling(
             if home.exists():
                 shutil.rmtree(home)
             shutil.copytree(first_home, home, symlinks=True)
-            os.sync()  # the copy's write-back would otherwise compete with the timed run
+            os.sync()  # so the timed run does not share the disk with the copy's write-back
             label = f"kept increment, share {share:g}"
             print(f"bench: {label}", flush=True)
             batch = cut_dir / generated[1].name
