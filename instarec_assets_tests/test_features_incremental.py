@@ -19,10 +19,10 @@ from instarec_assets.features.incremental import (
     ADDITIVE,
     MAX_RECOVERED_SUM,
     REAGGREGATED,
-    DeltaChain,
     IncrementalResult,
     PreviousFeatures,
     update_features,
+    update_last_batch,
 )
 from instarec_assets_tests.test_features_generated import clean_snapshots_from_landing
 
@@ -57,20 +57,6 @@ def assert_same_tables(incremental: FeatureTables, full: FeatureTables) -> None:
 
 def full(conn: duckdb.DuckDBPyConnection, snapshot: CleanSnapshot, scratch: Path) -> FeatureTables:
     return build_features(conn, snapshot, scratch)
-
-
-def update_last_batch(
-    conn: duckdb.DuckDBPyConnection,
-    snapshot: CleanSnapshot,
-    previous: PreviousFeatures,
-    scratch: Path,
-    delta: DeltaChain | None = None,
-) -> IncrementalResult:
-    """update_features with the snapshot's last batch of clean orders and lines as the new batch, as
-    the curated step calls it."""
-    return update_features(
-        conn, snapshot, previous, [snapshot.orders[-1]], [snapshot.order_products[-1]], scratch, delta=delta
-    )
 
 
 @dataclass(frozen=True)

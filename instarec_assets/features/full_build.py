@@ -25,7 +25,7 @@ from instarec_assets.features.incremental import (
     DeltaChain,
     PreviousFeatures,
     all_users_affected,
-    update_features,
+    update_last_batch,
 )
 from instarec_assets.features.snapshot import CleanSnapshot
 from instarec_assets.lake.duck import StagedParquet
@@ -140,15 +140,8 @@ def run_feature_request(conn, request: FeatureRequest, delta: DeltaChain | None 
     `delta` this batch's deltas on that chain: DuckDB only), or a full build without one."""
     if request.previous is None:
         return run_full_build(conn, request)
-    snapshot = request.snapshot
-    result = update_features(
-        conn,
-        snapshot,
-        request.previous,
-        [snapshot.orders[-1]],
-        [snapshot.order_products[-1]],
-        staging_location(request.staging),
-        delta=delta,
+    result = update_last_batch(
+        conn, request.snapshot, request.previous, staging_location(request.staging), delta=delta
     )
     return FeatureBuild(tables=result.tables, affected=result.affected_user_ids, update=result.summary())
 

@@ -549,6 +549,28 @@ def update_features(
     )
 
 
+def update_last_batch(
+    conn: duckdb.DuckDBPyConnection,
+    snapshot: CleanSnapshot,
+    previous: PreviousFeatures,
+    scratch: StagedLocation,
+    delta: DeltaChain | None = None,
+    additive: bool = True,
+) -> IncrementalResult:
+    """update_features with the snapshot's last batch (its last clean orders and lines files) as the
+    new batch: the curated step's update, on either engine (features/full_build.py)."""
+    return update_features(
+        conn,
+        snapshot,
+        previous,
+        [snapshot.orders[-1]],
+        [snapshot.order_products[-1]],
+        scratch,
+        delta=delta,
+        additive=additive,
+    )
+
+
 def _write_whole(
     conn: duckdb.DuckDBPyConnection, scratch: StagedLocation, lap: Callable[[str], None]
 ) -> FeatureTables:
