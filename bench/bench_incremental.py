@@ -360,7 +360,8 @@ def render_scaling(args: argparse.Namespace, machine: dict, runs: list, incremen
         for increment, (_, _, stage, _) in zip(increments, runs[1:], strict=False)
         if stage.returncode == 0 and increment.get("affected_users") is not None
     ]
-    if len({users for users, _ in points}) >= 2 and first.wall_seconds:
+    separable = len({users for users, _ in points}) >= 2  # a line needs two different user counts
+    if separable and first.wall_seconds:
         fixed, per_user = fit_fixed_and_per_user(points)
         line = (
             f"Least-squares line through the kept increments: wall = {fixed:.1f} s + {1000 * per_user:.2f} ms "
@@ -374,7 +375,7 @@ def render_scaling(args: argparse.Namespace, machine: dict, runs: list, incremen
                 "; the slope is not positive: these sizes do not separate the per-user cost from the noise."
             )
         lines += ["", line]
-    fitted = len({users for users, _ in points}) >= 2 and len(points) == len(runs) - 1
+    fitted = separable and len(points) == len(runs) - 1
     header = " | ".join(label for label, *_ in runs) + (" | fixed s | ms per affected user" if fitted else "")
     lines += ["", f"| stage | {header} |", "|---|" + "---|" * (len(runs) + 2 * fitted)]
     outside = [stage.wall_seconds - sum(details["steps"].values()) for _, _, stage, details in runs]
