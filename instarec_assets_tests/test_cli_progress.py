@@ -10,9 +10,11 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
+from dagster import DagsterInstance, Definitions, PipesSubprocessClient, asset, define_asset_job
 
 from instarec_assets_tests.landing_fixtures import ORDERS, write_batch
 
@@ -160,3 +162,32 @@ def test_long_steps_report_progress_inside_the_step(tmp_path: Path, monkeypatch:
     assert rounds and re.match(r"boosting round \d+/\d+: validation logloss \d\.\d{4}$", rounds[0])
     assert any(step == "graphsage_step" and message.startswith("epoch 1/") for step, message in notes)
     assert {"curated_features_step", "graphsage_step", "xgboost_model"} <= set(steps_done)
+
+
+def test_a_pipes_step_notes_the_jobs_own_lines_but_not_dagsters_session_bookkeeping(tmp_path: Path):
+    """A Spark step runs its job through Pipes: the job's log lines are the step's progress, Dagster's
+    `[pipes] external process successfully opened ...` is not (it was a second line per step)."""
+    from instarec_assets.pipeline.runner import _StepCollector
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "from dagster_pipes import open_dagster_pipes\n"
+        "with open_dagster_pipes() as pipes:\n"
+        "    pipes.log.info('cleaned 12 rows')\n"
+    )
+
+    @asset
+    def piped(context):
+        return (
+            PipesSubprocessClient().run(command=[sys.executable, str(script)], context=context).get_results()
+        )
+
+    notes: list[tuple[str, str]] = []
+    run_id = str(uuid.uuid4())
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_event_listener(
+            run_id, _StepCollector(lambda report: None, lambda step, message: notes.append((step, message)))
+        )
+        job = Definitions(assets=[piped], jobs=[define_asset_job("piped_job")]).resolve_job_def("piped_job")
+        assert job.execute_in_process(instance=instance, run_id=run_id).success
+    assert notes == [("piped", "cleaned 12 rows")]

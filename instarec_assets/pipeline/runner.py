@@ -254,6 +254,16 @@ def materialize_partition(
     return reports
 
 
+# Dagster's own lines about a Pipes session ("[pipes] external process successfully opened dagster
+# pipes."): bookkeeping, not a step's progress; the job's own log lines come through unprefixed.
+PIPES_BOOKKEEPING_PREFIX = "[pipes] "
+
+
+def is_step_note(entry: EventLogEntry) -> bool:
+    """Whether a plain log line of a step is progress to show: INFO, and not Pipes bookkeeping."""
+    return entry.level == logging.INFO and not entry.user_message.startswith(PIPES_BOOKKEEPING_PREFIX)
+
+
 class _StepCollector:
     """Gathers each step's materialisations and hands one StepReport on when the step succeeds."""
 
@@ -270,7 +280,7 @@ class _StepCollector:
 
     def __call__(self, entry: EventLogEntry) -> None:
         event = entry.dagster_event
-        if event is None and entry.step_key and self.on_note and entry.level == logging.INFO:
+        if event is None and entry.step_key and self.on_note and is_step_note(entry):
             self.on_note(entry.step_key, entry.user_message)  # progress logged inside a step
         if event is None or event.step_key is None:
             return
