@@ -244,3 +244,17 @@ def test_marts_updated_from_the_touched_orders_equal_a_rebuild(tmp_path: Path, y
             (2, 4),
             (4, 1),
         ]
+
+
+def test_relations_updated_in_place_come_after_what_the_touched_lines_read():
+    """An update computes the touched lines (TOUCHED_AFTER_SQL) just before the first relation with
+    `update_sql`, from the appended orders and the rebuilt products: RELATIONS must list those
+    first, or the marts would be updated from last batch's rows."""
+    from instarec_assets.warehouse.build import TOUCHED_AFTER_SQL
+
+    names = [relation.name for relation in RELATIONS]
+    first_update = min(names.index(relation.name) for relation in RELATIONS if relation.update_sql)
+    read = {name for name in names if f" {name} " in f" {' '.join(TOUCHED_AFTER_SQL.split())} "}
+    assert read == {"orders", "products"}
+    appended = {relation.name for relation in RELATIONS if relation.appends}
+    assert all(names.index(name) < first_update for name in read | appended), names
