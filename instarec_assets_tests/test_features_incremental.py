@@ -98,15 +98,7 @@ def test_re_aggregating_the_touched_products_gives_the_same_tables(chain: Chain,
     snapshot = chain.snapshots[1]
     previous = PreviousFeatures.from_tables(chain.full[0], products=chain.snapshots[0].products)
     with duckdb.connect() as conn:
-        result = update_features(
-            conn,
-            snapshot,
-            previous,
-            [snapshot.orders[-1]],
-            [snapshot.order_products[-1]],
-            tmp_path,
-            additive=False,
-        )
+        result = update_last_batch(conn, snapshot, previous, tmp_path, additive=False)
     assert result.product_update == REAGGREGATED
     assert_same_tables(result.tables, chain.full[1])
 
